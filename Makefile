@@ -1,0 +1,39 @@
+# The two commands: `make demo` and `make test`. Both set everything up themselves
+# (Debian packages when run as root, the venv, the five fedfhe packages).
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.fedfhe-installed
+PKGS := common proto server client inference demo
+DEMO_ARGS = $(if $(DATASET),--dataset $(DATASET)) $(if $(OWNERS),--owners $(OWNERS)) \
+            $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(MODEL),--model $(MODEL)) \
+            $(if $(SPLIT),--split $(SPLIT)) $(if $(WORK_DIR),--work-dir $(WORK_DIR))
+
+.PHONY: demo test install sysdeps lint proto clean
+
+sysdeps:
+	@bash scripts/sysdeps.sh
+
+$(STAMP): $(foreach p,$(PKGS),$(p)/pyproject.toml) requirements-dev.txt
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# concrete-ml 1.9.0 pins torch 2.3.1 (a ~5 GB CUDA wheel from PyPI); it installs once per venv.
+	$(BIN)/pip install -q $(foreach p,$(PKGS),-e ./$(p)) -r requirements-dev.txt
+	@touch $@
+
+install: sysdeps $(STAMP)
+
+demo: install
+	$(BIN)/python -m fedfhe_demo $(DEMO_ARGS)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+
+proto: install
+	$(BIN)/python -m fedfhe_proto.generate
+
+clean:
+	rm -rf $(VENV)

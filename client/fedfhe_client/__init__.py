@@ -1,0 +1,1 @@
+"""fedfhe data-owner host: SuperNode, ClientApp, encrypted-inference client."""

@@ -1,0 +1,90 @@
+"""The Flower ClientApp: train on the owner's local file, evaluate on its held-out rows.
+
+Flower starts a fresh process per message, so this module keeps its imports
+light (no Concrete ML, no torch) and loads the owner's file on each call.
+Rows never leave this host: only coef_/intercept_ and metrics are sent back.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedfhe_common import models
+from fedfhe_common.data import load_table
+from fedfhe_common.errors import DataError
+from fedfhe_common.schema import DatasetSchema, resolve_schema
+from fedfhe_common.scoring import score_model
+from fedfhe_common.transport import from_arrays, to_arrays
+
+app = ClientApp()
+
+
+def _local_data(context: Context, config: ConfigRecord) -> tuple[DatasetSchema, tuple[np.ndarray, ...]]:
+    """Load and split this owner's file; the split is seeded so train and eval agree."""
+    from sklearn.model_selection import train_test_split
+
+    node = context.node_config
+    if "data-path" not in node:
+        raise DataError("node-config", "no data-path set: start the SuperNode with --node-config 'data-path=\"...\"'")
+    schema = resolve_schema(str(node.get("schema", "digits")))
+    if schema.name != config["schema-name"] or schema.n_features != int(config["n-features"]):
+        raise DataError(
+            node["data-path"],
+            f"this owner's schema {schema.name!r} ({schema.n_features} features) differs from the run's "
+            f"{config['schema-name']!r} ({config['n-features']} features)",
+        )
+    labels = str(node["labels-path"]) if node.get("labels-path") else None
+    X, y = load_table(str(node["data-path"]), schema, labels)
+    holdout = float(node.get("holdout-fraction", 0.2))
+    if len(y) < 5 or holdout <= 0:
+        return schema, (X, y, X[:0], y[:0])
+    seed = int(node.get("seed", 0))
+    return schema, tuple(train_test_split(X, y, test_size=holdout, random_state=seed))  # type: ignore[return-value]
+
+
+def _reply(msg: Message, context: Context, arrays: Any, metrics: dict[str, float]) -> Message:
+    content = RecordDict({"metrics": MetricRecord(metrics)})
+    if arrays is not None:
+        content["arrays"] = arrays
+    content["owner"] = ConfigRecord({"owner-id": str(context.node_config.get("owner-id", ""))})
+    return Message(content=content, reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    config = msg.content["config"]
+    schema, (X_train, X_test, y_train, y_test) = _local_data(context, config)
+    family = str(config["model"])
+    params = json.loads(str(config["model-params"]))
+    model = models.set_parameters(models.build(family, params), from_arrays(msg.content["arrays"], family, schema), schema)
+    start = time.perf_counter()
+    for _ in range(max(1, int(config.get("local-epochs", 1)))):
+        models.local_fit(model, family, X_train, y_train, schema)
+    fit_seconds = time.perf_counter() - start
+    new = models.get_parameters(model, family, schema)
+    metrics = {"num-examples": int(len(y_train)), "fit-seconds": fit_seconds}
+    return _reply(msg, context, to_arrays(new), metrics)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    config = msg.content["config"]
+    schema, (X_train, X_test, y_train, y_test) = _local_data(context, config)
+    if len(y_test) == 0:
+        X_test, y_test = X_train, y_train
+    family = str(config["model"])
+    model = models.set_parameters(
+        models.build(family, json.loads(str(config["model-params"]))),
+        from_arrays(msg.content["arrays"], family, schema),
+        schema,
+    )
+    start = time.perf_counter()
+    scores = score_model(model, schema, X_test, y_test)
+    scores.update({"num-examples": int(len(y_test)), "eval-seconds": time.perf_counter() - start})
+    return _reply(msg, context, None, scores)

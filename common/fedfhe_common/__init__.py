@@ -1,0 +1,1 @@
+"""Code that more than one fedfhe host needs; kept small on purpose."""

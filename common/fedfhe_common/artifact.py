@@ -1,0 +1,86 @@
+"""The training artifact: the hand-off from training to compilation, without pickle.
+
+A directory holding ``params.npz`` (coef, intercept, classes; loaded with
+allow_pickle=False), ``model.json`` (family, hyper-parameters, schema),
+``metrics.json`` (per-round history) and a SHA-256 ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import models
+from .errors import IntegrityError
+from .manifest import verify_manifest, write_manifest
+from .schema import DatasetSchema
+
+KIND = "fedfhe-training-artifact"
+
+
+@dataclass
+class TrainingArtifact:
+    family: str
+    schema: DatasetSchema
+    coef: np.ndarray
+    intercept: np.ndarray
+    model_params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    origin: str = "federated"
+
+    def to_estimator(self) -> Any:
+        """A scikit-learn estimator ready to predict (and to hand to Concrete ML)."""
+        model = models.build(self.family, self.model_params)
+        return models.set_parameters(model, [self.coef, self.intercept], self.schema)
+
+    def save(self, directory: Path) -> Path:
+        """Write atomically: a reader sees the old artifact or the new one, never half."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+        try:
+            classes = np.asarray(self.schema.classes, dtype=np.int64)
+            np.savez(tmp / "params.npz", coef=self.coef, intercept=self.intercept, classes=classes)
+            model = {"family": self.family, "params": self.model_params, "origin": self.origin,
+                     "schema": self.schema.to_dict()}
+            (tmp / "model.json").write_text(json.dumps(model, indent=2, sort_keys=True))
+            (tmp / "metrics.json").write_text(json.dumps(self.metrics, indent=2, sort_keys=True))
+            write_manifest(tmp, KIND, ["params.npz", "model.json", "metrics.json"], {"family": self.family})
+            if directory.exists():
+                old = directory.with_name(f".{directory.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                directory.rename(old)
+                tmp.rename(directory)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> TrainingArtifact:
+        """Verify the manifest, then read; any mismatch is an IntegrityError."""
+        directory = Path(directory)
+        verify_manifest(directory, KIND)
+        try:
+            model = json.loads((directory / "model.json").read_text())
+            metrics = json.loads((directory / "metrics.json").read_text())
+            with np.load(directory / "params.npz", allow_pickle=False) as npz:
+                coef, intercept = npz["coef"], npz["intercept"]
+            schema = DatasetSchema.from_mapping(model["schema"], "model.json: schema")
+            family = model["family"]
+            models.check_family(family, schema)
+        except (KeyError, ValueError, TypeError, OSError) as exc:
+            raise IntegrityError(f"{directory}: malformed training artifact: {exc}") from None
+        expected = models.param_shapes(family, schema)
+        if coef.shape != expected[0] or intercept.shape != expected[1]:
+            raise IntegrityError(f"{directory}: parameter shapes {coef.shape}/{intercept.shape} do not fit the schema")
+        return cls(family, schema, coef, intercept, model.get("params", {}), metrics, model.get("origin", ""))

@@ -1,0 +1,40 @@
+"""Built-in datasets: scikit-learn's digits (embedded) and Debian's Fashion-MNIST.
+
+Nothing here downloads: Fashion-MNIST comes from the Debian package
+``dataset-fashion-mnist`` (IDX files under /usr/share/datasets/fashion-mnist).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .data import _load_idx
+from .errors import DataError
+from .schema import DIGITS, FASHION_MNIST, DatasetSchema
+
+FASHION_DIR = Path(os.environ.get("FEDFHE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+
+
+def load_builtin(name: str, max_rows: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray, DatasetSchema]:
+    """All labelled rows of a built-in dataset (train and test pooled), optionally subsampled."""
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        X, y, schema = d.data.astype(np.float64), d.target.astype(np.int64), DIGITS
+    elif name == "fashion-mnist":
+        images = FASHION_DIR / "train-images-idx3-ubyte.gz"
+        if not images.exists():
+            raise DataError(images, "Fashion-MNIST not found: install the Debian package dataset-fashion-mnist")
+        X1, y1 = _load_idx(images, None)
+        X2, y2 = _load_idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz", None)
+        X, y, schema = np.vstack([X1, X2]), np.concatenate([y1, y2]).astype(np.int64), FASHION_MNIST
+    else:
+        raise DataError(name, "unknown built-in dataset (known: digits, fashion-mnist)")
+    if max_rows is not None and max_rows < len(y):
+        idx = np.random.default_rng(seed).permutation(len(y))[:max_rows]
+        X, y = X[idx], y[idx]
+    return X, y, schema

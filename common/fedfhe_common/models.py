@@ -1,0 +1,121 @@
+"""Supported scikit-learn model families and their federated parameters (coef_, intercept_).
+
+The original demo promised "simply change the model class": each family here
+aggregates by FedAvg of coef_/intercept_, and converts to Concrete ML.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError
+from .schema import DatasetSchema
+
+CLASSIFIERS = ("LogisticRegression", "LinearSVC", "SGDClassifier")
+REGRESSORS = ("LinearRegression", "Ridge", "Lasso", "ElasticNet")
+FAMILIES = CLASSIFIERS + REGRESSORS
+
+
+def _class(family: str) -> type:
+    from sklearn import linear_model, svm
+
+    if family == "LinearSVC":
+        return svm.LinearSVC
+    if family not in FAMILIES:
+        raise ConfigError(f"model {family!r}: unknown family (supported: {', '.join(FAMILIES)})")
+    return getattr(linear_model, family)
+
+
+def default_params(family: str) -> dict[str, Any]:
+    """Local-fit settings that suit a few epochs per round with warm start."""
+    return {
+        "LogisticRegression": {"max_iter": 20, "warm_start": True, "C": 1.0},
+        "LinearSVC": {"max_iter": 200, "dual": "auto"},
+        "SGDClassifier": {"loss": "log_loss", "max_iter": 5, "tol": None, "warm_start": True, "alpha": 1e-4},
+        "LinearRegression": {},
+        "Ridge": {"alpha": 1.0},
+        "Lasso": {"alpha": 0.01, "max_iter": 200, "warm_start": True},
+        "ElasticNet": {"alpha": 0.01, "max_iter": 200, "warm_start": True},
+    }[family]
+
+
+def check_family(family: str, schema: DatasetSchema) -> None:
+    _class(family)
+    if schema.is_classifier != (family in CLASSIFIERS):
+        kind = "classifier" if schema.is_classifier else "regressor"
+        raise ConfigError(f"model {family!r} does not fit schema {schema.name!r}, which needs a {kind}")
+
+
+def build(family: str, params: dict[str, Any] | None = None) -> Any:
+    """A fresh estimator of ``family`` with fedfhe's defaults overridden by ``params``."""
+    cls = _class(family)
+    merged = {**default_params(family), **(params or {})}
+    try:
+        return cls(**merged)
+    except TypeError as exc:
+        raise ConfigError(f"model {family}: bad parameter: {exc}") from None
+
+
+def param_shapes(family: str, schema: DatasetSchema) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shapes of coef_ and intercept_ (binary classifiers keep one row, as sklearn does)."""
+    if family in REGRESSORS:
+        return (schema.n_features,), ()
+    rows = 1 if len(schema.classes) == 2 else len(schema.classes)
+    return (rows, schema.n_features), (rows,)
+
+
+def initial_parameters(family: str, schema: DatasetSchema) -> list[np.ndarray]:
+    """Zeros: the common starting point every owner warm-starts from."""
+    coef_shape, icpt_shape = param_shapes(family, schema)
+    return [np.zeros(coef_shape), np.zeros(icpt_shape)]
+
+
+def set_parameters(model: Any, params: list[np.ndarray], schema: DatasetSchema) -> Any:
+    """Install global parameters so ``predict`` works without a local fit."""
+    model.coef_ = np.array(params[0], dtype=np.float64)
+    icpt = np.array(params[1], dtype=np.float64)
+    model.intercept_ = icpt if icpt.ndim else float(icpt)
+    model.n_features_in_ = schema.n_features
+    if schema.is_classifier:
+        model.classes_ = np.asarray(schema.classes)
+    return model
+
+
+def get_parameters(model: Any, family: str, schema: DatasetSchema) -> list[np.ndarray]:
+    coef_shape, icpt_shape = param_shapes(family, schema)
+    coef = np.asarray(model.coef_, dtype=np.float64).reshape(coef_shape)
+    icpt = np.asarray(model.intercept_, dtype=np.float64).reshape(icpt_shape)
+    return [coef, icpt]
+
+
+def local_fit(model: Any, family: str, X: np.ndarray, y: np.ndarray, schema: DatasetSchema) -> Any:
+    """Fit on an owner's rows, starting from the parameters already installed.
+
+    sklearn only warm-starts from coef_ when every class is present, so a
+    non-IID owner missing classes is fitted with SGD-style partial_fit when the
+    family supports it, and otherwise with its rows plus class ids that carry no weight.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning: few iterations per round is the point
+        if not schema.is_classifier:
+            model.fit(X, y)
+            return model
+        classes = np.asarray(schema.classes)
+        if hasattr(model, "partial_fit"):
+            for _ in range(int(getattr(model, "max_iter", 1) or 1)):
+                model.partial_fit(X, y, classes=classes)
+            return model
+        missing = np.setdiff1d(classes, np.unique(y))
+        if missing.size:
+            # Zero-weight placeholder rows keep every class in the problem so
+            # coef_ keeps its global shape and the warm start applies.
+            X = np.vstack([X, np.zeros((missing.size, X.shape[1]))])
+            y = np.concatenate([y, missing])
+            weight = np.concatenate([np.ones(len(y) - missing.size), np.full(missing.size, 1e-9)])
+            model.fit(X, y, sample_weight=weight)
+        else:
+            model.fit(X, y)
+        return model

@@ -1,0 +1,195 @@
+"""The project's own PKI on ``cryptography``: one CA, server and client certificates,
+SuperNode authentication key pairs. Private keys are written 0600, atomically.
+
+Layout of a PKI directory::
+
+    ca.crt ca.key                    # the CA (ca.key never leaves the control node)
+    <name>.crt <name>.key            # server or client certificates
+    <name>.supernode.key/.pub        # SuperNode authentication key pair
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .errors import PKIError
+
+CA_DAYS = 3650
+LEAF_DAYS = 825
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write via a temp file + rename so a crash never leaves half a file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedfhe"), x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+@dataclass(frozen=True)
+class CA:
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+
+
+def init_ca(directory: Path, common_name: str = "fedfhe CA", exist_ok: bool = False) -> Path:
+    """Create ca.crt/ca.key; an existing CA is kept with exist_ok, refused otherwise."""
+    crt, key_path = directory / "ca.crt", directory / "ca.key"
+    if crt.exists() or key_path.exists():
+        if exist_ok and crt.exists() and key_path.exists():
+            load_ca(directory)
+            return crt
+        raise PKIError(f"{directory}: a CA already exists (ca.crt/ca.key); refusing to overwrite it")
+    key = ec.generate_private_key(ec.SECP384R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(_name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA384())
+    )
+    write_atomic(key_path, _key_pem(key), 0o600)
+    write_atomic(crt, cert.public_bytes(serialization.Encoding.PEM))
+    return crt
+
+
+def load_ca(directory: Path) -> CA:
+    try:
+        cert = x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes())
+        key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), password=None)
+    except FileNotFoundError as exc:
+        raise PKIError(f"{exc.filename}: missing; run 'fedfhe-pki init' first") from None
+    except ValueError as exc:
+        raise PKIError(f"{directory}: CA files are not valid PEM: {exc}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise PKIError(f"{directory}/ca.key: expected an EC key")
+    return CA(cert, key)
+
+
+def _sans(hosts: list[str]) -> list[x509.GeneralName]:
+    out: list[x509.GeneralName] = []
+    for h in hosts:
+        try:
+            out.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            out.append(x509.DNSName(h))
+    return out
+
+
+def issue(
+    directory: Path,
+    name: str,
+    *,
+    server_hosts: list[str] | None = None,
+    client: bool = False,
+    days: int = LEAF_DAYS,
+    not_before: dt.datetime | None = None,
+    force: bool = False,
+    ca_dir: Path | None = None,
+) -> tuple[Path, Path]:
+    """Issue ``name.crt``/``name.key`` signed by the CA.
+
+    ``server_hosts`` become SANs and the serverAuth usage; ``client`` adds
+    clientAuth (the CN is the identity the inference node uses as owner).
+    """
+    if not server_hosts and not client:
+        raise PKIError(f"{name}: a certificate needs server hosts (SANs) or the client role")
+    _check_name(name)
+    crt_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
+    if crt_path.exists() and not force:
+        return crt_path, key_path
+    ca = load_ca(ca_dir or directory)
+    key = ec.generate_private_key(ec.SECP256R1())
+    start = not_before or (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5))
+    usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server_hosts else []) + (
+        [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
+    )
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(name))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
+        )
+    )
+    if server_hosts:
+        builder = builder.add_extension(x509.SubjectAlternativeName(_sans(server_hosts)), critical=False)
+    cert = builder.sign(ca.key, hashes.SHA256())
+    directory.mkdir(parents=True, exist_ok=True)
+    write_atomic(key_path, _key_pem(key), 0o600)
+    write_atomic(crt_path, cert.public_bytes(serialization.Encoding.PEM))
+    return crt_path, key_path
+
+
+def supernode_keypair(directory: Path, name: str, force: bool = False) -> tuple[Path, Path]:
+    """An EC key pair for Flower SuperNode authentication (both in OpenSSH format)."""
+    _check_name(name)
+    priv, pub = directory / f"{name}.supernode.key", directory / f"{name}.supernode.pub"
+    if priv.exists() and pub.exists() and not force:
+        return priv, pub
+    key = ec.generate_private_key(ec.SECP384R1())
+    # flower-supernode reads the private key with load_ssh_private_key: OpenSSH format.
+    ssh_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
+    write_atomic(priv, ssh_pem, 0o600)
+    write_atomic(
+        pub,
+        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n",
+    )
+    return priv, pub
+
+
+def _check_name(name: str) -> None:
+    if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+        raise PKIError(f"{name!r}: names may use letters, digits, '-', '_' and '.' only")
+
+
+def common_name(cert_pem: bytes) -> str:
+    """The CN of a PEM certificate: the owner identity on the inference node."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else ""

@@ -1,0 +1,42 @@
+"""fedfhe-pki: create the CA and issue certificates and SuperNode keys."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import FedfheError
+from .pki import init_ca, issue, supernode_keypair
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="fedfhe-pki", description=__doc__)
+    ap.add_argument("--dir", type=Path, required=True, help="PKI directory (holds ca.crt, ca.key)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("init", help="create a new CA")
+    p.add_argument("--exist-ok", action="store_true", help="keep an existing CA instead of failing")
+    p = sub.add_parser("server", help="issue a server certificate (SuperLink, inference node)")
+    p.add_argument("name")
+    p.add_argument("--host", action="append", required=True, help="DNS name or IP for the SAN (repeat)")
+    p.add_argument("--force", action="store_true", help="re-issue even if the certificate exists")
+    p = sub.add_parser("client", help="issue a data owner's client certificate (CN = owner id)")
+    p.add_argument("name")
+    p.add_argument("--force", action="store_true")
+    p = sub.add_parser("supernode-key", help="create a SuperNode authentication key pair")
+    p.add_argument("name")
+    p.add_argument("--force", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "init":
+            print(init_ca(args.dir, exist_ok=args.exist_ok))
+        elif args.cmd == "server":
+            print(*issue(args.dir, args.name, server_hosts=args.host, force=args.force))
+        elif args.cmd == "client":
+            print(*issue(args.dir, args.name, client=True, force=args.force))
+        else:
+            print(*supernode_keypair(args.dir, args.name, force=args.force))
+    except FedfheError as exc:
+        print(f"fedfhe-pki: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,59 @@
+"""Small helpers for launchers: find sibling executables, wait on conditions with deadlines."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def venv_bin(name: str) -> str:
+    """An executable from this interpreter's environment first, then PATH."""
+    here = Path(sys.executable).parent / name
+    if here.exists():
+        return str(here)
+    found = shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"{name}: not installed in {Path(sys.executable).parent} nor on PATH")
+    return found
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
+    """Poll ``cond`` until true; TimeoutError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def port_open(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def exec_in_venv(cmd: list[str]) -> None:
+    """Replace this process with ``cmd``, this environment's bin first on PATH.
+
+    flower-superlink and flower-supernode spawn flower-superexec, flwr-serverapp
+    and flwr-clientapp by bare name: without the venv on PATH they fail with
+    "No such file or directory: 'flower-superexec'".
+    """
+    import os
+
+    bindir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    os.execve(cmd[0], cmd, env)

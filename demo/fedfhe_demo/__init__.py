@@ -1,0 +1,1 @@
+"""The loopback deployment behind `make demo` and the integration tests."""

@@ -1,0 +1,140 @@
+"""A whole federation on one machine: PKI, configs and real processes on loopback.
+
+Used by `make demo` and the integration tests. Every process is started the
+way an operator starts it (the fedfhe-server / fedfhe-client console scripts,
+which exec flower-superlink / flower-supernode) and is stopped on close().
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from fedfhe_common.pki import init_ca, issue, supernode_keypair
+from fedfhe_common.procs import free_port, port_open, venv_bin, wait_until
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+
+@dataclass
+class Cluster:
+    work: Path
+    host: str = "127.0.0.1"
+    procs: list[Proc] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.work = self.work.resolve()
+        self.pki = self.work / "pki"
+        self.logs = self.work / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.fleet_port = free_port(self.host)
+        self.control_port = free_port(self.host)
+
+    # ---- PKI -------------------------------------------------------------
+    def make_pki(self, owners: list[str]) -> None:
+        init_ca(self.pki, exist_ok=True)
+        issue(self.pki, "superlink", server_hosts=[self.host, "localhost"])
+        issue(self.pki, "inference", server_hosts=[self.host, "localhost"])
+        for owner in owners:
+            issue(self.pki, owner, client=True)
+            supernode_keypair(self.pki, owner)
+
+    # ---- configs ---------------------------------------------------------
+    def coordinator_config(self, owners: list[str], **training: object) -> Path:
+        cfg = {
+            "state_dir": str(self.work / "coordinator"),
+            "supernode_public_keys": [str(self.pki / f"{o}.supernode.pub") for o in owners],
+            "superlink": {
+                "certfile": str(self.pki / "superlink.crt"),
+                "keyfile": str(self.pki / "superlink.key"),
+                "ca_certfile": str(self.pki / "ca.crt"),
+                "fleet_address": f"{self.host}:{self.fleet_port}",
+                "control_host": self.host,
+                "control_port": self.control_port,
+                "database": str(self.work / "coordinator" / "superlink.db"),
+            },
+            "training": {"output_dir": str(self.work / "training"), **training},
+        }
+        path = self.work / "coordinator.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        return path
+
+    def owner_config(self, owner: str, data: Path, **extra: object) -> Path:
+        cfg = {
+            "owner_id": owner,
+            "superlink": f"{self.host}:{self.fleet_port}",
+            "root_certificates": str(self.pki / "ca.crt"),
+            "auth_key": str(self.pki / f"{owner}.supernode.key"),
+            "data": str(data),
+            "state_dir": str(self.work / owner),
+            "runtime_address": f"127.0.0.1:{free_port()}",
+            **extra,
+        }
+        path = self.work / f"{owner}.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        return path
+
+    # ---- processes -------------------------------------------------------
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+        log = self.logs / f"{name}.log"
+        fh = open(log, "ab")  # noqa: SIM115 - the child owns it
+        popen = subprocess.Popen(
+            argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})}, start_new_session=True,
+        )
+        fh.close()
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def start_superlink(self, config: Path, timeout: float = 60) -> Proc:
+        proc = self.start("superlink", [venv_bin("fedfhe-server"), "superlink", "--config", str(config)])
+        wait_until(
+            lambda: self._alive(proc) and port_open(f"{self.host}:{self.control_port}")
+            and port_open(f"{self.host}:{self.fleet_port}"),
+            timeout, f"SuperLink to listen (log {proc.log})",
+        )
+        return proc
+
+    def start_supernode(self, owner: str, config: Path) -> Proc:
+        return self.start(f"supernode-{owner}", [venv_bin("fedfhe-client"), "supernode", "--config", str(config)])
+
+    def _alive(self, proc: Proc) -> bool:
+        if proc.popen.poll() is not None:
+            tail = proc.log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}; log {proc.log}:\n{tail}")
+        return True
+
+    def stop(self, proc: Proc, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        if proc.popen.poll() is None:
+            try:
+                os.killpg(proc.popen.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+                proc.popen.wait(5)
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def close(self) -> None:
+        for proc in reversed(list(self.procs)):
+            self.stop(proc)
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""fedfhe inference node: serves FHE bundles over mutual-TLS gRPC."""

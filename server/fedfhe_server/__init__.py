@@ -1,0 +1,1 @@
+"""fedfhe coordinator host: SuperLink, ServerApp, FHE compilation."""

@@ -1,0 +1,64 @@
+"""fedfhe-server: the coordinator's command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fedfhe_common.errors import FedfheError
+from fedfhe_common.procs import exec_in_venv
+
+from . import config as coord_config
+
+
+def _superlink(args: argparse.Namespace) -> int:
+    from .superlink import superlink_command
+
+    cmd = superlink_command(coord_config.load(args.config))
+    exec_in_venv(cmd)  # the service manager supervises flower-superlink itself
+
+
+def _register(args: argparse.Namespace) -> int:
+    from .flwr_cli import register_supernodes
+
+    cfg = coord_config.load(args.config)
+    for key in register_supernodes(cfg, [Path(k) for k in args.key] or None):
+        print(f"registered {key}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .progress import RoundTable
+    from .training import run_training
+
+    cfg = coord_config.load(args.config)
+    overrides = {}
+    if args.rounds:
+        overrides["num-server-rounds"] = args.rounds
+    with RoundTable(args.rounds or cfg.training.rounds) as table:
+        artifact = run_training(cfg, overrides, on_round=table.add)
+    print(f"artifact: {cfg.training.output_dir / 'artifact'} ({artifact.family}, {artifact.metrics['rounds']} rounds)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="fedfhe-server", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("superlink", help="run flower-superlink (TLS, SuperNode auth) in the foreground")
+    p.add_argument("--config", type=Path, required=True)
+    p.set_defaults(fn=_superlink)
+    p = sub.add_parser("register", help="register SuperNode public keys with the SuperLink")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--key", action="append", default=[], help="public key file (default: all in the config)")
+    p.set_defaults(fn=_register)
+    p = sub.add_parser("train", help="submit a federated run with flwr run and write the training artifact")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--rounds", type=int, default=0)
+    p.set_defaults(fn=_train)
+    args = ap.parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except (FedfheError, FileNotFoundError, TimeoutError) as exc:
+        print(f"fedfhe-server {args.cmd}: error: {exc}", file=sys.stderr)
+        return 2

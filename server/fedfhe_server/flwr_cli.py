@@ -1,0 +1,103 @@
+"""Drive Flower's own CLI (`flwr run`, `flwr supernode register`) against our SuperLink.
+
+flwr 1.39 reads SuperLink connections from ``$FLWR_HOME/config.toml``; we keep
+a private FLWR_HOME under the coordinator's state dir so an operator's own
+Flower config is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from fedfhe_common.errors import FedfheError
+from fedfhe_common.procs import venv_bin
+
+from .config import CoordinatorConfig
+
+CONNECTION = "fedfhe"
+
+
+def flower_app_dir() -> Path:
+    """The Flower App (pyproject only) shipped inside this package."""
+    return Path(str(resources.files("fedfhe_server") / "flower_app"))
+
+
+def flwr_env(cfg: CoordinatorConfig) -> dict[str, str]:
+    home = (cfg.state_dir / "flwr").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    config = {
+        "superlink": {
+            "default": CONNECTION,
+            CONNECTION: {
+                "address": cfg.superlink.control_target,
+                "root-certificates": str(cfg.superlink.ca_certfile.resolve()),
+            },
+        }
+    }
+    (home / "config.toml").write_text(tomli_w.dumps(config))
+    return {**os.environ, "FLWR_HOME": str(home)}
+
+
+def _flwr(cfg: CoordinatorConfig, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [venv_bin("flwr"), *args], env=flwr_env(cfg), capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def registered_keys(cfg: CoordinatorConfig) -> list[dict[str, Any]]:
+    res = _flwr(cfg, "supernode", "list", CONNECTION, "--format", "json")
+    if res.returncode != 0:
+        raise FedfheError(f"flwr supernode list failed: {res.stdout.strip()} {res.stderr.strip()}")
+    return json.loads(res.stdout).get("nodes", [])
+
+
+def register_supernodes(cfg: CoordinatorConfig, keys: list[Path] | None = None) -> list[str]:
+    """Register each public key once; keys already known are left as they are."""
+    done = []
+    for key in keys if keys is not None else cfg.supernode_public_keys:
+        if not key.is_file():
+            raise FedfheError(f"{key}: SuperNode public key not found")
+        res = _flwr(cfg, "supernode", "register", str(key.resolve()), CONNECTION, "--format", "json")
+        out = (res.stdout + res.stderr).strip()
+        if res.returncode != 0 and "already" not in out.lower():
+            raise FedfheError(f"registering {key} failed: {out}")
+        done.append(str(key))
+    return done
+
+
+def write_run_config(cfg: CoordinatorConfig, overrides: dict[str, Any]) -> Path:
+    t = cfg.training
+    values: dict[str, Any] = {
+        "num-server-rounds": t.rounds,
+        "model": t.model,
+        "model-params": json.dumps(t.model_params),
+        "schema": t.schema,
+        "min-nodes": t.min_nodes,
+        "local-epochs": t.local_epochs,
+        "public-test": str(t.public_test.resolve()) if t.public_test else "",
+        "output-dir": str(t.output_dir.resolve()),
+        "round-timeout": float(t.round_timeout_s),
+        "wait-for-nodes": float(t.wait_for_nodes_s),
+    }
+    values.update(overrides)
+    path = cfg.state_dir / "run-config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps(values))
+    return path
+
+
+def run_popen(cfg: CoordinatorConfig, run_config: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """Start `flwr run --stream`; its output (the ServerApp's log) goes to log_path."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "wb")  # noqa: SIM115 - owned by the child for its lifetime
+    return subprocess.Popen(
+        [venv_bin("flwr"), "run", str(flower_app_dir()), CONNECTION, "--stream", "--run-config", str(run_config)],
+        env=flwr_env(cfg), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )

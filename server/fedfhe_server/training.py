@@ -1,0 +1,71 @@
+"""Submit a federated run and follow it: progress per round, then the verified artifact."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fedfhe_common.artifact import TrainingArtifact
+from fedfhe_common.errors import FedfheError
+
+from . import flwr_cli
+from .config import CoordinatorConfig
+
+
+def read_progress(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line being written right now
+    return rows
+
+
+def run_training(
+    cfg: CoordinatorConfig,
+    overrides: dict[str, Any] | None = None,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    timeout: float | None = None,
+) -> TrainingArtifact:
+    """Register the SuperNode keys, `flwr run` the app, report each round, load the artifact."""
+    out = cfg.training.output_dir
+    progress = out / "progress.jsonl"
+    progress.unlink(missing_ok=True)
+    stale = out / "artifact"
+    started = time.time()
+    flwr_cli.register_supernodes(cfg)
+    run_config = flwr_cli.write_run_config(cfg, overrides or {})
+    log_path = cfg.state_dir / "flwr-run.log"
+    proc = flwr_cli.run_popen(cfg, run_config, log_path)
+    seen = 0
+    limit = timeout or (cfg.training.wait_for_nodes_s + cfg.training.round_timeout_s * 2 * cfg.training.rounds + 120)
+    try:
+        while True:
+            rows = read_progress(progress)
+            for row in rows[seen:]:
+                if on_round:
+                    on_round(row)
+            seen = len(rows)
+            if proc.poll() is not None:
+                break
+            if time.time() - started > limit:
+                raise FedfheError(f"training did not finish within {limit:.0f}s; see {log_path}")
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
+    for row in read_progress(progress)[seen:]:
+        if on_round:
+            on_round(row)
+    artifact_dir = stale
+    if not (artifact_dir / "manifest.json").exists() or (artifact_dir / "manifest.json").stat().st_mtime < started:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+        raise FedfheError(f"the federated run produced no artifact (flwr run exit {proc.returncode}); log {log_path}:\n{tail}")
+    return TrainingArtifact.load(artifact_dir)
