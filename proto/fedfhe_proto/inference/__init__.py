@@ -1,0 +1,1 @@
+"""fedfhe.inference: the encrypted-inference service's protobuf packages."""
