@@ -54,6 +54,22 @@ def exec_in_venv(cmd: list[str]) -> None:
     """
     import os
 
+    os.execve(cmd[0], cmd, flower_env())
+
+
+def flower_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for Flower processes: venv on PATH, no phoning home, prompt task pickup.
+
+    Flower's telemetry and update check would try the internet (hosts here have
+    none); FLWR_SUPEREXEC_TASK_POLL_INTERVAL (default 1 s) is how often the
+    SuperExec looks for a message to start an app process for.
+    """
+    import os
+
+    env = dict(os.environ if base is None else base)
     bindir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    os.execve(cmd[0], cmd, env)
+    env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.5")
+    return env

@@ -8,7 +8,6 @@ Flower config is never touched.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from importlib import resources
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import tomli_w
 
 from fedfhe_common.errors import FedfheError
-from fedfhe_common.procs import venv_bin
+from fedfhe_common.procs import flower_env, venv_bin
 
 from .config import CoordinatorConfig
 
@@ -42,7 +41,7 @@ def flwr_env(cfg: CoordinatorConfig) -> dict[str, str]:
         }
     }
     (home / "config.toml").write_text(tomli_w.dumps(config))
-    return {**os.environ, "FLWR_HOME": str(home)}
+    return {**flower_env(), "FLWR_HOME": str(home)}
 
 
 def _flwr(cfg: CoordinatorConfig, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
