@@ -1,0 +1,212 @@
+"""Turn a training artifact (or any Concrete ML model) into a verified FHE deployment bundle.
+
+The calibration set comes from the schema's declared bounds, never from an
+owner's rows. Concrete ML is imported lazily: it costs seconds, and only this
+step needs it on the coordinator.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fedfhe_common.artifact import TrainingArtifact
+from fedfhe_common.errors import ConfigError, FedfheError
+from fedfhe_common.manifest import MANIFEST, sha256_file, write_manifest
+from fedfhe_common.schema import DatasetSchema
+
+from .bundle_format import BUNDLE_FILES, BUNDLE_KIND, check_name
+
+DEFAULT_N_BITS = 8
+CALIBRATION_ROWS = 200
+
+
+@dataclass(frozen=True)
+class BundleResult:
+    """What compile produced: where, which model version, and its fingerprint."""
+
+    directory: Path
+    model_id: str
+    version: str
+    bundle_sha256: str
+    meta: dict[str, Any]
+
+
+def concrete_class(family: str) -> type:
+    """The Concrete ML class of a scikit-learn family (same name in concrete.ml.sklearn)."""
+    import concrete.ml.sklearn as cml
+
+    cls = getattr(cml, family, None)
+    if cls is None or not hasattr(cls, "from_sklearn_model"):
+        raise ConfigError(f"model {family!r}: Concrete ML has no from_sklearn_model for it")
+    return cls
+
+
+def to_concrete(estimator: Any, family: str, calibration_set: np.ndarray, n_bits: int) -> Any:
+    """from_sklearn_model + compile: the FHE twin of a fitted scikit-learn estimator."""
+    model = concrete_class(family).from_sklearn_model(estimator, calibration_set, n_bits=n_bits)
+    model.compile(calibration_set)
+    return model
+
+
+def score(predictions: np.ndarray, y: np.ndarray, schema: DatasetSchema) -> float:
+    """Accuracy for classifiers, R² for regressors: one number, compared in points."""
+    predictions = np.asarray(predictions).reshape(len(y), -1)[:, 0]
+    if schema.is_classifier:
+        return float(np.mean(predictions == y))
+    from sklearn.metrics import r2_score
+
+    return float(r2_score(y, predictions))
+
+
+def evaluate(clear_model: Any, fhe_model: Any, X: np.ndarray, y: np.ndarray, schema: DatasetSchema) -> dict[str, Any]:
+    """Clear and simulated-FHE quality on a public evaluation set (simulation is exact for the circuit)."""
+    metric = "accuracy" if schema.is_classifier else "r2"
+    started = time.perf_counter()
+    simulated = fhe_model.predict(X, fhe="simulate")
+    return {
+        "metric": metric,
+        "eval_rows": len(y),
+        f"clear_{metric}": score(clear_model.predict(X), y, schema),
+        f"fhe_simulated_{metric}": score(simulated, y, schema),
+        "simulate_seconds_per_row": (time.perf_counter() - started) / max(1, len(y)),
+    }
+
+
+def default_version() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S")
+
+
+def write_bundle(
+    fhe_model: Any,
+    out_dir: Path,
+    *,
+    model_id: str,
+    version: str,
+    schema: DatasetSchema,
+    family: str,
+    n_bits: Any,
+    extra_meta: dict[str, Any] | None = None,
+    force: bool = False,
+) -> BundleResult:
+    """FHEModelDev into a temp dir, manifest, then one rename: readers never see half a bundle."""
+    from concrete.ml.deployment import FHEModelDev
+    from concrete.ml.version import __version__ as cml_version
+
+    check_name(model_id, "model id")
+    check_name(version, "version")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:
+        raise FedfheError(f"{out_dir}: already exists; choose another --out or pass --force")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        FHEModelDev(str(tmp / "fhe"), fhe_model).save()
+        for name in BUNDLE_FILES:
+            (tmp / "fhe" / name).rename(tmp / name)
+        (tmp / "fhe").rmdir()
+        meta = {
+            "model_id": model_id,
+            "version": version,
+            "family": family,
+            "model_class": type(fhe_model).__name__,
+            "n_bits": n_bits if isinstance(n_bits, int) else json.loads(json.dumps(n_bits, default=str)),
+            "schema": schema.to_dict(),
+            "concrete_ml": cml_version,
+            "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            **(extra_meta or {}),
+        }
+        write_manifest(tmp, BUNDLE_KIND, list(BUNDLE_FILES), meta)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return BundleResult(out_dir, model_id, version, sha256_file(out_dir / MANIFEST), meta)
+
+
+def compile_concrete_bundle(
+    fhe_model: Any,
+    out_dir: Path,
+    *,
+    model_id: str,
+    version: str,
+    schema: DatasetSchema,
+    calibration_set: np.ndarray | None = None,
+    eval_set: tuple[np.ndarray, np.ndarray] | None = None,
+    extra_meta: dict[str, Any] | None = None,
+    force: bool = False,
+) -> BundleResult:
+    """Bundle any fitted Concrete ML model (linear, tree, neural): the service serves them all.
+
+    The model is compiled on ``calibration_set`` (default: the schema's uniform rows)
+    unless it already holds a circuit.
+    """
+    if getattr(fhe_model, "fhe_circuit", None) is None:
+        fhe_model.compile(schema.calibration_set(CALIBRATION_ROWS) if calibration_set is None else calibration_set)
+    meta = dict(extra_meta or {})
+    if eval_set is not None:
+        clear = getattr(fhe_model, "sklearn_model", None)
+        clear = fhe_model if clear is None else clear
+        meta["metrics"] = evaluate(clear, fhe_model, *eval_set, schema)
+    n_bits = getattr(fhe_model, "n_bits", None)
+    return write_bundle(
+        fhe_model, out_dir, model_id=model_id, version=version, schema=schema,
+        family=type(fhe_model).__name__, n_bits=n_bits, extra_meta=meta, force=force,
+    )
+
+
+def compile_artifact(
+    artifact_dir: Path,
+    out_dir: Path,
+    *,
+    n_bits: int = DEFAULT_N_BITS,
+    model_id: str | None = None,
+    version: str | None = None,
+    eval_set: tuple[np.ndarray, np.ndarray] | None = None,
+    calibration_rows: int = CALIBRATION_ROWS,
+    seed: int = 0,
+    force: bool = False,
+) -> tuple[BundleResult, Any]:
+    """Training artifact -> scikit-learn -> Concrete ML -> bundle; also returns the compiled model.
+
+    ``eval_set`` (public rows, never an owner's) adds measured clear and
+    simulated-FHE accuracy to the manifest.
+    """
+    artifact_dir = Path(artifact_dir)
+    artifact = TrainingArtifact.load(artifact_dir)
+    schema = artifact.schema
+    estimator = artifact.to_estimator()
+    calibration = schema.calibration_set(calibration_rows, seed)
+    started = time.perf_counter()
+    fhe_model = to_concrete(estimator, artifact.family, calibration, n_bits)
+    compile_seconds = time.perf_counter() - started
+    meta: dict[str, Any] = {
+        "source": {
+            "kind": "training-artifact",
+            "origin": artifact.origin,
+            "artifact_manifest_sha256": sha256_file(artifact_dir / MANIFEST),
+            "rounds": artifact.metrics.get("rounds"),
+        },
+        "calibration": {"rows": calibration_rows, "seed": seed, "from": "schema bounds (uniform)"},
+        "compile_seconds": compile_seconds,
+    }
+    if eval_set is not None:
+        meta["metrics"] = evaluate(estimator, fhe_model, *eval_set, schema)
+    result = write_bundle(
+        fhe_model, out_dir,
+        model_id=model_id or f"{schema.name}-{artifact.family.lower()}",
+        version=version or default_version(),
+        schema=schema, family=artifact.family, n_bits=n_bits, extra_meta=meta, force=force,
+    )
+    return result, fhe_model

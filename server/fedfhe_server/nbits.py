@@ -1,0 +1,79 @@
+"""Choose n_bits: the smallest quantisation that keeps simulated-FHE quality within tolerance of clear.
+
+Fewer bits mean a cheaper circuit; FHE simulation is exact for the compiled
+circuit, so it measures what encrypted inference will score, without keys.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from fedfhe_common.schema import DatasetSchema
+
+from .compile import CALIBRATION_ROWS, score, to_concrete
+
+DEFAULT_CANDIDATES = tuple(range(2, 13))
+DEFAULT_TOLERANCE_POINTS = 0.5
+
+
+@dataclass(frozen=True)
+class NBitsTrial:
+    n_bits: int
+    simulated: float  # accuracy (classifiers) or R² (regressors), as a fraction
+    seconds: float
+
+
+@dataclass
+class NBitsChoice:
+    chosen: int | None
+    clear: float
+    tolerance_points: float
+    metric: str
+    trials: list[NBitsTrial] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "chosen_n_bits": self.chosen,
+            "metric": self.metric,
+            f"clear_{self.metric}": self.clear,
+            "tolerance_points": self.tolerance_points,
+            "trials": [
+                {"n_bits": t.n_bits, f"fhe_simulated_{self.metric}": t.simulated, "seconds": t.seconds}
+                for t in self.trials
+            ],
+        }
+
+
+def within(clear: float, simulated: float, tolerance_points: float) -> bool:
+    """Simulated may be better than clear; it may be worse by at most ``tolerance_points`` percent points."""
+    return (clear - simulated) * 100.0 <= tolerance_points + 1e-9
+
+
+def choose_n_bits(
+    estimator: Any,
+    family: str,
+    schema: DatasetSchema,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    candidates: Iterable[int] = DEFAULT_CANDIDATES,
+    tolerance_points: float = DEFAULT_TOLERANCE_POINTS,
+    calibration_set: np.ndarray | None = None,
+) -> NBitsChoice:
+    """Try n_bits in ascending order and stop at the first within tolerance (None if none is)."""
+    calibration = schema.calibration_set(CALIBRATION_ROWS) if calibration_set is None else calibration_set
+    clear = score(estimator.predict(X), y, schema)
+    choice = NBitsChoice(None, clear, tolerance_points, "accuracy" if schema.is_classifier else "r2")
+    for n_bits in sorted(set(candidates)):
+        started = time.perf_counter()
+        model = to_concrete(estimator, family, calibration, n_bits)
+        simulated = score(model.predict(X, fhe="simulate"), y, schema)
+        choice.trials.append(NBitsTrial(n_bits, simulated, time.perf_counter() - started))
+        if within(clear, simulated, tolerance_points):
+            choice.chosen = n_bits
+            break
+    return choice
