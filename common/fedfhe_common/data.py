@@ -77,7 +77,8 @@ def _load_idx(path: Path, labels: Path | None) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    _open_bytes(path)  # existence, emptiness
+    if not _open_bytes(path).startswith(b"PK"):
+        raise DataError(path, "not a valid NPZ file (not a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = {"X", "y"} - set(npz.files)
@@ -137,7 +138,9 @@ def _load_csv(path: Path, schema: DatasetSchema) -> tuple[np.ndarray, np.ndarray
     return np.asarray(X_rows, dtype=np.float64), np.asarray(y_rows)
 
 
-def load_table(path: str | Path, schema: DatasetSchema, labels_path: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_table(
+    path: str | Path, schema: DatasetSchema, labels_path: str | Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Load ``(X, y)`` from CSV, NPZ or IDX and validate it against ``schema``."""
     p = Path(path)
     name = p.name.lower()
@@ -161,7 +164,7 @@ def validate(path: Path, X: np.ndarray, y: np.ndarray, schema: DatasetSchema) ->
     bad = ~np.isfinite(X).all(axis=1)
     if bad.any():
         raise DataError(path, f"row {int(np.argmax(bad)) + 1} has NaN or infinite values")
-    out = ((X < schema.feature_min) | (X > schema.feature_max)).any(axis=1)
+    out = ((schema.feature_min > X) | (schema.feature_max < X)).any(axis=1)
     if out.any():
         r = int(np.argmax(out))
         raise DataError(
@@ -188,5 +191,5 @@ def save_csv(path: str | Path, X: np.ndarray, y: np.ndarray, schema: DatasetSche
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(header)
-        for row, label in zip(X, y):
+        for row, label in zip(X, y, strict=True):
             w.writerow([f"{v:g}" for v in row] + [f"{label:g}" if not schema.is_classifier else str(int(label))])

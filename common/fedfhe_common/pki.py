@@ -51,7 +51,9 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedfhe"), x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    return x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedfhe"), x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    )
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ def init_ca(directory: Path, common_name: str = "fedfhe CA", exist_ok: bool = Fa
             return crt
         raise PKIError(f"{directory}: a CA already exists (ca.crt/ca.key); refusing to overwrite it")
     key = ec.generate_private_key(ec.SECP384R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(common_name))
@@ -137,7 +139,7 @@ def issue(
         return crt_path, key_path
     ca = load_ca(ca_dir or directory)
     key = ec.generate_private_key(ec.SECP256R1())
-    start = not_before or (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5))
+    start = not_before or (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5))
     usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server_hosts else []) + (
         [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
     )

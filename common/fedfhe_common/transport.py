@@ -24,7 +24,7 @@ def from_arrays(record, family: str, schema: DatasetSchema) -> list[np.ndarray]:
     if len(arrays) != 2:
         raise ValueError(f"expected 2 parameter arrays (coef, intercept), got {len(arrays)}")
     out = []
-    for arr, shape in zip(arrays, shapes):
+    for arr, shape in zip(arrays, shapes, strict=True):
         if arr.size != int(np.prod(shape)):
             raise ValueError(f"parameter of {arr.size} values does not fit shape {shape}")
         out.append(np.asarray(arr, dtype=np.float64).reshape(shape))

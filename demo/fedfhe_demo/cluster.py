@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-
 from fedfhe_common.pki import init_ca, issue, supernode_keypair
 from fedfhe_common.procs import free_port, port_open, venv_bin, wait_until
 
@@ -105,6 +104,16 @@ class Cluster:
             timeout, f"SuperLink to listen (log {proc.log})",
         )
         return proc
+
+    def register(self, config: Path, keys: list[Path] | None = None) -> None:
+        """`fedfhe-server register`: SuperNodes must be registered before they start,
+        or flower-supernode exits with code 305 ("Failed to activate SuperNode")."""
+        argv = [venv_bin("fedfhe-server"), "register", "--config", str(config)]
+        for key in keys or []:
+            argv += ["--key", str(key)]
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        if res.returncode != 0:
+            raise RuntimeError(f"fedfhe-server register failed: {res.stderr.strip()}")
 
     def start_supernode(self, owner: str, config: Path) -> Proc:
         return self.start(f"supernode-{owner}", [venv_bin("fedfhe-client"), "supernode", "--config", str(config)])

@@ -67,5 +67,7 @@ def run_training(
     artifact_dir = stale
     if not (artifact_dir / "manifest.json").exists() or (artifact_dir / "manifest.json").stat().st_mtime < started:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
-        raise FedfheError(f"the federated run produced no artifact (flwr run exit {proc.returncode}); log {log_path}:\n{tail}")
+        raise FedfheError(
+            f"the federated run produced no artifact (flwr run exit {proc.returncode}); log {log_path}:\n{tail}"
+        )
     return TrainingArtifact.load(artifact_dir)

@@ -1,0 +1,43 @@
+"""Every supported family trains, exposes coef_/intercept_ and predicts from set parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fedfhe_common import models
+from fedfhe_common.datasets import load_builtin
+from fedfhe_common.partition import partition
+from fedfhe_common.schema import DatasetSchema
+
+REG = DatasetSchema(name="reg", n_features=64, feature_min=0, feature_max=16, task="regression")
+
+
+@pytest.mark.parametrize("family", models.FAMILIES)
+def test_family_roundtrip(family):
+    X, y, schema = load_builtin("digits")
+    if family in models.REGRESSORS:
+        schema, y = REG, y.astype(float)
+    model = models.build(family)
+    models.local_fit(model, family, X, y, schema)
+    params = models.get_parameters(model, family, schema)
+    clone = models.set_parameters(models.build(family), params, schema)
+    assert np.allclose(clone.predict(X), model.predict(X))
+
+
+def test_warm_start_with_missing_classes_keeps_shape():
+    X, y, schema = load_builtin("digits")
+    few = np.isin(y, [0, 1, 2])
+    start = models.initial_parameters("LogisticRegression", schema)
+    model = models.set_parameters(models.build("LogisticRegression"), start, schema)
+    models.local_fit(model, "LogisticRegression", X[few], y[few], schema)
+    assert model.coef_.shape == (10, 64)
+
+
+def test_dirichlet_is_skewed_and_covers_all_rows():
+    _, y, _ = load_builtin("digits")
+    parts = partition(y, 3, "dirichlet", alpha=0.3, seed=1)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(len(y)))
+    shares = [np.bincount(y[p], minlength=10) / len(p) for p in parts]
+    assert max(np.abs(s - 0.1).max() for s in shares) > 0.1  # label skew, unlike IID
+    iid = partition(y, 3, "iid", seed=1)
+    assert max(abs(len(p) - len(y) / 3) for p in iid) <= 1
