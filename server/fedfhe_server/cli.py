@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--rounds", type=int, default=0)
     p.set_defaults(fn=_train)
+    from .fhe_commands import register as register_fhe_commands  # compile, choose-n-bits, train-local
+
+    register_fhe_commands(sub)
     args = ap.parse_args(argv)
     try:
         return int(args.fn(args) or 0)
