@@ -1,0 +1,88 @@
+"""The demo's phases, each a real deployment step run as an operator would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from fedfhe_common import models
+from fedfhe_common.data import load_table
+from fedfhe_common.partition_cli import write_partitions
+from fedfhe_common.schema import resolve_schema
+from fedfhe_server import config as coord
+from fedfhe_server.progress import RoundTable
+from fedfhe_server.training import run_training
+
+from .cluster import Cluster
+from .pipeline import Options, Steps
+from .report import print_closing, write_report
+
+HOLDOUT = 0.2
+
+
+def centralised_accuracy(opts: Options, data: Path, schema: Any) -> float:
+    """The reference: the same family trained on the union of every owner's rows."""
+    parts = [load_table(data / f"owner-{i}.npz", schema) for i in range(opts.owners)]
+    X = np.vstack([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts])
+    X_test, y_test = load_table(data / "public-test.npz", schema)
+    params = {"max_iter": 1000} if "max_iter" in models.build(opts.model).get_params() else {}
+    model = models.build(opts.model, params | ({"warm_start": False} if "warm_start" in params else {}))
+    model.fit(X, y)
+    return float(model.score(X_test, y_test))
+
+
+def run_phases(opts: Options, work: Path, steps: Steps, console: Console) -> dict[str, Any]:
+    owners = [f"owner-{i}" for i in range(opts.owners)]
+    schema = resolve_schema(opts.dataset)
+    data = work / "data"
+    report: dict[str, Any] = {
+        "dataset": opts.dataset, "model": opts.model, "owners": opts.owners, "rounds": opts.rounds,
+        "split": opts.split, "work_dir": str(work), "accuracy": {}, "timings_s": steps.timings,
+        "latency_ms_per_row": {}, "bytes": {},
+    }
+    with Cluster(work) as cluster:
+        with steps("pki"):
+            cluster.make_pki(owners)
+            console.print(f"CA, SuperLink and inference certificates, {len(owners)} owner certificates and "
+                          f"SuperNode keys in {cluster.pki}")
+        with steps("partition"):
+            summary = write_partitions(opts.dataset, opts.owners, data, scheme=opts.split, alpha=opts.alpha,
+                                       seed=opts.seed, max_rows=opts.max_rows)
+            for o in summary["owners"]:
+                console.print(f"{Path(o['path']).name}: {o['rows']} rows, labels {o['label_counts']}")
+        with steps("training", cluster.logs / "superlink.log"):
+            cfg_path = cluster.coordinator_config(
+                owners, rounds=opts.rounds, model=opts.model, schema=opts.dataset, min_nodes=opts.owners,
+                public_test=str(data / "public-test.npz"),
+            )
+            cluster.start_superlink(cfg_path)
+            cluster.register(cfg_path)
+            owner_cfgs = {}
+            for i, owner in enumerate(owners):
+                owner_cfgs[owner] = cluster.owner_config(owner, data / f"owner-{i}.npz", schema=opts.dataset,
+                                                         holdout_fraction=HOLDOUT, seed=opts.seed)
+                cluster.start_supernode(owner, owner_cfgs[owner])
+            steps.log = work / "coordinator" / "flwr-run.log"
+            with RoundTable(opts.rounds, console) as table:
+                artifact = run_training(coord.load(cfg_path), on_round=table.add)
+            rows = artifact.metrics["per_round"]
+            report["per_round"] = [
+                {"round": r["round"], "accuracy": r["server"].get("accuracy", r["server"].get("r2")),
+                 "loss": r["server"]["loss"], "nodes": r["fit_nodes"],
+                 "client_accuracy": r.get("clients", {}).get("accuracy")}
+                for r in rows
+            ]
+            report["accuracy"]["federated_clear"] = report["per_round"][-1]["accuracy"]
+            report["accuracy"]["centralized"] = centralised_accuracy(opts, data, schema)
+            for proc in [p for p in cluster.procs if p.name.startswith(("supernode", "superlink"))]:
+                cluster.stop(proc)  # training is over; free the cores for FHE
+        from .fhe_phases import run_fhe_phases
+
+        run_fhe_phases(opts, work, steps, console, cluster, owners, owner_cfgs, report)
+    paths = write_report(report, work)
+    print_closing(report, paths, console)
+    return report
