@@ -1,0 +1,127 @@
+"""A thin mutual-TLS gRPC client of the inference service; every failure becomes an InferenceError.
+
+Knows nothing about FHE: it moves public client specs, evaluation keys,
+ciphertexts and encrypted results. Keys and encryption live in keys.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+from fedfhe_common.errors import ConfigError, FedfheError
+from fedfhe_proto.inference.v1 import inference_pb2 as pb
+from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
+
+from .config import InferenceEndpoint
+
+
+class InferenceError(FedfheError):
+    """A refused or failed RPC; ``code`` is the gRPC status (e.g. NOT_FOUND, PERMISSION_DENIED)."""
+
+    def __init__(self, address: str, method: str, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"inference node {address}: {method}: {code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"inference.{what} {path}: cannot read: {exc.strerror}") from None
+
+
+def secure_channel(endpoint: InferenceEndpoint) -> grpc.Channel:
+    """TLS with this owner's client certificate; the server is checked against the project CA."""
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=_read(endpoint.ca_certfile, "ca_certfile"),
+        private_key=_read(endpoint.keyfile, "keyfile"),
+        certificate_chain=_read(endpoint.certfile, "certfile"),
+    )
+    options = [
+        ("grpc.max_receive_message_length", endpoint.max_message_bytes),
+        ("grpc.max_send_message_length", endpoint.max_message_bytes),
+    ]
+    if endpoint.server_name:
+        options.append(("grpc.ssl_target_name_override", endpoint.server_name))
+    return grpc.secure_channel(endpoint.address, creds, options=options)
+
+
+class InferenceClient:
+    def __init__(self, endpoint: InferenceEndpoint, channel: grpc.Channel | None = None) -> None:
+        self.endpoint = endpoint
+        self.channel = channel or secure_channel(endpoint)
+        self.stub = pb_grpc.InferenceStub(self.channel)
+        self.info_timeout = 60.0
+
+    def _call(self, method: str, fn: Callable[..., object], *args: object, **kwargs: object) -> object:
+        try:
+            return fn(*args, **kwargs)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            raise InferenceError(self.endpoint.address, method, code, details or "") from None
+
+    def list_models(self, model_id: str = "") -> list[pb.ModelInfo]:
+        resp = self._call("ListModels", self.stub.ListModels, pb.ListModelsRequest(model_id=model_id),
+                          timeout=self.info_timeout)
+        return list(resp.models)  # type: ignore[attr-defined]
+
+    def model_info(self, model_id: str, version: str = "") -> pb.ModelInfo:
+        req = pb.GetModelInfoRequest(model=pb.ModelRef(model_id=model_id, version=version))
+        return self._call("GetModelInfo", self.stub.GetModelInfo, req, timeout=self.info_timeout)  # type: ignore[return-value]
+
+    def client_specs(self, info: pb.ModelInfo) -> bytes:
+        """client.zip of exactly that version, checked against the hash GetModelInfo announced."""
+        req = pb.GetClientSpecsRequest(model=pb.ModelRef(model_id=info.model_id, version=info.version))
+        specs = self._call("GetClientSpecs", self.stub.GetClientSpecs, req, timeout=self.info_timeout)
+        data = specs.client_zip  # type: ignore[attr-defined]
+        if hashlib.sha256(data).hexdigest() != info.client_zip_sha256:
+            raise FedfheError(f"inference node {self.endpoint.address}: client specs of {info.model_id} "
+                              f"{info.version} do not match the announced SHA-256; refusing them")
+        return data
+
+    def upload_keys(
+        self, info: pb.ModelInfo, evaluation_keys: bytes, on_chunk: Callable[[int], None] | None = None,
+        timeout: float | None = None,
+    ) -> pb.UploadKeysResponse:
+        """Stream the evaluation keys in chunks (a tree model's keys are ~77 MB, far above one message)."""
+        chunk = self.endpoint.chunk_bytes
+        view = memoryview(evaluation_keys)
+
+        def requests() -> Iterator[pb.UploadKeysRequest]:
+            yield pb.UploadKeysRequest(header=pb.UploadHeader(
+                model=pb.ModelRef(model_id=info.model_id, version=info.version),
+                total_bytes=len(evaluation_keys), sha256=hashlib.sha256(evaluation_keys).hexdigest(),
+            ))
+            for start in range(0, len(view), chunk):
+                part = bytes(view[start:start + chunk])
+                yield pb.UploadKeysRequest(chunk=part)
+                if on_chunk:
+                    on_chunk(len(part))
+
+        return self._call("UploadKeys", self.stub.UploadKeys, requests(),  # type: ignore[return-value]
+                          timeout=timeout or self.endpoint.upload_timeout_s)
+
+    def predict(self, key_id: str, info: pb.ModelInfo, ciphertexts: list[bytes],
+                timeout: float | None = None) -> pb.PredictResponse:
+        req = pb.PredictRequest(key_id=key_id, model=pb.ModelRef(model_id=info.model_id, version=info.version),
+                                ciphertexts=ciphertexts)
+        return self._call("Predict", self.stub.Predict, req,  # type: ignore[return-value]
+                          timeout=timeout or self.endpoint.timeout_s)
+
+    def delete_keys(self, key_id: str) -> pb.DeleteKeysResponse:
+        return self._call("DeleteKeys", self.stub.DeleteKeys, pb.DeleteKeysRequest(key_id=key_id),  # type: ignore[return-value]
+                          timeout=self.info_timeout)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> InferenceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,256 @@
+"""Encrypted prediction, end to end, on the owner's host.
+
+Fetch the model's public client specs, generate (or reuse) this owner's keys,
+upload the evaluation keys once per model version, encrypt each row, send
+batches, decrypt. The inference node sees ciphertexts only; the private key
+and the clear rows and predictions never leave this process.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from fedfhe_common.errors import FedfheError
+from fedfhe_common.schema import DatasetSchema
+from fedfhe_proto.inference.v1 import inference_pb2 as pb
+
+from .config import InferenceEndpoint
+from .inference_client import InferenceClient, InferenceError
+from .keys import ModelKeys
+
+
+@dataclass
+class PredictResult:
+    """Predictions plus what the demo report needs: latency and bytes on the wire."""
+
+    model_id: str
+    version: str
+    bundle_sha256: str
+    key_id: str
+    keys_uploaded: bool
+    predictions: np.ndarray
+    scores: np.ndarray  # decrypted, de-quantized, post-processed outputs (rows x outputs)
+    probabilities: bool  # whether ``scores`` are class probabilities
+    classes: list[int]
+    bytes: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return len(self.predictions)
+
+    @property
+    def latency_per_row_s(self) -> float:
+        """Encrypt + round trip + decrypt per row (one-off keygen and upload excluded)."""
+        s = self.seconds
+        return (s.get("encrypt", 0) + s.get("rpc", 0) + s.get("decrypt", 0)) / max(1, self.rows)
+
+    def accuracy(self, y: np.ndarray) -> float:
+        return float(np.mean(self.predictions == np.asarray(y)))
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id, "version": self.version, "bundle_sha256": self.bundle_sha256,
+            "key_id": self.key_id, "keys_uploaded": self.keys_uploaded, "rows": self.rows,
+            "latency_per_row_s": self.latency_per_row_s, "bytes": dict(self.bytes), "seconds": dict(self.seconds),
+        }
+
+
+def schema_of(info: pb.ModelInfo) -> DatasetSchema:
+    s = info.schema
+    return DatasetSchema(name=s.name, n_features=s.n_features, feature_min=s.feature_min, feature_max=s.feature_max,
+                         task=s.task or "classification", classes=list(s.classes))  # type: ignore[arg-type]
+
+
+def resolve_model(client: InferenceClient, model_id: str = "", version: str = "") -> pb.ModelInfo:
+    """The named model (latest version unless one is given), or the only model the node serves."""
+    if model_id:
+        return client.model_info(model_id, version)
+    ids = sorted({m.model_id for m in client.list_models()})
+    if len(ids) == 1:
+        return client.model_info(ids[0], version)
+    if not ids:
+        raise FedfheError(f"inference node {client.endpoint.address} serves no model yet")
+    raise FedfheError(f"inference node {client.endpoint.address} serves several models ({', '.join(ids)}): "
+                      "choose one with --model (or inference.model_id)")
+
+
+def _progress(enabled: bool) -> Any:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[extra]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled,
+        transient=False,
+    )
+
+
+def _decode(scores: np.ndarray, schema: DatasetSchema) -> tuple[np.ndarray, bool]:
+    if not schema.is_classifier:
+        return scores[:, 0], False
+    classes = np.asarray(schema.classes)
+    index = np.argmax(scores, axis=1) if scores.shape[1] > 1 else (scores[:, 0] > 0.5).astype(int)
+    probs = bool(scores.shape[1] > 1 and (scores >= -1e-6).all() and np.allclose(scores.sum(axis=1), 1, atol=1e-3))
+    return classes[index], probs
+
+
+class _Session:
+    """One owner, one model version, one node: keys uploaded at most once (again only if the node lost them)."""
+
+    def __init__(self, client: InferenceClient, info: pb.ModelInfo, keys: ModelKeys, fhe: Any, progress: Any) -> None:
+        self.client, self.info, self.keys, self.fhe, self.progress = client, info, keys, fhe, progress
+        self.lock = threading.Lock()
+        self.evaluation_keys = fhe.get_serialized_evaluation_keys()
+        self.sha256 = hashlib.sha256(self.evaluation_keys).hexdigest()
+        self.key_id = keys.key_id(client.endpoint.address, self.sha256)
+        self.uploaded = False
+        self.upload_seconds = 0.0
+
+    def ensure_uploaded(self, stale: str | None = None) -> str:
+        with self.lock:
+            if self.key_id is None or self.key_id == stale:
+                started = time.perf_counter()
+                task = self.progress.add_task("upload keys", total=len(self.evaluation_keys),
+                                              extra=f"{len(self.evaluation_keys) / 1e6:.1f} MB")
+                resp = self.client.upload_keys(self.info, self.evaluation_keys,
+                                               on_chunk=lambda n: self.progress.advance(task, n))
+                self.key_id = resp.key_id
+                self.keys.remember_key_id(self.client.endpoint.address, resp.key_id, self.sha256)
+                self.uploaded = True
+                self.upload_seconds += time.perf_counter() - started
+            return self.key_id
+
+    def call(self, ciphertexts: list[bytes]) -> tuple[pb.PredictResponse, float]:
+        key_id = self.ensure_uploaded()
+        started = time.perf_counter()
+        try:
+            resp = self.client.predict(key_id, self.info, ciphertexts)
+        except InferenceError as exc:
+            # The node may have lost or deleted our keys (e.g. a wiped keys_dir): upload again, once.
+            if exc.code != grpc.StatusCode.NOT_FOUND or "evaluation keys" not in exc.details:
+                raise
+            key_id = self.ensure_uploaded(stale=key_id)
+            started = time.perf_counter()
+            resp = self.client.predict(key_id, self.info, ciphertexts)
+        return resp, time.perf_counter() - started
+
+
+@contextmanager
+def _client(endpoint: InferenceEndpoint, client: InferenceClient | None) -> Iterator[InferenceClient]:
+    if client is not None:
+        yield client
+        return
+    own = InferenceClient(endpoint)
+    try:
+        yield own
+    finally:
+        own.close()
+
+
+def predict_rows(
+    endpoint: InferenceEndpoint,
+    state_dir: Path,
+    X: np.ndarray,
+    *,
+    model_id: str = "",
+    version: str = "",
+    batch_size: int | None = None,
+    progress: bool = True,
+    client: InferenceClient | None = None,
+) -> PredictResult:
+    """Encrypted predictions for the rows of ``X`` (rows x features, in the model's schema).
+
+    The next batch is encrypted while the node evaluates the previous one.
+    """
+    started = time.perf_counter()
+    batch = batch_size or endpoint.batch_size
+    if batch < 1:
+        raise FedfheError(f"batch size must be >= 1, got {batch}")
+    seconds = {k: 0.0 for k in ("specs", "keygen", "upload", "encrypt", "rpc", "server", "decrypt")}
+    sizes = {"client_specs": 0, "evaluation_keys": 0, "ciphertexts": 0, "results": 0}
+    with _client(endpoint, client) as conn:
+        info = resolve_model(conn, model_id or endpoint.model_id, version)
+        schema = schema_of(info)
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != schema.n_features or len(X) == 0:
+            raise FedfheError(f"model {info.model_id} {info.version} needs rows of {schema.n_features} features, "
+                              f"got an array of shape {X.shape}")
+        keys = ModelKeys(state_dir, info.model_id, info.version)
+        t = time.perf_counter()
+        if not keys.has_client_specs(info.client_zip_sha256):
+            specs = conn.client_specs(info)
+            keys.save_client_specs(specs)
+            sizes["client_specs"] = len(specs)
+        seconds["specs"] = time.perf_counter() - t
+        fhe, seconds["keygen"] = keys.fhe_client()
+        bar = _progress(progress)
+        outputs: list[np.ndarray] = []
+        with bar, cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict-rpc") as pool:
+            session = _Session(conn, info, keys, fhe, bar)
+            sizes["evaluation_keys"] = len(session.evaluation_keys)
+            task = bar.add_task(f"encrypted predict {info.model_id} {info.version}", total=len(X), extra="rows")
+
+            def collect(fut: cf.Future) -> None:
+                resp, rpc_s = fut.result()
+                seconds["rpc"] += rpc_s
+                seconds["server"] += resp.server_seconds
+                t = time.perf_counter()
+                for r in resp.results:
+                    sizes["results"] += len(r)
+                    outputs.append(np.asarray(fhe.deserialize_decrypt_dequantize(r)).reshape(1, -1))
+                seconds["decrypt"] += time.perf_counter() - t
+                bar.advance(task, len(resp.results))
+
+            pending: cf.Future | None = None
+            for start in range(0, len(X), batch):
+                t = time.perf_counter()
+                cts = [fhe.quantize_encrypt_serialize(X[i:i + 1]) for i in range(start, min(start + batch, len(X)))]
+                seconds["encrypt"] += time.perf_counter() - t
+                sizes["ciphertexts"] += sum(len(c) for c in cts)
+                if pending is not None:
+                    collect(pending)
+                pending = pool.submit(session.call, cts)
+            if pending is not None:
+                collect(pending)
+        seconds["upload"] = session.upload_seconds
+    scores = np.vstack(outputs)
+    predictions, probabilities = _decode(scores, schema)
+    seconds["total"] = time.perf_counter() - started
+    return PredictResult(
+        model_id=info.model_id, version=info.version, bundle_sha256=info.bundle_sha256, key_id=session.key_id or "",
+        keys_uploaded=session.uploaded, predictions=predictions, scores=scores, probabilities=probabilities,
+        classes=list(schema.classes), bytes=sizes, seconds=seconds,
+    )
+
+
+def delete_keys(endpoint: InferenceEndpoint, state_dir: Path, model_id: str, version: str,
+                client: InferenceClient | None = None) -> str | None:
+    """Ask the node to forget this owner's evaluation keys for one model version; returns the key id."""
+    keys = ModelKeys(state_dir, model_id, version)
+    key_id = keys.forget_key_id(endpoint.address)
+    if key_id:
+        with _client(endpoint, client) as conn:
+            try:
+                conn.delete_keys(key_id)
+            except InferenceError as exc:
+                if exc.code != grpc.StatusCode.NOT_FOUND:
+                    raise
+    return key_id

@@ -1,0 +1,84 @@
+"""fedfhe-client subcommands for encrypted inference: predict, delete-keys.
+
+``register(sub)`` adds them to the data owner's argparse tree; handlers
+return an exit code and raise FedfheError for a one-line message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fedfhe_common.errors import ConfigError
+
+from . import config as owner_config
+
+
+def _endpoint(cfg: owner_config.OwnerConfig, path: Path) -> owner_config.InferenceEndpoint:
+    if cfg.inference is None:
+        raise ConfigError(f"{path}: no 'inference' section (address, certfile, keyfile, ca_certfile)")
+    return cfg.inference
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .inference_client import InferenceClient
+    from .predict import predict_rows, resolve_model, schema_of
+    from .predict_io import load_rows, write_predictions
+
+    cfg = owner_config.load(args.config)
+    endpoint = _endpoint(cfg, args.config)
+    with InferenceClient(endpoint) as client:
+        info = resolve_model(client, args.model or endpoint.model_id, args.version or "")
+        X, y = load_rows(args.input, schema_of(info), args.labels)
+        result = predict_rows(
+            endpoint, cfg.state_dir, X, model_id=info.model_id, version=info.version, batch_size=args.batch_size,
+            progress=not args.no_progress, client=client,
+        )
+    write_predictions(args.out, result, y)
+    s, b = result.seconds, result.bytes
+    print(f"{result.rows} encrypted predictions from {result.model_id} {result.version} -> {args.out}")
+    print(f"  keys: {'uploaded' if result.keys_uploaded else 'cached'} id {result.key_id} "
+          f"({b['evaluation_keys'] / 1e6:.2f} MB evaluation keys; private key stays in {cfg.state_dir})")
+    print(f"  {result.latency_per_row_s * 1000:.1f} ms/row (encrypt {s['encrypt']:.2f}s, round trips {s['rpc']:.2f}s, "
+          f"server FHE {s['server']:.2f}s, decrypt {s['decrypt']:.2f}s), "
+          f"{b['ciphertexts'] / 1e6:.2f} MB sent, {b['results'] / 1e6:.2f} MB received")
+    if y is not None and info.schema.task != "regression":
+        print(f"  accuracy against the labels in {args.input}: {100 * result.accuracy(y):.2f}%")
+    return 0
+
+
+def _delete_keys(args: argparse.Namespace) -> int:
+    from .inference_client import InferenceClient
+    from .predict import delete_keys, resolve_model
+
+    cfg = owner_config.load(args.config)
+    endpoint = _endpoint(cfg, args.config)
+    with InferenceClient(endpoint) as client:
+        info = resolve_model(client, args.model or endpoint.model_id, args.version or "")
+        key_id = delete_keys(endpoint, cfg.state_dir, info.model_id, info.version, client=client)
+    if key_id:
+        print(f"deleted evaluation keys {key_id} of {info.model_id} {info.version} from {endpoint.address}")
+    else:
+        print(f"no evaluation keys of {info.model_id} {info.version} recorded for {endpoint.address}", file=sys.stderr)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add predict and delete-keys to fedfhe-client's subcommands."""
+    p = sub.add_parser("predict", help="encrypted predictions on the inference node for the rows of a file")
+    p.add_argument("--config", type=Path, required=True, help="owner.yaml (with an 'inference' section)")
+    p.add_argument("--input", type=Path, required=True, help="rows: CSV (label column optional), NPZ or IDX")
+    p.add_argument("--labels", type=Path, help="labels file for IDX input")
+    p.add_argument("--out", type=Path, required=True, help="predictions file (.csv or .json)")
+    p.add_argument("--model", help="model id (default: inference.model_id, or the only model served)")
+    p.add_argument("--version", help="model version (default: the latest)")
+    p.add_argument("--batch-size", type=int, help="rows per Predict call (default: inference.batch_size)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(fn=_predict)
+
+    p = sub.add_parser("delete-keys", help="make the inference node forget this owner's keys for a model version")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--model", help="model id (default: inference.model_id, or the only model served)")
+    p.add_argument("--version", help="model version (default: the latest)")
+    p.set_defaults(fn=_delete_keys)

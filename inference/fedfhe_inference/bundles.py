@@ -1,0 +1,241 @@
+"""Published FHE bundles: the on-disk layout, publishing, and the verified in-memory registry.
+
+Layout: ``bundles_dir/<model_id>/<version>/{client.zip, server.zip, manifest.json}``.
+A version is immutable once published. Every bundle's manifest is verified
+before anything in it is loaded; a bundle that fails is refused (logged),
+the others keep being served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedfhe_common.errors import FedfheError, IntegrityError
+from fedfhe_common.manifest import MANIFEST, safe_member, sha256_file, verify_manifest
+from fedfhe_common.schema import DatasetSchema
+
+from .errors import invalid, not_found
+
+log = logging.getLogger("fedfhe.inference.bundles")
+
+# The coordinator writes bundles with these (fedfhe_server.bundle_format); the formats must agree.
+BUNDLE_KIND = "fedfhe-fhe-bundle"
+BUNDLE_FILES = ("client.zip", "server.zip")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def valid_name(value: str) -> bool:
+    return bool(_NAME.match(value or ""))
+
+
+def version_key(version: str) -> tuple:
+    """Natural order: "10" after "9", "20250102" after "20250101"; the largest is the latest."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", version) if p)
+
+
+def read_bundle_manifest(directory: Path) -> dict[str, Any]:
+    """Verify every file's hash and the metadata the service relies on; IntegrityError otherwise."""
+    meta = verify_manifest(directory, BUNDLE_KIND)
+    for name in BUNDLE_FILES:
+        if name not in meta["files"]:
+            raise IntegrityError(f"{directory / MANIFEST}: does not list {name}")
+    for key in ("model_id", "version"):
+        if not valid_name(str(meta.get(key, ""))):
+            raise IntegrityError(f"{directory / MANIFEST}: missing or invalid {key} {meta.get(key)!r}")
+    try:
+        DatasetSchema.from_mapping(meta.get("schema"), "manifest: schema")
+    except FedfheError as exc:
+        raise IntegrityError(f"{directory / MANIFEST}: {exc}") from None
+    return meta
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish_bundle(source: Path, bundles_dir: Path) -> tuple[Path, bool]:
+    """Verify ``source`` and install it as ``bundles_dir/<model_id>/<version>`` atomically.
+
+    Returns (destination, installed); publishing the identical bundle again is a no-op,
+    a different bundle under an existing version is refused (versions are immutable).
+    """
+    source = Path(source)
+    meta = read_bundle_manifest(source)
+    model_id, version = meta["model_id"], meta["version"]
+    dest = Path(bundles_dir) / model_id / version
+    if dest.exists():
+        if (dest / MANIFEST).is_file() and sha256_file(dest / MANIFEST) == sha256_file(source / MANIFEST):
+            return dest, False
+        raise FedfheError(
+            f"{dest}: model {model_id} version {version} is already published with different content; "
+            "versions are immutable, compile with a new --version"
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{version}.publish."))
+    try:
+        for name in [*meta["files"], MANIFEST]:
+            member = safe_member(str(name))
+            shutil.copyfile(source / member, tmp / member)
+            with open(tmp / member, "rb") as fh:
+                os.fsync(fh.fileno())
+        read_bundle_manifest(tmp)  # the copy, not only the source, must verify
+        os.chmod(tmp, 0o755)
+        tmp.rename(dest)
+        _fsync_dir(dest.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest, True
+
+
+@dataclass
+class LoadedBundle:
+    """One servable model version: verified metadata, public client specs in memory, the circuit."""
+
+    model_id: str
+    version: str
+    directory: Path
+    meta: dict[str, Any]
+    schema: DatasetSchema
+    bundle_sha256: str
+    client_zip: bytes
+    client_zip_sha256: str
+    server: Any  # concrete.ml.deployment.FHEModelServer
+
+    @property
+    def family(self) -> str:
+        return str(self.meta.get("family") or self.meta.get("model_class") or "")
+
+    @property
+    def n_bits(self) -> int:
+        n = self.meta.get("n_bits")
+        return n if isinstance(n, int) else 0
+
+
+def load_bundle(directory: Path) -> LoadedBundle:
+    """Verify, then load; the served client.zip is the hashed copy (no re-read after the check)."""
+    from concrete.ml.deployment import FHEModelServer
+
+    meta = read_bundle_manifest(directory)
+    if (meta["model_id"], meta["version"]) != (directory.parent.name, directory.name):
+        raise IntegrityError(
+            f"{directory}: manifest names {meta['model_id']}/{meta['version']}, "
+            "but the bundle sits elsewhere; publish it with 'fedfhe-inference publish'"
+        )
+    client_zip = (directory / "client.zip").read_bytes()
+    digest = hashlib.sha256(client_zip).hexdigest()
+    if digest != meta["files"]["client.zip"]:
+        raise IntegrityError(f"{directory / 'client.zip'}: changed while loading")
+    try:
+        server = FHEModelServer(str(directory))
+    except Exception as exc:  # noqa: BLE001 - any load failure (versions, corrupt circuit) refuses this bundle only
+        raise IntegrityError(f"{directory}: Concrete ML cannot load server.zip: {exc}") from None
+    return LoadedBundle(
+        model_id=meta["model_id"], version=meta["version"], directory=directory, meta=meta,
+        schema=DatasetSchema.from_mapping(meta["schema"]), bundle_sha256=sha256_file(directory / MANIFEST),
+        client_zip=client_zip, client_zip_sha256=digest, server=server,
+    )
+
+
+@dataclass(frozen=True)
+class ScanReport:
+    loaded: list[str]
+    refused: list[tuple[str, str]]
+    removed: list[str]
+
+
+class BundleRegistry:
+    """The bundles being served; ``rescan`` picks up newly published versions without a restart."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._bundles: dict[tuple[str, str], LoadedBundle] = {}
+        self._refused: dict[Path, tuple[int, str]] = {}  # dir -> (manifest mtime, reason): not retried until it changes
+        self._lock = threading.Lock()
+        self._scan_lock = threading.Lock()
+
+    def _candidates(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        out = []
+        for model_dir in sorted(self.root.iterdir()):
+            if model_dir.name.startswith(".") or not model_dir.is_dir():
+                continue
+            out += [d for d in sorted(model_dir.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+        return out
+
+    def rescan(self) -> ScanReport:
+        with self._scan_lock:
+            loaded, refused = [], []
+            present = set()
+            for directory in self._candidates():
+                key = (directory.parent.name, directory.name)
+                present.add(key)
+                if key in self._bundles:
+                    continue
+                try:
+                    mtime = (directory / MANIFEST).stat().st_mtime_ns
+                except OSError:
+                    mtime = -1
+                if self._refused.get(directory, (None,))[0] == mtime:
+                    continue
+                try:
+                    bundle = load_bundle(directory)
+                except (FedfheError, OSError) as exc:
+                    self._refused[directory] = (mtime, str(exc))
+                    refused.append((str(directory), str(exc)))
+                    log.error("refused bundle %s: %s", directory, exc)
+                    continue
+                self._refused.pop(directory, None)
+                with self._lock:
+                    self._bundles[key] = bundle
+                loaded.append(f"{bundle.model_id}/{bundle.version}")
+                log.info("serving %s/%s (bundle sha256 %s)", bundle.model_id, bundle.version, bundle.bundle_sha256)
+            with self._lock:
+                removed = [f"{m}/{v}" for (m, v) in self._bundles if (m, v) not in present]
+                for name in removed:
+                    self._bundles.pop(tuple(name.split("/", 1)), None)  # type: ignore[arg-type]
+            for name in removed:
+                log.info("no longer serving %s (its directory is gone)", name)
+            return ScanReport(loaded, refused, removed)
+
+    def latest_version(self, model_id: str) -> str | None:
+        with self._lock:
+            versions = [v for (m, v) in self._bundles if m == model_id]
+        return max(versions, key=version_key) if versions else None
+
+    def get(self, model_id: str, version: str = "") -> LoadedBundle:
+        if not valid_name(model_id):
+            raise invalid(f"model id {model_id!r} is not a valid name")
+        if version and not valid_name(version):
+            raise invalid(f"model version {version!r} is not a valid name")
+        chosen = version or self.latest_version(model_id)
+        with self._lock:
+            bundle = self._bundles.get((model_id, chosen or ""))
+            known = sorted({m for (m, _) in self._bundles})
+        if bundle is None:
+            if chosen is None:
+                raise not_found(f"no model {model_id!r} is published here (known: {', '.join(known) or 'none'})")
+            raise not_found(f"model {model_id!r} has no version {chosen!r} (latest: {self.latest_version(model_id)})")
+        return bundle
+
+    def all(self, model_id: str = "") -> list[tuple[LoadedBundle, bool]]:
+        """(bundle, is_latest) for every served version, optionally of one model."""
+        with self._lock:
+            bundles = [b for b in self._bundles.values() if not model_id or b.model_id == model_id]
+        latest = {m: self.latest_version(m) for m in {b.model_id for b in bundles}}
+        bundles.sort(key=lambda b: (b.model_id, version_key(b.version)))
+        return [(b, latest[b.model_id] == b.version) for b in bundles]

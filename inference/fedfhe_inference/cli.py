@@ -1,0 +1,103 @@
+"""fedfhe-inference: run the inference node, publish bundles to it, list what it would serve.
+
+``serve`` imports Concrete ML (seconds); ``publish`` and ``list`` only verify
+manifests and stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from fedfhe_common.errors import ConfigError, FedfheError
+
+from . import config as inference_config
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    cfg = inference_config.load(args.config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    return serve(cfg)
+
+
+def _bundles_dir(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    if args.bundles_dir:
+        return args.bundles_dir, None
+    if not args.config:
+        raise ConfigError("give --config inference.yaml or --bundles-dir DIR")
+    cfg = inference_config.load(args.config)
+    return cfg.bundles_dir, cfg.pid_file
+
+
+def _reload(pid_file: Path | None) -> str:
+    if pid_file is None:
+        return "no pid_file in the config: the server picks the bundle up at its next rescan (or send it SIGHUP)"
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except FileNotFoundError:
+        return f"{pid_file}: no server running; the bundle is served when it starts"
+    except (ValueError, ProcessLookupError, PermissionError) as exc:
+        raise FedfheError(f"{pid_file}: cannot signal the server: {exc}") from None
+    return f"asked the server (pid {pid}) to rescan"
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from .bundles import publish_bundle
+
+    bundles_dir, pid_file = _bundles_dir(args)
+    dest, installed = publish_bundle(args.bundle, bundles_dir)
+    print(f"{'published' if installed else 'already published'}: {dest}")
+    if args.reload:
+        print(_reload(pid_file))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from .bundles import read_bundle_manifest
+
+    bundles_dir, _ = _bundles_dir(args)
+    if not bundles_dir.is_dir():
+        raise ConfigError(f"{bundles_dir}: no such bundles directory")
+    for model_dir in sorted(p for p in bundles_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for d in sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            try:
+                meta = read_bundle_manifest(d)
+                print(f"{model_dir.name}/{d.name}: ok ({meta.get('family', '?')}, n_bits {meta.get('n_bits', '?')})")
+            except FedfheError as exc:
+                print(f"{model_dir.name}/{d.name}: REFUSED: {exc}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="fedfhe-inference", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("serve", help="run the mutual-TLS gRPC inference service in the foreground")
+    p.add_argument("--config", type=Path, required=True, help="inference.yaml")
+    p.set_defaults(fn=_serve)
+    for name, fn, help_text in (
+        ("publish", _publish, "verify a bundle directory and install it into the bundles directory"),
+        ("list", _list, "verify and list the bundles a server with this config would serve"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", type=Path, help="inference.yaml (for bundles_dir and pid_file)")
+        p.add_argument("--bundles-dir", type=Path, help="the bundles directory, instead of --config")
+        if name == "publish":
+            p.add_argument("bundle", type=Path, help="bundle directory written by 'fedfhe-server compile'")
+            p.add_argument("--reload", action="store_true", help="send SIGHUP to the running server (pid_file)")
+        p.set_defaults(fn=fn)
+    args = ap.parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except (FedfheError, FileNotFoundError) as exc:
+        print(f"fedfhe-inference {args.cmd}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,94 @@
+"""The inference node's YAML config (inference.yaml), loaded into frozen dataclasses.
+
+Example::
+
+    listen: 0.0.0.0:50051
+    certfile: pki/inference.crt      # server certificate (SANs = the names owners dial)
+    keyfile: pki/inference.key
+    ca_certfile: pki/ca.crt          # the project CA: client certificates must chain to it
+    bundles_dir: /var/lib/fedfhe/bundles
+    keys_dir: /var/lib/fedfhe/keys
+    workers: 0                       # FHE worker threads; 0 = one per core
+    limits: {max_batch_rows: 64, max_keys_per_owner: 8}
+    deadlines: {predict_s: 300}
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from fedfhe_common.config import load_config
+from fedfhe_common.errors import ConfigError
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may cost; each breach is a specific gRPC status, never a dead server."""
+
+    max_chunk_bytes: int = 4 * MiB
+    max_key_bytes: int = 512 * MiB
+    max_batch_rows: int = 64
+    max_ciphertext_bytes: int = 8 * MiB
+    max_keys_per_owner: int = 8
+    max_message_bytes: int = 64 * MiB
+    max_concurrent_rpcs: int = 64
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if getattr(self, f.name) < 1:
+                raise ConfigError(f"limits.{f.name}: must be >= 1")
+        if self.max_chunk_bytes + 64 * 1024 > self.max_message_bytes:
+            raise ConfigError("limits.max_chunk_bytes: must be at least 64 KiB below limits.max_message_bytes")
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """Server-side ceilings per RPC, in seconds (a client's shorter deadline wins)."""
+
+    predict_s: float = 600.0
+    upload_s: float = 900.0
+    info_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if getattr(self, f.name) <= 0:
+                raise ConfigError(f"deadlines.{f.name}: must be > 0")
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    listen: str
+    certfile: Path
+    keyfile: Path
+    ca_certfile: Path
+    bundles_dir: Path
+    keys_dir: Path
+    workers: int = 0
+    rpc_threads: int = 16
+    key_cache_bytes: int = 1024 * MiB
+    rescan_interval_s: float = 30.0
+    grace_s: float = 5.0
+    pid_file: Path | None = None
+    limits: Limits = field(default_factory=Limits)
+    deadlines: Deadlines = field(default_factory=Deadlines)
+
+    def __post_init__(self) -> None:
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"listen: expected host:port, got {self.listen!r}")
+        if self.workers < 0 or self.rpc_threads < 1:
+            raise ConfigError("workers must be >= 0 (0 = one per core) and rpc_threads >= 1")
+        if self.key_cache_bytes < 0 or self.rescan_interval_s < 0:
+            raise ConfigError("key_cache_bytes and rescan_interval_s must be >= 0")
+
+    @property
+    def fhe_workers(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+
+def load(path: str | Path) -> InferenceConfig:
+    return load_config(InferenceConfig, path)

@@ -1,0 +1,245 @@
+"""Uploaded evaluation keys: on disk atomically, owned by one certificate CN, surviving restarts.
+
+Layout: ``keys_dir/<key_id>.evk`` (the serialized evaluation keys) and
+``keys_dir/<key_id>.json`` (owner, model version, size, SHA-256). Key ids are
+server-generated uuid4 hex and checked against that pattern before they touch
+a path. An upload streams into a temp file (fsync, rename), so a crash never
+leaves a half key under a valid id; leftovers are swept at start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from fedfhe_common.pki import write_atomic
+
+from .errors import ServiceError, denied, exhausted, invalid, not_found
+
+log = logging.getLogger("fedfhe.inference.keys")
+KEY_ID = re.compile(r"^[0-9a-f]{32}$")
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def check_key_id(key_id: str) -> str:
+    """Only what the server itself hands out: 32 lowercase hex digits (no paths, no dots)."""
+    if not KEY_ID.match(key_id or ""):
+        raise invalid(f"key id {key_id[:80]!r} is malformed: expected the 32 hex digits UploadKeys returned")
+    return key_id
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    key_id: str
+    owner: str
+    model_id: str
+    version: str
+    size: int
+    sha256: str
+    created_at: float
+
+
+def _deserialize(data: bytes) -> Any:
+    from concrete import fhe
+
+    return fhe.EvaluationKeys.deserialize(data)
+
+
+class _Upload:
+    """One in-flight key stream: bytes go straight to a temp file, hashed on the way."""
+
+    def __init__(self, store: KeyStore, owner: str, model_id: str, version: str, total: int, sha256: str) -> None:
+        self.store, self.owner, self.model_id, self.version = store, owner, model_id, version
+        self.total, self.expected_sha256 = total, sha256
+        self.received = 0
+        self.hash = hashlib.sha256()
+        fd, tmp = tempfile.mkstemp(dir=store.root, prefix=".upload-", suffix=".part")
+        os.fchmod(fd, 0o600)
+        self.path = Path(tmp)
+        self.fh = os.fdopen(fd, "wb")
+
+    def write(self, chunk: bytes) -> None:
+        limit = self.store.max_chunk_bytes
+        if len(chunk) > limit:
+            raise invalid(f"key chunk of {len(chunk)} bytes exceeds the {limit}-byte chunk limit")
+        if self.received + len(chunk) > self.total:
+            raise invalid(f"key stream is longer than the {self.total} bytes its header declared")
+        self.fh.write(chunk)
+        self.hash.update(chunk)
+        self.received += len(chunk)
+
+    def commit(self) -> KeyRecord:
+        """Check completeness, hash and that the bytes are evaluation keys; then rename into place."""
+        if self.received < self.total:
+            raise invalid(f"key stream truncated: received {self.received} of the {self.total} declared bytes")
+        digest = self.hash.hexdigest()
+        if digest != self.expected_sha256:
+            raise ServiceError(
+                grpc.StatusCode.DATA_LOSS, f"key stream SHA-256 {digest} does not match the header's {self.expected_sha256}"
+            )
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        data = self.path.read_bytes()
+        try:
+            keys = _deserialize(data)
+        except Exception as exc:  # noqa: BLE001 - Concrete's parser rejects bad bytes in several ways
+            raise invalid(f"the uploaded bytes are not Concrete evaluation keys: {str(exc).splitlines()[0][:200]}") from None
+        del data
+        record = KeyRecord(uuid.uuid4().hex, self.owner, self.model_id, self.version, self.received, digest, time.time())
+        self.store._install(record, self.path, keys)
+        return record
+
+    def discard(self) -> None:
+        if not self.fh.closed:
+            self.fh.close()
+        self.path.unlink(missing_ok=True)
+
+
+class KeyStore:
+    """Key records by id, per-owner quotas, and an LRU of deserialized keys bounded in bytes."""
+
+    def __init__(self, root: Path, *, max_keys_per_owner: int, max_key_bytes: int, max_chunk_bytes: int,
+                 cache_bytes: int) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        self.max_keys_per_owner, self.max_key_bytes, self.max_chunk_bytes = max_keys_per_owner, max_key_bytes, max_chunk_bytes
+        self.cache_bytes = cache_bytes
+        self._records: dict[str, KeyRecord] = {}
+        self._pending: dict[str, int] = {}
+        self._cache: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+        self._cached = 0
+        self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        self._load_index()
+
+    # ---- start-up -------------------------------------------------------
+    def _load_index(self) -> None:
+        for part in self.root.glob(".upload-*.part"):
+            part.unlink(missing_ok=True)  # an upload interrupted by a crash or restart
+        for meta in self.root.glob("*.json"):
+            try:
+                record = KeyRecord(**json.loads(meta.read_text()))
+                check_key_id(record.key_id)
+                if meta.stem != record.key_id or not (self.root / f"{record.key_id}.evk").is_file():
+                    raise ValueError("metadata and key file do not match")
+            except (ValueError, TypeError, ServiceError, OSError) as exc:
+                log.error("ignoring key metadata %s: %s", meta, exc)
+                continue
+            self._records[record.key_id] = record
+        for evk in self.root.glob("*.evk"):
+            if evk.stem not in self._records:
+                evk.unlink(missing_ok=True)  # a delete or an install interrupted half way
+        log.info("key store %s: %d evaluation key sets", self.root, len(self._records))
+
+    # ---- lookups --------------------------------------------------------
+    def get(self, key_id: str, owner: str) -> KeyRecord:
+        check_key_id(key_id)
+        with self._lock:
+            record = self._records.get(key_id)
+        if record is None:
+            raise not_found(f"no evaluation keys with id {key_id}; upload them again (UploadKeys)")
+        if record.owner != owner:
+            raise denied(f"evaluation keys {key_id} belong to another owner")
+        return record
+
+    def owned_by(self, owner: str) -> list[KeyRecord]:
+        with self._lock:
+            return [r for r in self._records.values() if r.owner == owner]
+
+    # ---- upload ---------------------------------------------------------
+    @contextlib.contextmanager
+    def upload(self, owner: str, model_id: str, version: str, total: int, sha256: str) -> Iterator[_Upload]:
+        """Reserve a quota slot for the stream; the temp file is removed unless commit() succeeded."""
+        if total < 1:
+            raise invalid("UploadHeader.total_bytes must be > 0")
+        if total > self.max_key_bytes:
+            raise exhausted(f"evaluation keys of {total} bytes exceed this node's {self.max_key_bytes}-byte limit")
+        if not SHA256_HEX.match(sha256 or ""):
+            raise invalid("UploadHeader.sha256 must be 64 lowercase hex digits")
+        with self._lock:
+            used = sum(1 for r in self._records.values() if r.owner == owner) + self._pending.get(owner, 0)
+            if used >= self.max_keys_per_owner:
+                raise exhausted(
+                    f"owner {owner} already holds {used} key sets (limit {self.max_keys_per_owner}); delete unused ones"
+                )
+            self._pending[owner] = self._pending.get(owner, 0) + 1
+        up = _Upload(self, owner, model_id, version, total, sha256)
+        try:
+            yield up
+        finally:
+            up.discard()
+            with self._lock:
+                self._pending[owner] -= 1
+
+    def _install(self, record: KeyRecord, part: Path, keys: Any) -> None:
+        final = self.root / f"{record.key_id}.evk"
+        os.replace(part, final)
+        write_atomic(self.root / f"{record.key_id}.json", json.dumps(asdict(record)).encode(), 0o600)
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with self._lock:
+            self._records[record.key_id] = record
+        self._remember(record, keys)
+
+    # ---- delete ---------------------------------------------------------
+    def delete(self, key_id: str, owner: str) -> KeyRecord:
+        record = self.get(key_id, owner)
+        with self._lock:
+            self._records.pop(key_id, None)
+            entry = self._cache.pop(key_id, None)
+            if entry:
+                self._cached -= entry[0]
+        (self.root / f"{key_id}.json").unlink(missing_ok=True)  # metadata first: a crash leaves an orphan, swept later
+        (self.root / f"{key_id}.evk").unlink(missing_ok=True)
+        return record
+
+    # ---- deserialized keys ----------------------------------------------
+    def _remember(self, record: KeyRecord, keys: Any) -> None:
+        if record.size > self.cache_bytes:
+            return
+        with self._lock:
+            if record.key_id in self._cache or record.key_id not in self._records:
+                return
+            self._cache[record.key_id] = (record.size, keys)
+            self._cached += record.size
+            while self._cached > self.cache_bytes and self._cache:
+                _, (size, _) = self._cache.popitem(last=False)
+                self._cached -= size
+
+    def evaluation_keys(self, record: KeyRecord) -> Any:
+        """The deserialized keys (LRU-cached); read from disk when evicted."""
+        with self._lock:
+            entry = self._cache.get(record.key_id)
+            if entry is not None:
+                self._cache.move_to_end(record.key_id)
+                return entry[1]
+        with self._load_lock:
+            with self._lock:
+                entry = self._cache.get(record.key_id)
+            if entry is not None:
+                return entry[1]
+            try:
+                keys = _deserialize((self.root / f"{record.key_id}.evk").read_bytes())
+            except FileNotFoundError:
+                raise not_found(f"evaluation keys {record.key_id} were deleted") from None
+            self._remember(record, keys)
+            return keys

@@ -1,0 +1,144 @@
+"""Assemble and run the gRPC server: mutual TLS, limits, health, reflection, reload on SIGHUP.
+
+Signals reach the main loop through ``signal.set_wakeup_fd`` (a self-pipe),
+so no lock is ever taken inside a signal handler: SIGHUP rescans the bundles
+directory, SIGTERM/SIGINT drain in-flight RPCs and stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import socket
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from fedfhe_common.errors import ConfigError
+from fedfhe_common.pki import write_atomic
+from fedfhe_proto.inference.v1 import inference_pb2 as pb
+from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .bundles import BundleRegistry
+from .config import InferenceConfig
+from .keystore import KeyStore
+from .runner import FheRunner
+from .service import InferenceService
+
+log = logging.getLogger("fedfhe.inference")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot read: {exc.strerror}") from None
+
+
+def server_credentials(cfg: InferenceConfig) -> grpc.ServerCredentials:
+    """Mutual TLS: the client must present a certificate that chains to the project CA."""
+    return grpc.ssl_server_credentials(
+        [(_read(cfg.keyfile, "keyfile"), _read(cfg.certfile, "certfile"))],
+        root_certificates=_read(cfg.ca_certfile, "ca_certfile"),
+        require_client_auth=True,
+    )
+
+
+@dataclass
+class Node:
+    """A built, not yet started, inference node."""
+
+    server: grpc.Server
+    service: InferenceService
+    health: health.HealthServicer
+    registry: BundleRegistry
+    runner: FheRunner
+    port: int
+
+    def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, status)
+
+
+def build(cfg: InferenceConfig) -> Node:
+    limits = cfg.limits
+    registry = BundleRegistry(cfg.bundles_dir)
+    report = registry.rescan()
+    log.info("bundles: %d loaded, %d refused", len(report.loaded), len(report.refused))
+    keys = KeyStore(
+        cfg.keys_dir, max_keys_per_owner=limits.max_keys_per_owner, max_key_bytes=limits.max_key_bytes,
+        max_chunk_bytes=limits.max_chunk_bytes, cache_bytes=cfg.key_cache_bytes,
+    )
+    runner = FheRunner(cfg.fhe_workers)
+    service = InferenceService(cfg, registry, keys, runner)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=cfg.rpc_threads, thread_name_prefix="rpc"),
+        options=[
+            ("grpc.max_receive_message_length", limits.max_message_bytes),
+            ("grpc.max_send_message_length", limits.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
+    )
+    pb_grpc.add_InferenceServicer_to_server(service, server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+    )
+    try:
+        port = server.add_secure_port(cfg.listen, server_credentials(cfg))
+    except RuntimeError as exc:
+        raise ConfigError(f"listen {cfg.listen}: cannot bind: {exc}") from None
+    if port == 0:
+        raise ConfigError(f"listen {cfg.listen}: cannot bind (address in use or not local)")
+    return Node(server, service, health_servicer, registry, runner, port)
+
+
+def serve(cfg: InferenceConfig) -> int:
+    """Run until SIGTERM/SIGINT; SIGHUP (or every rescan_interval_s) picks up newly published bundles."""
+    node = build(cfg)
+    rfd, wfd = socket.socketpair()
+    rfd.setblocking(False)
+    wfd.setblocking(False)
+    old_fd = signal.set_wakeup_fd(wfd.fileno(), warn_on_full_buffer=False)
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {s: signal.signal(s, lambda *_: None) for s in handled}
+    node.server.start()
+    node.set_serving(True)
+    if cfg.pid_file:
+        write_atomic(cfg.pid_file, f"{os.getpid()}\n".encode())
+    log.info("fedfhe-inference listening on %s (mutual TLS, %d FHE workers, pid %d)",
+             cfg.listen.rsplit(":", 1)[0] + f":{node.port}", cfg.fhe_workers, os.getpid())
+    try:
+        while True:
+            ready, _, _ = select.select([rfd], [], [], cfg.rescan_interval_s or None)
+            signals = set(rfd.recv(64)) if ready else set()
+            if signals & {signal.SIGTERM, signal.SIGINT}:
+                log.info("stopping: draining in-flight RPCs for up to %.0fs", cfg.grace_s)
+                break
+            if signals and signal.SIGHUP not in signals:
+                continue
+            report = node.registry.rescan()
+            if report.loaded or report.removed or report.refused:
+                log.info("rescan: loaded %s, removed %s, refused %d", report.loaded, report.removed,
+                         len(report.refused))
+    finally:
+        node.set_serving(False)
+        node.server.stop(cfg.grace_s).wait()
+        node.runner.shutdown()
+        signal.set_wakeup_fd(old_fd)
+        for s, h in previous.items():
+            signal.signal(s, h)
+        rfd.close()
+        wfd.close()
+        if cfg.pid_file:
+            cfg.pid_file.unlink(missing_ok=True)
+    return 0

@@ -1,0 +1,158 @@
+"""The Inference servicer: each RPC checks identity and limits, then touches bundles, keys or the FHE pool.
+
+Every refusal is a ServiceError turned into one gRPC status with a message;
+anything unexpected is logged here and answered INTERNAL, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from fedfhe_proto.inference.v1 import inference_pb2 as pb
+from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
+
+from .auth import owner_of
+from .bundles import BundleRegistry, LoadedBundle
+from .config import InferenceConfig
+from .errors import ServiceError, exhausted, invalid
+from .keystore import KeyStore, check_key_id
+from .runner import FheRunner, deserialize_rows
+
+log = logging.getLogger("fedfhe.inference.rpc")
+
+
+def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Authenticate, run, map ServiceError to its status, log one line per call (never row data)."""
+
+    @functools.wraps(fn)
+    def wrapper(self: InferenceService, request: Any, context: grpc.ServicerContext) -> Any:
+        started = time.perf_counter()
+        owner = "-"
+        code = grpc.StatusCode.OK
+        try:
+            owner = owner_of(context)
+            return fn(self, request, context, owner)
+        except ServiceError as exc:
+            code = exc.code
+            context.abort(exc.code, exc.message)
+        except Exception:
+            if not context.is_active():
+                code = grpc.StatusCode.CANCELLED
+                raise
+            code = grpc.StatusCode.INTERNAL
+            log.exception("%s from %s failed", fn.__name__, owner)
+            context.abort(grpc.StatusCode.INTERNAL, "internal error on the inference node (see its log)")
+        finally:
+            log.info("%s owner=%s status=%s %.1f ms", fn.__name__, owner, code.name,
+                     1000 * (time.perf_counter() - started))
+
+    return wrapper
+
+
+def model_info(bundle: LoadedBundle, latest: bool) -> pb.ModelInfo:
+    s = bundle.schema
+    meta = {k: v for k, v in bundle.meta.items() if k not in ("files", "kind")}
+    return pb.ModelInfo(
+        model_id=bundle.model_id,
+        version=bundle.version,
+        schema=pb.SchemaSummary(
+            name=s.name, n_features=s.n_features, feature_min=s.feature_min, feature_max=s.feature_max,
+            task=s.task, classes=list(s.classes),
+        ),
+        bundle_sha256=bundle.bundle_sha256,
+        client_zip_sha256=bundle.client_zip_sha256,
+        client_zip_bytes=len(bundle.client_zip),
+        family=bundle.family,
+        n_bits=bundle.n_bits,
+        latest=latest,
+        metadata_json=json.dumps(meta, sort_keys=True, default=str),
+    )
+
+
+class InferenceService(pb_grpc.InferenceServicer):
+    def __init__(self, cfg: InferenceConfig, registry: BundleRegistry, keys: KeyStore, runner: FheRunner) -> None:
+        self.cfg, self.registry, self.keys, self.runner = cfg, registry, keys, runner
+
+    def _budget(self, context: grpc.ServicerContext, ceiling: float) -> float:
+        remaining = context.time_remaining()
+        return ceiling if remaining is None else max(0.0, min(ceiling, remaining))
+
+    @_rpc
+    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext, owner: str) -> Any:
+        return pb.ListModelsResponse(models=[model_info(b, latest) for b, latest in self.registry.all(request.model_id)])
+
+    @_rpc
+    def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext, owner: str) -> Any:
+        bundle = self.registry.get(request.model.model_id, request.model.version)
+        return model_info(bundle, self.registry.latest_version(bundle.model_id) == bundle.version)
+
+    @_rpc
+    def GetClientSpecs(self, request: pb.GetClientSpecsRequest, context: grpc.ServicerContext, owner: str) -> Any:
+        bundle = self.registry.get(request.model.model_id, request.model.version)
+        return pb.ClientSpecs(
+            model_id=bundle.model_id, version=bundle.version, client_zip=bundle.client_zip,
+            client_zip_sha256=bundle.client_zip_sha256,
+        )
+
+    @_rpc
+    def UploadKeys(self, request_iterator: Iterator[pb.UploadKeysRequest], context: grpc.ServicerContext,
+                   owner: str) -> Any:
+        deadline = time.monotonic() + self._budget(context, self.cfg.deadlines.upload_s)
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise invalid("UploadKeys must start with an UploadHeader (model, total_bytes, sha256)")
+        header = first.header
+        if not header.model.version:
+            raise invalid("UploadHeader.model.version must name the version the keys were generated for")
+        bundle = self.registry.get(header.model.model_id, header.model.version)
+        with self.keys.upload(owner, bundle.model_id, bundle.version, header.total_bytes, header.sha256) as up:
+            for msg in request_iterator:
+                if msg.WhichOneof("part") != "chunk":
+                    raise invalid("UploadKeys: only one UploadHeader, at the start of the stream")
+                if time.monotonic() > deadline:
+                    raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, "key upload took longer than allowed")
+                up.write(msg.chunk)
+            if not context.is_active():
+                raise ServiceError(grpc.StatusCode.CANCELLED, "the client cancelled the upload")
+            record = up.commit()
+        log.info("owner=%s uploaded keys %s for %s/%s (%d bytes)", owner, record.key_id, record.model_id,
+                 record.version, record.size)
+        return pb.UploadKeysResponse(key_id=record.key_id, bytes_received=record.size, sha256=record.sha256)
+
+    @_rpc
+    def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext, owner: str) -> Any:
+        budget = self._budget(context, self.cfg.deadlines.predict_s)
+        record = self.keys.get(request.key_id, owner)
+        rows = list(request.ciphertexts)
+        limits = self.cfg.limits
+        if not rows:
+            raise invalid("empty batch: send at least one ciphertext")
+        if len(rows) > limits.max_batch_rows:
+            raise exhausted(f"batch of {len(rows)} rows exceeds the limit of {limits.max_batch_rows}; split it")
+        for i, ct in enumerate(rows):
+            if len(ct) > limits.max_ciphertext_bytes:
+                raise exhausted(f"row {i}: ciphertext of {len(ct)} bytes exceeds {limits.max_ciphertext_bytes}")
+        bundle = self.registry.get(request.model.model_id, request.model.version)
+        if (bundle.model_id, bundle.version) != (record.model_id, record.version):
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"key {record.key_id} was uploaded for {record.model_id} version {record.version}, not "
+                f"{bundle.model_id} version {bundle.version}: generate and upload keys for that version",
+            )
+        values = deserialize_rows(rows)
+        keys = self.keys.evaluation_keys(record)
+        label = f"{bundle.model_id} version {bundle.version}"
+        results, seconds = self.runner.run_batch(bundle.server, values, keys, budget, context.is_active, label)
+        return pb.PredictResponse(results=results, server_seconds=seconds, model_version=bundle.version)
+
+    @_rpc
+    def DeleteKeys(self, request: pb.DeleteKeysRequest, context: grpc.ServicerContext, owner: str) -> Any:
+        record = self.keys.delete(check_key_id(request.key_id), owner)
+        log.info("owner=%s deleted keys %s", owner, record.key_id)
+        return pb.DeleteKeysResponse(key_id=record.key_id, bytes_freed=record.size)
