@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
+
 from fedfhe_common.errors import ConfigError, FedfheError
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc

@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+
 from fedfhe_common.errors import FedfheError
 from fedfhe_common.schema import DatasetSchema
 from fedfhe_proto.inference.v1 import inference_pb2 as pb

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from fedfhe_common.data import load_table, validate
 from fedfhe_common.errors import DataError
 from fedfhe_common.pki import write_atomic

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+
 from fedfhe_common.pki import write_atomic
 
 from .errors import ServiceError, denied, exhausted, invalid, not_found
@@ -89,7 +90,8 @@ class _Upload:
         digest = self.hash.hexdigest()
         if digest != self.expected_sha256:
             raise ServiceError(
-                grpc.StatusCode.DATA_LOSS, f"key stream SHA-256 {digest} does not match the header's {self.expected_sha256}"
+                grpc.StatusCode.DATA_LOSS,
+                f"key stream SHA-256 {digest} does not match the header's {self.expected_sha256}",
             )
         self.fh.flush()
         os.fsync(self.fh.fileno())
@@ -98,9 +100,12 @@ class _Upload:
         try:
             keys = _deserialize(data)
         except Exception as exc:  # noqa: BLE001 - Concrete's parser rejects bad bytes in several ways
-            raise invalid(f"the uploaded bytes are not Concrete evaluation keys: {str(exc).splitlines()[0][:200]}") from None
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            raise invalid(f"the uploaded bytes are not Concrete evaluation keys: {reason}") from None
         del data
-        record = KeyRecord(uuid.uuid4().hex, self.owner, self.model_id, self.version, self.received, digest, time.time())
+        record = KeyRecord(
+            uuid.uuid4().hex, self.owner, self.model_id, self.version, self.received, digest, time.time()
+        )
         self.store._install(record, self.path, keys)
         return record
 
@@ -118,7 +123,9 @@ class KeyStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
-        self.max_keys_per_owner, self.max_key_bytes, self.max_chunk_bytes = max_keys_per_owner, max_key_bytes, max_chunk_bytes
+        self.max_keys_per_owner = max_keys_per_owner
+        self.max_key_bytes = max_key_bytes
+        self.max_chunk_bytes = max_chunk_bytes
         self.cache_bytes = cache_bytes
         self._records: dict[str, KeyRecord] = {}
         self._pending: dict[str, int] = {}

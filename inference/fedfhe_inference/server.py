@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
 from fedfhe_common.errors import ConfigError
 from fedfhe_common.pki import write_atomic
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from .bundles import BundleRegistry
 from .config import InferenceConfig

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
 
@@ -85,7 +86,8 @@ class InferenceService(pb_grpc.InferenceServicer):
 
     @_rpc
     def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext, owner: str) -> Any:
-        return pb.ListModelsResponse(models=[model_info(b, latest) for b, latest in self.registry.all(request.model_id)])
+        served = self.registry.all(request.model_id)
+        return pb.ListModelsResponse(models=[model_info(b, latest) for b, latest in served])
 
     @_rpc
     def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext, owner: str) -> Any:

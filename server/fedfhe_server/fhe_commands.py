@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from fedfhe_common.errors import ConfigError
 from fedfhe_common.schema import DatasetSchema
 

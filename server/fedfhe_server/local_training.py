@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from fedfhe_common import models
 from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.errors import ConfigError

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from fedfhe_common.schema import DatasetSchema
 
 from .compile import CALIBRATION_ROWS, score, to_concrete
