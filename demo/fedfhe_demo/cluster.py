@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
 from fedfhe_common.pki import init_ca, issue, supernode_keypair
 from fedfhe_common.procs import free_port, port_open, venv_bin, wait_until
 
@@ -124,23 +126,36 @@ class Cluster:
             raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}; log {proc.log}:\n{tail}")
         return True
 
-    def stop(self, proc: Proc, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
-        if proc.popen.poll() is None:
+    def stop(self, proc: Proc, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        self.stop_many([proc], sig, timeout)
+
+    def stop_many(self, procs: list[Proc], sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        """Signal every process group first, then wait: Flower's graceful shutdown takes
+        seconds per process, so stopping one after the other would add up."""
+        for proc in procs:
+            if proc.popen.poll() is None:
+                try:
+                    os.killpg(proc.popen.pid, sig)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + timeout
+        for proc in procs:
             try:
-                os.killpg(proc.popen.pid, sig)
+                proc.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            # The group may hold children (flower-superexec, flwr-clientapp) after the leader exited.
+            try:
+                os.killpg(proc.popen.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            try:
-                proc.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.popen.pid, signal.SIGKILL)
+            if proc.popen.poll() is None:
                 proc.popen.wait(5)
-        if proc in self.procs:
-            self.procs.remove(proc)
+            if proc in self.procs:
+                self.procs.remove(proc)
 
     def close(self) -> None:
-        for proc in reversed(list(self.procs)):
-            self.stop(proc)
+        self.stop_many(list(reversed(self.procs)))
 
     def __enter__(self) -> Cluster:
         return self

@@ -78,8 +78,8 @@ def run_phases(opts: Options, work: Path, steps: Steps, console: Console) -> dic
             ]
             report["accuracy"]["federated_clear"] = report["per_round"][-1]["accuracy"]
             report["accuracy"]["centralized"] = centralised_accuracy(opts, data, schema)
-            for proc in [p for p in cluster.procs if p.name.startswith(("supernode", "superlink"))]:
-                cluster.stop(proc)  # training is over; free the cores for FHE
+            # Training is over: free the cores for FHE.
+            cluster.stop_many([p for p in cluster.procs if p.name.startswith(("supernode", "superlink"))])
         from .fhe_phases import run_fhe_phases
 
         run_fhe_phases(opts, work, steps, console, cluster, owners, owner_cfgs, report)

@@ -1,0 +1,144 @@
+"""Demo phases after training: compile to FHE, serve with mutual TLS, predict on encrypted rows.
+
+Each owner encrypts the rows it held back from training (the same seeded
+split its ClientApp used), so no row is scored that trained the model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from rich.console import Console
+
+from fedfhe_common.artifact import TrainingArtifact
+from fedfhe_common.data import load_table
+from fedfhe_common.procs import free_port, port_open, venv_bin, wait_until
+from fedfhe_common.schema import resolve_schema
+
+from .cluster import Cluster
+from .pipeline import Options, Steps
+
+
+def heldout_rows(owner_cfg: Path, schema: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The rows this owner's ClientApp kept back: same file, fraction and seed."""
+    from sklearn.model_selection import train_test_split
+
+    cfg = yaml.safe_load(owner_cfg.read_text())
+    X, y = load_table(cfg["data"], schema)
+    _, X_test, _, y_test = train_test_split(X, y, test_size=cfg["holdout_fraction"], random_state=cfg["seed"])
+    return X_test, y_test
+
+
+def inference_config(cluster: Cluster, work: Path) -> tuple[Path, str]:
+    address = f"{cluster.host}:{free_port(cluster.host)}"
+    cfg = {
+        "listen": address,
+        "certfile": str(cluster.pki / "inference.crt"),
+        "keyfile": str(cluster.pki / "inference.key"),
+        "ca_certfile": str(cluster.pki / "ca.crt"),
+        "bundles_dir": str(work / "inference" / "bundles"),
+        "keys_dir": str(work / "inference" / "keys"),
+        "pid_file": str(work / "inference" / "inference.pid"),
+    }
+    path = work / "inference.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path, address
+
+
+def run_fhe_phases(
+    opts: Options, work: Path, steps: Steps, console: Console, cluster: Cluster,
+    owners: list[str], owner_cfgs: dict[str, Path], report: dict[str, Any],
+) -> None:
+    from fedfhe_client.config import InferenceEndpoint
+    from fedfhe_client.predict import predict_rows
+    from fedfhe_server.compile import compile_artifact
+    from fedfhe_server.nbits import choose_n_bits
+
+    schema = resolve_schema(opts.dataset)
+    public = load_table(work / "data" / "public-test.npz", schema)
+    artifact = work / "training" / "artifact"
+    with steps("compile"):
+        n_bits: int = 8
+        if opts.n_bits == "auto":
+            trained = TrainingArtifact.load(artifact)
+            choice = choose_n_bits(trained.to_estimator(), trained.family, schema, *public)
+            if choice.chosen is None:
+                raise RuntimeError("no n_bits keeps simulated accuracy within 0.5 points of clear")
+            n_bits = choice.chosen
+        else:
+            n_bits = int(opts.n_bits)
+        bundle, fhe_model = compile_artifact(
+            artifact, work / "bundle", n_bits=n_bits, model_id=f"{opts.dataset}-{opts.model.lower()}",
+            version="demo", eval_set=public, force=True,
+        )
+        report["n_bits"] = n_bits
+        sizes = {name: (bundle.directory / name).stat().st_size for name in ("client.zip", "server.zip")}
+        console.print(f"bundle {bundle.directory}: client.zip {sizes['client.zip']:,} B, "
+                      f"server.zip {sizes['server.zip']:,} B, n_bits={n_bits}")
+    with steps("inference", cluster.logs / "inference.log"):
+        cfg_path, address = inference_config(cluster, work)
+        res = _run([venv_bin("fedfhe-inference"), "publish", "--config", str(cfg_path), str(bundle.directory)])
+        console.print(res.strip())
+        proc = cluster.start("inference", [venv_bin("fedfhe-inference"), "serve", "--config", str(cfg_path)])
+        wait_until(lambda: cluster._alive(proc) and port_open(address), 120, f"the inference node (log {proc.log})")
+        X_all, y_all, pred_all, sim_all = [], [], [], []
+        totals = {"rows": 0, "e2e": 0.0, "server": 0.0, "keys": 0, "ct": 0, "res": 0}
+        for owner in owners:
+            X, y = heldout_rows(owner_cfgs[owner], schema)
+            endpoint = InferenceEndpoint(
+                address=address, certfile=cluster.pki / f"{owner}.crt", keyfile=cluster.pki / f"{owner}.key",
+                ca_certfile=cluster.pki / "ca.crt",
+            )
+            result = predict_rows(endpoint, work / owner / "fhe", X, progress=True)
+            X_all.append(X)
+            y_all.append(y)
+            pred_all.append(result.predictions)
+            sim_all.append(np.asarray(fhe_model.predict(X, fhe="simulate")))
+            totals["rows"] += result.rows
+            totals["e2e"] += result.latency_per_row_s * result.rows
+            totals["server"] += result.seconds.get("server", 0.0)
+            totals["keys"] = max(totals["keys"], result.bytes.get("evaluation_keys", 0))
+            totals["ct"] += result.bytes.get("ciphertexts", 0)
+            totals["res"] += result.bytes.get("results", 0)
+            console.print(f"{owner}: {result.rows} encrypted rows, accuracy {result.accuracy(y):.4f}, "
+                          f"{1000 * result.latency_per_row_s:.1f} ms/row")
+    y = np.concatenate(y_all)
+    enc = np.concatenate(pred_all)
+    sim = np.concatenate(sim_all)
+    clear = fhe_model.predict(np.vstack(X_all), fhe="disable")
+    rows = max(1, totals["rows"])
+    report["accuracy"].update({
+        "fhe_simulated": float(np.mean(sim == y)),
+        "fhe_encrypted": float(np.mean(enc == y)),
+        "federated_clear_heldout": float(np.mean(_clear_predictions(work, np.vstack(X_all)) == y)),
+        "fhe_quantized_clear": float(np.mean(clear == y)),
+    })
+    report["encrypted_equals_simulated"] = bool(np.array_equal(enc, sim))
+    report["heldout_rows"] = int(rows)
+    report["latency_ms_per_row"] = {
+        "encrypted_end_to_end": 1000 * totals["e2e"] / rows,
+        "server_run": 1000 * totals["server"] / rows,
+    }
+    report["bytes"] = {
+        "evaluation_keys": int(totals["keys"]),
+        "ciphertext_per_row": int(totals["ct"] // rows),
+        "result_per_row": int(totals["res"] // rows),
+    }
+    report["bundle"] = {"path": str(bundle.directory), "model_id": bundle.model_id, "version": bundle.version,
+                        "sha256": bundle.bundle_sha256, "sizes": sizes}
+
+
+def _clear_predictions(work: Path, X: np.ndarray) -> np.ndarray:
+    return TrainingArtifact.load(work / "training" / "artifact").to_estimator().predict(X)
+
+
+def _run(argv: list[str]) -> str:
+    import subprocess
+
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:2])} failed: {res.stderr.strip() or res.stdout.strip()}")
+    return res.stdout
