@@ -227,7 +227,7 @@ class BundleRegistry:
             bundle = self._bundles.get((model_id, chosen or ""))
             known = sorted({m for (m, _) in self._bundles})
         if bundle is None:
-            if chosen is None:
+            if model_id not in known:
                 raise not_found(f"no model {model_id!r} is published here (known: {', '.join(known) or 'none'})")
             raise not_found(f"model {model_id!r} has no version {chosen!r} (latest: {self.latest_version(model_id)})")
         return bundle

@@ -15,7 +15,8 @@ import numpy as np
 
 from fedfhe_common.schema import DatasetSchema
 
-from .compile import CALIBRATION_ROWS, score, to_concrete
+from .compile import calibration_set as default_calibration
+from .compile import score, to_concrete
 
 DEFAULT_CANDIDATES = tuple(range(2, 13))
 DEFAULT_TOLERANCE_POINTS = 0.5
@@ -66,7 +67,7 @@ def choose_n_bits(
     calibration_set: np.ndarray | None = None,
 ) -> NBitsChoice:
     """Try n_bits in ascending order and stop at the first within tolerance (None if none is)."""
-    calibration = schema.calibration_set(CALIBRATION_ROWS) if calibration_set is None else calibration_set
+    calibration = default_calibration(schema, estimator) if calibration_set is None else calibration_set
     clear = score(estimator.predict(X), y, schema)
     choice = NBitsChoice(None, clear, tolerance_points, "accuracy" if schema.is_classifier else "r2")
     for n_bits in sorted(set(candidates)):

@@ -1,0 +1,133 @@
+"""End to end on loopback: local training -> compile -> `fedfhe-inference serve` -> encrypted predict.
+
+Encrypted predictions must equal Concrete ML's simulation row for row (the
+circuit is exact), and stay within 0.5 accuracy points of the clear model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import stat
+
+import numpy as np
+import pytest
+
+from fedfhe_client import predict_commands
+from fedfhe_client.predict import predict_rows
+from fedfhe_common.artifact import TrainingArtifact
+from fedfhe_common.manifest import verify_manifest
+from fedfhe_common.procs import venv_bin, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+
+def test_encrypted_predictions_equal_simulation_and_clear_accuracy(node, lr_bundles, lr_artifact, digits, tmp_path):
+    fhe_model = lr_bundles["model_1"]
+    clear = TrainingArtifact.load(lr_artifact).to_estimator()
+    X, y = digits.X_test, digits.y_test
+    result = predict_rows(node.endpoint("carol"), tmp_path / "carol", X, model_id="digits-lr", version="1",
+                          batch_size=32, progress=False)
+    simulated = fhe_model.predict(X, fhe="simulate")
+    np.testing.assert_array_equal(result.predictions, simulated)
+    np.testing.assert_allclose(result.scores, fhe_model.predict_proba(X, fhe="simulate"), atol=1e-9)
+    clear_acc = float(np.mean(clear.predict(X) == y))
+    assert abs(result.accuracy(y) - clear_acc) * 100 <= 0.5, (result.accuracy(y), clear_acc)
+    assert result.probabilities and result.keys_uploaded and result.rows == len(X)
+    assert result.bytes["ciphertexts"] > 0 and result.bytes["results"] > 0 and result.bytes["evaluation_keys"] > 0
+    assert result.latency_per_row_s > 0 and result.seconds["server"] > 0
+    # the manifest carries what compile measured on the public rows
+    meta = verify_manifest(lr_bundles["1"].directory, "fedfhe-fhe-bundle")
+    assert meta["metrics"]["eval_rows"] == len(y)
+    assert meta["metrics"]["fhe_simulated_accuracy"] == pytest.approx(float(np.mean(simulated == y)))
+
+
+def test_private_key_stays_local_and_keys_are_reused(node, digits, tmp_path):
+    state = tmp_path / "carol"
+    first = predict_rows(node.endpoint("carol"), state, digits.X_test[:3], model_id="digits-lr", version="1",
+                         progress=False)
+    keyset = state / "inference" / "digits-lr" / "1" / "keyset.bin"
+    assert stat.S_IMODE(keyset.stat().st_mode) == 0o600
+    assert stat.S_IMODE(keyset.parent.stat().st_mode) == 0o700
+    assert first.keys_uploaded
+    second = predict_rows(node.endpoint("carol"), state, digits.X_test[3:6], model_id="digits-lr", version="1",
+                          progress=False)
+    assert not second.keys_uploaded and second.key_id == first.key_id
+    # what the node stored is the evaluation part only: no secret key material
+    stored = (node.keys_dir / f"{first.key_id}.evk").read_bytes()
+    assert stored != keyset.read_bytes() and len(stored) < keyset.stat().st_size
+    assert stat.S_IMODE((node.keys_dir / f"{first.key_id}.evk").stat().st_mode) == 0o600
+
+
+def test_predict_command_writes_csv_and_json(node, digits, tmp_path):
+    owner_yaml = tmp_path / "owner.yaml"
+    ep = node.endpoint("carol")
+    owner_yaml.write_text(json.dumps({
+        "owner_id": "carol", "superlink": "127.0.0.1:1", "root_certificates": str(ep.ca_certfile),
+        "auth_key": "unused", "data": str(digits.train_csv), "state_dir": str(tmp_path / "state"),
+        "inference": {"address": ep.address, "certfile": str(ep.certfile), "keyfile": str(ep.keyfile),
+                      "ca_certfile": str(ep.ca_certfile), "model_id": "digits-lr", "batch_size": 4},
+    }))
+    rows = tmp_path / "rows.csv"  # no label column: labels are optional
+    header = ",".join(f"f{i}" for i in range(64))
+    rows.write_text(header + "\n" + "\n".join(",".join(f"{v:g}" for v in r) for r in digits.X_test[:6]) + "\n")
+    ap = argparse.ArgumentParser()
+    predict_commands.register(ap.add_subparsers(dest="cmd"))
+    for out in (tmp_path / "pred.csv", tmp_path / "pred.json"):
+        args = ap.parse_args(["predict", "--config", str(owner_yaml), "--input", str(rows), "--out", str(out),
+                              "--version", "1", "--no-progress"])
+        assert args.fn(args) == 0
+    lines = (tmp_path / "pred.csv").read_text().splitlines()
+    assert lines[0].startswith("row,prediction,p_0") and len(lines) == 7
+    doc = json.loads((tmp_path / "pred.json").read_text())
+    assert doc["model_id"] == "digits-lr" and doc["version"] == "1" and len(doc["predictions"]) == 6
+    assert not doc["keys_uploaded"]  # the CSV run uploaded them; the JSON run reused the cached key id
+    assert abs(sum(doc["predictions"][0]["probabilities"]) - 1) < 1e-6
+    # with labels: an accuracy line is printed and a label column written
+    args = ap.parse_args(["predict", "--config", str(owner_yaml), "--input", str(digits.test_csv), "--out",
+                          str(tmp_path / "labelled.csv"), "--version", "1", "--no-progress", "--batch-size", "32"])
+    assert args.fn(args) == 0
+    assert (tmp_path / "labelled.csv").read_text().splitlines()[0].startswith("row,prediction,label,")
+
+
+def test_keys_survive_restart_and_publish_reloads(node, alice, lr_bundles, digits, tmp_path):
+    """Uploaded keys outlive the process; a bundle published while running is served after SIGHUP."""
+    stray = node.keys_dir / ".upload-crashed.part"
+    stray.write_bytes(b"half an upload")
+    assert node.stop() == 0
+    node.start()
+    assert not stray.exists()  # an interrupted upload is swept at start-up
+    res = predict_rows(alice.endpoint, alice.state_dir, digits.X_test[:4], model_id="digits-lr", version="1",
+                       progress=False)
+    assert not res.keys_uploaded and res.key_id == alice.key_ids["1"]
+
+    # publish v3 into the running node with the CLI; --reload signals it through the pid file
+    from fedfhe_server.compile import write_bundle
+
+    fhe_model = lr_bundles["model_1"]
+    from fedfhe_common.schema import DIGITS
+
+    v3 = write_bundle(fhe_model, tmp_path / "v3", model_id="digits-lr", version="3", schema=DIGITS,
+                      family="LogisticRegression", n_bits=8)
+    import subprocess
+
+    out = subprocess.run([venv_bin("fedfhe-inference"), "publish", "--config", str(node.config), str(v3.directory),
+                          "--reload"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "published" in out.stdout and "rescan" in out.stdout
+    from fedfhe_client.inference_client import InferenceClient
+
+    with InferenceClient(alice.endpoint) as client:
+        wait_until(lambda: any(m.version == "3" for m in client.list_models("digits-lr")), 60, "v3 to be served")
+        info = client.model_info("digits-lr")
+        assert info.version == "3" and info.latest and info.bundle_sha256 == v3.bundle_sha256
+        assert info.schema.n_features == 64 and list(info.schema.classes) == list(range(10))
+    # publishing the same bundle again is a no-op; SIGHUP with nothing new keeps serving
+    again = subprocess.run([venv_bin("fedfhe-inference"), "publish", "--config", str(node.config),
+                            str(v3.directory)], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "already published" in again.stdout
+    node.signal(signal.SIGHUP)
+    assert node.serving()
+    assert os.path.exists(node.work / "inference.pid")
