@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,30 @@ def read_progress(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             break  # a line being written right now
     return rows
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# The last line of a Python traceback: "RuntimeError: ...", "fedfhe_server.server_app.NodesLost: ..."
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|NodesLost): \S")
+
+
+def failure_reason(log_text: str) -> str:
+    """What went wrong, in one line, from `flwr run --stream`'s output (empty if nothing says)."""
+    lines = [ANSI.sub("", line).rstrip() for line in log_text.splitlines()]
+    for line in reversed(lines):
+        if EXCEPTION_LINE.match(line):
+            name, _, message = line.partition(": ")
+            return message if name.endswith("NodesLost") else line
+    # flwr's own CLI errors come in a box: "╭─ Error ─...", "│ text │", "╰─...".
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("╭─ Error"):
+            body = []
+            for line in lines[i + 1:]:
+                if not line.startswith("│"):
+                    break
+                body.append(line.strip("│ "))
+            return " ".join(b for b in body if b)
+    return ""
 
 
 def run_training(
@@ -66,8 +91,12 @@ def run_training(
             on_round(row)
     artifact_dir = stale
     if not (artifact_dir / "manifest.json").exists() or (artifact_dir / "manifest.json").stat().st_mtime < started:
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+        text = log_path.read_text(errors="replace") if log_path.exists() else ""
+        tail = "\n".join(ANSI.sub("", line) for line in text.splitlines()[-15:])
+        reason = failure_reason(text)
+        head = f"training failed: {reason}\n" if reason else ""
         raise FedfheError(
-            f"the federated run produced no artifact (flwr run exit {proc.returncode}); log {log_path}:\n{tail}"
+            f"{head}the federated run produced no artifact (flwr run exit {proc.returncode}); "
+            f"log {log_path}:\n{tail}"
         )
     return TrainingArtifact.load(artifact_dir)
