@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import yaml
 
 from fedfhe_common.pki import init_ca, issue, supernode_keypair
@@ -130,9 +131,19 @@ class Cluster:
         self.stop_many([proc], sig, timeout)
 
     def stop_many(self, procs: list[Proc], sig: int = signal.SIGTERM, timeout: float = 20) -> None:
-        """Signal every process group first, then wait: Flower's graceful shutdown takes
-        seconds per process, so stopping one after the other would add up."""
+        """Stop processes and everything they started.
+
+        Signals go to every process first, then we wait: Flower's graceful
+        shutdown takes seconds per process. flower-superlink/-supernode start
+        flower-superexec and flwr-serverapp in sessions of their own, so the
+        process tree is snapshotted first and leftovers are killed by pid.
+        """
+        tree: list[psutil.Process] = []
         for proc in procs:
+            try:
+                tree += psutil.Process(proc.popen.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                pass
             if proc.popen.poll() is None:
                 try:
                     os.killpg(proc.popen.pid, sig)
@@ -144,7 +155,6 @@ class Cluster:
                 proc.popen.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
-            # The group may hold children (flower-superexec, flwr-clientapp) after the leader exited.
             try:
                 os.killpg(proc.popen.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -153,6 +163,12 @@ class Cluster:
                 proc.popen.wait(5)
             if proc in self.procs:
                 self.procs.remove(proc)
+        for child in tree:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(tree, timeout=5)
 
     def close(self) -> None:
         self.stop_many(list(reversed(self.procs)))
