@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
+
 from fedfhe_common.errors import FedfheError
 from fedfhe_common.procs import flower_env, venv_bin
 
