@@ -1,0 +1,187 @@
+"""The multihost test's deployment: owners' data files, the Ansible inventory, running playbooks.
+
+Also usable by hand on hosts built with ``testhosts.py up``::
+
+    python tests/multihost/deployment.py prepare      # data + inventory, prints the inventory path
+    python tests/multihost/deployment.py play site.yml [ansible-playbook args...]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from testhosts import DEFAULT_BASE, TestHosts  # noqa: E402
+
+REPO = HERE.parent.parent
+ANSIBLE_DIR = REPO / "deploy" / "ansible"
+VENV_BIN = Path(sys.executable).parent
+# Kept between runs (a rebuild only when the fedfhe sources change; the uv cache makes
+# installs after the first cheap): wheelhouse and uv cache of the control node.
+CACHE = Path(os.environ.get("FEDFHE_MULTIHOST_CACHE", str(DEFAULT_BASE) + "-cache"))
+OWNERS = ["owner-0", "owner-1", "owner-2"]
+# Each owner holds a different number of rows, so the run's counts show whose file was read.
+OWNER_ROWS = {"owner-0": 420, "owner-1": 300, "owner-2": 180}
+DATA_PATH = "/srv/fedfhe/owner.npz"  # the same path on every owner host, a different file on each
+PUBLIC_TEST = "/srv/fedfhe/public-test.npz"  # on the coordinator: public rows for per-round scores
+ROUNDS = 2
+
+
+@dataclass
+class PlayResult:
+    rc: int
+    output: str
+    seconds: float
+    log: Path
+
+    def recap(self) -> dict[str, dict[str, int]]:
+        """PLAY RECAP counters per host."""
+        out: dict[str, dict[str, int]] = {}
+        for line in self.output.split("PLAY RECAP", 1)[-1].splitlines():
+            m = re.match(r"^(\S+)\s+:\s+(.*)$", line.strip())
+            if m:
+                out[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+        return out
+
+    def tail(self, n: int = 60) -> str:
+        return "\n".join(self.output.splitlines()[-n:])
+
+
+def place_data(hosts: TestHosts, work: Path) -> dict[str, int]:
+    """Write each owner's rows on its own host only, and a public test set on the coordinator."""
+    work.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [str(VENV_BIN / "fedfhe-partition"), "--dataset", "digits", "--owners", str(len(OWNERS)),
+         "--out", str(work / "partition")],
+        check=True, capture_output=True, text=True,
+    )
+    rows = {}
+    for i, owner in enumerate(OWNERS):
+        with np.load(work / "partition" / f"owner-{i}.npz", allow_pickle=False) as npz:
+            X, y = npz["X"][: OWNER_ROWS[owner]], npz["y"][: OWNER_ROWS[owner]]
+        dest = hosts.hosts[owner].path(DATA_PATH)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(dest, X=X, y=y)
+        os.chmod(dest, 0o644)
+        rows[owner] = len(y)
+    public = hosts.hosts["coordinator"].path(PUBLIC_TEST)
+    public.parent.mkdir(parents=True, exist_ok=True)
+    public.write_bytes((work / "partition" / "public-test.npz").read_bytes())
+    return rows
+
+
+def write_inventory(hosts: TestHosts, work: Path, copy_wheelhouse: list[str] | None = None) -> Path:
+    """An inventory like an operator's, plus the test's SSH settings and cache locations.
+
+    ``copy_wheelhouse`` names hosts that get the wheelhouse copied over SSH (the default for
+    real hosts); the others read the control node's wheelhouse where it lies, as hosts would
+    from a shared disk, since the test hosts share this machine's /var/tmp.
+    """
+    ssh_args = " ".join(hosts.ssh_args())
+    copy_wheelhouse = copy_wheelhouse or []
+
+    def host(name: str, **extra: object) -> dict:
+        h = {"ansible_host": hosts.hosts[name].ip, **extra}
+        if name in copy_wheelhouse:
+            h["fedfhe_wheelhouse_copy"] = True
+            h["fedfhe_wheelhouse_remote_dir"] = "/opt/fedfhe/wheelhouse"
+        return h
+
+    inventory = {
+        "all": {
+            "vars": {
+                "ansible_user": "root",
+                "ansible_python_interpreter": "/usr/bin/python3",
+                "ansible_ssh_private_key_file": str(hosts.key),
+                "ansible_ssh_common_args": ssh_args,
+                "fedfhe_control_dir": str(work / "control"),
+                "fedfhe_wheelhouse_dir": str(CACHE / "wheelhouse"),
+                "fedfhe_wheelhouse_copy": False,
+                "fedfhe_wheelhouse_remote_dir": str(CACHE / "wheelhouse"),
+                # One uv cache for all test hosts (they share this disk); symlinks, since
+                # hardlinks cannot cross the hosts' private mounts.
+                "fedfhe_uv_cache_dir": str(CACHE / "uv-cache"),
+                "fedfhe_uv_link_mode": "symlink",
+                "fedfhe_schema": "digits",
+            },
+            "children": {
+                "superlink": {"hosts": {"coordinator": host(
+                    "coordinator", fedfhe_training_rounds=ROUNDS, fedfhe_training_public_test=PUBLIC_TEST,
+                    fedfhe_training_round_timeout_s=120, fedfhe_training_wait_for_nodes_s=120)}},
+                "supernodes": {"hosts": {o: host(o, fedfhe_owner_data=DATA_PATH) for o in OWNERS}},
+                "inference": {"hosts": {"inference": host("inference")}},
+            },
+        }
+    }
+    inv_dir = work / "inventory"
+    inv_dir.mkdir(parents=True, exist_ok=True)
+    path = inv_dir / "hosts.yml"
+    path.write_text(yaml.safe_dump(inventory, sort_keys=False))
+    return path
+
+
+def play(playbook: str, inventory: Path, log_dir: Path, *args: str, timeout: float = 1800) -> PlayResult:
+    """Run the real ansible-playbook (over SSH to the test hosts); output goes to a log too."""
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_NOCOLOR": "1",
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        # A private ControlPath dir: no clash with another run's multiplexed connections.
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(log_dir / "cp"),
+        "ANSIBLE_LOCAL_TEMP": str(log_dir / "tmp"),
+    }
+    log_dir.mkdir(parents=True, exist_ok=True)
+    stem = Path(playbook).stem + ("-check" if "--check" in args else "")
+    n = len(list(log_dir.glob(f"{stem}*.log")))
+    log = log_dir / f"{stem}{'-' + str(n) if n else ''}.log"
+    started = time.monotonic()
+    lines: list[str] = []
+    with subprocess.Popen(
+        [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), playbook, *args],
+        cwd=ANSIBLE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdin=subprocess.DEVNULL,
+    ) as proc, log.open("w") as fh:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # timestamped log: where the time goes
+            lines.append(line)
+            fh.write(f"[{time.monotonic() - started:7.1f}s] {line}")
+            fh.flush()
+            if time.monotonic() - started > timeout:
+                proc.kill()
+                raise TimeoutError(f"ansible-playbook {playbook} ran over {timeout:.0f}s; log {log}")
+        proc.wait()
+    output = "".join(lines)
+    return PlayResult(proc.returncode, output, time.monotonic() - started, log)
+
+
+def main(argv: list[str]) -> int:
+    hosts = TestHosts()
+    work = hosts.run_dir / "work"
+    if argv[0] == "prepare":
+        print(json.dumps(place_data(hosts, work)))
+        print(write_inventory(hosts, work))
+        return 0
+    if argv[0] == "play":
+        res = play(argv[1], work / "inventory" / "hosts.yml", work / "logs", *argv[2:])
+        print(res.log.read_text())
+        print(f"rc={res.rc} in {res.seconds:.1f}s; log {res.log}")
+        return res.rc
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
