@@ -121,7 +121,10 @@ class LoadedBundle:
 
     @property
     def n_bits(self) -> int:
+        """The quantisation bits (the largest, for models that quantise inputs and leaves separately)."""
         n = self.meta.get("n_bits")
+        if isinstance(n, dict):
+            n = max((v for v in n.values() if isinstance(v, int)), default=0)
         return n if isinstance(n, int) else 0
 
 
