@@ -22,6 +22,7 @@ from .manifest import verify_manifest, write_manifest
 from .schema import DatasetSchema
 
 KIND = "fedfhe-training-artifact"
+FILES = ("params.npz", "model.json", "metrics.json")
 
 
 @dataclass
@@ -51,7 +52,7 @@ class TrainingArtifact:
                      "schema": self.schema.to_dict()}
             (tmp / "model.json").write_text(json.dumps(model, indent=2, sort_keys=True))
             (tmp / "metrics.json").write_text(json.dumps(self.metrics, indent=2, sort_keys=True))
-            write_manifest(tmp, KIND, ["params.npz", "model.json", "metrics.json"], {"family": self.family})
+            write_manifest(tmp, KIND, list(FILES), {"family": self.family})
             if directory.exists():
                 old = directory.with_name(f".{directory.name}.old")
                 shutil.rmtree(old, ignore_errors=True)
@@ -69,18 +70,34 @@ class TrainingArtifact:
     def load(cls, directory: Path) -> TrainingArtifact:
         """Verify the manifest, then read; any mismatch is an IntegrityError."""
         directory = Path(directory)
-        verify_manifest(directory, KIND)
+        manifest = verify_manifest(directory, KIND)
+        if sorted(manifest["files"]) != sorted(FILES):
+            raise IntegrityError(f"{directory}: the manifest must list exactly {', '.join(FILES)}")
         try:
-            model = json.loads((directory / "model.json").read_text())
-            metrics = json.loads((directory / "metrics.json").read_text())
+            model = json.loads((directory / "model.json").read_text(encoding="utf-8"))
+            metrics = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
             with np.load(directory / "params.npz", allow_pickle=False) as npz:
                 coef, intercept = npz["coef"], npz["intercept"]
+            if not isinstance(model, dict) or not isinstance(metrics, dict):
+                raise TypeError("model.json and metrics.json must hold JSON objects")
             schema = DatasetSchema.from_mapping(model["schema"], "model.json: schema")
             family = model["family"]
+            if not isinstance(family, str) or family != manifest.get("family"):
+                raise ValueError(f"model family {family!r} differs from the manifest's {manifest.get('family')!r}")
             models.check_family(family, schema)
-        except (KeyError, ValueError, TypeError, OSError) as exc:
-            raise IntegrityError(f"{directory}: malformed training artifact: {exc}") from None
+            params, origin = model.get("params", {}), model.get("origin", "")
+            if not isinstance(params, dict) or not isinstance(origin, str):
+                raise TypeError("model.json: params must be an object and origin a string")
+            models.build(family, params)  # unknown hyper-parameters fail here, not at compile time
+        except IntegrityError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - JSON, zip, npy, schema: any parse failure is a bad artifact
+            raise IntegrityError(f"{directory}: malformed training artifact: {str(exc)[:300]}") from None
         expected = models.param_shapes(family, schema)
         if coef.shape != expected[0] or intercept.shape != expected[1]:
             raise IntegrityError(f"{directory}: parameter shapes {coef.shape}/{intercept.shape} do not fit the schema")
-        return cls(family, schema, coef, intercept, model.get("params", {}), metrics, model.get("origin", ""))
+        if coef.dtype.kind not in "iuf" or intercept.dtype.kind not in "iuf":
+            raise IntegrityError(f"{directory}: parameters must be real numbers, got {coef.dtype}/{intercept.dtype}")
+        if not (np.isfinite(coef).all() and np.isfinite(intercept).all()):
+            raise IntegrityError(f"{directory}: parameters hold NaN or infinite values")
+        return cls(family, schema, coef, intercept, params, metrics, origin)

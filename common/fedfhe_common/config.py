@@ -7,6 +7,7 @@ key with its dotted path, so an operator can fix the file without reading code.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -35,6 +36,30 @@ def load_yaml(path: str | Path) -> Any:
         where = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{p}{where}: invalid YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: invalid YAML: nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # a value PyYAML cannot build: a date 2024-13-45, ...
+        raise ConfigError(f"{p}: invalid YAML value: {_short(str(exc))}") from None
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _text(key: Any) -> str:
+    """str() of a mapping key for a message; YAML keys may be ints too long for str()."""
+    try:
+        return _short(str(key))
+    except ValueError:
+        return f"<{type(key).__name__}>"
+
+
+def _show(value: Any) -> str:
+    """repr for messages: short, and safe on ints too long to print (Python's 4300-digit limit)."""
+    try:
+        return _short(repr(value))
+    except ValueError:
+        return f"<{type(value).__name__}>"
 
 
 def _type_name(tp: Any) -> str:
@@ -55,10 +80,10 @@ def _coerce(value: Any, tp: Any, key: str, base: Path | None) -> Any:
                 return _coerce(value, arg, key, base)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[-1] if errors else f"{key}: invalid value {value!r}")
+        raise ConfigError(errors[-1] if errors else f"{key}: invalid value {_show(value)}")
     if origin is typing.Literal:
         if value not in args:
-            raise ConfigError(f"{key}: must be one of {', '.join(map(repr, args))}, got {value!r}")
+            raise ConfigError(f"{key}: must be one of {', '.join(map(repr, args))}, got {_show(value)}")
         return value
     if origin in (list, tuple):
         if not isinstance(value, list):
@@ -69,31 +94,47 @@ def _coerce(value: Any, tp: Any, key: str, base: Path | None) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
-        return {str(k): _coerce(v, args[1] if args else Any, f"{key}.{k}", base) for k, v in value.items()}
+        out = {}
+        for k, v in value.items():
+            try:
+                name = str(k)
+            except ValueError:  # an int key too long for str()
+                raise ConfigError(f"{key}: key {_text(k)} cannot be used") from None
+            out[name] = _coerce(v, args[1] if args else Any, f"{key}.{_short(name)}", base)
+        return out
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key, base)
     if tp is Any:
         return value
     if tp is Path:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{key}: expected a path string, got {value!r}")
-        p = Path(value).expanduser()
+        if not isinstance(value, str) or not value or "\x00" in value:
+            raise ConfigError(f"{key}: expected a path string, got {_show(value)}")
+        try:
+            p = Path(value).expanduser()
+        except RuntimeError as exc:  # "~nosuchuser/..."
+            raise ConfigError(f"{key}: {exc}") from None
         return p if p.is_absolute() or base is None else (base / p)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+            raise ConfigError(f"{key}: expected true or false, got {_show(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {_show(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+            raise ConfigError(f"{key}: expected a number, got {_show(value)}")
+        try:
+            number = float(value)
+        except OverflowError:
+            raise ConfigError(f"{key}: number too large, got {_show(value)}") from None
+        if math.isnan(number):
+            raise ConfigError(f"{key}: expected a number, got NaN")
+        return number
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {_show(value)}")
         return value
     raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
 
@@ -110,7 +151,7 @@ def from_dict(cls: type[T], data: Any, prefix: str = "", base: Path | None = Non
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(map(str, data)) - set(fields))
+    unknown = sorted(set(map(_text, data)) - set(fields))
     if unknown:
         allowed = ", ".join(sorted(fields))
         dotted = ", ".join(f"{prefix}.{k}" if prefix else k for k in unknown)

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import csv
 import gzip
+import math
 import struct
+import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +19,7 @@ from .errors import DataError
 from .schema import DatasetSchema
 
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+IDX_MAX_DIMS = 32  # numpy's limit on array dimensions
 
 
 def _open_bytes(path: Path) -> bytes:
@@ -27,12 +31,14 @@ def _open_bytes(path: Path) -> bytes:
         raise DataError(path, "is a directory, expected a file") from None
     except OSError as exc:
         raise DataError(path, f"cannot read: {exc.strerror}") from None
+    except ValueError as exc:  # e.g. a NUL byte in the path
+        raise DataError(path, f"cannot read: {exc}") from None
     if not raw:
         raise DataError(path, "file is empty")
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise DataError(path, f"corrupt gzip: {exc}") from None
     return raw
 
@@ -43,16 +49,18 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataError(path, "not an IDX file (bad magic number)")
     code, ndim = raw[2], raw[3]
-    if code not in IDX_DTYPES or ndim == 0:
+    if code not in IDX_DTYPES or not 0 < ndim <= IDX_MAX_DIMS:
         raise DataError(path, f"not an IDX file (type code 0x{code:02x}, {ndim} dimensions)")
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DataError(path, "truncated IDX header")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = np.dtype(IDX_DTYPES[code])
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow on hostile dimensions
     if len(raw) - header != expected:
         raise DataError(path, f"IDX body has {len(raw) - header} bytes, header says {expected}")
+    if expected == 0:
+        raise DataError(path, f"IDX array is empty (shape {shape})")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
 
 
@@ -88,15 +96,17 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except DataError:
         raise
     except ValueError as exc:
-        raise DataError(path, f"NPZ holds objects, refused (no pickle): {exc}") from None
-    except Exception as exc:  # zipfile.BadZipFile, OSError, EOFError
+        if "pickle" in str(exc):
+            raise DataError(path, f"NPZ holds objects, refused (no pickle): {exc}") from None
+        raise DataError(path, f"not a valid NPZ file: {exc}") from None
+    except Exception as exc:  # zipfile.BadZipFile, OSError, EOFError, zlib.error, MemoryError
         raise DataError(path, f"not a valid NPZ file: {exc}") from None
     if X.ndim != 2:
         raise DataError(path, f"'X' must be 2-dimensional, got shape {X.shape}")
     if y.ndim != 1 or y.shape[0] != X.shape[0]:
         raise DataError(path, f"'y' must be 1-dimensional with {X.shape[0]} entries, got shape {y.shape}")
-    if not np.issubdtype(X.dtype, np.number) or not np.issubdtype(y.dtype, np.number):
-        raise DataError(path, "'X' and 'y' must be numeric")
+    if X.dtype.kind not in "iuf" or y.dtype.kind not in "iuf":  # not complex, dates, strings, records
+        raise DataError(path, f"'X' and 'y' must be real numbers, got {X.dtype} and {y.dtype}")
     return X.astype(np.float64), y
 
 
@@ -107,6 +117,13 @@ def _load_csv(path: Path, schema: DatasetSchema) -> tuple[np.ndarray, np.ndarray
     except UnicodeDecodeError:
         raise DataError(path, "not UTF-8 text") from None
     rows = csv.reader(lines)
+    try:
+        return _parse_csv(path, rows, schema)
+    except csv.Error as exc:  # NUL bytes, a field over csv.field_size_limit()
+        raise DataError(path, f"not a readable CSV table: {exc}", line=rows.line_num or None) from None
+
+
+def _parse_csv(path: Path, rows: Any, schema: DatasetSchema) -> tuple[np.ndarray, np.ndarray]:
     header = next(rows, None)
     if not header or all(not c.strip() for c in header):
         raise DataError(path, "file is empty", line=1)

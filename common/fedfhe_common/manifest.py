@@ -32,29 +32,58 @@ def safe_member(name: str) -> str:
     return name
 
 
+FORMAT_VERSION = 1
+
+
+def _canonical(body: dict[str, Any]) -> bytes:
+    return (json.dumps(body, indent=2, sort_keys=True) + "\n").encode()
+
+
 def write_manifest(directory: Path, kind: str, files: list[str], meta: dict[str, Any]) -> Path:
     entries = {safe_member(f): sha256_file(directory / f) for f in files}
-    body = {"kind": kind, "format_version": 1, "files": entries, **meta}
+    body = {"kind": kind, "format_version": FORMAT_VERSION, "files": entries, **meta}
     path = directory / MANIFEST
-    write_atomic(path, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode())
+    write_atomic(path, _canonical(body))
     return path
 
 
 def verify_manifest(directory: Path, kind: str) -> dict[str, Any]:
-    """Check the manifest's kind and every file's hash; return the manifest."""
+    """Check the manifest's kind and every file's hash; return the manifest.
+
+    The manifest itself must be byte for byte what write_manifest writes for its
+    content, so no byte of it can change unnoticed either. Members must be plain
+    files inside ``directory`` (no path components, no symlinks).
+    """
     path = directory / MANIFEST
     try:
-        body = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+        body = json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise IntegrityError(f"{path}: missing manifest") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IntegrityError(f"{path}: unreadable manifest: {exc}") from None
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8 or JSON, absurd numbers
+        raise IntegrityError(f"{path}: unreadable manifest: {str(exc)[:200]}") from None
     if not isinstance(body, dict) or body.get("kind") != kind or not isinstance(body.get("files"), dict):
         raise IntegrityError(f"{path}: not a {kind} manifest")
-    for name, digest in body["files"].items():
-        member = directory / safe_member(str(name))
-        if not member.is_file():
-            raise IntegrityError(f"{member}: listed in the manifest but missing")
-        if sha256_file(member) != digest:
+    if body.get("format_version") != FORMAT_VERSION or isinstance(body.get("format_version"), bool):
+        raise IntegrityError(f"{path}: unsupported manifest format_version {body.get('format_version')!r}")
+    names = [safe_member(str(name)) for name in body["files"]]
+    try:
+        canonical = _canonical(body) == raw
+    except (ValueError, TypeError):
+        canonical = False
+    if not canonical:
+        raise IntegrityError(f"{path}: edited by hand or corrupt (not the form fedfhe writes)")
+    for name in names:
+        member = directory / name
+        digest = body["files"][name]
+        try:
+            if member.is_symlink():
+                raise IntegrityError(f"{member}: is a symbolic link, refused")
+            if not member.is_file():
+                raise IntegrityError(f"{member}: listed in the manifest but missing")
+            actual = sha256_file(member)
+        except OSError as exc:
+            raise IntegrityError(f"{member}: cannot read: {exc.strerror or exc}") from None
+        if actual != digest:
             raise IntegrityError(f"{member}: SHA-256 does not match the manifest (tampered or corrupt)")
     return body

@@ -25,6 +25,11 @@ OWNERS = ["owner-0", "owner-1", "owner-2"]
 ROUND_TIMEOUT = 25.0
 
 
+def _connected(cluster, proc) -> bool:
+    cluster._alive(proc)  # raises with the log's tail if the SuperNode exited
+    return supernode_id(proc.log) is not None
+
+
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory):
     work = tmp_path_factory.mktemp("faults")
@@ -39,7 +44,12 @@ def fed(tmp_path_factory):
         c.register(cfg_path)
         owner_cfgs = {o: c.owner_config(o, data / f"owner-{i}.npz") for i, o in enumerate(OWNERS)}
         nodes = {o: c.start_supernode(o, owner_cfgs[o]) for o in OWNERS}
-        yield {"cluster": c, "cfg": coord.load(cfg_path), "owner_cfgs": owner_cfgs, "nodes": nodes}
+        for proc in nodes.values():
+            wait_until(lambda p=proc: _connected(c, p), 120, f"{proc.name} to connect")
+        ids = {o: supernode_id(p.log) for o, p in nodes.items()}
+        yield {"cluster": c, "cfg": coord.load(cfg_path), "owner_cfgs": owner_cfgs, "nodes": nodes, "ids": ids}
+        for proc in list(c.procs):
+            reap_group(proc)
 
 
 def _restart(fed, owner: str):
@@ -61,7 +71,7 @@ def _connected_or_exited(proc, offset: int) -> bool:
 def killed_run(fed):
     """Three rounds; owner-2 is SIGKILLed once it has received round 2, and restarted straight away."""
     c, victim = fed["cluster"], fed["nodes"]["owner-2"]
-    node_id = supernode_id(victim.log)
+    node_id = fed["ids"]["owner-2"]
     rows: list[dict] = []
     offset = log_size(victim.log)
     run = Background(lambda: run_training(fed["cfg"], {"num-server-rounds": 3}, on_round=rows.append))
