@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -79,6 +80,8 @@ def model_info(bundle: LoadedBundle, latest: bool) -> pb.ModelInfo:
 class InferenceService(pb_grpc.InferenceServicer):
     def __init__(self, cfg: InferenceConfig, registry: BundleRegistry, keys: KeyStore, runner: FheRunner) -> None:
         self.cfg, self.registry, self.keys, self.runner = cfg, registry, keys, runner
+        # At most one evaluating batch per FHE worker holds its (possibly large) keys in memory; others queue.
+        self.evaluation_slots = threading.BoundedSemaphore(runner.workers)
 
     def _budget(self, context: grpc.ServicerContext, ceiling: float) -> float:
         remaining = context.time_remaining()
@@ -148,9 +151,18 @@ class InferenceService(pb_grpc.InferenceServicer):
                 f"{bundle.model_id} version {bundle.version}: generate and upload keys for that version",
             )
         values = deserialize_rows(rows)
-        keys = self.keys.evaluation_keys(record)
-        label = f"{bundle.model_id} version {bundle.version}"
-        results, seconds = self.runner.run_batch(bundle.server, values, keys, budget, context.is_active, label)
+        queued = time.monotonic()
+        if not self.evaluation_slots.acquire(timeout=budget):
+            raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                               f"the node stayed busy for {budget:.1f}s; retry later or allow a longer deadline")
+        try:
+            keys = self.keys.evaluation_keys(record)
+            label = f"{bundle.model_id} version {bundle.version}"
+            remaining = max(0.0, budget - (time.monotonic() - queued))
+            results, seconds = self.runner.run_batch(bundle.server, values, keys, remaining, context.is_active, label)
+            del keys
+        finally:
+            self.evaluation_slots.release()
         return pb.PredictResponse(results=results, server_seconds=seconds, model_version=bundle.version)
 
     @_rpc

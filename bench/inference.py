@@ -1,0 +1,364 @@
+"""Encrypted inference through the service versus in-process, throughput, key upload, memory.
+
+Everything runs for real on loopback: a `fedfhe-inference serve` subprocess
+with mutual TLS, owners using the client library. Ratios are printed and
+written to bench/results/inference.json:
+
+- service_over_inprocess_latency_ratio: per dataset (digits, fashion-mnist), median
+  per-row latency (encrypt, evaluate, decrypt) through the service over the same
+  with FHEModelServer in this process.
+- throughput_rows_per_s: rows per second with 1, 2 and 4 concurrent clients.
+- key_upload_over_tls_copy_ratio: UploadKeys of a decision tree's ~77 MB keys over
+  copying the same bytes through a plain TLS socket on loopback.
+- peak_rss_mb_10_owners: the node's peak RSS while 10 owners each upload tree
+  keys and run a prediction.
+
+    .venv/bin/python bench/inference.py [--quick] [--out bench/results/inference.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import hashlib
+import json
+import os
+import platform
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from fedfhe_client.config import InferenceEndpoint
+from fedfhe_client.inference_client import InferenceClient
+from fedfhe_client.keys import ModelKeys
+from fedfhe_common.datasets import load_builtin
+from fedfhe_common.pki import init_ca, issue
+from fedfhe_common.procs import free_port, venv_bin, wait_until
+from fedfhe_inference.bundles import publish_bundle
+
+MiB = 1 << 20
+
+
+# ---- a node --------------------------------------------------------------------------------
+class Node:
+    def __init__(self, work: Path, pki: Path, **overrides: Any) -> None:
+        self.work, self.pki = work, pki
+        self.port = free_port()
+        self.bundles = work / "bundles"
+        cfg = {
+            "listen": f"127.0.0.1:{self.port}", "certfile": str(pki / "inference.crt"),
+            "keyfile": str(pki / "inference.key"), "ca_certfile": str(pki / "ca.crt"),
+            "bundles_dir": str(self.bundles), "keys_dir": str(work / "keys"), "rescan_interval_s": 0,
+            "limits": {"max_key_bytes": 256 * MiB, "max_keys_per_owner": 4}, **overrides,
+        }
+        self.config = work / "inference.yaml"
+        work.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(yaml.safe_dump(cfg))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def endpoint(self, owner: str) -> InferenceEndpoint:
+        return InferenceEndpoint(address=f"127.0.0.1:{self.port}", certfile=self.pki / f"{owner}.crt",
+                                 keyfile=self.pki / f"{owner}.key", ca_certfile=self.pki / "ca.crt")
+
+    def start(self) -> None:
+        log = open(self.work / "inference.log", "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen([venv_bin("fedfhe-inference"), "serve", "--config", str(self.config)],
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+
+        def up() -> bool:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError((self.work / "inference.log").read_text()[-2000:])
+            try:
+                with InferenceClient(self.endpoint("owner-0")) as c:
+                    c.info_timeout = 2
+                    c.list_models()
+                return True
+            except Exception:  # noqa: BLE001 - not up yet
+                return False
+
+        wait_until(up, 120, "the inference node")
+
+    def status_mb(self, field: str) -> float:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(60)
+
+
+# ---- models --------------------------------------------------------------------------------
+def linear_bundle(dataset: str, out: Path, max_rows: int) -> tuple[Any, np.ndarray]:
+    from fedfhe_server.compile import compile_artifact
+    from fedfhe_server.local_training import train_local
+
+    X, y, schema = load_builtin(dataset, max_rows=max_rows, seed=0)
+    split = int(0.8 * len(y))
+    artifact = train_local(X[:split], y[:split], schema, "LogisticRegression", epochs=5)
+    artifact.save(out / f"{dataset}-artifact")
+    result, _ = compile_artifact(out / f"{dataset}-artifact", out / f"{dataset}-bundle", n_bits=8,
+                                 model_id=dataset, version="1")
+    return result, X[split:]
+
+
+def tree_bundle(out: Path) -> Any:
+    from concrete.ml.sklearn import DecisionTreeClassifier
+
+    from fedfhe_server.compile import compile_concrete_bundle
+
+    X, y, schema = load_builtin("digits")
+    model = DecisionTreeClassifier(max_depth=6, n_bits=6, random_state=0).fit(X, y)
+    return compile_concrete_bundle(model, out / "tree-bundle", model_id="digits-tree", version="1", schema=schema)
+
+
+# ---- measurements --------------------------------------------------------------------------
+def latency(node: Node, bundle: Any, rows: np.ndarray, state: Path) -> dict[str, float]:
+    """Median per-row encrypt -> evaluate -> decrypt, in this process and through the service."""
+    from concrete import fhe
+    from concrete.ml.deployment import FHEModelServer
+
+    ep = node.endpoint("owner-0")
+    with InferenceClient(ep) as client:
+        info = client.model_info(bundle.model_id, bundle.version)
+        keys = ModelKeys(state, info.model_id, info.version)
+        keys.save_client_specs(client.client_specs(info))
+        fhe_client, _ = keys.fhe_client()
+        evk_bytes = fhe_client.get_serialized_evaluation_keys()
+        key_id = client.upload_keys(info, evk_bytes).key_id
+        keys.remember_key_id(ep.address, key_id, hashlib.sha256(evk_bytes).hexdigest())
+        server = FHEModelServer(str(bundle.directory))
+        evk = fhe.EvaluationKeys.deserialize(evk_bytes)
+
+        def local(x: np.ndarray) -> None:
+            fhe_client.deserialize_decrypt_dequantize(server.run(fhe_client.quantize_encrypt_serialize(x), evk))
+
+        def remote(x: np.ndarray) -> None:
+            resp = client.predict(key_id, info, [fhe_client.quantize_encrypt_serialize(x)])
+            fhe_client.deserialize_decrypt_dequantize(resp.results[0])
+
+        out: dict[str, list[float]] = {"inprocess": [], "service": []}
+        for i in range(min(3, len(rows))):  # warm-up both paths
+            local(rows[i:i + 1])
+            remote(rows[i:i + 1])
+        for i in range(len(rows)):  # interleaved, so both see the same machine state
+            for name, fn in (("inprocess", local), ("service", remote)):
+                t = time.perf_counter()
+                fn(rows[i:i + 1])
+                out[name].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in out.items()}
+    return {"rows": len(rows), "inprocess_ms": 1000 * med["inprocess"], "service_ms": 1000 * med["service"],
+            "ratio": med["service"] / med["inprocess"]}
+
+
+def throughput(node: Node, bundle: Any, rows: np.ndarray, state: Path, concurrency: int, batches: int) -> float:
+    """Rows/s with ``concurrency`` clients, each sending ``batches`` pre-encrypted batches of 16 rows."""
+    ep = node.endpoint("owner-0")
+    with InferenceClient(ep) as client:
+        info = client.model_info(bundle.model_id, bundle.version)
+        keys = ModelKeys(state, info.model_id, info.version)
+        fhe_client, _ = keys.fhe_client()
+        key_id = keys.key_id(ep.address, hashlib.sha256(fhe_client.get_serialized_evaluation_keys()).hexdigest())
+        if key_id is None:
+            key_id = client.upload_keys(info, fhe_client.get_serialized_evaluation_keys()).key_id
+        batch = [fhe_client.quantize_encrypt_serialize(rows[i:i + 1]) for i in range(16)]
+    clients = [InferenceClient(ep) for _ in range(concurrency)]
+
+    def worker(c: InferenceClient) -> int:
+        done = 0
+        for _ in range(batches):
+            done += len(c.predict(key_id, info, batch).results)
+        return done
+
+    try:
+        clients[0].predict(key_id, info, batch[:2])  # warm
+        t = time.perf_counter()
+        with cf.ThreadPoolExecutor(concurrency) as pool:
+            total = sum(pool.map(worker, clients))
+        return total / (time.perf_counter() - t)
+    finally:
+        for c in clients:
+            c.close()
+
+
+def tls_copy_seconds(pki: Path, data: bytes) -> float:
+    """The same bytes through a plain TLS socket on loopback (server auth only, 1 MiB writes)."""
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(pki / "inference.crt", pki / "inference.key")
+    client_ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with server_ctx.wrap_socket(conn, server_side=True) as s:
+            got, buf = 0, bytearray(MiB)
+            while got < len(data):
+                n = s.recv_into(buf)
+                if not n:
+                    break
+                got += n
+            s.sendall(b"ok")
+
+    th = threading.Thread(target=serve)
+    th.start()
+    t = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port)) as raw, \
+            client_ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+        view = memoryview(data)
+        for start in range(0, len(data), MiB):
+            s.sendall(view[start:start + MiB])
+        assert s.recv(2) == b"ok"
+    elapsed = time.perf_counter() - t
+    th.join()
+    listener.close()
+    return elapsed
+
+
+def tree_keys(bundle: Any, state: Path, owner: str) -> tuple[ModelKeys, bytes]:
+    keys = ModelKeys(state / owner, bundle.model_id, bundle.version)
+    keys.save_client_specs((bundle.directory / "client.zip").read_bytes())
+    fhe_client, _ = keys.fhe_client()
+    return keys, fhe_client.get_serialized_evaluation_keys()
+
+
+def key_upload(node: Node, pki: Path, bundle: Any, state: Path, repeats: int) -> dict[str, float]:
+    _, evk = tree_keys(bundle, state, "owner-0")
+    ups, tls = [], []
+    with InferenceClient(node.endpoint("owner-0")) as client:
+        info = client.model_info(bundle.model_id, bundle.version)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            key_id = client.upload_keys(info, evk).key_id
+            ups.append(time.perf_counter() - t)
+            client.delete_keys(key_id)
+            tls.append(tls_copy_seconds(pki, evk))
+    from concrete import fhe
+
+    t = time.perf_counter()
+    fhe.EvaluationKeys.deserialize(evk)  # what the node does to validate an upload
+    parse = time.perf_counter() - t
+    t = time.perf_counter()
+    hashlib.sha256(evk).hexdigest()  # done once by the client and once by the node
+    digest = time.perf_counter() - t
+    up, copy = statistics.median(ups), statistics.median(tls)
+    return {"bytes": len(evk), "upload_s": up, "tls_copy_s": copy, "ratio": up / copy,
+            "of_which_validation_parse_s": parse, "of_which_sha256_s_each_side": digest,
+            "upload_mb_per_s": len(evk) / MiB / up, "tls_copy_mb_per_s": len(evk) / MiB / copy}
+
+
+def ten_owners(work: Path, pki: Path, bundle: Any, rows: np.ndarray, owners: int) -> dict[str, float]:
+    """A fresh node; each owner generates its own tree keys, uploads them, and predicts one row, concurrently."""
+    cache = 1024 * MiB  # the default key_cache_bytes
+    node = Node(work / "node-owners", pki)
+    publish_bundle(bundle.directory, node.bundles)
+    node.start()
+    try:
+        idle = node.status_mb("VmRSS")
+        prepared = [(f"owner-{i}", *tree_keys(bundle, work / "owners-state", f"owner-{i}")) for i in range(owners)]
+
+        def one(item: tuple[str, ModelKeys, bytes]) -> float:
+            owner, keys, evk = item
+            with InferenceClient(node.endpoint(owner)) as client:
+                info = client.model_info(bundle.model_id, bundle.version)
+                key_id = client.upload_keys(info, evk).key_id
+                fhe_client, _ = keys.fhe_client()
+                t = time.perf_counter()
+                resp = client.predict(key_id, info, [fhe_client.quantize_encrypt_serialize(rows[:1])])
+                fhe_client.deserialize_decrypt_dequantize(resp.results[0])
+                return time.perf_counter() - t
+
+        t = time.perf_counter()
+        with cf.ThreadPoolExecutor(owners) as pool:
+            per_owner = list(pool.map(one, prepared))
+        total = time.perf_counter() - t
+        return {"owners": owners, "peak_rss_mb": node.status_mb("VmHWM"), "idle_rss_mb": idle,
+                "key_bytes_per_owner": len(prepared[0][2]), "key_cache_budget_mb": cache / MiB,
+                "wall_s": total, "median_predict_s": statistics.median(per_owner)}
+    finally:
+        node.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer rows and repetitions")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "inference.json")
+    ap.add_argument("--owners", type=int, default=10)
+    args = ap.parse_args(argv)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fedfhe-bench-inference-") as tmp:
+        work = Path(tmp)
+        pki = work / "pki"
+        init_ca(pki)
+        issue(pki, "inference", server_hosts=["127.0.0.1"])
+        for i in range(max(args.owners, 1)):
+            issue(pki, f"owner-{i}", client=True)
+        print("compiling bundles ...", file=sys.stderr)
+        digits, digits_rows = linear_bundle("digits", work, max_rows=1797)
+        fashion, fashion_rows = linear_bundle("fashion-mnist", work, max_rows=3000 if args.quick else 10000)
+        tree = tree_bundle(work)
+        node = Node(work / "node", pki)
+        for b in (digits, fashion, tree):
+            publish_bundle(b.directory, node.bundles)
+        node.start()
+        try:
+            print("latency ...", file=sys.stderr)
+            lat = {
+                "digits": latency(node, digits, digits_rows[: 20 if args.quick else 60], work / "lat-digits"),
+                "fashion-mnist": latency(node, fashion, fashion_rows[: 5 if args.quick else 15], work / "lat-fashion"),
+            }
+            print("throughput ...", file=sys.stderr)
+            batches = 2 if args.quick else 6
+            tput = {str(c): throughput(node, digits, digits_rows, work / "lat-digits", c, batches) for c in (1, 2, 4)}
+            print("key upload ...", file=sys.stderr)
+            upload = key_upload(node, pki, tree, work / "upload", 1 if args.quick else 3)
+        finally:
+            node.stop()
+        print(f"{args.owners} owners ...", file=sys.stderr)
+        owners = ten_owners(work, pki, tree, digits_rows, args.owners)
+    import concrete.ml
+
+    result = {
+        "service_over_inprocess_latency_ratio": {k: v["ratio"] for k, v in lat.items()},
+        "throughput_rows_per_s": tput,
+        "key_upload_over_tls_copy_ratio": upload["ratio"],
+        "peak_rss_mb_10_owners": owners["peak_rss_mb"],
+        "details": {"latency": lat, "key_upload": upload, "owners": owners,
+                    "throughput": {"rows_per_batch": 16, "batches_per_client": batches, "model": "digits LR n_bits 8"}},
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
+                    "concrete_ml": concrete.ml.__version__, "platform": platform.platform()},
+        "command": "python bench/inference.py" + (" --quick" if args.quick else ""),
+        "seconds": time.perf_counter() - started,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    for name, r in result["service_over_inprocess_latency_ratio"].items():
+        d = lat[name]
+        print(f"service/in-process latency {name}: {r:.2f}x ({d['service_ms']:.1f} ms vs {d['inprocess_ms']:.1f} ms)")
+    for c, v in tput.items():
+        print(f"throughput with {c} client(s): {v:.1f} rows/s")
+    print(f"key upload / TLS copy ({upload['bytes'] / 1e6:.0f} MB): {upload['ratio']:.2f}x "
+          f"({upload['upload_s']:.2f}s vs {upload['tls_copy_s']:.2f}s)")
+    print(f"peak RSS with {owners['owners']} owners (tree keys): {owners['peak_rss_mb']:.0f} MB "
+          f"(idle {owners['idle_rss_mb']:.0f} MB, key cache budget {owners['key_cache_budget_mb']:.0f} MB)")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
