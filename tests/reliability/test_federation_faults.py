@@ -135,6 +135,7 @@ def test_too_few_nodes_mid_run_fails_with_a_clear_message(fed):
     kill_on_nth_train_message(c, victim, 2, offset, 180, guard=run)
     with pytest.raises(FedfheError) as err:
         run.result(240)
+    print(f"\n--- what `fedfhe-server train` reports ---\n{err.value}")
     first = str(err.value).splitlines()[0]
     expected = "training failed: round 2: 2 SuperNode(s) trained, the run needs 3; no reply from owner-1 (see "
     assert first.startswith(expected), str(err.value)
