@@ -51,7 +51,6 @@ class Deadlines:
 
     predict_s: float = 600.0
     upload_s: float = 900.0
-    info_s: float = 30.0
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -131,3 +131,16 @@ def test_keys_survive_restart_and_publish_reloads(node, alice, lr_bundles, digit
     node.signal(signal.SIGHUP)
     assert node.serving()
     assert os.path.exists(node.work / "inference.pid")
+
+
+def test_health_and_reflection(node):
+    """Standard grpc.health.v1 and server reflection, both behind mutual TLS."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    with node.channel("alice") as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        resp = health.Check(health_pb2.HealthCheckRequest(service="fedfhe.inference.v1.Inference"), timeout=10)
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+        services = set(ProtoReflectionDescriptorDatabase(ch).get_services())
+    assert {"fedfhe.inference.v1.Inference", "grpc.health.v1.Health"} <= services

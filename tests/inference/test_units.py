@@ -35,6 +35,14 @@ def _cfg(tmp_path, **extra):
     return path
 
 
+def test_example_config_loads():
+    from pathlib import Path
+
+    example = Path(inference_config.__file__).parents[1] / "inference.example.yaml"
+    cfg = inference_config.load(example)
+    assert cfg.limits.max_key_bytes > 77 << 20 and cfg.deadlines.predict_s > 0
+
+
 def test_config_loads_with_defaults_and_names_bad_keys(tmp_path):
     cfg = inference_config.load(_cfg(tmp_path, limits={"max_batch_rows": 8}))
     assert cfg.limits.max_batch_rows == 8 and cfg.limits.max_keys_per_owner == 8
