@@ -1,0 +1,368 @@
+"""deploy/ansible on separate hosts: real ansible-playbook over SSH to network+mount namespaces.
+
+Five hosts (coordinator, three data owners, an inference node), each with its own
+address on a bridge, its own sshd, /etc, /opt, /srv and fedfhe state (see testhosts.py).
+The tests run in order on one deployment:
+
+  site.yml brings every service up; links cross the bridge with TLS; each host holds only
+  its own keys and data; a second site.yml changes nothing; --check runs clean;
+  train.yml completes a federated run in which each SuperNode read its own host's file;
+  publish.yml + predict.yml give encrypted predictions that match the clear model's;
+  ansible-lint passes.
+
+Times (install, each playbook, the whole test) are printed at the end and kept in
+/var/tmp/fedfhe-multihost-cache/last-run.json, with the playbook logs in .../last-logs/.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from deployment import (  # noqa: E402
+    ANSIBLE_DIR,
+    CACHE,
+    DATA_PATH,
+    OWNER_ROWS,
+    OWNERS,
+    PUBLIC_TEST,
+    VENV_BIN,
+    PlayResult,
+    place_data,
+    play,
+    write_inventory,
+)
+from testhosts import HostsUnavailable, TestHosts, check_capable  # noqa: E402
+
+pytestmark = [pytest.mark.multihost, pytest.mark.timeout(1500)]
+
+SERVICES = {"coordinator": "fedfhe-superlink", "inference-1": "fedfhe-inference",
+            **{o: "fedfhe-supernode" for o in OWNERS}}
+# Hosts that get the wheelhouse copied over SSH, as real hosts do by default; the others
+# read the control node's wheelhouse where it lies (the test hosts share this disk).
+COPY_WHEELHOUSE = ["inference-1"]
+PREDICT_INPUT = "/srv/fedfhe/predict.npz"
+PREDICT_OUTPUT = "/var/lib/fedfhe/owner/predictions/multihost.json"
+PREDICT_ROWS = 12
+
+
+@dataclass
+class Deployment:
+    hosts: TestHosts
+    work: Path
+    inventory: Path
+    rows: dict[str, int]
+    site: PlayResult
+    times: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def logs(self) -> Path:
+        return self.work / "logs"
+
+    def play(self, playbook: str, *args: str) -> PlayResult:
+        res = play(playbook, self.inventory, self.logs, *args)
+        key = Path(playbook).stem + ("-check" if "--check" in args else "")
+        key = key if key not in self.times else f"{key}-again"
+        self.times[key] = round(res.seconds, 1)
+        return res
+
+    def ssh(self, host: str, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.hosts.ssh(host, command, check=check)
+
+
+def _expect_ok(res: PlayResult, what: str) -> None:
+    assert res.rc == 0, f"{what} failed (rc {res.rc}); log {res.log}:\n{res.tail(80)}"
+
+
+def _play_seconds(res: PlayResult, play_name: str) -> float:
+    """Seconds spent in one play of a timestamped playbook log."""
+    stamps = [(float(m.group(1)), m.group(2)) for m in
+              re.finditer(r"^\[\s*([\d.]+)s\] (PLAY \[.*?\]|PLAY RECAP)", res.log.read_text(), re.M)]
+    for (start, name), (end, _) in zip(stamps, stamps[1:]):
+        if play_name in name:
+            return round(end - start, 1)
+    return float("nan")
+
+
+@pytest.fixture(scope="module")
+def hosts(request: pytest.FixtureRequest):
+    try:
+        check_capable()
+    except HostsUnavailable as exc:
+        pytest.skip(f"multihost: {exc}")
+    th = TestHosts()
+    started = time.monotonic()
+    try:
+        th.up()  # also removes what a crashed earlier run left behind
+        yield th
+    finally:
+        logs = th.run_dir / "work" / "logs"
+        if logs.is_dir():
+            shutil.rmtree(CACHE / "last-logs", ignore_errors=True)
+            shutil.copytree(logs, CACHE / "last-logs", ignore=shutil.ignore_patterns("cp", "tmp"))
+        th.down()
+        request.config._fedfhe_multihost_total = time.monotonic() - started  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def deployed(hosts: TestHosts, request: pytest.FixtureRequest) -> Deployment:
+    work = hosts.run_dir / "work"
+    rows = place_data(hosts, work)
+    inventory = write_inventory(hosts, work, copy_wheelhouse=COPY_WHEELHOUSE)
+    site = play("site.yml", inventory, work / "logs")
+    dep = Deployment(hosts, work, inventory, rows, site, {"site": round(site.seconds, 1)})
+    dep.times["install-play"] = _play_seconds(site, "Install fedfhe")
+
+    def report() -> None:
+        total = getattr(request.config, "_fedfhe_multihost_total", None)
+        if total is not None:
+            dep.times["total-with-hosts"] = round(total, 1)
+        CACHE.mkdir(parents=True, exist_ok=True)
+        (CACHE / "last-run.json").write_text(json.dumps(dep.times, indent=2) + "\n")
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter:
+            reporter.write_line(f"multihost times (s): {json.dumps(dep.times)}")
+
+    request.addfinalizer(report)
+    return dep
+
+
+# ---- site.yml ------------------------------------------------------------------------
+def test_site_brings_every_service_up(deployed: Deployment) -> None:
+    _expect_ok(deployed.site, "site.yml")
+    for host, service in SERVICES.items():
+        res = deployed.ssh(host, f"/opt/fedfhe/bin/fedfhe-service status {service}", check=False)
+        assert res.returncode == 0, f"{service} not running on {host}: {res.stdout}{res.stderr}"
+        # The supervisor runs as root; the service it starts runs as the fedfhe user.
+        ps = deployed.ssh(host, f"ps -o user=,comm= --ppid $(cat /run/fedfhe/{service}.pid)").stdout.split()
+        assert ps[:1] == ["fedfhe"], f"{service} on {host}: {ps}"
+    # Services run from each host's own venv, installed offline from the wheelhouse.
+    for host in SERVICES:
+        assert deployed.hosts.hosts[host].path("/opt/fedfhe/venv/.fedfhe-installed").exists()
+    copied = deployed.hosts.hosts[COPY_WHEELHOUSE[0]].path("/opt/fedfhe/wheelhouse/.fedfhe-copied")
+    assert copied.exists(), "the wheelhouse was not copied to the host that installs from its own copy"
+
+
+def _established(deployed: Deployment, host: str, port_filter: str) -> list[tuple[str, str, str]]:
+    """(local, peer, process) of established TCP connections on ``host``."""
+    out = deployed.ssh(host, f"ss -Htnp state established '( {port_filter} )'").stdout
+    conns = []
+    for line in out.splitlines():
+        parts = line.split()
+        local, peer = (p.replace("[::ffff:", "").replace("]", "") for p in parts[2:4])
+        conns.append((local, peer, " ".join(parts[4:])))
+    return conns
+
+
+def _probe(deployed: Deployment, host: str, code: str, *args: str) -> dict:
+    """Run a Python probe in ``host``'s network namespace (it sees only the bridge)."""
+    res = deployed.hosts.netns_exec(host, [sys.executable, "-c", code, *args], check=False, timeout=60)
+    assert res.returncode == 0, f"probe on {host} failed: {res.stdout}{res.stderr}"
+    return json.loads(res.stdout)
+
+
+TLS_PROBE = r"""
+import json, socket, ssl, sys
+host, port, ca, cert, key = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+out = {}
+def attempt(ctx):
+    try:
+        with socket.create_connection((host, port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname=host) as tls:
+                tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(9))
+                tls.settimeout(5)
+                data = tls.recv(64)  # TLS 1.3: a refused client certificate shows up here
+                peer = tls.getpeercert()
+                cn = dict(x[0] for x in peer["subject"]).get("commonName")
+                return {"ok": bool(data), "cn": cn, "version": tls.version()}
+    except (ssl.SSLError, OSError) as exc:
+        return {"ok": False, "error": type(exc).__name__ + ": " + str(exc)[:120]}
+ctx = ssl.create_default_context(cafile=ca)
+ctx.set_alpn_protocols(["h2"])
+if cert:
+    ctx.load_cert_chain(cert, key)
+out["tls"] = attempt(ctx)
+bare = ssl.create_default_context(cafile=ca)
+bare.set_alpn_protocols(["h2"])
+out["no_client_cert"] = attempt(bare)
+other = ssl.create_default_context()  # the system CAs: must not trust our server
+other.set_alpn_protocols(["h2"])
+out["wrong_ca"] = attempt(other)
+try:  # plaintext HTTP/2: a TLS server answers with an alert or closes, never a SETTINGS frame
+    with socket.create_connection((host, port), timeout=10) as raw:
+        raw.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(9))
+        raw.settimeout(5)
+        data = raw.recv(64)
+    out["plaintext_h2_settings"] = len(data) >= 4 and data[3] == 4
+except OSError:
+    out["plaintext_h2_settings"] = False
+print(json.dumps(out))
+"""
+
+
+def test_every_link_crosses_the_bridge_with_tls(deployed: Deployment) -> None:
+    ips = {name: h.ip for name, h in deployed.hosts.hosts.items()}
+    coord = ips["coordinator"]
+    # The SuperLink's Fleet API has one TLS connection from each data owner's host address.
+    fleet = _established(deployed, "coordinator", "sport = :9092")
+    assert sorted(peer.rsplit(":", 1)[0] for _, peer, _ in fleet) == sorted(ips[o] for o in OWNERS), fleet
+    assert all(local == f"{coord}:9092" for local, _, _ in fleet), fleet
+    for owner in OWNERS:
+        conns = _established(deployed, owner, "dport = :9092")
+        assert [(local.rsplit(":", 1)[0], peer) for local, peer, _ in conns] == [(ips[owner], f"{coord}:9092")], conns
+        assert "flower-supernod" in conns[0][2], conns
+    # Listening: the Fleet API and the inference service on their bridge address, the
+    # Control API only on the coordinator's loopback (another host cannot reach it).
+    listen = deployed.ssh("coordinator", "ss -Htln").stdout
+    assert f"{coord}:9092" in listen.replace("[::ffff:", "").replace("]", "") and "127.0.0.1:9093" in listen, listen
+    assert "0.0.0.0:9092" not in listen and "*:9092" not in listen, listen
+    inf = deployed.ssh("inference-1", "ss -Htln").stdout
+    assert f"{ips['inference']}:50051" in inf.replace("[::ffff:", "").replace("]", ""), inf
+    res = deployed.hosts.netns_exec("owner-0", [sys.executable, "-c",
+                                                f"import socket; socket.create_connection(('{coord}', 9093), 3)"],
+                                    check=False)
+    assert res.returncode != 0, "the Control API is reachable from a data owner's host"
+
+    pki = deployed.work / "control" / "pki"
+    # Fleet API: TLS with the project's CA (a SuperNode dials it from its own namespace).
+    fleet_probe = _probe(deployed, "owner-1", TLS_PROBE, coord, "9092", str(pki / "ca.crt"), "", "")
+    assert fleet_probe["tls"].get("cn") == "coordinator-superlink", fleet_probe
+    assert fleet_probe["tls"]["version"] in ("TLSv1.2", "TLSv1.3"), fleet_probe
+    assert not fleet_probe["wrong_ca"]["ok"] and "CERTIFICATE_VERIFY_FAILED" in fleet_probe["wrong_ca"]["error"]
+    assert fleet_probe["plaintext_h2_settings"] is False, fleet_probe
+    # Inference service: mutual TLS (an owner's client certificate is required).
+    inf_probe = _probe(deployed, "owner-1", TLS_PROBE, ips["inference-1"], "50051", str(pki / "ca.crt"),
+                       str(pki / "owner-1.crt"), str(pki / "owner-1.key"))
+    assert inf_probe["tls"]["ok"] and inf_probe["tls"]["cn"] == "inference-1-inference", inf_probe
+    assert not inf_probe["no_client_cert"]["ok"], f"inference service accepted a client without a certificate: {inf_probe}"
+    assert not inf_probe["wrong_ca"]["ok"], inf_probe
+    assert inf_probe["plaintext_h2_settings"] is False, inf_probe
+
+
+def _tree(deployed: Deployment, host: str, inside: str) -> set[str]:
+    root = deployed.hosts.hosts[host].path(inside)
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} if root.exists() else set()
+
+
+def test_each_host_holds_only_its_own_keys_and_data(deployed: Deployment) -> None:
+    pki = deployed.work / "control" / "pki"
+    assert (pki / "ca.key").exists()
+    for host in SERVICES:
+        files = _tree(deployed, host, "/etc/fedfhe/pki")
+        assert "ca.key" not in files and not any(f.endswith("ca.key") for f in files), (host, files)
+    assert _tree(deployed, "coordinator", "/etc/fedfhe/pki") == {
+        "ca.crt", "superlink.crt", "superlink.key", *(f"supernodes/{o}.pub" for o in OWNERS)}
+    assert _tree(deployed, "inference-1", "/etc/fedfhe/pki") == {"ca.crt", "inference.crt", "inference.key"}
+    digests = {}
+    for owner in OWNERS:
+        h = deployed.hosts.hosts[owner]
+        assert _tree(deployed, owner, "/etc/fedfhe/pki") == {"ca.crt", "supernode.key", "client.crt", "client.key"}
+        assert h.path("/etc/fedfhe/pki/supernode.key").read_bytes() == (pki / f"{owner}.supernode.key").read_bytes()
+        assert h.path("/etc/fedfhe/pki/client.key").read_bytes() == (pki / f"{owner}.key").read_bytes()
+        assert h.path("/etc/fedfhe/pki/client.key").stat().st_mode & 0o077 == 0o040  # 0640 root:fedfhe
+        # The same path on every owner host, a different file on each, visible only there.
+        out = deployed.ssh(owner, f"sha256sum {DATA_PATH}").stdout.split()[0]
+        digests[owner] = out
+    assert len(set(digests.values())) == len(OWNERS), digests
+    for host in ("coordinator", "inference-1"):
+        assert deployed.ssh(host, f"test -e {DATA_PATH}", check=False).returncode != 0, f"{DATA_PATH} seen on {host}"
+
+
+# ---- idempotence and check mode ------------------------------------------------------------
+def test_second_site_run_changes_nothing(deployed: Deployment) -> None:
+    res = deployed.play("site.yml")
+    _expect_ok(res, "second site.yml")
+    recap = res.recap()
+    assert set(recap) == set(SERVICES), recap
+    changed = {h: c["changed"] for h, c in recap.items() if c["changed"]}
+    assert not changed, f"second site.yml changed {changed}; log {res.log}:\n" + "\n".join(
+        line for line in res.output.splitlines() if line.startswith("changed:") or line.startswith("TASK"))[-6000:]
+
+
+def test_check_mode_runs_clean(deployed: Deployment) -> None:
+    res = deployed.play("site.yml", "--check", "--diff")
+    _expect_ok(res, "site.yml --check")
+    assert all(c["failed"] == 0 and c["unreachable"] == 0 for c in res.recap().values()), res.recap()
+    assert not {h: c["changed"] for h, c in res.recap().items() if c["changed"]}, res.tail(80)
+
+
+# ---- train.yml ------------------------------------------------------------------------------
+def test_train_runs_federated_training_on_each_hosts_own_file(deployed: Deployment) -> None:
+    from fedfhe_common.artifact import TrainingArtifact
+
+    res = deployed.play("train.yml")
+    _expect_ok(res, "train.yml")
+    run = deployed.work / "control" / "artifacts" / "training" / "latest"
+    artifact = TrainingArtifact.load(run / "artifact")  # verifies the SHA-256 manifest
+    assert artifact.metrics["rounds"] == 2
+    rounds = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines() if line.strip()]
+    assert [r["round"] for r in rounds] == [1, 2]
+    for r in rounds:
+        assert r["fit_owners"] == OWNERS and not r["missing"] and not r["failures"], r
+    # Each owner scores on 20% of its own rows: the total only adds up if every SuperNode
+    # read its own host's file (the same path holds 420, 300 and 180 rows on the three hosts).
+    holdout = sum(math.ceil(0.2 * n) for n in OWNER_ROWS.values())
+    assert rounds[-1]["clients"]["examples"] == holdout, (rounds[-1]["clients"], OWNER_ROWS)
+    assert rounds[-1]["server"]["accuracy"] > 0.85, rounds[-1]
+    for owner in OWNERS:
+        log = deployed.hosts.hosts[owner].path("/var/log/fedfhe/fedfhe-supernode.log").read_text(errors="replace")
+        assert f"{DATA_PATH}: {OWNER_ROWS[owner]} rows" in log, f"{owner} did not load its own file"
+
+
+# ---- publish.yml + predict.yml -----------------------------------------------------------------
+def _have_cli(*argv: str) -> bool:
+    return subprocess.run([str(VENV_BIN / argv[0]), *argv[1:], "--help"], capture_output=True).returncode == 0
+
+
+def test_publish_and_predict_match_the_clear_model(deployed: Deployment) -> None:
+    from fedfhe_common.artifact import TrainingArtifact
+
+    if not _have_cli("fedfhe-server", "compile"):
+        pytest.xfail("fedfhe-server compile is not available yet")
+    res = deployed.play("publish.yml", "-e", "fedfhe_publish_version=mh1", "-e", f"fedfhe_publish_eval={PUBLIC_TEST}")
+    _expect_ok(res, "publish.yml")
+    log = deployed.hosts.hosts["inference-1"].path("/var/log/fedfhe/fedfhe-inference.log").read_text(errors="replace")
+    assert "serving digits-logisticregression/mh1" in log
+    if not _have_cli("fedfhe-client", "predict"):
+        pytest.xfail("fedfhe-client predict is not wired into fedfhe-client's CLI yet "
+                     "(client/fedfhe_client/predict_commands.py register() is not called from cli.py)")
+    # New rows on data owner 0's host only (public test rows stand in for its new records).
+    with np.load(deployed.work / "partition" / "public-test.npz", allow_pickle=False) as npz:
+        X, y = npz["X"][:PREDICT_ROWS], npz["y"][:PREDICT_ROWS]
+    dest = deployed.hosts.hosts["owner-0"].path(PREDICT_INPUT)
+    np.savez_compressed(dest, X=X, y=y)
+    res = deployed.play("predict.yml", "-l", "owner-0", "-e", f"fedfhe_predict_input={PREDICT_INPUT}",
+                        "-e", f"fedfhe_predict_output={PREDICT_OUTPUT}")
+    _expect_ok(res, "predict.yml")
+    doc = json.loads(deployed.hosts.hosts["owner-0"].path(PREDICT_OUTPUT).read_text())
+    encrypted = [row["prediction"] for row in doc["predictions"]]
+    clear = TrainingArtifact.load(deployed.work / "control" / "artifacts" / "training" / "latest" / "artifact")
+    expected = clear.to_estimator().predict(X).tolist()
+    assert encrypted == expected, f"FHE {encrypted} != clear {expected}"
+    # The owner's private FHE key stays on its host: nothing of owner-0's state reached the inference node.
+    owner_state = _tree(deployed, "owner-0", "/var/lib/fedfhe/owner")
+    assert owner_state, "predict left no client state on the owner host"
+    inference_files = _tree(deployed, "inference-1", "/var/lib/fedfhe/inference")
+    assert not any("private" in f or f.endswith("client.key") for f in inference_files), inference_files
+
+
+# ---- lint ---------------------------------------------------------------------------------------
+def test_ansible_lint_passes() -> None:
+    lint = VENV_BIN / "ansible-lint"
+    assert lint.exists(), "ansible-lint is missing (requirements-dev.txt): pip install 'ansible-lint>=24'"
+    res = subprocess.run([str(lint), "--offline", "--nocolor"], cwd=ANSIBLE_DIR, capture_output=True, text=True,
+                         timeout=600, env={"PATH": f"{VENV_BIN}:/usr/bin:/bin", "HOME": str(Path.home()),
+                                           "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg")})
+    assert res.returncode == 0, f"ansible-lint failed:\n{res.stdout[-6000:]}\n{res.stderr[-3000:]}"
