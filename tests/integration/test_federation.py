@@ -8,6 +8,7 @@ import ssl
 
 import numpy as np
 import pytest
+
 from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.data import load_table
 from fedfhe_common.manifest import verify_manifest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from fedfhe_common.errors import ConfigError
 from fedfhe_server import config as coord
 

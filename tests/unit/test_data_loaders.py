@@ -7,6 +7,7 @@ import struct
 
 import numpy as np
 import pytest
+
 from fedfhe_common.data import load_table, save_csv
 from fedfhe_common.errors import DataError
 from fedfhe_common.schema import DatasetSchema

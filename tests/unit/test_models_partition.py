@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from fedfhe_common import models
 from fedfhe_common.datasets import load_builtin
 from fedfhe_common.partition import partition

@@ -7,6 +7,7 @@ import stat
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+
 from fedfhe_common.errors import PKIError
 from fedfhe_common.pki import common_name, init_ca, issue, supernode_keypair
 from fedfhe_common.pki_cli import main as pki_main
