@@ -121,6 +121,7 @@ class Host:
 
 @dataclass
 class TestHosts:
+    __test__ = False  # not a pytest test class
     base: Path = DEFAULT_BASE
     names: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_HOSTS))
     hosts: dict[str, Host] = field(default_factory=dict)
@@ -240,7 +241,7 @@ class TestHosts:
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
         binds = [f"mount --bind {host.dir / 'etc'} /etc"]
         binds += [f"mount --bind {host.dir / sub} {mount}" for mount, sub in PRIVATE_DIRS.items()]
-        script = "set -e\n" + f"hostname {host.name}\n" + "\n".join(binds) + f"\nexec {SSHD} -D -e -f /etc/ssh/sshd_config\n"
+        script = "\n".join(["set -e", f"hostname {host.name}", *binds, f"exec {SSHD} -D -e -f /etc/ssh/sshd_config"])
         log = open(host.dir / "sshd.log", "ab")  # noqa: SIM115 - the child owns it
         host.sshd = subprocess.Popen(
             ["ip", "netns", "exec", host.netns, "unshare", "--mount", "--uts", "--propagation", "private",
@@ -263,7 +264,8 @@ class TestHosts:
             "-o", "ConnectTimeout=5",
         ]
 
-    def ssh(self, name: str, command: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def ssh(self, name: str, command: str, check: bool = True,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
         host = self.hosts[name]
         try:
             return _run(["ssh", *self.ssh_args(), f"root@{host.ip}", command], check=check, timeout=timeout)
