@@ -351,11 +351,16 @@ def test_publish_and_predict_match_the_clear_model(deployed: Deployment) -> None
     clear = TrainingArtifact.load(deployed.work / "control" / "artifacts" / "training" / "latest" / "artifact")
     expected = clear.to_estimator().predict(X).tolist()
     assert encrypted == expected, f"FHE {encrypted} != clear {expected}"
-    # The owner's private FHE key stays on its host: nothing of owner-0's state reached the inference node.
+    # The owner's private FHE keys stay on its host (0600); the inference node holds only
+    # evaluation keys.
     owner_state = _tree(deployed, "owner-0", "/var/lib/fedfhe/owner")
-    assert owner_state, "predict left no client state on the owner host"
+    private = [f for f in owner_state if f.endswith("keyset.bin")]
+    assert private, f"no private key set on the owner host: {owner_state}"
+    mode = deployed.hosts.hosts["owner-0"].path(f"/var/lib/fedfhe/owner/{private[0]}").stat().st_mode & 0o777
+    assert mode == 0o600, oct(mode)
     inference_files = _tree(deployed, "inference-1", "/var/lib/fedfhe/inference")
-    assert not any("private" in f or f.endswith("client.key") for f in inference_files), inference_files
+    assert any(f.endswith(".evk") for f in inference_files), inference_files
+    assert not any(f.endswith("keyset.bin") for f in inference_files), inference_files
 
 
 # ---- lint ---------------------------------------------------------------------------------------
