@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             print("latency ...", file=sys.stderr)
             lat = {
                 "digits": latency(node, digits, digits_rows[: 20 if args.quick else 60], work / "lat-digits"),
-                "fashion-mnist": latency(node, fashion, fashion_rows[: 5 if args.quick else 15], work / "lat-fashion"),
+                "fashion-mnist": latency(node, fashion, fashion_rows[: 5 if args.quick else 30], work / "lat-fashion"),
             }
             print("throughput ...", file=sys.stderr)
             batches = 2 if args.quick else 6
