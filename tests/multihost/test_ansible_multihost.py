@@ -65,6 +65,7 @@ class Deployment:
     inventory: Path
     rows: dict[str, int]
     site: PlayResult
+    fresh_check: PlayResult
     times: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -121,8 +122,10 @@ def deployed(hosts: TestHosts, request: pytest.FixtureRequest) -> Deployment:
     work = hosts.run_dir / "work"
     rows = place_data(hosts, work)
     inventory = write_inventory(hosts, work, copy_wheelhouse=COPY_WHEELHOUSE)
+    fresh_check = play("site.yml", inventory, work / "logs", "--check")  # before anything exists
     site = play("site.yml", inventory, work / "logs")
-    dep = Deployment(hosts, work, inventory, rows, site, {"site": round(site.seconds, 1)})
+    dep = Deployment(hosts, work, inventory, rows, site, fresh_check,
+                     {"site-check-fresh": round(fresh_check.seconds, 1), "site": round(site.seconds, 1)})
     dep.times["install-play"] = _play_seconds(site, "Install fedfhe")
 
     def report() -> None:
@@ -289,6 +292,11 @@ def test_second_site_run_changes_nothing(deployed: Deployment) -> None:
     changed = {h: c["changed"] for h, c in recap.items() if c["changed"]}
     assert not changed, f"second site.yml changed {changed}; log {res.log}:\n" + "\n".join(
         line for line in res.output.splitlines() if line.startswith("changed:") or line.startswith("TASK"))[-6000:]
+
+
+def test_check_mode_runs_clean_before_the_first_deploy(deployed: Deployment) -> None:
+    _expect_ok(deployed.fresh_check, "site.yml --check on new hosts")
+    assert "fedfhe is not deployed here yet" in deployed.fresh_check.output
 
 
 def test_check_mode_runs_clean(deployed: Deployment) -> None:
