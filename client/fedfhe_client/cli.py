@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check-data", help="validate this owner's data file against the schema")
     p.add_argument("--config", type=Path, required=True)
     p.set_defaults(fn=_check_data)
+    from .predict_commands import register as register_predict  # predict, delete-keys
+
+    register_predict(sub)
     args = ap.parse_args(argv)
     try:
         return int(args.fn(args) or 0)
