@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedfhe_common.bundle_format import BUNDLE_FILES, BUNDLE_KIND, valid_name
 from fedfhe_common.errors import FedfheError, IntegrityError
 from fedfhe_common.manifest import MANIFEST, safe_member, sha256_file, verify_manifest
 from fedfhe_common.schema import DatasetSchema
@@ -27,14 +28,7 @@ from .errors import invalid, not_found
 
 log = logging.getLogger("fedfhe.inference.bundles")
 
-# The coordinator writes bundles with these (fedfhe_server.bundle_format); the formats must agree.
-BUNDLE_KIND = "fedfhe-fhe-bundle"
-BUNDLE_FILES = ("client.zip", "server.zip")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-def valid_name(value: str) -> bool:
-    return bool(_NAME.match(value or ""))
+# One definition of the bundle format for the coordinator that writes it and this node.
 
 
 def version_key(version: str) -> tuple:

@@ -20,11 +20,10 @@ from typing import Any
 import numpy as np
 
 from fedfhe_common.artifact import TrainingArtifact
+from fedfhe_common.bundle_format import BUNDLE_FILES, BUNDLE_KIND, check_name
 from fedfhe_common.errors import ConfigError, FedfheError
 from fedfhe_common.manifest import MANIFEST, sha256_file, write_manifest
 from fedfhe_common.schema import DatasetSchema
-
-from .bundle_format import BUNDLE_FILES, BUNDLE_KIND, check_name
 
 DEFAULT_N_BITS = 8
 CALIBRATION_ROWS = 200

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import re
 
-from fedfhe_common.errors import ConfigError
+from .errors import ConfigError
 
 BUNDLE_KIND = "fedfhe-fhe-bundle"
 BUNDLE_FILES = ("client.zip", "server.zip")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
+def valid_name(value: str) -> bool:
+    return bool(_NAME.match(value or ""))
+
+
 def check_name(value: str, what: str) -> str:
     """Model ids and versions become directory names on the inference node: keep them plain."""
-    if not _NAME.match(value or ""):
+    if not valid_name(value):
         raise ConfigError(
             f"{what} {value!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
