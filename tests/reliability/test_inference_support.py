@@ -1,0 +1,148 @@
+"""Shared by the inference reliability tests (test_inference_*.py, test_load.py, test_certificates.py); no tests here.
+
+Reuses the `fedfhe-inference serve` harness of tests/inference/conftest.py
+(Node, write_node_config), and compiles the digits LogisticRegression bundle
+once per pytest process (training + compile cost ~15 s), however many test
+modules ask for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedfhe_common.pki import init_ca, issue
+
+_CONFTEST = Path(__file__).resolve().parents[1] / "inference" / "conftest.py"
+MODEL_ID, VERSION = "digits-lr", "1"
+OWNERS = tuple(f"owner-{i}" for i in range(8))
+
+
+def _inference_conftest() -> Any:
+    """tests/inference/conftest.py as a plain module (its fixtures stay unregistered here)."""
+    name = "fedfhe_tests_inference_conftest"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, _CONFTEST)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+_conf = _inference_conftest()
+Node = _conf.Node
+write_node_config = _conf.write_node_config
+_cache: dict[str, Any] = {}
+
+
+@dataclass
+class LrBundle:
+    """The digits LR bundle (n_bits 8), its compiled model (for simulate) and held-out rows."""
+
+    directory: Path
+    model: Any
+    X_test: np.ndarray
+    y_test: np.ndarray
+
+
+def lr_bundle(tmp_path_factory: pytest.TempPathFactory) -> LrBundle:
+    if "lr" not in _cache:
+        from fedfhe_common.datasets import load_builtin
+        from fedfhe_server.compile import compile_artifact
+        from fedfhe_server.local_training import train_local
+
+        work = tmp_path_factory.mktemp("lr-bundle")
+        X, y, schema = load_builtin("digits")
+        idx = np.random.default_rng(0).permutation(len(y))
+        train, test = idx[:1400], idx[1400:]
+        train_local(X[train], y[train], schema, "LogisticRegression").save(work / "artifact")
+        result, model = compile_artifact(work / "artifact", work / "bundle", n_bits=8, model_id=MODEL_ID,
+                                         version=VERSION)
+        _cache["lr"] = LrBundle(result.directory, model, X[test], y[test])
+    return _cache["lr"]
+
+
+def make_pki(directory: Path, owners: tuple[str, ...] = OWNERS) -> Path:
+    """The project CA, the node's certificate (127.0.0.1, localhost) and one client certificate per owner.
+
+    "alice" is always there: the harness's health probe presents her certificate.
+    """
+    init_ca(directory, exist_ok=True)
+    issue(directory, "inference", server_hosts=["127.0.0.1", "localhost"])
+    for owner in ("alice", *owners):
+        issue(directory, owner, client=True)
+    return directory
+
+
+def start_node(work: Path, pki: Path, bundle: LrBundle | None, **overrides: Any) -> Any:
+    """A running `fedfhe-inference serve` on a free loopback port, serving ``bundle`` if given."""
+    from fedfhe_common.procs import free_port
+    from fedfhe_inference.bundles import publish_bundle
+
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    node = Node(work, pki, port, write_node_config(work, pki, port, **overrides))
+    if bundle is not None:
+        publish_bundle(bundle.directory, node.bundles_dir)
+    node.start()
+    return node
+
+
+def kill(node: Any) -> None:
+    """SIGKILL the node (no drain, no clean-up) and reap it."""
+    assert node.proc is not None
+    node.signal(signal.SIGKILL)
+    node.proc.wait(30)
+    node.proc = None
+
+
+@dataclass
+class Owner:
+    """A data owner with its keys generated and uploaded (through the real client path)."""
+
+    name: str
+    state_dir: Path
+    endpoint: Any
+    key_id: str
+    fhe: Any  # FHEModelClient holding this owner's keys
+
+    def encrypt(self, X: np.ndarray) -> list[bytes]:
+        return [self.fhe.quantize_encrypt_serialize(X[i:i + 1]) for i in range(len(X))]
+
+    def decrypt(self, results: Any) -> np.ndarray:
+        return np.vstack([np.asarray(self.fhe.deserialize_decrypt_dequantize(r)).reshape(1, -1) for r in results])
+
+    def evaluation_keys(self) -> bytes:
+        return self.fhe.get_serialized_evaluation_keys()
+
+
+def make_owner(node: Any, name: str, state_dir: Path, X: np.ndarray) -> Owner:
+    from fedfhe_client.keys import ModelKeys
+    from fedfhe_client.predict import predict_rows
+
+    endpoint = node.endpoint(name)
+    res = predict_rows(endpoint, state_dir, X[:1], model_id=MODEL_ID, version=VERSION, progress=False)
+    fhe, _ = ModelKeys(state_dir, MODEL_ID, VERSION).fhe_client()
+    return Owner(name, state_dir, endpoint, res.key_id, fhe)
+
+
+def upload_header(data: bytes, total: int | None = None) -> Any:
+    from fedfhe_proto.inference.v1 import inference_pb2 as pb
+
+    return pb.UploadHeader(model=pb.ModelRef(model_id=MODEL_ID, version=VERSION),
+                           total_bytes=len(data) if total is None else total,
+                           sha256=hashlib.sha256(data).hexdigest())
+
+
+def stored_keys(keys_dir: Path) -> dict[str, str]:
+    """Every file in the key store with its SHA-256 (what a test compares before and after a fault)."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(keys_dir.iterdir()) if p.is_file()}
