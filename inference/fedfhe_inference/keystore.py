@@ -10,6 +10,7 @@ leaves a half key under a valid id; leftovers are swept at start-up.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -37,6 +38,22 @@ KEY_ID = re.compile(r"^[0-9a-f]{32}$")
 # (measured: a tree's 77 MB of keys hold ~480 MB after the first run). The cache budget counts that.
 MEMORY_PER_KEY_BYTE = 6.5
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+@contextlib.contextmanager
+def _disk_space(what: str) -> Iterator[None]:
+    """A full disk (or quota) while writing keys is the node's limit, not a bug: RESOURCE_EXHAUSTED."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _NO_SPACE:
+            raise
+        log.error("key store out of space while %s: %s", what, exc)
+        raise exhausted(
+            f"the inference node's key store is out of disk space ({os.strerror(exc.errno)}) while {what}; "
+            "nothing was stored: retry later, the node's operator must free space"
+        ) from None
 
 
 def check_key_id(key_id: str) -> str:
@@ -71,7 +88,8 @@ class _Upload:
         self.total, self.expected_sha256 = total, sha256
         self.received = 0
         self.hash = hashlib.sha256()
-        fd, tmp = tempfile.mkstemp(dir=store.root, prefix=".upload-", suffix=".part")
+        with _disk_space("receiving evaluation keys"):
+            fd, tmp = tempfile.mkstemp(dir=store.root, prefix=".upload-", suffix=".part")
         os.fchmod(fd, 0o600)
         self.path = Path(tmp)
         self.fh = os.fdopen(fd, "wb")
@@ -82,7 +100,8 @@ class _Upload:
             raise invalid(f"key chunk of {len(chunk)} bytes exceeds the {limit}-byte chunk limit")
         if self.received + len(chunk) > self.total:
             raise invalid(f"key stream is longer than the {self.total} bytes its header declared")
-        self.fh.write(chunk)
+        with _disk_space("receiving evaluation keys"):
+            self.fh.write(chunk)
         self.hash.update(chunk)
         self.received += len(chunk)
 
@@ -96,9 +115,10 @@ class _Upload:
                 grpc.StatusCode.DATA_LOSS,
                 f"key stream SHA-256 {digest} does not match the header's {self.expected_sha256}",
             )
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-        self.fh.close()
+        with _disk_space("receiving evaluation keys"):
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+            self.fh.close()
         with self.store.validation_slot:  # bounds memory: each check holds the bytes and their parse
             data = self.path.read_bytes()
             try:
@@ -115,7 +135,10 @@ class _Upload:
 
     def discard(self) -> None:
         if not self.fh.closed:
-            self.fh.close()
+            try:
+                self.fh.close()
+            except OSError:
+                pass  # e.g. ENOSPC flushing what is left in the buffer: the file goes anyway
         self.path.unlink(missing_ok=True)
 
 
@@ -191,23 +214,31 @@ class KeyStore:
                     f"owner {owner} already holds {used} key sets (limit {self.max_keys_per_owner}); delete unused ones"
                 )
             self._pending[owner] = self._pending.get(owner, 0) + 1
-        up = _Upload(self, owner, model_id, version, total, sha256)
         try:
-            yield up
+            up = _Upload(self, owner, model_id, version, total, sha256)
+            try:
+                yield up
+            finally:
+                up.discard()
         finally:
-            up.discard()
             with self._lock:
                 self._pending[owner] -= 1
 
     def _install(self, record: KeyRecord, part: Path, keys: Any) -> None:
-        final = self.root / f"{record.key_id}.evk"
-        os.replace(part, final)
-        write_atomic(self.root / f"{record.key_id}.json", json.dumps(asdict(record)).encode(), 0o600)
-        fd = os.open(self.root, os.O_RDONLY)
+        final, meta = self.root / f"{record.key_id}.evk", self.root / f"{record.key_id}.json"
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            with _disk_space("storing evaluation keys"):
+                os.replace(part, final)
+                write_atomic(meta, json.dumps(asdict(record)).encode(), 0o600)
+                fd = os.open(self.root, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        except BaseException:
+            meta.unlink(missing_ok=True)  # metadata first, as in delete(): never a record without its keys
+            final.unlink(missing_ok=True)
+            raise
         with self._lock:
             self._records[record.key_id] = record
         self._remember(record, keys)
