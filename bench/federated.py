@@ -47,7 +47,10 @@ def one_run(dataset: str, owners: int, scheme: str, rounds: int, max_rows: int |
         schema = resolve_schema(dataset)
         with Cluster(work) as c:
             c.make_pki(names)
-            cfg_path = c.coordinator_config(names, rounds=rounds, min_nodes=owners, schema=dataset,
+            # 10 SuperNodes on 2 cores can starve one past Flower's heartbeat: let a round
+            # complete with 80% of the owners and record how many answered.
+            min_nodes = max(2, int(np.ceil(0.8 * owners)))
+            cfg_path = c.coordinator_config(names, rounds=rounds, min_nodes=min_nodes, schema=dataset,
                                             public_test=str(work / "data" / "public-test.npz"))
             c.start_superlink(cfg_path)
             c.register(cfg_path)
@@ -71,6 +74,7 @@ def one_run(dataset: str, owners: int, scheme: str, rounds: int, max_rows: int |
             "overhead_share": float(1 - np.sum(fit) / np.sum(per_round)),
             "run_seconds_total": total,
             "accuracy_per_round": [r["server"]["accuracy"] for r in rows],
+            "nodes_per_round": [r["fit_nodes"] for r in rows],
         }
 
 
