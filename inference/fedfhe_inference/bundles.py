@@ -13,13 +13,16 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedfhe_common.bundle_format import BUNDLE_FILES, BUNDLE_KIND, valid_name
+from fedfhe_common.bundle_format import BUNDLE_FILES, BUNDLE_KIND
+from fedfhe_common.bundle_format import valid_name as _valid_name
 from fedfhe_common.errors import FedfheError, IntegrityError
 from fedfhe_common.manifest import MANIFEST, safe_member, sha256_file, verify_manifest
 from fedfhe_common.schema import DatasetSchema
@@ -31,9 +34,44 @@ log = logging.getLogger("fedfhe.inference.bundles")
 # One definition of the bundle format for the coordinator that writes it and this node.
 
 
+def valid_name(value: str) -> bool:
+    """A plain model id or version; also refuses the trailing newline the shared pattern's "$" lets through."""
+    return _valid_name(value) and "\n" not in value
+
+
+# Concrete unpacks client.zip/server.zip into temp dirs: members must be plain file names (Concrete ML writes
+# e.g. circuit.mlir, client.specs.json, versions.json), never paths, links or directories; their unpacked size
+# is bounded (no zip bombs).
+_ZIP_MEMBER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_UNPACKED_BYTES = 1 << 30
+
+
 def version_key(version: str) -> tuple:
     """Natural order: "10" after "9", "20250102" after "20250101"; the largest is the latest."""
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", version) if p)
+
+
+def check_zip_members(path: Path) -> None:
+    """Refuse a zip whose members are not plain files with plain names ("../x", "/etc/x", "a/b", links)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+        raise IntegrityError(f"{path}: not a readable zip archive: {str(exc)[:200]}") from None
+    seen: set[str] = set()
+    total = 0
+    for info in infos:
+        name = info.filename
+        if not _ZIP_MEMBER.fullmatch(name) or info.is_dir():
+            raise IntegrityError(f"{path}: member {name[:100]!r} is not a plain file name (paths are refused)")
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise IntegrityError(f"{path}: member {name!r} is a symbolic link, refused")
+        if name in seen:
+            raise IntegrityError(f"{path}: member {name!r} appears twice")
+        seen.add(name)
+        total += info.file_size
+    if total > MAX_UNPACKED_BYTES:
+        raise IntegrityError(f"{path}: unpacks to {total} bytes, more than {MAX_UNPACKED_BYTES}; refused")
 
 
 def read_bundle_manifest(directory: Path) -> dict[str, Any]:
@@ -42,6 +80,7 @@ def read_bundle_manifest(directory: Path) -> dict[str, Any]:
     for name in BUNDLE_FILES:
         if name not in meta["files"]:
             raise IntegrityError(f"{directory / MANIFEST}: does not list {name}")
+        check_zip_members(directory / name)
     for key in ("model_id", "version"):
         if not valid_name(str(meta.get(key, ""))):
             raise IntegrityError(f"{directory / MANIFEST}: missing or invalid {key} {meta.get(key)!r}")

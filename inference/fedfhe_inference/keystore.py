@@ -58,7 +58,7 @@ def _disk_space(what: str) -> Iterator[None]:
 
 def check_key_id(key_id: str) -> str:
     """Only what the server itself hands out: 32 lowercase hex digits (no paths, no dots)."""
-    if not KEY_ID.match(key_id or ""):
+    if not KEY_ID.fullmatch(key_id or ""):  # fullmatch: "$" would let a trailing newline in
         raise invalid(f"key id {key_id[:80]!r} is malformed: expected the 32 hex digits UploadKeys returned")
     return key_id
 
@@ -205,7 +205,7 @@ class KeyStore:
             raise invalid("UploadHeader.total_bytes must be > 0")
         if total > self.max_key_bytes:
             raise exhausted(f"evaluation keys of {total} bytes exceed this node's {self.max_key_bytes}-byte limit")
-        if not SHA256_HEX.match(sha256 or ""):
+        if not SHA256_HEX.fullmatch(sha256 or ""):
             raise invalid("UploadHeader.sha256 must be 64 lowercase hex digits")
         with self._lock:
             used = sum(1 for r in self._records.values() if r.owner == owner) + self._pending.get(owner, 0)
