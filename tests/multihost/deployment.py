@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -82,6 +83,20 @@ def place_data(hosts: TestHosts, work: Path) -> dict[str, int]:
     return rows
 
 
+PACKAGES = ("common", "proto", "server", "client", "inference")
+
+
+def snapshot_sources(work: Path) -> Path:
+    """Deploy a frozen copy of the fedfhe packages: edits made while the test runs cannot
+    change what is deployed between two playbook runs."""
+    dest = work / "src"
+    shutil.rmtree(dest, ignore_errors=True)
+    for pkg in PACKAGES:
+        shutil.copytree(REPO / pkg, dest / pkg, ignore=shutil.ignore_patterns(
+            "build", "dist", "*.egg-info", "__pycache__", "*.pyc"))
+    return dest
+
+
 def write_inventory(hosts: TestHosts, work: Path, copy_wheelhouse: list[str] | None = None) -> Path:
     """An inventory like an operator's, plus the test's SSH settings and cache locations.
 
@@ -107,6 +122,7 @@ def write_inventory(hosts: TestHosts, work: Path, copy_wheelhouse: list[str] | N
                 "ansible_ssh_private_key_file": str(hosts.key),
                 "ansible_ssh_common_args": ssh_args,
                 "fedfhe_control_dir": str(work / "control"),
+                "fedfhe_source_dir": str(snapshot_sources(work)),
                 "fedfhe_wheelhouse_dir": str(CACHE / "wheelhouse"),
                 "fedfhe_wheelhouse_copy": False,
                 "fedfhe_wheelhouse_remote_dir": str(CACHE / "wheelhouse"),
@@ -146,7 +162,7 @@ def play(playbook: str, inventory: Path, log_dir: Path, *args: str, timeout: flo
     }
     log_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(playbook).stem + ("-check" if "--check" in args else "")
-    n = len(list(log_dir.glob(f"{stem}*.log")))
+    n = len([p for p in log_dir.glob(f"{stem}*.log") if re.fullmatch(rf"{re.escape(stem)}(-\d+)?\.log", p.name)])
     log = log_dir / f"{stem}{'-' + str(n) if n else ''}.log"
     started = time.monotonic()
     lines: list[str] = []

@@ -58,6 +58,9 @@ PREDICT_OUTPUT = "/var/lib/fedfhe/owner/predictions/multihost.json"
 PREDICT_ROWS = 12
 
 
+TIMES: dict[str, float] = {}  # seconds per step, reported when the hosts are gone
+
+
 @dataclass
 class Deployment:
     hosts: TestHosts
@@ -66,7 +69,7 @@ class Deployment:
     rows: dict[str, int]
     site: PlayResult
     fresh_check: PlayResult
-    times: dict[str, float] = field(default_factory=dict)
+    times: dict[str, float] = field(default_factory=lambda: TIMES)
 
     @property
     def logs(self) -> Path:
@@ -114,32 +117,24 @@ def hosts(request: pytest.FixtureRequest):
             shutil.rmtree(CACHE / "last-logs", ignore_errors=True)
             shutil.copytree(logs, CACHE / "last-logs", ignore=shutil.ignore_patterns("cp", "tmp"))
         th.down()
-        request.config._fedfhe_multihost_total = time.monotonic() - started  # type: ignore[attr-defined]
+        TIMES["total-with-hosts"] = round(time.monotonic() - started, 1)
+        CACHE.mkdir(parents=True, exist_ok=True)
+        (CACHE / "last-run.json").write_text(json.dumps(TIMES, indent=2) + "\n")
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter:
+            reporter.write_line(f"multihost times (s): {json.dumps(TIMES)}")
 
 
 @pytest.fixture(scope="module")
-def deployed(hosts: TestHosts, request: pytest.FixtureRequest) -> Deployment:
+def deployed(hosts: TestHosts) -> Deployment:
     work = hosts.run_dir / "work"
     rows = place_data(hosts, work)
     inventory = write_inventory(hosts, work, copy_wheelhouse=COPY_WHEELHOUSE)
     fresh_check = play("site.yml", inventory, work / "logs", "--check")  # before anything exists
     site = play("site.yml", inventory, work / "logs")
-    dep = Deployment(hosts, work, inventory, rows, site, fresh_check,
-                     {"site-check-fresh": round(fresh_check.seconds, 1), "site": round(site.seconds, 1)})
-    dep.times["install-play"] = _play_seconds(site, "Install fedfhe")
-
-    def report() -> None:
-        total = getattr(request.config, "_fedfhe_multihost_total", None)
-        if total is not None:
-            dep.times["total-with-hosts"] = round(total, 1)
-        CACHE.mkdir(parents=True, exist_ok=True)
-        (CACHE / "last-run.json").write_text(json.dumps(dep.times, indent=2) + "\n")
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter:
-            reporter.write_line(f"multihost times (s): {json.dumps(dep.times)}")
-
-    request.addfinalizer(report)
-    return dep
+    TIMES.update({"site-check-fresh": round(fresh_check.seconds, 1), "site": round(site.seconds, 1),
+                  "install-play": _play_seconds(site, "Install fedfhe")})
+    return Deployment(hosts, work, inventory, rows, site, fresh_check)
 
 
 # ---- site.yml ------------------------------------------------------------------------
