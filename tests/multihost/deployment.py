@@ -60,6 +60,19 @@ class PlayResult:
         return "\n".join(self.output.splitlines()[-n:])
 
 
+UV_CACHE_LIMIT = 16 << 30  # a shared uv cache past this (old builds piling up) is dropped
+
+
+def trim_uv_cache() -> None:
+    """Keep the shared uv cache from growing run after run: past the limit, start afresh."""
+    cache = CACHE / "uv-cache"
+    if not cache.is_dir():
+        return
+    res = subprocess.run(["du", "-sb", str(cache)], capture_output=True, text=True)
+    if res.returncode == 0 and int(res.stdout.split()[0]) > UV_CACHE_LIMIT:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
 def place_data(hosts: TestHosts, work: Path) -> dict[str, int]:
     """Write each owner's rows on its own host only, and a public test set on the coordinator."""
     work.mkdir(parents=True, exist_ok=True)
@@ -101,17 +114,18 @@ def write_inventory(hosts: TestHosts, work: Path, copy_wheelhouse: list[str] | N
     """An inventory like an operator's, plus the test's SSH settings and cache locations.
 
     ``copy_wheelhouse`` names hosts that get the wheelhouse copied over SSH (the default for
-    real hosts); the others read the control node's wheelhouse where it lies, as hosts would
-    from a shared disk, since the test hosts share this machine's /var/tmp.
+    real hosts, with uv's cache private to the host); the others read the control node's
+    wheelhouse where it lies, as hosts would from a shared disk, and share one uv cache, since
+    the test hosts share this machine's /var/tmp.
     """
     ssh_args = " ".join(hosts.ssh_args())
     copy_wheelhouse = copy_wheelhouse or []
 
     def host(name: str, **extra: object) -> dict:
         h = {"ansible_host": hosts.hosts[name].ip, **extra}
-        if name in copy_wheelhouse:
-            h["fedfhe_wheelhouse_copy"] = True
-            h["fedfhe_wheelhouse_remote_dir"] = "/opt/fedfhe/wheelhouse"
+        if name in copy_wheelhouse:  # exactly the real hosts' defaults: own copy, own cache, hardlinks
+            h.update({"fedfhe_wheelhouse_copy": True, "fedfhe_wheelhouse_remote_dir": "/opt/fedfhe/wheelhouse",
+                      "fedfhe_uv_cache_dir": "/opt/fedfhe/cache/uv", "fedfhe_uv_link_mode": "hardlink"})
         return h
 
     inventory = {

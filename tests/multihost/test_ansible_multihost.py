@@ -42,6 +42,7 @@ from deployment import (  # noqa: E402
     PlayResult,
     place_data,
     play,
+    trim_uv_cache,
     write_inventory,
 )
 from testhosts import HostsUnavailable, TestHosts, check_capable  # noqa: E402
@@ -128,6 +129,7 @@ def hosts(request: pytest.FixtureRequest):
 @pytest.fixture(scope="module")
 def deployed(hosts: TestHosts) -> Deployment:
     work = hosts.run_dir / "work"
+    trim_uv_cache()
     rows = place_data(hosts, work)
     inventory = write_inventory(hosts, work, copy_wheelhouse=COPY_WHEELHOUSE)
     fresh_check = play("site.yml", inventory, work / "logs", "--check")  # before anything exists
