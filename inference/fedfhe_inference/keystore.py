@@ -31,6 +31,7 @@ import grpc
 from fedfhe_common.pki import write_atomic
 
 from .errors import ServiceError, denied, exhausted, invalid, not_found
+from .runner import framing_error
 
 log = logging.getLogger("fedfhe.inference.keys")
 KEY_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -121,6 +122,9 @@ class _Upload:
             self.fh.close()
         with self.store.validation_slot:  # bounds memory: each check holds the bytes and their parse
             data = self.path.read_bytes()
+            reason = framing_error(data)
+            if reason:
+                raise invalid(f"the uploaded bytes are not Concrete evaluation keys: {reason}")
             try:
                 keys = _deserialize(data)
             except Exception as exc:  # noqa: BLE001 - Concrete's parser rejects bad bytes in several ways

@@ -8,6 +8,7 @@ every core without a process pool, and nothing is pickled.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -23,12 +24,41 @@ def _first_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:200]
 
 
+_MAX_SEGMENTS = 512  # Cap'n Proto's own limit per message
+
+
+def framing_error(data: bytes) -> str | None:
+    """Why ``data`` is not exactly one Cap'n Proto message (Concrete's wire format for values and keys), or None.
+
+    Concrete's parser trusts the segment table: bytes announcing more than they hold make it fail once
+    per 8 KiB it cannot read, symbolizing a stack trace in a subprocess each time, with the GIL held; a
+    1.8 kB request announcing gigabytes froze the whole node for minutes (found by
+    tests/reliability/test_inference_fuzz.py). Checking the table first costs microseconds.
+    """
+    if len(data) < 8:
+        return f"{len(data)} bytes, shorter than a message header"
+    count = int.from_bytes(data[:4], "little") + 1
+    if count > _MAX_SEGMENTS:
+        return f"announces {count} segments"
+    header = 4 * (count + 1)
+    header += header % 8
+    if len(data) < header:
+        return "truncated segment table"
+    expected = header + 8 * sum(struct.unpack_from(f"<{count}I", data, 4))
+    if expected != len(data):
+        return f"announces {expected} bytes but holds {len(data)}"
+    return None
+
+
 def deserialize_rows(ciphertexts: list[bytes]) -> list[Any]:
     """Each row must be a Concrete ciphertext; the first that is not is named by its index."""
     from concrete import fhe
 
     values = []
     for i, ct in enumerate(ciphertexts):
+        reason = framing_error(ct)
+        if reason:
+            raise invalid(f"row {i}: not a Concrete ciphertext ({reason})")
         try:
             values.append(fhe.Value.deserialize(ct))
         except Exception as exc:  # noqa: BLE001 - untrusted bytes: any parser failure is the caller's
