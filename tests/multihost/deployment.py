@@ -64,10 +64,16 @@ UV_CACHE_LIMIT = 16 << 30  # a shared uv cache past this (old builds piling up) 
 
 
 def trim_uv_cache() -> None:
-    """Keep the shared uv cache from growing run after run: past the limit, start afresh."""
+    """Keep the shared uv cache from growing run after run.
+
+    Hosts installing at the same time from a cold cache each unpack the same wheels; uv keeps
+    one copy and leaves the others unreachable: ``uv cache prune`` drops them (measured:
+    25 GB -> 6 GB after a cold run). Past the size limit the cache starts afresh.
+    """
     cache = CACHE / "uv-cache"
     if not cache.is_dir():
         return
+    subprocess.run([str(VENV_BIN / "uv"), "cache", "prune", "--cache-dir", str(cache)], capture_output=True)
     res = subprocess.run(["du", "-sb", str(cache)], capture_output=True, text=True)
     if res.returncode == 0 and int(res.stdout.split()[0]) > UV_CACHE_LIMIT:
         shutil.rmtree(cache, ignore_errors=True)

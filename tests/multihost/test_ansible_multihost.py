@@ -118,6 +118,7 @@ def hosts(request: pytest.FixtureRequest):
             shutil.rmtree(CACHE / "last-logs", ignore_errors=True)
             shutil.copytree(logs, CACHE / "last-logs", ignore=shutil.ignore_patterns("cp", "tmp"))
         th.down()
+        trim_uv_cache()
         TIMES["total-with-hosts"] = round(time.monotonic() - started, 1)
         CACHE.mkdir(parents=True, exist_ok=True)
         (CACHE / "last-run.json").write_text(json.dumps(TIMES, indent=2) + "\n")
