@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import signal
 import threading
 
 import grpc
@@ -22,7 +24,10 @@ import pytest
 import test_inference_support as support
 
 from fedfhe_client.predict import predict_rows
+from fedfhe_common.bundle_format import BUNDLE_FILES, BUNDLE_KIND
+from fedfhe_common.manifest import MANIFEST, write_manifest
 from fedfhe_common.procs import wait_until
+from fedfhe_inference.bundles import publish_bundle
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -40,6 +45,16 @@ def setup(tmp_path_factory, lr):
     work = tmp_path_factory.mktemp("restart")
     pki = support.make_pki(work / "pki", ("owner-0", "owner-1"))
     node = support.start_node(work / "node", pki, lr)
+    # a second published bundle (the same circuit under another model id), picked up without a restart
+    copy = work / "digits-lr-b"
+    shutil.copytree(lr.directory, copy)
+    meta = json.loads((copy / MANIFEST).read_text())
+    for key in ("kind", "format_version", "files"):
+        meta.pop(key)
+    write_manifest(copy, BUNDLE_KIND, list(BUNDLE_FILES), {**meta, "model_id": "digits-lr-b"})
+    publish_bundle(copy, node.bundles_dir)
+    node.signal(signal.SIGHUP)
+    wait_until(lambda: len(_served(node)) == 2, 60, "the second bundle to be served")
     owners = [support.make_owner(node, o, work / f"{o}-state", lr.X_test) for o in ("owner-0", "owner-1")]
     yield node, owners
     node.stop()
@@ -62,7 +77,7 @@ def test_keys_and_bundles_survive_sigkill(setup, lr):
     X = lr.X_test[:3]
     expected = lr.model.predict_proba(X, fhe="simulate")
     before = {"files": support.stored_keys(node.keys_dir), "served": _served(node)}
-    assert len([n for n in before["files"] if n.endswith(".evk")]) == 2
+    assert len([n for n in before["files"] if n.endswith(".evk")]) == 2 and len(before["served"]) == 2
 
     support.kill(node)
     node.start()
