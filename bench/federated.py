@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -78,6 +79,23 @@ def one_run(dataset: str, owners: int, scheme: str, rounds: int, max_rows: int |
         }
 
 
+def write(out: Path, runs: list[dict], planned: int, fashion_rows: int) -> None:
+    result: dict = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "complete": len(runs) == planned,
+        "fashion_mnist_rows": fashion_rows,
+        "federated_over_centralized_accuracy": {},
+        "seconds_per_round": {},
+        "overhead_share": {},
+        "runs": runs,
+    }
+    for r in runs:
+        for key in ("federated_over_centralized_accuracy", "seconds_per_round", "overhead_share"):
+            result[key].setdefault(r["dataset"], {}).setdefault(str(r["owners"]), {})[r["scheme"]] = r[key]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "federated.json")
@@ -86,10 +104,12 @@ def main() -> None:
                     help="Fashion-MNIST rows used (of 70000), to keep 10 owners on 2 cores tractable")
     ap.add_argument("--quick", action="store_true", help="digits, 3 owners, IID only")
     args = ap.parse_args()
+    # Smaller federations first; the JSON is rewritten after every run, so an
+    # interrupted benchmark still leaves what it measured.
     plan = [("digits", 3, "iid")] if args.quick else [
-        (d, n, s) for d in ("digits", "fashion-mnist") for n in (3, 10) for s in ("iid", "dirichlet")
+        (d, n, s) for n in (3, 10) for d in ("digits", "fashion-mnist") for s in ("iid", "dirichlet")
     ]
-    runs = []
+    runs: list[dict] = []
     for dataset, owners, scheme in plan:
         rows = args.fashion_rows if dataset == "fashion-mnist" else None
         r = one_run(dataset, owners, scheme, args.rounds, rows)
@@ -98,22 +118,7 @@ def main() -> None:
               f"{r['federated_over_centralized_accuracy']:.3f} ({r['federated_accuracy']:.3f}/"
               f"{r['centralized_accuracy']:.3f})  s/round={r['seconds_per_round']:.1f}  "
               f"overhead={r['overhead_share']:.2f}", flush=True)
-    result = {
-        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
-        "federated_over_centralized_accuracy": {},
-        "seconds_per_round": {},
-        "overhead_share": {},
-        "runs": runs,
-    }
-    for r in runs:
-        result["federated_over_centralized_accuracy"].setdefault(r["dataset"], {}).setdefault(
-            str(r["owners"]), {})[r["scheme"]] = r["federated_over_centralized_accuracy"]
-        result["seconds_per_round"].setdefault(r["dataset"], {}).setdefault(str(r["owners"]), {})[r["scheme"]] = \
-            r["seconds_per_round"]
-        result["overhead_share"].setdefault(r["dataset"], {}).setdefault(str(r["owners"]), {})[r["scheme"]] = \
-            r["overhead_share"]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+        write(args.out, runs, len(plan), args.fashion_rows)
     print(f"wrote {args.out}")
 
 
