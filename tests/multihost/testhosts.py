@@ -25,6 +25,7 @@ Usable from Python (the multihost test) and by hand::
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -137,9 +138,10 @@ class TestHosts:
             self.hosts[name] = Host(name, f"{SUBNET}.{octet}", self.run_dir / "hosts" / name, f"{PREFIX}-{name}")
 
     # ---- lifecycle ---------------------------------------------------------
-    def up(self, timeout: float = 30) -> TestHosts:
+    def up(self, timeout: float = 30, lock_timeout: float = 1800) -> TestHosts:
         check_capable()
-        cleanup_leftovers(self.base)
+        self._lock(lock_timeout)
+        cleanup_leftovers(self.base)  # safe: whoever made them no longer holds the lock
         try:
             self._make_bridge()
             self._make_ssh_client_key()
@@ -161,6 +163,31 @@ class TestHosts:
             if host.sshd and host.sshd.poll() is None:
                 host.sshd.terminate()
         cleanup_leftovers(self.base)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
+
+    _lock_fd: int | None = None
+
+    def _lock(self, timeout: float) -> None:
+        """One set of test hosts per machine: a second run waits for the first (the names,
+        addresses and directories are fixed). The lock dies with its process."""
+        self.base.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(f"{self.base}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+
+        def acquired() -> bool:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                return False
+
+        try:
+            wait_until(acquired, timeout, f"another multihost run to finish (lock {self.base}.lock)", 1.0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._lock_fd = fd
 
     def __enter__(self) -> TestHosts:
         return self.up()
