@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     from fedfhe_inference.bundles import publish_bundle
 
     started = time.perf_counter()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="fedfhe-bench-load-") as tmp:
         work = Path(tmp)
         pki = work / "pki"
@@ -247,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
                   "clients": "threads of one process, own certificate/channel/keys each; encryption and "
                              "decryption outside the timed section"},
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
-                    "concrete_ml": concrete.ml.__version__, "platform": platform.platform()},
+                    "concrete_ml": concrete.ml.__version__, "platform": platform.platform(),
+                    # other work on the machine skews every number: the 1-minute load average before and after
+                    "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]}},
         "command": "python bench/load.py" + (f" --owners {args.owners}" if args.owners != 8 else "")
                    + (f" --rows {args.rows}" if args.rows != 200 else ""),
         "seconds": time.perf_counter() - started,
