@@ -37,7 +37,8 @@ def test_encrypted_predictions_equal_simulation_and_clear_accuracy(node, lr_bund
     assert abs(result.accuracy(y) - clear_acc) * 100 <= 0.5, (result.accuracy(y), clear_acc)
     assert result.probabilities and result.keys_uploaded and result.rows == len(X)
     assert result.bytes["ciphertexts"] > 0 and result.bytes["results"] > 0 and result.bytes["evaluation_keys"] > 0
-    assert result.latency_per_row_s > 0 and result.seconds["server"] > 0
+    measured = (result.latency_per_row_s, result.seconds["server"])  # recorded for the report, not judged
+    assert all(v > 0 for v in measured)
     # the manifest carries what compile measured on the public rows
     meta = verify_manifest(lr_bundles["1"].directory, "fedfhe-fhe-bundle")
     assert meta["metrics"]["eval_rows"] == len(y)
