@@ -64,7 +64,7 @@ class ModelKeys:
 
     def __init__(self, state_dir: Path, model_id: str, version: str) -> None:
         for value in (model_id, version):
-            if not _NAME.match(value):
+            if not _NAME.fullmatch(value):
                 raise FedfheError(f"the inference node named a model {value!r} that is not a plain name")
         self.dir = Path(state_dir) / "inference" / model_id / version
         self.model_id, self.version = model_id, version

@@ -18,7 +18,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def valid_name(value: str) -> bool:
-    return bool(_NAME.match(value or ""))
+    return bool(_NAME.fullmatch(value or ""))
 
 
 def check_name(value: str, what: str) -> str:
