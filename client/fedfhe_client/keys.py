@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fedfhe_common.errors import FedfheError
-from fedfhe_common.pki import write_atomic
+from fedfhe_common.fileio import write_atomic
 
 CLIENT_ZIP_MEMBERS = {"client.specs.json", "serialized_processing.json", "versions.json"}
 MAX_CLIENT_ZIP_BYTES = 64 << 20

@@ -16,7 +16,7 @@ import numpy as np
 
 from fedfhe_common.data import load_table, validate
 from fedfhe_common.errors import DataError
-from fedfhe_common.pki import write_atomic
+from fedfhe_common.fileio import write_atomic
 from fedfhe_common.schema import DatasetSchema
 
 from .predict import PredictResult

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import IntegrityError
-from .pki import write_atomic
+from .fileio import write_atomic
 
 MANIFEST = "manifest.json"
 

@@ -1,4 +1,4 @@
-"""fedfhe-pki: create the CA and issue certificates and SuperNode keys."""
+"""fedfhe-pki: create the CA, issue certificates and SuperNode keys, make the release signing key."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .errors import FedfheError
 from .pki import init_ca, issue, supernode_keypair
+from .release import make_release_key
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("supernode-key", help="create a SuperNode authentication key pair")
     p.add_argument("name")
     p.add_argument("--force", action="store_true")
+    p = sub.add_parser("release-key", help="create the Ed25519 release key pair (release.key 0600, release.pub)")
+    p.add_argument("--force", action="store_true", help="replace an existing release key (old releases stop verifying)")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "init":
@@ -34,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
             print(*issue(args.dir, args.name, server_hosts=args.host, force=args.force))
         elif args.cmd == "client":
             print(*issue(args.dir, args.name, client=True, force=args.force))
+        elif args.cmd == "release-key":
+            print(*make_release_key(args.dir, force=args.force))
         else:
             print(*supernode_keypair(args.dir, args.name, force=args.force))
     except FedfheError as exc:

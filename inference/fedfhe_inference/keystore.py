@@ -28,7 +28,7 @@ from typing import Any
 
 import grpc
 
-from fedfhe_common.pki import write_atomic
+from fedfhe_common.fileio import write_atomic
 
 from .errors import ServiceError, denied, exhausted, invalid, not_found
 from .runner import framing_error
