@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedfhe_common.app_approval import CONFIG_KEY, normalize_digest
 from fedfhe_common.config import load_config
+from fedfhe_common.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,17 @@ class OwnerConfig:
     runtime_address: str = "127.0.0.1:9094"
     health_address: str = ""
     inference: InferenceEndpoint | None = None
+    # Ed25519 release.pub (distributed with the CA): verifies signed releases this owner receives.
+    release_public_key: Path | None = None
+    # App digests (`fedfhe-server app-hash`) of the Flower Apps this SuperNode may run; empty refuses every run.
+    approved_flower_apps: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        try:
+            pins = [normalize_digest(d, f"{CONFIG_KEY}[{i}]") for i, d in enumerate(self.approved_flower_apps)]
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        object.__setattr__(self, "approved_flower_apps", pins)
 
 
 def load(path: str | Path) -> OwnerConfig:
