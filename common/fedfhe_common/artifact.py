@@ -2,7 +2,9 @@
 
 A directory holding ``params.npz`` (coef, intercept, classes; loaded with
 allow_pickle=False), ``model.json`` (family, hyper-parameters, schema),
-``metrics.json`` (per-round history) and a SHA-256 ``manifest.json``.
+``metrics.json`` (per-round history), a SHA-256 ``manifest.json`` and its
+release signature ``manifest.sig`` (``train`` and ``train-local`` sign; ``compile``
+accepts only a signed artifact).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from . import models
+from . import models, release
 from .errors import IntegrityError
-from .manifest import verify_manifest, write_manifest
+from .manifest import MANIFEST, verify_manifest, write_manifest
 from .schema import DatasetSchema
 
 KIND = "fedfhe-training-artifact"
@@ -40,8 +43,12 @@ class TrainingArtifact:
         model = models.build(self.family, self.model_params)
         return models.set_parameters(model, [self.coef, self.intercept], self.schema)
 
-    def save(self, directory: Path) -> Path:
-        """Write atomically: a reader sees the old artifact or the new one, never half."""
+    def save(self, directory: Path, signing_key: Ed25519PrivateKey | None = None) -> Path:
+        """Write atomically: a reader sees the old artifact or the new one, never half.
+
+        Without ``signing_key`` (the ServerApp, which holds no key) the artifact is
+        unsigned until ``sign`` runs; ``compile`` refuses it until then.
+        """
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
@@ -53,6 +60,8 @@ class TrainingArtifact:
             (tmp / "model.json").write_text(json.dumps(model, indent=2, sort_keys=True))
             (tmp / "metrics.json").write_text(json.dumps(self.metrics, indent=2, sort_keys=True))
             write_manifest(tmp, KIND, list(FILES), {"family": self.family})
+            if signing_key is not None:
+                release.sign_manifest(tmp, signing_key)
             if directory.exists():
                 old = directory.with_name(f".{directory.name}.old")
                 shutil.rmtree(old, ignore_errors=True)
@@ -66,11 +75,24 @@ class TrainingArtifact:
             raise
         return directory
 
+    @staticmethod
+    def sign(directory: Path, signing_key: Ed25519PrivateKey) -> None:
+        """Sign an artifact in place once its manifest verifies (after a federated run)."""
+        verify_manifest(Path(directory), KIND)
+        release.sign_manifest(Path(directory), signing_key)
+
     @classmethod
-    def load(cls, directory: Path) -> TrainingArtifact:
-        """Verify the manifest, then read; any mismatch is an IntegrityError."""
+    def load(cls, directory: Path, verify_key: Ed25519PublicKey | None = None) -> TrainingArtifact:
+        """Verify the signature (with ``verify_key``) and the manifest, then read; any mismatch is an IntegrityError."""
         directory = Path(directory)
-        manifest = verify_manifest(directory, KIND)
+        raw = None
+        if verify_key is not None:
+            try:
+                raw = (directory / MANIFEST).read_bytes()
+            except OSError as exc:
+                raise IntegrityError(f"{directory / MANIFEST}: cannot read: {exc.strerror or exc}") from None
+            release.verify(verify_key, raw, release.read_signature(directory), f"training artifact {directory}")
+        manifest = verify_manifest(directory, KIND, raw)
         if sorted(manifest["files"]) != sorted(FILES):
             raise IntegrityError(f"{directory}: the manifest must list exactly {', '.join(FILES)}")
         try:

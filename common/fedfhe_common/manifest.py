@@ -35,7 +35,7 @@ def safe_member(name: str) -> str:
 FORMAT_VERSION = 1
 
 
-def _canonical(body: dict[str, Any]) -> bytes:
+def canonical_body(body: dict[str, Any]) -> bytes:
     return (json.dumps(body, indent=2, sort_keys=True) + "\n").encode()
 
 
@@ -43,20 +43,21 @@ def write_manifest(directory: Path, kind: str, files: list[str], meta: dict[str,
     entries = {safe_member(f): sha256_file(directory / f) for f in files}
     body = {"kind": kind, "format_version": FORMAT_VERSION, "files": entries, **meta}
     path = directory / MANIFEST
-    write_atomic(path, _canonical(body))
+    write_atomic(path, canonical_body(body))
     return path
 
 
-def verify_manifest(directory: Path, kind: str) -> dict[str, Any]:
+def verify_manifest(directory: Path, kind: str, raw: bytes | None = None) -> dict[str, Any]:
     """Check the manifest's kind and every file's hash; return the manifest.
 
     The manifest itself must be byte for byte what write_manifest writes for its
     content, so no byte of it can change unnoticed either. Members must be plain
-    files inside ``directory`` (no path components, no symlinks).
+    files inside ``directory`` (no path components, no symlinks). ``raw``: the
+    manifest bytes already read (and signature-checked) by the caller.
     """
     path = directory / MANIFEST
     try:
-        raw = path.read_bytes()
+        raw = path.read_bytes() if raw is None else raw
         body = json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise IntegrityError(f"{path}: missing manifest") from None
@@ -68,7 +69,7 @@ def verify_manifest(directory: Path, kind: str) -> dict[str, Any]:
         raise IntegrityError(f"{path}: unsupported manifest format_version {body.get('format_version')!r}")
     names = [safe_member(str(name)) for name in body["files"]]
     try:
-        canonical = _canonical(body) == raw
+        canonical = canonical_body(body) == raw
     except (ValueError, TypeError):
         canonical = False
     if not canonical:

@@ -13,37 +13,24 @@ import logging
 import os
 import re
 import shutil
-import stat
 import tempfile
 import threading
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedfhe_common.bundle_format import BUNDLE_FILES, BUNDLE_KIND
-from fedfhe_common.bundle_format import valid_name as _valid_name
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from fedfhe_common import bundle as bundle_format
+from fedfhe_common.bundle import valid_name
 from fedfhe_common.errors import FedfheError, IntegrityError
-from fedfhe_common.manifest import MANIFEST, safe_member, sha256_file, verify_manifest
+from fedfhe_common.fileio import fsync_dir
+from fedfhe_common.manifest import MANIFEST, sha256_file
 from fedfhe_common.schema import DatasetSchema
 
 from .errors import invalid, not_found
 
 log = logging.getLogger("fedfhe.inference.bundles")
-
-# One definition of the bundle format for the coordinator that writes it and this node.
-
-
-def valid_name(value: str) -> bool:
-    """A plain model id or version; also refuses the trailing newline the shared pattern's "$" lets through."""
-    return _valid_name(value) and "\n" not in value
-
-
-# Concrete unpacks client.zip/server.zip into temp dirs: members must be plain file names (Concrete ML writes
-# e.g. circuit.mlir, client.specs.json, versions.json), never paths, links or directories; their unpacked size
-# is bounded (no zip bombs).
-_ZIP_MEMBER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-MAX_UNPACKED_BYTES = 1 << 30
 
 
 def version_key(version: str) -> tuple:
@@ -51,62 +38,20 @@ def version_key(version: str) -> tuple:
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", version) if p)
 
 
-def check_zip_members(path: Path) -> None:
-    """Refuse a zip whose members are not plain files with plain names ("../x", "/etc/x", "a/b", links)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
-        raise IntegrityError(f"{path}: not a readable zip archive: {str(exc)[:200]}") from None
-    seen: set[str] = set()
-    total = 0
-    for info in infos:
-        name = info.filename
-        if not _ZIP_MEMBER.fullmatch(name) or info.is_dir():
-            raise IntegrityError(f"{path}: member {name[:100]!r} is not a plain file name (paths are refused)")
-        if stat.S_ISLNK(info.external_attr >> 16):
-            raise IntegrityError(f"{path}: member {name!r} is a symbolic link, refused")
-        if name in seen:
-            raise IntegrityError(f"{path}: member {name!r} appears twice")
-        seen.add(name)
-        total += info.file_size
-    if total > MAX_UNPACKED_BYTES:
-        raise IntegrityError(f"{path}: unpacks to {total} bytes, more than {MAX_UNPACKED_BYTES}; refused")
+def read_bundle_manifest(directory: Path, key: Ed25519PublicKey) -> dict[str, Any]:
+    """Signature, every file's hash, metadata and zip contents (``fedfhe_common.bundle.read``); IntegrityError."""
+    return bundle_format.read(directory, key)
 
 
-def read_bundle_manifest(directory: Path) -> dict[str, Any]:
-    """Verify every file's hash and the metadata the service relies on; IntegrityError otherwise."""
-    meta = verify_manifest(directory, BUNDLE_KIND)
-    for name in BUNDLE_FILES:
-        if name not in meta["files"]:
-            raise IntegrityError(f"{directory / MANIFEST}: does not list {name}")
-        check_zip_members(directory / name)
-    for key in ("model_id", "version"):
-        if not valid_name(str(meta.get(key, ""))):
-            raise IntegrityError(f"{directory / MANIFEST}: missing or invalid {key} {meta.get(key)!r}")
-    try:
-        DatasetSchema.from_mapping(meta.get("schema"), "manifest: schema")
-    except FedfheError as exc:
-        raise IntegrityError(f"{directory / MANIFEST}: {exc}") from None
-    return meta
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def publish_bundle(source: Path, bundles_dir: Path) -> tuple[Path, bool]:
+def publish_bundle(source: Path, bundles_dir: Path, key: Ed25519PublicKey) -> tuple[Path, bool]:
     """Verify ``source`` and install it as ``bundles_dir/<model_id>/<version>`` atomically.
 
     Returns (destination, installed); publishing the identical bundle again is a no-op,
-    a different bundle under an existing version is refused (versions are immutable).
+    a different bundle under an existing version is refused (versions are immutable),
+    and so is any bundle the release key did not sign or whose contents are not allowed.
     """
     source = Path(source)
-    meta = read_bundle_manifest(source)
+    meta = read_bundle_manifest(source, key)
     model_id, version = meta["model_id"], meta["version"]
     dest = Path(bundles_dir) / model_id / version
     if dest.exists():
@@ -119,15 +64,14 @@ def publish_bundle(source: Path, bundles_dir: Path) -> tuple[Path, bool]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{version}.publish."))
     try:
-        for name in [*meta["files"], MANIFEST]:
-            member = safe_member(str(name))
-            shutil.copyfile(source / member, tmp / member)
+        bundle_format.copy(source, tmp)
+        for member in bundle_format.MEMBERS:
             with open(tmp / member, "rb") as fh:
                 os.fsync(fh.fileno())
-        read_bundle_manifest(tmp)  # the copy, not only the source, must verify
+        read_bundle_manifest(tmp, key)  # the copy, not only the source, must verify
         os.chmod(tmp, 0o755)
         tmp.rename(dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -147,6 +91,8 @@ class LoadedBundle:
     client_zip: bytes
     client_zip_sha256: str
     server: Any  # concrete.ml.deployment.FHEModelServer
+    manifest: bytes = b""  # the signed manifest.json, served to owners with its signature
+    signature: bytes = b""
 
     @property
     def family(self) -> str:
@@ -161,11 +107,11 @@ class LoadedBundle:
         return n if isinstance(n, int) else 0
 
 
-def load_bundle(directory: Path) -> LoadedBundle:
-    """Verify, then load; the served client.zip is the hashed copy (no re-read after the check)."""
+def load_bundle(directory: Path, key: Ed25519PublicKey) -> LoadedBundle:
+    """Verify (signature, hashes, contents), then load; the served client.zip is the checked copy."""
     from concrete.ml.deployment import FHEModelServer
 
-    meta = read_bundle_manifest(directory)
+    meta = read_bundle_manifest(directory, key)
     if (meta["model_id"], meta["version"]) != (directory.parent.name, directory.name):
         raise IntegrityError(
             f"{directory}: manifest names {meta['model_id']}/{meta['version']}, "
@@ -175,6 +121,9 @@ def load_bundle(directory: Path) -> LoadedBundle:
     digest = hashlib.sha256(client_zip).hexdigest()
     if digest != meta["files"]["client.zip"]:
         raise IntegrityError(f"{directory / 'client.zip'}: changed while loading")
+    manifest = (directory / MANIFEST).read_bytes()
+    signature = (directory / "manifest.sig").read_bytes()
+    bundle_format.verify_signed_manifest(manifest, signature, key, str(directory))  # the bytes owners will get
     try:
         server = FHEModelServer(str(directory))
     except Exception as exc:  # noqa: BLE001 - any load failure (versions, corrupt circuit) refuses this bundle only
@@ -182,7 +131,7 @@ def load_bundle(directory: Path) -> LoadedBundle:
     return LoadedBundle(
         model_id=meta["model_id"], version=meta["version"], directory=directory, meta=meta,
         schema=DatasetSchema.from_mapping(meta["schema"]), bundle_sha256=sha256_file(directory / MANIFEST),
-        client_zip=client_zip, client_zip_sha256=digest, server=server,
+        client_zip=client_zip, client_zip_sha256=digest, server=server, manifest=manifest, signature=signature,
     )
 
 
@@ -196,8 +145,9 @@ class ScanReport:
 class BundleRegistry:
     """The bundles being served; ``rescan`` picks up newly published versions without a restart."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, key: Ed25519PublicKey) -> None:
         self.root = Path(root)
+        self.key = key
         self._bundles: dict[tuple[str, str], LoadedBundle] = {}
         self._refused: dict[Path, tuple[int, str]] = {}  # dir -> (manifest mtime, reason): not retried until it changes
         self._lock = threading.Lock()
@@ -229,7 +179,7 @@ class BundleRegistry:
                 if self._refused.get(directory, (None,))[0] == mtime:
                     continue
                 try:
-                    bundle = load_bundle(directory)
+                    bundle = load_bundle(directory, self.key)
                 except (FedfheError, OSError) as exc:
                     self._refused[directory] = (mtime, str(exc))
                     refused.append((str(directory), str(exc)))

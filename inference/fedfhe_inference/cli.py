@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from fedfhe_common.errors import ConfigError, FedfheError
 
@@ -27,13 +28,18 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(cfg)
 
 
-def _bundles_dir(args: argparse.Namespace) -> tuple[Path, Path | None]:
+def _bundles_dir(args: argparse.Namespace) -> tuple[Path, Path | None, Any]:
+    """(bundles dir, pid file, release public key) from --config, or from --bundles-dir + --release-public-key."""
+    from fedfhe_common.release import load_verify_key
+
     if args.bundles_dir:
-        return args.bundles_dir, None
+        if not args.release_public_key:
+            raise ConfigError("--bundles-dir needs --release-public-key release.pub (bundles must be signed)")
+        return args.bundles_dir, None, load_verify_key(args.release_public_key)
     if not args.config:
         raise ConfigError("give --config inference.yaml or --bundles-dir DIR")
     cfg = inference_config.load(args.config)
-    return cfg.bundles_dir, cfg.pid_file
+    return cfg.bundles_dir, cfg.pid_file, load_verify_key(args.release_public_key or cfg.release_public_key)
 
 
 def _reload(pid_file: Path | None) -> str:
@@ -52,8 +58,8 @@ def _reload(pid_file: Path | None) -> str:
 def _publish(args: argparse.Namespace) -> int:
     from .bundles import publish_bundle
 
-    bundles_dir, pid_file = _bundles_dir(args)
-    dest, installed = publish_bundle(args.bundle, bundles_dir)
+    bundles_dir, pid_file, key = _bundles_dir(args)
+    dest, installed = publish_bundle(args.bundle, bundles_dir, key)
     print(f"{'published' if installed else 'already published'}: {dest}")
     if args.reload:
         print(_reload(pid_file))
@@ -63,13 +69,13 @@ def _publish(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from .bundles import read_bundle_manifest
 
-    bundles_dir, _ = _bundles_dir(args)
+    bundles_dir, _, key = _bundles_dir(args)
     if not bundles_dir.is_dir():
         raise ConfigError(f"{bundles_dir}: no such bundles directory")
     for model_dir in sorted(p for p in bundles_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for d in sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
             try:
-                meta = read_bundle_manifest(d)
+                meta = read_bundle_manifest(d, key)
                 print(f"{model_dir.name}/{d.name}: ok ({meta.get('family', '?')}, n_bits {meta.get('n_bits', '?')})")
             except FedfheError as exc:
                 print(f"{model_dir.name}/{d.name}: REFUSED: {exc}")
@@ -89,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", type=Path, help="inference.yaml (for bundles_dir and pid_file)")
         p.add_argument("--bundles-dir", type=Path, help="the bundles directory, instead of --config")
+        p.add_argument("--release-public-key", type=Path, help="release.pub (default: the config's)")
         if name == "publish":
             p.add_argument("bundle", type=Path, help="bundle directory written by 'fedfhe-server compile'")
             p.add_argument("--reload", action="store_true", help="send SIGHUP to the running server (pid_file)")

@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedfhe_common import bundle
 from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.bundle_format import BUNDLE_FILES, BUNDLE_KIND, check_name
-from fedfhe_common.errors import ConfigError, FedfheError
-from fedfhe_common.manifest import MANIFEST, sha256_file, write_manifest
+from fedfhe_common.errors import ConfigError
+from fedfhe_common.manifest import MANIFEST, sha256_file
 from fedfhe_common.schema import DatasetSchema
 
 DEFAULT_N_BITS = 8
@@ -116,44 +115,33 @@ def write_bundle(
     schema: DatasetSchema,
     family: str,
     n_bits: Any,
+    signing_key: Ed25519PrivateKey,
     extra_meta: dict[str, Any] | None = None,
     force: bool = False,
 ) -> BundleResult:
-    """FHEModelDev into a temp dir, manifest, then one rename: readers never see half a bundle."""
+    """FHEModelDev, content check, manifest, release signature, one rename (``fedfhe_common.bundle``)."""
     from concrete.ml.deployment import FHEModelDev
     from concrete.ml.version import __version__ as cml_version
 
-    check_name(model_id, "model id")
-    check_name(version, "version")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        raise FedfheError(f"{out_dir}: already exists; choose another --out or pass --force")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    def produce(tmp: Path) -> None:
         FHEModelDev(str(tmp / "fhe"), fhe_model).save()
-        for name in BUNDLE_FILES:
+        for name in bundle.FILES:
             (tmp / "fhe" / name).rename(tmp / name)
         (tmp / "fhe").rmdir()
-        meta = {
-            "model_id": model_id,
-            "version": version,
-            "family": family,
-            "model_class": type(fhe_model).__name__,
-            "n_bits": n_bits if isinstance(n_bits, int) else json.loads(json.dumps(n_bits, default=str)),
-            "schema": schema.to_dict(),
-            "concrete_ml": cml_version,
-            "python": f"{sys.version_info.major}.{sys.version_info.minor}",
-            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            **(extra_meta or {}),
-        }
-        write_manifest(tmp, BUNDLE_KIND, list(BUNDLE_FILES), meta)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    meta = {
+        "model_id": bundle.check_name(model_id, "model id"),
+        "version": bundle.check_name(version, "version"),
+        "family": family,
+        "model_class": type(fhe_model).__name__,
+        "n_bits": n_bits if isinstance(n_bits, int) else json.loads(json.dumps(n_bits, default=str)),
+        "schema": schema.to_dict(),
+        "concrete_ml": cml_version,
+        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **(extra_meta or {}),
+    }
+    out_dir = bundle.write(Path(out_dir), produce, meta, signing_key, force=force)
     return BundleResult(out_dir, model_id, version, sha256_file(out_dir / MANIFEST), meta)
 
 
@@ -166,6 +154,7 @@ def compile_concrete_bundle(
     schema: DatasetSchema,
     calibration: np.ndarray | None = None,
     eval_set: tuple[np.ndarray, np.ndarray] | None = None,
+    signing_key: Ed25519PrivateKey,
     extra_meta: dict[str, Any] | None = None,
     force: bool = False,
 ) -> BundleResult:
@@ -186,7 +175,7 @@ def compile_concrete_bundle(
     n_bits = getattr(fhe_model, "n_bits", None)
     return write_bundle(
         fhe_model, out_dir, model_id=model_id, version=version, schema=schema,
-        family=type(fhe_model).__name__, n_bits=n_bits, extra_meta=meta, force=force,
+        family=type(fhe_model).__name__, n_bits=n_bits, signing_key=signing_key, extra_meta=meta, force=force,
     )
 
 
@@ -194,6 +183,7 @@ def compile_artifact(
     artifact_dir: Path,
     out_dir: Path,
     *,
+    signing_key: Ed25519PrivateKey,
     n_bits: int = DEFAULT_N_BITS,
     model_id: str | None = None,
     version: str | None = None,
@@ -205,10 +195,11 @@ def compile_artifact(
     """Training artifact -> scikit-learn -> Concrete ML -> bundle; also returns the compiled model.
 
     ``eval_set`` (public rows, never an owner's) adds measured clear and
-    simulated-FHE accuracy to the manifest.
+    simulated-FHE accuracy to the manifest. The artifact must carry the release
+    key's signature (``train`` / ``train-local`` sign it); the bundle gets one too.
     """
     artifact_dir = Path(artifact_dir)
-    artifact = TrainingArtifact.load(artifact_dir)
+    artifact = TrainingArtifact.load(artifact_dir, signing_key.public_key())
     schema = artifact.schema
     estimator = artifact.to_estimator()
     calibration = calibration_set(schema, estimator, calibration_rows, seed)
@@ -232,6 +223,6 @@ def compile_artifact(
         fhe_model, out_dir,
         model_id=model_id or f"{schema.name}-{artifact.family.lower()}",
         version=version or default_version(),
-        schema=schema, family=artifact.family, n_bits=n_bits, extra_meta=meta, force=force,
+        schema=schema, family=artifact.family, n_bits=n_bits, signing_key=signing_key, extra_meta=meta, force=force,
     )
     return result, fhe_model

@@ -46,6 +46,8 @@ class CoordinatorConfig:
     superlink: SuperLinkConfig
     training: TrainingConfig
     state_dir: Path
+    # The release signing key (Ed25519, 0600): train signs the training artifact with it.
+    release_key: Path
     supernode_public_keys: list[Path] = field(default_factory=list)
 
 

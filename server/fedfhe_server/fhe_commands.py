@@ -54,17 +54,19 @@ def _fmt(value: float | None) -> str:
 
 def _compile(args: argparse.Namespace) -> int:
     from fedfhe_common.artifact import TrainingArtifact
+    from fedfhe_common.release import load_signing_key
 
     from .compile import compile_artifact
     from .nbits import choose_n_bits
 
-    schema = TrainingArtifact.load(args.artifact).schema  # verifies the manifest before anything heavy
+    key = load_signing_key(args.release_key)
+    artifact = TrainingArtifact.load(args.artifact, key.public_key())  # signature + manifest before anything heavy
+    schema = artifact.schema
     eval_set = _load_eval(args.eval, args.eval_labels, schema)
     n_bits = args.n_bits
     if n_bits == "auto":
         if eval_set is None:
             raise ConfigError("--n-bits auto needs --eval FILE (public rows to measure accuracy on)")
-        artifact = TrainingArtifact.load(args.artifact)
         choice = choose_n_bits(artifact.to_estimator(), artifact.family, schema, *eval_set,
                                tolerance_points=args.tolerance)
         if choice.chosen is None:
@@ -72,7 +74,7 @@ def _compile(args: argparse.Namespace) -> int:
         n_bits = choice.chosen
         print(f"chose n_bits={n_bits}")
     result, _ = compile_artifact(
-        args.artifact, args.out, n_bits=int(n_bits), model_id=args.model_id, version=args.version,
+        args.artifact, args.out, signing_key=key, n_bits=int(n_bits), model_id=args.model_id, version=args.version,
         eval_set=eval_set, calibration_rows=args.calibration_rows, seed=args.seed, force=args.force,
     )
     print(f"bundle: {result.directory} (model {result.model_id} version {result.version}, n_bits {n_bits})")
@@ -112,15 +114,17 @@ def _choose(args: argparse.Namespace) -> int:
 
 
 def _train_local(args: argparse.Namespace) -> int:
+    from fedfhe_common.release import load_signing_key
     from fedfhe_common.schema import resolve_schema
 
     from .local_training import train_local_file
 
+    key = load_signing_key(args.release_key)
     schema = resolve_schema(args.schema)
     eval_set = _load_eval(args.eval, args.eval_labels, schema)
     artifact = train_local_file(
         args.data, schema, args.model, args.out, labels=args.labels, model_params=args.model_params,
-        epochs=args.epochs, eval_set=eval_set,
+        epochs=args.epochs, eval_set=eval_set, signing_key=key,
     )
     train = artifact.metrics["train"]
     key = "accuracy" if "accuracy" in train else "r2"
@@ -145,6 +149,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration-rows", type=int, default=200, help="uniform rows drawn from the schema bounds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
+    p.add_argument("--release-key", type=Path, required=True,
+                   help="release signing key (release.key): verifies the artifact, signs the bundle")
     p.set_defaults(fn=_compile)
 
     p = sub.add_parser("choose-n-bits", help="smallest n_bits whose simulated accuracy is within tolerance")
@@ -167,4 +173,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval", type=Path, help="public evaluation file")
     p.add_argument("--eval-labels", type=Path)
     p.add_argument("--out", type=Path, required=True, help="artifact directory to write")
+    p.add_argument("--release-key", type=Path, required=True, help="release signing key (release.key)")
     p.set_defaults(fn=_train_local)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedfhe_common import models
 from fedfhe_common.artifact import TrainingArtifact
@@ -66,13 +67,14 @@ def train_local_file(
     model_params: dict[str, Any] | None = None,
     epochs: int = DEFAULT_EPOCHS,
     eval_set: tuple[np.ndarray, np.ndarray] | None = None,
+    signing_key: Ed25519PrivateKey | None = None,
 ) -> TrainingArtifact:
-    """Load a CSV/NPZ/IDX file (checked against the schema), train, save the artifact to ``out_dir``."""
+    """Load a CSV/NPZ/IDX file (checked against the schema), train, save the (signed) artifact to ``out_dir``."""
     from fedfhe_common.data import load_table
 
     X, y = load_table(data, schema, labels)
     artifact = train_local(
         X, y, schema, family, model_params=model_params, epochs=epochs, eval_set=eval_set, source=str(data)
     )
-    artifact.save(out_dir)
+    artifact.save(out_dir, signing_key)
     return artifact

@@ -99,4 +99,8 @@ def run_training(
             f"{head}the federated run produced no artifact (flwr run exit {proc.returncode}); "
             f"log {log_path}:\n{tail}"
         )
-    return TrainingArtifact.load(artifact_dir)
+    from fedfhe_common.release import load_signing_key
+
+    key = load_signing_key(cfg.release_key)
+    TrainingArtifact.sign(artifact_dir, key)
+    return TrainingArtifact.load(artifact_dir, key.public_key())

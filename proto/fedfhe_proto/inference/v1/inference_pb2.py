@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)fedfhe_proto/inference/v1/inference.proto\x12\x13\x66\x65\x64\x66he.inference.v1\"-\n\x08ModelRef\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"z\n\rSchemaSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nn_features\x18\x02 \x01(\r\x12\x13\n\x0b\x66\x65\x61ture_min\x18\x03 \x01(\x01\x12\x13\n\x0b\x66\x65\x61ture_max\x18\x04 \x01(\x01\x12\x0c\n\x04task\x18\x05 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x06 \x03(\x03\"%\n\x11ListModelsRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"D\n\x12ListModelsResponse\x12.\n\x06models\x18\x01 \x03(\x0b\x32\x1e.fedfhe.inference.v1.ModelInfo\"C\n\x13GetModelInfoRequest\x12,\n\x05model\x18\x01 \x01(\x0b\x32\x1d.fedfhe.inference.v1.ModelRef\"\xf5\x01\n\tModelInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x32\n\x06schema\x18\x03 \x01(\x0b\x32\".fedfhe.inference.v1.SchemaSummary\x12\x15\n\rbundle_sha256\x18\x04 \x01(\t\x12\x19\n\x11\x63lient_zip_sha256\x18\x05 \x01(\t\x12\x18\n\x10\x63lient_zip_bytes\x18\x06 \x01(\x04\x12\x0e\n\x06\x66\x61mily\x18\x07 \x01(\t\x12\x0e\n\x06n_bits\x18\x08 \x01(\r\x12\x0e\n\x06latest\x18\t \x01(\x08\x12\x15\n\rmetadata_json\x18\n \x01(\t\"E\n\x15GetClientSpecsRequest\x12,\n\x05model\x18\x01 \x01(\x0b\x32\x1d.fedfhe.inference.v1.ModelRef\"_\n\x0b\x43lientSpecs\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nclient_zip\x18\x03 \x01(\x0c\x12\x19\n\x11\x63lient_zip_sha256\x18\x04 \x01(\t\"a\n\x0cUploadHeader\x12,\n\x05model\x18\x01 \x01(\x0b\x32\x1d.fedfhe.inference.v1.ModelRef\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"a\n\x11UploadKeysRequest\x12\x33\n\x06header\x18\x01 \x01(\x0b\x32!.fedfhe.inference.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"L\n\x12UploadKeysResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x16\n\x0e\x62ytes_received\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"c\n\x0ePredictRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12,\n\x05model\x18\x02 \x01(\x0b\x32\x1d.fedfhe.inference.v1.ModelRef\x12\x13\n\x0b\x63iphertexts\x18\x03 \x03(\x0c\"Q\n\x0fPredictResponse\x12\x0f\n\x07results\x18\x01 \x03(\x0c\x12\x16\n\x0eserver_seconds\x18\x02 \x01(\x01\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"#\n\x11\x44\x65leteKeysRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"9\n\x12\x44\x65leteKeysResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x13\n\x0b\x62ytes_freed\x18\x02 \x01(\x04\x32\xba\x04\n\tInference\x12]\n\nListModels\x12&.fedfhe.inference.v1.ListModelsRequest\x1a\'.fedfhe.inference.v1.ListModelsResponse\x12X\n\x0cGetModelInfo\x12(.fedfhe.inference.v1.GetModelInfoRequest\x1a\x1e.fedfhe.inference.v1.ModelInfo\x12^\n\x0eGetClientSpecs\x12*.fedfhe.inference.v1.GetClientSpecsRequest\x1a .fedfhe.inference.v1.ClientSpecs\x12_\n\nUploadKeys\x12&.fedfhe.inference.v1.UploadKeysRequest\x1a\'.fedfhe.inference.v1.UploadKeysResponse(\x01\x12T\n\x07Predict\x12#.fedfhe.inference.v1.PredictRequest\x1a$.fedfhe.inference.v1.PredictResponse\x12]\n\nDeleteKeys\x12&.fedfhe.inference.v1.DeleteKeysRequest\x1a\'.fedfhe.inference.v1.DeleteKeysResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)fedfhe_proto/inference/v1/inference.proto\x12\x13\x66\x65\x64\x66he.inference.v1\"-\n\x08ModelRef\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"z\n\rSchemaSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nn_features\x18\x02 \x01(\r\x12\x13\n\x0b\x66\x65\x61ture_min\x18\x03 \x01(\x01\x12\x13\n\x0b\x66\x65\x61ture_max\x18\x04 \x01(\x01\x12\x0c\n\x04task\x18\x05 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x06 \x03(\x03\"%\n\x11ListModelsRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"D\n\x12ListModelsResponse\x12.\n\x06models\x18\x01 \x03(\x0b\x32\x1e.fedfhe.inference.v1.ModelInfo\"C\n\x13GetModelInfoRequest\x12,\n\x05model\x18\x01 \x01(\x0b\x32\x1d.fedfhe.inference.v1.ModelRef\"\xf5\x01\n\tModelInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x32\n\x06schema\x18\x03 \x01(\x0b\x32\".fedfhe.inference.v1.SchemaSummary\x12\x15\n\rbundle_sha256\x18\x04 \x01(\t\x12\x19\n\x11\x63lient_zip_sha256\x18\x05 \x01(\t\x12\x18\n\x10\x63lient_zip_bytes\x18\x06 \x01(\x04\x12\x0e\n\x06\x66\x61mily\x18\x07 \x01(\t\x12\x0e\n\x06n_bits\x18\x08 \x01(\r\x12\x0e\n\x06latest\x18\t \x01(\x08\x12\x15\n\rmetadata_json\x18\n \x01(\t\"E\n\x15GetClientSpecsRequest\x12,\n\x05model\x18\x01 \x01(\x0b\x32\x1d.fedfhe.inference.v1.ModelRef\"\x8d\x01\n\x0b\x43lientSpecs\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nclient_zip\x18\x03 \x01(\x0c\x12\x19\n\x11\x63lient_zip_sha256\x18\x04 \x01(\t\x12\x10\n\x08manifest\x18\x05 \x01(\x0c\x12\x1a\n\x12manifest_signature\x18\x06 \x01(\x0c\"a\n\x0cUploadHeader\x12,\n\x05model\x18\x01 \x01(\x0b\x32\x1d.fedfhe.inference.v1.ModelRef\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"a\n\x11UploadKeysRequest\x12\x33\n\x06header\x18\x01 \x01(\x0b\x32!.fedfhe.inference.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"L\n\x12UploadKeysResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x16\n\x0e\x62ytes_received\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"c\n\x0ePredictRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12,\n\x05model\x18\x02 \x01(\x0b\x32\x1d.fedfhe.inference.v1.ModelRef\x12\x13\n\x0b\x63iphertexts\x18\x03 \x03(\x0c\"Q\n\x0fPredictResponse\x12\x0f\n\x07results\x18\x01 \x03(\x0c\x12\x16\n\x0eserver_seconds\x18\x02 \x01(\x01\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"#\n\x11\x44\x65leteKeysRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"9\n\x12\x44\x65leteKeysResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x13\n\x0b\x62ytes_freed\x18\x02 \x01(\x04\x32\xba\x04\n\tInference\x12]\n\nListModels\x12&.fedfhe.inference.v1.ListModelsRequest\x1a\'.fedfhe.inference.v1.ListModelsResponse\x12X\n\x0cGetModelInfo\x12(.fedfhe.inference.v1.GetModelInfoRequest\x1a\x1e.fedfhe.inference.v1.ModelInfo\x12^\n\x0eGetClientSpecs\x12*.fedfhe.inference.v1.GetClientSpecsRequest\x1a .fedfhe.inference.v1.ClientSpecs\x12_\n\nUploadKeys\x12&.fedfhe.inference.v1.UploadKeysRequest\x1a\'.fedfhe.inference.v1.UploadKeysResponse(\x01\x12T\n\x07Predict\x12#.fedfhe.inference.v1.PredictRequest\x1a$.fedfhe.inference.v1.PredictResponse\x12]\n\nDeleteKeys\x12&.fedfhe.inference.v1.DeleteKeysRequest\x1a\'.fedfhe.inference.v1.DeleteKeysResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,22 +45,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELINFO']._serialized_end=661
   _globals['_GETCLIENTSPECSREQUEST']._serialized_start=663
   _globals['_GETCLIENTSPECSREQUEST']._serialized_end=732
-  _globals['_CLIENTSPECS']._serialized_start=734
-  _globals['_CLIENTSPECS']._serialized_end=829
-  _globals['_UPLOADHEADER']._serialized_start=831
-  _globals['_UPLOADHEADER']._serialized_end=928
-  _globals['_UPLOADKEYSREQUEST']._serialized_start=930
-  _globals['_UPLOADKEYSREQUEST']._serialized_end=1027
-  _globals['_UPLOADKEYSRESPONSE']._serialized_start=1029
-  _globals['_UPLOADKEYSRESPONSE']._serialized_end=1105
-  _globals['_PREDICTREQUEST']._serialized_start=1107
-  _globals['_PREDICTREQUEST']._serialized_end=1206
-  _globals['_PREDICTRESPONSE']._serialized_start=1208
-  _globals['_PREDICTRESPONSE']._serialized_end=1289
-  _globals['_DELETEKEYSREQUEST']._serialized_start=1291
-  _globals['_DELETEKEYSREQUEST']._serialized_end=1326
-  _globals['_DELETEKEYSRESPONSE']._serialized_start=1328
-  _globals['_DELETEKEYSRESPONSE']._serialized_end=1385
-  _globals['_INFERENCE']._serialized_start=1388
-  _globals['_INFERENCE']._serialized_end=1958
+  _globals['_CLIENTSPECS']._serialized_start=735
+  _globals['_CLIENTSPECS']._serialized_end=876
+  _globals['_UPLOADHEADER']._serialized_start=878
+  _globals['_UPLOADHEADER']._serialized_end=975
+  _globals['_UPLOADKEYSREQUEST']._serialized_start=977
+  _globals['_UPLOADKEYSREQUEST']._serialized_end=1074
+  _globals['_UPLOADKEYSRESPONSE']._serialized_start=1076
+  _globals['_UPLOADKEYSRESPONSE']._serialized_end=1152
+  _globals['_PREDICTREQUEST']._serialized_start=1154
+  _globals['_PREDICTREQUEST']._serialized_end=1253
+  _globals['_PREDICTRESPONSE']._serialized_start=1255
+  _globals['_PREDICTRESPONSE']._serialized_end=1336
+  _globals['_DELETEKEYSREQUEST']._serialized_start=1338
+  _globals['_DELETEKEYSREQUEST']._serialized_end=1373
+  _globals['_DELETEKEYSRESPONSE']._serialized_start=1375
+  _globals['_DELETEKEYSRESPONSE']._serialized_end=1432
+  _globals['_INFERENCE']._serialized_start=1435
+  _globals['_INFERENCE']._serialized_end=2005
 # @@protoc_insertion_point(module_scope)

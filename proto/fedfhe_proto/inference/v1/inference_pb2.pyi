@@ -78,16 +78,20 @@ class GetClientSpecsRequest(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
 
 class ClientSpecs(_message.Message):
-    __slots__ = ("model_id", "version", "client_zip", "client_zip_sha256")
+    __slots__ = ("model_id", "version", "client_zip", "client_zip_sha256", "manifest", "manifest_signature")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ZIP_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ZIP_SHA256_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     version: str
     client_zip: bytes
     client_zip_sha256: str
-    def __init__(self, model_id: _Optional[str] = ..., version: _Optional[str] = ..., client_zip: _Optional[bytes] = ..., client_zip_sha256: _Optional[str] = ...) -> None: ...
+    manifest: bytes
+    manifest_signature: bytes
+    def __init__(self, model_id: _Optional[str] = ..., version: _Optional[str] = ..., client_zip: _Optional[bytes] = ..., client_zip_sha256: _Optional[str] = ..., manifest: _Optional[bytes] = ..., manifest_signature: _Optional[bytes] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
     __slots__ = ("model", "total_bytes", "sha256")

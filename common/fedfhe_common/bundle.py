@@ -1,0 +1,145 @@
+"""The FHE deployment bundle: its members, and how it is written, signed, read and verified.
+
+A bundle directory holds Concrete ML's ``client.zip`` (public client specs) and
+``server.zip`` (the circuit), a SHA-256 ``manifest.json`` of kind
+``fedfhe-fhe-bundle`` (model id, version, schema, accuracies measured at compile
+time) and ``manifest.sig``, the release key's signature over the manifest's exact
+bytes. The coordinator writes bundles; the inference node and the owners read
+them, and accept one only when the signature verifies and the zips hold nothing
+but what ``FHEModelDev`` writes (``bundle_content``), before Concrete parses a byte.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from . import bundle_content, release
+from .errors import ConfigError, FedfheError, IntegrityError
+from .manifest import MANIFEST, canonical_body, verify_manifest, write_manifest
+from .schema import DatasetSchema
+
+KIND = "fedfhe-fhe-bundle"
+FILES = ("client.zip", "server.zip")
+MEMBERS = (*FILES, MANIFEST, release.SIGNATURE)
+MAX_MANIFEST_BYTES = 1 << 20
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def valid_name(value: str) -> bool:
+    """Model ids and versions become directory names on the inference node and the owners' hosts."""
+    return isinstance(value, str) and bool(_NAME.fullmatch(value))
+
+
+def check_name(value: str, what: str) -> str:
+    if not valid_name(value):
+        raise ConfigError(
+            f"{what} {str(value)[:80]!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return value
+
+
+def check_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
+    """The metadata every reader relies on: plain model id and version, a valid schema."""
+    for key in ("model_id", "version"):
+        if not valid_name(meta.get(key)):  # type: ignore[arg-type]
+            raise IntegrityError(f"{where}: missing or invalid {key} {str(meta.get(key))[:80]!r}")
+    if sorted(meta.get("files", {})) != sorted(FILES):
+        raise IntegrityError(f"{where}: must list exactly {', '.join(FILES)}")
+    try:
+        DatasetSchema.from_mapping(meta.get("schema"), "manifest: schema")
+    except FedfheError as exc:
+        raise IntegrityError(f"{where}: {exc}") from None
+    return meta
+
+
+def write(
+    out_dir: Path,
+    produce: Callable[[Path], None],
+    meta: dict[str, Any],
+    signing_key: Ed25519PrivateKey,
+    force: bool = False,
+) -> Path:
+    """``produce(tmp)`` writes client.zip and server.zip; check, manifest, sign, then one rename.
+
+    A bundle that fails the content checks is never signed: compile stops here
+    instead of handing the node something it would refuse.
+    """
+    check_name(meta.get("model_id", ""), "model id")
+    check_name(meta.get("version", ""), "version")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:
+        raise FedfheError(f"{out_dir}: already exists; choose another --out or pass --force")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        produce(tmp)
+        bundle_content.check_client_zip((tmp / "client.zip").read_bytes(), f"{out_dir}/client.zip")
+        bundle_content.check_server_zip((tmp / "server.zip").read_bytes(), f"{out_dir}/server.zip")
+        write_manifest(tmp, KIND, list(FILES), meta)
+        release.sign_manifest(tmp, signing_key)
+        tmp.chmod(0o755)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def verify_signed_manifest(raw: bytes, signature: bytes, key: Ed25519PublicKey, where: str) -> dict[str, Any]:
+    """Signature first, then the manifest's form and metadata; nothing of it is trusted before."""
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise IntegrityError(f"{where}: manifest of {len(raw)} bytes is too large")
+    release.verify(key, raw, signature, where)
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise IntegrityError(f"{where}: unreadable manifest: {str(exc)[:200]}") from None
+    if not isinstance(body, dict) or body.get("kind") != KIND or not isinstance(body.get("files"), dict):
+        raise IntegrityError(f"{where}: not a {KIND} manifest")
+    if canonical_body(body) != raw:
+        raise IntegrityError(f"{where}: manifest is not in the form fedfhe writes")
+    return check_meta(body, where)
+
+
+def read(directory: Path, key: Ed25519PublicKey) -> dict[str, Any]:
+    """Verify a bundle directory: signature, every file's hash, metadata, zip contents; returns the manifest.
+
+    Extra files are refused too: a bundle holds exactly ``MEMBERS``.
+    """
+    directory = Path(directory)
+    where = str(directory)
+    try:
+        names = sorted(p.name for p in directory.iterdir())
+    except OSError as exc:
+        raise IntegrityError(f"{where}: cannot list the bundle: {exc.strerror or exc}") from None
+    extra = sorted(set(names) - set(MEMBERS))
+    if extra:
+        raise IntegrityError(f"{where}: unexpected files {extra[:5]} (a bundle holds {', '.join(MEMBERS)})")
+    try:
+        with open(directory / MANIFEST, "rb") as fh:
+            raw = fh.read(MAX_MANIFEST_BYTES + 1)
+    except FileNotFoundError:
+        raise IntegrityError(f"{where}: missing {MANIFEST}") from None
+    except OSError as exc:
+        raise IntegrityError(f"{where}: cannot read {MANIFEST}: {exc.strerror or exc}") from None
+    meta = verify_signed_manifest(raw, release.read_signature(directory), key, where)
+    verify_manifest(directory, KIND, raw)  # every member's hash, no links
+    bundle_content.check_client_zip((directory / "client.zip").read_bytes(), f"{where}/client.zip")
+    bundle_content.check_server_zip((directory / "server.zip").read_bytes(), f"{where}/server.zip")
+    return meta
+
+
+def copy(source: Path, dest_tmp: Path) -> None:
+    """Copy a bundle's members (and only those) into an empty directory."""
+    for name in MEMBERS:
+        shutil.copyfile(Path(source) / name, Path(dest_tmp) / name)
