@@ -56,6 +56,7 @@ class Node:
             "listen": f"127.0.0.1:{self.port}", "certfile": str(pki / "inference.crt"),
             "keyfile": str(pki / "inference.key"), "ca_certfile": str(pki / "ca.crt"),
             "bundles_dir": str(self.bundles), "keys_dir": str(work / "keys"), "rescan_interval_s": 0,
+            "release_public_key": str(pki / "release.pub"),
         }
         work.mkdir(parents=True, exist_ok=True)
         self.config = work / "inference.yaml"
@@ -66,7 +67,8 @@ class Node:
         from fedfhe_client.config import InferenceEndpoint
 
         return InferenceEndpoint(address=f"127.0.0.1:{self.port}", certfile=self.pki / f"{owner}.crt",
-                                 keyfile=self.pki / f"{owner}.key", ca_certfile=self.pki / "ca.crt")
+                                 keyfile=self.pki / f"{owner}.key", ca_certfile=self.pki / "ca.crt",
+                                 release_public_key=self.pki / "release.pub")
 
     def start(self) -> None:
         from fedfhe_client.inference_client import InferenceClient
@@ -109,14 +111,17 @@ class Node:
 
 def compile_bundle(work: Path) -> tuple[Any, Any, np.ndarray]:
     from fedfhe_common.datasets import load_builtin
+    from fedfhe_common.release import load_signing_key
     from fedfhe_server.compile import compile_artifact
     from fedfhe_server.local_training import train_local
 
     X, y, schema = load_builtin("digits")
     idx = np.random.default_rng(0).permutation(len(y))
     train, test = idx[:1400], idx[1400:]
-    train_local(X[train], y[train], schema, "LogisticRegression").save(work / "artifact")
-    result, model = compile_artifact(work / "artifact", work / "bundle", n_bits=8, model_id="digits-lr", version="1")
+    key = load_signing_key(work / "pki" / "release.key")
+    train_local(X[train], y[train], schema, "LogisticRegression").save(work / "artifact", key)
+    result, model = compile_artifact(work / "artifact", work / "bundle", n_bits=8, model_id="digits-lr", version="1",
+                                     signing_key=key)
     return result, model, X[test]
 
 
@@ -196,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "load.json")
     args = ap.parse_args(argv)
     from fedfhe_common.pki import init_ca, issue
+    from fedfhe_common.release import load_verify_key, make_release_key
     from fedfhe_inference.bundles import publish_bundle
 
     started = time.perf_counter()
@@ -204,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         pki = work / "pki"
         init_ca(pki)
+        make_release_key(pki)
         issue(pki, "inference", server_hosts=["127.0.0.1"])
         names = [f"owner-{i}" for i in range(args.owners)]
         for name in names:
@@ -211,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         print("compiling the digits LR bundle ...", file=sys.stderr)
         bundle, model, X = compile_bundle(work)
         node = Node(work / "node", pki)
-        publish_bundle(bundle.directory, node.bundles)
+        publish_bundle(bundle.directory, node.bundles, load_verify_key(pki / "release.pub"))
         node.start()
         try:
             print(f"{args.owners} owners: keys ...", file=sys.stderr)

@@ -75,15 +75,15 @@ class InferenceClient:
         req = pb.GetModelInfoRequest(model=pb.ModelRef(model_id=model_id, version=version))
         return self._call("GetModelInfo", self.stub.GetModelInfo, req, timeout=self.info_timeout)  # type: ignore[return-value]
 
-    def client_specs(self, info: pb.ModelInfo) -> bytes:
-        """client.zip of exactly that version, checked against the hash GetModelInfo announced."""
+    def client_specs(self, info: pb.ModelInfo) -> pb.ClientSpecs:
+        """client.zip of exactly that version with its signed manifest (the caller verifies the signature)."""
         req = pb.GetClientSpecsRequest(model=pb.ModelRef(model_id=info.model_id, version=info.version))
         specs = self._call("GetClientSpecs", self.stub.GetClientSpecs, req, timeout=self.info_timeout)
         data = specs.client_zip  # type: ignore[attr-defined]
         if hashlib.sha256(data).hexdigest() != info.client_zip_sha256:
             raise FedfheError(f"inference node {self.endpoint.address}: client specs of {info.model_id} "
                               f"{info.version} do not match the announced SHA-256; refusing them")
-        return data
+        return specs  # type: ignore[return-value]
 
     def upload_keys(
         self, info: pb.ModelInfo, evaluation_keys: bytes, on_chunk: Callable[[int], None] | None = None,

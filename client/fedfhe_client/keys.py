@@ -2,7 +2,9 @@
 
 Layout under ``<state_dir>/inference/<model_id>/<version>/``::
 
-    client.zip      public client specs from the inference node (hash-checked, inspected before loading)
+    client.zip      public client specs from the inference node (signature-, hash- and content-checked)
+    manifest.json   the bundle manifest the release key signed, pinned for this version
+    manifest.sig    its release signature
     keyset.bin      private + evaluation keys (0600, atomic); only the evaluation part is uploaded
     key_ids.json    key id the node gave for our evaluation keys, per node address
 """
@@ -12,51 +14,38 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import time
-import zipfile
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from fedfhe_common.errors import FedfheError
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from fedfhe_common import bundle, bundle_content, release
+from fedfhe_common.errors import FedfheError, IntegrityError
 from fedfhe_common.fileio import write_atomic
+from fedfhe_common.manifest import MANIFEST
 
-CLIENT_ZIP_MEMBERS = {"client.specs.json", "serialized_processing.json", "versions.json"}
 MAX_CLIENT_ZIP_BYTES = 64 << 20
-# Entries the encoder writes for whole scikit-learn / ONNX models: a client never needs them.
-REFUSED_TYPE_NAMES = {"sklearn_model", "onnx_model"}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-def check_client_zip(data: bytes) -> None:
-    """Refuse anything but Concrete ML's three JSON members, bounded in size (no zip bombs, no paths)."""
-    if len(data) > MAX_CLIENT_ZIP_BYTES:
-        raise FedfheError(f"client specs of {len(data)} bytes are larger than expected; refusing them")
-    try:
-        with zipfile.ZipFile(BytesIO(data)) as zf:
-            infos = zf.infolist()
-            names = {i.filename for i in infos}
-            if not names <= CLIENT_ZIP_MEMBERS or "client.specs.json" not in names:
-                raise FedfheError(f"client specs hold unexpected files {sorted(names - CLIENT_ZIP_MEMBERS)}")
-            if sum(i.file_size for i in infos) > MAX_CLIENT_ZIP_BYTES:
-                raise FedfheError("client specs unpack to more than 64 MiB; refusing them")
-            has_processing = "serialized_processing.json" in names
-            processing = json.loads(zf.read("serialized_processing.json")) if has_processing else {}
-    except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FedfheError(f"client specs are not a valid Concrete ML client.zip: {exc}") from None
+def verify_client_specs(client_zip: bytes, manifest: bytes, signature: bytes, key: Ed25519PublicKey,
+                        model_id: str, version: str, where: str) -> dict[str, Any]:
+    """Everything an owner checks before Concrete ML parses a byte of client specs; returns the manifest.
 
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if node.get("type_name") in REFUSED_TYPE_NAMES:
-                raise FedfheError(f"client specs embed a serialized {node['type_name']}; refusing them")
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(processing)
+    The release signature over the manifest, the model version it names, client.zip
+    against the signed SHA-256, then its members, jsonpickle/skops entries and crypto
+    parameters (Concrete's 128-bit curve): the inference node chooses none of them.
+    """
+    if len(client_zip) > MAX_CLIENT_ZIP_BYTES:
+        raise IntegrityError(f"{where}: client specs of {len(client_zip)} bytes are larger than expected")
+    meta = bundle.verify_signed_manifest(manifest, signature, key, where)
+    if (meta["model_id"], meta["version"]) != (model_id, version):
+        raise IntegrityError(f"{where}: the signed manifest is for {meta['model_id']} {meta['version']}, "
+                             f"not {model_id} {version}")
+    if hashlib.sha256(client_zip).hexdigest() != meta["files"]["client.zip"]:
+        raise IntegrityError(f"{where}: client.zip does not match the SHA-256 in the signed manifest")
+    bundle_content.check_client_zip(client_zip, f"{where}: client.zip")
+    return meta
 
 
 class ModelKeys:
@@ -64,8 +53,8 @@ class ModelKeys:
 
     def __init__(self, state_dir: Path, model_id: str, version: str) -> None:
         for value in (model_id, version):
-            if not _NAME.fullmatch(value):
-                raise FedfheError(f"the inference node named a model {value!r} that is not a plain name")
+            if not bundle.valid_name(value):
+                raise FedfheError(f"the inference node named a model {value[:80]!r} that is not a plain name")
         self.dir = Path(state_dir) / "inference" / model_id / version
         self.model_id, self.version = model_id, version
         self._fhe: Any = None
@@ -83,14 +72,37 @@ class ModelKeys:
         for d in (self.dir.parents[1], self.dir.parent, self.dir):  # inference/, <model_id>/, <version>/
             os.chmod(d, 0o700)
 
-    def has_client_specs(self, sha256: str) -> bool:
-        p = self.client_zip
-        return p.is_file() and hashlib.sha256(p.read_bytes()).hexdigest() == sha256
+    def pinned_manifest_sha256(self) -> str | None:
+        """SHA-256 of the manifest first accepted for this version (what the node must keep serving)."""
+        try:
+            return hashlib.sha256((self.dir / MANIFEST).read_bytes()).hexdigest()
+        except FileNotFoundError:
+            return None
 
-    def save_client_specs(self, data: bytes) -> None:
-        check_client_zip(data)
+    def verified_specs(self, key: Ed25519PublicKey) -> dict[str, Any]:
+        """Re-check the stored specs (signature, hash, contents) before Concrete ML loads them."""
+        try:
+            client_zip = self.client_zip.read_bytes()
+            manifest = (self.dir / MANIFEST).read_bytes()
+        except OSError as exc:
+            raise IntegrityError(f"{self.dir}: stored client specs unreadable: {exc.strerror or exc}") from None
+        return verify_client_specs(client_zip, manifest, release.read_signature(self.dir), key,
+                                   self.model_id, self.version, f"stored client specs {self.dir}")
+
+    def install_client_specs(self, client_zip: bytes, manifest: bytes, signature: bytes, key: Ed25519PublicKey,
+                             where: str) -> dict[str, Any]:
+        """Verify what a node sent, refuse other bytes for an already pinned version, then store it."""
+        meta = verify_client_specs(client_zip, manifest, signature, key, self.model_id, self.version, where)
+        pinned = self.pinned_manifest_sha256()
+        if pinned is not None and pinned != hashlib.sha256(manifest).hexdigest():
+            raise IntegrityError(
+                f"{where}: model {self.model_id} version {self.version} was first served with manifest "
+                f"sha256 {pinned[:16]}..., now with other bytes; refusing them (a version never changes)")
         self._ensure_dir()
-        write_atomic(self.client_zip, data, 0o644)
+        write_atomic(self.client_zip, client_zip, 0o644)
+        write_atomic(self.dir / release.SIGNATURE, signature, 0o644)
+        write_atomic(self.dir / MANIFEST, manifest, 0o644)  # last: its presence marks a complete install
+        return meta
 
     def fhe_client(self) -> tuple[Any, float]:
         """FHEModelClient with this version's keyset, generated on first use; returns (client, keygen seconds)."""

@@ -21,7 +21,9 @@ from typing import Any
 import grpc
 import numpy as np
 
-from fedfhe_common.errors import FedfheError
+from fedfhe_common.errors import ConfigError, FedfheError, IntegrityError
+from fedfhe_common.fhe_wire import CircuitSpec, WireError
+from fedfhe_common.release import load_verify_key
 from fedfhe_common.schema import DatasetSchema
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
@@ -113,6 +115,22 @@ def _decode(scores: np.ndarray, schema: DatasetSchema) -> tuple[np.ndarray, bool
     return classes[index], probs
 
 
+def _result_spec(fhe: Any) -> CircuitSpec:
+    """The circuit's output layout from the client specs this owner verified (never from the node)."""
+    try:
+        return CircuitSpec.from_client_zip((Path(fhe.path_dir) / "client.zip").read_bytes())
+    except (OSError, WireError) as exc:
+        raise FedfheError(f"client specs in {fhe.path_dir}: {exc}") from None
+
+
+def _check_result(spec: CircuitSpec, data: bytes, i: int, address: str) -> None:
+    """A hostile node's bytes must not reach Concrete's parser: exactly the circuit's output or refused."""
+    try:
+        spec.check_output(data, f"result {i}")
+    except WireError as exc:
+        raise FedfheError(f"inference node {address} sent a malformed encrypted result, refused: {exc}") from None
+
+
 class _Session:
     """One owner, one model version, one node: keys uploaded at most once (again only if the node lost them)."""
 
@@ -154,6 +172,23 @@ class _Session:
         return resp, time.perf_counter() - started
 
 
+def _install_specs(conn: InferenceClient, info: pb.ModelInfo, keys: ModelKeys, release_key: Any) -> int:
+    """Fetch and verify signed client specs unless this version's are pinned already; bytes fetched.
+
+    A node that announces another manifest for a pinned version is refused without a fetch.
+    """
+    where = f"inference node {conn.endpoint.address}, model {info.model_id} version {info.version}"
+    pinned = keys.pinned_manifest_sha256()
+    if pinned is not None:
+        if info.bundle_sha256 != pinned:
+            raise IntegrityError(f"{where}: now announces bundle sha256 {info.bundle_sha256[:16]}..., but this "
+                                 f"version was pinned at {pinned[:16]}... on first use; refusing it")
+        return 0
+    specs = conn.client_specs(info)
+    keys.install_client_specs(specs.client_zip, specs.manifest, specs.manifest_signature, release_key, where)
+    return len(specs.client_zip)
+
+
 @contextmanager
 def _client(endpoint: InferenceEndpoint, client: InferenceClient | None) -> Iterator[InferenceClient]:
     if client is not None:
@@ -179,9 +214,14 @@ def predict_rows(
 ) -> PredictResult:
     """Encrypted predictions for the rows of ``X`` (rows x features, in the model's schema).
 
-    The next batch is encrypted while the node evaluates the previous one.
+    The client specs must carry the release key's signature (``endpoint.release_public_key``)
+    and pass the content and security checks before Concrete ML sees them. The next batch
+    is encrypted while the node evaluates the previous one.
     """
     started = time.perf_counter()
+    if endpoint.release_public_key is None:
+        raise ConfigError("owner.yaml: release_public_key (release.pub) is required to verify the client specs")
+    release_key = load_verify_key(endpoint.release_public_key)
     batch = batch_size or endpoint.batch_size
     if batch < 1:
         raise FedfheError(f"batch size must be >= 1, got {batch}")
@@ -189,23 +229,22 @@ def predict_rows(
     sizes = {"client_specs": 0, "evaluation_keys": 0, "ciphertexts": 0, "results": 0}
     with _client(endpoint, client) as conn:
         info = resolve_model(conn, model_id or endpoint.model_id, version)
-        schema = schema_of(info)
+        keys = ModelKeys(state_dir, info.model_id, info.version)
+        t = time.perf_counter()
+        sizes["client_specs"] = _install_specs(conn, info, keys, release_key)
+        meta = keys.verified_specs(release_key)
+        schema = DatasetSchema.from_mapping(meta["schema"], "signed manifest: schema")  # not the node's word
+        seconds["specs"] = time.perf_counter() - t
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != schema.n_features or len(X) == 0:
             raise FedfheError(f"model {info.model_id} {info.version} needs rows of {schema.n_features} features, "
                               f"got an array of shape {X.shape}")
-        keys = ModelKeys(state_dir, info.model_id, info.version)
-        t = time.perf_counter()
-        if not keys.has_client_specs(info.client_zip_sha256):
-            specs = conn.client_specs(info)
-            keys.save_client_specs(specs)
-            sizes["client_specs"] = len(specs)
-        seconds["specs"] = time.perf_counter() - t
         fhe, seconds["keygen"] = keys.fhe_client()
         bar = _progress(progress)
         outputs: list[np.ndarray] = []
         with bar, cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict-rpc") as pool:
             session = _Session(conn, info, keys, fhe, bar)
+            spec = _result_spec(fhe)
             sizes["evaluation_keys"] = len(session.evaluation_keys)
             task = bar.add_task(f"encrypted predict {info.model_id} {info.version}", total=len(X), extra="rows")
 
@@ -214,8 +253,9 @@ def predict_rows(
                 seconds["rpc"] += rpc_s
                 seconds["server"] += resp.server_seconds
                 t = time.perf_counter()
-                for r in resp.results:
+                for i, r in enumerate(resp.results):
                     sizes["results"] += len(r)
+                    _check_result(spec, r, i, conn.endpoint.address)
                     outputs.append(np.asarray(fhe.deserialize_decrypt_dequantize(r)).reshape(1, -1))
                 seconds["decrypt"] += time.perf_counter() - t
                 bar.advance(task, len(resp.results))

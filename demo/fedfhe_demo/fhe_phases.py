@@ -41,6 +41,7 @@ def inference_config(cluster: Cluster, work: Path) -> tuple[Path, str]:
         "ca_certfile": str(cluster.pki / "ca.crt"),
         "bundles_dir": str(work / "inference" / "bundles"),
         "keys_dir": str(work / "inference" / "keys"),
+        "release_public_key": str(cluster.pki / "release.pub"),
         "pid_file": str(work / "inference" / "inference.pid"),
     }
     path = work / "inference.yaml"
@@ -54,6 +55,7 @@ def run_fhe_phases(
 ) -> None:
     from fedfhe_client.config import InferenceEndpoint
     from fedfhe_client.predict import predict_rows
+    from fedfhe_common.release import load_signing_key
     from fedfhe_server.compile import compile_artifact
     from fedfhe_server.nbits import choose_n_bits
 
@@ -73,6 +75,7 @@ def run_fhe_phases(
         bundle, fhe_model = compile_artifact(
             artifact, work / "bundle", n_bits=n_bits, model_id=f"{opts.dataset}-{opts.model.lower()}",
             version="demo", eval_set=public, force=True,
+            signing_key=load_signing_key(cluster.pki / "release.key"),
         )
         report["n_bits"] = n_bits
         sizes = {name: (bundle.directory / name).stat().st_size for name in ("client.zip", "server.zip")}
@@ -90,7 +93,7 @@ def run_fhe_phases(
             X, y = heldout_rows(owner_cfgs[owner], schema)
             endpoint = InferenceEndpoint(
                 address=address, certfile=cluster.pki / f"{owner}.crt", keyfile=cluster.pki / f"{owner}.key",
-                ca_certfile=cluster.pki / "ca.crt",
+                ca_certfile=cluster.pki / "ca.crt", release_public_key=cluster.pki / "release.pub",
             )
             result = predict_rows(endpoint, work / owner / "fhe", X, progress=True)
             X_all.append(X)

@@ -72,6 +72,9 @@ class InferenceConfig:
     rescan_interval_s: float = 30.0
     grace_s: float = 5.0
     pid_file: Path | None = None
+    sandbox: bool = True              # Concrete parses and evaluates owners' bytes in worker processes
+    worker_memory_bytes: int = 8192 * MiB  # each worker's address-space limit (RLIMIT_AS)
+    job_cpu_s: float = 300.0          # CPU seconds one worker job (a key load, a row) may use
     limits: Limits = field(default_factory=Limits)
     deadlines: Deadlines = field(default_factory=Deadlines)
 
@@ -81,6 +84,8 @@ class InferenceConfig:
             raise ConfigError(f"listen: expected host:port, got {self.listen!r}")
         if self.workers < 0 or self.rpc_threads < 1:
             raise ConfigError("workers must be >= 0 (0 = one per core) and rpc_threads >= 1")
+        if self.worker_memory_bytes < 256 * MiB or self.job_cpu_s <= 0:
+            raise ConfigError("worker_memory_bytes must be >= 256 MiB and job_cpu_s > 0")
         if self.key_cache_bytes < 0 or self.rescan_interval_s < 0:
             raise ConfigError("key_cache_bytes and rescan_interval_s must be >= 0")
 

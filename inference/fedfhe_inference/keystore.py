@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -106,8 +106,11 @@ class _Upload:
         self.hash.update(chunk)
         self.received += len(chunk)
 
-    def commit(self) -> KeyRecord:
-        """Check completeness, hash and that the bytes are evaluation keys; then rename into place."""
+    def commit(self, validate: Callable[[Path, bytes], None] | None = None) -> KeyRecord:
+        """Check completeness, hash and that the bytes are evaluation keys; then rename into place.
+
+        ``validate`` (the node's: circuit check, then a sandboxed load) replaces the in-process parse.
+        """
         if self.received < self.total:
             raise invalid(f"key stream truncated: received {self.received} of the {self.total} declared bytes")
         digest = self.hash.hexdigest()
@@ -122,11 +125,13 @@ class _Upload:
             self.fh.close()
         with self.store.validation_slot:  # bounds memory: each check holds the bytes and their parse
             data = self.path.read_bytes()
-            reason = framing_error(data)
+            if validate is not None:
+                validate(self.path, data)  # raises ServiceError: refused, nothing stored
+            reason = None if validate is not None else framing_error(data)
             if reason:
                 raise invalid(f"the uploaded bytes are not Concrete evaluation keys: {reason}")
             try:
-                keys = _deserialize(data)
+                keys = None if validate is not None else _deserialize(data)
             except Exception as exc:  # noqa: BLE001 - Concrete's parser rejects bad bytes in several ways
                 reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
                 raise invalid(f"the uploaded bytes are not Concrete evaluation keys: {reason}") from None
@@ -160,6 +165,7 @@ class KeyStore:
         self.cache_bytes = cache_bytes
         self.validation_slot = threading.BoundedSemaphore(1)
         self._records: dict[str, KeyRecord] = {}
+        self._quarantined: dict[str, str] = {}  # key id -> why (a <key_id>.quarantine file each)
         self._pending: dict[str, int] = {}
         self._cache: OrderedDict[str, tuple[int, Any]] = OrderedDict()
         self._cached = 0
@@ -184,18 +190,43 @@ class KeyStore:
         for evk in self.root.glob("*.evk"):
             if evk.stem not in self._records:
                 evk.unlink(missing_ok=True)  # a delete or an install interrupted half way
+        for mark in self.root.glob("*.quarantine"):
+            if mark.stem in self._records:
+                self._quarantined[mark.stem] = mark.read_text(errors="replace")
+            else:
+                mark.unlink(missing_ok=True)
         log.info("key store %s: %d evaluation key sets", self.root, len(self._records))
 
     # ---- lookups --------------------------------------------------------
-    def get(self, key_id: str, owner: str) -> KeyRecord:
+    def get(self, key_id: str, owner: str, usable: bool = True) -> KeyRecord:
         check_key_id(key_id)
         with self._lock:
             record = self._records.get(key_id)
+            quarantined = self._quarantined.get(key_id)
         if record is None:
             raise not_found(f"no evaluation keys with id {key_id}; upload them again (UploadKeys)")
         if record.owner != owner:
             raise denied(f"evaluation keys {key_id} belong to another owner")
+        if usable and quarantined is not None:
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"evaluation keys {key_id} are quarantined ({quarantined[:300]}); "
+                               "delete them and upload new keys")
         return record
+
+    def key_path(self, record: KeyRecord) -> Path:
+        return self.root / f"{record.key_id}.evk"
+
+    def quarantine(self, key_id: str, reason: str) -> None:
+        """Keys that crashed or stalled an FHE worker: refused from now on, also after a restart."""
+        with self._lock:
+            if key_id not in self._records:
+                return
+            self._quarantined[key_id] = reason
+            entry = self._cache.pop(key_id, None)
+            if entry:
+                self._cached -= entry[0]
+        write_atomic(self.root / f"{key_id}.quarantine", reason.encode()[:2000], 0o600)
+        log.error("quarantined evaluation keys %s: %s", key_id, reason[:300])
 
     def owned_by(self, owner: str) -> list[KeyRecord]:
         with self._lock:
@@ -249,20 +280,22 @@ class KeyStore:
 
     # ---- delete ---------------------------------------------------------
     def delete(self, key_id: str, owner: str) -> KeyRecord:
-        record = self.get(key_id, owner)
+        record = self.get(key_id, owner, usable=False)
         with self._lock:
             self._records.pop(key_id, None)
+            self._quarantined.pop(key_id, None)
             entry = self._cache.pop(key_id, None)
             if entry:
                 self._cached -= entry[0]
         (self.root / f"{key_id}.json").unlink(missing_ok=True)  # metadata first: a crash leaves an orphan, swept later
         (self.root / f"{key_id}.evk").unlink(missing_ok=True)
+        (self.root / f"{key_id}.quarantine").unlink(missing_ok=True)
         return record
 
     # ---- deserialized keys ----------------------------------------------
     def _remember(self, record: KeyRecord, keys: Any) -> None:
         cost = int(record.size * MEMORY_PER_KEY_BYTE)
-        if cost > self.cache_bytes:
+        if keys is None or cost > self.cache_bytes:  # None: the keys live in the sandboxed workers
             return  # loaded per request instead: memory stays bounded by the budget, not by owner count
         with self._lock:
             if record.key_id in self._cache or record.key_id not in self._records:

@@ -1,8 +1,9 @@
 """Run FHEModelServer on a batch of ciphertexts, one row per job, on a pool sized to the cores.
 
-Concrete's runtime releases the GIL while it evaluates a circuit (measured: a
-Python thread keeps ~90% of its speed during a run), so a thread pool uses
-every core without a process pool, and nothing is pickled.
+Every row is first checked against the circuit (fedfhe_common.fhe_wire) in the node's process; Concrete
+then parses and evaluates it in a sandboxed worker process (sandbox.py), so bytes that crash Concrete
+cost one worker, not the node. The threads here only wait on the workers' pipes. ``sandbox: false``
+keeps the evaluation in-process (Concrete releases the GIL while it runs), as the benchmark's reference.
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 
+from fedfhe_common.fhe_wire import CircuitSpec, WireError
+
 from .errors import ServiceError, invalid
+from .sandbox import SandboxPool, WorkerError
 
 
 def _first_line(exc: BaseException) -> str:
@@ -50,26 +55,110 @@ def framing_error(data: bytes) -> str | None:
     return None
 
 
-def deserialize_rows(ciphertexts: list[bytes]) -> list[Any]:
-    """Each row must be a Concrete ciphertext; the first that is not is named by its index."""
-    from concrete import fhe
+_SPECS: dict[str, CircuitSpec] = {}
+_SPECS_LOCK = threading.Lock()
 
-    values = []
-    for i, ct in enumerate(ciphertexts):
-        reason = framing_error(ct)
-        if reason:
-            raise invalid(f"row {i}: not a Concrete ciphertext ({reason})")
+
+def circuit_spec(bundle: Any) -> CircuitSpec:
+    """The bundle's circuit as client.specs.json describes it (cached per client.zip digest)."""
+    with _SPECS_LOCK:
+        spec = _SPECS.get(bundle.client_zip_sha256)
+    if spec is None:
         try:
-            values.append(fhe.Value.deserialize(ct))
-        except Exception as exc:  # noqa: BLE001 - untrusted bytes: any parser failure is the caller's
-            raise invalid(f"row {i}: not a Concrete ciphertext ({_first_line(exc)})") from None
-    return values
+            spec = CircuitSpec.from_client_zip(bundle.client_zip)
+        except WireError as exc:
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"{bundle.model_id} version {bundle.version}: unusable client specs: {exc}") from None
+        with _SPECS_LOCK:
+            _SPECS[bundle.client_zip_sha256] = spec
+    return spec
+
+
+def check_rows(spec: CircuitSpec, ciphertexts: list[bytes]) -> None:
+    """Each row must be exactly a ciphertext of the circuit's input; the first that is not is named by its index."""
+    for i, ct in enumerate(ciphertexts):
+        try:
+            spec.check_input(ct)
+        except WireError as exc:
+            raise invalid(f"row {i}: not a ciphertext of this model's input: {exc}") from None
+
+
+class KeyFault(ServiceError):
+    """Stored keys that Concrete could not load in a worker (crash, overrun or refusal): to be quarantined."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(grpc.StatusCode.FAILED_PRECONDITION, message)
+
+
+class _InProcess:
+    """Today's evaluation, in the node's own process (``sandbox: false``; the benchmark's reference)."""
+
+    def __init__(self, server: Any, keys: Any) -> None:
+        self.server, self.keys = server, keys
+
+    def run(self, ct: bytes, _: Any) -> Any:
+        from concrete import fhe
+
+        return self.server.run(fhe.Value.deserialize(ct), self.keys)
+
+
+class _Sandboxed:
+    """One batch's evaluation in the worker pool: raw bytes in, raw bytes out."""
+
+    def __init__(self, pool: SandboxPool, directory: str, key_id: str, path: str, job_s: float) -> None:
+        self.pool, self.job_s = pool, job_s
+        self.ids = [directory.encode(), key_id.encode(), path.encode()]
+        self.key_id = key_id
+
+    def run(self, ct: bytes, _: Any) -> bytes:
+        try:
+            return self.pool.call([b"run", *self.ids, ct], self.job_s, preload=[b"keys", *self.ids])[0]
+        except WorkerError as exc:
+            if exc.phase == "keys":
+                raise KeyFault(f"evaluation keys {self.key_id} could not be loaded by an FHE worker "
+                               f"({exc.message}); they are quarantined: delete them and upload new keys") from None
+            if exc.kind == "refused":
+                raise RuntimeError(exc.message) from None
+            raise ServiceError(grpc.StatusCode.INTERNAL, f"FHE evaluation failed: {exc.message}") from None
 
 
 class FheRunner:
-    def __init__(self, workers: int) -> None:
+    """Rows of a batch in parallel; Concrete itself runs in sandboxed worker processes when ``sandbox`` is given."""
+
+    def __init__(self, workers: int, sandbox: SandboxPool | None = None, job_s: float = 600.0) -> None:
         self.workers = workers
         self.pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhe")
+        self.sandbox, self.job_s = sandbox, job_s
+
+    def validate_keys(self, bundle: Any, path: Path, data: bytes) -> None:
+        """Uploaded keys: exactly what the circuit needs, and loadable by Concrete (in a worker); refused otherwise."""
+        try:
+            circuit_spec(bundle).check_evaluation_keys(data)
+        except WireError as exc:
+            raise invalid(f"the uploaded bytes are not this model's evaluation keys: {exc}") from None
+        if self.sandbox is None:
+            from concrete import fhe
+
+            try:
+                fhe.EvaluationKeys.deserialize(data)
+            except Exception as exc:  # noqa: BLE001 - Concrete's parser rejects bad bytes in several ways
+                raise invalid(f"the uploaded bytes are not Concrete evaluation keys: {_first_line(exc)}") from None
+            return
+        try:
+            self.sandbox.call([b"keys", str(bundle.directory).encode(), b"", str(path).encode()], self.job_s)
+        except WorkerError as exc:
+            raise invalid(f"the uploaded evaluation keys were refused by an FHE worker ({exc.message}); "
+                          "nothing was stored") from None
+
+    def evaluator(self, bundle: Any, key_id: str, path: Path, keys: Callable[[], Any]) -> Any:
+        """What run_batch calls per row: the worker pool, or the in-process server with ``keys()``."""
+        if self.sandbox is None:
+            return _InProcess(bundle.server, keys())
+        return _Sandboxed(self.sandbox, str(bundle.directory), key_id, str(path), self.job_s)
+
+    def forget(self, key_id: str) -> None:
+        if self.sandbox is not None:
+            self.sandbox.broadcast_forget(key_id)
 
     def run_batch(
         self, server: Any, values: list[Any], keys: Any, timeout: float, is_active: Callable[[], bool],
@@ -83,12 +172,14 @@ class FheRunner:
                 raise cf.CancelledError()
             try:
                 result = server.run(value, keys)
+            except ServiceError:
+                raise
             except Exception as exc:  # noqa: BLE001 - Concrete refuses foreign ciphertexts with RuntimeError
                 raise invalid(
                     f"row {i}: ciphertext does not fit {label} (encrypted for another model version, "
                     f"or with other keys?): {_first_line(exc)}"
                 ) from None
-            return result.serialize()
+            return result if isinstance(result, bytes) else result.serialize()
 
         started = time.perf_counter()
         futures = [self.pool.submit(one, i, v) for i, v in enumerate(values)]
@@ -117,3 +208,5 @@ class FheRunner:
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.sandbox is not None:
+            self.sandbox.shutdown()

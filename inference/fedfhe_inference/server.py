@@ -29,6 +29,7 @@ from .bundles import BundleRegistry
 from .config import InferenceConfig
 from .keystore import KeyStore
 from .runner import FheRunner
+from .sandbox import SandboxPool
 from .service import InferenceService
 
 log = logging.getLogger("fedfhe.inference")
@@ -77,7 +78,10 @@ def build(cfg: InferenceConfig) -> Node:
         cfg.keys_dir, max_keys_per_owner=limits.max_keys_per_owner, max_key_bytes=limits.max_key_bytes,
         max_chunk_bytes=limits.max_chunk_bytes, cache_bytes=cfg.key_cache_bytes,
     )
-    runner = FheRunner(cfg.fhe_workers)
+    pool = None
+    if cfg.sandbox:
+        pool = SandboxPool(cfg.fhe_workers, cfg.worker_memory_bytes, cfg.key_cache_bytes, cfg.job_cpu_s)
+    runner = FheRunner(cfg.fhe_workers, pool, job_s=cfg.job_cpu_s)
     service = InferenceService(cfg, registry, keys, runner)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=cfg.rpc_threads, thread_name_prefix="rpc"),

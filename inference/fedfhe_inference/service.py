@@ -24,7 +24,7 @@ from .bundles import BundleRegistry, LoadedBundle
 from .config import InferenceConfig
 from .errors import ServiceError, exhausted, invalid
 from .keystore import KeyStore, check_key_id
-from .runner import FheRunner, deserialize_rows
+from .runner import FheRunner, KeyFault, check_rows, circuit_spec
 
 log = logging.getLogger("fedfhe.inference.rpc")
 
@@ -116,6 +116,10 @@ class InferenceService(pb_grpc.InferenceServicer):
         if not header.model.version:
             raise invalid("UploadHeader.model.version must name the version the keys were generated for")
         bundle = self.registry.get(header.model.model_id, header.model.version)
+        most = circuit_spec(bundle).max_key_bytes  # the circuit sets the size, not a fixed cap
+        if header.total_bytes > most:
+            raise invalid(f"UploadHeader.total_bytes {header.total_bytes}: {bundle.model_id} version "
+                          f"{bundle.version} takes at most {most} bytes of evaluation keys")
         with self.keys.upload(owner, bundle.model_id, bundle.version, header.total_bytes, header.sha256) as up:
             for msg in request_iterator:
                 if msg.WhichOneof("part") != "chunk":
@@ -125,7 +129,7 @@ class InferenceService(pb_grpc.InferenceServicer):
                 up.write(msg.chunk)
             if not context.is_active():
                 raise ServiceError(grpc.StatusCode.CANCELLED, "the client cancelled the upload")
-            record = up.commit()
+            record = up.commit(lambda path, data: self.runner.validate_keys(bundle, path, data))
         log.info("owner=%s uploaded keys %s for %s/%s (%d bytes)", owner, record.key_id, record.model_id,
                  record.version, record.size)
         return pb.UploadKeysResponse(key_id=record.key_id, bytes_received=record.size, sha256=record.sha256)
@@ -150,17 +154,23 @@ class InferenceService(pb_grpc.InferenceServicer):
                 f"key {record.key_id} was uploaded for {record.model_id} version {record.version}, not "
                 f"{bundle.model_id} version {bundle.version}: generate and upload keys for that version",
             )
-        values = deserialize_rows(rows)
+        check_rows(circuit_spec(bundle), rows)  # exactly the circuit's input layout, before Concrete sees a byte
         queued = time.monotonic()
         if not self.evaluation_slots.acquire(timeout=budget):
             raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                f"the node stayed busy for {budget:.1f}s; retry later or allow a longer deadline")
         try:
-            keys = self.keys.evaluation_keys(record)
+            evaluator = self.runner.evaluator(bundle, record.key_id, self.keys.key_path(record),
+                                              lambda: self.keys.evaluation_keys(record))
             label = f"{bundle.model_id} version {bundle.version}"
             remaining = max(0.0, budget - (time.monotonic() - queued))
-            results, seconds = self.runner.run_batch(bundle.server, values, keys, remaining, context.is_active, label)
-            del keys
+            try:
+                results, seconds = self.runner.run_batch(evaluator, rows, None, remaining, context.is_active, label)
+            except KeyFault as exc:  # the stored keys crash or stall Concrete: never loaded again
+                self.keys.quarantine(record.key_id, exc.message)
+                self.runner.forget(record.key_id)
+                raise
+            del evaluator
         finally:
             self.evaluation_slots.release()
         return pb.PredictResponse(results=results, server_seconds=seconds, model_version=bundle.version)
@@ -168,5 +178,6 @@ class InferenceService(pb_grpc.InferenceServicer):
     @_rpc
     def DeleteKeys(self, request: pb.DeleteKeysRequest, context: grpc.ServicerContext, owner: str) -> Any:
         record = self.keys.delete(check_key_id(request.key_id), owner)
+        self.runner.forget(record.key_id)
         log.info("owner=%s deleted keys %s", owner, record.key_id)
         return pb.DeleteKeysResponse(key_id=record.key_id, bytes_freed=record.size)

@@ -25,6 +25,7 @@ from fedfhe_common.data import save_csv
 from fedfhe_common.datasets import load_builtin
 from fedfhe_common.pki import init_ca, issue
 from fedfhe_common.procs import free_port, venv_bin, wait_until
+from fedfhe_common.release import load_signing_key, load_verify_key, make_release_key
 from fedfhe_common.schema import DIGITS
 from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
 
@@ -63,7 +64,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
         issue(d, owner, client=True)
     past = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
     issue(d, "expired", client=True, not_before=past, days=1)
+    make_release_key(d)
     return d
+
 
 
 @pytest.fixture(scope="session")
@@ -76,17 +79,19 @@ def foreign_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def lr_artifact(tmp_path_factory: pytest.TempPathFactory, digits: Digits) -> Path:
-    """A LogisticRegression artifact from the local-training path (origin=local)."""
+def lr_artifact(tmp_path_factory: pytest.TempPathFactory, digits: Digits, pki: Path) -> Path:
+    """A signed LogisticRegression artifact from the local-training path (origin=local)."""
     from fedfhe_server.local_training import train_local_file
 
     out = tmp_path_factory.mktemp("artifacts") / "lr"
-    train_local_file(digits.train_csv, DIGITS, "LogisticRegression", out)
+    train_local_file(digits.train_csv, DIGITS, "LogisticRegression", out,
+                     signing_key=load_signing_key(pki / "release.key"))
     return out
 
 
 @pytest.fixture(scope="session")
-def lr_bundles(tmp_path_factory: pytest.TempPathFactory, lr_artifact: Path, digits: Digits) -> dict[str, Any]:
+def lr_bundles(tmp_path_factory: pytest.TempPathFactory, lr_artifact: Path, digits: Digits,
+               pki: Path) -> dict[str, Any]:
     """digits-lr version 1 (n_bits chosen to stay within 0.5 points of clear) and 2 (2 more bits).
 
     Different n_bits make different circuits and ciphertexts.
@@ -100,9 +105,11 @@ def lr_bundles(tmp_path_factory: pytest.TempPathFactory, lr_artifact: Path, digi
                            candidates=range(6, 13))
     assert choice.chosen is not None, choice.to_dict()
     out = tmp_path_factory.mktemp("bundles")
+    key = load_signing_key(pki / "release.key")
     v1, m1 = compile_artifact(lr_artifact, out / "v1", n_bits=choice.chosen, model_id="digits-lr", version="1",
-                              eval_set=(digits.X_test, digits.y_test))
-    v2, m2 = compile_artifact(lr_artifact, out / "v2", n_bits=choice.chosen + 2, model_id="digits-lr", version="2")
+                              eval_set=(digits.X_test, digits.y_test), signing_key=key)
+    v2, m2 = compile_artifact(lr_artifact, out / "v2", n_bits=choice.chosen + 2, model_id="digits-lr", version="2",
+                              signing_key=key)
     return {"1": v1, "2": v2, "model_1": m1, "model_2": m2}
 
 
@@ -182,7 +189,7 @@ class Node:
     def endpoint(self, owner: str, **extra: Any) -> InferenceEndpoint:
         return InferenceEndpoint(
             address=self.address, certfile=self.pki / f"{owner}.crt", keyfile=self.pki / f"{owner}.key",
-            ca_certfile=self.pki / "ca.crt", **extra,
+            ca_certfile=self.pki / "ca.crt", release_public_key=self.pki / "release.pub", **extra,
         )
 
     def channel(self, owner: str | None, pki: Path | None = None, max_bytes: int = 256 << 20) -> grpc.Channel:
@@ -211,6 +218,7 @@ def write_node_config(work: Path, pki: Path, port: int, **overrides: Any) -> Pat
         "ca_certfile": str(pki / "ca.crt"),
         "bundles_dir": str(work / "bundles"),
         "keys_dir": str(work / "keys"),
+        "release_public_key": str(pki / "release.pub"),
         "pid_file": str(work / "inference.pid"),
         "rescan_interval_s": 0,
         "limits": dict(LIMITS),
@@ -230,7 +238,7 @@ def node(tmp_path_factory: pytest.TempPathFactory, pki: Path, lr_bundles: dict[s
     port = free_port()
     n = Node(work, pki, port, write_node_config(work, pki, port))
     for v in ("1", "2"):
-        publish_bundle(lr_bundles[v].directory, n.bundles_dir)
+        publish_bundle(lr_bundles[v].directory, n.bundles_dir, load_verify_key(pki / "release.pub"))
     n.start()
     yield n
     n.stop()

@@ -20,6 +20,7 @@ from fedfhe_client.predict import predict_rows
 from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.manifest import verify_manifest
 from fedfhe_common.procs import venv_bin, wait_until
+from fedfhe_common.release import load_signing_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -111,7 +112,8 @@ def test_keys_survive_restart_and_publish_reloads(node, alice, lr_bundles, digit
     from fedfhe_common.schema import DIGITS
 
     v3 = write_bundle(fhe_model, tmp_path / "v3", model_id="digits-lr", version="3", schema=DIGITS,
-                      family="LogisticRegression", n_bits=8)
+                      family="LogisticRegression", n_bits=8,
+                      signing_key=load_signing_key(node.pki / "release.key"))
     import subprocess
 
     out = subprocess.run([venv_bin("fedfhe-inference"), "publish", "--config", str(node.config), str(v3.directory),

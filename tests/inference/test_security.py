@@ -11,6 +11,7 @@ import pytest
 from fedfhe_common.errors import IntegrityError
 from fedfhe_common.manifest import write_manifest
 from fedfhe_common.procs import wait_until
+from fedfhe_common.release import load_signing_key, load_verify_key, sign_manifest
 from fedfhe_inference.bundles import publish_bundle
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
@@ -70,24 +71,25 @@ def test_owner_cannot_use_or_delete_another_owners_keys(node, alice, bob, digits
     assert mine.argmax() == int(digits.y_test[0]) and (his != mine).any()
 
 
-def _tampered_copy(src, dst, model_id: str):
-    """A bundle re-labelled as ``model_id`` with a valid manifest, then its circuit altered."""
+def _tampered_copy(src, dst, model_id: str, pki):
+    """A bundle re-labelled as ``model_id`` with a valid, signed manifest, then its circuit altered."""
     shutil.copytree(src, dst)
     meta = json.loads((dst / "manifest.json").read_text())
     meta["model_id"] = model_id
     for k in ("kind", "format_version", "files"):
         meta.pop(k)
     write_manifest(dst, "fedfhe-fhe-bundle", ["client.zip", "server.zip"], meta)
+    sign_manifest(dst, load_signing_key(pki / "release.key"))
     data = bytearray((dst / "server.zip").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (dst / "server.zip").write_bytes(bytes(data))
     return dst
 
 
-def test_bundle_with_a_mismatching_manifest_is_refused(node, lr_bundles, tmp_path):
-    bad = _tampered_copy(lr_bundles["1"].directory, tmp_path / "bad", "digits-tampered")
+def test_bundle_with_a_mismatching_manifest_is_refused(node, lr_bundles, tmp_path, pki):
+    bad = _tampered_copy(lr_bundles["1"].directory, tmp_path / "bad", "digits-tampered", pki)
     with pytest.raises(IntegrityError, match="does not match the manifest"):
-        publish_bundle(bad, node.bundles_dir)
+        publish_bundle(bad, node.bundles_dir, load_verify_key(pki / "release.pub"))
     # placed straight into the bundles directory (bypassing publish), it is refused at load
     shutil.copytree(bad, node.bundles_dir / "digits-tampered" / "1")
     node.signal(__import__("signal").SIGHUP)
@@ -109,7 +111,7 @@ def test_client_checks_the_specs_it_receives(node, alice):
     info = _info(stub)
     specs = stub.GetClientSpecs(pb.GetClientSpecsRequest(model=V1), timeout=20)
     assert hashlib.sha256(specs.client_zip).hexdigest() == info.client_zip_sha256 == specs.client_zip_sha256
-    from fedfhe_client.keys import check_client_zip
+    from fedfhe_common.bundle_content import check_client_zip
 
     check_client_zip(specs.client_zip)
     import io
@@ -121,5 +123,5 @@ def test_client_checks_the_specs_it_receives(node, alice):
         zf.writestr("../evil.py", "import os")
     from fedfhe_common.errors import FedfheError
 
-    with pytest.raises(FedfheError, match="unexpected files"):
+    with pytest.raises(FedfheError, match="unexpected"):
         check_client_zip(buf.getvalue())

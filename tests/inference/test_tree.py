@@ -11,6 +11,7 @@ import pytest
 from fedfhe_client.inference_client import InferenceClient
 from fedfhe_client.predict import predict_rows
 from fedfhe_common.procs import wait_until
+from fedfhe_common.release import load_signing_key, load_verify_key
 from fedfhe_common.schema import DIGITS
 from fedfhe_inference.bundles import publish_bundle
 
@@ -18,7 +19,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory, digits):
+def tree(tmp_path_factory, digits, pki):
     from concrete.ml.sklearn import DecisionTreeClassifier
 
     from fedfhe_server.compile import compile_concrete_bundle
@@ -26,14 +27,15 @@ def tree(tmp_path_factory, digits):
     model = DecisionTreeClassifier(max_depth=6, n_bits=6, random_state=0).fit(digits.X_train, digits.y_train)
     out = tmp_path_factory.mktemp("tree") / "bundle"
     bundle = compile_concrete_bundle(model, out, model_id="digits-tree", version="1", schema=DIGITS,
+                                     signing_key=load_signing_key(pki / "release.key"),
                                      eval_set=(digits.X_test[:40], digits.y_test[:40]))
     return bundle, model
 
 
-def test_tree_bundle_streams_77mb_keys_and_predicts(node, tree, digits, tmp_path):
+def test_tree_bundle_streams_77mb_keys_and_predicts(node, tree, digits, tmp_path, pki):
     bundle, model = tree
     assert bundle.meta["model_class"] == "DecisionTreeClassifier" and bundle.meta["n_bits"]["op_inputs"] == 6
-    publish_bundle(bundle.directory, node.bundles_dir)
+    publish_bundle(bundle.directory, node.bundles_dir, load_verify_key(pki / "release.pub"))
     node.signal(signal.SIGHUP)  # served without a restart
     endpoint = node.endpoint("alice")
     with InferenceClient(endpoint) as client:

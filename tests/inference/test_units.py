@@ -14,6 +14,7 @@ import yaml
 
 from fedfhe_common.errors import ConfigError, FedfheError, IntegrityError
 from fedfhe_common.manifest import write_manifest
+from fedfhe_common.release import load_signing_key, load_verify_key, sign_manifest
 from fedfhe_inference import config as inference_config
 from fedfhe_inference.bundles import publish_bundle, version_key
 from fedfhe_inference.errors import ServiceError
@@ -162,22 +163,23 @@ def test_versions_sort_naturally():
     assert max(["20250101", "20250102"], key=version_key) == "20250102"
 
 
-def test_publish_is_verified_and_versions_are_immutable(lr_bundles, tmp_path):
-    bundles = tmp_path / "bundles"
-    dest, installed = publish_bundle(lr_bundles["1"].directory, bundles)
+def test_publish_is_verified_and_versions_are_immutable(lr_bundles, tmp_path, pki):
+    bundles, pub = tmp_path / "bundles", load_verify_key(pki / "release.pub")
+    dest, installed = publish_bundle(lr_bundles["1"].directory, bundles, pub)
     assert installed and dest == bundles / "digits-lr" / "1"
-    assert publish_bundle(lr_bundles["1"].directory, bundles) == (dest, False)
+    assert publish_bundle(lr_bundles["1"].directory, bundles, pub) == (dest, False)
     clash = tmp_path / "clash"
     shutil.copytree(lr_bundles["2"].directory, clash)
     meta = json.loads((clash / "manifest.json").read_text())
     meta["version"] = "1"
     write_manifest(clash, meta.pop("kind"), list(meta.pop("files")), {k: v for k, v in meta.items()
                                                                        if k != "format_version"})
+    sign_manifest(clash, load_signing_key(pki / "release.key"))
     with pytest.raises(FedfheError, match="immutable"):
-        publish_bundle(clash, bundles)
+        publish_bundle(clash, bundles, pub)
     (clash / "client.zip").write_bytes(b"swapped")
     with pytest.raises(IntegrityError):
-        publish_bundle(clash, bundles)
+        publish_bundle(clash, bundles, pub)
     assert sorted(p.name for p in (bundles / "digits-lr").iterdir()) == ["1"]  # no temp dirs left
 
 
@@ -188,24 +190,25 @@ def _run(register, argv):
     return args.fn(args)
 
 
-def test_server_commands_train_local_choose_and_compile(digits, tmp_path, capsys):
+def test_server_commands_train_local_choose_and_compile(digits, tmp_path, capsys, pki):
     from fedfhe_common.artifact import TrainingArtifact
     from fedfhe_common.manifest import verify_manifest
     from fedfhe_server.fhe_commands import register
 
     art = tmp_path / "artifact"
     assert _run(register, ["train-local", "--data", str(digits.train_csv), "--model", "SGDClassifier",
-                           "--epochs", "3", "--eval", str(digits.test_csv), "--out", str(art)]) == 0
-    artifact = TrainingArtifact.load(art)
+                           "--epochs", "3", "--eval", str(digits.test_csv), "--out", str(art),
+                           "--release-key", str(pki / "release.key")]) == 0
+    artifact = TrainingArtifact.load(art, load_verify_key(pki / "release.pub"))
     assert artifact.origin == "local" and artifact.family == "SGDClassifier" and "eval" in artifact.metrics
     choice = tmp_path / "choice.json"
     assert _run(register, ["choose-n-bits", "--artifact", str(art), "--eval", str(digits.test_csv), "--min", "6",
                            "--max", "9", "--json", str(choice)]) == 0
     chosen = json.loads(choice.read_text())["chosen_n_bits"]
     assert 6 <= chosen <= 9
-    out = tmp_path / "bundle"
+    out, key = tmp_path / "bundle", ["--release-key", str(pki / "release.key")]
     assert _run(register, ["compile", "--artifact", str(art), "--out", str(out), "--n-bits", str(chosen),
-                           "--eval", str(digits.test_csv), "--model-id", "digits-sgd", "--version", "7"]) == 0
+                           "--eval", str(digits.test_csv), "--model-id", "digits-sgd", "--version", "7", *key]) == 0
     meta = verify_manifest(out, "fedfhe-fhe-bundle")
     assert (meta["model_id"], meta["version"], meta["n_bits"]) == ("digits-sgd", "7", chosen)
     m = meta["metrics"]
@@ -213,13 +216,13 @@ def test_server_commands_train_local_choose_and_compile(digits, tmp_path, capsys
     assert meta["source"]["origin"] == "local" and meta["calibration"]["uniform_rows"] == 200
     assert "bundle sha256" in capsys.readouterr().out
     with pytest.raises(FedfheError, match="already exists"):
-        _run(register, ["compile", "--artifact", str(art), "--out", str(out)])
+        _run(register, ["compile", "--artifact", str(art), "--out", str(out), *key])
     with pytest.raises(ConfigError, match="needs --eval"):
-        _run(register, ["compile", "--artifact", str(art), "--out", str(tmp_path / "b2"), "--n-bits", "auto"])
+        _run(register, ["compile", "--artifact", str(art), "--out", str(tmp_path / "b2"), "--n-bits", "auto", *key])
     with pytest.raises(ConfigError, match="model id"):
-        _run(register, ["compile", "--artifact", str(art), "--out", str(tmp_path / "b3"), "--model-id", "../x"])
+        _run(register, ["compile", "--artifact", str(art), "--out", str(tmp_path / "b3"), "--model-id", "../x", *key])
     with pytest.raises(SystemExit):
-        _run(register, ["compile", "--artifact", str(art), "--out", str(tmp_path / "b4"), "--n-bits", "lots"])
+        _run(register, ["compile", "--artifact", str(art), "--out", str(tmp_path / "b4"), "--n-bits", "lots", *key])
     (art / "params.npz").write_bytes(b"tampered")
     with pytest.raises(IntegrityError):
-        _run(register, ["compile", "--artifact", str(art), "--out", str(tmp_path / "b5")])
+        _run(register, ["compile", "--artifact", str(art), "--out", str(tmp_path / "b5"), *key])

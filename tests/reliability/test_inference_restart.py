@@ -24,9 +24,11 @@ import pytest
 import test_inference_support as support
 
 from fedfhe_client.predict import predict_rows
-from fedfhe_common.bundle_format import BUNDLE_FILES, BUNDLE_KIND
+from fedfhe_common.bundle import FILES as BUNDLE_FILES
+from fedfhe_common.bundle import KIND as BUNDLE_KIND
 from fedfhe_common.manifest import MANIFEST, write_manifest
 from fedfhe_common.procs import wait_until
+from fedfhe_common.release import load_verify_key, sign_manifest
 from fedfhe_inference.bundles import publish_bundle
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
@@ -52,7 +54,8 @@ def setup(tmp_path_factory, lr):
     for key in ("kind", "format_version", "files"):
         meta.pop(key)
     write_manifest(copy, BUNDLE_KIND, list(BUNDLE_FILES), {**meta, "model_id": "digits-lr-b"})
-    publish_bundle(copy, node.bundles_dir)
+    sign_manifest(copy, support.signing_key())
+    publish_bundle(copy, node.bundles_dir, load_verify_key(pki / "release.pub"))
     node.signal(signal.SIGHUP)
     wait_until(lambda: len(_served(node)) == 2, 60, "the second bundle to be served")
     owners = [support.make_owner(node, o, work / f"{o}-state", lr.X_test) for o in ("owner-0", "owner-1")]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import shutil
 import signal
 import sys
 from dataclasses import dataclass
@@ -54,6 +55,25 @@ class LrBundle:
     y_test: np.ndarray
 
 
+def release_dir() -> Path:
+    """One release key pair for the session: bundles are signed with it, every test PKI trusts it."""
+    if "release" not in _cache:
+        import tempfile
+
+        from fedfhe_common.release import make_release_key
+
+        directory = Path(tempfile.mkdtemp(prefix="fedfhe-test-release-"))
+        make_release_key(directory)
+        _cache["release"] = directory
+    return _cache["release"]
+
+
+def signing_key() -> Any:
+    from fedfhe_common.release import load_signing_key
+
+    return load_signing_key(release_dir() / "release.key")
+
+
 def lr_bundle(tmp_path_factory: pytest.TempPathFactory) -> LrBundle:
     if "lr" not in _cache:
         from fedfhe_common.datasets import load_builtin
@@ -64,9 +84,9 @@ def lr_bundle(tmp_path_factory: pytest.TempPathFactory) -> LrBundle:
         X, y, schema = load_builtin("digits")
         idx = np.random.default_rng(0).permutation(len(y))
         train, test = idx[:1400], idx[1400:]
-        train_local(X[train], y[train], schema, "LogisticRegression").save(work / "artifact")
+        train_local(X[train], y[train], schema, "LogisticRegression").save(work / "artifact", signing_key())
         result, model = compile_artifact(work / "artifact", work / "bundle", n_bits=8, model_id=MODEL_ID,
-                                         version=VERSION)
+                                         version=VERSION, signing_key=signing_key())
         _cache["lr"] = LrBundle(result.directory, model, X[test], y[test])
     return _cache["lr"]
 
@@ -80,19 +100,22 @@ def make_pki(directory: Path, owners: tuple[str, ...] = OWNERS) -> Path:
     issue(directory, "inference", server_hosts=["127.0.0.1", "localhost"])
     for owner in ("alice", *owners):
         issue(directory, owner, client=True)
+    for name in ("release.key", "release.pub"):
+        shutil.copyfile(release_dir() / name, directory / name)
     return directory
 
 
 def start_node(work: Path, pki: Path, bundle: LrBundle | None, **overrides: Any) -> Any:
     """A running `fedfhe-inference serve` on a free loopback port, serving ``bundle`` if given."""
     from fedfhe_common.procs import free_port
+    from fedfhe_common.release import load_verify_key
     from fedfhe_inference.bundles import publish_bundle
 
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     node = Node(work, pki, port, write_node_config(work, pki, port, **overrides))
     if bundle is not None:
-        publish_bundle(bundle.directory, node.bundles_dir)
+        publish_bundle(bundle.directory, node.bundles_dir, load_verify_key(pki / "release.pub"))
     node.start()
     return node
 

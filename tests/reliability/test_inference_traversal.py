@@ -21,10 +21,12 @@ import grpc
 import pytest
 import test_inference_support as support
 
-from fedfhe_common.bundle_format import BUNDLE_FILES, BUNDLE_KIND
+from fedfhe_common.bundle import FILES as BUNDLE_FILES
+from fedfhe_common.bundle import KIND as BUNDLE_KIND
 from fedfhe_common.errors import IntegrityError
-from fedfhe_common.manifest import MANIFEST, _canonical, sha256_file, write_manifest
+from fedfhe_common.manifest import MANIFEST, canonical_body, sha256_file, write_manifest
 from fedfhe_common.procs import wait_until
+from fedfhe_common.release import load_verify_key, sign_manifest
 from fedfhe_inference.bundles import publish_bundle
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
@@ -110,6 +112,7 @@ def _reseal(directory: Path, model_id: str) -> None:
         meta.pop(key)
     meta["model_id"] = model_id
     write_manifest(directory, BUNDLE_KIND, list(BUNDLE_FILES), meta)
+    sign_manifest(directory, support.signing_key())  # signed by mistake: the content checks must still refuse
 
 
 def _with_member(src: Path, dst: Path, zip_name: str, member: str, mode: int | None = None,
@@ -143,10 +146,10 @@ def test_bundle_zip_members(setup, tmp_path):
     shutil.copytree(lr.directory, tmp_path / "plain-copy")
     _reseal(tmp_path / "plain-copy", "plain-copy")  # the control: the same bundle without the member
     for name, directory in bundles.items():
-        with pytest.raises(IntegrityError, match="plain file name|symbolic link"):
-            publish_bundle(directory, node.bundles_dir)
+        with pytest.raises(IntegrityError, match="members differ from what FHEModelDev writes|not a plain file"):
+            publish_bundle(directory, node.bundles_dir, load_verify_key(node.pki / "release.pub"))
         assert not (node.bundles_dir / name).exists()
-    publish_bundle(tmp_path / "plain-copy", node.bundles_dir)
+    publish_bundle(tmp_path / "plain-copy", node.bundles_dir, load_verify_key(node.pki / "release.pub"))
     # placed straight into the bundles directory (bypassing publish): refused when the node loads them
     for name, directory in bundles.items():
         shutil.copytree(directory, node.bundles_dir / name / support.VERSION)
@@ -185,8 +188,9 @@ def test_bundle_manifest_names(setup, tmp_path, what):
         body["model_id"] = "../../victim"
     else:
         body["version"] = "../1"
-    (bundle / MANIFEST).write_bytes(_canonical(body))
-    with pytest.raises(IntegrityError, match="unsafe file|invalid model_id|invalid version"):
-        publish_bundle(bundle, node.bundles_dir)
+    (bundle / MANIFEST).write_bytes(canonical_body(body))
+    sign_manifest(bundle, support.signing_key())  # signed by mistake: still refused
+    with pytest.raises(IntegrityError, match="must list exactly|invalid model_id|invalid version"):
+        publish_bundle(bundle, node.bundles_dir, load_verify_key(node.pki / "release.pub"))
     assert all(p.read_text() == "sentinel" for p in sentinels)
     assert sorted(p.name for p in node.bundles_dir.iterdir()) == [support.MODEL_ID]
