@@ -156,6 +156,7 @@ class _Reader:
         self.sizes = sizes
         self.claims: list[tuple[int, int, int]] = []
         self.total = sum(sizes)
+        self.blobs: list[tuple[int, int]] = []  # (byte offset, length) of each Data blob, in reading order
 
     def word(self, seg: int, idx: int) -> int:
         return int.from_bytes(self.data[self.starts[seg] + 8 * idx: self.starts[seg] + 8 * idx + 8], "little")
@@ -300,6 +301,7 @@ class _Reader:
         words = (length + 7) // 8
         self.claim(tseg, start, words, what)
         end = self.starts[tseg] + 8 * start + length
+        self.blobs.append((end - length, length))
         if any(self.data[end: self.starts[tseg] + 8 * (start + words)]):
             raise WireError(f"{self.what}: {what} has non-zero padding")
         return length
@@ -310,12 +312,19 @@ def _signed30(value: int) -> int:
     return value - (1 << 30) if value & (1 << 29) else value
 
 
-def _read(data: bytes, root: _S, what: str) -> dict[str, Any]:
-    reader = _Reader(data, what)
+def _read(data: bytes, root: _S, what: str, reader: _Reader | None = None) -> dict[str, Any]:
+    reader = reader or _Reader(data, what)
     reader.claim(0, 0, 1, "root pointer")
     out = reader.read_struct(0, 0, root, what)
     reader.finish()
     return out
+
+
+def read_value(data: bytes) -> tuple[dict[str, Any], bytes]:
+    """A Concrete value's raw and type info and its payload bytes (tests and fuzzers re-encode real values)."""
+    reader = _Reader(data, "value")
+    value = _read(data, _VALUE, "value", reader)
+    return value, b"".join(bytes(reader.data[a:a + n]) for a, n in reader.blobs)
 
 
 # ---- expected layouts -----------------------------------------------------------------------------------
