@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -264,12 +266,15 @@ def test_each_host_holds_only_its_own_keys_and_data(deployed: Deployment) -> Non
         files = _tree(deployed, host, "/etc/fedfhe/pki")
         assert "ca.key" not in files and not any(f.endswith("ca.key") for f in files), (host, files)
     assert _tree(deployed, "coordinator", "/etc/fedfhe/pki") == {
-        "ca.crt", "superlink.crt", "superlink.key", *(f"supernodes/{o}.pub" for o in OWNERS)}
-    assert _tree(deployed, "inference-1", "/etc/fedfhe/pki") == {"ca.crt", "inference.crt", "inference.key"}
+        "ca.crt", "release.pub", "release.key", "superlink.crt", "superlink.key",
+        *(f"supernodes/{o}.pub" for o in OWNERS)}
+    assert _tree(deployed, "inference-1", "/etc/fedfhe/pki") == {"ca.crt", "release.pub", "inference.crt",
+                                                                 "inference.key"}
     digests = {}
     for owner in OWNERS:
         h = deployed.hosts.hosts[owner]
-        assert _tree(deployed, owner, "/etc/fedfhe/pki") == {"ca.crt", "supernode.key", "client.crt", "client.key"}
+        assert _tree(deployed, owner, "/etc/fedfhe/pki") == {"ca.crt", "release.pub", "supernode.key", "client.crt",
+                                                             "client.key"}
         assert h.path("/etc/fedfhe/pki/supernode.key").read_bytes() == (pki / f"{owner}.supernode.key").read_bytes()
         assert h.path("/etc/fedfhe/pki/client.key").read_bytes() == (pki / f"{owner}.key").read_bytes()
         assert h.path("/etc/fedfhe/pki/client.key").stat().st_mode & 0o077 == 0o040  # 0640 root:fedfhe
@@ -279,6 +284,38 @@ def test_each_host_holds_only_its_own_keys_and_data(deployed: Deployment) -> Non
     assert len(set(digests.values())) == len(OWNERS), digests
     for host in ("coordinator", "inference-1"):
         assert deployed.ssh(host, f"test -e {DATA_PATH}", check=False).returncode != 0, f"{DATA_PATH} seen on {host}"
+
+
+def test_release_key_on_the_coordinator_only_and_its_public_half_everywhere(deployed: Deployment) -> None:
+    pki = deployed.work / "control" / "pki"
+    # The private half signs bundles and training artifacts where they are made: the coordinator,
+    # readable by root only (train and compile sign as root; the services never need it).
+    coord = deployed.hosts.hosts["coordinator"].path("/etc/fedfhe/pki/release.key")
+    assert coord.read_bytes() == (pki / "release.key").read_bytes()
+    owner_mode = deployed.ssh("coordinator", "stat -c '%U:%G %a' /etc/fedfhe/pki/release.key").stdout.split()
+    assert owner_mode == ["root:root", "600"], owner_mode
+    refused = deployed.ssh("coordinator", "runuser -u fedfhe -- cat /etc/fedfhe/pki/release.key", check=False)
+    assert refused.returncode != 0, "the fedfhe service user can read the release key"
+    for host in SERVICES:
+        files = _tree(deployed, host, "/etc/fedfhe")
+        if host != "coordinator":
+            assert not any(f.endswith("release.key") for f in files), (host, files)
+        # The public half sits next to ca.crt on every host.
+        assert deployed.hosts.hosts[host].path("/etc/fedfhe/pki/release.pub").read_bytes() == (
+            pki / "release.pub").read_bytes(), host
+    # Each config names the key it needs.
+    coordinator_yaml = deployed.hosts.hosts["coordinator"].path("/etc/fedfhe/coordinator.yaml").read_text()
+    assert "release_key: /etc/fedfhe/pki/release.key" in coordinator_yaml
+    inference_yaml = deployed.hosts.hosts["inference-1"].path("/etc/fedfhe/inference.yaml").read_text()
+    assert "release_public_key: /etc/fedfhe/pki/release.pub" in inference_yaml
+    # Owners pin the Flower App that the deployed sources ship (hashed on the control node).
+    from fedfhe_common.app_approval import app_dir_digest
+
+    shipped = app_dir_digest(deployed.work / "src" / "server" / "fedfhe_server" / "flower_app")
+    for owner in OWNERS:
+        owner_yaml = yaml.safe_load(deployed.hosts.hosts[owner].path("/etc/fedfhe/owner.yaml").read_text())
+        assert owner_yaml["release_public_key"] == "/etc/fedfhe/pki/release.pub", owner
+        assert owner_yaml["approved_flower_apps"] == [shipped], (owner, owner_yaml["approved_flower_apps"])
 
 
 # ---- idempotence and check mode ------------------------------------------------------------
@@ -310,8 +347,12 @@ def test_train_runs_federated_training_on_each_hosts_own_file(deployed: Deployme
 
     res = deployed.play("train.yml")
     _expect_ok(res, "train.yml")
+    from fedfhe_common.release import load_verify_key
+
     run = deployed.work / "control" / "artifacts" / "training" / "latest"
-    artifact = TrainingArtifact.load(run / "artifact")  # verifies the SHA-256 manifest
+    # The coordinator signed it; the signature came along with the files (and the SHA-256 manifest holds).
+    release_pub = load_verify_key(deployed.work / "control" / "pki" / "release.pub")
+    artifact = TrainingArtifact.load(run / "artifact", release_pub)
     assert artifact.metrics["rounds"] == 2
     rounds = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines() if line.strip()]
     assert [r["round"] for r in rounds] == [1, 2]
@@ -341,6 +382,17 @@ def test_publish_and_predict_match_the_clear_model(deployed: Deployment) -> None
     _expect_ok(res, "publish.yml")
     log = deployed.hosts.hosts["inference-1"].path("/var/log/fedfhe/fedfhe-inference.log").read_text(errors="replace")
     assert "serving digits-logisticregression/mh1" in log
+    # The coordinator signed the bundle; the signature travelled with it to the control node's
+    # copy and to the bundle the inference node serves, and it verifies with the release key.
+    from fedfhe_common.release import load_verify_key, read_signature, verify
+
+    release_pub = load_verify_key(deployed.work / "control" / "pki" / "release.pub")
+    control_copy = deployed.work / "control" / "artifacts" / "bundles" / "digits-logisticregression" / "mh1"
+    served = deployed.hosts.hosts["inference-1"].path("/var/lib/fedfhe/inference/bundles/digits-logisticregression/mh1")
+    for bundle in (control_copy, served):
+        assert (bundle / "manifest.sig").is_file(), f"{bundle}: no manifest.sig ({sorted(os.listdir(bundle))})"
+        verify(release_pub, (bundle / "manifest.json").read_bytes(), read_signature(bundle), str(bundle))
+    assert (served / "manifest.sig").read_bytes() == (control_copy / "manifest.sig").read_bytes()
     if not _have_cli("fedfhe-client", "predict"):
         pytest.xfail("fedfhe-client predict is not wired into fedfhe-client's CLI yet "
                      "(client/fedfhe_client/predict_commands.py register() is not called from cli.py)")
