@@ -16,9 +16,12 @@ def _supernode(args: argparse.Namespace) -> int:
     from fedfhe_common.data import load_table
     from fedfhe_common.schema import resolve_schema
 
-    from .supernode import supernode_command
+    from .supernode import supernode_command, supernode_env, write_clientapp_shim
 
     cfg = owner_config.load(args.config)
+    if not cfg.approved_flower_apps:
+        print(f"fedfhe-client: warning: {args.config}: approved_flower_apps is empty: this SuperNode will refuse "
+              "every run; pin the app digest printed by `fedfhe-server app-hash`", file=sys.stderr)
     try:
         X, _ = load_table(cfg.data, resolve_schema(cfg.schema), cfg.labels)
         print(f"fedfhe-client: {cfg.data}: {len(X)} rows fit schema {cfg.schema}", file=sys.stderr)
@@ -26,7 +29,7 @@ def _supernode(args: argparse.Namespace) -> int:
         # Stay up: the owner can fix the file before the next run; each run reports the problem.
         print(f"fedfhe-client: warning: {exc}", file=sys.stderr)
     cmd = supernode_command(cfg)
-    exec_in_venv(cmd)
+    exec_in_venv(cmd, supernode_env(cfg, write_clientapp_shim(cfg)))
 
 
 def _check_data(args: argparse.Namespace) -> int:
@@ -39,6 +42,21 @@ def _check_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _app_hash(args: argparse.Namespace) -> int:
+    """Print the app digest to pin in approved_flower_apps, of a FAB file or of an app folder."""
+    from fedfhe_common.app_approval import app_dir_digest, fab_digest
+
+    if args.fab:
+        try:
+            data = args.fab.read_bytes()
+        except OSError as exc:
+            raise FedfheError(f"{args.fab}: cannot read: {exc.strerror or exc}") from None
+        print(fab_digest(data))
+    else:
+        print(app_dir_digest(args.app))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="fedfhe-client", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -48,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check-data", help="validate this owner's data file against the schema")
     p.add_argument("--config", type=Path, required=True)
     p.set_defaults(fn=_check_data)
+    p = sub.add_parser("app-hash", help="print the app digest of a Flower App (to pin in approved_flower_apps)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--fab", type=Path, help="a built FAB file (`flwr build`)")
+    what.add_argument("--app", type=Path, help="a Flower App folder, built as `flwr run` builds it")
+    p.set_defaults(fn=_app_hash)
     from .predict_commands import register as register_predict  # predict, delete-keys
 
     register_predict(sub)

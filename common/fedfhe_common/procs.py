@@ -45,16 +45,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def exec_in_venv(cmd: list[str]) -> None:
+def exec_in_venv(cmd: list[str], env: dict[str, str] | None = None) -> None:
     """Replace this process with ``cmd``, this environment's bin first on PATH.
 
     flower-superlink and flower-supernode spawn flower-superexec, flwr-serverapp
     and flwr-clientapp by bare name: without the venv on PATH they fail with
-    "No such file or directory: 'flower-superexec'".
+    "No such file or directory: 'flower-superexec'". ``env`` (default
+    ``flower_env()``) replaces the whole environment.
     """
     import os
 
-    os.execve(cmd[0], cmd, flower_env())
+    os.execve(cmd[0], cmd, flower_env() if env is None else env)
 
 
 def flower_env(base: dict[str, str] | None = None) -> dict[str, str]:

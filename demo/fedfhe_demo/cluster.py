@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import psutil
@@ -19,6 +20,16 @@ import yaml
 
 from fedfhe_common.pki import init_ca, issue, supernode_keypair
 from fedfhe_common.procs import free_port, port_open, venv_bin, wait_until
+from fedfhe_common.release import make_release_key
+
+
+@cache
+def fedfhe_app_digest() -> str:
+    """What an owner pins in approved_flower_apps: the digest `fedfhe-server app-hash` prints."""
+    from fedfhe_common.app_approval import app_dir_digest
+    from fedfhe_server.flwr_cli import flower_app_dir
+
+    return app_dir_digest(flower_app_dir())
 
 
 @dataclass
@@ -50,11 +61,13 @@ class Cluster:
         for owner in owners:
             issue(self.pki, owner, client=True)
             supernode_keypair(self.pki, owner)
+        make_release_key(self.pki)  # compile and train sign with it; the node and the owners verify
 
     # ---- configs ---------------------------------------------------------
     def coordinator_config(self, owners: list[str], **training: object) -> Path:
         cfg = {
             "state_dir": str(self.work / "coordinator"),
+            "release_key": str(self.pki / "release.key"),
             "supernode_public_keys": [str(self.pki / f"{o}.supernode.pub") for o in owners],
             "superlink": {
                 "certfile": str(self.pki / "superlink.crt"),
@@ -80,6 +93,8 @@ class Cluster:
             "data": str(data),
             "state_dir": str(self.work / owner),
             "runtime_address": f"127.0.0.1:{free_port()}",
+            "approved_flower_apps": [fedfhe_app_digest()],  # the owner runs only fedfhe's own app
+            "release_public_key": str(self.pki / "release.pub"),
             **extra,
         }
         path = self.work / f"{owner}.yaml"

@@ -42,6 +42,16 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _app_hash(args: argparse.Namespace) -> int:
+    """The digest owners pin (approved_flower_apps): the Flower App `train` submits."""
+    from fedfhe_common.app_approval import app_dir_digest
+
+    from .flwr_cli import flower_app_dir
+
+    print(app_dir_digest(flower_app_dir()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="fedfhe-server", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -56,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--rounds", type=int, default=0)
     p.set_defaults(fn=_train)
+    p = sub.add_parser("app-hash", help="print the digest of the Flower App that `train` submits (owners pin it)")
+    p.set_defaults(fn=_app_hash)
     from .fhe_commands import register as register_fhe_commands  # compile, choose-n-bits, train-local
 
     register_fhe_commands(sub)

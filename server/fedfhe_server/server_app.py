@@ -206,7 +206,8 @@ class RecordingFedAvg(FedAvg):
         missing = self.missing_owners(server_round)
         if missing:
             parts.append(f"no reply from {', '.join(missing)}")
-        failed = sorted({f["owner"] for f in entry["failures"] if f["phase"] == "fit"})
+        # Each failed owner with its reason (a bad data file, a refused Flower App, ...), shortened.
+        failed = sorted({f"{f['owner']} ({f['reason'][:300]})" for f in entry["failures"] if f["phase"] == "fit"})
         if failed:
             parts.append(f"failed: {', '.join(failed)}")
         return "; ".join(parts) + f" (see {self.progress})"

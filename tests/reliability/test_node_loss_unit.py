@@ -141,6 +141,6 @@ def test_round_below_minimum_stops_the_run_naming_who_is_missing(tmp_path):
         s.aggregate_train(2, [ok_reply(sent[1], "owner-1"),
                               error_reply(sent[2], ErrorCode.CLIENT_APP_RAISED_EXCEPTION, "disk full")])
     assert str(err.value) == (f"round 2: 1 SuperNode(s) trained, the run needs 3; no reply from owner-3; "
-                              f"failed: owner-2 (see {tmp_path / 'progress.jsonl'})")
+                              f"failed: owner-2 (disk full) (see {tmp_path / 'progress.jsonl'})")
     last = rows(tmp_path)[-1]
     assert last["round"] == 2 and last["error"] == str(err.value)
