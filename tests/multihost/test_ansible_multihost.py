@@ -5,9 +5,14 @@ address on a bridge, its own sshd, /etc, /opt, /srv and fedfhe state (see testho
 The tests run in order on one deployment:
 
   site.yml brings every service up; links cross the bridge with TLS; each host holds only
-  its own keys and data; a second site.yml changes nothing; --check runs clean;
-  train.yml completes a federated run in which each SuperNode read its own host's file;
-  publish.yml + predict.yml give encrypted predictions that match the clear model's;
+  its own keys and data (the release signing key on the coordinator only, root-only; its
+  public half everywhere; owners pin the shipped Flower App); a second site.yml changes
+  nothing; --check runs clean;
+  train.yml completes a federated run in which each SuperNode read its own host's file, and
+  the artifact arrives signed;
+  publish.yml signs the bundle and ships manifest.sig with it to the inference node;
+  predict.yml (which verifies the signed client specs) gives encrypted predictions that
+  match the clear model's;
   ansible-lint passes.
 
 Times (install, each playbook, the whole test) are printed at the end and kept in
