@@ -23,6 +23,7 @@ from fedfhe_common.config import load_config
 from fedfhe_common.errors import ConfigError
 
 MiB = 1 << 20
+MAX_SECONDS = 1e6  # gRPC takes milliseconds as a C int
 
 
 @dataclass(frozen=True)
@@ -36,13 +37,34 @@ class Limits:
     max_keys_per_owner: int = 8
     max_message_bytes: int = 64 * MiB
     max_concurrent_rpcs: int = 64
+    # No stalls (limits.py): one owner holds at most this many RPC threads, whatever it sends or withholds.
+    max_calls_per_owner: int = 4
+    max_streams_per_owner: int = 2       # UploadKeys, health Watch, reflection
+    message_idle_s: float = 30.0         # longest wait for any request message, the first one included
+    # Stored evaluation keys (bytes on disk), counted at upload time with the uploads in progress.
+    max_owner_key_bytes: int = 1024 * MiB
+    max_stored_key_bytes: int = 8192 * MiB
+    # Transport: keepalive pings find dead peers; idle and old connections are closed (GOAWAY).
+    keepalive_s: float = 60.0
+    keepalive_timeout_s: float = 20.0
+    connection_idle_s: float = 300.0
+    connection_age_s: float = 3600.0
+    connection_age_grace_s: float = 900.0  # calls in flight may finish; keep it >= deadlines.upload_s
 
     def __post_init__(self) -> None:
         for f in fields(self):
             if getattr(self, f.name) < 1:
                 raise ConfigError(f"limits.{f.name}: must be >= 1")
+            if isinstance(getattr(self, f.name), float) and not getattr(self, f.name) <= MAX_SECONDS:
+                raise ConfigError(f"limits.{f.name}: must be at most {MAX_SECONDS:.0f} (seconds)")
         if self.max_chunk_bytes + 64 * 1024 > self.max_message_bytes:
             raise ConfigError("limits.max_chunk_bytes: must be at least 64 KiB below limits.max_message_bytes")
+        if self.max_streams_per_owner > self.max_calls_per_owner:
+            raise ConfigError("limits.max_streams_per_owner: must be <= limits.max_calls_per_owner")
+        if self.max_owner_key_bytes > self.max_stored_key_bytes:
+            raise ConfigError("limits.max_owner_key_bytes: must be <= limits.max_stored_key_bytes")
+        if self.keepalive_timeout_s >= self.keepalive_s:
+            raise ConfigError("limits.keepalive_timeout_s: must be < limits.keepalive_s")
 
 
 @dataclass(frozen=True)

@@ -155,7 +155,7 @@ class KeyStore:
     """Key records by id, per-owner quotas, and an LRU of deserialized keys bounded in bytes."""
 
     def __init__(self, root: Path, *, max_keys_per_owner: int, max_key_bytes: int, max_chunk_bytes: int,
-                 cache_bytes: int) -> None:
+                 cache_bytes: int, max_owner_bytes: int | None = None, max_total_bytes: int | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
@@ -163,10 +163,13 @@ class KeyStore:
         self.max_key_bytes = max_key_bytes
         self.max_chunk_bytes = max_chunk_bytes
         self.cache_bytes = cache_bytes
+        self.max_owner_bytes = max_owner_bytes  # None: no cap (stored + in-progress uploads, per owner)
+        self.max_total_bytes = max_total_bytes  # None: no cap (the whole store)
         self.validation_slot = threading.BoundedSemaphore(1)
         self._records: dict[str, KeyRecord] = {}
         self._quarantined: dict[str, str] = {}  # key id -> why (a <key_id>.quarantine file each)
         self._pending: dict[str, int] = {}
+        self._pending_bytes: dict[str, int] = {}
         self._cache: OrderedDict[str, tuple[int, Any]] = OrderedDict()
         self._cached = 0
         self._lock = threading.Lock()
@@ -248,7 +251,9 @@ class KeyStore:
                 raise exhausted(
                     f"owner {owner} already holds {used} key sets (limit {self.max_keys_per_owner}); delete unused ones"
                 )
+            self._check_space(owner, total)
             self._pending[owner] = self._pending.get(owner, 0) + 1
+            self._pending_bytes[owner] = self._pending_bytes.get(owner, 0) + total
         try:
             up = _Upload(self, owner, model_id, version, total, sha256)
             try:
@@ -258,6 +263,27 @@ class KeyStore:
         finally:
             with self._lock:
                 self._pending[owner] -= 1
+                self._pending_bytes[owner] -= total
+
+    def _check_space(self, owner: str, total: int) -> None:
+        """Byte caps per owner and node-wide, counting uploads in progress (caller holds the lock).
+
+        Refusing here, before a byte is written, leaves everything already stored as it was.
+        """
+        if self.max_owner_bytes is not None:
+            mine = sum(r.size for r in self._records.values() if r.owner == owner) + self._pending_bytes.get(owner, 0)
+            if mine + total > self.max_owner_bytes:
+                raise exhausted(
+                    f"owner {owner} holds {mine} bytes of evaluation keys; {total} more would exceed the per-owner "
+                    f"limit of {self.max_owner_bytes} bytes (limits.max_owner_key_bytes): delete unused keys first"
+                )
+        if self.max_total_bytes is not None:
+            stored = sum(r.size for r in self._records.values()) + sum(self._pending_bytes.values())
+            if stored + total > self.max_total_bytes:
+                raise exhausted(
+                    f"the node's key store holds {stored} bytes; {total} more would exceed its limit of "
+                    f"{self.max_total_bytes} bytes (limits.max_stored_key_bytes): retry later or ask the operator"
+                )
 
     def _install(self, record: KeyRecord, part: Path, keys: Any) -> None:
         final, meta = self.root / f"{record.key_id}.evk", self.root / f"{record.key_id}.json"

@@ -27,7 +27,10 @@ from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
 
 from .bundles import BundleRegistry
 from .config import InferenceConfig
+from .display import install_log_filter
+from .identity import Identity
 from .keystore import KeyStore
+from .limits import Guard, server_options
 from .runner import FheRunner
 from .sandbox import SandboxPool
 from .service import InferenceService
@@ -77,6 +80,7 @@ def build(cfg: InferenceConfig) -> Node:
     keys = KeyStore(
         cfg.keys_dir, max_keys_per_owner=limits.max_keys_per_owner, max_key_bytes=limits.max_key_bytes,
         max_chunk_bytes=limits.max_chunk_bytes, cache_bytes=cfg.key_cache_bytes,
+        max_owner_bytes=limits.max_owner_key_bytes, max_total_bytes=limits.max_stored_key_bytes,
     )
     pool = None
     if cfg.sandbox:
@@ -89,9 +93,15 @@ def build(cfg: InferenceConfig) -> Node:
             ("grpc.max_receive_message_length", limits.max_message_bytes),
             ("grpc.max_send_message_length", limits.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            *server_options(limits),
         ],
+        # Every method of every service (health and reflection too): identity, owner slots, idle timeouts.
+        interceptors=[Guard(Identity.from_file(cfg.ca_certfile), limits)],
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
     )
+    if limits.max_calls_per_owner >= cfg.rpc_threads:
+        log.warning("limits.max_calls_per_owner (%d) >= rpc_threads (%d): one owner can occupy every RPC thread",
+                    limits.max_calls_per_owner, cfg.rpc_threads)
     pb_grpc.add_InferenceServicer_to_server(service, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -109,6 +119,7 @@ def build(cfg: InferenceConfig) -> Node:
 
 def serve(cfg: InferenceConfig) -> int:
     """Run until SIGTERM/SIGINT; SIGHUP (or every rescan_interval_s) picks up newly published bundles."""
+    install_log_filter()  # owners' values (names, ids) reach log lines: one escaped line per record
     node = build(cfg)
     rfd, wfd = socket.socketpair()
     rfd.setblocking(False)

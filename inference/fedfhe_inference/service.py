@@ -22,6 +22,7 @@ from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
 from .auth import owner_of
 from .bundles import BundleRegistry, LoadedBundle
 from .config import InferenceConfig
+from .display import status_text
 from .errors import ServiceError, exhausted, invalid
 from .keystore import KeyStore, check_key_id
 from .runner import FheRunner, KeyFault, check_rows, circuit_spec
@@ -42,7 +43,7 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(self, request, context, owner)
         except ServiceError as exc:
             code = exc.code
-            context.abort(exc.code, exc.message)
+            context.abort(exc.code, status_text(exc.message))  # bounded and escaped: messages echo input
         except Exception:
             if not context.is_active():
                 code = grpc.StatusCode.CANCELLED

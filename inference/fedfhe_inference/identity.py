@@ -1,0 +1,129 @@
+"""Strict owner identity from the mutual-TLS client certificate, checked before any RPC runs.
+
+gRPC's handshake only proves the chain ends at the project CA. An owner name
+is a key to evaluation keys, so the certificate must also have the exact shape
+the project's PKI issues: one common name that is a plain owner name (a CN of
+``owner-0\\x00evil`` must not read as ``owner-0``), an end-entity certificate
+(CA:FALSE) with the clientAuth usage, signed directly by the project CA (not by
+a CA certificate that the project CA once issued). The CN is read from the
+certificate itself, never from gRPC's C-string view of it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fedfhe_common.bundle import valid_name
+from fedfhe_common.errors import ConfigError
+
+from .display import shown
+from .errors import ServiceError
+
+UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The owner name, or why the certificate is refused (cached per certificate)."""
+
+    owner: str = ""
+    code: grpc.StatusCode | None = None
+    message: str = ""
+
+    def owner_or_raise(self) -> str:
+        if self.code is not None:
+            raise ServiceError(self.code, self.message)
+        return self.owner
+
+
+def _refuse(message: str, code: grpc.StatusCode = DENIED) -> Verdict:
+    return Verdict(code=code, message=message)
+
+
+@functools.lru_cache(maxsize=4096)
+def judge(pem: bytes, ca_ders: tuple[bytes, ...] = ()) -> Verdict:
+    """Check one client certificate (PEM); ``ca_ders`` empty skips the direct-issuer check."""
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        return _refuse("the client certificate cannot be parsed", UNAUTHENTICATED)
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(names) != 1:
+        return _refuse(f"the client certificate must have exactly one common name (CN); it has {len(names)}")
+    cn = names[0].value
+    if not isinstance(cn, str) or not all(ch.isprintable() for ch in cn) or not valid_name(cn):
+        return _refuse(
+            f"the client certificate's common name {shown(cn, 80)} is not an owner name: use 1-64 letters, "
+            "digits, '.', '_' or '-', starting with a letter or digit, no control characters"
+        )
+    try:
+        ca_flag = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return _refuse("the client certificate has no basicConstraints: owners need an end-entity (CA:FALSE) "
+                       "certificate from the project CA")
+    if ca_flag:
+        return _refuse("the client certificate is a CA certificate (CA:TRUE): owners need an end-entity "
+                       "(CA:FALSE) certificate from the project CA")
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        if usage.key_cert_sign or usage.crl_sign:
+            return _refuse("the client certificate may sign certificates (keyCertSign/cRLSign): refused")
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        eku = None
+    if eku is None or ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+        return _refuse("the client certificate is not issued for client authentication (clientAuth)")
+    if ca_ders and not any(_issued_by(cert, der) for der in ca_ders):
+        return _refuse("the client certificate was not issued directly by the project CA")
+    return Verdict(owner=cn)
+
+
+def _issued_by(cert: x509.Certificate, ca_der: bytes) -> bool:
+    try:
+        cert.verify_directly_issued_by(x509.load_der_x509_certificate(ca_der))
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def peer_certificate(auth: Mapping[str, Sequence[bytes]]) -> bytes:
+    """The one PEM certificate the TLS layer verified (UNAUTHENTICATED without exactly one)."""
+    pems = auth.get("x509_pem_cert") or []
+    if len(pems) != 1:
+        raise ServiceError(UNAUTHENTICATED, "a client certificate from the project CA is required")
+    return pems[0]
+
+
+class Identity:
+    """The node's identity policy: every check above, with the project CA's certificate(s) from ca_certfile."""
+
+    def __init__(self, ca_pem: bytes) -> None:
+        try:
+            cas = x509.load_pem_x509_certificates(ca_pem)
+        except ValueError as exc:
+            raise ConfigError(f"ca_certfile: not PEM certificates: {exc}") from None
+        self.ca_ders = tuple(c.public_bytes(Encoding.DER) for c in cas)
+
+    @classmethod
+    def from_file(cls, path: Path) -> Identity:
+        try:
+            return cls(Path(path).read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"ca_certfile {path}: cannot read: {exc.strerror}") from None
+
+    def owner(self, context: grpc.ServicerContext) -> str:
+        """The caller's owner name; ServiceError (UNAUTHENTICATED or PERMISSION_DENIED) otherwise."""
+        return judge(peer_certificate(context.auth_context()), self.ca_ders).owner_or_raise()

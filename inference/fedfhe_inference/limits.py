@@ -1,0 +1,257 @@
+"""No stalls: identity, per-owner slots and an idle timeout on every request message, before any RPC runs.
+
+grpcio's sync server hands a call to an RPC thread and then waits, with no
+timeout, for its first message (even for unary methods, before any handler
+or limit runs). A silent call therefore holds a thread for ever, and a few of
+them starve every owner. The Guard interceptor changes that for every method
+of every service (Inference, health, reflection):
+
+- each handler is re-registered as request-streaming, so our code runs as soon
+  as the call arrives, before a message is read;
+- it checks the caller's certificate (identity.py) and takes one of the
+  owner's call slots (and stream slots, for streaming methods), refusing with
+  RESOURCE_EXHAUSTED at once when the owner already holds its share;
+- it reads every request message, the first one included, through a reader
+  thread that the RPC thread waits on with ``limits.message_idle_s``; a silent
+  stream is ended with DEADLINE_EXCEEDED and a message. The reader thread ends
+  with the call (gRPC completes its pending read when the status is sent).
+
+Keepalive and connection idle/age limits (``server_options``) cover the
+transport underneath.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from .config import Limits
+from .display import shown, status_text
+from .errors import ServiceError, exhausted, invalid
+from .identity import Identity
+
+log = logging.getLogger("fedfhe.inference.limits")
+READER_THREAD = "fedfhe-request-reader"
+_END = object()
+
+
+def server_options(limits: Limits) -> list[tuple[str, int]]:
+    """gRPC channel arguments: keepalive pings, and closing idle or old connections."""
+    ms = 1000
+    return [
+        ("grpc.keepalive_time_ms", int(limits.keepalive_s * ms)),
+        ("grpc.keepalive_timeout_ms", int(limits.keepalive_timeout_s * ms)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10 * ms),
+        ("grpc.max_connection_idle_ms", int(limits.connection_idle_s * ms)),
+        ("grpc.max_connection_age_ms", int(limits.connection_age_s * ms)),
+        ("grpc.max_connection_age_grace_ms", int(limits.connection_age_grace_s * ms)),
+    ]
+
+
+class OwnerSlots:
+    """Per-owner counts of calls (and of streams) in flight; taken without waiting, or refused."""
+
+    def __init__(self, max_calls: int, max_streams: int) -> None:
+        self.max_calls, self.max_streams = max_calls, max_streams
+        self._calls: dict[str, int] = {}
+        self._streams: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, owner: str, streaming: bool) -> Callable[[], None]:
+        """Reserve a slot; returns an idempotent release. RESOURCE_EXHAUSTED when the owner is at its limit."""
+        with self._lock:
+            calls, streams = self._calls.get(owner, 0), self._streams.get(owner, 0)
+            if calls >= self.max_calls:
+                raise exhausted(f"owner {owner} already has {calls} calls in progress on this node (limit "
+                                f"{self.max_calls}, limits.max_calls_per_owner); wait for one to finish")
+            if streaming and streams >= self.max_streams:
+                raise exhausted(f"owner {owner} already has {streams} streams open on this node (limit "
+                                f"{self.max_streams}, limits.max_streams_per_owner); wait for one to finish")
+            self._calls[owner] = calls + 1
+            if streaming:
+                self._streams[owner] = streams + 1
+        released = threading.Event()
+
+        def release() -> None:
+            with self._lock:
+                if released.is_set():
+                    return
+                released.set()
+                self._calls[owner] -= 1
+                if not self._calls[owner]:
+                    del self._calls[owner]
+                if streaming:
+                    self._streams[owner] -= 1
+                    if not self._streams[owner]:
+                        del self._streams[owner]
+
+        return release
+
+    def in_use(self, owner: str) -> tuple[int, int]:
+        with self._lock:
+            return self._calls.get(owner, 0), self._streams.get(owner, 0)
+
+
+class IdleTimeout(ServiceError):
+    def __init__(self, idle_s: float, what: str) -> None:
+        super().__init__(grpc.StatusCode.DEADLINE_EXCEEDED,
+                         f"{what}: no message from the client for {idle_s:g}s (limits.message_idle_s); "
+                         "the node closed the stream")
+
+
+class IdleRequests:
+    """A request iterator whose every ``next()`` waits at most ``idle_s`` for the client.
+
+    One reader thread per call pulls from gRPC's iterator only when asked (no
+    read-ahead), so the RPC thread can give up on a silent client. ``close()``
+    lets the reader go; a reader still blocked in gRPC ends when the call ends.
+    """
+
+    def __init__(self, source: Iterator[Any], idle_s: float, what: str) -> None:
+        self._source, self.idle_s, self.what = source, idle_s, what
+        self._wanted = threading.Semaphore(0)
+        self._results: queue.SimpleQueue[tuple[Any, BaseException | None]] = queue.SimpleQueue()
+        self._closed = False
+        self._finished = False
+        self._thread: threading.Thread | None = None
+
+    def __iter__(self) -> IdleRequests:
+        return self
+
+    def __next__(self) -> Any:
+        if self._finished:
+            raise StopIteration
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._read, name=READER_THREAD, daemon=True)
+            self._thread.start()
+        self._wanted.release()
+        try:
+            item, error = self._results.get(timeout=self.idle_s)
+        except queue.Empty:
+            self._finished = True
+            raise IdleTimeout(self.idle_s, self.what) from None
+        if error is not None:
+            self._finished = True
+            raise error
+        if item is _END:
+            self._finished = True
+            raise StopIteration
+        return item
+
+    def _read(self) -> None:
+        while True:
+            self._wanted.acquire()
+            if self._closed:
+                return
+            try:
+                item: Any = next(self._source)
+                error = None
+            except StopIteration:
+                item, error = _END, None
+            except BaseException as exc:  # noqa: BLE001 - handed to the RPC thread (e.g. the client cancelled)
+                item, error = None, exc
+            self._results.put((item, error))
+            if item is _END or error is not None:
+                return
+
+    def close(self) -> None:
+        self._closed = True
+        self._finished = True
+        self._wanted.release()
+
+
+def _method_name(method: str) -> str:
+    return method.rsplit("/", 1)[-1] or method
+
+
+class Guard(grpc.ServerInterceptor):
+    """Identity, per-owner slots and idle timeouts around every method of the server (see module doc)."""
+
+    def __init__(self, identity: Identity, limits: Limits) -> None:
+        self.identity = identity
+        self.slots = OwnerSlots(limits.max_calls_per_owner, limits.max_streams_per_owner)
+        self.idle_s = limits.message_idle_s
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        return self._guarded(details.method, handler)
+
+    def _admit(self, method: str, context: grpc.ServicerContext, streaming: bool) -> Callable[[], None]:
+        """Identity first, then an owner slot; refusals abort the call before any message is read."""
+        try:
+            owner = self.identity.owner(context)
+            return self.slots.take(owner, streaming)
+        except ServiceError as exc:
+            log.warning("refused %s from %s: %s %s", _method_name(method), shown(context.peer(), 80),
+                        exc.code.name, shown(exc.message, 300))
+            context.abort(exc.code, status_text(exc.message))
+            raise  # context.abort raised already; this line is never reached
+
+    def _guarded(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        streaming = handler.request_streaming or handler.response_streaming
+        what = _method_name(method)
+        behavior = handler.stream_stream or handler.stream_unary or handler.unary_stream or handler.unary_unary
+
+        def call(request_iterator: Iterator[Any], context: grpc.ServicerContext, *extra: Any) -> Any:
+            release = self._admit(method, context, streaming)
+            requests = IdleRequests(request_iterator, self.idle_s, what)
+            try:
+                if handler.request_streaming:
+                    argument: Any = requests
+                else:
+                    argument = next(requests, _END)
+                    requests.close()
+                    if argument is _END:
+                        raise invalid(f"{what} requires exactly one request message")
+                result = behavior(argument, context, *extra)
+            except ServiceError as exc:
+                release()
+                requests.close()
+                context.abort(exc.code, status_text(exc.message))
+            except BaseException:
+                release()
+                requests.close()
+                raise
+            if not handler.response_streaming:
+                release()
+                requests.close()
+                return result
+            if extra:  # non-blocking streaming (health Watch, given send_response_callback): lives on after we return
+                if not context.add_callback(lambda: (release(), requests.close())):
+                    release()
+                    requests.close()
+                return result
+            return _released_after(result, context, release, requests.close)
+
+        if handler.response_streaming:
+            if getattr(behavior, "experimental_non_blocking", False):
+                call.experimental_non_blocking = True  # type: ignore[attr-defined]
+            return grpc.stream_stream_rpc_method_handler(
+                call, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_unary_rpc_method_handler(
+            call, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _released_after(responses: Iterator[Any], context: grpc.ServicerContext,
+                    *finalizers: Callable[[], None]) -> Iterator[Any]:
+    """Yield ``responses``; run ``finalizers`` when the stream ends, fails or is dropped."""
+    try:
+        yield from responses
+    except ServiceError as exc:  # e.g. an idle timeout while a bidirectional handler waited for a message
+        context.abort(exc.code, status_text(exc.message))
+    finally:
+        for fn in finalizers:
+            fn()
