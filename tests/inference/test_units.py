@@ -30,7 +30,7 @@ def test_committed_stubs_are_fresh():
 
 def _cfg(tmp_path, **extra):
     data = {"listen": "127.0.0.1:50051", "certfile": "a.crt", "keyfile": "a.key", "ca_certfile": "ca.crt",
-            "bundles_dir": "bundles", "keys_dir": "keys", **extra}
+            "bundles_dir": "bundles", "keys_dir": "keys", "release_public_key": "release.pub", **extra}
     path = tmp_path / "inference.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
