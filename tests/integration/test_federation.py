@@ -12,52 +12,12 @@ import pytest
 from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.data import load_table
 from fedfhe_common.manifest import verify_manifest
-from fedfhe_common.partition_cli import write_partitions
-from fedfhe_common.pki import init_ca, supernode_keypair
 from fedfhe_common.procs import venv_bin, wait_until
 from fedfhe_common.schema import DIGITS
-from fedfhe_demo.cluster import Cluster
-from fedfhe_server import config as coord
 from fedfhe_server.training import run_training
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
-OWNERS = ["owner-0", "owner-1", "owner-2"]
-
-
-@pytest.fixture(scope="module")
-def fed(tmp_path_factory):
-    work = tmp_path_factory.mktemp("fed")
-    data = work / "data"
-    write_partitions("digits", 3, data, scheme="iid", seed=0)
-    (data / "bad.csv").write_text("f0,label\n1,0\n")  # wrong column count for digits
-    with Cluster(work) as c:
-        c.make_pki(OWNERS + ["owner-bad", "intruder"])
-        cfg_path = c.coordinator_config(
-            OWNERS + ["owner-bad"], rounds=3, min_nodes=3, public_test=str(data / "public-test.npz"),
-            wait_for_nodes_s=90.0,
-        )
-        c.start_superlink(cfg_path)
-        cfg = coord.load(cfg_path)
-        c.register(cfg_path)
-        for i, owner in enumerate(OWNERS):
-            c.start_supernode(owner, c.owner_config(owner, data / f"owner-{i}.npz"))
-        bad = c.start_supernode("owner-bad", c.owner_config("owner-bad", data / "bad.csv"))
-        # Not registered with the SuperLink: its key is unknown.
-        intruder = c.start_supernode("intruder", c.owner_config("intruder", data / "owner-0.npz"))
-        # A second CA: this SuperNode cannot verify the SuperLink's certificate.
-        other = work / "other-pki"
-        init_ca(other)
-        supernode_keypair(c.pki, "no-ca")
-        no_ca_cfg = c.owner_config("no-ca", data / "owner-0.npz", root_certificates=str(other / "ca.crt"))
-        no_ca = c.start_supernode("no-ca", no_ca_cfg)
-        yield {"cluster": c, "cfg": cfg, "data": data, "bad": bad, "intruder": intruder, "no_ca": no_ca}
-
-
-@pytest.fixture(scope="module")
-def first_run(fed):
-    rows: list[dict] = []
-    artifact = run_training(fed["cfg"], on_round=rows.append)
-    return artifact, rows
+OWNERS = ["owner-0", "owner-1", "owner-2"]  # as in conftest.py (its `fed` and `first_run` fixtures)
 
 
 def test_federated_accuracy_matches_centralised(fed, first_run):
