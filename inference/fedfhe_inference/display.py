@@ -24,7 +24,8 @@ def shown(value: object, limit: int = 120) -> str:
     out: list[str] = []
     used = 0
     for ch in text:
-        piece = ch if ch.isprintable() and ch != "\\" else ch.encode("unicode_escape").decode("ascii")
+        # Backslashes stay as they are: escaping is then idempotent, so a value shown twice reads the same.
+        piece = ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
         if used + len(piece) > limit:
             return "".join(out) + f"... ({total} {'bytes' if isinstance(value, bytes | bytearray) else 'chars'})"
         out.append(piece)
