@@ -32,6 +32,9 @@ def node_config(cfg: OwnerConfig) -> str:
 
 
 def supernode_command(cfg: OwnerConfig) -> list[str]:
+    # No --trusted-entities: Flower 1.39 accepts only FABs carrying verification records from its hosted
+    # platform, so it would refuse fedfhe's locally built app; the app pin is checked by fedfhe's
+    # flwr-clientapp instead (write_clientapp_shim, fedfhe_common.app_approval).
     host, _, port = cfg.runtime_address.rpartition(":")
     cmd = [
         venv_bin("flower-supernode"),
