@@ -51,14 +51,26 @@ def supernode_command(cfg: OwnerConfig) -> list[str]:
 
 
 def write_clientapp_shim(cfg: OwnerConfig) -> Path:
-    """``<state_dir>/flower-bin/flwr-clientapp``, running fedfhe's launcher with this interpreter.
+    """``<state_dir>/flower-bin``: fedfhe's ``flwr-clientapp``, and a refusal for every other app command.
 
     The SuperExec starts ``flwr-clientapp`` by bare name from PATH; with this
     directory first, every ClientApp on this host starts through
     ``fedfhe_client.clientapp_launcher``, which refuses Flower Apps the owner did
-    not approve before unpacking them. Rewritten at every start (the venv may move).
+    not approve before unpacking them. A run whose app declares an ``agentapp``
+    makes the SuperNode start ``flwr-agentapp`` instead (which would unpack and
+    import the FAB unchecked), so every other command Flower may start here
+    (``TASK_TYPE_TO_COMMAND``) is shadowed by a stub that refuses. Rewritten at
+    every start (the venv may move).
     """
-    path = cfg.state_dir.resolve() / SHIM_DIR / "flwr-clientapp"
+    from flwr.supercore.constant import TASK_TYPE_TO_COMMAND
+
+    folder = cfg.state_dir.resolve() / SHIM_DIR
+    for command in sorted(set(TASK_TYPE_TO_COMMAND.values()) - {"flwr-clientapp"}):
+        refusal = (
+            "#!/bin/sh\n# Written by `fedfhe-client supernode`: a data owner's host runs only approved ClientApps.\n"
+            f'echo "fedfhe: refused to start {command}: this SuperNode runs only approved ClientApps" >&2\nexit 1\n'
+        )
+        write_atomic(folder / command, refusal.encode(), 0o755)
     script = (
         f"#!{sys.executable}\n"
         "# Written by `fedfhe-client supernode`: every ClientApp on this host starts here.\n"
@@ -66,8 +78,8 @@ def write_clientapp_shim(cfg: OwnerConfig) -> Path:
         "from fedfhe_client.clientapp_launcher import main\n\n"
         "sys.exit(main())\n"
     )
-    write_atomic(path, script.encode(), 0o755)
-    return path.parent
+    write_atomic(folder / "flwr-clientapp", script.encode(), 0o755)
+    return folder
 
 
 def supernode_env(cfg: OwnerConfig, shim_dir: Path, base: dict[str, str] | None = None) -> dict[str, str]:

@@ -157,6 +157,16 @@ def test_supernode_finds_fedfhe_launcher_first_on_path(tmp_path):
     assert env[ENV_APPROVED] == "a" * 64 and env["FEDFHE_OWNER_ID"] == "owner-0"
     res = subprocess.run([found, "--help"], capture_output=True, text=True, env=env, timeout=60, check=False)
     assert res.returncode == 0 and "fedfhe: run an approved Flower ClientApp" in res.stdout
+    # Any other app command the SuperExec could start here (an `agentapp` FAB makes it start flwr-agentapp,
+    # which would unpack and import the FAB unchecked) is a stub that refuses.
+    from flwr.supercore.constant import TASK_TYPE_TO_COMMAND
+
+    for command in set(TASK_TYPE_TO_COMMAND.values()) - {"flwr-clientapp"}:
+        stub = shutil.which(command, path=env["PATH"])
+        assert stub == str(tmp_path / "state" / "flower-bin" / command)
+        res = subprocess.run([stub, "--runtime-api-address", "127.0.0.1:1", "--token", "t"], capture_output=True,
+                             text=True, env=env, timeout=60, check=False)
+        assert res.returncode != 0 and f"refused to start {command}" in res.stderr
 
 
 class Launch:
