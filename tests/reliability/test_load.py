@@ -98,7 +98,9 @@ def test_eight_owners_at_once(tmp_path_factory, lr, pki):
 def test_calls_beyond_capacity_are_refused_at_once(tmp_path_factory, lr, pki):
     work = tmp_path_factory.mktemp("capacity")
     limit = 3
-    node = support.start_node(work / "node", pki, lr, limits={**support._conf.LIMITS, "max_concurrent_rpcs": limit})
+    # message_idle_s: the held uploads wait between header and chunk longer than the default idle timeout may allow
+    node = support.start_node(work / "node", pki, lr, limits={**support._conf.LIMITS, "max_concurrent_rpcs": limit,
+                                                              "message_idle_s": 300})
     release = threading.Event()
     try:
         holders = [support.make_owner(node, f"owner-{i}", work / f"owner-{i}-state", lr.X_test) for i in range(limit)]
