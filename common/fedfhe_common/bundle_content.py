@@ -106,14 +106,30 @@ def _scalar(value: Any) -> bool:
     return value is None or isinstance(value, (bool, int, float, str))
 
 
+_ENUM_MEMBER = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+
+
 def _allowed_reduce(args: Any) -> bool:
-    """``[{"py/type": <allowed enum>}, {"py/tuple": [<one scalar>]}]``: an enum rebuilt from its value."""
+    """An allow-listed enum, in either form Python's ``Enum.__reduce_ex__`` gives (it differs between
+    patch releases: 3.11.7 here, 3.11.2 on Debian 12 hosts):
+
+    - ``[{"py/type": <enum>}, {"py/tuple": [<one scalar>]}]``: rebuilt from its value, ``Enum(value)``;
+    - ``[{"py/function": "builtins.getattr"}, {"py/tuple": [{"py/type": <enum>}, "<MEMBER>"]}]``:
+      looked up by member name, ``getattr(Enum, "MEMBER")`` (an upper-case identifier only).
+    """
     if not (isinstance(args, list) and len(args) == 2 and all(isinstance(a, dict) for a in args)):
         return False
     kind, values = args
-    return (list(kind) == ["py/type"] and kind["py/type"] in ALLOWED_REDUCE_TYPES
-            and list(values) == ["py/tuple"] and isinstance(values["py/tuple"], list)
-            and len(values["py/tuple"]) == 1 and _scalar(values["py/tuple"][0]))
+    if not (list(values) == ["py/tuple"] and isinstance(values["py/tuple"], list)):
+        return False
+    items = values["py/tuple"]
+    if list(kind) == ["py/type"]:
+        return kind["py/type"] in ALLOWED_REDUCE_TYPES and len(items) == 1 and _scalar(items[0])
+    if list(kind) == ["py/function"] and kind["py/function"] == "builtins.getattr" and len(items) == 2:
+        enum, name = items
+        return (isinstance(enum, dict) and list(enum) == ["py/type"] and enum["py/type"] in ALLOWED_REDUCE_TYPES
+                and isinstance(name, str) and _ENUM_MEMBER.fullmatch(name) is not None)
+    return False
 
 
 def _check_tags(node: Any, what: str, depth: int = 0) -> None:
@@ -135,7 +151,8 @@ def _check_tags(node: Any, what: str, depth: int = 0) -> None:
         args = node["py/reduce"]
         if _allowed_reduce(args):
             return
-        shown = args[0].get("py/type") if isinstance(args, list) and args and isinstance(args[0], dict) else None
+        head = args[0] if isinstance(args, list) and args and isinstance(args[0], dict) else {}
+        shown = head.get("py/type") or head.get("py/function")
         raise IntegrityError(f"{what}: jsonpickle py/reduce of {str(shown)[:120]!r} is not allowed "
                              f"(only {', '.join(sorted(t.rsplit('.', 1)[1] for t in ALLOWED_REDUCE_TYPES))})")
     if tags == ["py/object"] and node["py/object"] in ALLOWED_OBJECT_TYPES:

@@ -69,6 +69,7 @@ def test_predict_command_writes_csv_and_json(node, digits, tmp_path):
     owner_yaml.write_text(json.dumps({
         "owner_id": "carol", "superlink": "127.0.0.1:1", "root_certificates": str(ep.ca_certfile),
         "auth_key": "unused", "data": str(digits.train_csv), "state_dir": str(tmp_path / "state"),
+        "release_public_key": str(ep.release_public_key),
         "inference": {"address": ep.address, "certfile": str(ep.certfile), "keyfile": str(ep.keyfile),
                       "ca_certfile": str(ep.ca_certfile), "model_id": "digits-lr", "batch_size": 4},
     }))

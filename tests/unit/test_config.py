@@ -16,6 +16,7 @@ def _write(tmp_path, text: str):
 
 GOOD = """
 state_dir: state
+release_key: pki/release.key
 superlink: {certfile: a.crt, keyfile: a.key, ca_certfile: ca.crt}
 training: {output_dir: out, rounds: 4}
 """
