@@ -45,6 +45,7 @@ from fedfhe_client.keys import ModelKeys
 from fedfhe_common.datasets import load_builtin
 from fedfhe_common.pki import init_ca, issue
 from fedfhe_common.procs import free_port, venv_bin, wait_until
+from fedfhe_common.release import load_signing_key, load_verify_key, make_release_key
 from fedfhe_inference.bundles import publish_bundle
 
 MiB = 1 << 20
@@ -60,6 +61,7 @@ class Node:
             "listen": f"127.0.0.1:{self.port}", "certfile": str(pki / "inference.crt"),
             "keyfile": str(pki / "inference.key"), "ca_certfile": str(pki / "ca.crt"),
             "bundles_dir": str(self.bundles), "keys_dir": str(work / "keys"), "rescan_interval_s": 0,
+            "release_public_key": str(pki / "release.pub"),
             "limits": {"max_key_bytes": 256 * MiB, "max_keys_per_owner": 4}, **overrides,
         }
         self.config = work / "inference.yaml"
@@ -69,7 +71,8 @@ class Node:
 
     def endpoint(self, owner: str) -> InferenceEndpoint:
         return InferenceEndpoint(address=f"127.0.0.1:{self.port}", certfile=self.pki / f"{owner}.crt",
-                                 keyfile=self.pki / f"{owner}.key", ca_certfile=self.pki / "ca.crt")
+                                 keyfile=self.pki / f"{owner}.key", ca_certfile=self.pki / "ca.crt",
+                                 release_public_key=self.pki / "release.pub")
 
     def start(self) -> None:
         log = open(self.work / "inference.log", "ab")  # noqa: SIM115 - the child owns it
@@ -111,9 +114,10 @@ def linear_bundle(dataset: str, out: Path, max_rows: int) -> tuple[Any, np.ndarr
     X, y, schema = load_builtin(dataset, max_rows=max_rows, seed=0)
     split = int(0.8 * len(y))
     artifact = train_local(X[:split], y[:split], schema, "LogisticRegression", epochs=5)
-    artifact.save(out / f"{dataset}-artifact")
+    key = load_signing_key(out / "pki" / "release.key")
+    artifact.save(out / f"{dataset}-artifact", key)
     result, _ = compile_artifact(out / f"{dataset}-artifact", out / f"{dataset}-bundle", n_bits=8,
-                                 model_id=dataset, version="1")
+                                 model_id=dataset, version="1", signing_key=key)
     return result, X[split:]
 
 
@@ -124,7 +128,8 @@ def tree_bundle(out: Path) -> Any:
 
     X, y, schema = load_builtin("digits")
     model = DecisionTreeClassifier(max_depth=6, n_bits=6, random_state=0).fit(X, y)
-    return compile_concrete_bundle(model, out / "tree-bundle", model_id="digits-tree", version="1", schema=schema)
+    return compile_concrete_bundle(model, out / "tree-bundle", model_id="digits-tree", version="1", schema=schema,
+                                   signing_key=load_signing_key(out / "pki" / "release.key"))
 
 
 # ---- measurements --------------------------------------------------------------------------
@@ -137,7 +142,9 @@ def latency(node: Node, bundle: Any, rows: np.ndarray, state: Path) -> dict[str,
     with InferenceClient(ep) as client:
         info = client.model_info(bundle.model_id, bundle.version)
         keys = ModelKeys(state, info.model_id, info.version)
-        keys.save_client_specs(client.client_specs(info))
+        specs = client.client_specs(info)
+        keys.install_client_specs(specs.client_zip, specs.manifest, specs.manifest_signature,
+                                  load_verify_key(node.pki / "release.pub"), "bench")
         fhe_client, _ = keys.fhe_client()
         evk_bytes = fhe_client.get_serialized_evaluation_keys()
         key_id = client.upload_keys(info, evk_bytes).key_id
@@ -232,7 +239,10 @@ def tls_copy_seconds(pki: Path, data: bytes) -> float:
 
 def tree_keys(bundle: Any, state: Path, owner: str) -> tuple[ModelKeys, bytes]:
     keys = ModelKeys(state / owner, bundle.model_id, bundle.version)
-    keys.save_client_specs((bundle.directory / "client.zip").read_bytes())
+    d = bundle.directory
+    keys.install_client_specs((d / "client.zip").read_bytes(), (d / "manifest.json").read_bytes(),
+                              (d / "manifest.sig").read_bytes(),
+                              load_verify_key(d.parent / "pki" / "release.pub"), "bench")
     fhe_client, _ = keys.fhe_client()
     return keys, fhe_client.get_serialized_evaluation_keys()
 
@@ -266,7 +276,7 @@ def ten_owners(work: Path, pki: Path, bundle: Any, rows: np.ndarray, owners: int
     """A fresh node; each owner generates its own tree keys, uploads them, and predicts one row, concurrently."""
     cache = 1024 * MiB  # the default key_cache_bytes
     node = Node(work / "node-owners", pki)
-    publish_bundle(bundle.directory, node.bundles)
+    publish_bundle(bundle.directory, node.bundles, load_verify_key(pki / "release.pub"))
     node.start()
     try:
         idle = node.status_mb("VmRSS")
@@ -305,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         pki = work / "pki"
         init_ca(pki)
+        make_release_key(pki)
         issue(pki, "inference", server_hosts=["127.0.0.1"])
         for i in range(max(args.owners, 1)):
             issue(pki, f"owner-{i}", client=True)
@@ -314,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         tree = tree_bundle(work)
         node = Node(work / "node", pki)
         for b in (digits, fashion, tree):
-            publish_bundle(b.directory, node.bundles)
+            publish_bundle(b.directory, node.bundles, load_verify_key(pki / "release.pub"))
         node.start()
         try:
             print("latency ...", file=sys.stderr)

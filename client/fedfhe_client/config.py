@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,8 @@ class InferenceEndpoint:
     upload_timeout_s: float = 900.0  # deadline for one evaluation-key upload
     chunk_bytes: int = 1 << 20  # key upload chunk size
     max_message_bytes: int = 64 << 20
+    # release.pub that must sign the client specs; defaults to owner.yaml's top-level release_public_key.
+    release_public_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,9 @@ class OwnerConfig:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         object.__setattr__(self, "approved_flower_apps", pins)
+        if self.inference is not None and self.inference.release_public_key is None and self.release_public_key:
+            object.__setattr__(self, "inference",
+                               dataclasses.replace(self.inference, release_public_key=self.release_public_key))
 
 
 def load(path: str | Path) -> OwnerConfig:

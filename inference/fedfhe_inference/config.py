@@ -8,6 +8,7 @@ Example::
     ca_certfile: pki/ca.crt          # the project CA: client certificates must chain to it
     bundles_dir: /var/lib/fedfhe/bundles
     keys_dir: /var/lib/fedfhe/keys
+    release_public_key: pki/release.pub   # bundles must be signed by the release key (no unsigned default)
     workers: 0                       # FHE worker threads; 0 = one per core
     limits: {max_batch_rows: 64, max_keys_per_owner: 8}
     deadlines: {predict_s: 300}
@@ -88,6 +89,8 @@ class InferenceConfig:
     ca_certfile: Path
     bundles_dir: Path
     keys_dir: Path
+    # The release public key (release.pub): only bundles whose manifest it verifies are published or loaded.
+    release_public_key: Path
     workers: int = 0
     rpc_threads: int = 16
     key_cache_bytes: int = 1024 * MiB

@@ -74,7 +74,9 @@ class Node:
 
 def build(cfg: InferenceConfig) -> Node:
     limits = cfg.limits
-    registry = BundleRegistry(cfg.bundles_dir)
+    from fedfhe_common.release import load_verify_key
+
+    registry = BundleRegistry(cfg.bundles_dir, load_verify_key(cfg.release_public_key))
     report = registry.rescan()
     log.info("bundles: %d loaded, %d refused", len(report.loaded), len(report.refused))
     keys = KeyStore(

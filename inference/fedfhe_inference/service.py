@@ -103,7 +103,8 @@ class InferenceService(pb_grpc.InferenceServicer):
         bundle = self.registry.get(request.model.model_id, request.model.version)
         return pb.ClientSpecs(
             model_id=bundle.model_id, version=bundle.version, client_zip=bundle.client_zip,
-            client_zip_sha256=bundle.client_zip_sha256,
+            client_zip_sha256=bundle.client_zip_sha256, manifest=bundle.manifest,
+            manifest_signature=bundle.signature,
         )
 
     @_rpc
