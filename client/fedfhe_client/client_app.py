@@ -12,9 +12,10 @@ import time
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedfhe_common import fl_contract as fc
 from fedfhe_common import models
 from fedfhe_common.data import load_table
 from fedfhe_common.errors import DataError
@@ -33,11 +34,11 @@ def _local_data(context: Context, config: ConfigRecord) -> tuple[DatasetSchema, 
     if "data-path" not in node:
         raise DataError("node-config", "no data-path set: start the SuperNode with --node-config 'data-path=\"...\"'")
     schema = resolve_schema(str(node.get("schema", "digits")))
-    if schema.name != config["schema-name"] or schema.n_features != int(config["n-features"]):
+    if schema.name != config[fc.SCHEMA_NAME] or schema.n_features != int(config[fc.N_FEATURES]):
         raise DataError(
             node["data-path"],
             f"this owner's schema {schema.name!r} ({schema.n_features} features) differs from the run's "
-            f"{config['schema-name']!r} ({config['n-features']} features)",
+            f"{config[fc.SCHEMA_NAME]!r} ({config[fc.N_FEATURES]} features)",
         )
     labels = str(node["labels-path"]) if node.get("labels-path") else None
     X, y = load_table(str(node["data-path"]), schema, labels)
@@ -48,19 +49,39 @@ def _local_data(context: Context, config: ConfigRecord) -> tuple[DatasetSchema, 
     return schema, tuple(train_test_split(X, y, test_size=holdout, random_state=seed))  # type: ignore[return-value]
 
 
-def _reply(msg: Message, context: Context, arrays: Any, metrics: dict[str, float]) -> Message:
-    content = RecordDict({"metrics": MetricRecord(metrics)})
+def _reply(msg: Message, context: Context, arrays: ArrayRecord | None, metrics: dict[str, float]) -> Message:
+    """Only the contract's records: the ServerApp knows who this is from the SuperNode's registration."""
+    content = RecordDict({fc.METRICS: MetricRecord(metrics)})
     if arrays is not None:
-        content["arrays"] = arrays
-    content["owner"] = ConfigRecord({"owner-id": str(context.node_config.get("owner-id", ""))})
+        content[fc.ARRAYS] = arrays
+    hostile = str(context.node_config.get(fc.TEST_HOSTILE_REPLY, ""))
+    if hostile:
+        _misbehave(content, hostile)
     return Message(content=content, reply_to=msg)
 
 
+def _misbehave(content: RecordDict, how: str) -> None:
+    """Test federations only (node config ``test-hostile-reply``): send what a hostile owner would.
+
+    ``inflated-weight`` claims 1e12 rows and coefficients x100 under another owner's
+    name; ``nan`` sends NaN coefficients. The ServerApp must refuse both.
+    """
+    metrics = dict(content[fc.METRICS])
+    if how == "inflated-weight":
+        metrics[fc.NUM_EXAMPLES] = 10**12
+        content["owner"] = ConfigRecord({"owner-id": "owner-0"})
+    if fc.ARRAYS in content:
+        params = [np.array(a) for a in content[fc.ARRAYS].to_numpy_ndarrays()]
+        params[0] = params[0] * 100.0 if how == "inflated-weight" else np.full_like(params[0], np.nan)
+        content[fc.ARRAYS] = to_arrays(params)
+    content[fc.METRICS] = MetricRecord(metrics)
+
+
 def _global_model(msg: Message, schema: DatasetSchema) -> tuple[str, Any]:
-    config = msg.content["config"]
-    family = str(config["model"])
-    model = models.build(family, json.loads(str(config["model-params"])))
-    return family, models.set_parameters(model, from_arrays(msg.content["arrays"], family, schema), schema)
+    config = msg.content[fc.CONFIG]
+    family = str(config[fc.MODEL])
+    model = models.build(family, json.loads(str(config[fc.MODEL_PARAMS])))
+    return family, models.set_parameters(model, from_arrays(msg.content[fc.ARRAYS], family, schema), schema)
 
 
 def _evaluate(model: Any, schema: DatasetSchema, split: tuple[np.ndarray, ...]) -> dict[str, float]:
@@ -69,9 +90,9 @@ def _evaluate(model: Any, schema: DatasetSchema, split: tuple[np.ndarray, ...]) 
         X_test, y_test = X_train, y_train
     start = time.perf_counter()
     scores = score_model(model, schema, X_test, y_test)
-    return {f"eval-{k}": v for k, v in scores.items()} | {
-        "eval-examples": int(len(y_test)),
-        "eval-seconds": time.perf_counter() - start,
+    return {f"{fc.EVAL_PREFIX}{k}": v for k, v in scores.items()} | {
+        fc.EVAL_EXAMPLES: int(len(y_test)),
+        fc.EVAL_SECONDS: time.perf_counter() - start,
     }
 
 
@@ -83,21 +104,21 @@ def train(msg: Message, context: Context) -> Message:
     messages per round: Flower starts one process per message and each
     message waits on the SuperNode's 3 s poll, so that is most of a round.
     """
-    config = msg.content["config"]
+    config = msg.content[fc.CONFIG]
     schema, split = _local_data(context, config)
     family, model = _global_model(msg, schema)
     metrics = _evaluate(model, schema, split)
     start = time.perf_counter()
-    for _ in range(max(1, int(config.get("local-epochs", 1)))):
+    for _ in range(max(1, int(config.get(fc.LOCAL_EPOCHS, 1)))):
         models.local_fit(model, family, split[0], split[2], schema)
-    metrics |= {"num-examples": int(len(split[2])), "fit-seconds": time.perf_counter() - start}
+    metrics |= {fc.NUM_EXAMPLES: int(len(split[2])), fc.FIT_SECONDS: time.perf_counter() - start}
     return _reply(msg, context, to_arrays(models.get_parameters(model, family, schema)), metrics)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the final global model on this owner's held-out rows."""
-    schema, split = _local_data(context, msg.content["config"])
+    schema, split = _local_data(context, msg.content[fc.CONFIG])
     _, model = _global_model(msg, schema)
     metrics = _evaluate(model, schema, split)
-    return _reply(msg, context, None, metrics | {"num-examples": metrics["eval-examples"]})
+    return _reply(msg, context, None, metrics | {fc.NUM_EXAMPLES: metrics[fc.EVAL_EXAMPLES]})

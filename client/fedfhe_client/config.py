@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from fedfhe_common.app_approval import CONFIG_KEY, normalize_digest
 from fedfhe_common.config import load_config
@@ -49,6 +50,8 @@ class OwnerConfig:
     release_public_key: Path | None = None
     # App digests (`fedfhe-server app-hash`) of the Flower Apps this SuperNode may run; empty refuses every run.
     approved_flower_apps: list[str] = field(default_factory=list)
+    # Test federations only: this owner's ClientApp sends a hostile reply (fl_contract.TEST_HOSTILE_REPLY).
+    test_hostile_reply: Literal["", "inflated-weight", "nan"] = ""
 
     def __post_init__(self) -> None:
         try:

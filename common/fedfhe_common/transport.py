@@ -1,14 +1,14 @@
 """Parameters <-> Flower ArrayRecord, with shapes checked against the schema.
 
 A scalar intercept (regressors) travels as a 1-element array; shapes are
-restored from the schema so a malformed message cannot reshape the model.
+checked against the schema (fl_contract.check_params) so a malformed message
+cannot reshape the model.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import models
 from .schema import DatasetSchema
 
 
@@ -19,13 +19,7 @@ def to_arrays(params: list[np.ndarray]):
 
 
 def from_arrays(record, family: str, schema: DatasetSchema) -> list[np.ndarray]:
-    arrays = record.to_numpy_ndarrays()
-    shapes = models.param_shapes(family, schema)
-    if len(arrays) != 2:
-        raise ValueError(f"expected 2 parameter arrays (coef, intercept), got {len(arrays)}")
-    out = []
-    for arr, shape in zip(arrays, shapes, strict=True):
-        if arr.size != int(np.prod(shape)):
-            raise ValueError(f"parameter of {arr.size} values does not fit shape {shape}")
-        out.append(np.asarray(arr, dtype=np.float64).reshape(shape))
-    return out
+    """The two parameter arrays in model shapes; exact wire shapes and finite values or ValueError."""
+    from .fl_contract import check_params
+
+    return check_params(record.to_numpy_ndarrays(), family, schema)

@@ -16,6 +16,7 @@ from typing import Any
 import tomli_w
 
 from fedfhe_common.errors import FedfheError
+from fedfhe_common.fl_contract import owner_key_id, owner_name_from_key_file
 from fedfhe_common.procs import flower_env, venv_bin
 
 from .config import CoordinatorConfig
@@ -71,8 +72,28 @@ def register_supernodes(cfg: CoordinatorConfig, keys: list[Path] | None = None) 
     return done
 
 
+def owner_keys(keys: list[Path]) -> dict[str, str]:
+    """Registered key id -> owner name, as the ServerApp will see the keys (Flower stores them as PEM).
+
+    The ServerApp names each reply's owner from this map and the node's registered
+    public key, never from what the reply says about itself.
+    """
+    from cryptography.hazmat.primitives import serialization
+
+    out = {}
+    for path in keys:
+        try:
+            key = serialization.load_ssh_public_key(path.read_bytes())
+        except (OSError, ValueError, TypeError) as exc:
+            raise FedfheError(f"{path}: cannot read the SuperNode public key: {exc}") from None
+        pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        out[owner_key_id(pem)] = owner_name_from_key_file(path.name)
+    return out
+
+
 def write_run_config(cfg: CoordinatorConfig, overrides: dict[str, Any]) -> Path:
     t = cfg.training
+    default_cap, per_owner = t.caps()
     values: dict[str, Any] = {
         "num-server-rounds": t.rounds,
         "model": t.model,
@@ -84,6 +105,14 @@ def write_run_config(cfg: CoordinatorConfig, overrides: dict[str, Any]) -> Path:
         "output-dir": str(t.output_dir.resolve()),
         "round-timeout": float(t.round_timeout_s),
         "wait-for-nodes": float(t.wait_for_nodes_s),
+        "owner-keys": json.dumps(owner_keys(cfg.supernode_public_keys)),
+        "max-examples": int(default_cap),
+        "max-examples-per-owner": json.dumps(per_owner),
+        "aggregation": t.aggregation,
+        "num-malicious-nodes": t.num_malicious_nodes,
+        "trimmed-fraction": float(t.trimmed_fraction),
+        "multikrum-select": t.multikrum_select,
+        "clip-norm": float(t.clip_norm),
     }
     values.update(overrides)
     path = cfg.state_dir / "run-config.toml"

@@ -1,4 +1,7 @@
-"""The Flower ServerApp: FedAvg of coef_/intercept_ over N rounds, then a safe artifact.
+"""The Flower ServerApp: coef_/intercept_ aggregated over N rounds (FedAvg or a robust rule), then an artifact.
+
+Every reply is checked against fl_contract before it counts; a reply that breaks
+it is its owner's failure for the round, named from the SuperNode registration.
 
 Runs inside the SuperLink's ``flwr-serverapp`` process on the coordinator; the
 run config (set by ``fedfhe-server train`` through ``flwr run``) says what to train.
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +27,18 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
+from fedfhe_common import fl_contract as fc
 from fedfhe_common import models
 from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.data import load_table
-from fedfhe_common.schema import resolve_schema
+from fedfhe_common.schema import DatasetSchema, resolve_schema
 from fedfhe_common.scoring import score_params
 from fedfhe_common.transport import from_arrays, to_arrays
 
+from .aggregation import strategy_class, strategy_kwargs
 from .prompt_grid import PromptGrid
 
 app = ServerApp()
-
-
-def _owner(msg: Message) -> str:
-    rec = msg.content.config_records.get("owner")
-    return str(rec["owner-id"]) if rec is not None and "owner-id" in rec else f"node-{msg.metadata.src_node_id}"
 
 
 class NodesLost(RuntimeError):
@@ -86,34 +87,73 @@ class BoundedGrid:
 
 
 def client_scores(replies: list[Message]) -> dict[str, float]:
-    """Held-out scores weighted by each owner's held-out row count."""
-    recs = [m.content.metric_records["metrics"] for m in replies if not m.has_error()]
-    total = sum(float(r.get("eval-examples", 0)) for r in recs)
+    """Held-out scores weighted by each owner's held-out row count (replies already checked)."""
+    recs = [m.content.metric_records[fc.METRICS] for m in replies if not m.has_error()]
+    total = sum(float(r[fc.EVAL_EXAMPLES]) for r in recs)
     if not recs or total <= 0:
         return {}
-    keys = [k for k in recs[0] if k.startswith("eval-") and k not in ("eval-examples", "eval-seconds")]
-    out = {k[5:]: sum(float(r[k]) * float(r["eval-examples"]) for r in recs) / total for k in keys}
+    keys = [k for k in recs[0] if k.startswith(fc.EVAL_PREFIX) and k not in (fc.EVAL_EXAMPLES, fc.EVAL_SECONDS)]
+    out = {k[len(fc.EVAL_PREFIX):]: sum(float(r[k]) * float(r[fc.EVAL_EXAMPLES]) for r in recs) / total
+           for k in keys}
     out["examples"] = total
     return out
 
 
-class RecordingFedAvg(FedAvg):
-    """FedAvg that records each round: who answered, who failed and why, who never replied.
+@dataclass(frozen=True)
+class ReplyPolicy:
+    """What a reply must be to count: the run's model family and schema, row caps, update clipping."""
+
+    family: str
+    schema: DatasetSchema
+    max_examples: int = fc.DEFAULT_MAX_EXAMPLES
+    per_owner: dict[str, int] = field(default_factory=dict)
+    clip_norm: float = 0.0
+
+    def cap(self, owner: str) -> int:
+        return fc.cap_for(owner, self.max_examples, self.per_owner)
+
+
+def clip_update(params: list[np.ndarray], reference: list[np.ndarray], clip_norm: float) -> list[np.ndarray]:
+    """Scale an owner's update (params - reference) down to L2 norm ``clip_norm`` when it is longer."""
+    updates = [p - r for p, r in zip(params, reference, strict=True)]
+    norm = float(np.sqrt(sum(float(np.sum(u * u)) for u in updates)))
+    if clip_norm <= 0 or norm <= clip_norm:
+        return params
+    return [r + u * (clip_norm / norm) for r, u in zip(reference, updates, strict=True)]
+
+
+class Recording:
+    """Mixed into a Flower strategy: records each round and lets only contract-true replies through.
+
+    Who answered, who failed and why, who never replied. A reply that breaks the
+    contract (fl_contract.check_reply: shapes, finite values, a row count within
+    the owner's cap, the declared metrics) is that owner's failure for the round
+    with the reason, and never reaches the aggregate. Owners are named from the
+    SuperNode's registered public key (``owner_keys``: key id -> name), never from
+    a reply; a node whose key is not known is ``node-<id>``.
 
     A round whose sampled nodes did not all reply within the round timeout lists
-    them under ``missing`` (owner ids where an earlier reply named the owner,
-    ``node-<id>`` otherwise). A round with fewer than ``min_train_nodes`` good
+    them under ``missing``. A round with fewer than ``min_train_nodes`` good
     replies stops the run with NodesLost naming the owners it lacked, and so does
     a wait of more than ``node_wait`` seconds for ``min_available_nodes``.
     """
 
-    def __init__(self, progress: Path, node_wait: float = 120.0, **kwargs: Any) -> None:
+    min_available_nodes: int
+    min_train_nodes: int
+
+    def __init__(
+        self, progress: Path, policy: ReplyPolicy, owner_keys: dict[str, str] | None = None,
+        node_wait: float = 120.0, **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.progress = progress
+        self.policy = policy
+        self.owner_keys = dict(owner_keys or {})
         self.node_wait = node_wait
         self.rounds: dict[int, dict[str, Any]] = {}
-        self.owners: dict[int, str] = {}  # node id -> owner id, learnt from replies
+        self.owners: dict[int, str] = {}  # node id -> owner name, from the SuperNode registration
         self.sent: dict[tuple[int, str], list[Message]] = {}
+        self.global_params: dict[int, list[np.ndarray]] = {}
         self.flushed: set[int] = set()
 
     def entry(self, server_round: int) -> dict[str, Any]:
@@ -123,13 +163,15 @@ class RecordingFedAvg(FedAvg):
         return self.owners.get(int(node_id), f"node-{int(node_id)}")
 
     def learn_names(self, grid: Grid) -> None:
-        """Names given at registration (`flwr supernode register --name`), when there are any."""
+        """Owner names of the connected nodes, from their registered public keys."""
         try:
-            for info in grid.get_nodes():
-                if getattr(info, "name", ""):
-                    self.owners.setdefault(int(info.node_id), str(info.name))
-        except Exception:  # noqa: BLE001 - names are a nicety; replies name owners too
-            pass
+            nodes = list(grid.get_nodes())
+        except Exception:  # noqa: BLE001 - unknown nodes stay node-<id>; the run goes on
+            return
+        for info in nodes:
+            owner = self.owner_keys.get(fc.owner_key_id(bytes(getattr(info, "public_key", b"") or b"")))
+            if owner:
+                self.owners[int(info.node_id)] = owner
 
     def _describe_missing(self, nodes: list[int]) -> str:
         gone = sorted({self.owner_of(n) for n in self.owners if n not in set(nodes)})
@@ -142,32 +184,82 @@ class RecordingFedAvg(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         self.entry(server_round)["started"] = time.time()
         self.learn_names(grid)
-        messages = list(super().configure_train(server_round, arrays, config, self.bounded(grid)))
+        try:
+            self.global_params[server_round] = fc.check_params(
+                arrays.to_numpy_ndarrays(), self.policy.family, self.policy.schema)
+        except fc.ReplyRejected:
+            self.global_params.pop(server_round, None)
+        messages = list(super().configure_train(server_round, arrays, config, self.bounded(grid)))  # type: ignore[misc]
         self.sent[(server_round, "fit")] = messages
         return messages
 
+    def screen(self, server_round: int, replies: list[Message], phase: str,
+               sent: list[Message] | None = None) -> tuple[list[Message], dict[int, str]]:
+        """Check each content-carrying reply against the contract.
+
+        Returns every reply (for note_replies) and the rejected ones as
+        ``id(reply) -> reason``. Kept train replies carry the
+        checked parameters (clipped when ``clip_norm`` is set) and metrics only.
+        """
+        dst = self._dst(server_round, phase, sent)
+        kept: list[Message] = []
+        rejected: dict[int, str] = {}
+        contract_phase: fc.Phase = "train" if phase == "fit" else "evaluate"
+        reference = self.global_params.get(server_round)
+        for m in replies:
+            if m.has_error():
+                kept.append(m)
+                continue
+            node = dst.get(m.metadata.reply_to_message_id, int(m.metadata.src_node_id))
+            try:
+                reply = fc.check_reply(m.content, contract_phase, self.policy.family, self.policy.schema,
+                                       self.policy.cap(self.owner_of(node)))
+            except fc.ReplyRejected as exc:
+                rejected[id(m)] = f"reply refused: {exc}"
+                kept.append(m)  # recorded as this owner's failure, then left out of the aggregate
+                continue
+            content = RecordDict({fc.METRICS: MetricRecord(reply.metrics)})
+            if reply.params is not None:
+                params = reply.params
+                if reference is not None and self.policy.clip_norm > 0:
+                    params = clip_update(params, reference, self.policy.clip_norm)
+                content[fc.ARRAYS] = to_arrays(params)
+            m.content = content
+            kept.append(m)
+        return kept, rejected
+
+    def _dst(self, server_round: int, phase: str, sent: list[Message] | None) -> dict[str, int]:
+        sent = sent if sent is not None else self.sent.get((server_round, phase), [])
+        return {m.metadata.message_id: int(m.metadata.dst_node_id) for m in sent if m.metadata.message_id}
+
     def note_replies(
-        self, server_round: int, replies: list[Message], phase: str, sent: list[Message] | None = None
+        self, server_round: int, replies: list[Message], phase: str, sent: list[Message] | None = None,
+        rejected: dict[int, str] | None = None,
     ) -> None:
-        """Record who answered, who failed (error reply) and which sampled nodes never replied.
+        """Record who answered, who failed (error reply or refused reply) and which sampled nodes never replied.
 
         ``sent`` are the messages of this phase, their ids set by the grid's push:
         a reply (or the SuperLink's error on a node's behalf) names its message.
+        ``rejected`` maps replies that broke the contract (by ``id``) to the reason.
         """
         entry = self.entry(server_round)
-        sent = sent if sent is not None else self.sent.get((server_round, phase), [])
-        dst = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in sent if m.metadata.message_id}
-        ok = [m for m in replies if not m.has_error()]
-        for m in ok:
-            self.owners[int(m.metadata.src_node_id)] = _owner(m)
+        dst = self._dst(server_round, phase, sent)
+        rejected = rejected or {}
+        ok = [m for m in replies if not m.has_error() and id(m) not in rejected]
         entry[f"{phase}_nodes"] = len(ok)
-        entry[f"{phase}_owners"] = sorted(_owner(m) for m in ok)
         answered: set[int] = set()
         missing: dict[int, str] = {}
+        ok_nodes: list[int] = []
         for m in replies:
             node = dst.get(m.metadata.reply_to_message_id, int(m.metadata.src_node_id))
-            if not m.has_error():
+            if id(m) in rejected:
                 answered.add(node)
+                entry["failures"].append(
+                    {"phase": phase, "node_id": node, "owner": self.owner_of(node), "reason": rejected[id(m)]}
+                )
+            elif not m.has_error():
+                answered.add(node)
+                ok_nodes.append(node)
             elif int(m.error.code) in (ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE):
                 missing[node] = m.error.reason  # the SuperLink answered for a node that is gone
             else:
@@ -175,20 +267,22 @@ class RecordingFedAvg(FedAvg):
                 entry["failures"].append(
                     {"phase": phase, "node_id": node, "owner": self.owner_of(node), "reason": m.error.reason}
                 )
+        entry[f"{phase}_owners"] = sorted(self.owner_of(n) for n in ok_nodes)
         for node in dst.values():
             if node not in answered and node not in missing:
                 missing[node] = "no reply within the round timeout"
         for node, reason in sorted(missing.items()):
             entry["missing"].append({"phase": phase, "node_id": node, "owner": self.owner_of(node), "reason": reason})
-        seconds = [float(m.content.metric_records["metrics"].get(f"{phase}-seconds", 0.0)) for m in ok]
+        seconds = [float(m.content.metric_records[fc.METRICS].get(f"{phase}-seconds", 0.0)) for m in ok]
         entry[f"{phase}_seconds_max"] = max(seconds, default=0.0)
 
     def missing_owners(self, server_round: int) -> list[str]:
         return sorted({m["owner"] for m in self.entry(server_round)["missing"]})
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        replies = list(replies)
-        self.note_replies(server_round, replies, "fit")
+        replies, rejected = self.screen(server_round, list(replies), "fit")
+        self.note_replies(server_round, replies, "fit", rejected=rejected)
+        replies = [m for m in replies if id(m) not in rejected]
         # These replies scored the model of the previous round.
         self.entry(server_round - 1)["clients"] = client_scores(replies)
         self.flush(server_round - 1)
@@ -197,7 +291,7 @@ class RecordingFedAvg(FedAvg):
             entry["error"] = self.shortfall(server_round)
             self.flush(server_round)
             raise NodesLost(entry["error"])
-        return super().aggregate_train(server_round, replies)
+        return super().aggregate_train(server_round, replies)  # type: ignore[misc]
 
     def shortfall(self, server_round: int) -> str:
         entry = self.entry(server_round)
@@ -219,6 +313,28 @@ class RecordingFedAvg(FedAvg):
         entry = self.rounds[server_round]
         with self.progress.open("a") as fh:
             fh.write(json.dumps(entry, default=float) + "\n")
+
+
+class RecordingFedAvg(Recording, FedAvg):
+    """FedAvg with fedfhe's reply checks and round recording (the default aggregation)."""
+
+
+def make_strategy(
+    name: str, progress: Path, policy: ReplyPolicy, owner_keys: dict[str, str], node_wait: float, min_nodes: int,
+    num_malicious_nodes: int = 0, trimmed_fraction: float = 0.2, multikrum_select: int = 0,
+) -> Recording:
+    """Flower's strategy ``name`` (coordinator.yaml ``training.aggregation``) with fedfhe's recording."""
+    extra = strategy_kwargs(name, min_nodes, num_malicious_nodes, trimmed_fraction, multikrum_select)
+    base = strategy_class(name)
+    cls = RecordingFedAvg if base is FedAvg else type(f"Recording{base.__name__}", (Recording, base), {})
+    return cls(
+        progress, policy, owner_keys=owner_keys, node_wait=node_wait,
+        fraction_train=1.0,
+        fraction_evaluate=0.0,  # clients score inside the train message
+        min_train_nodes=min_nodes,
+        min_available_nodes=min_nodes,
+        **extra,
+    )
 
 
 def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
@@ -245,7 +361,7 @@ def final_evaluation(
     """
     messages = [
         Message(
-            content=RecordDict({"arrays": arrays, "config": config}),
+            content=RecordDict({fc.ARRAYS: arrays, fc.CONFIG: config}),
             dst_node_id=node,
             message_type=MessageType.EVALUATE,
         )
@@ -274,13 +390,19 @@ def main(grid: Grid, context: Context) -> None:
     if str(cfg["public-test"]):
         public = load_table(str(cfg["public-test"]), schema)
 
-    strategy = RecordingFedAvg(
-        progress,
-        fraction_train=1.0,
-        fraction_evaluate=0.0,  # clients score inside the train message
-        min_train_nodes=min_nodes,
-        min_available_nodes=min_nodes,
+    policy = ReplyPolicy(
+        family, schema, max_examples=int(cfg["max-examples"]),
+        per_owner={str(k): int(v) for k, v in json.loads(str(cfg["max-examples-per-owner"])).items()},
+        clip_norm=float(cfg["clip-norm"]),
+    )
+    strategy = make_strategy(
+        str(cfg["aggregation"]), progress, policy,
+        owner_keys={str(k): str(v) for k, v in json.loads(str(cfg["owner-keys"])).items()},
         node_wait=float(cfg["wait-for-nodes"]),
+        min_nodes=min_nodes,
+        num_malicious_nodes=int(cfg["num-malicious-nodes"]),
+        trimmed_fraction=float(cfg["trimmed-fraction"]),
+        multikrum_select=int(cfg["multikrum-select"]),
     )
     started = time.time()
 
@@ -296,11 +418,11 @@ def main(grid: Grid, context: Context) -> None:
     wait_for_nodes(grid, min_nodes, float(cfg["wait-for-nodes"]))
     config = ConfigRecord(
         {
-            "model": family,
-            "model-params": json.dumps(model_params),
-            "schema-name": schema.name,
-            "n-features": schema.n_features,
-            "local-epochs": int(cfg["local-epochs"]),
+            fc.MODEL: family,
+            fc.MODEL_PARAMS: json.dumps(model_params),
+            fc.SCHEMA_NAME: schema.name,
+            fc.N_FEATURES: schema.n_features,
+            fc.LOCAL_EPOCHS: int(cfg["local-epochs"]),
         }
     )
     result = strategy.start(
@@ -313,9 +435,11 @@ def main(grid: Grid, context: Context) -> None:
     )
     if not len(result.arrays):
         raise RuntimeError("no round produced aggregated parameters: every node failed (see progress.jsonl)")
+    strategy.learn_names(grid)
     sent, replies = final_evaluation(grid, result.arrays, config, timeout)
-    strategy.note_replies(rounds, replies, "eval", sent)
-    strategy.entry(rounds)["clients"] = client_scores(replies)
+    replies, rejected = strategy.screen(rounds, replies, "eval", sent)
+    strategy.note_replies(rounds, replies, "eval", sent, rejected)
+    strategy.entry(rounds)["clients"] = client_scores([m for m in replies if id(m) not in rejected])
     strategy.flush(rounds)
 
     coef, intercept = from_arrays(result.arrays, family, schema)

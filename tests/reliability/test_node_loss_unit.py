@@ -8,15 +8,22 @@ that drops between FedAvg's two looks at the node list, a wait that must end.
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
-import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common import Error
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedfhe_server.server_app import BoundedGrid, NodesLost, RecordingFedAvg
+from fedfhe_common import models
+from fedfhe_common.fl_contract import owner_key_id
+from fedfhe_common.schema import resolve_schema
+from fedfhe_common.transport import to_arrays
+from fedfhe_server.server_app import BoundedGrid, NodesLost, RecordingFedAvg, ReplyPolicy
+
+SCHEMA = resolve_schema("digits")
+REGISTERED = (1, 2, 3, 11, 12, 13)  # nodes whose public key the coordinator registered as owner-<id>
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,7 +48,7 @@ class FakeGrid:
         return self.lists.pop(0) if len(self.lists) > 1 else self.lists[0]
 
     def get_nodes(self) -> list:
-        return []
+        return [SimpleNamespace(node_id=n, public_key=f"key-{n}".encode(), name="") for n in self.lists[0]]
 
     def push(self, messages: list[Message]) -> list[Message]:
         for m in messages:
@@ -49,11 +56,12 @@ class FakeGrid:
         return messages
 
 
-def ok_reply(msg: Message, owner: str) -> Message:
+def ok_reply(msg: Message, owner: str = "") -> Message:
+    """A reply that keeps the contract; ``owner`` is what it claims, which the ServerApp ignores."""
     content = RecordDict({
-        "arrays": ArrayRecord([np.zeros((2, 3)), np.zeros(2)]),
-        "metrics": MetricRecord({"num-examples": 10, "fit-seconds": 0.1, "eval-examples": 2, "eval-accuracy": 0.5}),
-        "owner": ConfigRecord({"owner-id": owner}),
+        "arrays": to_arrays(models.initial_parameters("LogisticRegression", SCHEMA)),
+        "metrics": MetricRecord({"num-examples": 10, "fit-seconds": 0.1, "eval-examples": 2, "eval-seconds": 0.1,
+                                 "eval-accuracy": 0.5, "eval-loss": 1.0}),
     })
     return Message(content, reply_to=msg)
 
@@ -66,12 +74,14 @@ def error_reply(msg: Message, code: int, reason: str) -> Message:
 
 
 def strategy(tmp_path, min_nodes: int = 2, node_wait: float = 0.3) -> RecordingFedAvg:
-    return RecordingFedAvg(tmp_path / "progress.jsonl", node_wait=node_wait, fraction_train=1.0,
-                           fraction_evaluate=0.0, min_train_nodes=min_nodes, min_available_nodes=min_nodes)
+    keys = {owner_key_id(f"key-{n}".encode()): f"owner-{n}" for n in REGISTERED}
+    return RecordingFedAvg(tmp_path / "progress.jsonl", ReplyPolicy("LogisticRegression", SCHEMA), owner_keys=keys,
+                           node_wait=node_wait, fraction_train=1.0, fraction_evaluate=0.0,
+                           min_train_nodes=min_nodes, min_available_nodes=min_nodes)
 
 
 def send(s: RecordingFedAvg, grid: FakeGrid, server_round: int) -> list[Message]:
-    arrays = ArrayRecord([np.zeros((2, 3)), np.zeros(2)])
+    arrays = to_arrays(models.initial_parameters("LogisticRegression", SCHEMA))
     return grid.push(s.configure_train(server_round, arrays, ConfigRecord({}), grid))
 
 

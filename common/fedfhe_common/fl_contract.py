@@ -1,0 +1,185 @@
+"""The typed contract between fedfhe's ServerApp and ClientApp: record names, keys, checks.
+
+Both apps import their names from here, so a renamed key cannot drift between
+them. The ServerApp validates every reply with ``check_reply`` before it counts
+or aggregates it: a data owner is trusted with its rows, not with the bytes it
+sends back, so a reply that does not fit the contract is that owner's failure
+for the round (with the reason), never an exception in the run or a vote in the
+aggregate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from . import models
+from .schema import DatasetSchema
+
+# Record names in a message's RecordDict.
+ARRAYS = "arrays"  # ArrayRecord: coef_ then intercept_
+CONFIG = "config"  # ConfigRecord: the instruction (server -> client)
+METRICS = "metrics"  # MetricRecord: the reply's numbers (client -> server)
+
+# Instruction keys (server -> client). Flower adds SERVER_ROUND itself.
+MODEL = "model"
+MODEL_PARAMS = "model-params"
+SCHEMA_NAME = "schema-name"
+N_FEATURES = "n-features"
+LOCAL_EPOCHS = "local-epochs"
+SERVER_ROUND = "server-round"
+
+# Reply metric keys (client -> server).
+NUM_EXAMPLES = "num-examples"  # rows the reply speaks for: FedAvg's weight
+FIT_SECONDS = "fit-seconds"
+EVAL_EXAMPLES = "eval-examples"  # held-out rows the eval-* scores were measured on
+EVAL_SECONDS = "eval-seconds"
+EVAL_PREFIX = "eval-"
+
+# Node config key a test federation sets to make one owner's ClientApp misbehave (never set in production).
+TEST_HOSTILE_REPLY = "test-hostile-reply"
+
+Phase = Literal["train", "evaluate"]
+
+DEFAULT_MAX_EXAMPLES = 1_000_000
+
+
+def score_names(schema: DatasetSchema) -> tuple[str, ...]:
+    """The scores ``scoring.score_model`` produces for this schema's kind of model."""
+    return ("loss", "accuracy") if schema.is_classifier else ("loss", "r2")
+
+
+def metric_types(phase: Phase, schema: DatasetSchema) -> dict[str, type]:
+    """Every metric a reply of ``phase`` carries, with its type: no more, no fewer."""
+    out: dict[str, type] = {f"{EVAL_PREFIX}{name}": float for name in score_names(schema)}
+    out |= {EVAL_EXAMPLES: int, EVAL_SECONDS: float, NUM_EXAMPLES: int}
+    if phase == "train":
+        out[FIT_SECONDS] = float
+    return out
+
+
+def wire_shapes(family: str, schema: DatasetSchema) -> tuple[tuple[int, ...], ...]:
+    """Shapes as they travel: a scalar intercept goes as one value (transport.to_arrays)."""
+    return tuple(shape if shape else (1,) for shape in models.param_shapes(family, schema))
+
+
+class ReplyRejected(ValueError):
+    """A reply that breaks the contract; the message is the reason recorded for the owner."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A reply that passed every check: parameters (train only) in model shapes, typed metrics."""
+
+    params: list[np.ndarray] | None
+    metrics: dict[str, int | float]
+
+
+def check_params(arrays: list[np.ndarray], family: str, schema: DatasetSchema) -> list[np.ndarray]:
+    """Exactly two float arrays of the family's wire shapes, every value finite; model shapes back."""
+    expected = wire_shapes(family, schema)
+    if len(arrays) != len(expected):
+        raise ReplyRejected(f"expected {len(expected)} parameter arrays (coef, intercept), got {len(arrays)}")
+    out = []
+    for name, arr, wire, shape in zip(("coef", "intercept"), arrays, expected,
+                                      models.param_shapes(family, schema), strict=True):
+        arr = np.asarray(arr)
+        if tuple(arr.shape) != wire:
+            raise ReplyRejected(f"{name} has shape {tuple(arr.shape)}, the run needs {wire}")
+        if arr.dtype.kind not in "fiu":
+            raise ReplyRejected(f"{name} has dtype {arr.dtype}, the run needs numbers")
+        if not np.all(np.isfinite(arr)):
+            raise ReplyRejected(f"{name} has non-finite values (NaN or infinity)")
+        out.append(np.asarray(arr, dtype=np.float64).reshape(shape))
+    return out
+
+
+def _check_metric(key: str, value: Any, tp: type, cap: int) -> int | float:
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ReplyRejected(f"metric {key} must be an integer, got {type(value).__name__}")
+        value = int(value)
+        if value <= 0:
+            raise ReplyRejected(f"metric {key} must be positive, got {value}")
+        if value > cap:
+            raise ReplyRejected(f"metric {key} is {value}, above this owner's cap of {cap}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ReplyRejected(f"metric {key} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if math.isnan(value) and key == f"{EVAL_PREFIX}loss":
+        return value  # log-loss is undefined when the held-out rows lack a class (scoring.score_model)
+    if not math.isfinite(value):
+        raise ReplyRejected(f"metric {key} must be finite, got {value}")
+    if key.endswith("-seconds") and value < 0:
+        raise ReplyRejected(f"metric {key} must not be negative, got {value}")
+    if key == f"{EVAL_PREFIX}accuracy" and not 0.0 <= value <= 1.0:
+        raise ReplyRejected(f"metric {key} must lie in [0, 1], got {value}")
+    if key == f"{EVAL_PREFIX}loss" and value < 0:
+        raise ReplyRejected(f"metric {key} must not be negative, got {value}")
+    return value
+
+
+def check_metrics(metrics: dict[str, Any], phase: Phase, schema: DatasetSchema, cap: int) -> dict[str, int | float]:
+    """The declared names with their types, counts in (0, cap]; an extra or missing key fails."""
+    types = metric_types(phase, schema)
+    extra = sorted(set(metrics) - set(types))
+    if extra:
+        raise ReplyRejected(f"unexpected metric(s) {', '.join(repr(k)[:60] for k in extra[:5])}")
+    absent = sorted(set(types) - set(metrics))
+    if absent:
+        raise ReplyRejected(f"missing metric(s) {', '.join(absent)}")
+    return {key: _check_metric(key, metrics[key], tp, cap) for key, tp in types.items()}
+
+
+def check_reply(content: Any, phase: Phase, family: str, schema: DatasetSchema, cap: int) -> Reply:
+    """Validate a reply's RecordDict: its records, parameters and metrics.
+
+    Records other than the contract's (an ``owner`` record claiming a name, ...)
+    are refused: who sent a reply is known from the SuperNode's registration.
+    """
+    wanted = {METRICS} | ({ARRAYS} if phase == "train" else set())
+    try:
+        names = set(content.keys())
+        if wanted - names:
+            raise ReplyRejected(f"missing record(s) {', '.join(sorted(wanted - names))}")
+        metrics_rec = content.metric_records.get(METRICS)
+        if metrics_rec is None:
+            raise ReplyRejected(f"record {METRICS!r} is not a MetricRecord")
+        metrics = check_metrics(dict(metrics_rec), phase, schema, cap)
+        params = None
+        if phase == "train":
+            arrays_rec = content.array_records.get(ARRAYS)
+            if arrays_rec is None:
+                raise ReplyRejected(f"record {ARRAYS!r} is not an ArrayRecord")
+            params = check_params(arrays_rec.to_numpy_ndarrays(), family, schema)
+        extra = sorted(names - wanted)
+        if extra:
+            raise ReplyRejected(f"unexpected record(s) {', '.join(repr(k)[:60] for k in extra[:5])}")
+    except ReplyRejected:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any malformed record is the sender's failure, not the run's
+        raise ReplyRejected(f"malformed reply: {type(exc).__name__}: {str(exc)[:200]}") from None
+    return Reply(params, metrics)
+
+
+def owner_key_id(public_key_pem: bytes) -> str:
+    """A SuperNode's identity as the ServerApp sees it: sha256 of its registered public key (PEM)."""
+    return hashlib.sha256(public_key_pem.strip()).hexdigest()
+
+
+def owner_name_from_key_file(name: str) -> str:
+    """``<owner>.supernode.pub`` (what fedfhe-pki writes) names its owner."""
+    for suffix in (".supernode.pub", ".pub"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def cap_for(owner: str, default: int, per_owner: dict[str, int]) -> int:
+    """The most rows one reply from ``owner`` may claim."""
+    return int(per_owner.get(owner, default))
