@@ -63,8 +63,9 @@ def _reply(msg: Message, context: Context, arrays: ArrayRecord | None, metrics: 
 def _misbehave(content: RecordDict, how: str) -> None:
     """Test federations only (node config ``test-hostile-reply``): send what a hostile owner would.
 
-    ``inflated-weight`` claims 1e12 rows and coefficients x100 under another owner's
-    name; ``nan`` sends NaN coefficients. The ServerApp must refuse both.
+    ``inflated-weight`` claims 1e12 rows for coefficients x -100 under another
+    owner's name (it would decide the FedAvg aggregate); ``nan`` sends NaN
+    coefficients. The ServerApp must refuse both.
     """
     metrics = dict(content[fc.METRICS])
     if how == "inflated-weight":
@@ -72,7 +73,7 @@ def _misbehave(content: RecordDict, how: str) -> None:
         content["owner"] = ConfigRecord({"owner-id": "owner-0"})
     if fc.ARRAYS in content:
         params = [np.array(a) for a in content[fc.ARRAYS].to_numpy_ndarrays()]
-        params[0] = params[0] * 100.0 if how == "inflated-weight" else np.full_like(params[0], np.nan)
+        params[0] = params[0] * -100.0 if how == "inflated-weight" else np.full_like(params[0], np.nan)
         content[fc.ARRAYS] = to_arrays(params)
     content[fc.METRICS] = MetricRecord(metrics)
 
