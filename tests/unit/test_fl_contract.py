@@ -205,3 +205,16 @@ def test_caps_per_run_and_per_owner(tmp_path):
         coordinator(tmp_path, aggregation="bulyan", num_malicious_nodes=1, min_nodes=5)
     with pytest.raises(ConfigError, match="clip_norm"):
         coordinator(tmp_path, clip_norm=-1.0)
+
+
+def test_owner_keys_match_the_key_flower_registers(tmp_path):
+    """The ServerApp sees the key Flower stored at `flwr supernode register`; the id must match it."""
+    from flwr.cli.supernode.register import try_load_public_key
+
+    from fedfhe_common.pki import init_ca, supernode_keypair
+    from fedfhe_server.flwr_cli import owner_keys
+
+    init_ca(tmp_path)
+    supernode_keypair(tmp_path, "alice")
+    key = tmp_path / "alice.supernode.pub"
+    assert owner_keys([key]) == {fc.owner_key_id(try_load_public_key(key)): "alice"}
