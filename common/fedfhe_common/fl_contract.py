@@ -46,6 +46,9 @@ TEST_HOSTILE_REPLY = "test-hostile-reply"
 Phase = Literal["train", "evaluate"]
 
 DEFAULT_MAX_EXAMPLES = 1_000_000
+# Largest |parameter| a reply may carry: far beyond any fitted linear model, and small enough
+# that no weighted sum of replies overflows float64 into infinity inside the aggregation.
+MAX_ABS_PARAM = 1e12
 
 
 def score_names(schema: DatasetSchema) -> tuple[str, ...]:
@@ -94,6 +97,8 @@ def check_params(arrays: list[np.ndarray], family: str, schema: DatasetSchema) -
             raise ReplyRejected(f"{name} has dtype {arr.dtype}, the run needs numbers")
         if not np.all(np.isfinite(arr)):
             raise ReplyRejected(f"{name} has non-finite values (NaN or infinity)")
+        if arr.size and float(np.max(np.abs(arr))) > MAX_ABS_PARAM:
+            raise ReplyRejected(f"{name} has values beyond +-{MAX_ABS_PARAM:g}")
         out.append(np.asarray(arr, dtype=np.float64).reshape(shape))
     return out
 

@@ -56,6 +56,7 @@ def test_a_good_reply_passes_with_model_shapes():
     (lambda: content(**{"num-examples": 1.5}), "num-examples must be an integer"),
     (lambda: content(coef(float("nan"))), "coef has non-finite values"),
     (lambda: content(coef(float("inf"))), "non-finite"),
+    (lambda: content(coef(1e300)), "coef has values beyond +-1e+12"),
     (lambda: RecordDict({"arrays": ArrayRecord([np.zeros(1), np.zeros(1)]), "metrics": MetricRecord(metrics())}),
      "coef has shape (1,), the run needs (10, 64)"),
     (lambda: RecordDict({"arrays": ArrayRecord([np.zeros((10, 64))]), "metrics": MetricRecord(metrics())}),
