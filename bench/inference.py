@@ -11,9 +11,16 @@ written to bench/results/inference.json:
 - key_upload_over_tls_copy_ratio: UploadKeys of a decision tree's ~77 MB keys over
   copying the same bytes through a plain TLS socket on loopback.
 - peak_rss_mb_10_owners: the node's peak RSS while 10 owners each upload tree
-  keys and run a prediction.
+  keys and run a prediction (the node process plus its FHE worker processes).
+- sandbox_over_inprocess_latency_ratio: per dataset, median warm Predict latency of
+  a node with sandboxed FHE workers (the default) over a node with `sandbox: false`
+  on the same bundle, same keys and same ciphertexts, calls alternated between the
+  two (issue 10: within 5 %). Per single row (RPC only, and encrypt+RPC+decrypt)
+  and per 16-row batch.
 
-    .venv/bin/python bench/inference.py [--quick] [--out bench/results/inference.json]
+    .venv/bin/python bench/inference.py [--quick] [--only sandbox] [--out bench/results/inference.json]
+
+--only sandbox runs that section alone and merges it into the existing JSON.
 """
 
 from __future__ import annotations
@@ -93,12 +100,31 @@ class Node:
 
         wait_until(up, 120, "the inference node")
 
-    def status_mb(self, field: str) -> float:
+    def status_mb(self, field: str, pid: int | None = None) -> float:
         assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+        try:
+            text = Path(f"/proc/{pid or self.proc.pid}/status").read_text()
+        except OSError:
+            return 0.0
+        for line in text.splitlines():
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
         return float("nan")
+
+    def worker_pids(self) -> list[int]:
+        """The node's child processes (its sandboxed FHE workers)."""
+        assert self.proc is not None
+        pids: list[int] = []
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            try:
+                pids += [int(p) for p in (task / "children").read_text().split()]
+            except OSError:
+                pass
+        return pids
+
+    def total_mb(self, field: str) -> float:
+        """``field`` of the node plus its workers (VmHWM summed: an upper bound of the joint peak)."""
+        return self.status_mb(field) + sum(self.status_mb(field, pid) for pid in self.worker_pids())
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -279,7 +305,7 @@ def ten_owners(work: Path, pki: Path, bundle: Any, rows: np.ndarray, owners: int
     publish_bundle(bundle.directory, node.bundles, load_verify_key(pki / "release.pub"))
     node.start()
     try:
-        idle = node.status_mb("VmRSS")
+        idle = node.total_mb("VmRSS")
         prepared = [(f"owner-{i}", *tree_keys(bundle, work / "owners-state", f"owner-{i}")) for i in range(owners)]
 
         def one(item: tuple[str, ModelKeys, bytes]) -> float:
@@ -297,20 +323,150 @@ def ten_owners(work: Path, pki: Path, bundle: Any, rows: np.ndarray, owners: int
         with cf.ThreadPoolExecutor(owners) as pool:
             per_owner = list(pool.map(one, prepared))
         total = time.perf_counter() - t
-        return {"owners": owners, "peak_rss_mb": node.status_mb("VmHWM"), "idle_rss_mb": idle,
+        return {"owners": owners, "peak_rss_mb": node.total_mb("VmHWM"), "idle_rss_mb": idle,
+                "peak_rss_mb_node_process": node.status_mb("VmHWM"),
+                "peak_rss_mb_workers": [node.status_mb("VmHWM", pid) for pid in node.worker_pids()],
                 "key_bytes_per_owner": len(prepared[0][2]), "key_cache_budget_mb": cache / MiB,
                 "wall_s": total, "median_predict_s": statistics.median(per_owner)}
     finally:
         node.stop()
 
 
+def _owner_keys(node: Node, bundle: Any, state: Path) -> tuple[ModelKeys, Any, bytes]:
+    """This bench's owner-0 keys for ``bundle``, client specs fetched from ``node`` and verified."""
+    with InferenceClient(node.endpoint("owner-0")) as client:
+        info = client.model_info(bundle.model_id, bundle.version)
+        keys = ModelKeys(state, info.model_id, info.version)
+        specs = client.client_specs(info)
+        keys.install_client_specs(specs.client_zip, specs.manifest, specs.manifest_signature,
+                                  load_verify_key(node.pki / "release.pub"), "bench")
+    fhe_client, _ = keys.fhe_client()
+    return keys, fhe_client, fhe_client.get_serialized_evaluation_keys()
+
+
+def sandbox_cost(sandboxed: Node, inprocess: Node, bundle: Any, rows: np.ndarray, state: Path,
+                 batches: int) -> dict[str, Any]:
+    """Warm latency, sandboxed workers over in-process, through the real service of two nodes on one bundle.
+
+    The same owner keys are uploaded to both nodes, the same ciphertexts go to both, and calls alternate
+    (ABAB on even rows, BABA on odd ones) so both see the same machine state. Warm: every worker of the
+    sandboxed node has loaded the keys before timing starts (the node's key cache lives in the workers).
+    """
+    _, fhe_client, evk = _owner_keys(sandboxed, bundle, state)
+    nodes = {"sandbox": sandboxed, "inprocess": inprocess}
+    clients = {name: InferenceClient(n.endpoint("owner-0")) for name, n in nodes.items()}
+    try:
+        infos = {name: c.model_info(bundle.model_id, bundle.version) for name, c in clients.items()}
+        ids = {name: c.upload_keys(infos[name], evk).key_id for name, c in clients.items()}
+        cts = [fhe_client.quantize_encrypt_serialize(rows[i:i + 1]) for i in range(len(rows))]
+
+        def rpc(name: str, batch: list[bytes]) -> tuple[float, Any]:
+            t = time.perf_counter()
+            resp = clients[name].predict(ids[name], infos[name], batch)
+            return time.perf_counter() - t, resp
+
+        def e2e(name: str, x: np.ndarray) -> float:
+            t = time.perf_counter()
+            resp = clients[name].predict(ids[name], infos[name], [fhe_client.quantize_encrypt_serialize(x)])
+            fhe_client.deserialize_decrypt_dequantize(resp.results[0])
+            return time.perf_counter() - t
+
+        workers = len(sandboxed.worker_pids())
+        for i in range(2 * workers + 4):  # every worker loads the keys; both nodes warm
+            for name in nodes:
+                rpc(name, [cts[i % len(cts)]])
+                rpc(name, cts[:2])
+        _, a = rpc("sandbox", cts[:1])
+        _, b = rpc("inprocess", cts[:1])
+        np.testing.assert_allclose(fhe_client.deserialize_decrypt_dequantize(a.results[0]),
+                                   fhe_client.deserialize_decrypt_dequantize(b.results[0]))
+        pids_before = sorted(sandboxed.worker_pids())
+        single: dict[str, list[float]] = {n: [] for n in nodes}
+        full: dict[str, list[float]] = {n: [] for n in nodes}
+        batch16: dict[str, list[float]] = {n: [] for n in nodes}
+        for i in range(len(rows)):
+            order = list(nodes) if i % 2 == 0 else list(reversed(nodes))
+            for name in order:
+                single[name].append(rpc(name, [cts[i]])[0])
+            for name in reversed(order):
+                full[name].append(e2e(name, rows[i:i + 1]))
+        batch = [cts[i % len(cts)] for i in range(16)]
+        for j in range(batches):
+            for name in (list(nodes) if j % 2 == 0 else list(reversed(nodes))):
+                batch16[name].append(rpc(name, batch)[0])
+        replaced = sorted(sandboxed.worker_pids()) != pids_before
+    finally:
+        for c in clients.values():
+            c.close()
+
+    def summary(samples: dict[str, list[float]]) -> dict[str, float]:
+        med = {k: statistics.median(v) for k, v in samples.items()}
+        p90 = {k: float(np.percentile(v, 90)) for k, v in samples.items()}
+        return {"n": len(samples["sandbox"]), "sandbox_ms": 1000 * med["sandbox"],
+                "inprocess_ms": 1000 * med["inprocess"], "ratio": med["sandbox"] / med["inprocess"],
+                "sandbox_p90_ms": 1000 * p90["sandbox"], "inprocess_p90_ms": 1000 * p90["inprocess"],
+                "mean_ratio": statistics.fmean(samples["sandbox"]) / statistics.fmean(samples["inprocess"])}
+
+    return {"workers": workers, "workers_replaced_during_timing": replaced,
+            "row_rpc": summary(single), "row_encrypt_rpc_decrypt": summary(full), "batch_16_rpc": summary(batch16)}
+
+
+def run_sandbox(work: Path, pki: Path, sets: dict[str, tuple[Any, np.ndarray]], quick: bool) -> dict[str, Any]:
+    """Two nodes on the same bundles, one with `sandbox: false`; see sandbox_cost."""
+    sandboxed = Node(work / "node-sandbox", pki)
+    inprocess = Node(work / "node-inprocess", pki, sandbox=False)
+    for node in (sandboxed, inprocess):
+        for bundle, _ in sets.values():
+            publish_bundle(bundle.directory, node.bundles, load_verify_key(pki / "release.pub"))
+    try:
+        sandboxed.start()
+        inprocess.start()
+        n_rows = {"digits": 20 if quick else 80, "fashion-mnist": 6 if quick else 30}
+        n_batches = {"digits": 4 if quick else 12, "fashion-mnist": 2 if quick else 6}
+        return {name: sandbox_cost(sandboxed, inprocess, bundle, rows[:n_rows[name]], work / f"sandbox-{name}",
+                                   n_batches[name])
+                for name, (bundle, rows) in sets.items()}
+    finally:
+        sandboxed.stop()
+        inprocess.stop()
+
+
+def print_sandbox(sb: dict[str, Any]) -> None:
+    for name, d in sb.items():
+        for part in ("row_rpc", "row_encrypt_rpc_decrypt", "batch_16_rpc"):
+            r = d[part]
+            print(f"sandbox/in-process {name} {part}: {r['ratio']:.3f}x "
+                  f"({r['sandbox_ms']:.1f} ms vs {r['inprocess_ms']:.1f} ms, median of {r['n']}; "
+                  f"{'within' if r['ratio'] <= 1.05 else 'NOT within'} 5 %)")
+
+
+def machine() -> dict[str, Any]:
+    import concrete.ml
+
+    return {"cores": os.cpu_count(), "python": platform.python_version(),
+            "concrete_ml": concrete.ml.__version__, "platform": platform.platform()}
+
+
+def sandbox_result(sb: dict[str, Any], command: str) -> dict[str, Any]:
+    ratios = {name: d["row_rpc"]["ratio"] for name, d in sb.items()}
+    return {"sandbox_over_inprocess_latency_ratio": ratios,
+            "sandbox_within_5_percent": all(r <= 1.05 for r in ratios.values()),
+            "sandbox": {**sb, "command": command, "machine": machine(),
+                        "what": "median warm Predict latency, node with sandboxed FHE workers over node with "
+                                "sandbox: false, same bundle/keys/ciphertexts, calls alternated; "
+                                "the headline ratio is row_rpc"}}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer rows and repetitions")
+    ap.add_argument("--only", choices=["sandbox"], help="run one section and merge it into the existing --out JSON")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "inference.json")
     ap.add_argument("--owners", type=int, default=10)
     args = ap.parse_args(argv)
     started = time.perf_counter()
+    command = "python bench/inference.py" + (" --quick" if args.quick else "") + (
+        f" --only {args.only}" if args.only else "")
     with tempfile.TemporaryDirectory(prefix="fedfhe-bench-inference-") as tmp:
         work = Path(tmp)
         pki = work / "pki"
@@ -322,6 +478,17 @@ def main(argv: list[str] | None = None) -> int:
         print("compiling bundles ...", file=sys.stderr)
         digits, digits_rows = linear_bundle("digits", work, max_rows=1797)
         fashion, fashion_rows = linear_bundle("fashion-mnist", work, max_rows=3000 if args.quick else 10000)
+        sets = {"digits": (digits, digits_rows), "fashion-mnist": (fashion, fashion_rows)}
+        if args.only == "sandbox":
+            print("sandbox vs in-process ...", file=sys.stderr)
+            sb = run_sandbox(work, pki, sets, args.quick)
+            result = json.loads(args.out.read_text()) if args.out.is_file() else {}
+            result.update(sandbox_result(sb, command))
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2) + "\n")
+            print_sandbox(sb)
+            print(f"merged into {args.out} ({time.perf_counter() - started:.0f} s)")
+            return 0
         tree = tree_bundle(work)
         node = Node(work / "node", pki)
         for b in (digits, fashion, tree):
@@ -342,18 +509,19 @@ def main(argv: list[str] | None = None) -> int:
             node.stop()
         print(f"{args.owners} owners ...", file=sys.stderr)
         owners = ten_owners(work, pki, tree, digits_rows, args.owners)
-    import concrete.ml
+        print("sandbox vs in-process ...", file=sys.stderr)
+        sb = run_sandbox(work, pki, sets, args.quick)
 
     result = {
         "service_over_inprocess_latency_ratio": {k: v["ratio"] for k, v in lat.items()},
         "throughput_rows_per_s": tput,
         "key_upload_over_tls_copy_ratio": upload["ratio"],
         "peak_rss_mb_10_owners": owners["peak_rss_mb"],
+        **sandbox_result(sb, command),
         "details": {"latency": lat, "key_upload": upload, "owners": owners,
                     "throughput": {"rows_per_batch": 16, "batches_per_client": batches, "model": "digits LR n_bits 8"}},
-        "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
-                    "concrete_ml": concrete.ml.__version__, "platform": platform.platform()},
-        "command": "python bench/inference.py" + (" --quick" if args.quick else ""),
+        "machine": machine(),
+        "command": command,
         "seconds": time.perf_counter() - started,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -365,11 +533,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"throughput with {c} client(s): {v:.1f} rows/s")
     print(f"key upload / TLS copy ({upload['bytes'] / 1e6:.0f} MB): {upload['ratio']:.2f}x "
           f"({upload['upload_s']:.2f}s vs {upload['tls_copy_s']:.2f}s)")
-    print(f"peak RSS with {owners['owners']} owners (tree keys): {owners['peak_rss_mb']:.0f} MB "
-          f"(idle {owners['idle_rss_mb']:.0f} MB, key cache budget {owners['key_cache_budget_mb']:.0f} MB)")
+    print(f"peak RSS with {owners['owners']} owners (tree keys): {owners['peak_rss_mb']:.0f} MB node + workers "
+          f"(node process {owners['peak_rss_mb_node_process']:.0f} MB; idle {owners['idle_rss_mb']:.0f} MB, "
+          f"key cache budget {owners['key_cache_budget_mb']:.0f} MB)")
+    print_sandbox(sb)
     print(f"wrote {args.out}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
