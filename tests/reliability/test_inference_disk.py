@@ -51,7 +51,7 @@ def setup(tmp_path_factory):
     try:
         lr = support.lr_bundle(tmp_path_factory)
         pki = support.make_pki(work / "pki", ("owner-0",))
-        node = support.start_node(work / "node", pki, lr, limits={**support._conf.LIMITS, "max_key_bytes": 16 * MiB})
+        node = support.start_node(work / "node", pki, lr, limits={**support._conf.LIMITS, "max_key_bytes": 64 * MiB})
         assert node.keys_dir == keys_dir
         owner = support.make_owner(node, "owner-0", work / "owner-0-state", lr.X_test)
         yield node, owner, lr
@@ -87,12 +87,18 @@ def _still_works(node, owner, lr, stored: dict[str, str]) -> None:
     np.testing.assert_allclose(owner.decrypt(resp.results), lr.model.predict_proba(X, fhe="simulate"), atol=1e-9)
 
 
-def test_upload_larger_than_the_free_space(setup):
+def test_upload_larger_than_the_free_space(setup, tmp_path_factory):
     node, owner, lr = setup
+    tree, size = support.tree_bundle(tmp_path_factory)  # keys of megabytes: a linear model's are 64 bytes
+    assert size > TMPFS_BYTES
+    support.publish(node, tree)
     stored = support.stored_keys(node.keys_dir)
     assert [n for n in stored if n.endswith(".evk")] == [f"{owner.key_id}.evk"]
-    data = np.random.default_rng(0).bytes(3 * MiB)  # fails in the stream, long before validation
-    _refused_for_disk(node.stub(owner.name), data)
+    data = np.random.default_rng(0).bytes(size)  # fails in the stream, long before validation
+    with pytest.raises(grpc.RpcError) as info:
+        _upload(node.stub(owner.name), support.upload_header(data, model_id=support.TREE_ID), data)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (info.value.code(), info.value.details())
+    assert "space" in info.value.details(), info.value.details()
     _still_works(node, owner, lr, stored)
 
 

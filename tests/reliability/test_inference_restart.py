@@ -95,17 +95,20 @@ def test_keys_and_bundles_survive_sigkill(setup, lr):
     assert support.stored_keys(node.keys_dir) == before["files"]
 
 
-def test_upload_interrupted_by_sigkill_leaves_no_key(setup, lr):
-    """8 MiB declared, 3 MiB sent, then the stream stalls until the node is killed mid-write."""
+def test_upload_interrupted_by_sigkill_leaves_no_key(setup, lr, tmp_path_factory):
+    """A tree's key set declared (megabytes), 3 MiB sent, then the stream stalls until the node is killed mid-write."""
     node, owners = setup
+    tree, total = support.tree_bundle(tmp_path_factory)
+    support.publish(node, tree)
     before = support.stored_keys(node.keys_dir)
-    total, sent = 8 * MiB, 3 * MiB
+    sent = 3 * MiB
+    assert total > 2 * sent
     data = np.random.default_rng(1).bytes(total)
     stall = threading.Event()
     outcome: dict[str, object] = {}
 
     def requests():
-        yield pb.UploadKeysRequest(header=support.upload_header(data))
+        yield pb.UploadKeysRequest(header=support.upload_header(data, model_id=support.TREE_ID))
         for start in range(0, sent, MiB):
             yield pb.UploadKeysRequest(chunk=data[start:start + MiB])
         stall.wait(120)

@@ -91,6 +91,46 @@ def lr_bundle(tmp_path_factory: pytest.TempPathFactory) -> LrBundle:
     return _cache["lr"]
 
 
+TREE_ID = "digits-tree"
+
+
+def tree_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    """A small decision-tree bundle whose evaluation keys are megabytes (a linear model's are 64 bytes).
+
+    The node sizes an upload from the circuit, so the tests that need a long upload
+    (a kill or a full disk mid-stream) use this model; returns (bundle dir, key bytes).
+    """
+    if "tree" not in _cache:
+        from concrete.ml.sklearn import DecisionTreeClassifier
+
+        from fedfhe_common.datasets import load_builtin
+        from fedfhe_common.fhe_wire import CircuitSpec
+        from fedfhe_server.compile import compile_concrete_bundle
+
+        X, y, schema = load_builtin("digits")
+        model = DecisionTreeClassifier(max_depth=2, n_bits=3, random_state=0).fit(X, y)
+        out = tmp_path_factory.mktemp("tree-bundle") / "bundle"
+        bundle = compile_concrete_bundle(model, out, model_id=TREE_ID, version=VERSION, schema=schema,
+                                         calibration=X[:100], signing_key=signing_key())
+        size = CircuitSpec.from_client_zip((bundle.directory / "client.zip").read_bytes()).max_key_bytes
+        _cache["tree"] = (bundle.directory, size)
+    return _cache["tree"]
+
+
+def publish(node: Any, directory: Path) -> None:
+    """Publish a signed bundle into a running node and wait until it is served."""
+    from fedfhe_common.procs import wait_until
+    from fedfhe_common.release import load_verify_key
+    from fedfhe_inference.bundles import publish_bundle
+    from fedfhe_proto.inference.v1 import inference_pb2 as pb
+
+    meta = publish_bundle(directory, node.bundles_dir, load_verify_key(node.pki / "release.pub"))[0]
+    node.signal(signal.SIGHUP)
+    stub = node.stub("alice")
+    wait_until(lambda: bool(stub.ListModels(pb.ListModelsRequest(model_id=meta.parent.name), timeout=10).models),
+               120, f"{meta.parent.name} to be served")
+
+
 def make_pki(directory: Path, owners: tuple[str, ...] = OWNERS) -> Path:
     """The project CA, the node's certificate (127.0.0.1, localhost) and one client certificate per owner.
 
@@ -158,10 +198,10 @@ def make_owner(node: Any, name: str, state_dir: Path, X: np.ndarray) -> Owner:
     return Owner(name, state_dir, endpoint, res.key_id, fhe)
 
 
-def upload_header(data: bytes, total: int | None = None) -> Any:
+def upload_header(data: bytes, total: int | None = None, model_id: str = MODEL_ID) -> Any:
     from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
-    return pb.UploadHeader(model=pb.ModelRef(model_id=MODEL_ID, version=VERSION),
+    return pb.UploadHeader(model=pb.ModelRef(model_id=model_id, version=VERSION),
                            total_bytes=len(data) if total is None else total,
                            sha256=hashlib.sha256(data).hexdigest())
 
