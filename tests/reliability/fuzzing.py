@@ -126,6 +126,7 @@ def gz(data: bytes) -> bytes:
 def coordinator_yaml(tmp: Path) -> dict[str, Any]:
     return {
         "state_dir": str(tmp / "coordinator"),
+        "release_key": "pki/release.key",
         "supernode_public_keys": [str(tmp / "owner-0.supernode.pub"), "keys/owner-1.supernode.pub"],
         "superlink": {
             "certfile": "pki/superlink.crt", "keyfile": "pki/superlink.key", "ca_certfile": "pki/ca.crt",

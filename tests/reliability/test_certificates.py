@@ -34,6 +34,7 @@ from fedfhe_client.supernode import supernode_command
 from fedfhe_common.partition_cli import write_partitions
 from fedfhe_common.pki import init_ca, issue
 from fedfhe_common.procs import flower_env, free_port, port_open, venv_bin, wait_until
+from fedfhe_common.release import make_release_key
 from fedfhe_demo.cluster import Cluster
 from fedfhe_server import config as coord
 from fedfhe_server import flwr_cli
@@ -86,9 +87,11 @@ class InferenceNode:
         work.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.log = work / "inference.log"
+        make_release_key(pki)  # kept when it exists: the node needs one to verify bundles
         cfg = {"listen": f"127.0.0.1:{self.port}", "certfile": str(cert), "keyfile": str(key),
                "ca_certfile": str(pki / "ca.crt"), "bundles_dir": str(work / "bundles"),
-               "keys_dir": str(work / "keys"), "rescan_interval_s": 0}
+               "keys_dir": str(work / "keys"), "release_public_key": str(pki / "release.pub"),
+               "rescan_interval_s": 0}
         (work / "inference.yaml").write_text(yaml.safe_dump(cfg))
         with open(self.log, "ab") as fh:
             self.proc = subprocess.Popen([venv_bin("fedfhe-inference"), "serve", "--config",
