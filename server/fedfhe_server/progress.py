@@ -9,6 +9,14 @@ from rich.live import Live
 from rich.table import Table
 
 
+def _problems(row: dict[str, Any]) -> str:
+    """Who failed and why (a refused Flower App, a refused reply, ...), and who stayed silent."""
+    parts = [f"{f.get('owner', '?')}: {str(f.get('reason', ''))[:160]}" for f in row.get("failures") or []
+             if isinstance(f, dict)]
+    parts += [f"{owner}: no reply" for owner in row.get("missing") or []]
+    return "; ".join(parts) or "-"
+
+
 class RoundTable:
     def __init__(self, rounds: int, console: Console | None = None) -> None:
         self.rounds = rounds
@@ -20,6 +28,7 @@ class RoundTable:
         t = Table(title=f"federated training ({len(self.rows)}/{self.rounds} rounds)")
         for col in ("round", "clients", "loss", "accuracy (clients)", "accuracy (public test)", "seconds"):
             t.add_column(col, justify="right")
+        t.add_column("failed or missing owners (reason)", justify="left", overflow="fold")
         for r in self.rows:
             clients, server = r.get("clients", {}), r.get("server", {})
             acc = clients.get("accuracy", clients.get("r2"))
@@ -31,6 +40,7 @@ class RoundTable:
                 f"{acc:.4f}" if acc is not None else "-",
                 f"{sacc:.4f}" if sacc is not None else "-",
                 f"{r.get('seconds', 0):.1f}",
+                _problems(r),
             )
         return t
 
