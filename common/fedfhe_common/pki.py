@@ -6,6 +6,7 @@ Layout of a PKI directory::
     ca.crt ca.key                    # the CA (ca.key never leaves the control node)
     <name>.crt <name>.key            # server or client certificates
     <name>.supernode.key/.pub        # SuperNode authentication key pair
+    revoked.txt crl.pem              # revoked serials (hex, name, date, reason) and the CA-signed CRL
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from .fileio import write_atomic
 
 CA_DAYS = 3650
 LEAF_DAYS = 825
+CRL_DAYS = 30
+REVOKED_FILE = "revoked.txt"
+CRL_FILE = "crl.pem"
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -121,6 +125,8 @@ def issue(
     if crt_path.exists() and not force:
         return crt_path, key_path
     ca = load_ca(ca_dir or directory)
+    if crt_path.exists():  # re-issued with force: the old certificate must stop working
+        revoke(directory, name, reason="superseded", ca_dir=ca_dir)
     key = ec.generate_private_key(ec.SECP256R1())
     start = not_before or (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5))
     usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server_hosts else []) + (
@@ -147,6 +153,80 @@ def issue(
     write_atomic(key_path, _key_pem(key), 0o600)
     write_atomic(crt_path, cert.public_bytes(serialization.Encoding.PEM))
     return crt_path, key_path
+
+
+_REASONS = {r.value: r for r in x509.ReasonFlags}
+
+
+def _read_revoked(directory: Path) -> list[tuple[int, str, dt.datetime, str]]:
+    path = directory / REVOKED_FILE
+    if not path.exists():
+        return []
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        try:
+            serial, name, when, reason = line.split("\t")
+            out.append((int(serial, 16), name, dt.datetime.fromisoformat(when), reason))
+        except ValueError:
+            raise PKIError(f"{path}:{n}: expected 'serial<TAB>name<TAB>date<TAB>reason'") from None
+    return out
+
+
+def revoke(directory: Path, name: str, reason: str = "unspecified", ca_dir: Path | None = None) -> Path:
+    """Revoke the certificate in ``name.crt`` (its serial goes on the CRL) and re-sign ``crl.pem``."""
+    _check_name(name)
+    if reason not in _REASONS:
+        raise PKIError(f"--reason {reason!r}: expected one of {', '.join(sorted(_REASONS))}")
+    crt = directory / f"{name}.crt"
+    try:
+        serial = x509.load_pem_x509_certificate(crt.read_bytes()).serial_number
+    except FileNotFoundError:
+        raise PKIError(f"{crt}: no certificate issued under that name") from None
+    except ValueError as exc:
+        raise PKIError(f"{crt}: not a PEM certificate: {exc}") from None
+    entries = _read_revoked(directory)
+    if serial not in {e[0] for e in entries}:
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        line = f"{serial:x}\t{name}\t{now.isoformat()}\t{reason}\n"
+        path = directory / REVOKED_FILE
+        write_atomic(path, (path.read_bytes() if path.exists() else b"") + line.encode())
+    return write_crl(directory, ca_dir=ca_dir)
+
+
+def write_crl(directory: Path, days: int = CRL_DAYS, ca_dir: Path | None = None) -> Path:
+    """(Re-)sign ``crl.pem`` from ``revoked.txt``: this update now, the next in ``days`` days."""
+    ca = load_ca(ca_dir or directory)
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(now - dt.timedelta(minutes=5))
+        .next_update(now + dt.timedelta(days=days))
+        .add_extension(x509.CRLNumber(int(now.timestamp() * 1000)), critical=False)
+    )
+    for serial, _, when, reason in _read_revoked(directory):
+        entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when)
+        if reason != "unspecified":
+            entry = entry.add_extension(x509.CRLReason(_REASONS[reason]), critical=False)
+        builder = builder.add_revoked_certificate(entry.build())
+    crl = builder.sign(ca.key, hashes.SHA384())
+    path = directory / CRL_FILE
+    write_atomic(path, crl.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def revoked_serials(crl_pem: bytes, ca_certs: list[x509.Certificate]) -> frozenset[int]:
+    """The serials a CRL revokes, once its signature verifies against one of ``ca_certs`` (PKIError if not)."""
+    try:
+        crl = x509.load_pem_x509_crl(crl_pem)
+    except ValueError as exc:
+        raise PKIError(f"not a PEM CRL: {exc}") from None
+    signers = [c for c in ca_certs if c.subject == crl.issuer]
+    if not any(crl.is_signature_valid(c.public_key()) for c in signers):  # type: ignore[arg-type]
+        raise PKIError("the CRL's signature does not verify against the project CA")
+    return frozenset(r.serial_number for r in crl)
 
 
 def supernode_keypair(directory: Path, name: str, force: bool = False) -> tuple[Path, Path]:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .errors import FedfheError
-from .pki import init_ca, issue, supernode_keypair
+from .pki import CRL_DAYS, init_ca, issue, revoke, supernode_keypair, write_crl
 from .release import make_release_key
 
 
@@ -29,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true")
     p = sub.add_parser("release-key", help="create the Ed25519 release key pair (release.key 0600, release.pub)")
     p.add_argument("--force", action="store_true", help="replace an existing release key (old releases stop verifying)")
+    p = sub.add_parser("revoke", help="revoke NAME's certificate (NAME.crt) and re-sign crl.pem")
+    p.add_argument("name")
+    p.add_argument("--reason", default="unspecified",
+                   help="CRL reason, e.g. keyCompromise, cessationOfOperation, superseded (default: unspecified)")
+    p = sub.add_parser("crl", help="re-sign crl.pem from revoked.txt (refresh its next update)")
+    p.add_argument("--days", type=int, default=CRL_DAYS, help=f"days until the next update (default {CRL_DAYS})")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "init":
@@ -37,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
             print(*issue(args.dir, args.name, server_hosts=args.host, force=args.force))
         elif args.cmd == "client":
             print(*issue(args.dir, args.name, client=True, force=args.force))
+        elif args.cmd == "revoke":
+            print(revoke(args.dir, args.name, reason=args.reason))
+        elif args.cmd == "crl":
+            print(write_crl(args.dir, days=args.days))
         elif args.cmd == "release-key":
             print(*make_release_key(args.dir, force=args.force))
         else:

@@ -9,7 +9,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
 from fedfhe_common.errors import PKIError
-from fedfhe_common.pki import common_name, init_ca, issue, supernode_keypair
+from fedfhe_common.pki import common_name, init_ca, issue, revoke, supernode_keypair
 from fedfhe_common.pki_cli import main as pki_main
 
 
@@ -49,3 +49,51 @@ def test_names_with_paths_are_refused(tmp_path):
     init_ca(tmp_path)
     with pytest.raises(PKIError, match="names may use"):
         issue(tmp_path, "../evil", client=True)
+
+
+def _serial(path) -> int:
+    return x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+
+
+def test_revoke_writes_a_ca_signed_crl_and_force_reissue_revokes_the_old_certificate(tmp_path, capsys):
+    from fedfhe_common.pki import revoked_serials
+
+    init_ca(tmp_path)
+    ca = [x509.load_pem_x509_certificate((tmp_path / "ca.crt").read_bytes())]
+    issue(tmp_path, "owner-0", client=True)
+    issue(tmp_path, "owner-1", client=True)
+    first = _serial(tmp_path / "owner-1.crt")
+    assert pki_main(["--dir", str(tmp_path), "revoke", "owner-0", "--reason", "keyCompromise"]) == 0
+    crl = x509.load_pem_x509_crl((tmp_path / "crl.pem").read_bytes())
+    assert crl.next_update_utc is not None and crl.next_update_utc > crl.last_update_utc
+    assert revoked_serials((tmp_path / "crl.pem").read_bytes(), ca) == {_serial(tmp_path / "owner-0.crt")}
+    entry = crl.get_revoked_certificate_by_serial_number(_serial(tmp_path / "owner-0.crt"))
+    assert entry is not None and entry.extensions.get_extension_for_class(x509.CRLReason).value.reason.value == (
+        "keyCompromise")
+    # Re-issuing with --force revokes the certificate it replaces; the new one is not on the CRL.
+    assert pki_main(["--dir", str(tmp_path), "client", "owner-1", "--force"]) == 0
+    serials = revoked_serials((tmp_path / "crl.pem").read_bytes(), ca)
+    assert first in serials and _serial(tmp_path / "owner-1.crt") not in serials and len(serials) == 2
+    # Revoking twice is one entry; 'crl' re-signs with the same entries.
+    assert pki_main(["--dir", str(tmp_path), "revoke", "owner-0"]) == 0
+    assert pki_main(["--dir", str(tmp_path), "crl", "--days", "7"]) == 0
+    assert revoked_serials((tmp_path / "crl.pem").read_bytes(), ca) == serials
+    assert pki_main(["--dir", str(tmp_path), "revoke", "nobody"]) == 2
+    assert pki_main(["--dir", str(tmp_path), "revoke", "owner-0", "--reason", "bogus"]) == 2
+    assert "no certificate issued" in capsys.readouterr().err
+
+
+def test_a_crl_from_another_ca_does_not_verify(tmp_path):
+    from fedfhe_common.pki import revoked_serials
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        init_ca(d)
+        issue(d, "owner-0", client=True)
+        revoke(d, "owner-0")
+    ca_a = [x509.load_pem_x509_certificate((a / "ca.crt").read_bytes())]
+    with pytest.raises(PKIError, match="does not verify"):
+        revoked_serials((b / "crl.pem").read_bytes(), ca_a)
+    with pytest.raises(PKIError, match="not a PEM CRL"):
+        revoked_serials(b"junk", ca_a)
