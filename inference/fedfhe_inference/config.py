@@ -6,6 +6,7 @@ Example::
     certfile: pki/inference.crt      # server certificate (SANs = the names owners dial)
     keyfile: pki/inference.key
     ca_certfile: pki/ca.crt          # the project CA: client certificates must chain to it
+    crl_file: pki/crl.pem            # optional: revoked owners (fedfhe-pki revoke); re-read on change/SIGHUP
     bundles_dir: /var/lib/fedfhe/bundles
     keys_dir: /var/lib/fedfhe/keys
     release_public_key: pki/release.pub   # bundles must be signed by the release key (no unsigned default)
@@ -97,6 +98,7 @@ class InferenceConfig:
     rescan_interval_s: float = 30.0
     grace_s: float = 5.0
     pid_file: Path | None = None
+    crl_file: Path | None = None      # the project CRL: revoked client certificates are refused
     sandbox: bool = True              # Concrete parses and evaluates owners' bytes in worker processes
     worker_memory_bytes: int = 8192 * MiB  # each worker's address-space limit (RLIMIT_AS)
     job_cpu_s: float = 300.0          # CPU seconds one worker job (a key load, a row) may use

@@ -7,11 +7,20 @@ the project's PKI issues: one common name that is a plain owner name (a CN of
 (CA:FALSE) with the clientAuth usage, signed directly by the project CA (not by
 a CA certificate that the project CA once issued). The CN is read from the
 certificate itself, never from gRPC's C-string view of it.
+
+Revocation (``crl_file`` in inference.yaml): a certificate whose serial is on
+the project CRL (``fedfhe-pki revoke``) is refused too. The CRL must verify
+against the CA; it is re-read when the file changes (checked on each call, one
+stat) or on SIGHUP. A CRL that fails to verify stops start-up; at runtime the
+last good one stays in force and the failure is logged.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +32,15 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedfhe_common.bundle import valid_name
-from fedfhe_common.errors import ConfigError
+from fedfhe_common.errors import ConfigError, PKIError
+from fedfhe_common.pki import revoked_serials
 
 from .display import shown
 from .errors import ServiceError
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 DENIED = grpc.StatusCode.PERMISSION_DENIED
+log = logging.getLogger("fedfhe.inference")
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,7 @@ class Verdict:
     """The owner name, or why the certificate is refused (cached per certificate)."""
 
     owner: str = ""
+    serial: int = 0
     code: grpc.StatusCode | None = None
     message: str = ""
 
@@ -88,7 +100,7 @@ def judge(pem: bytes, ca_ders: tuple[bytes, ...] = ()) -> Verdict:
         return _refuse("the client certificate is not issued for client authentication (clientAuth)")
     if ca_ders and not any(_issued_by(cert, der) for der in ca_ders):
         return _refuse("the client certificate was not issued directly by the project CA")
-    return Verdict(owner=cn)
+    return Verdict(owner=cn, serial=cert.serial_number)
 
 
 def _issued_by(cert: x509.Certificate, ca_der: bytes) -> bool:
@@ -107,23 +119,84 @@ def peer_certificate(auth: Mapping[str, Sequence[bytes]]) -> bytes:
     return pems[0]
 
 
+class Revocations:
+    """The revoked serials of crl_file, verified against the CA, re-read when the file changes or on reload()."""
+
+    def __init__(self, path: Path, cas: list[x509.Certificate]) -> None:
+        self.path, self.cas = Path(path), cas
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int] | None = None
+        try:
+            self.serials, self._stamp = self._read()
+        except (OSError, PKIError) as exc:
+            raise ConfigError(f"crl_file {self.path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+    def _stat(self) -> tuple[int, int, int]:
+        st = os.stat(self.path)
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    def _read(self) -> tuple[frozenset[int], tuple[int, int, int]]:
+        stamp = self._stat()
+        return revoked_serials(self.path.read_bytes(), self.cas), stamp
+
+    def reload(self, force: bool = True) -> None:
+        """Re-read the CRL (if it changed, or always with ``force``); a bad one is logged, the last good kept."""
+        with self._lock:
+            try:
+                if not force and self._stat() == self._stamp:
+                    return
+                serials, stamp = self._read()
+            except (OSError, PKIError) as exc:
+                try:
+                    self._stamp = self._stat()  # log a bad file once, not on every call
+                except OSError:
+                    self._stamp = None
+                log.error("crl_file %s: %s; keeping the last good CRL (%d revoked)", self.path,
+                          getattr(exc, "strerror", None) or exc, len(self.serials))
+                return
+            if serials != self.serials:
+                log.info("crl_file %s: %d revoked certificate(s)", self.path, len(serials))
+            self.serials, self._stamp = serials, stamp
+
+    def current(self) -> frozenset[int]:
+        try:
+            changed = self._stat() != self._stamp
+        except OSError:
+            changed = self._stamp is not None
+        if changed:
+            self.reload(force=False)
+        return self.serials
+
+
 class Identity:
     """The node's identity policy: every check above, with the project CA's certificate(s) from ca_certfile."""
 
-    def __init__(self, ca_pem: bytes) -> None:
+    def __init__(self, ca_pem: bytes, crl_file: Path | None = None) -> None:
         try:
             cas = x509.load_pem_x509_certificates(ca_pem)
         except ValueError as exc:
             raise ConfigError(f"ca_certfile: not PEM certificates: {exc}") from None
         self.ca_ders = tuple(c.public_bytes(Encoding.DER) for c in cas)
+        self.revocations = Revocations(crl_file, cas) if crl_file else None
 
     @classmethod
-    def from_file(cls, path: Path) -> Identity:
+    def from_file(cls, path: Path, crl_file: Path | None = None) -> Identity:
         try:
-            return cls(Path(path).read_bytes())
+            ca_pem = Path(path).read_bytes()
         except OSError as exc:
             raise ConfigError(f"ca_certfile {path}: cannot read: {exc.strerror}") from None
+        return cls(ca_pem, crl_file)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the CRL now."""
+        if self.revocations is not None:
+            self.revocations.reload()
 
     def owner(self, context: grpc.ServicerContext) -> str:
         """The caller's owner name; ServiceError (UNAUTHENTICATED or PERMISSION_DENIED) otherwise."""
-        return judge(peer_certificate(context.auth_context()), self.ca_ders).owner_or_raise()
+        verdict = judge(peer_certificate(context.auth_context()), self.ca_ders)
+        owner = verdict.owner_or_raise()
+        if self.revocations is not None and verdict.serial in self.revocations.current():
+            raise ServiceError(UNAUTHENTICATED, f"the client certificate of owner {owner!r} (serial "
+                               f"{verdict.serial:x}) is revoked: it is on the project CRL")
+        return owner

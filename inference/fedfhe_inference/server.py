@@ -2,7 +2,7 @@
 
 Signals reach the main loop through ``signal.set_wakeup_fd`` (a self-pipe),
 so no lock is ever taken inside a signal handler: SIGHUP rescans the bundles
-directory, SIGTERM/SIGINT drain in-flight RPCs and stop.
+directory and re-reads the CRL (crl_file), SIGTERM/SIGINT drain in-flight RPCs and stop.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ class Node:
     registry: BundleRegistry
     runner: FheRunner
     port: int
+    identity: Identity | None = None
 
     def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -89,6 +90,7 @@ def build(cfg: InferenceConfig) -> Node:
         pool = SandboxPool(cfg.fhe_workers, cfg.worker_memory_bytes, cfg.key_cache_bytes, cfg.job_cpu_s)
     runner = FheRunner(cfg.fhe_workers, pool, job_s=cfg.job_cpu_s)
     service = InferenceService(cfg, registry, keys, runner)
+    identity = Identity.from_file(cfg.ca_certfile, cfg.crl_file)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=cfg.rpc_threads, thread_name_prefix="rpc"),
         options=[
@@ -98,7 +100,7 @@ def build(cfg: InferenceConfig) -> Node:
             *server_options(limits),
         ],
         # Every method of every service (health and reflection too): identity, owner slots, idle timeouts.
-        interceptors=[Guard(Identity.from_file(cfg.ca_certfile), limits)],
+        interceptors=[Guard(identity, limits)],
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
     )
     if limits.max_calls_per_owner >= cfg.rpc_threads:
@@ -116,7 +118,7 @@ def build(cfg: InferenceConfig) -> Node:
         raise ConfigError(f"listen {cfg.listen}: cannot bind: {exc}") from None
     if port == 0:
         raise ConfigError(f"listen {cfg.listen}: cannot bind (address in use or not local)")
-    return Node(server, service, health_servicer, registry, runner, port)
+    return Node(server, service, health_servicer, registry, runner, port, identity)
 
 
 def serve(cfg: InferenceConfig) -> int:
@@ -144,6 +146,8 @@ def serve(cfg: InferenceConfig) -> int:
                 break
             if signals and signal.SIGHUP not in signals:
                 continue
+            if signal.SIGHUP in signals and node.identity is not None:
+                node.identity.reload()
             report = node.registry.rescan()
             if report.loaded or report.removed or report.refused:
                 log.info("rescan: loaded %s, removed %s, refused %d", report.loaded, report.removed,

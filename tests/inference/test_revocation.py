@@ -1,0 +1,166 @@
+"""Revocation on the inference node: a revoked owner is refused on every method at once, no restart needed.
+
+A real node with ``crl_file`` serves owners from its own PKI; ``fedfhe-pki
+revoke`` rewrites crl.pem and the next call of the revoked owner is refused
+(the node re-reads the CRL when the file changes) while the others are still
+served. A CRL that does not verify against the CA stops start-up and, at
+runtime, leaves the last good one in force.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from fedfhe_common.errors import ConfigError
+from fedfhe_common.pki import init_ca, issue, revoke, write_crl
+from fedfhe_common.pki_cli import main as pki_main
+from fedfhe_common.procs import free_port, wait_until
+from fedfhe_common.release import make_release_key
+from fedfhe_inference.identity import Identity, Revocations
+from fedfhe_proto.inference.v1 import inference_pb2 as pb
+from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
+
+
+def _harness() -> object:
+    """tests/inference/conftest.py's Node and write_node_config (a conftest is not importable by name)."""
+    import importlib.util
+    import sys
+
+    name = "fedfhe_tests_inference_conftest"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("conftest.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+Node = _harness().Node  # type: ignore[attr-defined]
+write_node_config = _harness().write_node_config  # type: ignore[attr-defined]
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+OWNERS = ("alice", "bob", "carol")
+
+
+def _pki(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    init_ca(d)
+    issue(d, "inference", server_hosts=["127.0.0.1", "localhost"])
+    for owner in OWNERS:
+        issue(d, owner, client=True)
+    make_release_key(d)
+    write_crl(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def rpki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _pki(tmp_path_factory.mktemp("revocation-pki"))
+
+
+@pytest.fixture(scope="module")
+def crl_node(rpki: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    work = tmp_path_factory.mktemp("revocation-node")
+    port = free_port()
+    n = Node(work, rpki, port, write_node_config(work, rpki, port, crl_file=str(rpki / "crl.pem")))
+    n.bundles_dir.mkdir(parents=True, exist_ok=True)
+    n.start()
+    yield n
+    n.stop()
+
+
+def _calls(ch: grpc.Channel) -> dict[str, object]:
+    stub = pb_grpc.InferenceStub(ch)
+    return {
+        "ListModels": lambda: stub.ListModels(pb.ListModelsRequest(), timeout=20),
+        "DeleteKeys": lambda: stub.DeleteKeys(pb.DeleteKeysRequest(key_id="0" * 32), timeout=20),
+        "health": lambda: health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=20),
+        "reflection": lambda: list(reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=20)),
+    }
+
+
+def _served(node: object, owner: str) -> None:
+    with node.channel(owner) as ch:  # type: ignore[attr-defined]
+        pb_grpc.InferenceStub(ch).ListModels(pb.ListModelsRequest(), timeout=20)
+        health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=20)
+
+
+def _refused_everywhere(node: object, owner: str) -> None:
+    with node.channel(owner) as ch:  # type: ignore[attr-defined]
+        for name, call in _calls(ch).items():
+            with pytest.raises(grpc.RpcError) as info:
+                call()
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, name
+            assert "revoked" in (info.value.details() or ""), (name, info.value.details())
+
+
+def test_a_revoked_owner_is_refused_at_once_and_the_others_still_served(crl_node, rpki, tmp_path):
+    pid = crl_node.proc.pid
+    for owner in OWNERS:
+        _served(crl_node, owner)
+    # A channel opened before the revocation is refused too: the check runs on every call, not per handshake.
+    with crl_node.channel("bob") as early:
+        pb_grpc.InferenceStub(early).ListModels(pb.ListModelsRequest(), timeout=20)
+        assert pki_main(["--dir", str(rpki), "revoke", "bob", "--reason", "keyCompromise"]) == 0
+        with pytest.raises(grpc.RpcError) as info:
+            pb_grpc.InferenceStub(early).ListModels(pb.ListModelsRequest(), timeout=20)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    _refused_everywhere(crl_node, "bob")
+    _served(crl_node, "alice")
+    _served(crl_node, "carol")
+    assert "is revoked" in crl_node.log_text()
+
+    # A CRL signed by another CA is logged and ignored: bob stays refused, alice and carol are served.
+    foreign = _pki(tmp_path / "foreign")
+    revoke(foreign, "alice")
+    (rpki / "crl.pem").write_bytes((foreign / "crl.pem").read_bytes())
+    _refused_everywhere(crl_node, "bob")
+    _served(crl_node, "alice")
+    wait_until(lambda: "keeping the last good CRL" in crl_node.log_text(), 30, "the bad CRL to be logged",
+               interval=0.1)
+
+    # A good CRL again (re-signed by 'fedfhe-pki crl'), then SIGHUP: still one process, same verdicts.
+    assert pki_main(["--dir", str(rpki), "crl"]) == 0
+    crl_node.signal(signal.SIGHUP)
+    _refused_everywhere(crl_node, "bob")
+    _served(crl_node, "carol")
+    # Re-issuing bob's certificate (--force revokes the old one) lets the new certificate in.
+    assert pki_main(["--dir", str(rpki), "client", "bob", "--force"]) == 0
+    _served(crl_node, "bob")
+    assert crl_node.proc.pid == pid and crl_node.alive()
+
+
+def test_a_crl_that_does_not_verify_stops_start_up(tmp_path):
+    ours, theirs = _pki(tmp_path / "ours"), _pki(tmp_path / "theirs")
+    Identity.from_file(ours / "ca.crt", ours / "crl.pem")
+    with pytest.raises(ConfigError, match="does not verify"):
+        Identity.from_file(ours / "ca.crt", theirs / "crl.pem")
+    with pytest.raises(ConfigError, match="crl_file"):
+        Identity.from_file(ours / "ca.crt", ours / "missing.pem")
+
+
+def test_reload_keeps_the_last_good_crl(tmp_path, caplog):
+    ours, theirs = _pki(tmp_path / "ours"), _pki(tmp_path / "theirs")
+    cas = [x509.load_pem_x509_certificate((ours / "ca.crt").read_bytes())]
+    revoke(ours, "bob")
+    r = Revocations(ours / "crl.pem", cas)
+    bob = x509.load_pem_x509_certificate((ours / "bob.crt").read_bytes()).serial_number
+    assert r.current() == {bob}
+    (ours / "crl.pem").write_bytes((theirs / "crl.pem").read_bytes())
+    assert r.current() == {bob}
+    (ours / "crl.pem").unlink()
+    r.reload()
+    assert r.current() == {bob}
+    assert "keeping the last good CRL" in caplog.text
+    revoke(ours, "carol")
+    assert len(r.current()) == 2
