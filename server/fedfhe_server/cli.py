@@ -23,8 +23,8 @@ def _register(args: argparse.Namespace) -> int:
     from .flwr_cli import register_supernodes
 
     cfg = coord_config.load(args.config)
-    for key in register_supernodes(cfg, [Path(k) for k in args.key] or None):
-        print(f"registered {key}")
+    for line in register_supernodes(cfg, [Path(k) for k in args.key] or None):
+        print(line)
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -58,8 +59,48 @@ def registered_keys(cfg: CoordinatorConfig) -> list[dict[str, Any]]:
     return json.loads(res.stdout).get("nodes", [])
 
 
+# `flwr supernode list --format json` does not show public keys; Flower's own Control client does.
+_LIST_WITH_KEYS = f"""
+import json
+from flwr.cli.flower_config import read_superlink_connection
+from flwr.cli.utils import init_http_client_from_connection
+from flwr.proto.control_pb2 import ListNodesRequest
+client = init_http_client_from_connection(read_superlink_connection({CONNECTION!r}))
+try:
+    res = client.ListNodes(ListNodesRequest())
+finally:
+    client.close()
+print(json.dumps([{{"node-id": n.node_id, "status": n.status, "public-key": n.public_key.decode()}}
+                  for n in res.nodes_info]))
+"""
+
+
+def registered_public_keys(cfg: CoordinatorConfig) -> list[dict[str, Any]]:
+    """Every node the SuperLink knows: node id, status and registered public key (PEM)."""
+    res = subprocess.run([sys.executable, "-c", _LIST_WITH_KEYS], env=flwr_env(cfg), capture_output=True,
+                         text=True, timeout=120, check=False)
+    if res.returncode != 0:
+        raise FedfheError(f"listing the SuperLink's SuperNode keys failed: {(res.stdout + res.stderr).strip()}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def departed_nodes(nodes: list[dict[str, Any]], keys: list[Path]) -> list[int]:
+    """The reconcile plan: node ids still registered whose key is no longer in ``supernode_public_keys``."""
+    wanted = set(owner_keys(keys))
+    return sorted(
+        int(n["node-id"]) for n in nodes
+        if n.get("status") not in ("unregistered", "deleted")
+        and owner_key_id(str(n["public-key"]).encode()) not in wanted
+    )
+
+
 def register_supernodes(cfg: CoordinatorConfig, keys: list[Path] | None = None) -> list[str]:
-    """Register each public key once; keys already known are left as they are."""
+    """Register each public key once (keys already known are left as they are).
+
+    Without explicit ``keys`` the SuperLink is reconciled with ``supernode_public_keys``:
+    a node whose key is no longer listed (a departed or revoked owner) is unregistered,
+    so it can join no run. Returns one line per action.
+    """
     done = []
     for key in keys if keys is not None else cfg.supernode_public_keys:
         if not key.is_file():
@@ -68,7 +109,13 @@ def register_supernodes(cfg: CoordinatorConfig, keys: list[Path] | None = None) 
         out = (res.stdout + res.stderr).strip()
         if res.returncode != 0 and "already" not in out.lower():
             raise FedfheError(f"registering {key} failed: {out}")
-        done.append(str(key))
+        done.append(f"registered {key}")
+    if keys is None:
+        for node_id in departed_nodes(registered_public_keys(cfg), cfg.supernode_public_keys):
+            res = _flwr(cfg, "supernode", "unregister", str(node_id), CONNECTION, "--format", "json")
+            if res.returncode != 0:
+                raise FedfheError(f"unregistering SuperNode {node_id} failed: {(res.stdout + res.stderr).strip()}")
+            done.append(f"unregistered SuperNode {node_id} (its key is no longer in supernode_public_keys)")
     return done
 
 

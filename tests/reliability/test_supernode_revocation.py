@@ -1,0 +1,42 @@
+"""A revoked owner's SuperNode key leaves the SuperLink: `fedfhe-server register` reconciles with the config.
+
+One SuperLink, no SuperNode and no run: two owners registered, then owner-1's
+key taken out of supernode_public_keys and register run again; its node is
+unregistered (so flower-supernode with that key can join no run), owner-0's stays.
+"""
+
+from __future__ import annotations
+
+import pytest
+from reliability_helpers import reap_group
+
+from fedfhe_demo.cluster import Cluster
+from fedfhe_server import config as coord
+from fedfhe_server import flwr_cli
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+def test_register_unregisters_a_key_no_longer_listed(tmp_path):
+    with Cluster(tmp_path) as c:
+        c.make_pki(["owner-0", "owner-1"])
+        both = c.coordinator_config(["owner-0", "owner-1"])
+        superlink = c.start_superlink(both)
+        try:
+            c.register(both)
+            cfg = coord.load(both)
+            nodes = {n["node-id"]: n for n in flwr_cli.registered_public_keys(cfg)}
+            assert len(nodes) == 2 and flwr_cli.departed_nodes(list(nodes.values()), cfg.supernode_public_keys) == []
+            owner1 = flwr_cli.owner_keys([c.pki / "owner-1.supernode.pub"])
+            (gone,) = [i for i, n in nodes.items()
+                       if flwr_cli.owner_key_id(n["public-key"].encode()) in owner1]
+
+            one = coord.load(c.coordinator_config(["owner-0"]))
+            lines = flwr_cli.register_supernodes(one)
+            assert any(f"unregistered SuperNode {gone}" in line for line in lines), lines
+            status = {n["node-id"]: n["status"] for n in flwr_cli.registered_public_keys(one)}
+            assert status[gone] in ("unregistered", "deleted") or gone not in status
+            assert [s for i, s in status.items() if i != gone] == ["registered"]
+            assert flwr_cli.register_supernodes(one) == [f"registered {c.pki / 'owner-0.supernode.pub'}"]
+        finally:
+            reap_group(superlink)
