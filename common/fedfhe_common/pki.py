@@ -125,7 +125,7 @@ def issue(
     if crt_path.exists() and not force:
         return crt_path, key_path
     ca = load_ca(ca_dir or directory)
-    if crt_path.exists():  # re-issued with force: the old certificate must stop working
+    if crt_path.exists() and _parses(crt_path):  # re-issued with force: the old certificate must stop working
         revoke(directory, name, reason="superseded", ca_dir=ca_dir)
     key = ec.generate_private_key(ec.SECP256R1())
     start = not_before or (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5))
@@ -153,6 +153,14 @@ def issue(
     write_atomic(key_path, _key_pem(key), 0o600)
     write_atomic(crt_path, cert.public_bytes(serialization.Encoding.PEM))
     return crt_path, key_path
+
+
+def _parses(crt: Path) -> bool:
+    try:
+        x509.load_pem_x509_certificate(crt.read_bytes())
+    except ValueError:
+        return False
+    return True
 
 
 _REASONS = {r.value: r for r in x509.ReasonFlags}
@@ -186,18 +194,20 @@ def revoke(directory: Path, name: str, reason: str = "unspecified", ca_dir: Path
         raise PKIError(f"{crt}: no certificate issued under that name") from None
     except ValueError as exc:
         raise PKIError(f"{crt}: not a PEM certificate: {exc}") from None
-    entries = _read_revoked(directory)
+    ca_home = ca_dir or directory  # revoked.txt and crl.pem live beside the CA that issued the certificate
+    entries = _read_revoked(ca_home)
     if serial not in {e[0] for e in entries}:
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         line = f"{serial:x}\t{name}\t{now.isoformat()}\t{reason}\n"
-        path = directory / REVOKED_FILE
+        path = ca_home / REVOKED_FILE
         write_atomic(path, (path.read_bytes() if path.exists() else b"") + line.encode())
-    return write_crl(directory, ca_dir=ca_dir)
+    return write_crl(ca_home)
 
 
-def write_crl(directory: Path, days: int = CRL_DAYS, ca_dir: Path | None = None) -> Path:
-    """(Re-)sign ``crl.pem`` from ``revoked.txt``: this update now, the next in ``days`` days."""
-    ca = load_ca(ca_dir or directory)
+def write_crl(directory: Path, days: int = CRL_DAYS) -> Path:
+    """(Re-)sign ``directory/crl.pem`` from ``directory/revoked.txt`` with the CA in ``directory``:
+    this update now, the next in ``days`` days."""
+    ca = load_ca(directory)
     now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateRevocationListBuilder()

@@ -97,3 +97,17 @@ def test_a_crl_from_another_ca_does_not_verify(tmp_path):
         revoked_serials((b / "crl.pem").read_bytes(), ca_a)
     with pytest.raises(PKIError, match="not a PEM CRL"):
         revoked_serials(b"junk", ca_a)
+
+
+def test_force_reissue_revokes_beside_the_issuing_ca_and_survives_a_broken_old_file(tmp_path):
+    own, other = tmp_path / "own", tmp_path / "other"
+    own.mkdir()
+    other.mkdir()
+    init_ca(own)
+    init_ca(other)
+    issue(own, "x", client=True, ca_dir=other)
+    issue(own, "x", client=True, ca_dir=other, force=True)
+    assert (other / "crl.pem").exists() and not (own / "crl.pem").exists()
+    (own / "x.crt").write_text("broken")
+    issue(own, "x", client=True, force=True)  # nothing readable to revoke: re-issued all the same
+    assert x509.load_pem_x509_certificate((own / "x.crt").read_bytes())
