@@ -274,7 +274,12 @@ def test_each_host_holds_only_its_own_keys_and_data(deployed: Deployment) -> Non
         "ca.crt", "release.pub", "release.key", "superlink.crt", "superlink.key",
         *(f"supernodes/{o}.pub" for o in OWNERS)}
     assert _tree(deployed, "inference-1", "/etc/fedfhe/pki") == {"ca.crt", "release.pub", "inference.crt",
-                                                                 "inference.key"}
+                                                                 "inference.key", "crl.pem"}
+    # The CRL (fedfhe-pki revoke on the control node) is copied as made, and the node's config names it.
+    assert deployed.hosts.hosts["inference-1"].path("/etc/fedfhe/pki/crl.pem").read_bytes() == (
+        pki / "crl.pem").read_bytes()
+    assert "crl_file: /etc/fedfhe/pki/crl.pem" in deployed.hosts.hosts["inference-1"].path(
+        "/etc/fedfhe/inference.yaml").read_text()
     digests = {}
     for owner in OWNERS:
         h = deployed.hosts.hosts[owner]
