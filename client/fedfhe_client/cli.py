@@ -28,6 +28,14 @@ def _supernode(args: argparse.Namespace) -> int:
     except FedfheError as exc:
         # Stay up: the owner can fix the file before the next run; each run reports the problem.
         print(f"fedfhe-client: warning: {exc}", file=sys.stderr)
+    if cfg.crl_file is not None:
+        from .server_certificate import wait_and_refuse_if_revoked
+
+        cert = wait_and_refuse_if_revoked(
+            cfg.superlink, cfg.root_certificates, cfg.crl_file, "SuperLink",
+            log=lambda line: print(f"fedfhe-client: {line}", file=sys.stderr, flush=True))
+        print(f"fedfhe-client: SuperLink {cfg.superlink}: certificate serial {cert.serial_number:x} is not "
+              f"on {cfg.crl_file}", file=sys.stderr)
     cmd = supernode_command(cfg)
     exec_in_venv(cmd, supernode_env(cfg, write_clientapp_shim(cfg)))
 

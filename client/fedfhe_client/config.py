@@ -29,6 +29,8 @@ class InferenceEndpoint:
     max_message_bytes: int = 64 << 20
     # release.pub that must sign the client specs; defaults to owner.yaml's top-level release_public_key.
     release_public_key: Path | None = None
+    # The project CRL: a revoked inference-node certificate is refused; defaults to owner.yaml's crl_file.
+    crl_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,9 @@ class OwnerConfig:
     inference: InferenceEndpoint | None = None
     # Ed25519 release.pub (distributed with the CA): verifies signed releases this owner receives.
     release_public_key: Path | None = None
+    # The project CRL (crl.pem of `fedfhe-pki revoke`): a SuperLink or inference node presenting a revoked
+    # certificate is refused before gRPC connects (fedfhe_client.server_certificate).
+    crl_file: Path | None = None
     # App digests (`fedfhe-server app-hash`) of the Flower Apps this SuperNode may run; empty refuses every run.
     approved_flower_apps: list[str] = field(default_factory=list)
     # Test federations only: this owner's ClientApp sends a hostile reply (fl_contract.TEST_HOSTILE_REPLY).
@@ -59,9 +64,11 @@ class OwnerConfig:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         object.__setattr__(self, "approved_flower_apps", pins)
-        if self.inference is not None and self.inference.release_public_key is None and self.release_public_key:
-            object.__setattr__(self, "inference",
-                               dataclasses.replace(self.inference, release_public_key=self.release_public_key))
+        if self.inference is not None:
+            inherited = {k: getattr(self, k) for k in ("release_public_key", "crl_file")
+                         if getattr(self.inference, k) is None and getattr(self, k) is not None}
+            if inherited:
+                object.__setattr__(self, "inference", dataclasses.replace(self.inference, **inherited))
 
 
 def load(path: str | Path) -> OwnerConfig:

@@ -17,6 +17,7 @@ from fedfhe_proto.inference.v1 import inference_pb2 as pb
 from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
 
 from .config import InferenceEndpoint
+from .server_certificate import ServerUnreachableError, refuse_if_revoked
 
 
 class InferenceError(FedfheError):
@@ -36,7 +37,13 @@ def _read(path: Path, what: str) -> bytes:
 
 
 def secure_channel(endpoint: InferenceEndpoint) -> grpc.Channel:
-    """TLS with this owner's client certificate; the server is checked against the project CA."""
+    """TLS with this owner's client certificate; the server is checked against the project CA (and CRL)."""
+    if endpoint.crl_file is not None:
+        try:
+            refuse_if_revoked(endpoint.address, endpoint.ca_certfile, endpoint.crl_file, "inference node",
+                              client_cert=endpoint.certfile, client_key=endpoint.keyfile)
+        except ServerUnreachableError as exc:
+            raise InferenceError(endpoint.address, "connect", grpc.StatusCode.UNAVAILABLE, str(exc)) from None
     creds = grpc.ssl_channel_credentials(
         root_certificates=_read(endpoint.ca_certfile, "ca_certfile"),
         private_key=_read(endpoint.keyfile, "keyfile"),

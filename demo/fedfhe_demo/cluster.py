@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import yaml
 
-from fedfhe_common.pki import init_ca, issue, supernode_keypair
+from fedfhe_common.pki import init_ca, issue, supernode_keypair, write_crl
 from fedfhe_common.procs import free_port, port_open, venv_bin, wait_until
 from fedfhe_common.release import make_release_key
 
@@ -62,6 +62,7 @@ class Cluster:
             issue(self.pki, owner, client=True)
             supernode_keypair(self.pki, owner)
         make_release_key(self.pki)  # compile and train sign with it; the node and the owners verify
+        write_crl(self.pki)  # owners check the SuperLink's and the inference node's certificates against it
 
     # ---- configs ---------------------------------------------------------
     def coordinator_config(self, owners: list[str], **training: object) -> Path:
@@ -95,6 +96,7 @@ class Cluster:
             "runtime_address": f"127.0.0.1:{free_port()}",
             "approved_flower_apps": [fedfhe_app_digest()],  # the owner runs only fedfhe's own app
             "release_public_key": str(self.pki / "release.pub"),
+            "crl_file": str(self.pki / "crl.pem"),
             **extra,
         }
         path = self.work / f"{owner}.yaml"

@@ -9,12 +9,15 @@ runtime, leaves the last good one in force.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -22,7 +25,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from fedfhe_common.errors import ConfigError
 from fedfhe_common.pki import init_ca, issue, revoke, write_crl
 from fedfhe_common.pki_cli import main as pki_main
-from fedfhe_common.procs import free_port, wait_until
+from fedfhe_common.procs import free_port, venv_bin, wait_until
 from fedfhe_common.release import make_release_key
 from fedfhe_inference.identity import Identity, Revocations
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
@@ -164,3 +167,33 @@ def test_reload_keeps_the_last_good_crl(tmp_path, caplog):
     assert "keeping the last good CRL" in caplog.text
     revoke(ours, "carol")
     assert len(r.current()) == 2
+
+
+def test_an_owner_refuses_an_inference_node_whose_certificate_is_revoked(crl_node, rpki, tmp_path):
+    """Last in the module: it revokes the node's own certificate in ``rpki``."""
+    from fedfhe_client.inference_client import InferenceClient, InferenceError
+    from fedfhe_client.server_certificate import RevokedServerError
+
+    endpoint = crl_node.endpoint("alice", crl_file=rpki / "crl.pem")
+    with InferenceClient(endpoint) as client:  # not revoked: the check passes, calls are served
+        client.list_models()
+    assert pki_main(["--dir", str(rpki), "revoke", "inference", "--reason", "keyCompromise"]) == 0
+    with pytest.raises(RevokedServerError, match=r"inference node 127\.0\.0\.1:\d+: its certificate "
+                                                 r"\(CN=inference, serial [0-9a-f]+\) is revoked"):
+        InferenceClient(endpoint)
+    # The owner's command line says so in one line and fails, through owner.yaml's top-level crl_file.
+    owner_yaml = tmp_path / "alice.yaml"
+    owner_yaml.write_text(yaml.safe_dump({
+        "owner_id": "alice", "superlink": "127.0.0.1:1", "root_certificates": str(rpki / "ca.crt"),
+        "auth_key": str(rpki / "alice.key"), "data": str(tmp_path / "none.csv"), "state_dir": str(tmp_path / "st"),
+        "crl_file": str(rpki / "crl.pem"), "release_public_key": str(rpki / "release.pub"),
+        "inference": {"address": endpoint.address, "certfile": str(endpoint.certfile),
+                      "keyfile": str(endpoint.keyfile), "ca_certfile": str(endpoint.ca_certfile)},
+    }))
+    res = subprocess.run([venv_bin("fedfhe-client"), "delete-keys", "--config", str(owner_yaml)],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode != 0 and "is revoked on the project CRL" in res.stderr, res.stderr
+    # Without a reachable node the owner gets UNAVAILABLE, not a silent pass.
+    gone = dataclasses.replace(endpoint, address=f"127.0.0.1:{free_port()}")
+    with pytest.raises(InferenceError, match="UNAVAILABLE"):
+        InferenceClient(gone)

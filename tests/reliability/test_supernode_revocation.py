@@ -7,9 +7,14 @@ unregistered (so flower-supernode with that key can join no run), owner-0's stay
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 from reliability_helpers import reap_group
 
+from fedfhe_client.server_certificate import refuse_if_revoked
+from fedfhe_common.pki import revoke, write_crl
+from fedfhe_common.procs import venv_bin
 from fedfhe_demo.cluster import Cluster
 from fedfhe_server import config as coord
 from fedfhe_server import flwr_cli
@@ -38,5 +43,30 @@ def test_register_unregisters_a_key_no_longer_listed(tmp_path):
             assert status[gone] in ("unregistered", "deleted") or gone not in status
             assert [s for i, s in status.items() if i != gone] == ["registered"]
             assert flwr_cli.register_supernodes(one) == [f"registered {c.pki / 'owner-0.supernode.pub'}"]
+        finally:
+            reap_group(superlink)
+
+
+def test_a_supernode_refuses_a_superlink_whose_certificate_is_revoked(tmp_path):
+    """owner.yaml's crl_file: `fedfhe-client supernode` checks the SuperLink's certificate before Flower
+    connects, and refuses to start when it is revoked (a stolen SuperLink key answering at its address)."""
+    with Cluster(tmp_path) as c:
+        c.make_pki(["owner-0"])
+        write_crl(c.pki)
+        both = c.coordinator_config(["owner-0"])
+        superlink = c.start_superlink(both)
+        try:
+            cert = refuse_if_revoked(f"{c.host}:{c.fleet_port}", c.pki / "ca.crt", c.pki / "crl.pem", "SuperLink")
+            assert cert.subject.rfc4514_string().startswith("CN=superlink")
+            revoke(c.pki, "superlink", "keyCompromise")
+            data = tmp_path / "owner-0.csv"
+            data.write_text("")
+            owner = c.owner_config("owner-0", data, crl_file=str(c.pki / "crl.pem"))
+            res = subprocess.run([venv_bin("fedfhe-client"), "supernode", "--config", str(owner)],
+                                 capture_output=True, text=True, timeout=120, check=False)
+            assert res.returncode != 0, res.stderr
+            assert "SuperLink" in res.stderr and "CN=superlink" in res.stderr and "is revoked" in res.stderr, \
+                res.stderr
+            assert "Traceback" not in res.stderr
         finally:
             reap_group(superlink)
