@@ -23,13 +23,13 @@ from fedfhe_common.schema import DatasetSchema, resolve_schema
 from fedfhe_common.scoring import score_model
 from fedfhe_common.transport import from_arrays, to_arrays
 
+from .holdout import split_holdout
+
 app = ClientApp()
 
 
 def _local_data(context: Context, config: ConfigRecord) -> tuple[DatasetSchema, tuple[np.ndarray, ...]]:
-    """Load and split this owner's file; the split is seeded so train and eval agree."""
-    from sklearn.model_selection import train_test_split
-
+    """Load and split this owner's file (fedfhe_client.holdout: seeded, so train and eval agree)."""
     node = context.node_config
     if "data-path" not in node:
         raise DataError("node-config", "no data-path set: start the SuperNode with --node-config 'data-path=\"...\"'")
@@ -42,11 +42,7 @@ def _local_data(context: Context, config: ConfigRecord) -> tuple[DatasetSchema, 
         )
     labels = str(node["labels-path"]) if node.get("labels-path") else None
     X, y = load_table(str(node["data-path"]), schema, labels)
-    holdout = float(node.get("holdout-fraction", 0.2))
-    if len(y) < 5 or holdout <= 0:
-        return schema, (X, y, X[:0], y[:0])
-    seed = int(node.get("seed", 0))
-    return schema, tuple(train_test_split(X, y, test_size=holdout, random_state=seed))  # type: ignore[return-value]
+    return schema, split_holdout(X, y, float(node.get("holdout-fraction", 0.2)), int(node.get("seed", 0)))
 
 
 def _reply(msg: Message, context: Context, arrays: ArrayRecord | None, metrics: dict[str, float]) -> Message:

@@ -9,9 +9,8 @@ accepts only a signed artifact).
 
 from __future__ import annotations
 
+import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from . import models, release
 from .errors import IntegrityError
+from .fileio import write_dir_atomic
 from .manifest import MANIFEST, verify_manifest, write_manifest
 from .schema import DatasetSchema
 
@@ -37,6 +37,7 @@ class TrainingArtifact:
     model_params: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     origin: str = "federated"
+    manifest_sha256: str = ""  # of the manifest this was loaded from (the bundle's provenance names it)
 
     def to_estimator(self) -> Any:
         """A scikit-learn estimator ready to predict (and to hand to Concrete ML)."""
@@ -49,10 +50,8 @@ class TrainingArtifact:
         Without ``signing_key`` (the ServerApp, which holds no key) the artifact is
         unsigned until ``sign`` runs; ``compile`` refuses it until then.
         """
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-        try:
+
+        def produce(tmp: Path) -> None:
             classes = np.asarray(self.schema.classes, dtype=np.int64)
             np.savez(tmp / "params.npz", coef=self.coef, intercept=self.intercept, classes=classes)
             model = {"family": self.family, "params": self.model_params, "origin": self.origin,
@@ -62,17 +61,8 @@ class TrainingArtifact:
             write_manifest(tmp, KIND, list(FILES), {"family": self.family})
             if signing_key is not None:
                 release.sign_manifest(tmp, signing_key)
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                directory.rename(old)
-                tmp.rename(directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+
+        return write_dir_atomic(Path(directory), produce)
         return directory
 
     @staticmethod
@@ -85,12 +75,13 @@ class TrainingArtifact:
     def load(cls, directory: Path, verify_key: Ed25519PublicKey | None = None) -> TrainingArtifact:
         """Verify the signature (with ``verify_key``) and the manifest, then read; any mismatch is an IntegrityError."""
         directory = Path(directory)
-        raw = None
+        try:
+            raw = (directory / MANIFEST).read_bytes()
+        except FileNotFoundError:
+            raise IntegrityError(f"{directory / MANIFEST}: missing manifest") from None
+        except OSError as exc:
+            raise IntegrityError(f"{directory / MANIFEST}: cannot read: {exc.strerror or exc}") from None
         if verify_key is not None:
-            try:
-                raw = (directory / MANIFEST).read_bytes()
-            except OSError as exc:
-                raise IntegrityError(f"{directory / MANIFEST}: cannot read: {exc.strerror or exc}") from None
             release.verify(verify_key, raw, release.read_signature(directory), f"training artifact {directory}")
         manifest = verify_manifest(directory, KIND, raw)
         if sorted(manifest["files"]) != sorted(FILES):
@@ -122,4 +113,4 @@ class TrainingArtifact:
             raise IntegrityError(f"{directory}: parameters must be real numbers, got {coef.dtype}/{intercept.dtype}")
         if not (np.isfinite(coef).all() and np.isfinite(intercept).all()):
             raise IntegrityError(f"{directory}: parameters hold NaN or infinite values")
-        return cls(family, schema, coef, intercept, params, metrics, origin)
+        return cls(family, schema, coef, intercept, params, metrics, origin, hashlib.sha256(raw).hexdigest())

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from . import bundle_content, release
 from .errors import ConfigError, FedfheError, IntegrityError
+from .fileio import write_dir_atomic
 from .manifest import MANIFEST, canonical_body, verify_manifest, write_manifest
 from .schema import DatasetSchema
 
@@ -77,21 +77,15 @@ def write(
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise FedfheError(f"{out_dir}: already exists; choose another --out or pass --force")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+
+    def build(tmp: Path) -> None:
         produce(tmp)
         bundle_content.check_client_zip((tmp / "client.zip").read_bytes(), f"{out_dir}/client.zip")
         bundle_content.check_server_zip((tmp / "server.zip").read_bytes(), f"{out_dir}/server.zip")
         write_manifest(tmp, KIND, list(FILES), meta)
         release.sign_manifest(tmp, signing_key)
-        tmp.chmod(0o755)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_dir_atomic(out_dir, build, mode=0o755)
     return out_dir
 
 

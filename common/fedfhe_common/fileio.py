@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -31,3 +33,32 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_dir_atomic(directory: Path, produce: Callable[[Path], None], mode: int | None = None) -> Path:
+    """``produce(tmp)`` fills a temp folder beside ``directory``, which then takes its place by rename.
+
+    A reader sees the old folder or the new one, never half; a failure in
+    ``produce`` leaves the old one untouched. The old folder is moved aside
+    (``.NAME.old``) for the instant of the swap, as two renames cannot be one.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    try:
+        produce(tmp)
+        if mode is not None:
+            tmp.chmod(mode)
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            directory.rename(old)
+            tmp.rename(directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(directory)
+        fsync_dir(directory.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory

@@ -10,14 +10,24 @@ from . import models
 from .schema import DatasetSchema
 
 
+def prediction_score(predictions: np.ndarray, y: np.ndarray, schema: DatasetSchema) -> float:
+    """Accuracy for classifiers, R² for regressors: the one number clear, simulated and encrypted are compared by."""
+    predictions = np.asarray(predictions).reshape(len(y), -1)[:, 0]
+    if schema.is_classifier:
+        return float(np.mean(predictions == y))
+    from sklearn.metrics import r2_score
+
+    return float(r2_score(y, predictions))
+
+
 def score_model(model: Any, schema: DatasetSchema, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Classifiers: accuracy and log-loss (hinge loss without probabilities); regressors: MSE and R²."""
     from sklearn import metrics
 
+    pred = model.predict(X)
     if not schema.is_classifier:
-        pred = model.predict(X)
-        return {"loss": float(metrics.mean_squared_error(y, pred)), "r2": float(metrics.r2_score(y, pred))}
-    acc = float(np.mean(model.predict(X) == y))
+        return {"loss": float(metrics.mean_squared_error(y, pred)), "r2": prediction_score(pred, y, schema)}
+    acc = prediction_score(pred, y, schema)
     if hasattr(model, "predict_proba"):
         try:
             loss = float(metrics.log_loss(y, model.predict_proba(X), labels=schema.classes))

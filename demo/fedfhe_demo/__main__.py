@@ -8,7 +8,8 @@ from pathlib import Path
 
 from fedfhe_common.models import FAMILIES
 
-from .pipeline import Options, main
+from .pipeline import main
+from .steps import Options
 
 
 def parse(argv: list[str] | None = None) -> Options:

@@ -19,17 +19,18 @@ from fedfhe_common.procs import free_port, port_open, venv_bin, wait_until
 from fedfhe_common.schema import resolve_schema
 
 from .cluster import Cluster
-from .pipeline import Options, Steps
+from .steps import Options, Steps
 
 
 def heldout_rows(owner_cfg: Path, schema: Any) -> tuple[np.ndarray, np.ndarray]:
-    """The rows this owner's ClientApp kept back: same file, fraction and seed."""
-    from sklearn.model_selection import train_test_split
+    """The rows this owner's ClientApp kept back: same file, fraction and seed, same rule."""
+    from fedfhe_client import config as owner_config
+    from fedfhe_client.holdout import split_holdout
 
-    cfg = yaml.safe_load(owner_cfg.read_text())
-    X, y = load_table(cfg["data"], schema)
-    _, X_test, _, y_test = train_test_split(X, y, test_size=cfg["holdout_fraction"], random_state=cfg["seed"])
-    return X_test, y_test
+    cfg = owner_config.load(owner_cfg)
+    X, y = load_table(cfg.data, schema, cfg.labels)
+    _, X_held, _, y_held = split_holdout(X, y, cfg.holdout_fraction, cfg.seed)
+    return X_held, y_held
 
 
 def inference_config(cluster: Cluster, work: Path) -> tuple[Path, str]:
@@ -57,27 +58,18 @@ def run_fhe_phases(
     from fedfhe_client.predict import predict_rows
     from fedfhe_common.release import load_signing_key
     from fedfhe_server.compile import compile_artifact
-    from fedfhe_server.nbits import choose_n_bits
 
     schema = resolve_schema(opts.dataset)
     public = load_table(work / "data" / "public-test.npz", schema)
     artifact = work / "training" / "artifact"
     with steps("compile"):
-        n_bits: int = 8
-        if opts.n_bits == "auto":
-            trained = TrainingArtifact.load(artifact)
-            choice = choose_n_bits(trained.to_estimator(), trained.family, schema, *public)
-            if choice.chosen is None:
-                raise RuntimeError("no n_bits keeps simulated accuracy within 0.5 points of clear")
-            n_bits = choice.chosen
-        else:
-            n_bits = int(opts.n_bits)
+        n_bits: int | str = opts.n_bits if opts.n_bits == "auto" else int(opts.n_bits)
         bundle, fhe_model = compile_artifact(
             artifact, work / "bundle", n_bits=n_bits, model_id=f"{opts.dataset}-{opts.model.lower()}",
             version="demo", eval_set=public, force=True,
             signing_key=load_signing_key(cluster.pki / "release.key"),
         )
-        report["n_bits"] = n_bits
+        report["n_bits"] = n_bits = bundle.meta["n_bits"]
         sizes = {name: (bundle.directory / name).stat().st_size for name in ("client.zip", "server.zip")}
         console.print(f"bundle {bundle.directory}: client.zip {sizes['client.zip']:,} B, "
                       f"server.zip {sizes['server.zip']:,} B, n_bits={n_bits}")

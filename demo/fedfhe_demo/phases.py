@@ -17,7 +17,7 @@ from fedfhe_server.progress import RoundTable
 from fedfhe_server.training import run_training
 
 from .cluster import Cluster
-from .pipeline import Options, Steps
+from .steps import Options, Steps
 from .report import print_closing, write_report
 
 HOLDOUT = 0.2

@@ -23,6 +23,7 @@ from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.errors import ConfigError
 from fedfhe_common.manifest import MANIFEST, sha256_file
 from fedfhe_common.schema import DatasetSchema
+from fedfhe_common.scoring import prediction_score
 
 DEFAULT_N_BITS = 8
 CALIBRATION_ROWS = 200
@@ -78,16 +79,6 @@ def to_concrete(estimator: Any, family: str, calibration: np.ndarray, n_bits: in
     return model
 
 
-def score(predictions: np.ndarray, y: np.ndarray, schema: DatasetSchema) -> float:
-    """Accuracy for classifiers, R² for regressors: one number, compared in points."""
-    predictions = np.asarray(predictions).reshape(len(y), -1)[:, 0]
-    if schema.is_classifier:
-        return float(np.mean(predictions == y))
-    from sklearn.metrics import r2_score
-
-    return float(r2_score(y, predictions))
-
-
 def evaluate(clear_model: Any, fhe_model: Any, X: np.ndarray, y: np.ndarray, schema: DatasetSchema) -> dict[str, Any]:
     """Clear and simulated-FHE quality on a public evaluation set (simulation is exact for the circuit)."""
     metric = "accuracy" if schema.is_classifier else "r2"
@@ -96,8 +87,8 @@ def evaluate(clear_model: Any, fhe_model: Any, X: np.ndarray, y: np.ndarray, sch
     return {
         "metric": metric,
         "eval_rows": len(y),
-        f"clear_{metric}": score(clear_model.predict(X), y, schema),
-        f"fhe_simulated_{metric}": score(simulated, y, schema),
+        f"clear_{metric}": prediction_score(clear_model.predict(X), y, schema),
+        f"fhe_simulated_{metric}": prediction_score(simulated, y, schema),
         "simulate_seconds_per_row": (time.perf_counter() - started) / max(1, len(y)),
     }
 
@@ -180,11 +171,12 @@ def compile_concrete_bundle(
 
 
 def compile_artifact(
-    artifact_dir: Path,
+    artifact: Path | TrainingArtifact,
     out_dir: Path,
     *,
     signing_key: Ed25519PrivateKey,
-    n_bits: int = DEFAULT_N_BITS,
+    n_bits: int | str = DEFAULT_N_BITS,
+    tolerance_points: float = 0.5,
     model_id: str | None = None,
     version: str | None = None,
     eval_set: tuple[np.ndarray, np.ndarray] | None = None,
@@ -195,14 +187,22 @@ def compile_artifact(
     """Training artifact -> scikit-learn -> Concrete ML -> bundle; also returns the compiled model.
 
     ``eval_set`` (public rows, never an owner's) adds measured clear and
-    simulated-FHE accuracy to the manifest. The artifact must carry the release
-    key's signature (``train`` / ``train-local`` sign it); the bundle gets one too.
+    simulated-FHE accuracy to the manifest; ``n_bits="auto"`` chooses on it
+    (``nbits.resolve_n_bits``) with the same calibration rows, from the one read
+    of the artifact. The artifact must carry the release key's signature
+    (``train`` / ``train-local`` sign it): a folder is loaded and verified here, a
+    TrainingArtifact must come from ``TrainingArtifact.load`` with that key. The
+    bundle is signed too.
     """
-    artifact_dir = Path(artifact_dir)
-    artifact = TrainingArtifact.load(artifact_dir, signing_key.public_key())
+    if not isinstance(artifact, TrainingArtifact):
+        artifact = TrainingArtifact.load(Path(artifact), signing_key.public_key())
     schema = artifact.schema
     estimator = artifact.to_estimator()
     calibration = calibration_set(schema, estimator, calibration_rows, seed)
+    from .nbits import resolve_n_bits  # nbits builds on this module
+
+    n_bits, choice = resolve_n_bits(n_bits, estimator, artifact.family, schema, eval_set,
+                                    tolerance_points=tolerance_points, calibration_set=calibration)
     started = time.perf_counter()
     fhe_model = to_concrete(estimator, artifact.family, calibration, n_bits)
     compile_seconds = time.perf_counter() - started
@@ -210,13 +210,15 @@ def compile_artifact(
         "source": {
             "kind": "training-artifact",
             "origin": artifact.origin,
-            "artifact_manifest_sha256": sha256_file(artifact_dir / MANIFEST),
+            "artifact_manifest_sha256": artifact.manifest_sha256,
             "rounds": artifact.metrics.get("rounds"),
         },
         "calibration": {"rows": int(len(calibration)), "uniform_rows": calibration_rows, "seed": seed,
                         "from": "schema bounds: uniform rows plus the bounds-box corners extreme for each output"},
         "compile_seconds": compile_seconds,
     }
+    if choice is not None:
+        meta["n_bits_choice"] = choice.to_dict()
     if eval_set is not None:
         meta["metrics"] = evaluate(estimator, fhe_model, *eval_set, schema)
     result = write_bundle(

@@ -57,26 +57,21 @@ def _compile(args: argparse.Namespace) -> int:
     from fedfhe_common.release import load_signing_key
 
     from .compile import compile_artifact
-    from .nbits import choose_n_bits
 
     key = load_signing_key(args.release_key)
-    artifact = TrainingArtifact.load(args.artifact, key.public_key())  # signature + manifest before anything heavy
-    schema = artifact.schema
-    eval_set = _load_eval(args.eval, args.eval_labels, schema)
-    n_bits = args.n_bits
-    if n_bits == "auto":
-        if eval_set is None:
-            raise ConfigError("--n-bits auto needs --eval FILE (public rows to measure accuracy on)")
-        choice = choose_n_bits(artifact.to_estimator(), artifact.family, schema, *eval_set,
-                               tolerance_points=args.tolerance)
-        if choice.chosen is None:
-            raise ConfigError(f"no n_bits up to 12 keeps simulated accuracy within {args.tolerance} points of clear")
-        n_bits = choice.chosen
-        print(f"chose n_bits={n_bits}")
+    # Signature and manifest are checked before anything heavy (the --eval file, Concrete ML).
+    artifact = TrainingArtifact.load(args.artifact, key.public_key())
+    eval_set = _load_eval(args.eval, args.eval_labels, artifact.schema)
+    if args.n_bits == "auto" and eval_set is None:
+        raise ConfigError("--n-bits auto needs --eval FILE (public rows to measure accuracy on)")
     result, _ = compile_artifact(
-        args.artifact, args.out, signing_key=key, n_bits=int(n_bits), model_id=args.model_id, version=args.version,
-        eval_set=eval_set, calibration_rows=args.calibration_rows, seed=args.seed, force=args.force,
+        artifact, args.out, signing_key=key, n_bits=args.n_bits, tolerance_points=args.tolerance,
+        model_id=args.model_id, version=args.version, eval_set=eval_set, calibration_rows=args.calibration_rows,
+        seed=args.seed, force=args.force,
     )
+    n_bits = result.meta["n_bits"]
+    if "n_bits_choice" in result.meta:
+        print(f"chose n_bits={n_bits}")
     print(f"bundle: {result.directory} (model {result.model_id} version {result.version}, n_bits {n_bits})")
     print(f"bundle sha256: {result.bundle_sha256}")
     metrics = result.meta.get("metrics")

@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from fedfhe_common.errors import ConfigError
 from fedfhe_common.schema import DatasetSchema
+from fedfhe_common.scoring import prediction_score
 
 from .compile import calibration_set as default_calibration
-from .compile import score, to_concrete
+from .compile import to_concrete
 
 DEFAULT_CANDIDATES = tuple(range(2, 13))
 DEFAULT_TOLERANCE_POINTS = 0.5
@@ -68,14 +70,32 @@ def choose_n_bits(
 ) -> NBitsChoice:
     """Try n_bits in ascending order and stop at the first within tolerance (None if none is)."""
     calibration = default_calibration(schema, estimator) if calibration_set is None else calibration_set
-    clear = score(estimator.predict(X), y, schema)
+    clear = prediction_score(estimator.predict(X), y, schema)
     choice = NBitsChoice(None, clear, tolerance_points, "accuracy" if schema.is_classifier else "r2")
     for n_bits in sorted(set(candidates)):
         started = time.perf_counter()
         model = to_concrete(estimator, family, calibration, n_bits)
-        simulated = score(model.predict(X, fhe="simulate"), y, schema)
+        simulated = prediction_score(model.predict(X, fhe="simulate"), y, schema)
         choice.trials.append(NBitsTrial(n_bits, simulated, time.perf_counter() - started))
         if within(clear, simulated, tolerance_points):
             choice.chosen = n_bits
             break
     return choice
+
+
+def resolve_n_bits(
+    value: int | str, estimator: Any, family: str, schema: DatasetSchema,
+    eval_set: tuple[np.ndarray, np.ndarray] | None, *, tolerance_points: float = DEFAULT_TOLERANCE_POINTS,
+    calibration_set: np.ndarray | None = None,
+) -> tuple[int, NBitsChoice | None]:
+    """``--n-bits N`` as given, or ``auto``: the smallest n_bits within tolerance on ``eval_set``."""
+    if value != "auto":
+        return int(value), None
+    if eval_set is None:
+        raise ConfigError("--n-bits auto needs --eval FILE (public rows to measure accuracy on)")
+    choice = choose_n_bits(estimator, family, schema, *eval_set, tolerance_points=tolerance_points,
+                           calibration_set=calibration_set)
+    if choice.chosen is None:
+        raise ConfigError(f"no n_bits up to {max(DEFAULT_CANDIDATES)} keeps simulated {choice.metric} within "
+                          f"{tolerance_points} points of clear")
+    return choice.chosen, choice

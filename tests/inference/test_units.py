@@ -217,6 +217,13 @@ def test_server_commands_train_local_choose_and_compile(digits, tmp_path, capsys
     assert "bundle sha256" in capsys.readouterr().out
     with pytest.raises(FedfheError, match="already exists"):
         _run(register, ["compile", "--artifact", str(art), "--out", str(out), *key])
+    # --n-bits auto: the same choice as choose-n-bits (same calibration rows), recorded in the manifest.
+    auto = tmp_path / "auto"
+    assert _run(register, ["compile", "--artifact", str(art), "--out", str(auto), "--n-bits", "auto",
+                           "--eval", str(digits.test_csv), *key]) == 0
+    meta = verify_manifest(auto, "fedfhe-fhe-bundle")
+    assert meta["n_bits"] == meta["n_bits_choice"]["chosen_n_bits"] <= chosen
+    assert f"chose n_bits={meta['n_bits']}" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="needs --eval"):
         _run(register, ["compile", "--artifact", str(art), "--out", str(tmp_path / "b2"), "--n-bits", "auto", *key])
     with pytest.raises(ConfigError, match="model id"):
