@@ -1,5 +1,5 @@
 # The two commands: `make demo` and `make test`. Both set everything up themselves
-# (Debian packages when run as root, the venv, the five fedfhe packages).
+# (Debian packages when run as root, the venv, the six fedfhe packages: PKGS).
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin

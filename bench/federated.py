@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from fedfhe_common.data import load_table
-from fedfhe_common.partition_cli import write_partitions
 from fedfhe_demo.cluster import Cluster
+from fedfhe_demo.partition_cli import write_partitions
 from fedfhe_server import config as coord
 from fedfhe_server.training import run_training
 

@@ -49,10 +49,10 @@ import yaml
 from fedfhe_client.config import InferenceEndpoint
 from fedfhe_client.inference_client import InferenceClient
 from fedfhe_client.keys import ModelKeys
-from fedfhe_common.datasets import load_builtin
 from fedfhe_common.pki import init_ca, issue
 from fedfhe_common.procs import free_port, venv_bin, wait_until
 from fedfhe_common.release import load_signing_key, load_verify_key, make_release_key
+from fedfhe_demo.datasets import load_builtin
 from fedfhe_inference.bundles import publish_bundle
 
 MiB = 1 << 20

@@ -110,8 +110,8 @@ class Node:
 
 
 def compile_bundle(work: Path) -> tuple[Any, Any, np.ndarray]:
-    from fedfhe_common.datasets import load_builtin
     from fedfhe_common.release import load_signing_key
+    from fedfhe_demo.datasets import load_builtin
     from fedfhe_server.compile import compile_artifact
     from fedfhe_server.local_training import train_local
 

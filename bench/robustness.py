@@ -41,10 +41,10 @@ from fedfhe_client.client_app import train as client_train
 from fedfhe_common import fl_contract as fc
 from fedfhe_common import models
 from fedfhe_common.data import load_table
-from fedfhe_common.partition_cli import write_partitions
 from fedfhe_common.schema import resolve_schema
 from fedfhe_common.scoring import score_params
 from fedfhe_common.transport import from_arrays, to_arrays
+from fedfhe_demo.partition_cli import write_partitions
 from fedfhe_server.aggregation import AGGREGATIONS
 from fedfhe_server.server_app import ReplyPolicy, make_strategy
 

@@ -22,7 +22,7 @@ def needs_root() -> None:
 
 @pytest.fixture
 def needs_fashion_mnist() -> None:
-    from fedfhe_common.datasets import FASHION_DIR
+    from fedfhe_demo.datasets import FASHION_DIR
 
     if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
         pytest.skip(f"Fashion-MNIST missing at {FASHION_DIR}: apt-get install dataset-fashion-mnist")

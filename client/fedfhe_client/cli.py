@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from fedfhe_common.console import add_command, command_parser, run
 from fedfhe_common.errors import FedfheError
 from fedfhe_common.procs import exec_in_venv
 
@@ -66,25 +67,15 @@ def _app_hash(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="fedfhe-client", description=__doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("supernode", help="run flower-supernode (TLS, SuperNode auth) in the foreground")
-    p.add_argument("--config", type=Path, required=True)
-    p.set_defaults(fn=_supernode)
-    p = sub.add_parser("check-data", help="validate this owner's data file against the schema")
-    p.add_argument("--config", type=Path, required=True)
-    p.set_defaults(fn=_check_data)
-    p = sub.add_parser("app-hash", help="print the app digest of a Flower App (to pin in approved_flower_apps)")
+    ap, sub = command_parser("fedfhe-client", __doc__)
+    add_command(sub, "supernode", _supernode, "run flower-supernode (TLS, SuperNode auth) in the foreground",
+                config=True)
+    add_command(sub, "check-data", _check_data, "validate this owner's data file against the schema", config=True)
+    p = add_command(sub, "app-hash", _app_hash, "print the app digest of a Flower App (to pin in approved_flower_apps)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--fab", type=Path, help="a built FAB file (`flwr build`)")
     what.add_argument("--app", type=Path, help="a Flower App folder, built as `flwr run` builds it")
-    p.set_defaults(fn=_app_hash)
     from .predict_commands import register as register_predict  # predict, delete-keys
 
     register_predict(sub)
-    args = ap.parse_args(argv)
-    try:
-        return int(args.fn(args) or 0)
-    except (FedfheError, FileNotFoundError) as exc:
-        print(f"fedfhe-client {args.cmd}: error: {exc}", file=sys.stderr)
-        return 2
+    return run(ap, argv, errors=(FileNotFoundError,))

@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from .errors import FedfheError
+from .console import run
 from .pki import CRL_DAYS, init_ca, issue, revoke, supernode_keypair, write_crl
 from .release import make_release_key
+
+
+def _command(args: argparse.Namespace) -> None:
+    if args.cmd == "init":
+        print(init_ca(args.dir, exist_ok=args.exist_ok))
+    elif args.cmd == "server":
+        print(*issue(args.dir, args.name, server_hosts=args.host, force=args.force))
+    elif args.cmd == "client":
+        print(*issue(args.dir, args.name, client=True, force=args.force))
+    elif args.cmd == "revoke":
+        print(revoke(args.dir, args.name, reason=args.reason))
+    elif args.cmd == "crl":
+        print(write_crl(args.dir, days=args.days))
+    elif args.cmd == "release-key":
+        print(*make_release_key(args.dir, force=args.force))
+    else:
+        print(*supernode_keypair(args.dir, args.name, force=args.force))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,23 +51,5 @@ def main(argv: list[str] | None = None) -> int:
                    help="CRL reason, e.g. keyCompromise, cessationOfOperation, superseded (default: unspecified)")
     p = sub.add_parser("crl", help="re-sign crl.pem from revoked.txt (refresh its next update)")
     p.add_argument("--days", type=int, default=CRL_DAYS, help=f"days until the next update (default {CRL_DAYS})")
-    args = ap.parse_args(argv)
-    try:
-        if args.cmd == "init":
-            print(init_ca(args.dir, exist_ok=args.exist_ok))
-        elif args.cmd == "server":
-            print(*issue(args.dir, args.name, server_hosts=args.host, force=args.force))
-        elif args.cmd == "client":
-            print(*issue(args.dir, args.name, client=True, force=args.force))
-        elif args.cmd == "revoke":
-            print(revoke(args.dir, args.name, reason=args.reason))
-        elif args.cmd == "crl":
-            print(write_crl(args.dir, days=args.days))
-        elif args.cmd == "release-key":
-            print(*make_release_key(args.dir, force=args.force))
-        else:
-            print(*supernode_keypair(args.dir, args.name, force=args.force))
-    except FedfheError as exc:
-        print(f"fedfhe-pki: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    ap.set_defaults(fn=_command)
+    return run(ap, argv, name_command=False)

@@ -10,15 +10,15 @@ from rich.console import Console
 
 from fedfhe_common import models
 from fedfhe_common.data import load_table
-from fedfhe_common.partition_cli import write_partitions
 from fedfhe_common.schema import resolve_schema
 from fedfhe_server import config as coord
 from fedfhe_server.progress import RoundTable
 from fedfhe_server.training import run_training
 
 from .cluster import Cluster
-from .steps import Options, Steps
+from .partition_cli import write_partitions
 from .report import print_closing, write_report
+from .steps import Options, Steps
 
 HOLDOUT = 0.2
 

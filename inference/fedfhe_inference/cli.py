@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fedfhe_common.console import add_command, command_parser, run
 from fedfhe_common.errors import ConfigError, FedfheError
 
 from . import config as inference_config
@@ -83,28 +84,18 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="fedfhe-inference", description=__doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("serve", help="run the mutual-TLS gRPC inference service in the foreground")
+    ap, sub = command_parser("fedfhe-inference", __doc__)
+    p = add_command(sub, "serve", _serve, "run the mutual-TLS gRPC inference service in the foreground")
     p.add_argument("--config", type=Path, required=True, help="inference.yaml")
-    p.set_defaults(fn=_serve)
     for name, fn, help_text in (
         ("publish", _publish, "verify a bundle directory and install it into the bundles directory"),
         ("list", _list, "verify and list the bundles a server with this config would serve"),
     ):
-        p = sub.add_parser(name, help=help_text)
+        p = add_command(sub, name, fn, help_text)
         p.add_argument("--config", type=Path, help="inference.yaml (for bundles_dir and pid_file)")
         p.add_argument("--bundles-dir", type=Path, help="the bundles directory, instead of --config")
         p.add_argument("--release-public-key", type=Path, help="release.pub (default: the config's)")
         if name == "publish":
             p.add_argument("bundle", type=Path, help="bundle directory written by 'fedfhe-server compile'")
             p.add_argument("--reload", action="store_true", help="send SIGHUP to the running server (pid_file)")
-        p.set_defaults(fn=fn)
-    args = ap.parse_args(argv)
-    try:
-        return int(args.fn(args) or 0)
-    except (FedfheError, FileNotFoundError) as exc:
-        print(f"fedfhe-inference {args.cmd}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run(ap, argv, errors=(FileNotFoundError,), interrupted=130)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from fedfhe_common.errors import FedfheError
+from fedfhe_common.console import add_command, command_parser, run
 from fedfhe_common.procs import exec_in_venv
 
 from . import config as coord_config
@@ -53,27 +52,16 @@ def _app_hash(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="fedfhe-server", description=__doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("superlink", help="run flower-superlink (TLS, SuperNode auth) in the foreground")
-    p.add_argument("--config", type=Path, required=True)
-    p.set_defaults(fn=_superlink)
-    p = sub.add_parser("register", help="register SuperNode public keys with the SuperLink")
-    p.add_argument("--config", type=Path, required=True)
+    ap, sub = command_parser("fedfhe-server", __doc__)
+    add_command(sub, "superlink", _superlink, "run flower-superlink (TLS, SuperNode auth) in the foreground",
+                config=True)
+    p = add_command(sub, "register", _register, "register SuperNode public keys with the SuperLink", config=True)
     p.add_argument("--key", action="append", default=[], help="public key file (default: all in the config)")
-    p.set_defaults(fn=_register)
-    p = sub.add_parser("train", help="submit a federated run with flwr run and write the training artifact")
-    p.add_argument("--config", type=Path, required=True)
+    p = add_command(sub, "train", _train, "submit a federated run with flwr run and write the training artifact",
+                    config=True)
     p.add_argument("--rounds", type=int, default=0)
-    p.set_defaults(fn=_train)
-    p = sub.add_parser("app-hash", help="print the digest of the Flower App that `train` submits (owners pin it)")
-    p.set_defaults(fn=_app_hash)
+    add_command(sub, "app-hash", _app_hash, "print the digest of the Flower App that `train` submits (owners pin it)")
     from .fhe_commands import register as register_fhe_commands  # compile, choose-n-bits, train-local
 
     register_fhe_commands(sub)
-    args = ap.parse_args(argv)
-    try:
-        return int(args.fn(args) or 0)
-    except (FedfheError, FileNotFoundError, TimeoutError) as exc:
-        print(f"fedfhe-server {args.cmd}: error: {exc}", file=sys.stderr)
-        return 2
+    return run(ap, argv, errors=(FileNotFoundError, TimeoutError))

@@ -169,10 +169,14 @@ def write_run_config(cfg: CoordinatorConfig, overrides: dict[str, Any]) -> Path:
 
 
 def run_popen(cfg: CoordinatorConfig, run_config: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    """Start `flwr run --stream`; its output (the ServerApp's log) goes to log_path."""
+    """Start `flwr run --stream`; its output (the ServerApp's log) goes to log_path.
+
+    Through fedfhe_server.flwr_run, so that the coordinator needs no fedfhe-client (see there).
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "wb")  # noqa: SIM115 - owned by the child for its lifetime
     return subprocess.Popen(
-        [venv_bin("flwr"), "run", str(flower_app_dir()), CONNECTION, "--stream", "--run-config", str(run_config)],
+        [sys.executable, "-m", "fedfhe_server.flwr_run", "run", str(flower_app_dir()), CONNECTION, "--stream",
+         "--run-config", str(run_config)],
         env=flwr_env(cfg), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )

@@ -22,11 +22,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedfhe_client.config import InferenceEndpoint
 from fedfhe_common.data import save_csv
-from fedfhe_common.datasets import load_builtin
 from fedfhe_common.pki import init_ca, issue
 from fedfhe_common.procs import free_port, venv_bin, wait_until
 from fedfhe_common.release import load_signing_key, load_verify_key, make_release_key
 from fedfhe_common.schema import DIGITS
+from fedfhe_demo.datasets import load_builtin
 from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
 
 OWNERS = ("alice", "bob", "carol", "dave")

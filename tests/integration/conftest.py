@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from fedfhe_common.partition_cli import write_partitions
 from fedfhe_common.pki import init_ca, supernode_keypair
 from fedfhe_demo.cluster import Cluster
+from fedfhe_demo.partition_cli import write_partitions
 from fedfhe_server import config as coord
 from fedfhe_server.training import run_training
 

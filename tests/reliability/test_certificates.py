@@ -31,11 +31,11 @@ from fedfhe_client import config as owner_config
 from fedfhe_client.config import InferenceEndpoint
 from fedfhe_client.inference_client import InferenceClient, InferenceError
 from fedfhe_client.supernode import supernode_command
-from fedfhe_common.partition_cli import write_partitions
 from fedfhe_common.pki import init_ca, issue
 from fedfhe_common.procs import flower_env, free_port, port_open, venv_bin, wait_until
 from fedfhe_common.release import make_release_key
 from fedfhe_demo.cluster import Cluster
+from fedfhe_demo.partition_cli import write_partitions
 from fedfhe_server import config as coord
 from fedfhe_server import flwr_cli
 

@@ -14,9 +14,9 @@ import pytest
 from reliability_helpers import Background, kill_on_nth_train_message, log_size, reap_group, supernode_id
 
 from fedfhe_common.errors import FedfheError
-from fedfhe_common.partition_cli import write_partitions
 from fedfhe_common.procs import wait_until
 from fedfhe_demo.cluster import Cluster
+from fedfhe_demo.partition_cli import write_partitions
 from fedfhe_server import config as coord
 from fedfhe_server.training import run_training
 

@@ -76,7 +76,7 @@ def signing_key() -> Any:
 
 def lr_bundle(tmp_path_factory: pytest.TempPathFactory) -> LrBundle:
     if "lr" not in _cache:
-        from fedfhe_common.datasets import load_builtin
+        from fedfhe_demo.datasets import load_builtin
         from fedfhe_server.compile import compile_artifact
         from fedfhe_server.local_training import train_local
 
@@ -103,8 +103,8 @@ def tree_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     if "tree" not in _cache:
         from concrete.ml.sklearn import DecisionTreeClassifier
 
-        from fedfhe_common.datasets import load_builtin
         from fedfhe_common.fhe_wire import CircuitSpec
+        from fedfhe_demo.datasets import load_builtin
         from fedfhe_server.compile import compile_concrete_bundle
 
         X, y, schema = load_builtin("digits")

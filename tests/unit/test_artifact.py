@@ -7,8 +7,8 @@ import pytest
 
 from fedfhe_common import models
 from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.datasets import load_builtin
 from fedfhe_common.errors import IntegrityError
+from fedfhe_demo.datasets import load_builtin
 
 
 @pytest.fixture

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from .data import save_csv
+from fedfhe_common.console import run
+from fedfhe_common.data import save_csv
+
 from .datasets import load_builtin
-from .errors import FedfheError
 from .partition import partition, split_holdout
 
 
@@ -53,6 +53,16 @@ def write_partitions(
     return summary
 
 
+def _partition(args: argparse.Namespace) -> None:
+    summary = write_partitions(
+        args.dataset, args.owners, args.out, args.scheme, args.alpha, args.seed,
+        args.test_fraction, args.format, args.max_rows,
+    )
+    for f in summary["owners"]:
+        print(f"{f['path']}: {f['rows']} rows, labels {f['label_counts']}")
+    print(f"{summary['public_test']['path']}: {summary['public_test']['rows']} rows (public test set)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="fedfhe-partition", description=__doc__)
     ap.add_argument("--dataset", default="digits", choices=["digits", "fashion-mnist"])
@@ -64,16 +74,5 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--format", default="npz", choices=["npz", "csv"])
     ap.add_argument("--max-rows", type=int, default=None)
     ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args(argv)
-    try:
-        summary = write_partitions(
-            args.dataset, args.owners, args.out, args.scheme, args.alpha, args.seed,
-            args.test_fraction, args.format, args.max_rows,
-        )
-    except (FedfheError, ValueError) as exc:
-        print(f"fedfhe-partition: error: {exc}", file=sys.stderr)
-        return 2
-    for f in summary["owners"]:
-        print(f"{f['path']}: {f['rows']} rows, labels {f['label_counts']}")
-    print(f"{summary['public_test']['path']}: {summary['public_test']['rows']} rows (public test set)")
-    return 0
+    ap.set_defaults(fn=_partition)
+    return run(ap, argv, errors=(ValueError,))

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import _load_idx
-from .errors import DataError
-from .schema import DIGITS, FASHION_MNIST, DatasetSchema
+from fedfhe_common.data import _load_idx
+from fedfhe_common.errors import DataError
+from fedfhe_common.schema import DIGITS, FASHION_MNIST, DatasetSchema
 
 FASHION_DIR = Path(os.environ.get("FEDFHE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 
