@@ -171,12 +171,12 @@ def write_run_config(cfg: CoordinatorConfig, overrides: dict[str, Any]) -> Path:
 def run_popen(cfg: CoordinatorConfig, run_config: Path, log_path: Path) -> subprocess.Popen[bytes]:
     """Start `flwr run --stream`; its output (the ServerApp's log) goes to log_path.
 
-    Through fedfhe_server.flwr_run, so that the coordinator needs no fedfhe-client (see there).
+    Stock `flwr run` finds the ClientApp's module too, so the coordinator installs fedfhe-client
+    (README, "Things learned the hard way"); fedfhe does not replace Flower's functions to avoid it.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "wb")  # noqa: SIM115 - owned by the child for its lifetime
     return subprocess.Popen(
-        [sys.executable, "-m", "fedfhe_server.flwr_run", "run", str(flower_app_dir()), CONNECTION, "--stream",
-         "--run-config", str(run_config)],
+        [venv_bin("flwr"), "run", str(flower_app_dir()), CONNECTION, "--stream", "--run-config", str(run_config)],
         env=flwr_env(cfg), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
