@@ -11,9 +11,14 @@ The tests run in order on one deployment:
   train.yml completes a federated run in which each SuperNode read its own host's file, and
   the artifact arrives signed;
   publish.yml signs the bundle and ships manifest.sig with it to the inference node;
-  predict.yml (which verifies the signed client specs) gives encrypted predictions that
-  match the clear model's;
-  ansible-lint passes.
+  predict.yml (which verifies the signed client specs, and runs the client as the owner's
+  service user) gives encrypted predictions that match the clear model's;
+  the systemd units (not run here: no systemd) render with their sandbox and verify;
+  ansible-lint passes;
+  last, because it changes the deployment: owner-2 is revoked on the control node and taken out
+  of the supernodes group, site.yml re-run on the coordinator and the inference node: owner-2 is
+  refused by the inference node, its SuperNode key is unregistered (its running SuperNode is
+  turned away and cannot activate again), while owner-0 is served.
 
 Times (install, each playbook, the whole test) are printed at the end and kept in
 /var/tmp/fedfhe-multihost-cache/last-run.json, with the playbook logs in .../last-logs/.
@@ -52,7 +57,7 @@ from deployment import (  # noqa: E402
     trim_uv_cache,
     write_inventory,
 )
-from testhosts import HostsUnavailable, TestHosts, check_capable  # noqa: E402
+from testhosts import HostsUnavailable, TestHosts, check_capable, wait_until  # noqa: E402
 
 pytestmark = [pytest.mark.multihost, pytest.mark.timeout(1500)]
 
@@ -85,8 +90,10 @@ class Deployment:
 
     def play(self, playbook: str, *args: str) -> PlayResult:
         res = play(playbook, self.inventory, self.logs, *args)
-        key = Path(playbook).stem + ("-check" if "--check" in args else "")
-        key = key if key not in self.times else f"{key}-again"
+        stem = Path(playbook).stem + ("-check" if "--check" in args else "")
+        key, n = stem, 1
+        while key in self.times:
+            key, n = f"{stem}-again" + (f"-{n}" if n > 1 else ""), n + 1
         self.times[key] = round(res.seconds, 1)
         return res
 
@@ -426,9 +433,61 @@ def test_publish_and_predict_match_the_clear_model(deployed: Deployment) -> None
     assert private, f"no private key set on the owner host: {owner_state}"
     mode = deployed.hosts.hosts["owner-0"].path(f"/var/lib/fedfhe/owner/{private[0]}").stat().st_mode & 0o777
     assert mode == 0o600, oct(mode)
+    # predict.yml ran the client as the owner's service user (the SuperNode's), not root.
+    owners = deployed.ssh("owner-0", f"stat -c %U /var/lib/fedfhe/owner/{private[0]} {PREDICT_OUTPUT}").stdout.split()
+    assert owners == ["fedfhe", "fedfhe"], owners
     inference_files = _tree(deployed, "inference-1", "/var/lib/fedfhe/inference")
     assert any(f.endswith(".evk") for f in inference_files), inference_files
     assert not any(f.endswith("keyset.bin") for f in inference_files), inference_files
+
+
+# ---- systemd units (the hosts here have no systemd: the supervisor runs the services) -----------------
+UNIT_ROLES = {"fedfhe-superlink": ("fedfhe_superlink", "/var/lib/fedfhe/coordinator", "4G"),
+              "fedfhe-supernode": ("fedfhe_supernode", "/var/lib/fedfhe/owner", "4G"),
+              "fedfhe-inference": ("fedfhe_inference", "/var/lib/fedfhe/inference", "8G")}
+
+
+def _render_unit(role: str, **extra: object) -> str:
+    """roles/fedfhe_service/templates/systemd.service.j2 for one service, with the roles' own variables."""
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar, trust_as_template
+
+    roles = ANSIBLE_DIR / "roles"
+    loader = DataLoader()
+    variables: dict[str, object] = {}
+    for f in ("fedfhe/defaults/main.yml", "fedfhe_service/defaults/main.yml", f"{role}/vars/main.yml"):
+        variables.update(loader.load_from_file(str(roles / f), trusted_as_template=True) or {})
+    variables.update(ansible_managed="Ansible managed", inventory_hostname="owner-0", inventory_dir="/tmp",
+                     playbook_dir=str(ANSIBLE_DIR), ansible_playbook_python=sys.executable,
+                     fedfhe_service_def=trust_as_template(f"{{{{ {role}_service }}}}"), **extra)
+    template = (roles / "fedfhe_service" / "templates" / "systemd.service.j2").read_text()
+    return str(Templar(loader=loader, variables=variables).template(trust_as_template(template)))
+
+
+def test_systemd_units_are_sandboxed(tmp_path: Path) -> None:
+    for name, (role, state, memory) in UNIT_ROLES.items():
+        unit = _render_unit(role)
+        keys = [line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#")]
+        service = {k: v for k, v in keys}
+        assert service["ExecStart"].startswith("/opt/fedfhe/venv/bin/fedfhe-"), unit
+        for key, value in {"User": "fedfhe", "NoNewPrivileges": "true", "ProtectSystem": "strict",
+                           "ProtectHome": "true", "PrivateTmp": "true", "CapabilityBoundingSet": "",
+                           "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6", "MemoryMax": memory,
+                           "StandardOutput": f"append:/var/log/fedfhe/{name}.log"}.items():
+            assert service.get(key) == value, f"{name}: {key}={service.get(key)!r}, not {value!r}\n{unit}"
+        # Writable: its own state (also its HOME) and the log folder, nothing else.
+        assert service["ReadWritePaths"].split() == [state, "/var/log/fedfhe"], unit
+        assert f'Environment="HOME={state}"' in unit, unit
+    assert "MemoryMax=12G" in _render_unit("fedfhe_inference", fedfhe_inference_memory_max="12G")
+    analyze = shutil.which("systemd-analyze")
+    if analyze:  # systemd's own parser: no unknown key, no value it would ignore
+        for name, (role, _, _) in UNIT_ROLES.items():
+            path = tmp_path / f"{name}.service"
+            path.write_text(_render_unit(role, fedfhe_venv=str(VENV_BIN.parent)))  # ExecStart must exist
+            res = subprocess.run([analyze, "verify", "--man=no", str(path)], capture_output=True, text=True,
+                                 timeout=60)
+            out = res.stdout + res.stderr
+            assert res.returncode == 0 and not re.search(r"Unknown|ignoring|Invalid|Failed", out), f"{name}: {out}"
 
 
 # ---- lint ---------------------------------------------------------------------------------------
@@ -439,3 +498,96 @@ def test_ansible_lint_passes() -> None:
                          timeout=600, env={"PATH": f"{VENV_BIN}:/usr/bin:/bin", "HOME": str(Path.home()),
                                            "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg")})
     assert res.returncode == 0, f"ansible-lint failed:\n{res.stdout[-6000:]}\n{res.stderr[-3000:]}"
+
+
+# ---- revocation (last: it changes the deployment) ----------------------------------------------------
+REVOKED = "owner-2"
+SERVED = "owner-0"
+
+LIST_SUPERNODES = """
+import json
+from fedfhe_server import config, flwr_cli
+print(json.dumps(flwr_cli.registered_public_keys(config.load("/etc/fedfhe/coordinator.yaml"))))
+"""
+
+
+def _supernodes(deployed: Deployment) -> dict[str, str]:
+    """Owner -> status of its SuperNode on the SuperLink, read on the coordinator with Flower's Control API."""
+    from fedfhe_common.fl_contract import owner_key_id
+    from fedfhe_server.flwr_cli import owner_keys
+
+    out = deployed.ssh("coordinator", f"/opt/fedfhe/venv/bin/python -c '{LIST_SUPERNODES}'").stdout
+    names = owner_keys([deployed.work / "control" / "pki" / f"{o}.supernode.pub" for o in OWNERS])
+    nodes = json.loads(out.strip().splitlines()[-1])
+    return {names.get(owner_key_id(n["public-key"].encode()), f"node {n['node-id']}"): n["status"] for n in nodes}
+
+
+def test_a_revoked_owner_is_refused_on_both_links(deployed: Deployment) -> None:
+    served = deployed.hosts.hosts["inference-1"].path("/var/lib/fedfhe/inference/bundles/digits-logisticregression/mh1")
+    if not served.is_dir():
+        pytest.skip("no bundle published (test_publish_and_predict_match_the_clear_model did not run)")
+    started = time.monotonic()
+    live = ("online", "registered")
+    before = _supernodes(deployed)
+    assert all(before.get(o) in live for o in OWNERS), before
+
+    # README "Revoking an owner": revoke on the control node, take the owner out of the supernodes
+    # group, run site.yml (only the coordinator and the inference node change).
+    pki = deployed.work / "control" / "pki"
+    subprocess.run([str(VENV_BIN / "fedfhe-pki"), "--dir", str(pki), "revoke", REVOKED, "--reason", "keyCompromise"],
+                   check=True, capture_output=True, text=True)
+    inventory = yaml.safe_load(deployed.inventory.read_text())
+    del inventory["all"]["children"]["supernodes"]["hosts"][REVOKED]
+    deployed.inventory.write_text(yaml.safe_dump(inventory, sort_keys=False))
+    res = deployed.play("site.yml", "-l", "superlink:inference")
+    _expect_ok(res, "site.yml after revoking " + REVOKED)
+    assert deployed.hosts.hosts["inference-1"].path("/etc/fedfhe/pki/crl.pem").read_bytes() == (
+        pki / "crl.pem").read_bytes()
+    assert f"/{REVOKED}.pub" not in deployed.hosts.hosts["coordinator"].path("/etc/fedfhe/coordinator.yaml").read_text()
+
+    # Fleet link: the revoked owner's SuperNode, still running on its host, is turned away at its next
+    # pull (UNAUTHENTICATED: its key is unregistered) and stops; started again, it cannot activate.
+    def supernode_stopped() -> bool:
+        return deployed.ssh(REVOKED, "/opt/fedfhe/bin/fedfhe-service status fedfhe-supernode",
+                            check=False).returncode == 3
+
+    wait_until(supernode_stopped, 60, f"{REVOKED}'s SuperNode to be turned away by the SuperLink", 0.5)
+    supernode_log = deployed.hosts.hosts[REVOKED].path("/var/log/fedfhe/fedfhe-supernode.log")
+    log_offset = supernode_log.stat().st_size
+    deployed.ssh(REVOKED, "/opt/fedfhe/bin/fedfhe-service start fedfhe-supernode")  # what its owner would try
+
+    # Inference link: the revoked owner, predicting from its own host with its own certificate, is refused...
+    with np.load(deployed.work / "partition" / "public-test.npz", allow_pickle=False) as npz:
+        X, y = npz["X"][:PREDICT_ROWS], npz["y"][:PREDICT_ROWS]
+    for owner in (REVOKED, SERVED):
+        np.savez_compressed(deployed.hosts.hosts[owner].path(PREDICT_INPUT), X=X, y=y)
+    after_output = "/var/lib/fedfhe/owner/predictions/after-revocation.json"
+    refused = deployed.ssh(REVOKED, "runuser -u fedfhe -- /opt/fedfhe/venv/bin/fedfhe-client predict "
+                           f"--config /etc/fedfhe/owner.yaml --input {PREDICT_INPUT} --out {after_output} "
+                           "--no-progress", check=False)
+    said = refused.stdout + refused.stderr
+    assert refused.returncode != 0, said
+    assert "UNAUTHENTICATED" in said and "is revoked" in said and "Traceback" not in said, said
+    # ... while another owner is served (predict.yml; its keys are on the node already).
+    res = deployed.play("predict.yml", "-l", SERVED, "-e", f"fedfhe_predict_input={PREDICT_INPUT}",
+                        "-e", f"fedfhe_predict_output={after_output}")
+    _expect_ok(res, f"predict.yml for {SERVED} after revoking {REVOKED}")
+    doc = json.loads(deployed.hosts.hosts[SERVED].path(after_output).read_text())
+    assert len(doc["predictions"]) == PREDICT_ROWS, doc
+
+    # The SuperLink: the revoked owner's key is no longer registered, the others' SuperNodes are back online.
+    after = _supernodes(deployed)
+    assert after.get(REVOKED) not in live, after
+    assert all(after.get(o) in live for o in OWNERS if o != REVOKED), after
+
+    def refused_activation() -> str:
+        with supernode_log.open("rb") as fh:
+            fh.seek(log_offset)
+            return fh.read().decode(errors="replace")
+
+    try:
+        wait_until(lambda: "Failed to activate SuperNode" in refused_activation(), 60,
+                   f"{REVOKED}'s restarted SuperNode to be refused", 0.5)
+    except TimeoutError:
+        pytest.fail(f"{REVOKED}'s restarted SuperNode was not refused:\n{refused_activation()[-3000:]}")
+    TIMES["revocation"] = round(time.monotonic() - started, 1)
