@@ -10,6 +10,26 @@ from typing import Any
 
 from .errors import FedfheError
 
+EXIT_FAILED = 1  # the command ran and failed (bad config, refused input, a failed run)
+EXIT_USAGE = 2  # argparse: the command line itself is wrong
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT, as a shell reports it
+# console script -> the distribution that ships it (the others ship under their own name)
+DISTRIBUTIONS = {"fedfhe-pki": "fedfhe-common", "fedfhe-partition": "fedfhe-demo"}
+
+
+def version_text(prog: str) -> str:
+    """``PROG X.Y.Z (flwr A, concrete-ml B)``: what an operator quotes in a bug report."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return (f"{prog} {of(DISTRIBUTIONS.get(prog, prog))} "
+            f"(flwr {of('flwr')}, concrete-ml {of('concrete-ml')}, concrete-python {of('concrete-python')})")
+
 
 def command_parser(prog: str, description: str | None) -> tuple[argparse.ArgumentParser, Any]:
     """A parser and its subcommands (``args.cmd``), each of which sets the ``fn`` that :func:`run` calls."""
@@ -33,25 +53,24 @@ def run(
     *,
     errors: tuple[type[BaseException], ...] = (),
     name_command: bool = True,
-    interrupted: int | None = None,
 ) -> int:
     """Parse ``argv``, call ``args.fn(args)`` and return its exit code (``None`` counts as 0).
 
-    A FedfheError, or one of ``errors``, is printed as one line on stderr,
-    ``PROG CMD: error: MESSAGE`` (``PROG: error: MESSAGE`` when the parser has
-    no ``cmd`` subcommand or ``name_command`` is false), and the exit code is 2,
-    as for argparse's own usage errors. Anything else propagates (a traceback is
-    a bug). With ``interrupted`` set, Ctrl-C returns that code instead of a
-    traceback.
+    Exit codes, the same for every script (README, "Exit codes"): 0 done, 1
+    failed (a FedfheError, or one of ``errors``, printed as one line on stderr,
+    ``PROG CMD: error: MESSAGE``; ``PROG: error: MESSAGE`` when the parser has no
+    ``cmd`` subcommand or ``name_command`` is false), 2 usage (argparse), 130
+    interrupted. Anything else propagates (a traceback is a bug). ``--version``
+    prints :func:`version_text`.
     """
+    parser.add_argument("--version", action="version", version=version_text(parser.prog))
     args = parser.parse_args(argv)
     try:
         return int(args.fn(args) or 0)
     except (FedfheError, *errors) as exc:
         cmd = getattr(args, "cmd", None) if name_command else None
         print(f"{parser.prog}{f' {cmd}' if cmd else ''}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_FAILED
     except KeyboardInterrupt:
-        if interrupted is None:
-            raise
-        return interrupted
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

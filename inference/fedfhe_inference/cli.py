@@ -98,4 +98,4 @@ def main(argv: list[str] | None = None) -> int:
         if name == "publish":
             p.add_argument("bundle", type=Path, help="bundle directory written by 'fedfhe-server compile'")
             p.add_argument("--reload", action="store_true", help="send SIGHUP to the running server (pid_file)")
-    return run(ap, argv, errors=(FileNotFoundError,), interrupted=130)
+    return run(ap, argv, errors=(FileNotFoundError,))
