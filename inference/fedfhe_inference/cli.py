@@ -73,13 +73,17 @@ def _list(args: argparse.Namespace) -> int:
     bundles_dir, _, key = _bundles_dir(args)
     if not bundles_dir.is_dir():
         raise ConfigError(f"{bundles_dir}: no such bundles directory")
+    refused = 0
     for model_dir in sorted(p for p in bundles_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for d in sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
             try:
                 meta = read_bundle_manifest(d, key)
                 print(f"{model_dir.name}/{d.name}: ok ({meta.get('family', '?')}, n_bits {meta.get('n_bits', '?')})")
             except FedfheError as exc:
+                refused += 1
                 print(f"{model_dir.name}/{d.name}: REFUSED: {exc}")
+    if refused:  # the node would not serve them: a failed check for scripts and Ansible, not a 0
+        raise FedfheError(f"{bundles_dir}: {refused} bundle(s) refused (listed above)")
     return 0
 
 

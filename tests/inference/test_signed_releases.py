@@ -96,6 +96,11 @@ def _rescan_refuses(node, name: str, source: Path, reason: str) -> None:
     with pytest.raises(grpc.RpcError) as info:
         node.stub("alice").GetModelInfo(pb.GetModelInfoRequest(model=pb.ModelRef(model_id=name)), timeout=20)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    # `fedfhe-inference list` names it REFUSED with the reason, and exits 1 (not 0) while it is there.
+    listed = subprocess.run([venv_bin("fedfhe-inference"), "list", "--config", str(node.config)],
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 1 and f"{name}/1: REFUSED: " in listed.stdout and reason in listed.stdout
+    assert "digits-lr/1: ok" in listed.stdout and "bundle(s) refused" in listed.stderr
     shutil.rmtree(node.bundles_dir / name)
 
 
