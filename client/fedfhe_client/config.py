@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from fedfhe_common.app_approval import CONFIG_KEY, normalize_digest
-from fedfhe_common.config import load_config
+from fedfhe_common.config import HostPort, Range, load_config
 from fedfhe_common.errors import ConfigError
 
 
@@ -16,17 +16,17 @@ from fedfhe_common.errors import ConfigError
 class InferenceEndpoint:
     """Where this owner's encrypted predictions run; certfile's CN is its identity there."""
 
-    address: str
+    address: Annotated[str, HostPort()]
     certfile: Path
     keyfile: Path
     ca_certfile: Path
     server_name: str = ""
     model_id: str = ""  # default model for `predict` (empty: the only one served)
-    batch_size: int = 16  # ciphertexts per Predict call
-    timeout_s: float = 600.0  # deadline per Predict call
-    upload_timeout_s: float = 900.0  # deadline for one evaluation-key upload
-    chunk_bytes: int = 1 << 20  # key upload chunk size
-    max_message_bytes: int = 64 << 20
+    batch_size: Annotated[int, Range(1)] = 16  # ciphertexts per Predict call
+    timeout_s: Annotated[float, Range(0, low_open=True)] = 600.0  # deadline per Predict call
+    upload_timeout_s: Annotated[float, Range(0, low_open=True)] = 900.0  # deadline for one evaluation-key upload
+    chunk_bytes: Annotated[int, Range(1)] = 1 << 20  # key upload chunk size
+    max_message_bytes: Annotated[int, Range(1)] = 64 << 20
     # release.pub that must sign the client specs; defaults to owner.yaml's top-level release_public_key.
     release_public_key: Path | None = None
     # The project CRL: a revoked inference-node certificate is refused; defaults to owner.yaml's crl_file.
@@ -36,17 +36,17 @@ class InferenceEndpoint:
 @dataclass(frozen=True)
 class OwnerConfig:
     owner_id: str
-    superlink: str
+    superlink: Annotated[str, HostPort()]
     root_certificates: Path
     auth_key: Path
     data: Path
     state_dir: Path
     labels: Path | None = None
     schema: str = "digits"
-    holdout_fraction: float = 0.2
+    holdout_fraction: Annotated[float, Range(0, 1, high_open=True)] = 0.2
     seed: int = 0
-    runtime_address: str = "127.0.0.1:9094"
-    health_address: str = ""
+    runtime_address: Annotated[str, HostPort()] = "127.0.0.1:9094"
+    health_address: Annotated[str, HostPort(allow_empty=True)] = ""
     inference: InferenceEndpoint | None = None
     # Ed25519 release.pub (distributed with the CA): verifies signed releases this owner receives.
     release_public_key: Path | None = None

@@ -1,7 +1,10 @@
 """Typed YAML config: every host role's file is loaded into a frozen dataclass.
 
-Unknown keys, wrong types and missing required keys are errors that name the
-key with its dotted path, so an operator can fix the file without reading code.
+Unknown keys, wrong types, out-of-range values and missing required keys are
+errors that name the key with its dotted path, so an operator can fix the file
+without reading code; every problem of a file is reported at once, not only the
+first. Ranges and address forms are declared on the field with ``Annotated``
+(``Annotated[int, Range(1)]``, ``Annotated[str, HostPort()]``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,47 @@ import yaml
 from .errors import ConfigError
 
 T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A number's bounds: ``low <= x`` (``low < x`` when ``low_open``), and likewise ``high``."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def check(self, value: Any, key: str) -> None:
+        low_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        high_ok = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        if not (low_ok and high_ok):
+            raise ConfigError(f"{key}: must be {self.describe()}, got {_show(value)}")
+
+    def describe(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return " and ".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class HostPort:
+    """``host:port`` (``[v6]:port`` for IPv6), port 1-65535; ``allow_empty`` for optional addresses."""
+
+    allow_empty: bool = False
+
+    def check(self, value: Any, key: str) -> None:
+        if value == "" and self.allow_empty:
+            return
+        host, sep, port = str(value).rpartition(":")
+        ok = bool(sep and host) and port.isdigit() and 0 < int(port) < 65536
+        if ok and ":" in host:  # IPv6 needs brackets, or the port is ambiguous
+            ok = host.startswith("[") and host.endswith("]")
+        if not ok or any(c.isspace() for c in host):
+            raise ConfigError(f"{key}: expected host:port (e.g. 10.0.0.1:9092), got {_show(value)}")
 
 
 def load_yaml(path: str | Path) -> Any:
@@ -69,6 +113,12 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, key: str, base: Path | None) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is typing.Annotated:
+        out = _coerce(value, args[0], key, base)
+        for rule in tp.__metadata__:
+            if isinstance(rule, (Range, HostPort)) and out is not None:
+                rule.check(out, key)
+        return out
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -149,21 +199,34 @@ def from_dict(cls: type[T], data: Any, prefix: str = "", base: Path | None = Non
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    problems: list[str] = []
     unknown = sorted(set(map(_text, data)) - set(fields))
     if unknown:
         allowed = ", ".join(sorted(fields))
         dotted = ", ".join(f"{prefix}.{k}" if prefix else k for k in unknown)
-        raise ConfigError(f"unknown key {dotted} (allowed here: {allowed})")
+        problems.append(f"unknown key {dotted} (allowed here: {allowed})")
     kwargs: dict[str, Any] = {}
     for name, field in fields.items():
         key = f"{prefix}.{name}" if prefix else name
         if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], key, base)
+            try:
+                kwargs[name] = _coerce(data[name], hints[name], key, base)
+            except ConfigError as exc:
+                problems.extend(getattr(exc, "problems", None) or [str(exc)])
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"missing required key {key}")
+            problems.append(f"missing required key {key}")
+    if problems:
+        raise _combined(problems)
     return cls(**kwargs)
+
+
+def _combined(problems: list[str]) -> ConfigError:
+    """One problem as itself; several as ``N problems: a; b; c`` (``.problems`` keeps the list)."""
+    exc = ConfigError(problems[0] if len(problems) == 1 else f"{len(problems)} problems: " + "; ".join(problems))
+    exc.problems = problems  # type: ignore[attr-defined]
+    return exc
 
 
 def load_config(cls: type[T], path: str | Path) -> T:

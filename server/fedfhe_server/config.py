@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fedfhe_common.config import load_config
+from fedfhe_common.config import HostPort, Range, load_config
 from fedfhe_common.errors import ConfigError
 from fedfhe_common.fl_contract import DEFAULT_MAX_EXAMPLES, owner_name_from_key_file
 
@@ -18,13 +18,13 @@ class SuperLinkConfig:
     certfile: Path
     keyfile: Path
     ca_certfile: Path
-    fleet_address: str = "0.0.0.0:9092"
+    fleet_address: Annotated[str, HostPort()] = "0.0.0.0:9092"
     control_host: str = "127.0.0.1"
-    control_port: int = 9093
+    control_port: Annotated[int, Range(1, 65535)] = 9093
     # What `flwr run` dials; must match a SAN of certfile.
-    control_address: str = ""
+    control_address: Annotated[str, HostPort(allow_empty=True)] = ""
     database: Path | None = None
-    health_address: str = ""
+    health_address: Annotated[str, HostPort(allow_empty=True)] = ""
 
     @property
     def control_target(self) -> str:
@@ -34,23 +34,23 @@ class SuperLinkConfig:
 @dataclass(frozen=True)
 class TrainingConfig:
     output_dir: Path
-    rounds: int = 3
+    rounds: Annotated[int, Range(1)] = 3
     model: str = "LogisticRegression"
     model_params: dict[str, Any] = field(default_factory=dict)
     schema: str = "digits"
-    min_nodes: int = 2
-    local_epochs: int = 1
+    min_nodes: Annotated[int, Range(1)] = 2
+    local_epochs: Annotated[int, Range(1)] = 1
     public_test: Path | None = None
-    round_timeout_s: float = 300.0
-    wait_for_nodes_s: float = 120.0
+    round_timeout_s: Annotated[float, Range(0, low_open=True)] = 300.0
+    wait_for_nodes_s: Annotated[float, Range(0)] = 120.0
     # The most rows one owner's reply may claim (FedAvg weighs replies by it): one number for every
     # owner, or a mapping owner name -> cap with an optional ``default`` for the owners not listed.
     max_examples_per_owner: int | dict[str, int] = DEFAULT_MAX_EXAMPLES
     # Flower's strategy that aggregates the replies, and its parameters (see aggregation.py).
     aggregation: Aggregation = "fedavg"
-    num_malicious_nodes: int = 0  # krum, multikrum, bulyan: how many hostile owners to withstand
+    num_malicious_nodes: Annotated[int, Range(0)] = 0  # krum, multikrum, bulyan: how many hostile owners to withstand
     trimmed_fraction: float = 0.2  # fedtrimmedavg: share cut at each end per coordinate
-    multikrum_select: int = 0  # multikrum: replies averaged (0: min_nodes - num_malicious_nodes)
+    multikrum_select: Annotated[int, Range(0)] = 0  # multikrum: replies averaged (0: min_nodes - num_malicious_nodes)
     # Largest L2 norm of one owner's update (its parameters minus the global ones); 0 leaves updates as sent.
     clip_norm: float = 0.0
 
