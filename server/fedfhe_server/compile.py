@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,7 @@ def compile_artifact(
     calibration_rows: int = CALIBRATION_ROWS,
     seed: int = 0,
     force: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[BundleResult, Any]:
     """Training artifact -> scikit-learn -> Concrete ML -> bundle; also returns the compiled model.
 
@@ -201,8 +203,16 @@ def compile_artifact(
     calibration = calibration_set(schema, estimator, calibration_rows, seed)
     from .nbits import resolve_n_bits  # nbits builds on this module
 
+    say = progress or (lambda line: None)
+
+    def trial(t: Any) -> None:
+        say(f"n_bits {t.n_bits}: simulated {t.simulated:.4f} ({t.seconds:.1f} s)")
+
+    if n_bits == "auto":
+        say(f"choosing n_bits on {len(eval_set[1]) if eval_set else 0} public rows (one circuit per candidate)")
     n_bits, choice = resolve_n_bits(n_bits, estimator, artifact.family, schema, eval_set,
-                                    tolerance_points=tolerance_points, calibration_set=calibration)
+                                    tolerance_points=tolerance_points, calibration_set=calibration, on_trial=trial)
+    say(f"compiling {artifact.family} to FHE with n_bits {n_bits} on {len(calibration)} calibration rows")
     started = time.perf_counter()
     fhe_model = to_concrete(estimator, artifact.family, calibration, n_bits)
     compile_seconds = time.perf_counter() - started
@@ -220,7 +230,9 @@ def compile_artifact(
     if choice is not None:
         meta["n_bits_choice"] = choice.to_dict()
     if eval_set is not None:
+        say(f"compiled in {compile_seconds:.1f} s; simulating FHE on {len(eval_set[1])} public rows")
         meta["metrics"] = evaluate(estimator, fhe_model, *eval_set, schema)
+    say("writing, checking and signing the bundle")
     result = write_bundle(
         fhe_model, out_dir,
         model_id=model_id or f"{schema.name}-{artifact.family.lower()}",

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,16 @@ def _json_object(value: str) -> dict[str, Any]:
     return data
 
 
+def _progress(cmd: str) -> Callable[[str], None]:
+    """Timestamped progress lines on stderr: compiling and choosing n_bits take up to minutes."""
+    started = time.monotonic()
+
+    def say(line: str) -> None:
+        print(f"fedfhe-server {cmd}: [{time.monotonic() - started:6.1f} s] {line}", file=sys.stderr, flush=True)
+
+    return say
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
@@ -67,7 +80,7 @@ def _compile(args: argparse.Namespace) -> int:
     result, _ = compile_artifact(
         artifact, args.out, signing_key=key, n_bits=args.n_bits, tolerance_points=args.tolerance,
         model_id=args.model_id, version=args.version, eval_set=eval_set, calibration_rows=args.calibration_rows,
-        seed=args.seed, force=args.force,
+        seed=args.seed, force=args.force, progress=_progress("compile"),
     )
     n_bits = result.meta["n_bits"]
     if "n_bits_choice" in result.meta:
@@ -92,9 +105,13 @@ def _choose(args: argparse.Namespace) -> int:
     artifact = TrainingArtifact.load(args.artifact)
     eval_set = _load_eval(args.eval, args.eval_labels, artifact.schema)
     assert eval_set is not None
+    say = _progress("choose-n-bits")
+    say(f"{artifact.family}: one circuit per n_bits in {args.min_bits}..{args.max_bits}, simulated on "
+        f"{len(eval_set[1])} rows")
     choice = choose_n_bits(
         artifact.to_estimator(), artifact.family, artifact.schema, *eval_set,
         candidates=range(args.min_bits, args.max_bits + 1), tolerance_points=args.tolerance,
+        on_trial=lambda t: say(f"n_bits {t.n_bits}: simulated {_fmt(t.simulated)} ({t.seconds:.1f} s)"),
     )
     print(f"clear {choice.metric}: {_fmt(choice.clear)}")
     for t in choice.trials:

@@ -7,7 +7,7 @@ circuit, so it measures what encrypted inference will score, without keys.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,8 +67,12 @@ def choose_n_bits(
     candidates: Iterable[int] = DEFAULT_CANDIDATES,
     tolerance_points: float = DEFAULT_TOLERANCE_POINTS,
     calibration_set: np.ndarray | None = None,
+    on_trial: Callable[[NBitsTrial], None] | None = None,
 ) -> NBitsChoice:
-    """Try n_bits in ascending order and stop at the first within tolerance (None if none is)."""
+    """Try n_bits in ascending order and stop at the first within tolerance (None if none is).
+
+    ``on_trial`` sees each trial as it ends (each compiles a circuit: seconds apiece).
+    """
     calibration = default_calibration(schema, estimator) if calibration_set is None else calibration_set
     clear = prediction_score(estimator.predict(X), y, schema)
     choice = NBitsChoice(None, clear, tolerance_points, "accuracy" if schema.is_classifier else "r2")
@@ -77,6 +81,8 @@ def choose_n_bits(
         model = to_concrete(estimator, family, calibration, n_bits)
         simulated = prediction_score(model.predict(X, fhe="simulate"), y, schema)
         choice.trials.append(NBitsTrial(n_bits, simulated, time.perf_counter() - started))
+        if on_trial is not None:
+            on_trial(choice.trials[-1])
         if within(clear, simulated, tolerance_points):
             choice.chosen = n_bits
             break
@@ -87,6 +93,7 @@ def resolve_n_bits(
     value: int | str, estimator: Any, family: str, schema: DatasetSchema,
     eval_set: tuple[np.ndarray, np.ndarray] | None, *, tolerance_points: float = DEFAULT_TOLERANCE_POINTS,
     calibration_set: np.ndarray | None = None,
+    on_trial: Callable[[NBitsTrial], None] | None = None,
 ) -> tuple[int, NBitsChoice | None]:
     """``--n-bits N`` as given, or ``auto``: the smallest n_bits within tolerance on ``eval_set``."""
     if value != "auto":
@@ -94,7 +101,7 @@ def resolve_n_bits(
     if eval_set is None:
         raise ConfigError("--n-bits auto needs --eval FILE (public rows to measure accuracy on)")
     choice = choose_n_bits(estimator, family, schema, *eval_set, tolerance_points=tolerance_points,
-                           calibration_set=calibration_set)
+                           calibration_set=calibration_set, on_trial=on_trial)
     if choice.chosen is None:
         raise ConfigError(f"no n_bits up to {max(DEFAULT_CANDIDATES)} keeps simulated {choice.metric} within "
                           f"{tolerance_points} points of clear")

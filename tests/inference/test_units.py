@@ -223,7 +223,11 @@ def test_server_commands_train_local_choose_and_compile(digits, tmp_path, capsys
                            "--eval", str(digits.test_csv), *key]) == 0
     meta = verify_manifest(auto, "fedfhe-fhe-bundle")
     assert meta["n_bits"] == meta["n_bits_choice"]["chosen_n_bits"] <= chosen
-    assert f"chose n_bits={meta['n_bits']}" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert f"chose n_bits={meta['n_bits']}" in out.out
+    # Long steps say what they do as they go (stderr): each candidate, the compile, the signing.
+    assert "fedfhe-server compile: [" in out.err and f"n_bits {meta['n_bits']}: simulated" in out.err
+    assert "compiling SGDClassifier to FHE" in out.err and "signing the bundle" in out.err
     with pytest.raises(ConfigError, match="needs --eval"):
         _run(register, ["compile", "--artifact", str(art), "--out", str(tmp_path / "b2"), "--n-bits", "auto", *key])
     with pytest.raises(ConfigError, match="model id"):
