@@ -43,10 +43,12 @@ def default_params(family: str) -> dict[str, Any]:
 
 
 def check_family(family: str, schema: DatasetSchema) -> None:
+    """Refuse a family that cannot learn the schema's task, naming the ones that can (a pre-flight check)."""
     _class(family)
     if schema.is_classifier != (family in CLASSIFIERS):
-        kind = "classifier" if schema.is_classifier else "regressor"
-        raise ConfigError(f"model {family!r} does not fit schema {schema.name!r}, which needs a {kind}")
+        kind, fit = ("classifier", CLASSIFIERS) if schema.is_classifier else ("regressor", REGRESSORS)
+        raise ConfigError(f"model {family!r} does not fit schema {schema.name!r} (task {schema.task}), which needs "
+                          f"a {kind}: {', '.join(fit)}")
 
 
 def build(family: str, params: dict[str, Any] | None = None) -> Any:

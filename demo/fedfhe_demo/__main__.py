@@ -6,7 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from fedfhe_common.models import FAMILIES
+from fedfhe_common.errors import FedfheError
+from fedfhe_common.models import FAMILIES, check_family
+from fedfhe_common.schema import resolve_schema
 
 from .pipeline import main
 from .steps import Options
@@ -27,6 +29,10 @@ def parse(argv: list[str] | None = None) -> Options:
     a = ap.parse_args(argv)
     if a.owners < 1 or a.rounds < 1:
         ap.error("--owners and --rounds must be >= 1")
+    try:  # before any process starts: Ridge on digits fails here, not inside the ServerApp
+        check_family(a.model, resolve_schema(a.dataset))
+    except FedfheError as exc:
+        ap.error(str(exc))
     return Options(a.dataset, a.owners, a.rounds, a.model, a.split, a.alpha, a.n_bits, a.work_dir, a.max_rows,
                    a.seed)
 

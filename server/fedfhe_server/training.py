@@ -9,8 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fedfhe_common import models
 from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.errors import FedfheError
+from fedfhe_common.errors import ConfigError, FedfheError
+from fedfhe_common.schema import resolve_schema
 
 from . import flwr_cli
 from .config import CoordinatorConfig
@@ -52,6 +54,16 @@ def failure_reason(log_text: str) -> str:
     return ""
 
 
+def preflight(cfg: CoordinatorConfig) -> None:
+    """Refuse at once what the ServerApp would refuse only after every process is up: a family that
+    does not fit the schema. A schema this process cannot resolve is left to the ServerApp to report."""
+    try:
+        schema = resolve_schema(cfg.training.schema)
+    except ConfigError:
+        return
+    models.check_family(cfg.training.model, schema)
+
+
 def run_training(
     cfg: CoordinatorConfig,
     overrides: dict[str, Any] | None = None,
@@ -59,6 +71,7 @@ def run_training(
     timeout: float | None = None,
 ) -> TrainingArtifact:
     """Register the SuperNode keys, `flwr run` the app, report each round, load the artifact."""
+    preflight(cfg)
     out = cfg.training.output_dir
     progress = out / "progress.jsonl"
     progress.unlink(missing_ok=True)
