@@ -291,7 +291,10 @@ def test_each_host_holds_only_its_own_keys_and_data(deployed: Deployment) -> Non
     for owner in OWNERS:
         h = deployed.hosts.hosts[owner]
         assert _tree(deployed, owner, "/etc/fedfhe/pki") == {"ca.crt", "release.pub", "supernode.key", "client.crt",
-                                                             "client.key"}
+                                                             "client.key", "crl.pem"}
+        # Owners check the SuperLink's and the inference node's certificates against the same CRL.
+        assert h.path("/etc/fedfhe/pki/crl.pem").read_bytes() == (pki / "crl.pem").read_bytes()
+        assert "crl_file: /etc/fedfhe/pki/crl.pem" in h.path("/etc/fedfhe/owner.yaml").read_text()
         assert h.path("/etc/fedfhe/pki/supernode.key").read_bytes() == (pki / f"{owner}.supernode.key").read_bytes()
         assert h.path("/etc/fedfhe/pki/client.key").read_bytes() == (pki / f"{owner}.key").read_bytes()
         assert h.path("/etc/fedfhe/pki/client.key").stat().st_mode & 0o077 == 0o040  # 0640 root:fedfhe
