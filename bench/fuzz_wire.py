@@ -36,8 +36,7 @@ import numpy as np
 
 from fedfhe_client.inference_client import InferenceClient, InferenceError
 from fedfhe_common.fhe_wire import read_value
-from fedfhe_common.pki import init_ca, issue
-from fedfhe_common.release import make_release_key
+from fedfhe_demo.inference_node import make_inference_pki
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "reliability"))
@@ -48,7 +47,7 @@ CLEAN = {"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "DATA_LOSS", "FAILED_PR
 
 
 def _bench_inference() -> Any:
-    """bench/inference.py as a module (its Node harness and bundle compile), whatever sys.path holds."""
+    """bench/inference.py as a module (its node settings and bundle compile), whatever sys.path holds."""
     spec = importlib.util.spec_from_file_location("fedfhe_bench_inference", HERE / "inference.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -93,16 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fedfhe-bench-fuzz-") as tmp:
         work = Path(tmp)
-        pki = work / "pki"
-        init_ca(pki)
-        make_release_key(pki)
-        issue(pki, "inference", server_hosts=["127.0.0.1"])
-        for owner in ("owner-0", "owner-1"):
-            issue(pki, owner, client=True)
+        pki = make_inference_pki(work / "pki", ["owner-0", "owner-1"])
         print("compiling the digits bundle ...", file=sys.stderr)
         bundle, rows = bench.linear_bundle("digits", work, max_rows=1797)
-        node = bench.Node(work / "node", pki, limits={})  # the node's default limits
-        bench.publish_bundle(bundle.directory, node.bundles, bench.load_verify_key(pki / "release.pub"))
+        node = bench.new_node(work / "node", pki, limits={})  # the node's default limits
+        bench.publish_bundle(bundle.directory, node.bundles_dir, bench.load_verify_key(pki / "release.pub"))
         node.start()
         try:
             report = fuzz(bench, node, bundle, rows, work, seed, args.minutes * 60, args.check_every)

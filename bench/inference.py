@@ -31,11 +31,9 @@ import hashlib
 import json
 import os
 import platform
-import signal
 import socket
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,92 +42,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from fedfhe_client.config import InferenceEndpoint
 from fedfhe_client.inference_client import InferenceClient
 from fedfhe_client.keys import ModelKeys
-from fedfhe_common.pki import init_ca, issue
-from fedfhe_common.procs import free_port, venv_bin, wait_until
-from fedfhe_common.release import load_signing_key, load_verify_key, make_release_key
+from fedfhe_common.procs import free_port
+from fedfhe_common.release import load_signing_key, load_verify_key
 from fedfhe_demo.datasets import load_builtin
+from fedfhe_demo.inference_node import InferenceNode, make_inference_pki, write_config
 from fedfhe_inference.bundles import publish_bundle
 
 MiB = 1 << 20
 
 
 # ---- a node --------------------------------------------------------------------------------
-class Node:
-    def __init__(self, work: Path, pki: Path, **overrides: Any) -> None:
-        self.work, self.pki = work, pki
-        self.port = free_port()
-        self.bundles = work / "bundles"
-        cfg = {
-            "listen": f"127.0.0.1:{self.port}", "certfile": str(pki / "inference.crt"),
-            "keyfile": str(pki / "inference.key"), "ca_certfile": str(pki / "ca.crt"),
-            "bundles_dir": str(self.bundles), "keys_dir": str(work / "keys"), "rescan_interval_s": 0,
-            "release_public_key": str(pki / "release.pub"),
-            "limits": {"max_key_bytes": 256 * MiB, "max_keys_per_owner": 4}, **overrides,
-        }
-        self.config = work / "inference.yaml"
-        work.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(yaml.safe_dump(cfg))
-        self.proc: subprocess.Popen[bytes] | None = None
+def new_node(work: Path, pki: Path, **overrides: Any) -> InferenceNode:
+    """A node (not started) in ``work`` on a free loopback port; its health probe presents owner-0's certificate."""
+    limits = {"max_key_bytes": 256 * MiB, "max_keys_per_owner": 4}
+    config = write_config(work / "inference.yaml", pki, f"127.0.0.1:{free_port()}", work,
+                          **{"rescan_interval_s": 0, "limits": limits, **overrides})
+    return InferenceNode(config, pki, "owner-0")
 
-    def endpoint(self, owner: str) -> InferenceEndpoint:
-        return InferenceEndpoint(address=f"127.0.0.1:{self.port}", certfile=self.pki / f"{owner}.crt",
-                                 keyfile=self.pki / f"{owner}.key", ca_certfile=self.pki / "ca.crt",
-                                 release_public_key=self.pki / "release.pub")
 
-    def start(self) -> None:
-        log = open(self.work / "inference.log", "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen([venv_bin("fedfhe-inference"), "serve", "--config", str(self.config)],
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-
-        def up() -> bool:
-            if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError((self.work / "inference.log").read_text()[-2000:])
-            try:
-                with InferenceClient(self.endpoint("owner-0")) as c:
-                    c.info_timeout = 2
-                    c.list_models()
-                return True
-            except Exception:  # noqa: BLE001 - not up yet
-                return False
-
-        wait_until(up, 120, "the inference node")
-
-    def status_mb(self, field: str, pid: int | None = None) -> float:
-        assert self.proc is not None
-        try:
-            text = Path(f"/proc/{pid or self.proc.pid}/status").read_text()
-        except OSError:
-            return 0.0
-        for line in text.splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def worker_pids(self) -> list[int]:
-        """The node's child processes (its sandboxed FHE workers)."""
-        assert self.proc is not None
-        pids: list[int] = []
-        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
-            try:
-                pids += [int(p) for p in (task / "children").read_text().split()]
-            except OSError:
-                pass
-        return pids
-
-    def total_mb(self, field: str) -> float:
-        """``field`` of the node plus its workers (VmHWM summed: an upper bound of the joint peak)."""
-        return self.status_mb(field) + sum(self.status_mb(field, pid) for pid in self.worker_pids())
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(60)
+def total_mb(node: InferenceNode, field: str) -> float:
+    """``field`` of the node plus its workers (VmHWM summed: an upper bound of the joint peak)."""
+    return node.status_mb(field) + sum(node.status_mb(field, pid) for pid in node.worker_pids())
 
 
 # ---- models --------------------------------------------------------------------------------
@@ -159,20 +95,15 @@ def tree_bundle(out: Path) -> Any:
 
 
 # ---- measurements --------------------------------------------------------------------------
-def latency(node: Node, bundle: Any, rows: np.ndarray, state: Path) -> dict[str, float]:
+def latency(node: InferenceNode, bundle: Any, rows: np.ndarray, state: Path) -> dict[str, float]:
     """Median per-row encrypt -> evaluate -> decrypt, in this process and through the service."""
     from concrete import fhe
     from concrete.ml.deployment import FHEModelServer
 
     ep = node.endpoint("owner-0")
+    keys, fhe_client, evk_bytes = _owner_keys(node, bundle, state)
     with InferenceClient(ep) as client:
         info = client.model_info(bundle.model_id, bundle.version)
-        keys = ModelKeys(state, info.model_id, info.version)
-        specs = client.client_specs(info)
-        keys.install_client_specs(specs.client_zip, specs.manifest, specs.manifest_signature,
-                                  load_verify_key(node.pki / "release.pub"), "bench")
-        fhe_client, _ = keys.fhe_client()
-        evk_bytes = fhe_client.get_serialized_evaluation_keys()
         key_id = client.upload_keys(info, evk_bytes).key_id
         keys.remember_key_id(ep.address, key_id, hashlib.sha256(evk_bytes).hexdigest())
         server = FHEModelServer(str(bundle.directory))
@@ -199,7 +130,8 @@ def latency(node: Node, bundle: Any, rows: np.ndarray, state: Path) -> dict[str,
             "ratio": med["service"] / med["inprocess"]}
 
 
-def throughput(node: Node, bundle: Any, rows: np.ndarray, state: Path, concurrency: int, batches: int) -> float:
+def throughput(node: InferenceNode, bundle: Any, rows: np.ndarray, state: Path, concurrency: int,
+               batches: int) -> float:
     """Rows/s with ``concurrency`` clients, each sending ``batches`` pre-encrypted batches of 16 rows."""
     ep = node.endpoint("owner-0")
     with InferenceClient(ep) as client:
@@ -273,7 +205,7 @@ def tree_keys(bundle: Any, state: Path, owner: str) -> tuple[ModelKeys, bytes]:
     return keys, fhe_client.get_serialized_evaluation_keys()
 
 
-def key_upload(node: Node, pki: Path, bundle: Any, state: Path, repeats: int) -> dict[str, float]:
+def key_upload(node: InferenceNode, pki: Path, bundle: Any, state: Path, repeats: int) -> dict[str, float]:
     _, evk = tree_keys(bundle, state, "owner-0")
     ups, tls = [], []
     with InferenceClient(node.endpoint("owner-0")) as client:
@@ -301,11 +233,11 @@ def key_upload(node: Node, pki: Path, bundle: Any, state: Path, repeats: int) ->
 def ten_owners(work: Path, pki: Path, bundle: Any, rows: np.ndarray, owners: int) -> dict[str, float]:
     """A fresh node; each owner generates its own tree keys, uploads them, and predicts one row, concurrently."""
     cache = 1024 * MiB  # the default key_cache_bytes
-    node = Node(work / "node-owners", pki)
-    publish_bundle(bundle.directory, node.bundles, load_verify_key(pki / "release.pub"))
+    node = new_node(work / "node-owners", pki)
+    publish_bundle(bundle.directory, node.bundles_dir, load_verify_key(pki / "release.pub"))
     node.start()
     try:
-        idle = node.total_mb("VmRSS")
+        idle = total_mb(node, "VmRSS")
         prepared = [(f"owner-{i}", *tree_keys(bundle, work / "owners-state", f"owner-{i}")) for i in range(owners)]
 
         def one(item: tuple[str, ModelKeys, bytes]) -> float:
@@ -323,7 +255,7 @@ def ten_owners(work: Path, pki: Path, bundle: Any, rows: np.ndarray, owners: int
         with cf.ThreadPoolExecutor(owners) as pool:
             per_owner = list(pool.map(one, prepared))
         total = time.perf_counter() - t
-        return {"owners": owners, "peak_rss_mb": node.total_mb("VmHWM"), "idle_rss_mb": idle,
+        return {"owners": owners, "peak_rss_mb": total_mb(node, "VmHWM"), "idle_rss_mb": idle,
                 "peak_rss_mb_node_process": node.status_mb("VmHWM"),
                 "peak_rss_mb_workers": [node.status_mb("VmHWM", pid) for pid in node.worker_pids()],
                 "key_bytes_per_owner": len(prepared[0][2]), "key_cache_budget_mb": cache / MiB,
@@ -332,7 +264,7 @@ def ten_owners(work: Path, pki: Path, bundle: Any, rows: np.ndarray, owners: int
         node.stop()
 
 
-def _owner_keys(node: Node, bundle: Any, state: Path) -> tuple[ModelKeys, Any, bytes]:
+def _owner_keys(node: InferenceNode, bundle: Any, state: Path) -> tuple[ModelKeys, Any, bytes]:
     """This bench's owner-0 keys for ``bundle``, client specs fetched from ``node`` and verified."""
     with InferenceClient(node.endpoint("owner-0")) as client:
         info = client.model_info(bundle.model_id, bundle.version)
@@ -344,7 +276,7 @@ def _owner_keys(node: Node, bundle: Any, state: Path) -> tuple[ModelKeys, Any, b
     return keys, fhe_client, fhe_client.get_serialized_evaluation_keys()
 
 
-def sandbox_cost(sandboxed: Node, inprocess: Node, bundle: Any, rows: np.ndarray, state: Path,
+def sandbox_cost(sandboxed: InferenceNode, inprocess: InferenceNode, bundle: Any, rows: np.ndarray, state: Path,
                  batches: int) -> dict[str, Any]:
     """Warm latency, sandboxed workers over in-process, through the real service of two nodes on one bundle.
 
@@ -413,11 +345,11 @@ def sandbox_cost(sandboxed: Node, inprocess: Node, bundle: Any, rows: np.ndarray
 
 def run_sandbox(work: Path, pki: Path, sets: dict[str, tuple[Any, np.ndarray]], quick: bool) -> dict[str, Any]:
     """Two nodes on the same bundles, one with `sandbox: false`; see sandbox_cost."""
-    sandboxed = Node(work / "node-sandbox", pki)
-    inprocess = Node(work / "node-inprocess", pki, sandbox=False)
+    sandboxed = new_node(work / "node-sandbox", pki)
+    inprocess = new_node(work / "node-inprocess", pki, sandbox=False)
     for node in (sandboxed, inprocess):
         for bundle, _ in sets.values():
-            publish_bundle(bundle.directory, node.bundles, load_verify_key(pki / "release.pub"))
+            publish_bundle(bundle.directory, node.bundles_dir, load_verify_key(pki / "release.pub"))
     try:
         sandboxed.start()
         inprocess.start()
@@ -469,12 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         f" --only {args.only}" if args.only else "")
     with tempfile.TemporaryDirectory(prefix="fedfhe-bench-inference-") as tmp:
         work = Path(tmp)
-        pki = work / "pki"
-        init_ca(pki)
-        make_release_key(pki)
-        issue(pki, "inference", server_hosts=["127.0.0.1"])
-        for i in range(max(args.owners, 1)):
-            issue(pki, f"owner-{i}", client=True)
+        pki = make_inference_pki(work / "pki", [f"owner-{i}" for i in range(max(args.owners, 1))])
         print("compiling bundles ...", file=sys.stderr)
         digits, digits_rows = linear_bundle("digits", work, max_rows=1797)
         fashion, fashion_rows = linear_bundle("fashion-mnist", work, max_rows=3000 if args.quick else 10000)
@@ -490,9 +417,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"merged into {args.out} ({time.perf_counter() - started:.0f} s)")
             return 0
         tree = tree_bundle(work)
-        node = Node(work / "node", pki)
+        node = new_node(work / "node", pki)
         for b in (digits, fashion, tree):
-            publish_bundle(b.directory, node.bundles, load_verify_key(pki / "release.pub"))
+            publish_bundle(b.directory, node.bundles_dir, load_verify_key(pki / "release.pub"))
         node.start()
         try:
             print("latency ...", file=sys.stderr)

@@ -28,8 +28,6 @@ import concurrent.futures as cf
 import json
 import os
 import platform
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,75 +36,17 @@ from typing import Any
 
 import numpy as np
 import psutil
-import yaml
 
 MiB = 1 << 20
 
 
-class Node:
-    """A `fedfhe-inference serve` subprocess on a free loopback port."""
+def new_node(work: Path, pki: Path) -> Any:
+    """A node (not started) in ``work`` on a free loopback port, default limits; health probed as owner-0."""
+    from fedfhe_common.procs import free_port
+    from fedfhe_demo.inference_node import InferenceNode, write_config
 
-    def __init__(self, work: Path, pki: Path) -> None:
-        from fedfhe_common.procs import free_port
-
-        self.work, self.pki = work, pki
-        self.port = free_port()
-        self.bundles = work / "bundles"
-        cfg = {
-            "listen": f"127.0.0.1:{self.port}", "certfile": str(pki / "inference.crt"),
-            "keyfile": str(pki / "inference.key"), "ca_certfile": str(pki / "ca.crt"),
-            "bundles_dir": str(self.bundles), "keys_dir": str(work / "keys"), "rescan_interval_s": 0,
-            "release_public_key": str(pki / "release.pub"),
-        }
-        work.mkdir(parents=True, exist_ok=True)
-        self.config = work / "inference.yaml"
-        self.config.write_text(yaml.safe_dump(cfg))
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def endpoint(self, owner: str) -> Any:
-        from fedfhe_client.config import InferenceEndpoint
-
-        return InferenceEndpoint(address=f"127.0.0.1:{self.port}", certfile=self.pki / f"{owner}.crt",
-                                 keyfile=self.pki / f"{owner}.key", ca_certfile=self.pki / "ca.crt",
-                                 release_public_key=self.pki / "release.pub")
-
-    def start(self) -> None:
-        from fedfhe_client.inference_client import InferenceClient
-        from fedfhe_common.procs import venv_bin, wait_until
-
-        log = open(self.work / "inference.log", "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen([venv_bin("fedfhe-inference"), "serve", "--config", str(self.config)],
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-
-        def up() -> bool:
-            if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError((self.work / "inference.log").read_text()[-2000:])
-            try:
-                with InferenceClient(self.endpoint("owner-0")) as c:
-                    c.info_timeout = 2
-                    return bool(c.list_models())
-            except Exception:  # noqa: BLE001 - not up yet
-                return False
-
-        wait_until(up, 120, "the inference node")
-
-    def rss(self) -> int:
-        assert self.proc is not None
-        return psutil.Process(self.proc.pid).memory_info().rss
-
-    def peak_rss(self) -> int:
-        """VmHWM: the highest RSS the process ever had."""
-        assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        return 0
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(60)
+    config = write_config(work / "inference.yaml", pki, f"127.0.0.1:{free_port()}", work, rescan_interval_s=0)
+    return InferenceNode(config, pki, "owner-0")
 
 
 def compile_bundle(work: Path) -> tuple[Any, Any, np.ndarray]:
@@ -128,7 +68,7 @@ def compile_bundle(work: Path) -> tuple[Any, Any, np.ndarray]:
 class Owner:
     """Keys generated and uploaded through the client library; a channel of its own."""
 
-    def __init__(self, node: Node, name: str, state: Path, X: np.ndarray) -> None:
+    def __init__(self, node: Any, name: str, state: Path, X: np.ndarray) -> None:
         from fedfhe_client.inference_client import InferenceClient
         from fedfhe_client.keys import ModelKeys
         from fedfhe_client.predict import predict_rows
@@ -148,7 +88,7 @@ class Owner:
         return np.vstack([np.asarray(self.fhe.deserialize_decrypt_dequantize(r)).reshape(1, -1) for r in results])
 
 
-def scenario(node: Node, owners: list[Owner], model: Any, X: np.ndarray, rows: int, batch: int) -> dict[str, Any]:
+def scenario(node: Any, owners: list[Owner], model: Any, X: np.ndarray, rows: int, batch: int) -> dict[str, Any]:
     """Every owner sends ``rows`` predictions in requests of ``batch`` rows, all owners at once."""
     from fedfhe_client.inference_client import InferenceError
 
@@ -158,7 +98,7 @@ def scenario(node: Node, owners: list[Owner], model: Any, X: np.ndarray, rows: i
     for o, w in zip(owners, warm, strict=True):  # warm-up, twice per owner
         for _ in range(2):
             o.client.predict(o.key_id, o.info, w)
-    rss_warm = node.rss()
+    rss_warm = psutil.Process(node.pid).memory_info().rss
     latencies: list[list[float]] = [[] for _ in owners]
     results: list[list[bytes]] = [[] for _ in owners]
     errors: list[str] = []
@@ -177,7 +117,7 @@ def scenario(node: Node, owners: list[Owner], model: Any, X: np.ndarray, rows: i
     with cf.ThreadPoolExecutor(len(owners)) as pool:
         list(pool.map(run, range(len(owners))))
     wall = time.perf_counter() - started
-    rss_end = node.rss()
+    rss_end = psutil.Process(node.pid).memory_info().rss
     mismatches = 0
     for i, o in enumerate(owners):
         expected = model.predict(data[i], fhe="simulate")
@@ -200,25 +140,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=200, help="predictions per owner")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "load.json")
     args = ap.parse_args(argv)
-    from fedfhe_common.pki import init_ca, issue
-    from fedfhe_common.release import load_verify_key, make_release_key
+    from fedfhe_common.release import load_verify_key
+    from fedfhe_demo.inference_node import make_inference_pki
     from fedfhe_inference.bundles import publish_bundle
 
     started = time.perf_counter()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="fedfhe-bench-load-") as tmp:
         work = Path(tmp)
-        pki = work / "pki"
-        init_ca(pki)
-        make_release_key(pki)
-        issue(pki, "inference", server_hosts=["127.0.0.1"])
         names = [f"owner-{i}" for i in range(args.owners)]
-        for name in names:
-            issue(pki, name, client=True)
+        pki = make_inference_pki(work / "pki", names)
         print("compiling the digits LR bundle ...", file=sys.stderr)
         bundle, model, X = compile_bundle(work)
-        node = Node(work / "node", pki)
-        publish_bundle(bundle.directory, node.bundles, load_verify_key(pki / "release.pub"))
+        node = new_node(work / "node", pki)
+        publish_bundle(bundle.directory, node.bundles_dir, load_verify_key(pki / "release.pub"))
         node.start()
         try:
             print(f"{args.owners} owners: keys ...", file=sys.stderr)
@@ -229,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             load = scenario(node, owners, model, X, args.rows, 1)
             print(f"load: {args.owners} owners at once, batches of 16 ...", file=sys.stderr)
             load16 = scenario(node, owners, model, X, args.rows, 16)
-            peak = node.peak_rss()
+            peak = node.status_mb("VmHWM") * MiB  # the highest RSS the process ever had
             for o in owners:
                 o.client.close()
         finally:

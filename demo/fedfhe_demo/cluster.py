@@ -22,6 +22,8 @@ from fedfhe_common.pki import init_ca, issue, supernode_keypair, write_crl
 from fedfhe_common.procs import free_port, port_open, venv_bin, wait_until
 from fedfhe_common.release import make_release_key
 
+from .inference_node import InferenceNode, spawn
+
 
 @cache
 def fedfhe_app_digest() -> str:
@@ -106,13 +108,7 @@ class Cluster:
     # ---- processes -------------------------------------------------------
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
         log = self.logs / f"{name}.log"
-        fh = open(log, "ab")  # noqa: SIM115 - the child owns it
-        popen = subprocess.Popen(
-            argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, start_new_session=True,
-        )
-        fh.close()
-        proc = Proc(name, popen, log)
+        proc = Proc(name, spawn(argv, log, env), log)
         self.procs.append(proc)
         return proc
 
@@ -124,6 +120,16 @@ class Cluster:
             timeout, f"SuperLink to listen (log {proc.log})",
         )
         return proc
+
+    def start_inference(self, config: Path, owner: str, timeout: float = 120) -> InferenceNode:
+        """`fedfhe-inference serve --config` (log logs/inference.log), stopped with the rest on close().
+
+        Returns once gRPC health answers SERVING to ``owner``'s certificate (TimeoutError after ``timeout`` s).
+        """
+        node = InferenceNode(config, self.pki, owner, log=self.logs / "inference.log")
+        self.procs.append(Proc("inference", node.launch(), node.log))
+        node.wait_serving(timeout)
+        return node
 
     def register(self, config: Path, keys: list[Path] | None = None) -> None:
         """`fedfhe-server register`: SuperNodes must be registered before they start,

@@ -10,15 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from rich.console import Console
 
 from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.data import load_table
-from fedfhe_common.procs import free_port, port_open, venv_bin, wait_until
+from fedfhe_common.procs import free_port, venv_bin
 from fedfhe_common.schema import resolve_schema
 
 from .cluster import Cluster
+from .inference_node import write_config
 from .steps import Options, Steps
 
 
@@ -33,28 +33,16 @@ def heldout_rows(owner_cfg: Path, schema: Any) -> tuple[np.ndarray, np.ndarray]:
     return X_held, y_held
 
 
-def inference_config(cluster: Cluster, work: Path) -> tuple[Path, str]:
-    address = f"{cluster.host}:{free_port(cluster.host)}"
-    cfg = {
-        "listen": address,
-        "certfile": str(cluster.pki / "inference.crt"),
-        "keyfile": str(cluster.pki / "inference.key"),
-        "ca_certfile": str(cluster.pki / "ca.crt"),
-        "bundles_dir": str(work / "inference" / "bundles"),
-        "keys_dir": str(work / "inference" / "keys"),
-        "release_public_key": str(cluster.pki / "release.pub"),
-        "pid_file": str(work / "inference" / "inference.pid"),
-    }
-    path = work / "inference.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path, address
+def inference_config(cluster: Cluster, work: Path) -> Path:
+    """work/inference.yaml: the node serves from work/inference on a free port of the cluster's host."""
+    return write_config(work / "inference.yaml", cluster.pki, f"{cluster.host}:{free_port(cluster.host)}",
+                        work / "inference", pid_file=str(work / "inference" / "inference.pid"))
 
 
 def run_fhe_phases(
     opts: Options, work: Path, steps: Steps, console: Console, cluster: Cluster,
     owners: list[str], owner_cfgs: dict[str, Path], report: dict[str, Any],
 ) -> None:
-    from fedfhe_client.config import InferenceEndpoint
     from fedfhe_client.predict import predict_rows
     from fedfhe_common.release import load_signing_key
     from fedfhe_server.compile import compile_artifact
@@ -74,20 +62,15 @@ def run_fhe_phases(
         console.print(f"bundle {bundle.directory}: client.zip {sizes['client.zip']:,} B, "
                       f"server.zip {sizes['server.zip']:,} B, n_bits={n_bits}")
     with steps("inference", cluster.logs / "inference.log"):
-        cfg_path, address = inference_config(cluster, work)
+        cfg_path = inference_config(cluster, work)
         res = _run([venv_bin("fedfhe-inference"), "publish", "--config", str(cfg_path), str(bundle.directory)])
         console.print(res.strip())
-        proc = cluster.start("inference", [venv_bin("fedfhe-inference"), "serve", "--config", str(cfg_path)])
-        wait_until(lambda: cluster._alive(proc) and port_open(address), 120, f"the inference node (log {proc.log})")
+        node = cluster.start_inference(cfg_path, owners[0])
         X_all, y_all, pred_all, sim_all = [], [], [], []
         totals = {"rows": 0, "e2e": 0.0, "server": 0.0, "keys": 0, "ct": 0, "res": 0}
         for owner in owners:
             X, y = heldout_rows(owner_cfgs[owner], schema)
-            endpoint = InferenceEndpoint(
-                address=address, certfile=cluster.pki / f"{owner}.crt", keyfile=cluster.pki / f"{owner}.key",
-                ca_certfile=cluster.pki / "ca.crt", release_public_key=cluster.pki / "release.pub",
-            )
-            result = predict_rows(endpoint, work / owner / "fhe", X, progress=True)
+            result = predict_rows(node.endpoint(owner), work / owner / "fhe", X, progress=True)
             X_all.append(X)
             y_all.append(y)
             pred_all.append(result.predictions)

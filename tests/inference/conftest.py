@@ -1,33 +1,29 @@
 """Fixtures for the inference tests: a PKI, compiled bundles and a real `fedfhe-inference serve` process.
 
-The node runs as a subprocess on a free loopback port with mutual TLS; tests
-talk to it through the owner's client library or raw gRPC stubs.
+The node runs as a subprocess on a free loopback port with mutual TLS (the one
+harness, fedfhe_demo.inference_node, here named Node); tests talk to it through
+the owner's client library or raw gRPC stubs.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
-import signal
-import subprocess
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import pytest
-import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedfhe_client.config import InferenceEndpoint
 from fedfhe_common.data import save_csv
 from fedfhe_common.pki import init_ca, issue
-from fedfhe_common.procs import free_port, venv_bin, wait_until
+from fedfhe_common.procs import free_port
 from fedfhe_common.release import load_signing_key, load_verify_key, make_release_key
 from fedfhe_common.schema import DIGITS
 from fedfhe_demo.datasets import load_builtin
-from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
+from fedfhe_demo.inference_node import InferenceNode, write_config
 
 OWNERS = ("alice", "bob", "carol", "dave")
 LIMITS = {"max_batch_rows": 32, "max_keys_per_owner": 4, "max_key_bytes": 100 << 20, "max_chunk_bytes": 2 << 20}
@@ -113,133 +109,67 @@ def lr_bundles(tmp_path_factory: pytest.TempPathFactory, lr_artifact: Path, digi
     return {"1": v1, "2": v2, "model_1": m1, "model_2": m2}
 
 
-@dataclass
-class Node:
-    """A `fedfhe-inference serve` subprocess and how to reach it."""
+class Node(InferenceNode):
+    """The tests' name for the one inference-node harness (fedfhe_demo.inference_node): a node in ``work``.
 
-    work: Path
-    pki: Path
-    port: int
-    config: Path
-    proc: subprocess.Popen[bytes] | None = None
-    log: Path = field(init=False)
-    starts: int = 0
+    Its health probe presents alice's certificate; its log is ``work``/inference.log.
+    """
 
-    def __post_init__(self) -> None:
-        self.log = self.work / "inference.log"
+    def __init__(self, work: Path, pki: Path, port: int, config: Path) -> None:
+        super().__init__(config, pki, "alice", log=work / "inference.log")
+        self.work = work
+        assert self.port == port, (self.port, port)
 
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+    @staticmethod
+    def calls(ch: Any) -> dict[str, Callable[[], object]]:
+        """One call of each service on ``ch`` (Inference, health, reflection): what an identity check must cover."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    @property
-    def bundles_dir(self) -> Path:
-        return self.work / "bundles"
+        from fedfhe_proto.inference.v1 import inference_pb2 as pb
+        from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
 
-    @property
-    def keys_dir(self) -> Path:
-        return self.work / "keys"
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def start(self, timeout: float = 120) -> None:
-        fh = open(self.log, "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(
-            [venv_bin("fedfhe-inference"), "serve", "--config", str(self.config)],
-            stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-        fh.close()
-        self.starts += 1
-        wait_until(self.serving, timeout, f"fedfhe-inference to serve (log {self.log})", interval=0.2)
-
-    def alive(self) -> bool:
-        if self.proc is None or self.proc.poll() is not None:
-            code = None if self.proc is None else self.proc.returncode
-            raise RuntimeError(f"fedfhe-inference exited ({code}); log:\n{self.log_text()[-3000:]}")
-        return True
-
-    def serving(self) -> bool:
-        self.alive()
-        with self.channel("alice") as ch:
-            try:
-                resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
-            except grpc.RpcError:
-                return False
-        return resp.status == health_pb2.HealthCheckResponse.SERVING
-
-    def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        code = self.proc.returncode
-        self.proc = None
-        return code
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, sig)
-
-    def endpoint(self, owner: str, **extra: Any) -> InferenceEndpoint:
-        return InferenceEndpoint(
-            address=self.address, certfile=self.pki / f"{owner}.crt", keyfile=self.pki / f"{owner}.key",
-            ca_certfile=self.pki / "ca.crt", release_public_key=self.pki / "release.pub", **extra,
-        )
-
-    def channel(self, owner: str | None, pki: Path | None = None, max_bytes: int = 256 << 20) -> grpc.Channel:
-        """A TLS channel presenting ``owner``'s certificate (from ``pki``), or none at all."""
-        d = pki or self.pki
-        ca = (self.pki / "ca.crt").read_bytes()
-        if owner is None:
-            creds = grpc.ssl_channel_credentials(root_certificates=ca)
-        else:
-            creds = grpc.ssl_channel_credentials(
-                root_certificates=ca, private_key=(d / f"{owner}.key").read_bytes(),
-                certificate_chain=(d / f"{owner}.crt").read_bytes(),
-            )
-        opts = [("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes)]
-        return grpc.secure_channel(self.address, creds, options=opts)
-
-    def stub(self, owner: str | None, pki: Path | None = None) -> pb_grpc.InferenceStub:
-        return pb_grpc.InferenceStub(self.channel(owner, pki))
+        stub = pb_grpc.InferenceStub(ch)
+        return {
+            "ListModels": lambda: stub.ListModels(pb.ListModelsRequest(), timeout=20),
+            "DeleteKeys": lambda: stub.DeleteKeys(pb.DeleteKeysRequest(key_id="0" * 32), timeout=20),
+            "health": lambda: health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=20),
+            "reflection": lambda: list(reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=20)),
+        }
 
 
 def write_node_config(work: Path, pki: Path, port: int, **overrides: Any) -> Path:
-    cfg = {
-        "listen": f"127.0.0.1:{port}",
-        "certfile": str(pki / "inference.crt"),
-        "keyfile": str(pki / "inference.key"),
-        "ca_certfile": str(pki / "ca.crt"),
-        "bundles_dir": str(work / "bundles"),
-        "keys_dir": str(work / "keys"),
-        "release_public_key": str(pki / "release.pub"),
-        "pid_file": str(work / "inference.pid"),
-        "rescan_interval_s": 0,
-        "limits": dict(LIMITS),
-        **overrides,
-    }
-    path = work / "inference.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
+    """``work``/inference.yaml on 127.0.0.1:``port``: rescans only on SIGHUP, the tests' small LIMITS."""
+    return write_config(work / "inference.yaml", pki, f"127.0.0.1:{port}", work,
+                        **{"pid_file": str(work / "inference.pid"), "rescan_interval_s": 0, "limits": dict(LIMITS),
+                           **overrides})
+
+
+def start_node(work: Path, pki: Path, bundles: tuple[Path, ...] = (), **overrides: Any) -> Node:
+    """A running node in ``work`` on a free loopback port, serving the signed ``bundles`` (directories)."""
+    from fedfhe_inference.bundles import publish_bundle
+
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    n = Node(work, pki, port, write_node_config(work, pki, port, **overrides))
+    n.bundles_dir.mkdir(parents=True, exist_ok=True)
+    for directory in bundles:
+        publish_bundle(directory, n.bundles_dir, load_verify_key(pki / "release.pub"))
+    n.start()
+    return n
+
+
+@pytest.fixture(scope="session")
+def node_starter() -> Callable[..., Node]:
+    """start_node for test modules (a conftest is not importable by name); stop what it returns."""
+    return start_node
 
 
 @pytest.fixture(scope="session")
 def node(tmp_path_factory: pytest.TempPathFactory, pki: Path, lr_bundles: dict[str, Any]) -> Any:
     """One node for the session, serving digits-lr versions 1 and 2."""
-    from fedfhe_inference.bundles import publish_bundle
-
-    work = tmp_path_factory.mktemp("node")
-    port = free_port()
-    n = Node(work, pki, port, write_node_config(work, pki, port))
-    for v in ("1", "2"):
-        publish_bundle(lr_bundles[v].directory, n.bundles_dir, load_verify_key(pki / "release.pub"))
-    n.start()
+    n = start_node(tmp_path_factory.mktemp("node"), pki, (lr_bundles["1"].directory, lr_bundles["2"].directory))
     yield n
     n.stop()
 

@@ -18,31 +18,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from fedfhe_common.pki import load_ca
-from fedfhe_common.procs import free_port, wait_until
+from fedfhe_common.procs import wait_until
 from fedfhe_inference.identity import judge
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
-
-
-def _harness() -> object:
-    """tests/inference/conftest.py's Node and write_node_config (a conftest is not importable by name)."""
-    import importlib.util
-    import sys
-
-    name = "fedfhe_tests_inference_conftest"  # the same name tests/reliability/test_inference_support.py uses
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("conftest.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-Node = _harness().Node  # type: ignore[attr-defined]
-write_node_config = _harness().write_node_config  # type: ignore[attr-defined]
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 FORGED = "FORGED 2026-01-01 INFO fedfhe.inference.rpc: ok"
@@ -101,28 +81,11 @@ def unusual(pki: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bare_node(pki: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def bare_node(pki: Path, tmp_path_factory: pytest.TempPathFactory, node_starter) -> Iterator[object]:
     """A node with no bundle: identity is checked before any RPC needs one."""
-    work = tmp_path_factory.mktemp("identity-node")
-    port = free_port()
-    n = Node(work, pki, port, write_node_config(work, pki, port))
-    n.bundles_dir.mkdir(parents=True, exist_ok=True)
-    n.start()
+    n = node_starter(tmp_path_factory.mktemp("identity-node"), pki)
     yield n
     n.stop()
-
-
-def _calls(ch: grpc.Channel) -> dict[str, object]:
-    from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
-
-    stub = pb_grpc.InferenceStub(ch)
-    return {
-        "ListModels": lambda: stub.ListModels(pb.ListModelsRequest(), timeout=20),
-        "DeleteKeys": lambda: stub.DeleteKeys(pb.DeleteKeysRequest(key_id="0" * 32), timeout=20),
-        "health": lambda: health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=20),
-        "reflection": lambda: list(reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=20)),
-    }
 
 
 @pytest.mark.parametrize("which", UNUSUAL)
@@ -131,7 +94,7 @@ def test_unusual_certificates_are_refused_before_any_rpc_runs(bare_node, unusual
     if which == "grandchild":
         refused.add(grpc.StatusCode.UNAVAILABLE)  # the TLS layer may refuse the chain already (CA pathlen 0)
     with bare_node.channel(which, pki=unusual) as ch:
-        for name, call in _calls(ch).items():
+        for name, call in bare_node.calls(ch).items():
             with pytest.raises(grpc.RpcError) as info:
                 call()
             assert info.value.code() in refused, (name, info.value.code(), info.value.details())

@@ -20,7 +20,6 @@ import pytest
 import yaml
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from fedfhe_common.errors import ConfigError
 from fedfhe_common.pki import init_ca, issue, revoke, write_crl
@@ -30,25 +29,6 @@ from fedfhe_common.release import make_release_key
 from fedfhe_inference.identity import Identity, Revocations
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
-
-
-def _harness() -> object:
-    """tests/inference/conftest.py's Node and write_node_config (a conftest is not importable by name)."""
-    import importlib.util
-    import sys
-
-    name = "fedfhe_tests_inference_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("conftest.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-Node = _harness().Node  # type: ignore[attr-defined]
-write_node_config = _harness().write_node_config  # type: ignore[attr-defined]
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 OWNERS = ("alice", "bob", "carol")
@@ -71,25 +51,10 @@ def rpki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def crl_node(rpki: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    work = tmp_path_factory.mktemp("revocation-node")
-    port = free_port()
-    n = Node(work, rpki, port, write_node_config(work, rpki, port, crl_file=str(rpki / "crl.pem")))
-    n.bundles_dir.mkdir(parents=True, exist_ok=True)
-    n.start()
+def crl_node(rpki: Path, tmp_path_factory: pytest.TempPathFactory, node_starter) -> Iterator[object]:
+    n = node_starter(tmp_path_factory.mktemp("revocation-node"), rpki, crl_file=str(rpki / "crl.pem"))
     yield n
     n.stop()
-
-
-def _calls(ch: grpc.Channel) -> dict[str, object]:
-    stub = pb_grpc.InferenceStub(ch)
-    return {
-        "ListModels": lambda: stub.ListModels(pb.ListModelsRequest(), timeout=20),
-        "DeleteKeys": lambda: stub.DeleteKeys(pb.DeleteKeysRequest(key_id="0" * 32), timeout=20),
-        "health": lambda: health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=20),
-        "reflection": lambda: list(reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=20)),
-    }
 
 
 def _served(node: object, owner: str) -> None:
@@ -100,7 +65,7 @@ def _served(node: object, owner: str) -> None:
 
 def _refused_everywhere(node: object, owner: str) -> None:
     with node.channel(owner) as ch:  # type: ignore[attr-defined]
-        for name, call in _calls(ch).items():
+        for name, call in node.calls(ch).items():  # type: ignore[attr-defined]
             with pytest.raises(grpc.RpcError) as info:
                 call()
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, name

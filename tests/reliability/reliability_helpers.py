@@ -1,10 +1,11 @@
-"""Helpers for the fault tests: run training in the background, act on a SuperNode's log."""
+"""Helpers for the fault tests: a federation on loopback, run training in the background, act on a SuperNode's log."""
 
 from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +100,36 @@ def supernode_id(path: Path, offset: int = 0) -> int | None:
         return None
     digits = text[at + len(marker):].split(maxsplit=1)
     return int(digits[0]) if digits and digits[0].isdigit() else None
+
+
+@contextmanager
+def digits_federation(work: Path, owners: list[str], **training: Any) -> Iterator[dict[str, Any]]:
+    """A SuperLink and one connected SuperNode per owner (IID digits partitions) in a Cluster in ``work``.
+
+    Yields cluster, cfg_path, cfg (the coordinator config), superlink (its Proc), owner_cfgs and
+    nodes (owner -> SuperNode Proc); ``training`` goes to the coordinator config. Everything is
+    stopped on exit, leftover process groups included.
+    """
+    from fedfhe_demo.cluster import Cluster
+    from fedfhe_demo.partition_cli import write_partitions
+    from fedfhe_server import config as coord
+
+    data = work / "data"
+    write_partitions("digits", len(owners), data, scheme="iid", seed=0)
+    with Cluster(work) as c:
+        try:
+            c.make_pki(owners)
+            cfg_path = c.coordinator_config(owners, **training)
+            superlink = c.start_superlink(cfg_path)
+            c.register(cfg_path)
+            owner_cfgs = {o: c.owner_config(o, data / f"owner-{i}.npz") for i, o in enumerate(owners)}
+            nodes = {o: c.start_supernode(o, owner_cfgs[o]) for o in owners}
+            for proc in nodes.values():
+                # _alive raises with the log's tail if the SuperNode exited
+                wait_until(lambda p=proc: c._alive(p) and supernode_id(p.log) is not None, 120,
+                           f"{proc.name} to connect")
+            yield {"cluster": c, "cfg_path": cfg_path, "cfg": coord.load(cfg_path), "superlink": superlink,
+                   "owner_cfgs": owner_cfgs, "nodes": nodes}
+        finally:
+            for proc in list(c.procs):
+                reap_group(proc)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import signal
 import subprocess
 from pathlib import Path
 
@@ -32,9 +31,10 @@ from fedfhe_client.config import InferenceEndpoint
 from fedfhe_client.inference_client import InferenceClient, InferenceError
 from fedfhe_client.supernode import supernode_command
 from fedfhe_common.pki import init_ca, issue
-from fedfhe_common.procs import flower_env, free_port, port_open, venv_bin, wait_until
+from fedfhe_common.procs import flower_env, free_port, venv_bin, wait_until
 from fedfhe_common.release import make_release_key
 from fedfhe_demo.cluster import Cluster
+from fedfhe_demo.inference_node import InferenceNode, write_config
 from fedfhe_demo.partition_cli import write_partitions
 from fedfhe_server import config as coord
 from fedfhe_server import flwr_cli
@@ -80,39 +80,23 @@ def foreign(tmp_path_factory) -> Path:
 
 
 # ---- inference link -----------------------------------------------------------------------------------
-class InferenceNode:
-    """`fedfhe-inference serve` without bundles (starts in about a second) with a given server certificate."""
+def inference_node(work: Path, pki: Path, cert: Path, key: Path) -> InferenceNode:
+    """`fedfhe-inference serve` without bundles (starts in about a second) with a given server certificate.
 
-    def __init__(self, work: Path, pki: Path, cert: Path, key: Path) -> None:
-        work.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.log = work / "inference.log"
-        make_release_key(pki)  # kept when it exists: the node needs one to verify bundles
-        cfg = {"listen": f"127.0.0.1:{self.port}", "certfile": str(cert), "keyfile": str(key),
-               "ca_certfile": str(pki / "ca.crt"), "bundles_dir": str(work / "bundles"),
-               "keys_dir": str(work / "keys"), "release_public_key": str(pki / "release.pub"),
-               "rescan_interval_s": 0}
-        (work / "inference.yaml").write_text(yaml.safe_dump(cfg))
-        with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen([venv_bin("fedfhe-inference"), "serve", "--config",
-                                          str(work / "inference.yaml")], stdout=fh, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-
-        def listening() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"fedfhe-inference exited: {self.log.read_text()[-2000:]}")
-            return "listening on" in self.log.read_text(errors="replace") and port_open(f"127.0.0.1:{self.port}")
-
-        wait_until(listening, 60, f"fedfhe-inference to listen (log {self.log})")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+    Ready once its log says it listens and its port is open: a client refuses most of these certificates,
+    so the harness's health probe could never answer.
+    """
+    make_release_key(pki)  # kept when it exists: the node needs one to verify bundles
+    config = write_config(work / "inference.yaml", pki, f"127.0.0.1:{free_port()}", work,
+                          certfile=str(cert), keyfile=str(key), rescan_interval_s=0)
+    node = InferenceNode(config, pki, "alice")
+    node.launch()
+    try:
+        node.wait_listening(60)
+    except BaseException:
+        node.stop()
+        raise
+    return node
 
 
 def _list_models(pki: Path, port: int, owner: str = "alice", owner_pki: Path | None = None,
@@ -143,8 +127,8 @@ def inference_pki(tmp_path_factory, foreign):
 
 @pytest.fixture(scope="module")
 def good_node(tmp_path_factory, inference_pki):
-    node = InferenceNode(tmp_path_factory.mktemp("good-node"), inference_pki, inference_pki / "inference.crt",
-                         inference_pki / "inference.key")
+    node = inference_node(tmp_path_factory.mktemp("good-node"), inference_pki, inference_pki / "inference.crt",
+                          inference_pki / "inference.key")
     yield node
     node.stop()
 
@@ -164,7 +148,7 @@ def test_owner_refuses_a_bad_inference_server_certificate(tmp_path, inference_pk
     cert, key = bad_server_certificates(inference_pki, foreign, "inference", "alice")[case]
     server_name = "localhost" if case == "owner-certificate-named-after-the-host" else ""
     assert _list_models(inference_pki, good_node.port, server_name=server_name) is None  # the control
-    node = InferenceNode(tmp_path / "node", inference_pki, cert, key)
+    node = inference_node(tmp_path / "node", inference_pki, cert, key)
     try:
         err = _list_models(inference_pki, node.port, server_name=server_name)
         assert err is not None, f"the owner's client accepted a server certificate: {case}"

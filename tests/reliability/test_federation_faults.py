@@ -11,13 +11,17 @@ import json
 import re
 
 import pytest
-from reliability_helpers import Background, kill_on_nth_train_message, log_size, reap_group, supernode_id
+from reliability_helpers import (
+    Background,
+    digits_federation,
+    kill_on_nth_train_message,
+    log_size,
+    reap_group,
+    supernode_id,
+)
 
 from fedfhe_common.errors import FedfheError
 from fedfhe_common.procs import wait_until
-from fedfhe_demo.cluster import Cluster
-from fedfhe_demo.partition_cli import write_partitions
-from fedfhe_server import config as coord
 from fedfhe_server.training import run_training
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
@@ -25,31 +29,11 @@ OWNERS = ["owner-0", "owner-1", "owner-2"]
 ROUND_TIMEOUT = 25.0
 
 
-def _connected(cluster, proc) -> bool:
-    cluster._alive(proc)  # raises with the log's tail if the SuperNode exited
-    return supernode_id(proc.log) is not None
-
-
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory):
-    work = tmp_path_factory.mktemp("faults")
-    data = work / "data"
-    write_partitions("digits", 3, data, scheme="iid", seed=0)
-    with Cluster(work) as c:
-        c.make_pki(OWNERS)
-        cfg_path = c.coordinator_config(
-            OWNERS, rounds=3, min_nodes=2, round_timeout_s=ROUND_TIMEOUT, wait_for_nodes_s=60.0
-        )
-        c.start_superlink(cfg_path)
-        c.register(cfg_path)
-        owner_cfgs = {o: c.owner_config(o, data / f"owner-{i}.npz") for i, o in enumerate(OWNERS)}
-        nodes = {o: c.start_supernode(o, owner_cfgs[o]) for o in OWNERS}
-        for proc in nodes.values():
-            wait_until(lambda p=proc: _connected(c, p), 120, f"{proc.name} to connect")
-        ids = {o: supernode_id(p.log) for o, p in nodes.items()}
-        yield {"cluster": c, "cfg": coord.load(cfg_path), "owner_cfgs": owner_cfgs, "nodes": nodes, "ids": ids}
-        for proc in list(c.procs):
-            reap_group(proc)
+    with digits_federation(tmp_path_factory.mktemp("faults"), OWNERS, rounds=3, min_nodes=2,
+                           round_timeout_s=ROUND_TIMEOUT, wait_for_nodes_s=60.0) as f:
+        yield {**f, "ids": {o: supernode_id(p.log) for o, p in f["nodes"].items()}}
 
 
 def _restart(fed, owner: str):

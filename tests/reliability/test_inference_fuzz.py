@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import inference_support as support
 import numpy as np
 import pytest
-import test_inference_support as support
 from fuzzing import SCALE, fuzz_settings, mutated
 from hypothesis import given
 from hypothesis import strategies as st

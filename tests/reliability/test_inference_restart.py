@@ -19,9 +19,10 @@ import signal
 import threading
 
 import grpc
+import inference_support as support
 import numpy as np
 import pytest
-import test_inference_support as support
+from inference_support import lr_fixture  # noqa: F401 - the lr fixture
 
 from fedfhe_client.predict import predict_rows
 from fedfhe_common.bundle import FILES as BUNDLE_FILES
@@ -35,11 +36,6 @@ from fedfhe_proto.inference.v1 import inference_pb2 as pb
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 MODEL = pb.ModelRef(model_id=support.MODEL_ID, version=support.VERSION)
 MiB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def lr(tmp_path_factory):
-    return support.lr_bundle(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +78,7 @@ def test_keys_and_bundles_survive_sigkill(setup, lr):
     before = {"files": support.stored_keys(node.keys_dir), "served": _served(node)}
     assert len([n for n in before["files"] if n.endswith(".evk")]) == 2 and len(before["served"]) == 2
 
-    support.kill(node)
+    node.kill()
     node.start()
 
     assert support.stored_keys(node.keys_dir) == before["files"]
@@ -126,7 +122,7 @@ def test_upload_interrupted_by_sigkill_leaves_no_key(setup, lr, tmp_path_factory
         return [p for p in node.keys_dir.glob(".upload-*.part") if p.stat().st_size >= sent - MiB]
 
     wait_until(lambda: bool(partial()), 60, "the node to write part of the upload")
-    support.kill(node)
+    node.kill()
     stall.set()
     thread.join(60)
     assert "response" not in outcome and outcome.get("code") == grpc.StatusCode.UNAVAILABLE, outcome

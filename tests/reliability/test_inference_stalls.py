@@ -21,9 +21,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
+import inference_support as support
 import numpy as np
 import pytest
-import test_inference_support as support
+from inference_support import lr_fixture, pki_fixture  # noqa: F401 - the lr and pki fixtures
 
 from fedfhe_common.procs import wait_until
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
@@ -33,16 +34,6 @@ MODEL = pb.ModelRef(model_id=support.MODEL_ID, version=support.VERSION)
 RPC_THREADS = 16
 IDLE_S = 20.0
 MAX_STREAMS = 2
-
-
-@pytest.fixture(scope="module")
-def lr(tmp_path_factory):
-    return support.lr_bundle(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return support.make_pki(tmp_path_factory.mktemp("stalls-pki"))
 
 
 def silent(release: threading.Event, *first: Any) -> Iterator[Any]:
@@ -60,7 +51,7 @@ def _predict(stub: Any, request: pb.PredictRequest) -> tuple[Any, float]:
 def test_silent_streams_leave_other_owners_served(tmp_path_factory, lr, pki, record_property):
     work = tmp_path_factory.mktemp("stalls")
     node = support.start_node(work / "node", pki, lr, rpc_threads=RPC_THREADS,
-                              limits={**support._conf.LIMITS, "message_idle_s": IDLE_S,
+                              limits={**support.LIMITS, "message_idle_s": IDLE_S,
                                       "max_streams_per_owner": MAX_STREAMS})
     release = threading.Event()
     try:
@@ -141,7 +132,7 @@ def test_stored_key_bytes_are_capped_per_owner_and_node_wide(tmp_path_factory, l
         node.stop()
         # restart with caps: owner-0's stored keys count against them from the start
         support.write_node_config(node.work, pki, node.port, limits={
-            **support._conf.LIMITS, "max_owner_key_bytes": size * 3 // 2, "max_stored_key_bytes": size * 7 // 2})
+            **support.LIMITS, "max_owner_key_bytes": size * 3 // 2, "max_stored_key_bytes": size * 7 // 2})
         node.start()
 
         with pytest.raises(grpc.RpcError) as info:

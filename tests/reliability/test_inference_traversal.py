@@ -18,8 +18,8 @@ import zipfile
 from pathlib import Path
 
 import grpc
+import inference_support as support
 import pytest
-import test_inference_support as support
 
 from fedfhe_common.bundle import FILES as BUNDLE_FILES
 from fedfhe_common.bundle import KIND as BUNDLE_KIND

@@ -15,14 +15,14 @@ import os
 import random
 import signal
 import time
-from pathlib import Path
 
 import concrete_wire as cw
 import grpc
+import inference_support as support
 import numpy as np
 import pytest
-import test_inference_support as support
 from fuzzing import SCALE
+from inference_support import lr_fixture  # noqa: F401 - the lr fixture
 
 from fedfhe_common.fhe_wire import CircuitSpec, WireError, read_value
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
@@ -31,11 +31,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300 * SCALE)]
 MODEL = pb.ModelRef(model_id=support.MODEL_ID, version=support.VERSION)
 CLEAN = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DATA_LOSS,
          grpc.StatusCode.FAILED_PRECONDITION}
-
-
-@pytest.fixture(scope="module")
-def lr(tmp_path_factory):
-    return support.lr_bundle(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -164,16 +159,9 @@ def test_zero_size_elements_in_a_ciphertext_are_refused(target, lr):
     _still_serves(node, good, lr)
 
 
-def _worker_pids(node) -> list[int]:
-    pids = []
-    for task in Path(f"/proc/{node.proc.pid}/task").iterdir():
-        pids += [int(p) for p in (task / "children").read_text().split()]
-    return pids
-
-
 def test_a_crashed_worker_is_replaced_and_the_call_gets_a_status(target, lr):
     node, good, _ = target
-    pids = _worker_pids(node)
+    pids = node.worker_pids()
     assert pids, "the node runs no FHE worker processes"
     for pid in pids:
         os.kill(pid, signal.SIGSEGV)
@@ -189,7 +177,7 @@ def test_a_crashed_worker_is_replaced_and_the_call_gets_a_status(target, lr):
             seen.append(exc.details())
     assert seen[-1] == "OK", seen
     node.alive()
-    assert set(_worker_pids(node)).isdisjoint(pids)
+    assert set(node.worker_pids()).isdisjoint(pids)
 
 
 def test_stored_keys_that_fail_are_quarantined_across_restarts(target, lr):

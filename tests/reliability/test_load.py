@@ -16,10 +16,11 @@ import concurrent.futures as cf
 import threading
 
 import grpc
+import inference_support as support
 import numpy as np
 import psutil
 import pytest
-import test_inference_support as support
+from inference_support import lr_fixture, pki_fixture  # noqa: F401 - the lr and pki fixtures
 
 from fedfhe_common.procs import wait_until
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
@@ -29,16 +30,6 @@ MODEL = pb.ModelRef(model_id=support.MODEL_ID, version=support.VERSION)
 ROWS_PER_OWNER = 50
 BATCH = 5
 RSS_GROWTH_LIMIT = 50 << 20
-
-
-@pytest.fixture(scope="module")
-def lr(tmp_path_factory):
-    return support.lr_bundle(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return support.make_pki(tmp_path_factory.mktemp("load-pki"))
 
 
 def _rows(lr, i: int) -> np.ndarray:
@@ -99,7 +90,7 @@ def test_calls_beyond_capacity_are_refused_at_once(tmp_path_factory, lr, pki):
     work = tmp_path_factory.mktemp("capacity")
     limit = 3
     # message_idle_s: the held uploads wait between header and chunk longer than the default idle timeout may allow
-    node = support.start_node(work / "node", pki, lr, limits={**support._conf.LIMITS, "max_concurrent_rpcs": limit,
+    node = support.start_node(work / "node", pki, lr, limits={**support.LIMITS, "max_concurrent_rpcs": limit,
                                                               "message_idle_s": 300})
     release = threading.Event()
     try:

@@ -16,13 +16,10 @@ import signal
 import subprocess
 
 import pytest
-from reliability_helpers import Background, reap_group, supernode_id
+from reliability_helpers import Background, digits_federation
 
 from fedfhe_common.errors import FedfheError
 from fedfhe_common.procs import venv_bin, wait_until
-from fedfhe_demo.cluster import Cluster
-from fedfhe_demo.partition_cli import write_partitions
-from fedfhe_server import config as coord
 from fedfhe_server import flwr_cli, training
 from fedfhe_server.training import run_training
 
@@ -44,21 +41,9 @@ def registered(cfg) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory):
-    work = tmp_path_factory.mktemp("restart")
-    data = work / "data"
-    write_partitions("digits", 2, data, scheme="iid", seed=0)
-    with Cluster(work) as c:
-        c.make_pki(OWNERS)
-        cfg_path = c.coordinator_config(OWNERS, rounds=1, min_nodes=2, round_timeout_s=25.0, wait_for_nodes_s=60.0)
-        superlink = c.start_superlink(cfg_path)
-        c.register(cfg_path)
-        nodes = [c.start_supernode(o, c.owner_config(o, data / f"owner-{i}.npz")) for i, o in enumerate(OWNERS)]
-        for proc in nodes:
-            wait_until(lambda p=proc: c._alive(p) and supernode_id(p.log) is not None, 120, f"{proc.name} to connect")
-        cfg = coord.load(cfg_path)
-        yield {"cluster": c, "cfg": cfg, "cfg_path": cfg_path, "superlink": superlink, "nodes": nodes}
-        for proc in list(c.procs):
-            reap_group(proc)
+    with digits_federation(tmp_path_factory.mktemp("restart"), OWNERS, rounds=1, min_nodes=2, round_timeout_s=25.0,
+                           wait_for_nodes_s=60.0) as f:
+        yield {**f, "nodes": list(f["nodes"].values())}
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,10 @@
 """Shared by the inference reliability tests (test_inference_*.py, test_load.py, test_certificates.py); no tests here.
 
 Reuses the `fedfhe-inference serve` harness of tests/inference/conftest.py
-(Node, write_node_config), and compiles the digits LogisticRegression bundle
-once per pytest process (training + compile cost ~15 s), however many test
-modules ask for it.
+(Node, write_node_config, start_node: fedfhe_demo.inference_node's InferenceNode),
+and compiles the digits LogisticRegression bundle once per pytest process
+(training + compile cost ~15 s), however many test modules ask for it. The
+module-scoped fixtures ``lr`` and ``pki`` are imported by the modules that use them.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def _inference_conftest() -> Any:
 _conf = _inference_conftest()
 Node = _conf.Node
 write_node_config = _conf.write_node_config
+LIMITS = _conf.LIMITS
 _cache: dict[str, Any] = {}
 
 
@@ -147,25 +149,19 @@ def make_pki(directory: Path, owners: tuple[str, ...] = OWNERS) -> Path:
 
 def start_node(work: Path, pki: Path, bundle: LrBundle | None, **overrides: Any) -> Any:
     """A running `fedfhe-inference serve` on a free loopback port, serving ``bundle`` if given."""
-    from fedfhe_common.procs import free_port
-    from fedfhe_common.release import load_verify_key
-    from fedfhe_inference.bundles import publish_bundle
-
-    work.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    node = Node(work, pki, port, write_node_config(work, pki, port, **overrides))
-    if bundle is not None:
-        publish_bundle(bundle.directory, node.bundles_dir, load_verify_key(pki / "release.pub"))
-    node.start()
-    return node
+    return _conf.start_node(work, pki, () if bundle is None else (bundle.directory,), **overrides)
 
 
-def kill(node: Any) -> None:
-    """SIGKILL the node (no drain, no clean-up) and reap it."""
-    assert node.proc is not None
-    node.signal(signal.SIGKILL)
-    node.proc.wait(30)
-    node.proc = None
+@pytest.fixture(scope="module", name="lr")
+def lr_fixture(tmp_path_factory: pytest.TempPathFactory) -> LrBundle:
+    """The ``lr`` fixture: the digits LR bundle (compiled once per process)."""
+    return lr_bundle(tmp_path_factory)
+
+
+@pytest.fixture(scope="module", name="pki")
+def pki_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ``pki`` fixture: a fresh make_pki per test module."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @dataclass
