@@ -67,7 +67,10 @@ DIGITS = DatasetSchema(name="digits", n_features=64, feature_min=0.0, feature_ma
 FASHION_MNIST = DatasetSchema(
     name="fashion-mnist", n_features=784, feature_min=0.0, feature_max=255.0, classes=list(range(10))
 )
-BUILTIN_SCHEMAS = {s.name: s for s in (DIGITS, FASHION_MNIST)}
+# scikit-learn's bundled diabetes data (442 rows, nothing downloaded): ten features, mean-centred and
+# scaled by std * sqrt(n_rows) (every value lies in [-0.14, 0.2]), and a disease-progression target (25-346).
+DIABETES = DatasetSchema(name="diabetes", n_features=10, feature_min=-0.2, feature_max=0.2, task="regression")
+BUILTIN_SCHEMAS = {s.name: s for s in (DIGITS, FASHION_MNIST, DIABETES)}
 
 
 def resolve_schema(name_or_path: str) -> DatasetSchema:

@@ -20,6 +20,11 @@ def prediction_score(predictions: np.ndarray, y: np.ndarray, schema: DatasetSche
     return float(r2_score(y, predictions))
 
 
+def mean_abs_error(predictions: np.ndarray, y: np.ndarray) -> float:
+    """A regressor's error in the target's own unit (beside R², which has none)."""
+    return float(np.mean(np.abs(np.asarray(predictions).reshape(len(y), -1)[:, 0] - y)))
+
+
 def score_model(model: Any, schema: DatasetSchema, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Classifiers: accuracy and log-loss (hinge loss without probabilities); regressors: MSE and R²."""
     from sklearn import metrics

@@ -10,13 +10,14 @@ from fedfhe_common.errors import FedfheError
 from fedfhe_common.models import FAMILIES, check_family
 from fedfhe_common.schema import resolve_schema
 
+from .datasets import BUILTIN
 from .pipeline import main
 from .steps import Options
 
 
 def parse(argv: list[str] | None = None) -> Options:
     ap = argparse.ArgumentParser(prog="fedfhe-demo", description=__doc__)
-    ap.add_argument("--dataset", default="digits", choices=["digits", "fashion-mnist"])
+    ap.add_argument("--dataset", default="digits", choices=list(BUILTIN), help="diabetes is a regression")
     ap.add_argument("--owners", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--model", default="LogisticRegression", choices=FAMILIES)

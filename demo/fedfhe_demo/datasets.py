@@ -1,4 +1,4 @@
-"""Built-in datasets: scikit-learn's digits (embedded) and Debian's Fashion-MNIST.
+"""Built-in datasets: scikit-learn's digits and diabetes (embedded) and Debian's Fashion-MNIST.
 
 Nothing here downloads: Fashion-MNIST comes from the Debian package
 ``dataset-fashion-mnist`` (IDX files under /usr/share/datasets/fashion-mnist).
@@ -13,8 +13,9 @@ import numpy as np
 
 from fedfhe_common.data import _load_idx
 from fedfhe_common.errors import DataError
-from fedfhe_common.schema import DIGITS, FASHION_MNIST, DatasetSchema
+from fedfhe_common.schema import DIABETES, DIGITS, FASHION_MNIST, DatasetSchema
 
+BUILTIN = ("digits", "fashion-mnist", "diabetes")
 FASHION_DIR = Path(os.environ.get("FEDFHE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 
 
@@ -25,6 +26,11 @@ def load_builtin(name: str, max_rows: int | None = None, seed: int = 0) -> tuple
 
         d = load_digits()
         X, y, schema = d.data.astype(np.float64), d.target.astype(np.int64), DIGITS
+    elif name == "diabetes":  # regression: float targets
+        from sklearn.datasets import load_diabetes
+
+        d = load_diabetes()
+        X, y, schema = d.data.astype(np.float64), d.target.astype(np.float64), DIABETES
     elif name == "fashion-mnist":
         images = FASHION_DIR / "train-images-idx3-ubyte.gz"
         if not images.exists():
@@ -33,7 +39,7 @@ def load_builtin(name: str, max_rows: int | None = None, seed: int = 0) -> tuple
         X2, y2 = _load_idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz", None)
         X, y, schema = np.vstack([X1, X2]), np.concatenate([y1, y2]).astype(np.int64), FASHION_MNIST
     else:
-        raise DataError(name, "unknown built-in dataset (known: digits, fashion-mnist)")
+        raise DataError(name, f"unknown built-in dataset (known: {', '.join(BUILTIN)})")
     if max_rows is not None and max_rows < len(y):
         idx = np.random.default_rng(seed).permutation(len(y))[:max_rows]
         X, y = X[idx], y[idx]

@@ -16,6 +16,7 @@ from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.data import load_table
 from fedfhe_common.procs import free_port, venv_bin
 from fedfhe_common.schema import resolve_schema
+from fedfhe_common.scoring import mean_abs_error, prediction_score
 
 from .cluster import Cluster
 from .inference_node import write_config
@@ -48,6 +49,7 @@ def run_fhe_phases(
     from fedfhe_server.compile import compile_artifact
 
     schema = resolve_schema(opts.dataset)
+    metric = report["metric"]
     public = load_table(work / "data" / "public-test.npz", schema)
     artifact = work / "training" / "artifact"
     with steps("compile"):
@@ -81,20 +83,30 @@ def run_fhe_phases(
             totals["keys"] = max(totals["keys"], result.bytes.get("evaluation_keys", 0))
             totals["ct"] += result.bytes.get("ciphertexts", 0)
             totals["res"] += result.bytes.get("results", 0)
-            console.print(f"{owner}: {result.rows} encrypted rows, accuracy {result.accuracy(y):.4f}, "
+            console.print(f"{owner}: {result.rows} encrypted rows, {metric} "
+                          f"{prediction_score(result.predictions, y, schema):.4f}, "
                           f"{1000 * result.latency_per_row_s:.1f} ms/row")
     y = np.concatenate(y_all)
     enc = np.concatenate(pred_all)
     sim = np.concatenate(sim_all)
     clear = fhe_model.predict(np.vstack(X_all), fhe="disable")
     rows = max(1, totals["rows"])
-    report["accuracy"].update({
-        "fhe_simulated": float(np.mean(sim == y)),
-        "fhe_encrypted": float(np.mean(enc == y)),
-        "federated_clear_heldout": float(np.mean(_clear_predictions(work, np.vstack(X_all)) == y)),
-        "fhe_quantized_clear": float(np.mean(clear == y)),
-    })
-    report["encrypted_equals_simulated"] = bool(np.array_equal(enc, sim))
+    scored = {
+        "fhe_simulated": sim,
+        "fhe_encrypted": enc,
+        "federated_clear_heldout": _clear_predictions(work, np.vstack(X_all)),
+        "fhe_quantized_clear": clear,
+    }
+    report["accuracy"].update({k: prediction_score(v, y, schema) for k, v in scored.items()})
+    if schema.is_classifier:
+        report["encrypted_equals_simulated"] = bool(np.array_equal(enc, sim))
+    else:
+        # A regressor's decrypted value and the simulation agree to within the output quantisation step.
+        step = float(fhe_model.output_quantizers[0].scale)
+        gap = float(np.max(np.abs(np.ravel(enc) - np.ravel(sim)))) if len(y) else 0.0
+        report["quantization_step"], report["encrypted_vs_simulated_max_abs"] = step, gap
+        report["encrypted_equals_simulated"] = gap <= step + 1e-9
+        report["mae"].update({k: mean_abs_error(v, y) for k, v in scored.items()})
     report["heldout_rows"] = int(rows)
     report["latency_ms_per_row"] = {
         "encrypted_end_to_end": 1000 * totals["e2e"] / rows,

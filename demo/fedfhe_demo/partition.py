@@ -1,4 +1,5 @@
-"""Split one labelled table into per-owner shards: IID or non-IID (Dirichlet over labels)."""
+"""Split one labelled table into per-owner shards: IID or non-IID (Dirichlet over labels, or over a
+regression target's quartiles)."""
 
 from __future__ import annotations
 
@@ -53,5 +54,7 @@ def partition(
     if scheme == "iid":
         return iid_indices(len(y), owners, seed)
     if scheme in ("dirichlet", "non-iid"):
+        if not np.issubdtype(y.dtype, np.integer):  # a regression target: skew over its quartiles instead
+            y = np.digitize(y, np.quantile(y, [0.25, 0.5, 0.75]))
         return dirichlet_indices(y, owners, alpha, seed)
     raise ValueError(f"unknown partition scheme {scheme!r} (iid, dirichlet)")

@@ -11,7 +11,7 @@ import numpy as np
 from fedfhe_common.console import run
 from fedfhe_common.data import save_csv
 
-from .datasets import load_builtin
+from .datasets import BUILTIN, load_builtin
 from .partition import partition, split_holdout
 
 
@@ -37,7 +37,11 @@ def write_partitions(
             save_csv(path, X_rest[idx], y_rest[idx], schema)
         else:
             np.savez_compressed(path, X=X_rest[idx], y=y_rest[idx])
-        counts = np.bincount(y_rest[idx], minlength=len(schema.classes)).tolist()
+        if schema.is_classifier:
+            counts: object = np.bincount(y_rest[idx], minlength=len(schema.classes)).tolist()
+        else:
+            counts = {"min": float(y_rest[idx].min()), "median": float(np.median(y_rest[idx])),
+                      "max": float(y_rest[idx].max())}
         files.append({"path": str(path), "rows": int(len(idx)), "label_counts": counts})
     np.savez_compressed(out / "public-test.npz", X=X_test, y=y_test)
     (out / "schema.json").write_text(schema.to_json())
@@ -65,7 +69,7 @@ def _partition(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="fedfhe-partition", description=__doc__)
-    ap.add_argument("--dataset", default="digits", choices=["digits", "fashion-mnist"])
+    ap.add_argument("--dataset", default="digits", choices=list(BUILTIN))
     ap.add_argument("--owners", type=int, default=3)
     ap.add_argument("--scheme", default="iid", choices=["iid", "dirichlet"])
     ap.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (smaller = more skew)")

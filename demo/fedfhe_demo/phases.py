@@ -9,8 +9,10 @@ import numpy as np
 from rich.console import Console
 
 from fedfhe_common import models
+from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.data import load_table
 from fedfhe_common.schema import resolve_schema
+from fedfhe_common.scoring import mean_abs_error, prediction_score
 from fedfhe_server import config as coord
 from fedfhe_server.progress import RoundTable
 from fedfhe_server.training import run_training
@@ -23,16 +25,15 @@ from .steps import Options, Steps
 HOLDOUT = 0.2
 
 
-def centralised_accuracy(opts: Options, data: Path, schema: Any) -> float:
+def centralised_model(opts: Options, data: Path, schema: Any) -> Any:
     """The reference: the same family trained on the union of every owner's rows."""
     parts = [load_table(data / f"owner-{i}.npz", schema) for i in range(opts.owners)]
     X = np.vstack([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts])
-    X_test, y_test = load_table(data / "public-test.npz", schema)
     params = {"max_iter": 1000} if "max_iter" in models.build(opts.model).get_params() else {}
     model = models.build(opts.model, params | ({"warm_start": False} if "warm_start" in params else {}))
     model.fit(X, y)
-    return float(model.score(X_test, y_test))
+    return model
 
 
 def run_phases(opts: Options, work: Path, steps: Steps, console: Console) -> dict[str, Any]:
@@ -41,7 +42,8 @@ def run_phases(opts: Options, work: Path, steps: Steps, console: Console) -> dic
     data = work / "data"
     report: dict[str, Any] = {
         "dataset": opts.dataset, "model": opts.model, "owners": opts.owners, "rounds": opts.rounds,
-        "split": opts.split, "work_dir": str(work), "accuracy": {}, "timings_s": steps.timings,
+        "split": opts.split, "work_dir": str(work), "timings_s": steps.timings,
+        "metric": "accuracy" if schema.is_classifier else "r2", "accuracy": {},
         "latency_ms_per_row": {}, "bytes": {},
     }
     with Cluster(work) as cluster:
@@ -77,7 +79,13 @@ def run_phases(opts: Options, work: Path, steps: Steps, console: Console) -> dic
                 for r in rows
             ]
             report["accuracy"]["federated_clear"] = report["per_round"][-1]["accuracy"]
-            report["accuracy"]["centralized"] = centralised_accuracy(opts, data, schema)
+            X_test, y_test = load_table(data / "public-test.npz", schema)
+            reference = centralised_model(opts, data, schema).predict(X_test)
+            report["accuracy"]["centralized"] = prediction_score(reference, y_test, schema)
+            if not schema.is_classifier:  # MAE on the same public rows as R²
+                federated = TrainingArtifact.load(work / "training" / "artifact").to_estimator().predict(X_test)
+                report["mae"] = {"centralized": mean_abs_error(reference, y_test),
+                                 "federated_clear": mean_abs_error(federated, y_test)}
             # Training is over: free the cores for FHE.
             cluster.stop_many([p for p in cluster.procs if p.name.startswith(("supernode", "superlink"))])
         from .fhe_phases import run_fhe_phases

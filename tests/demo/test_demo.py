@@ -79,6 +79,29 @@ def test_demo_end_to_end(tmp_path):
     wait_until(lambda: not fedfhe_processes(tmp_path), 30, "demo processes to exit")
 
 
+def test_demo_regression_end_to_end(tmp_path):
+    """`make demo DATASET=diabetes MODEL=Ridge`: R² and MAE instead of accuracy, encrypted within one
+    output quantisation step of simulated."""
+    proc = demo(tmp_path, "--dataset", "diabetes", "--model", "Ridge", "--rounds", "2", "--owners", "3")
+    out, _ = proc.communicate(timeout=800)
+    assert proc.returncode == 0, out[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["metric"] == "r2" and report["dataset"] == "diabetes"
+    r2, mae = report["accuracy"], report["mae"]
+    for k in ("centralized", "federated_clear", "fhe_simulated", "fhe_encrypted"):
+        assert -1.0 < r2[k] <= 1.0 and mae[k] > 0, (k, r2, mae)
+    assert r2["centralized"] > 0.2 and r2["fhe_simulated"] > 0.1, r2  # it learned something
+    assert 0 < report["quantization_step"] < 1 and report["encrypted_vs_simulated_max_abs"] <= report[
+        "quantization_step"]
+    assert report["encrypted_equals_simulated"] is True
+    assert abs(mae["fhe_encrypted"] - mae["fhe_simulated"]) <= report["quantization_step"]
+    assert [r["round"] for r in report["per_round"]] == [1, 2]
+    assert "centralised R² (reference)" in out and "mean absolute error" in out
+    assert "| R² | value |" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    wait_until(lambda: not fedfhe_processes(tmp_path), 30, "demo processes to exit")
+
+
 def test_demo_interrupted_mid_training_cleans_up(tmp_path):
     proc = demo(tmp_path, "--rounds", "20", "--owners", "3")
     progress = tmp_path / "training" / "progress.jsonl"

@@ -42,3 +42,17 @@ def test_dirichlet_is_skewed_and_covers_all_rows():
     assert max(np.abs(s - 0.1).max() for s in shares) > 0.1  # label skew, unlike IID
     iid = partition(y, 3, "iid", seed=1)
     assert max(abs(len(p) - len(y) / 3) for p in iid) <= 1
+
+
+def test_diabetes_is_a_bundled_regression_inside_its_declared_bounds():
+    from fedfhe_common.schema import DIABETES, resolve_schema
+
+    X, y, schema = load_builtin("diabetes")
+    assert schema is DIABETES is resolve_schema("diabetes") and not schema.is_classifier
+    assert X.shape == (442, 10) and y.dtype.kind == "f"
+    # The FHE calibration set is drawn from the declared bounds: every real row must lie inside them.
+    assert schema.feature_min <= X.min() and X.max() <= schema.feature_max
+    shards = partition(y, 3, "dirichlet", alpha=0.5, seed=0)
+    assert sorted(np.concatenate(shards).tolist()) == list(range(len(y)))
+    medians = [float(np.median(y[s])) for s in shards]
+    assert max(medians) - min(medians) > 20  # skewed over the target, not an IID split
