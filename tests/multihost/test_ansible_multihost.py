@@ -7,7 +7,8 @@ The tests run in order on one deployment:
   site.yml brings every service up; links cross the bridge with TLS; each host holds only
   its own keys and data (the release signing key on the coordinator only, root-only; its
   public half everywhere; owners pin the shipped Flower App); a second site.yml changes
-  nothing; --check runs clean;
+  nothing; --check runs clean; --tags inference with a drifted inference.yaml restarts that service
+  only, through fedfhe_service's shared handler;
   train.yml completes a federated run in which each SuperNode read its own host's file, and
   the artifact arrives signed;
   publish.yml signs the bundle and ships manifest.sig with it to the inference node;
@@ -359,6 +360,40 @@ def test_check_mode_runs_clean(deployed: Deployment) -> None:
     _expect_ok(res, "site.yml --check")
     assert all(c["failed"] == 0 and c["unreachable"] == 0 for c in res.recap().values()), res.recap()
     assert not {h: c["changed"] for h, c in res.recap().items() if c["changed"]}, res.tail(80)
+
+
+def test_a_tagged_run_restarts_through_the_shared_handler(deployed: Deployment) -> None:
+    """site.yml --tags inference touches only the inference node; its drifted config notifies
+    "Restart fedfhe-inference", the one handler of roles/fedfhe_service, which restarts that service only."""
+    # Every role's arguments were validated (meta/argument_specs.yml), the shared run entry point's too.
+    for spec in ("Validating arguments against arg spec 'main' - Shared settings",
+                 "Validating arguments against arg spec 'run' - Define a service"):
+        assert spec in deployed.site.output, spec
+    pids = {h: f"/run/fedfhe/{s}.pid" for h, s in SERVICES.items()}
+    before = {h: deployed.ssh(h, f"cat {pid}").stdout.strip() for h, pid in pids.items()}
+    conf = deployed.hosts.hosts["inference-1"].path("/etc/fedfhe/inference.yaml")
+    conf.write_text(conf.read_text() + "# drift\n")
+    res = deployed.play("site.yml", "--tags", "inference")
+    _expect_ok(res, "site.yml --tags inference")
+    assert "# drift" not in conf.read_text()
+    assert "RUNNING HANDLER [fedfhe_service : Restart fedfhe-inference]" in res.output, res.tail(60)
+    restarted = res.output.split("Restart under the fedfhe-service supervisor - fedfhe-inference", 1)[-1]
+    assert "changed: [inference-1]" in restarted.split("TASK [", 1)[0], res.tail(60)
+    changed = {h for h, c in res.recap().items() if c["changed"]}
+    assert changed == {"inference-1"}, res.recap()
+    # Only the inference node's part ran (plus argument checks and the install's build id, tagged always).
+    ran = [t for t in re.findall(r"^TASK \[(.*?)\]", res.output, re.M) if " : Validating arguments " not in t]
+    assert ran[:2] == ["fedfhe_install : Read the wheelhouse manifest on the control node",
+                       "fedfhe_install : Work out the wanted install"], ran
+    assert not [t for t in ran[2:] if not t.startswith(("Gathering Facts", "fedfhe_base :", "fedfhe_service :",
+                                                        "fedfhe_inference :", "Define, start and wait"))], ran
+    after = {h: deployed.ssh(h, f"cat {pid}").stdout.strip() for h, pid in pids.items()}
+    assert after["inference-1"] != before["inference-1"], "fedfhe-inference was not restarted"
+    assert {h: p for h, p in after.items() if h != "inference-1"} == {
+        h: p for h, p in before.items() if h != "inference-1"}, (before, after)
+    again = deployed.play("site.yml", "--tags", "inference")
+    _expect_ok(again, "second site.yml --tags inference")
+    assert not {h: c["changed"] for h, c in again.recap().items() if c["changed"]}, again.tail(60)
 
 
 # ---- train.yml ------------------------------------------------------------------------------
