@@ -86,7 +86,10 @@ def refuse_if_revoked(
     client_key: Path | None = None, timeout: float = 10.0,
 ) -> x509.Certificate:
     """Raise RevokedServerError when the server's certificate is on the CRL; return the certificate."""
-    cas = x509.load_pem_x509_certificates(_read(ca_file, "CA certificate"))
+    try:
+        cas = x509.load_pem_x509_certificates(_read(ca_file, "CA certificate"))
+    except ValueError as exc:
+        raise ConfigError(f"CA certificate {ca_file}: not PEM certificates: {exc}") from None
     try:
         revoked = revoked_serials(_read(crl_file, "crl_file"), cas)
     except PKIError as exc:
