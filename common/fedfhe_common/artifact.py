@@ -1,7 +1,9 @@
 """The training artifact: the hand-off from training to compilation, without pickle.
 
 A directory holding ``params.npz`` (coef, intercept, classes; loaded with
-allow_pickle=False), ``model.json`` (family, hyper-parameters, schema),
+allow_pickle=False) for a linear family, or for a tree family the tree part of
+the contract (``fedfhe_common.tree_artifact``: ``trees.npz`` node arrays or
+``xgboost.json``, checked before any estimator is built), ``model.json`` (family, hyper-parameters, schema),
 ``metrics.json`` (per-round history), a SHA-256 ``manifest.json`` and its
 release signature ``manifest.sig`` (``train`` and ``train-local`` sign; ``compile``
 accepts only a signed artifact).
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from . import models, release
+from . import models, release, tree_artifact
 from .errors import IntegrityError
 from .fileio import write_dir_atomic
 from .manifest import MANIFEST, verify_manifest, write_manifest
@@ -26,6 +28,13 @@ from .schema import DatasetSchema
 
 KIND = "fedfhe-training-artifact"
 FILES = ("params.npz", "model.json", "metrics.json")
+
+
+def files_for(family: str) -> tuple[str, ...]:
+    """The members an artifact of ``family`` holds (a tree family swaps params.npz for its tree member)."""
+    if models.is_tree(family):
+        return (tree_artifact.member(family), *FILES[1:])
+    return FILES
 
 
 @dataclass
@@ -38,9 +47,12 @@ class TrainingArtifact:
     metrics: dict[str, Any] = field(default_factory=dict)
     origin: str = "federated"
     manifest_sha256: str = ""  # of the manifest this was loaded from (the bundle's provenance names it)
+    tree: tree_artifact.TreeModel | None = None  # a tree family's model (coef and intercept are then empty)
 
     def to_estimator(self) -> Any:
-        """A scikit-learn estimator ready to predict (and to hand to Concrete ML)."""
+        """A scikit-learn (or XGBoost) estimator ready to predict (and to hand to Concrete ML)."""
+        if self.tree is not None:
+            return tree_artifact.to_estimator(self.tree, self.family, self.model_params, self.schema)
         model = models.build(self.family, self.model_params)
         return models.set_parameters(model, [self.coef, self.intercept], self.schema)
 
@@ -51,19 +63,24 @@ class TrainingArtifact:
         unsigned until ``sign`` runs; ``compile`` refuses it until then.
         """
 
+        if models.is_tree(self.family) != (self.tree is not None):
+            raise ValueError(f"{self.family}: a tree family carries its tree part, a linear one none")
+
         def produce(tmp: Path) -> None:
-            classes = np.asarray(self.schema.classes, dtype=np.int64)
-            np.savez(tmp / "params.npz", coef=self.coef, intercept=self.intercept, classes=classes)
+            if self.tree is not None:
+                tree_artifact.write(self.tree, tmp)
+            else:
+                classes = np.asarray(self.schema.classes, dtype=np.int64)
+                np.savez(tmp / "params.npz", coef=self.coef, intercept=self.intercept, classes=classes)
             model = {"family": self.family, "params": self.model_params, "origin": self.origin,
                      "schema": self.schema.to_dict()}
             (tmp / "model.json").write_text(json.dumps(model, indent=2, sort_keys=True))
             (tmp / "metrics.json").write_text(json.dumps(self.metrics, indent=2, sort_keys=True))
-            write_manifest(tmp, KIND, list(FILES), {"family": self.family})
+            write_manifest(tmp, KIND, list(files_for(self.family)), {"family": self.family})
             if signing_key is not None:
                 release.sign_manifest(tmp, signing_key)
 
         return write_dir_atomic(Path(directory), produce)
-        return directory
 
     @staticmethod
     def sign(directory: Path, signing_key: Ed25519PrivateKey) -> None:
@@ -84,28 +101,38 @@ class TrainingArtifact:
         if verify_key is not None:
             release.verify(verify_key, raw, release.read_signature(directory), f"training artifact {directory}")
         manifest = verify_manifest(directory, KIND, raw)
-        if sorted(manifest["files"]) != sorted(FILES):
-            raise IntegrityError(f"{directory}: the manifest must list exactly {', '.join(FILES)}")
+        named = manifest.get("family")
+        files = files_for(named) if isinstance(named, str) else FILES
+        if sorted(manifest["files"]) != sorted(files):
+            raise IntegrityError(f"{directory}: the manifest must list exactly {', '.join(files)}")
+        tree = None
         try:
             model = json.loads((directory / "model.json").read_text(encoding="utf-8"))
             metrics = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
-            with np.load(directory / "params.npz", allow_pickle=False) as npz:
-                coef, intercept = npz["coef"], npz["intercept"]
             if not isinstance(model, dict) or not isinstance(metrics, dict):
                 raise TypeError("model.json and metrics.json must hold JSON objects")
             schema = DatasetSchema.from_mapping(model["schema"], "model.json: schema")
             family = model["family"]
             if not isinstance(family, str) or family != manifest.get("family"):
                 raise ValueError(f"model family {family!r} differs from the manifest's {manifest.get('family')!r}")
-            models.check_family(family, schema)
+            models.check_family(family, schema, local=True)
             params, origin = model.get("params", {}), model.get("origin", "")
             if not isinstance(params, dict) or not isinstance(origin, str):
                 raise TypeError("model.json: params must be an object and origin a string")
             models.build(family, params)  # unknown hyper-parameters fail here, not at compile time
+            if models.is_tree(family):
+                tree = tree_artifact.read(directory, family, schema)  # checked before any estimator is built
+                coef = intercept = np.zeros(0)
+            else:
+                with np.load(directory / "params.npz", allow_pickle=False) as npz:
+                    coef, intercept = npz["coef"], npz["intercept"]
         except IntegrityError:
             raise
         except Exception as exc:  # noqa: BLE001 - JSON, zip, npy, schema: any parse failure is a bad artifact
             raise IntegrityError(f"{directory}: malformed training artifact: {str(exc)[:300]}") from None
+        if tree is not None:
+            return cls(family, schema, coef, intercept, params, metrics, origin, hashlib.sha256(raw).hexdigest(),
+                       tree)
         expected = models.param_shapes(family, schema)
         if coef.shape != expected[0] or intercept.shape != expected[1]:
             raise IntegrityError(f"{directory}: parameter shapes {coef.shape}/{intercept.shape} do not fit the schema")

@@ -1,7 +1,9 @@
-"""Supported scikit-learn model families and their federated parameters (coef_, intercept_).
+"""Supported model families: the linear ones (federated, FedAvg of coef_/intercept_) and the tree ones (local only).
 
-The original demo promised "simply change the model class": each family here
-aggregates by FedAvg of coef_/intercept_, and converts to Concrete ML.
+The original demo promised "simply change the model class": each linear family
+aggregates by FedAvg of coef_/intercept_ and converts to Concrete ML. Trees,
+random forests and boosted trees have no parameters to average, so they train
+only on the local path (``train-local``); ``fedfhe_common.tree_artifact`` holds them.
 """
 
 from __future__ import annotations
@@ -16,16 +18,44 @@ from .schema import DatasetSchema
 
 CLASSIFIERS = ("LogisticRegression", "LinearSVC", "SGDClassifier")
 REGRESSORS = ("LinearRegression", "Ridge", "Lasso", "ElasticNet")
-FAMILIES = CLASSIFIERS + REGRESSORS
+FAMILIES = CLASSIFIERS + REGRESSORS  # the federated (linear) families
+TREE_CLASSIFIERS = ("DecisionTreeClassifier", "RandomForestClassifier", "XGBClassifier")
+TREE_REGRESSORS = ("DecisionTreeRegressor", "RandomForestRegressor", "XGBRegressor")
+TREE_FAMILIES = TREE_CLASSIFIERS + TREE_REGRESSORS
+LOCAL_FAMILIES = FAMILIES + TREE_FAMILIES  # what train-local and compile accept
+# Concrete ML's default for trees (6 bits on inputs and leaves); linear models keep 8.
+DEFAULT_N_BITS = {"linear": 8, "tree": 6}
+
+
+def is_tree(family: str) -> bool:
+    return family in TREE_FAMILIES
+
+
+def default_n_bits(family: str) -> int:
+    return DEFAULT_N_BITS["tree" if is_tree(family) else "linear"]
 
 
 def _class(family: str) -> type:
-    from sklearn import linear_model, svm
-
     if family == "LinearSVC":
+        from sklearn import svm
+
         return svm.LinearSVC
+    if family in ("DecisionTreeClassifier", "DecisionTreeRegressor"):
+        from sklearn import tree
+
+        return getattr(tree, family)
+    if family in ("RandomForestClassifier", "RandomForestRegressor"):
+        from sklearn import ensemble
+
+        return getattr(ensemble, family)
+    if family in ("XGBClassifier", "XGBRegressor"):
+        import xgboost
+
+        return getattr(xgboost, family)
     if family not in FAMILIES:
-        raise ConfigError(f"model {family!r}: unknown family (supported: {', '.join(FAMILIES)})")
+        raise ConfigError(f"model {family!r}: unknown family (supported: {', '.join(LOCAL_FAMILIES)})")
+    from sklearn import linear_model
+
     return getattr(linear_model, family)
 
 
@@ -39,14 +69,32 @@ def default_params(family: str) -> dict[str, Any]:
         "Ridge": {"alpha": 1.0},
         "Lasso": {"alpha": 0.01, "max_iter": 200, "warm_start": True},
         "ElasticNet": {"alpha": 0.01, "max_iter": 200, "warm_start": True},
+        # Trees: Concrete ML's own defaults for depth and size; an FHE tree costs per node and per tree.
+        "DecisionTreeClassifier": {"max_depth": 6, "random_state": 0},
+        "DecisionTreeRegressor": {"max_depth": 6, "random_state": 0},
+        "RandomForestClassifier": {"n_estimators": 20, "max_depth": 4, "random_state": 0, "n_jobs": 1},
+        "RandomForestRegressor": {"n_estimators": 20, "max_depth": 4, "random_state": 0, "n_jobs": 1},
+        "XGBClassifier": {"n_estimators": 20, "max_depth": 3, "random_state": 0, "n_jobs": 1},
+        "XGBRegressor": {"n_estimators": 20, "max_depth": 3, "random_state": 0, "n_jobs": 1},
     }[family]
 
 
-def check_family(family: str, schema: DatasetSchema) -> None:
-    """Refuse a family that cannot learn the schema's task, naming the ones that can (a pre-flight check)."""
+def check_family(family: str, schema: DatasetSchema, *, local: bool = False) -> None:
+    """Refuse a family that cannot learn the schema's task, naming the ones that can (a pre-flight check).
+
+    ``local``: the caller trains on one site (train-local, compile), where tree families fit too;
+    federated training refuses them, since FedAvg averages linear parameters only.
+    """
     _class(family)
-    if schema.is_classifier != (family in CLASSIFIERS):
+    if is_tree(family) and not local:
+        fit = CLASSIFIERS if schema.is_classifier else REGRESSORS
+        raise ConfigError(f"model {family!r} is a tree family: FedAvg averages linear parameters (coef_, intercept_) "
+                          f"only, so it trains on one site with `fedfhe-server train-local`; federated families "
+                          f"for schema {schema.name!r} (task {schema.task}): {', '.join(fit)}")
+    if schema.is_classifier != (family in CLASSIFIERS + TREE_CLASSIFIERS):
         kind, fit = ("classifier", CLASSIFIERS) if schema.is_classifier else ("regressor", REGRESSORS)
+        if local:
+            fit += TREE_CLASSIFIERS if schema.is_classifier else TREE_REGRESSORS
         raise ConfigError(f"model {family!r} does not fit schema {schema.name!r} (task {schema.task}), which needs "
                           f"a {kind}: {', '.join(fit)}")
 

@@ -19,15 +19,18 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedfhe_common import bundle
+from fedfhe_common import bundle, models
 from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.errors import ConfigError
 from fedfhe_common.manifest import MANIFEST, sha256_file
 from fedfhe_common.schema import DatasetSchema
 from fedfhe_common.scoring import prediction_score
 
-DEFAULT_N_BITS = 8
+DEFAULT_N_BITS = 8  # linear families; trees default to models.default_n_bits (6, Concrete ML's own)
 CALIBRATION_ROWS = 200
+# --n-bits auto for trees stops here: a tree's lookup tables, hence its evaluation keys, grow with n_bits
+# (depth-3 regressor on diabetes: 38 MB of keys at 4 bits, 59 MB at 6).
+TREE_AUTO_MAX_N_BITS = 8
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,9 @@ def calibration_set(schema: DatasetSchema, estimator: Any = None, rows: int = CA
     uniform = schema.calibration_set(rows, seed)
     coef = getattr(estimator, "coef_", None)
     if coef is None:
-        return uniform
+        # A tree quantises each input over the calibration rows' range: make it exactly the declared bounds.
+        lo, hi = schema.feature_min, schema.feature_max
+        return np.vstack([uniform, np.full((1, schema.n_features), lo), np.full((1, schema.n_features), hi)])
     coef = np.atleast_2d(np.asarray(coef, dtype=np.float64))
     lo, hi = schema.feature_min, schema.feature_max
     corners = [np.where(coef > 0, hi, lo), np.where(coef > 0, lo, hi),
@@ -176,7 +181,7 @@ def compile_artifact(
     out_dir: Path,
     *,
     signing_key: Ed25519PrivateKey,
-    n_bits: int | str = DEFAULT_N_BITS,
+    n_bits: int | str | None = None,
     tolerance_points: float = 0.5,
     model_id: str | None = None,
     version: str | None = None,
@@ -191,7 +196,8 @@ def compile_artifact(
     ``eval_set`` (public rows, never an owner's) adds measured clear and
     simulated-FHE accuracy to the manifest; ``n_bits="auto"`` chooses on it
     (``nbits.resolve_n_bits``) with the same calibration rows, from the one read
-    of the artifact. The artifact must carry the release key's signature
+    of the artifact; for a tree family among 2..TREE_AUTO_MAX_N_BITS only. ``None``:
+    the family's default (8 for linear, 6 for trees). The artifact must carry the release key's signature
     (``train`` / ``train-local`` sign it): a folder is loaded and verified here, a
     TrainingArtifact must come from ``TrainingArtifact.load`` with that key. The
     bundle is signed too.
@@ -210,8 +216,12 @@ def compile_artifact(
 
     if n_bits == "auto":
         say(f"choosing n_bits on {len(eval_set[1]) if eval_set else 0} public rows (one circuit per candidate)")
+    if n_bits is None:
+        n_bits = models.default_n_bits(artifact.family)
+    candidates = range(2, TREE_AUTO_MAX_N_BITS + 1) if models.is_tree(artifact.family) else None
     n_bits, choice = resolve_n_bits(n_bits, estimator, artifact.family, schema, eval_set,
-                                    tolerance_points=tolerance_points, calibration_set=calibration, on_trial=trial)
+                                    tolerance_points=tolerance_points, calibration_set=calibration, on_trial=trial,
+                                    candidates=candidates)
     say(f"compiling {artifact.family} to FHE with n_bits {n_bits} on {len(calibration)} calibration rows")
     started = time.perf_counter()
     fhe_model = to_concrete(estimator, artifact.family, calibration, n_bits)
@@ -224,9 +234,12 @@ def compile_artifact(
             "rounds": artifact.metrics.get("rounds"),
         },
         "calibration": {"rows": int(len(calibration)), "uniform_rows": calibration_rows, "seed": seed,
-                        "from": "schema bounds: uniform rows plus the bounds-box corners extreme for each output"},
+                        "from": "schema bounds: uniform rows plus the bounds-box corners extreme for each output"
+                        if artifact.tree is None else "schema bounds: uniform rows plus the all-min and all-max rows"},
         "compile_seconds": compile_seconds,
     }
+    if artifact.tree is not None:
+        meta["tree"] = artifact.metrics.get("tree")
     if choice is not None:
         meta["n_bits_choice"] = choice.to_dict()
     if eval_set is not None:

@@ -1,7 +1,10 @@
 """The local path: train a supported family on one local file and write the same training artifact.
 
 For a single site (or a quick start) without a federation: the artifact it
-writes is what ``compile`` reads, with ``origin="local"``.
+writes is what ``compile`` reads, with ``origin="local"``. Tree families
+(decision trees, random forests, XGBoost) train only here: FedAvg has no tree
+parameters to average. Their artifact holds node arrays or XGBoost's JSON
+(``fedfhe_common.tree_artifact``), never a pickle.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedfhe_common import models
+from fedfhe_common import models, tree_artifact
 from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.errors import ConfigError
 from fedfhe_common.schema import DatasetSchema
@@ -33,11 +36,16 @@ def train_local(
     eval_set: tuple[np.ndarray, np.ndarray] | None = None,
     source: str = "",
 ) -> TrainingArtifact:
-    """Fit from the same zero start the federation uses, ``epochs`` times (each a warm-started local fit)."""
-    models.check_family(family, schema)
+    """Fit from the same zero start the federation uses, ``epochs`` times (each a warm-started local fit).
+
+    A tree family is fitted once (``epochs`` does not apply to it).
+    """
+    models.check_family(family, schema, local=True)
     if epochs < 1:
         raise ConfigError(f"epochs must be >= 1, got {epochs}")
     params = dict(model_params or {})
+    if models.is_tree(family):
+        return _train_tree(X, y, schema, family, params, eval_set, source)
     model = models.set_parameters(models.build(family, params), models.initial_parameters(family, schema), schema)
     started = time.perf_counter()
     for _ in range(epochs):
@@ -78,3 +86,35 @@ def train_local_file(
     )
     artifact.save(out_dir, signing_key)
     return artifact
+
+
+def _train_tree(X: np.ndarray, y: np.ndarray, schema: DatasetSchema, family: str, params: dict[str, Any],
+                eval_set: tuple[np.ndarray, np.ndarray] | None, source: str) -> TrainingArtifact:
+    """One fit of a tree family; its artifact holds the checked node arrays (or XGBoost JSON)."""
+    if schema.is_classifier:
+        # The inference client reads score column i as the schema's class i, so a tree must know every class.
+        missing = sorted(set(schema.classes) - {int(v) for v in np.unique(y)})
+        if missing:
+            raise ConfigError(f"model {family}: the training rows lack classes {missing} of schema {schema.name!r}; "
+                              "a tree family must see every class")
+        if family == "XGBClassifier" and list(schema.classes) != list(range(len(schema.classes))):
+            raise ConfigError(f"model XGBClassifier needs classes 0..{len(schema.classes) - 1}; schema "
+                              f"{schema.name!r} has {schema.classes}")
+    model = models.build(family, params)
+    started = time.perf_counter()
+    model.fit(X, y)
+    seconds = time.perf_counter() - started
+    tree = tree_artifact.from_estimator(model, family, schema)
+    metrics: dict[str, Any] = {
+        "rounds": 0,
+        "epochs": 1,
+        "rows": len(y),
+        "seconds": seconds,
+        "source": source,
+        "tree": tree_artifact.describe(tree),
+        "train": score_model(model, schema, X, y),
+    }
+    if eval_set is not None:
+        metrics["eval"] = score_model(model, schema, *eval_set)
+    empty = np.zeros(0)
+    return TrainingArtifact(family, schema, empty, empty, params, metrics, origin="local", tree=tree)

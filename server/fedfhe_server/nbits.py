@@ -94,15 +94,17 @@ def resolve_n_bits(
     eval_set: tuple[np.ndarray, np.ndarray] | None, *, tolerance_points: float = DEFAULT_TOLERANCE_POINTS,
     calibration_set: np.ndarray | None = None,
     on_trial: Callable[[NBitsTrial], None] | None = None,
+    candidates: Iterable[int] | None = None,
 ) -> tuple[int, NBitsChoice | None]:
     """``--n-bits N`` as given, or ``auto``: the smallest n_bits within tolerance on ``eval_set``."""
     if value != "auto":
         return int(value), None
     if eval_set is None:
         raise ConfigError("--n-bits auto needs --eval FILE (public rows to measure accuracy on)")
+    candidates = list(DEFAULT_CANDIDATES if candidates is None else candidates)
     choice = choose_n_bits(estimator, family, schema, *eval_set, tolerance_points=tolerance_points,
-                           calibration_set=calibration_set, on_trial=on_trial)
+                           calibration_set=calibration_set, on_trial=on_trial, candidates=candidates)
     if choice.chosen is None:
-        raise ConfigError(f"no n_bits up to {max(DEFAULT_CANDIDATES)} keeps simulated {choice.metric} within "
+        raise ConfigError(f"no n_bits up to {max(candidates)} keeps simulated {choice.metric} within "
                           f"{tolerance_points} points of clear")
     return choice.chosen, choice
