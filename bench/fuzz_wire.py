@@ -1,6 +1,6 @@
 """Structure-aware fuzzing of the inference node's wire checks, at length (issue 10).
 
-The same builder and mutators as tests/reliability/concrete_wire.py (valid Cap'n Proto messages of
+The same builder and mutators as tests/support/concrete_wire.py (valid Cap'n Proto messages of
 Concrete's ServerKeyset and Value schemas, then made inconsistent inside: blob splits, parameters,
 element-size codes, zero-size composite lists, truncation, padding, flipped bits), sent by one
 authenticated but hostile owner to a real `fedfhe-inference serve` node (sandboxed workers, mutual
@@ -39,7 +39,7 @@ from fedfhe_common.fhe_wire import read_value
 from fedfhe_demo.inference_node import make_inference_pki
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests" / "reliability"))
+sys.path.insert(0, str(HERE.parent / "tests" / "support"))
 import concrete_wire as cw  # noqa: E402 - the fuzzer's builder and mutators live with the tests
 
 # A clear refusal; INTERNAL is also clean when it names the failure (a worker that crashed and was replaced).

@@ -11,7 +11,7 @@ them on each owner's shard, and the hostile owners' replies are then altered:
 - ``nan``: NaN coefficients.
 
 What it leaves out is only the transport (SuperLink, SuperNodes, TLS), which
-neither adds nor removes anything a reply can carry; tests/integration/
+neither adds nor removes anything a reply can carry; tests/loopback/
 test_robust_training.py shows a hostile reply refused in a real federation.
 
 The ratio is accuracy on the public test set under attack over accuracy of the

@@ -41,10 +41,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from deployment import (  # noqa: E402
+from deployment import (
     ANSIBLE_DIR,
     CACHE,
     DATA_PATH,
@@ -58,7 +55,7 @@ from deployment import (  # noqa: E402
     trim_uv_cache,
     write_inventory,
 )
-from testhosts import HostsUnavailable, TestHosts, check_capable, wait_until  # noqa: E402
+from testhosts import HostsUnavailable, TestHosts, check_capable, wait_until
 
 pytestmark = [pytest.mark.multihost, pytest.mark.timeout(1500)]
 

@@ -1,7 +1,7 @@
 """Every hostile reply from issue 11 is refused, named after the registered owner, and kept out of the aggregate.
 
 Unit level: fl_contract's checks, and the ServerApp's strategy fed real-shaped
-replies through a fake grid (tests/reliability/test_node_loss_unit.py has the grid).
+replies through a fake grid (tests/unit/test_node_loss.py has the grid).
 """
 
 from __future__ import annotations

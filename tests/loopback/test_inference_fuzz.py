@@ -11,7 +11,7 @@ Every call has a client deadline. Each outcome must be a response or a status
 the service gives on purpose, with a message (never INTERNAL from the servicer,
 UNKNOWN, DEADLINE_EXCEEDED or UNAVAILABLE); the process must be alive after
 each call; at the end another owner's good request still decrypts correctly.
-FEDFHE_FUZZ_SCALE multiplies the example counts (tests/reliability/fuzzing.py).
+FEDFHE_FUZZ_SCALE multiplies the example counts (tests/support/fuzzing.py).
 """
 
 from __future__ import annotations

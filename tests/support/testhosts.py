@@ -18,9 +18,9 @@ known_hosts file written here.
 
 Usable from Python (the multihost test) and by hand::
 
-    python tests/multihost/testhosts.py up      # build the hosts, print the inventory path
-    python tests/multihost/testhosts.py status
-    python tests/multihost/testhosts.py down    # remove everything (also after a crash)
+    python tests/support/testhosts.py up      # build the hosts, print the inventory path
+    python tests/support/testhosts.py status
+    python tests/support/testhosts.py down    # remove everything (also after a crash)
 """
 
 from __future__ import annotations

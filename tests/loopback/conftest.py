@@ -1,13 +1,20 @@
-"""One real federation on loopback, shared by every module in tests/integration (package scope).
+"""The running servers loopback tests share: one inference node with its owners, and one federation.
 
-Starting flower-superlink and the SuperNodes costs most of these tests' time, so
-test_federation.py and test_pinned_app.py run against the same processes: three
-good owners, one with a bad data file, one unregistered and one without the CA.
+The node (``node``, owners ``alice`` and ``bob``) serves digits-lr versions 1 and 2
+for the whole session. Starting flower-superlink and the SuperNodes costs most of
+the federation tests' time, so test_federation.py and test_pinned_app.py run
+against the same processes (``fed``): three good owners, one with a bad data file,
+one unregistered and one without the CA.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import pytest
+from inference_harness import Digits, Node, Owner, make_owner, start_node
 
 from fedfhe_common.pki import init_ca, supernode_keypair
 from fedfhe_demo.cluster import Cluster
@@ -53,3 +60,27 @@ def first_run(fed):
     rows: list[dict] = []
     artifact = run_training(fed["cfg"], on_round=rows.append)
     return artifact, rows
+
+
+@pytest.fixture(scope="session")
+def node_starter() -> Callable[..., Node]:
+    """start_node for test modules (a conftest is not importable by name); stop what it returns."""
+    return start_node
+
+
+@pytest.fixture(scope="session")
+def node(tmp_path_factory: pytest.TempPathFactory, pki: Path, lr_bundles: dict[str, Any]) -> Any:
+    """One node for the session, serving digits-lr versions 1 and 2."""
+    n = start_node(tmp_path_factory.mktemp("node"), pki, (lr_bundles["1"].directory, lr_bundles["2"].directory))
+    yield n
+    n.stop()
+
+
+@pytest.fixture(scope="session")
+def alice(node: Node, digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> Owner:
+    return make_owner(node, "alice", tmp_path_factory.mktemp("alice-state"), digits.X_test)
+
+
+@pytest.fixture(scope="session")
+def bob(node: Node, digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> Owner:
+    return make_owner(node, "bob", tmp_path_factory.mktemp("bob-state"), digits.X_test)

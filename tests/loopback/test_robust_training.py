@@ -1,6 +1,6 @@
 """A registered but hostile data owner in a real federation (issue 11): refused every round, the run completes.
 
-Runs last in tests/integration (it adds a SuperNode to the shared federation):
+Runs after the other users of the shared `fed` federation (it adds a SuperNode to it):
 owner-hostile's ClientApp claims 1e12 rows for coefficients x -100 and names
 itself owner-0. Without the reply checks FedAvg would make its coefficients the
 global model; with them the run finishes, each round names owner-hostile (from

@@ -1,6 +1,6 @@
 """Shared by the inference reliability tests (test_inference_*.py, test_load.py, test_certificates.py); no tests here.
 
-Reuses the `fedfhe-inference serve` harness of tests/inference/conftest.py
+Reuses the `fedfhe-inference serve` harness of inference_harness.py
 (Node, write_node_config, start_node: fedfhe_demo.inference_node's InferenceNode),
 and compiles the digits LogisticRegression bundle once per pytest process
 (training + compile cost ~15 s), however many test modules ask for it. The
@@ -10,40 +10,23 @@ module-scoped fixtures ``lr`` and ``pki`` are imported by the modules that use t
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import shutil
 import signal
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import inference_harness
 import numpy as np
 import pytest
+from inference_harness import LIMITS, Node, write_node_config  # noqa: F401  (re-exported for the tests)
 
 from fedfhe_common.pki import init_ca, issue
 
-_CONFTEST = Path(__file__).resolve().parents[1] / "inference" / "conftest.py"
 MODEL_ID, VERSION = "digits-lr", "1"
 OWNERS = tuple(f"owner-{i}" for i in range(8))
 
 
-def _inference_conftest() -> Any:
-    """tests/inference/conftest.py as a plain module (its fixtures stay unregistered here)."""
-    name = "fedfhe_tests_inference_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, _CONFTEST)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-_conf = _inference_conftest()
-Node = _conf.Node
-write_node_config = _conf.write_node_config
-LIMITS = _conf.LIMITS
 _cache: dict[str, Any] = {}
 
 
@@ -149,7 +132,7 @@ def make_pki(directory: Path, owners: tuple[str, ...] = OWNERS) -> Path:
 
 def start_node(work: Path, pki: Path, bundle: LrBundle | None, **overrides: Any) -> Any:
     """A running `fedfhe-inference serve` on a free loopback port, serving ``bundle`` if given."""
-    return _conf.start_node(work, pki, () if bundle is None else (bundle.directory,), **overrides)
+    return inference_harness.start_node(work, pki, () if bundle is None else (bundle.directory,), **overrides)
 
 
 @pytest.fixture(scope="module", name="lr")

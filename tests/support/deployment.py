@@ -2,8 +2,8 @@
 
 Also usable by hand on hosts built with ``testhosts.py up``::
 
-    python tests/multihost/deployment.py prepare      # data + inventory, prints the inventory path
-    python tests/multihost/deployment.py play site.yml [ansible-playbook args...]
+    python tests/support/deployment.py prepare      # data + inventory, prints the inventory path
+    python tests/support/deployment.py play site.yml [ansible-playbook args...]
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import numpy as np
 import yaml
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
 from testhosts import DEFAULT_BASE, TestHosts  # noqa: E402
 
