@@ -408,6 +408,10 @@ def test_train_runs_federated_training_on_each_hosts_own_file(deployed: Deployme
     assert artifact.metrics["rounds"] == 2
     rounds = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines() if line.strip()]
     assert [r["round"] for r in rounds] == [1, 2]
+    # Round time across separate hosts (a figure, not a check): in TIMES, printed with the others at the end.
+    seconds = [round(float(r.get("seconds", "nan")), 1) for r in rounds]
+    deployed.times["train-seconds-per-round"] = round(sum(seconds) / len(seconds), 1)
+    print(f"multihost: {len(OWNERS)} owners on separate hosts, seconds per round {seconds}")
     for r in rounds:
         assert r["fit_owners"] == OWNERS and not r["missing"] and not r["failures"], r
     # Each owner scores on 20% of its own rows: the total only adds up if every SuperNode
