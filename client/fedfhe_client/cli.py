@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from fedfhe_common.config_check import add_check_config
 from fedfhe_common.console import add_command, command_parser, run
 from fedfhe_common.errors import FedfheError
 from fedfhe_common.procs import exec_in_venv
@@ -66,10 +67,18 @@ def _app_hash(args: argparse.Namespace) -> int:
     return 0
 
 
+def owner_problems(cfg: owner_config.OwnerConfig) -> list[str]:
+    """check-config beyond the file's own keys: the schema resolves."""
+    from fedfhe_common.config_check import schema_problems
+
+    return schema_problems(cfg.schema)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap, sub = command_parser("fedfhe-client", __doc__)
     add_command(sub, "supernode", _supernode, "run flower-supernode (TLS, SuperNode auth) in the foreground",
                 config=True)
+    add_check_config(sub, owner_config.OwnerConfig, "owner.yaml", owner_problems)
     add_command(sub, "check-data", _check_data, "validate this owner's data file against the schema", config=True)
     p = add_command(sub, "app-hash", _app_hash, "print the app digest of a Flower App (to pin in approved_flower_apps)")
     what = p.add_mutually_exclusive_group(required=True)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from fedfhe_common.errors import ConfigError
+from fedfhe_common.output import add_format, print_json, wants_json
 
 from . import config as owner_config
 
@@ -36,6 +37,12 @@ def _predict(args: argparse.Namespace) -> int:
             progress=not args.no_progress, client=client,
         )
     write_predictions(args.out, result, y)
+    if wants_json(args):
+        summary = {**result.summary(), "out": str(args.out), "state_dir": str(cfg.state_dir)}
+        if y is not None and info.schema.task != "regression":
+            summary["accuracy"] = result.accuracy(y)
+        print_json(summary)
+        return 0
     s, b = result.seconds, result.bytes
     print(f"{result.rows} encrypted predictions from {result.model_id} {result.version} -> {args.out}")
     print(f"  keys: {'uploaded' if result.keys_uploaded else 'cached'} id {result.key_id} "
@@ -75,6 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--version", help="model version (default: the latest)")
     p.add_argument("--batch-size", type=int, help="rows per Predict call (default: inference.batch_size)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_format(p)
     p.set_defaults(fn=_predict)
 
     p = sub.add_parser("delete-keys", help="make the inference node forget this owner's keys for a model version")

@@ -6,11 +6,23 @@ import argparse
 from pathlib import Path
 
 from .console import run
+from .output import add_format, print_json, wants_json
 from .pki import CRL_DAYS, init_ca, issue, revoke, supernode_keypair, write_crl
 from .release import make_release_key
 
 
-def _command(args: argparse.Namespace) -> None:
+def _list(args: argparse.Namespace) -> int:
+    from .pki_inventory import inventory, render
+
+    inv = inventory(args.dir)
+    if wants_json(args):
+        print_json(inv)
+    else:
+        print("\n".join(render(inv)))
+    return 1 if inv["problems"] else 0
+
+
+def _command(args: argparse.Namespace) -> int | None:
     if args.cmd == "init":
         print(init_ca(args.dir, exist_ok=args.exist_ok))
     elif args.cmd == "server":
@@ -21,10 +33,13 @@ def _command(args: argparse.Namespace) -> None:
         print(revoke(args.dir, args.name, reason=args.reason))
     elif args.cmd == "crl":
         print(write_crl(args.dir, days=args.days))
+    elif args.cmd == "list":
+        return _list(args)
     elif args.cmd == "release-key":
         print(*make_release_key(args.dir, force=args.force))
     else:
         print(*supernode_keypair(args.dir, args.name, force=args.force))
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name")
     p.add_argument("--reason", default="unspecified",
                    help="CRL reason, e.g. keyCompromise, cessationOfOperation, superseded (default: unspecified)")
+    p = sub.add_parser("list", help="certificates (role, names, expiry, revoked), SuperNode keys, release key, CRL")
+    add_format(p)
     p = sub.add_parser("crl", help="re-sign crl.pem from revoked.txt (refresh its next update)")
     p.add_argument("--days", type=int, default=CRL_DAYS, help=f"days until the next update (default {CRL_DAYS})")
     ap.set_defaults(fn=_command)

@@ -13,36 +13,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-
-def accuracy_plot(per_round: list[dict[str, Any]], centralized: float | None, path: Path,
-                  metric: str = "accuracy") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    rounds = [r["round"] for r in per_round]
-    ax.plot(rounds, [r["accuracy"] for r in per_round], marker="o", label="federated (public test)")
-    clients = [r.get("client_accuracy") for r in per_round]
-    if all(c is not None for c in clients):
-        ax.plot(rounds, clients, marker="s", linestyle=":", label="federated (owners' held-out rows)")
-    if centralized is not None:
-        ax.axhline(centralized, color="grey", linestyle="--", label="centralised reference")
-    ax.set_xlabel("round")
-    label = _LABEL.get(metric, metric)
-    ax.set_ylabel(label)
-    ax.set_xticks(rounds)
-    ax.set_title(f"fedfhe: {label} per round")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-_LABEL = {"accuracy": "accuracy", "r2": "R²"}
+# One plot for the demo and for `fedfhe-server train`'s report on real deployments.
+from fedfhe_server.report import LABEL as _LABEL
+from fedfhe_server.report import accuracy_plot
 
 
 def _pct(v: float | None) -> str:
@@ -63,19 +36,35 @@ def _equal_row(report: dict[str, Any]) -> tuple[str, str]:
     return "encrypted predictions equal simulated", str(report.get("encrypted_equals_simulated", "-"))
 
 
+def score_rows(report: dict[str, Any]) -> list[tuple[str, str, float | None]]:
+    """(what, which rows, score): each score next to the rows it was measured on.
+
+    The public test rows are the coordinator's; the owners' held-out rows are what
+    they encrypt. Clear and FHE are compared on the held-out rows only, so no line
+    sets a clear score on one set of rows beside an FHE score on another.
+    """
+    acc = report["accuracy"]
+    public = f"public test rows ({report['public_test_rows']})" if "public_test_rows" in report else "public test rows"
+    held = f"owners' held-out rows ({report['heldout_rows']})" if "heldout_rows" in report else "owners' held-out rows"
+    rows = [
+        ("centralised reference", public, acc.get("centralized")),
+        (f"federated, clear ({report['rounds']} rounds)", public, acc.get("federated_clear")),
+        ("federated, clear", held, acc.get("federated_clear_heldout")),
+        (f"FHE, quantised in the clear (n_bits={report.get('n_bits')})", held, acc.get("fhe_quantized_clear")),
+        (f"FHE simulated (n_bits={report.get('n_bits')})", held, acc.get("fhe_simulated")),
+        ("FHE encrypted (through the service)", held, acc.get("fhe_encrypted")),
+    ]
+    return [r for r in rows if r[2] is not None]
+
+
 def closing_table(report: dict[str, Any]) -> Table:
-    acc, t, b, lat = report["accuracy"], report["timings_s"], report["bytes"], report["latency_ms_per_row"]
+    t, b, lat = report["timings_s"], report["bytes"], report["latency_ms_per_row"]
     table = Table(title=f"fedfhe demo: {report['dataset']}, {report['owners']} owners, {report['model']}")
     table.add_column("what")
     table.add_column("value", justify="right")
     m = _LABEL.get(report.get("metric", "accuracy"), "accuracy")
     mae = report.get("mae", {})
-    rows = [
-        (f"centralised {m} (reference)", _score(report, acc.get("centralized"))),
-        (f"federated {m}, clear ({report['rounds']} rounds)", _score(report, acc.get("federated_clear"))),
-        (f"FHE simulated {m} (n_bits={report.get('n_bits')})", _score(report, acc.get("fhe_simulated"))),
-        (f"FHE encrypted {m} (through the service)", _score(report, acc.get("fhe_encrypted"))),
-    ]
+    rows = [(f"{what}: {m} on {where}", _score(report, v)) for what, where, v in score_rows(report)]
     rows += [(f"mean absolute error: {k}", f"{v:.3f}") for k, v in mae.items()]
     rows += [
         _equal_row(report),
@@ -92,7 +81,6 @@ def closing_table(report: dict[str, Any]) -> Table:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    acc = report["accuracy"]
     m = _LABEL.get(report.get("metric", "accuracy"), "accuracy")
     lines = [
         f"# fedfhe run report: {report['dataset']}",
@@ -100,10 +88,15 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['owners']} owners ({report.get('split', '')}), {report['model']}, {report['rounds']} rounds, "
         f"n_bits={report.get('n_bits')}. Work directory: `{report['work_dir']}`.",
         "",
-        f"| {m} | value |",
-        "| --- | --- |",
+        f"| model | rows | {m} |",
+        "| --- | --- | --- |",
     ]
-    lines += [f"| {k} | {_score(report, v)} |" for k, v in acc.items()]
+    lines += [f"| {what} | {where} | {_score(report, v)} |" for what, where, v in score_rows(report)]
+    if report.get("centralized_reference", {}).get("chosen"):
+        ref = report["centralized_reference"]
+        (param, value), = ref["chosen"].items()
+        lines += ["", f"Centralised reference: {ref['family']} on the pooled owners' rows, {param}={value} chosen "
+                  f"from {ref['grid'][param]} on {ref['validation']}."]
     if report.get("mae"):
         lines += ["", "| mean absolute error | value |", "| --- | --- |"]
         lines += [f"| {k} | {v:.3f} |" for k, v in report["mae"].items()]

@@ -7,25 +7,25 @@ manifests and stay fast.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
+from fedfhe_common.config_check import add_check_config
 from fedfhe_common.console import add_command, command_parser, run
 from fedfhe_common.errors import ConfigError, FedfheError
+from fedfhe_common.output import add_format, print_json, wants_json
 
 from . import config as inference_config
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .logs import configure
     from .server import serve
 
     cfg = inference_config.load(args.config)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    configure(args.log_format)
     return serve(cfg)
 
 
@@ -73,15 +73,24 @@ def _list(args: argparse.Namespace) -> int:
     bundles_dir, _, key = _bundles_dir(args)
     if not bundles_dir.is_dir():
         raise ConfigError(f"{bundles_dir}: no such bundles directory")
-    refused = 0
+    rows = []
     for model_dir in sorted(p for p in bundles_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for d in sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            row = {"model_id": model_dir.name, "version": d.name}
             try:
                 meta = read_bundle_manifest(d, key)
-                print(f"{model_dir.name}/{d.name}: ok ({meta.get('family', '?')}, n_bits {meta.get('n_bits', '?')})")
+                row.update(ok=True, family=meta.get("family"), n_bits=meta.get("n_bits"))
             except FedfheError as exc:
-                refused += 1
-                print(f"{model_dir.name}/{d.name}: REFUSED: {exc}")
+                row.update(ok=False, reason=str(exc))
+            rows.append(row)
+    refused = sum(not r["ok"] for r in rows)
+    if wants_json(args):
+        print_json({"bundles_dir": str(bundles_dir), "bundles": rows, "refused": refused})
+        return 1 if refused else 0
+    for r in rows:
+        where = f"{r['model_id']}/{r['version']}"
+        print(f"{where}: ok ({r['family'] or '?'}, n_bits {r['n_bits'] or '?'})" if r["ok"]
+              else f"{where}: REFUSED: {r['reason']}")
     if refused:  # the node would not serve them: a failed check for scripts and Ansible, not a 0
         raise FedfheError(f"{bundles_dir}: {refused} bundle(s) refused (listed above)")
     return 0
@@ -91,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     ap, sub = command_parser("fedfhe-inference", __doc__)
     p = add_command(sub, "serve", _serve, "run the mutual-TLS gRPC inference service in the foreground")
     p.add_argument("--config", type=Path, required=True, help="inference.yaml")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="log lines on stderr: text, or one JSON object per line (default: text)")
+    add_check_config(sub, inference_config.InferenceConfig, "inference.yaml")
     for name, fn, help_text in (
         ("publish", _publish, "verify a bundle directory and install it into the bundles directory"),
         ("list", _list, "verify and list the bundles a server with this config would serve"),
@@ -102,4 +114,6 @@ def main(argv: list[str] | None = None) -> int:
         if name == "publish":
             p.add_argument("bundle", type=Path, help="bundle directory written by 'fedfhe-server compile'")
             p.add_argument("--reload", action="store_true", help="send SIGHUP to the running server (pid_file)")
+        else:
+            add_format(p)
     return run(ap, argv, errors=(FileNotFoundError,))

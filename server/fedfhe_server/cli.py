@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from pathlib import Path
 
+from fedfhe_common.config_check import add_check_config
 from fedfhe_common.console import add_command, command_parser, run
+from fedfhe_common.output import add_format, print_json, wants_json
 from fedfhe_common.procs import exec_in_venv
 
 from . import config as coord_config
@@ -19,25 +23,83 @@ def _superlink(args: argparse.Namespace) -> int:
 
 
 def _register(args: argparse.Namespace) -> int:
-    from .flwr_cli import register_supernodes
+    from .flwr_cli import register_supernodes, registration_plan
 
     cfg = coord_config.load(args.config)
-    for line in register_supernodes(cfg, [Path(k) for k in args.key] or None):
-        print(line)
+    if args.plan:
+        plan = registration_plan(cfg)
+        if wants_json(args):
+            print_json(plan)
+        else:
+            print("in sync" if plan["in_sync"] else
+                  f"to register: {', '.join(plan['to_register']) or '-'}; "
+                  f"to unregister: {', '.join(map(str, plan['to_unregister'])) or '-'}")
+            for n in plan["nodes"]:
+                print(f"SuperNode {n.get('node-id')}: {n.get('status')}")
+        return 0
+    lines = register_supernodes(cfg, [Path(k) for k in args.key] or None)
+    if wants_json(args):
+        print_json({"actions": lines})
+    else:
+        print("\n".join(lines))
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from . import runs
     from .progress import RoundTable
+    from .report import training_report, write_training_report
     from .training import run_training
 
     cfg = coord_config.load(args.config)
     overrides = {}
     if args.rounds:
         overrides["num-server-rounds"] = args.rounds
-    with RoundTable(args.rounds or cfg.training.rounds) as table:
-        artifact = run_training(cfg, overrides, on_round=table.add)
-    print(f"artifact: {cfg.training.output_dir / 'artifact'} ({artifact.family}, {artifact.metrics['rounds']} rounds)")
+    started: dict[str, int] = {}
+    t0 = time.monotonic()
+    # The round table is the command's result for people: stdout (Ansible's train.yml prints it);
+    # with --format json stdout carries only the JSON summary, and the table goes to stderr.
+    console = Console(stderr=wants_json(args))
+    with RoundTable(args.rounds or cfg.training.rounds, console) as table:
+        artifact = run_training(cfg, overrides, on_round=table.add,
+                                on_start=lambda run_id: started.update(run_id=run_id))
+    run_id = started.get("run_id")
+    status = runs.records(cfg.state_dir).get(run_id or -1, {}).get("status", "") if run_id else ""
+    report = training_report(artifact, run_id=run_id, status=status, owners=cfg.owner_names(),
+                             seconds=time.monotonic() - t0)
+    paths = write_training_report(report, cfg.training.output_dir)
+    if "png" not in paths:
+        print("fedfhe-server train: accuracy.png skipped: matplotlib is not installed "
+              "(pip install 'fedfhe-server[report]')", file=sys.stderr)
+    artifact_dir = cfg.training.output_dir / "artifact"
+    if wants_json(args):
+        print_json({**report, "artifact": str(artifact_dir), "report": {k: str(v) for k, v in paths.items()}})
+    else:
+        print(f"Flower run {run_id} ({status}): artifact {artifact_dir} ({artifact.family}, "
+              f"{artifact.metrics['rounds']} rounds)")
+        print(f"report: {'  '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from . import runs
+    from .flwr_cli import list_runs
+
+    cfg = coord_config.load(args.config)
+    rows = runs.joined(list_runs(cfg), runs.records(cfg.state_dir))
+    if args.limit:
+        rows = rows[: args.limit]
+    if wants_json(args):
+        print_json({"runs": rows})
+    else:
+        console = Console()
+        if not console.is_terminal:
+            console.width = max(console.width, 160)
+        console.print(runs.render(rows))
     return 0
 
 
@@ -51,15 +113,40 @@ def _app_hash(args: argparse.Namespace) -> int:
     return 0
 
 
+def coordinator_problems(cfg: coord_config.CoordinatorConfig) -> list[str]:
+    """check-config beyond the file's own keys: the schema resolves and the model family fits it."""
+    from fedfhe_common import models
+    from fedfhe_common.config_check import problems_of, schema_problems
+    from fedfhe_common.errors import ConfigError
+    from fedfhe_common.schema import resolve_schema
+
+    problems = schema_problems(cfg.training.schema, "training.schema")
+    if not problems:
+        try:
+            models.check_family(cfg.training.model, resolve_schema(cfg.training.schema))
+        except ConfigError as exc:
+            problems += [f"training.model: {p}" for p in problems_of(exc)]
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     ap, sub = command_parser("fedfhe-server", __doc__)
     add_command(sub, "superlink", _superlink, "run flower-superlink (TLS, SuperNode auth) in the foreground",
                 config=True)
     p = add_command(sub, "register", _register, "register SuperNode public keys with the SuperLink", config=True)
     p.add_argument("--key", action="append", default=[], help="public key file (default: all in the config)")
+    p.add_argument("--plan", action="store_true",
+                   help="only show what would change (keys to register, nodes to unregister) and each node's status")
+    add_format(p)
     p = add_command(sub, "train", _train, "submit a federated run with flwr run and write the training artifact",
                     config=True)
     p.add_argument("--rounds", type=int, default=0)
+    add_format(p)
+    p = add_command(sub, "runs", _runs, "list the SuperLink's runs and their status (flwr ls), with fedfhe's record",
+                    config=True)
+    p.add_argument("--limit", type=int, default=0, help="show only the newest N runs")
+    add_format(p)
+    add_check_config(sub, coord_config.CoordinatorConfig, "coordinator.yaml", coordinator_problems)
     add_command(sub, "app-hash", _app_hash, "print the digest of the Flower App that `train` submits (owners pin it)")
     from .fhe_commands import register as register_fhe_commands  # compile, choose-n-bits, train-local
 

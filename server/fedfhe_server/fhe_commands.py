@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from fedfhe_common.errors import ConfigError
+from fedfhe_common.output import add_format, print_json, wants_json
 from fedfhe_common.schema import DatasetSchema
 
 
@@ -83,6 +84,11 @@ def _compile(args: argparse.Namespace) -> int:
         seed=args.seed, force=args.force, progress=_progress("compile"),
     )
     n_bits = result.meta["n_bits"]
+    if wants_json(args):
+        print_json({"bundle": str(result.directory), "model_id": result.model_id, "version": result.version,
+                    "n_bits": n_bits, "bundle_sha256": result.bundle_sha256, "family": result.meta.get("family"),
+                    "n_bits_choice": result.meta.get("n_bits_choice"), "metrics": result.meta.get("metrics")})
+        return 0
     if "n_bits_choice" in result.meta:
         print(f"chose n_bits={n_bits}")
     print(f"bundle: {result.directory} (model {result.model_id} version {result.version}, n_bits {n_bits})")
@@ -111,17 +117,24 @@ def _choose(args: argparse.Namespace) -> int:
     choice = choose_n_bits(
         artifact.to_estimator(), artifact.family, artifact.schema, *eval_set,
         candidates=range(args.min_bits, args.max_bits + 1), tolerance_points=args.tolerance,
-        on_trial=lambda t: say(f"n_bits {t.n_bits}: simulated {_fmt(t.simulated)} ({t.seconds:.1f} s)"),
+        on_trial=lambda t: say(f"n_bits {t.n_bits}: simulated {_fmt(t.simulated)} ({t.seconds:.1f} s)"
+                               + (f", FHE {t.fhe_ms_per_row:.1f} ms/row" if t.fhe_ms_per_row is not None else "")),
+        latency_rows=args.latency_rows,
     )
-    print(f"clear {choice.metric}: {_fmt(choice.clear)}")
-    for t in choice.trials:
-        print(f"  n_bits {t.n_bits:2d}: simulated {_fmt(t.simulated)} ({t.seconds:.1f}s)")
+    if wants_json(args):
+        print_json(choice.to_dict())
+    else:
+        print(f"clear {choice.metric}: {_fmt(choice.clear)}")
+        for t in choice.trials:
+            latency = f", FHE {t.fhe_ms_per_row:.1f} ms/row" if t.fhe_ms_per_row is not None else ""
+            print(f"  n_bits {t.n_bits:2d}: simulated {_fmt(t.simulated)} ({t.seconds:.1f}s{latency})")
     if args.json:
         args.json.write_text(json.dumps(choice.to_dict(), indent=2) + "\n")
     if choice.chosen is None:
         raise ConfigError(f"no n_bits in {args.min_bits}..{args.max_bits} keeps simulated {choice.metric} "
                           f"within {args.tolerance} points of clear")
-    print(f"chosen n_bits: {choice.chosen}")
+    if not wants_json(args):
+        print(f"chosen n_bits: {choice.chosen}")
     return 0
 
 
@@ -147,12 +160,66 @@ def _train_local(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grid(value: str) -> dict[str, list[Any]]:
+    grid = _json_object(value)
+    for k, v in grid.items():
+        if not isinstance(v, list) or not v:
+            raise argparse.ArgumentTypeError(f"{k}: expected a non-empty list of values, e.g. '{{\"C\": [0.1, 1]}}'")
+    return grid
+
+
+def _bits_list(value: str) -> list[int]:
+    try:
+        bits = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected comma-separated integers, e.g. 4,6,8") from None
+    if not bits or any(not 1 <= b <= 16 for b in bits):
+        raise argparse.ArgumentTypeError(f"{value!r}: each n_bits must be between 1 and 16")
+    return bits
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from fedfhe_common.data import load_table
+    from fedfhe_common.schema import resolve_schema
+
+    from .tune import tune
+
+    schema = resolve_schema(args.schema)
+    X, y = load_table(args.data, schema, args.labels)
+    eval_set = _load_eval(args.eval, args.eval_labels, schema)
+    assert eval_set is not None
+    say = _progress("tune")
+    result = tune(X, y, schema, args.model, args.grid, args.n_bits, *eval_set, cv=args.cv,
+                  tolerance_points=args.tolerance, latency_rows=args.latency_rows, progress=say)
+    doc = result.to_dict()
+    if args.json:
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    if wants_json(args):
+        print_json(doc)
+        return 0
+    m = result.metric
+    print(f"{'':2}{'parameters':32} {'n_bits':>6} {'cv ' + m:>12} {'clear':>8} {'simulated':>9} {'FHE ms/row':>10}")
+    for c in sorted(result.candidates, key=lambda c: (c.fhe_ms_per_row, -c.simulated)):
+        mark = "*" if c is result.chosen else ("f" if c.frontier else " ")
+        print(f"{mark:2}{json.dumps(c.params):32} {c.n_bits:6d} {c.cv_score:12.4f} {c.clear:8.4f} "
+              f"{c.simulated:9.4f} {c.fhe_ms_per_row:10.1f}")
+    chosen = result.chosen
+    assert chosen is not None
+    print(f"f: on the frontier (no candidate both more accurate and faster); *: chosen, the fastest within "
+          f"{args.tolerance} points of the best simulated {m}")
+    print(f"chosen: {json.dumps(chosen.params)} n_bits {chosen.n_bits} (simulated {chosen.simulated:.4f}, "
+          f"{chosen.fhe_ms_per_row:.1f} ms/row); train it: fedfhe-server train-local --model {args.model} "
+          f"--model-params '{json.dumps(chosen.params)}' ..., then compile --n-bits {chosen.n_bits}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add compile, choose-n-bits and train-local to fedfhe-server's subcommands."""
     p = sub.add_parser("compile", help="compile a training artifact into an FHE deployment bundle")
     p.add_argument("--artifact", type=Path, required=True, help="training artifact directory")
     p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
-    p.add_argument("--n-bits", type=_n_bits, default=8, help="quantisation bits, or 'auto' (needs --eval)")
+    p.add_argument("--n-bits", type=_n_bits, default=None,
+                   help="quantisation bits (default 8 for linear families, 6 for trees), or 'auto' (needs --eval)")
     p.add_argument("--model-id", help="model id served by the inference node (default: <schema>-<family>)")
     p.add_argument("--version", help="model version (default: UTC timestamp)")
     p.add_argument("--eval", type=Path, help="public evaluation file (CSV/NPZ/IDX) to measure accuracy on")
@@ -163,6 +230,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
     p.add_argument("--release-key", type=Path, required=True,
                    help="release signing key (release.key): verifies the artifact, signs the bundle")
+    add_format(p)
     p.set_defaults(fn=_compile)
 
     p = sub.add_parser("choose-n-bits", help="smallest n_bits whose simulated accuracy is within tolerance")
@@ -173,15 +241,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max", dest="max_bits", type=int, default=12)
     p.add_argument("--tolerance", type=float, default=0.5, help="accuracy points (default 0.5)")
     p.add_argument("--json", type=Path, help="also write the trials as JSON here")
+    p.add_argument("--latency-rows", type=int, default=0,
+                   help="also execute this many --eval rows in real FHE per n_bits and report ms/row (default 0)")
+    add_format(p)
     p.set_defaults(fn=_choose)
+
+    p = sub.add_parser("tune", help="local path: GridSearchCV x n_bits, scored in clear, simulated FHE and real "
+                                    "FHE latency; prints the frontier and picks the fastest within tolerance")
+    p.add_argument("--data", type=Path, required=True, help="training rows: CSV with a label column, NPZ or IDX")
+    p.add_argument("--labels", type=Path, help="labels file for IDX images")
+    p.add_argument("--schema", default="digits", help="built-in schema name or schema YAML file")
+    p.add_argument("--model", default="LogisticRegression", help="model family (see fedfhe_common.models)")
+    p.add_argument("--grid", type=_grid, default={}, help='JSON object: parameter -> values, e.g. \'{"C": [0.1, 1]}\'')
+    p.add_argument("--n-bits", type=_bits_list, default=[4, 6, 8], help="comma-separated n_bits (default 4,6,8)")
+    p.add_argument("--eval", type=Path, required=True, help="public evaluation rows (scored clear and simulated)")
+    p.add_argument("--eval-labels", type=Path)
+    p.add_argument("--cv", type=int, default=3, help="GridSearchCV folds (default 3)")
+    p.add_argument("--tolerance", type=float, default=0.5,
+                   help="points of simulated accuracy (R² x 100) the pick may lose against the best (default 0.5)")
+    p.add_argument("--latency-rows", type=int, default=3, help="evaluation rows executed in real FHE per candidate")
+    p.add_argument("--json", type=Path, help="also write every candidate, the frontier and the pick as JSON here")
+    add_format(p)
+    p.set_defaults(fn=_tune)
 
     p = sub.add_parser("train-local", help="train on one local file and write a training artifact (origin=local)")
     p.add_argument("--data", type=Path, required=True, help="CSV with a label column, NPZ (X, y) or IDX images")
     p.add_argument("--labels", type=Path, help="labels file for IDX images")
     p.add_argument("--schema", default="digits", help="built-in schema name or schema YAML file")
-    p.add_argument("--model", default="LogisticRegression", help="model family (see fedfhe_common.models)")
+    p.add_argument("--model", default="LogisticRegression",
+                   help="model family: a linear one, or a tree one (DecisionTree/RandomForest/XGB + "
+                        "Classifier/Regressor; see fedfhe_common.models)")
     p.add_argument("--model-params", type=_json_object, default={}, help="JSON object of estimator parameters")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=10, help="warm-started fits (linear families; a tree fits once)")
     p.add_argument("--eval", type=Path, help="public evaluation file")
     p.add_argument("--eval-labels", type=Path)
     p.add_argument("--out", type=Path, required=True, help="artifact directory to write")

@@ -17,10 +17,17 @@ from typing import Any
 import tomli_w
 
 from fedfhe_common.errors import FedfheError
-from fedfhe_common.fl_contract import owner_key_id, owner_name_from_key_file
+from fedfhe_common.fl_contract import (
+    RUN_DP_NOISE_MULTIPLIER,
+    RUN_SECAGG_CLIPPING_RANGE,
+    RUN_SECAGG_MAX_WEIGHT,
+    RUN_SECURE,
+    owner_key_id,
+    owner_name_from_key_file,
+)
 from fedfhe_common.procs import flower_env, venv_bin
 
-from .config import CoordinatorConfig
+from .config import CoordinatorConfig, SecureAggregationConfig
 
 CONNECTION = "fedfhe"
 
@@ -94,6 +101,23 @@ def departed_nodes(nodes: list[dict[str, Any]], keys: list[Path]) -> list[int]:
     )
 
 
+def registration_plan(cfg: CoordinatorConfig) -> dict[str, Any]:
+    """What `register` would do, read from the SuperLink (changes nothing): the keys of
+    ``supernode_public_keys`` not registered yet, the node ids to unregister, and each node's
+    status as `flwr supernode list --format json` reports it. ``in_sync`` when there is nothing to do.
+
+    The SuperLink is the record (Ansible asks it instead of keeping a marker file): a wiped
+    database shows up here as keys to register again.
+    """
+    with_keys = registered_public_keys(cfg)
+    active = {owner_key_id(str(n["public-key"]).encode()) for n in with_keys
+              if n.get("status") not in ("unregistered", "deleted")}
+    missing = [str(p) for p in cfg.supernode_public_keys if not set(owner_keys([p])) <= active]
+    departed = departed_nodes(with_keys, cfg.supernode_public_keys)
+    return {"in_sync": not missing and not departed, "to_register": missing, "to_unregister": departed,
+            "nodes": registered_keys(cfg)}
+
+
 def register_supernodes(cfg: CoordinatorConfig, keys: list[Path] | None = None) -> list[str]:
     """Register each public key once (keys already known are left as they are).
 
@@ -138,6 +162,20 @@ def owner_keys(keys: list[Path]) -> dict[str, str]:
     return out
 
 
+def secure_run_config(sa: SecureAggregationConfig) -> dict[str, Any]:
+    """training.secure_aggregation as run config keys (read by both apps; names in fl_contract)."""
+    return {
+        RUN_SECURE: sa.enabled,
+        "secagg-num-shares": sa.num_shares,
+        "secagg-reconstruction-threshold": sa.reconstruction_threshold,
+        RUN_SECAGG_CLIPPING_RANGE: float(sa.clipping_range),
+        "secagg-quantization-range": sa.quantization_range,
+        RUN_SECAGG_MAX_WEIGHT: float(sa.max_weight),
+        RUN_DP_NOISE_MULTIPLIER: float(sa.noise_multiplier),
+        "dp-clipping-norm": float(sa.clipping_norm),
+    }
+
+
 def write_run_config(cfg: CoordinatorConfig, overrides: dict[str, Any]) -> Path:
     t = cfg.training
     default_cap, per_owner = t.caps()
@@ -160,6 +198,7 @@ def write_run_config(cfg: CoordinatorConfig, overrides: dict[str, Any]) -> Path:
         "trimmed-fraction": float(t.trimmed_fraction),
         "multikrum-select": t.multikrum_select,
         "clip-norm": float(t.clip_norm),
+        **secure_run_config(t.secure_aggregation),
     }
     values.update(overrides)
     path = cfg.state_dir / "run-config.toml"
@@ -168,15 +207,55 @@ def write_run_config(cfg: CoordinatorConfig, overrides: dict[str, Any]) -> Path:
     return path
 
 
-def run_popen(cfg: CoordinatorConfig, run_config: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    """Start `flwr run --stream`; its output (the ServerApp's log) goes to log_path.
+def _json_out(res: subprocess.CompletedProcess[str], what: str) -> dict[str, Any]:
+    """The JSON document a `flwr ... --format json` printed; FedfheError with Flower's message if it failed."""
+    text = res.stdout
+    try:  # the one JSON document on stdout (indented); anything Flower printed before it is skipped
+        data = json.JSONDecoder().raw_decode(text, text.index("{"))[0]
+    except (ValueError, json.JSONDecodeError):
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    if res.returncode != 0 or not data.get("success"):
+        message = data.get("error-message") or (res.stdout + res.stderr).strip() or f"exit {res.returncode}"
+        raise FedfheError(f"{what} failed: {' '.join(str(message).split())}")
+    return data
+
+
+def start_run(cfg: CoordinatorConfig, run_config: Path) -> int:
+    """Submit the Flower App with `flwr run --format json` and return Flower's run id (from its JSON, not its text).
 
     Stock `flwr run` finds the ClientApp's module too, so the coordinator installs fedfhe-client
     (README, "Things learned the hard way"); fedfhe does not replace Flower's functions to avoid it.
     """
+    res = _flwr(cfg, "run", str(flower_app_dir()), CONNECTION, "--format", "json", "--run-config", str(run_config))
+    return int(_json_out(res, "flwr run")["run-id"])
+
+
+def log_popen(cfg: CoordinatorConfig, run_id: int, log_path: Path, append: bool = False) -> subprocess.Popen[bytes]:
+    """`flwr log RUN --stream` into log_path: the ServerApp's log; it ends when the run finishes."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "wb")  # noqa: SIM115 - owned by the child for its lifetime
+    log = open(log_path, "ab" if append else "wb")  # noqa: SIM115 - owned by the child for its lifetime
     return subprocess.Popen(
-        [venv_bin("flwr"), "run", str(flower_app_dir()), CONNECTION, "--stream", "--run-config", str(run_config)],
+        [venv_bin("flwr"), "log", str(run_id), CONNECTION, "--stream"],
         env=flwr_env(cfg), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
+
+
+def list_runs(cfg: CoordinatorConfig, run_id: int | None = None) -> list[dict[str, Any]]:
+    """`flwr ls --format json`: every run the SuperLink knows (or one), with its status
+    (pending, starting, running, finished:completed|failed|stopped) and status details."""
+    extra = ["--run-id", str(run_id)] if run_id is not None else []
+    return list(_json_out(_flwr(cfg, "ls", CONNECTION, "--format", "json", *extra), "flwr ls").get("runs", []))
+
+
+def run_status(cfg: CoordinatorConfig, run_id: int) -> dict[str, Any]:
+    runs = list_runs(cfg, run_id)
+    if not runs:
+        raise FedfheError(f"flwr ls: the SuperLink knows no run {run_id}")
+    return runs[0]
+
+
+def stop_run(cfg: CoordinatorConfig, run_id: int) -> None:
+    """`flwr stop RUN`: the SuperLink marks the run finished:stopped and its ServerApp ends."""
+    _json_out(_flwr(cfg, "stop", str(run_id), CONNECTION, "--format", "json", timeout=60), f"flwr stop {run_id}")

@@ -29,6 +29,7 @@ class NBitsTrial:
     n_bits: int
     simulated: float  # accuracy (classifiers) or R² (regressors), as a fraction
     seconds: float
+    fhe_ms_per_row: float | None = None  # real FHE execution per row (choose-n-bits --latency-rows), keygen apart
 
 
 @dataclass
@@ -46,7 +47,8 @@ class NBitsChoice:
             f"clear_{self.metric}": self.clear,
             "tolerance_points": self.tolerance_points,
             "trials": [
-                {"n_bits": t.n_bits, f"fhe_simulated_{self.metric}": t.simulated, "seconds": t.seconds}
+                {"n_bits": t.n_bits, f"fhe_simulated_{self.metric}": t.simulated, "seconds": t.seconds,
+                 "fhe_ms_per_row": t.fhe_ms_per_row}
                 for t in self.trials
             ],
         }
@@ -68,10 +70,13 @@ def choose_n_bits(
     tolerance_points: float = DEFAULT_TOLERANCE_POINTS,
     calibration_set: np.ndarray | None = None,
     on_trial: Callable[[NBitsTrial], None] | None = None,
+    latency_rows: int = 0,
 ) -> NBitsChoice:
     """Try n_bits in ascending order and stop at the first within tolerance (None if none is).
 
-    ``on_trial`` sees each trial as it ends (each compiles a circuit: seconds apiece).
+    ``on_trial`` sees each trial as it ends (each compiles a circuit: seconds apiece). With
+    ``latency_rows`` > 0 each trial also executes that many rows of ``X`` in real FHE and records
+    the milliseconds per row (the accuracy/latency trade-off the federated path can tune).
     """
     calibration = default_calibration(schema, estimator) if calibration_set is None else calibration_set
     clear = prediction_score(estimator.predict(X), y, schema)
@@ -80,7 +85,13 @@ def choose_n_bits(
         started = time.perf_counter()
         model = to_concrete(estimator, family, calibration, n_bits)
         simulated = prediction_score(model.predict(X, fhe="simulate"), y, schema)
-        choice.trials.append(NBitsTrial(n_bits, simulated, time.perf_counter() - started))
+        seconds = time.perf_counter() - started
+        latency = None
+        if latency_rows > 0:
+            from .tune import fhe_latency
+
+            latency = fhe_latency(model, X[:latency_rows])[1]
+        choice.trials.append(NBitsTrial(n_bits, simulated, seconds, latency))
         if on_trial is not None:
             on_trial(choice.trials[-1])
         if within(clear, simulated, tolerance_points):

@@ -7,6 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 
 def _problems(row: dict[str, Any]) -> str:
@@ -17,40 +18,68 @@ def _problems(row: dict[str, Any]) -> str:
     return "; ".join(parts) or "-"
 
 
+COLUMNS = ("round", "clients", "loss", "accuracy (clients)", "accuracy (public test)", "seconds",
+           "failed or missing owners (reason)")
+
+
 class RoundTable:
+    """The rounds of a run as they end: a live table on a terminal; on a pipe or log (Ansible, journald),
+    one line per round as it ends, then the whole table. Goes to stdout unless given another console."""
+
+    LOG_WIDTH = 160  # a pipe's console defaults to 80 columns, which folds every failure reason
+
     def __init__(self, rounds: int, console: Console | None = None) -> None:
         self.rounds = rounds
         self.rows: list[dict[str, Any]] = []
-        self.console = console or Console(stderr=True)
-        self.live = Live(self._table(), console=self.console, refresh_per_second=4, transient=False)
+        self.console = console or Console()
+        if not self.console.is_terminal and self.console.width < self.LOG_WIDTH:
+            self.console.width = self.LOG_WIDTH
+        self.live = (Live(self._table(), console=self.console, refresh_per_second=4, transient=False)
+                     if self.console.is_terminal else None)
+
+    def _cells(self, r: dict[str, Any]) -> list[str]:
+        clients, server = r.get("clients", {}), r.get("server", {})
+        acc = clients.get("accuracy", clients.get("r2"))
+        sacc = server.get("accuracy", server.get("r2"))
+        return [
+            str(r["round"]),
+            f"{r.get('fit_nodes', 0)}" + (f" ({len(r['failures'])} failed)" if r.get("failures") else ""),
+            f"{clients['loss']:.4f}" if "loss" in clients else "-",
+            f"{acc:.4f}" if acc is not None else "-",
+            f"{sacc:.4f}" if sacc is not None else "-",
+            f"{r.get('seconds', 0):.1f}",
+            _problems(r),
+        ]
 
     def _table(self) -> Table:
         t = Table(title=f"federated training ({len(self.rows)}/{self.rounds} rounds)")
-        for col in ("round", "clients", "loss", "accuracy (clients)", "accuracy (public test)", "seconds"):
+        for col in COLUMNS[:-1]:
             t.add_column(col, justify="right")
-        t.add_column("failed or missing owners (reason)", justify="left", overflow="fold")
+        t.add_column(COLUMNS[-1], justify="left", overflow="fold")
         for r in self.rows:
-            clients, server = r.get("clients", {}), r.get("server", {})
-            acc = clients.get("accuracy", clients.get("r2"))
-            sacc = server.get("accuracy", server.get("r2"))
-            t.add_row(
-                str(r["round"]),
-                f"{r.get('fit_nodes', 0)}" + (f" ({len(r['failures'])} failed)" if r.get("failures") else ""),
-                f"{clients['loss']:.4f}" if "loss" in clients else "-",
-                f"{acc:.4f}" if acc is not None else "-",
-                f"{sacc:.4f}" if sacc is not None else "-",
-                f"{r.get('seconds', 0):.1f}",
-                _problems(r),
-            )
+            t.add_row(*(Text(c) for c in self._cells(r)))  # reasons are owners' text: no markup
         return t
+
+    def line(self, row: dict[str, Any]) -> str:
+        """One round as one line (logs): ``round 1/3: clients 2, loss 0.4, ..., failed or missing owners: ...``."""
+        rnd, clients, loss, acc, public, seconds, problems = self._cells(row)
+        return (f"round {rnd}/{self.rounds}: clients {clients}, loss {loss}, accuracy (clients) {acc}, "
+                f"accuracy (public test) {public}, {seconds} s; failed or missing owners: {problems}")
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
-        self.live.update(self._table())
+        if self.live is not None:
+            self.live.update(self._table())
+        else:
+            self.console.print(self.line(row), markup=False, highlight=False, soft_wrap=True)
 
     def __enter__(self) -> RoundTable:
-        self.live.__enter__()
+        if self.live is not None:
+            self.live.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.live.__exit__(*exc)  # type: ignore[arg-type]
+        if self.live is not None:
+            self.live.__exit__(*exc)  # type: ignore[arg-type]
+        elif self.rows:
+            self.console.print(self._table())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.errors import ConfigError, FedfheError
 from fedfhe_common.schema import resolve_schema
 
-from . import flwr_cli
+from . import flwr_cli, runs
 from .config import CoordinatorConfig
 
 
@@ -30,6 +31,7 @@ def read_progress(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+MAX_LOG_REOPENS = 5  # `flwr log --stream` reopened after a dropped connection while the run still runs
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # The last line of a Python traceback: "RuntimeError: ...", "fedfhe_server.server_app.NodesLost: ..."
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|NodesLost): \S")
@@ -69,51 +71,113 @@ def run_training(
     overrides: dict[str, Any] | None = None,
     on_round: Callable[[dict[str, Any]], None] | None = None,
     timeout: float | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> TrainingArtifact:
-    """Register the SuperNode keys, `flwr run` the app, report each round, load the artifact."""
+    """Register the SuperNode keys, submit the app (`flwr run --format json` gives the run id), follow it
+    (`flwr log --stream`, progress.jsonl), read its final status (`flwr ls --format json`), load the artifact.
+
+    Ctrl-C stops the Flower run itself (`flwr stop`), not only this process, then re-raises.
+    """
     preflight(cfg)
     out = cfg.training.output_dir
     progress = out / "progress.jsonl"
     progress.unlink(missing_ok=True)
-    stale = out / "artifact"
     started = time.time()
     flwr_cli.register_supernodes(cfg)
     run_config = flwr_cli.write_run_config(cfg, overrides or {})
     log_path = cfg.state_dir / "flwr-run.log"
-    proc = flwr_cli.run_popen(cfg, run_config, log_path)
-    seen = 0
-    limit = timeout or (cfg.training.wait_for_nodes_s + cfg.training.round_timeout_s * 2 * cfg.training.rounds + 120)
+    log_path.unlink(missing_ok=True)
+    run_id = flwr_cli.start_run(cfg, run_config)
+    rounds = int((overrides or {}).get("num-server-rounds", cfg.training.rounds))
+    runs.record(cfg.state_dir, run_id, event="submitted", model=cfg.training.model, rounds=rounds,
+                output_dir=str(out))
+    if on_start:
+        on_start(run_id)
+    limit = timeout or (cfg.training.wait_for_nodes_s + cfg.training.round_timeout_s * 2 * rounds + 120)
     try:
-        while True:
-            rows = read_progress(progress)
-            for row in rows[seen:]:
-                if on_round:
-                    on_round(row)
-            seen = len(rows)
-            if proc.poll() is not None:
-                break
-            if time.time() - started > limit:
-                raise FedfheError(f"training did not finish within {limit:.0f}s; see {log_path}")
-            time.sleep(0.2)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(10)
-    for row in read_progress(progress)[seen:]:
-        if on_round:
-            on_round(row)
-    artifact_dir = stale
+        status = _follow(cfg, run_id, log_path, progress, on_round, started + limit)
+    except KeyboardInterrupt:
+        final = stop_and_wait(cfg, run_id)
+        runs.record(cfg.state_dir, run_id, event="interrupted", status=final)
+        raise
+    artifact_dir = out / "artifact"
     if not (artifact_dir / "manifest.json").exists() or (artifact_dir / "manifest.json").stat().st_mtime < started:
         text = log_path.read_text(errors="replace") if log_path.exists() else ""
         tail = "\n".join(ANSI.sub("", line) for line in text.splitlines()[-15:])
-        reason = failure_reason(text)
+        reason = failure_reason(text) or status.get("status-details") or status.get("error", "")
         head = f"training failed: {reason}\n" if reason else ""
+        runs.record(cfg.state_dir, run_id, event="failed", status=status.get("status", "unknown"),
+                    error=reason or "no artifact")
         raise FedfheError(
-            f"{head}the federated run produced no artifact (flwr run exit {proc.returncode}); "
-            f"log {log_path}:\n{tail}"
+            f"{head}the federated run {run_id} produced no artifact (Flower status "
+            f"{status.get('status', 'unknown')}); log {log_path}:\n{tail}"
         )
     from fedfhe_common.release import load_signing_key
 
     key = load_signing_key(cfg.release_key)
     TrainingArtifact.sign(artifact_dir, key)
-    return TrainingArtifact.load(artifact_dir, key.public_key())
+    artifact = TrainingArtifact.load(artifact_dir, key.public_key())
+    runs.record(cfg.state_dir, run_id, event="completed", status=status.get("status"), artifact=str(artifact_dir))
+    return artifact
+
+
+def _follow(cfg: CoordinatorConfig, run_id: int, log_path: Path, progress: Path,
+            on_round: Callable[[dict[str, Any]], None] | None, deadline: float) -> dict[str, Any]:
+    """Report rounds as progress.jsonl grows until the run is finished; Flower's final status of it.
+
+    The log stream ends when the run finishes (or the SuperLink goes away): then `flwr ls` says which.
+    A stream that ended while the run still runs (a dropped connection) is reopened.
+    """
+    seen = 0
+    proc = flwr_cli.log_popen(cfg, run_id, log_path)
+
+    def report() -> None:
+        nonlocal seen
+        rows = read_progress(progress)
+        for row in rows[seen:]:
+            if on_round:
+                on_round(row)
+        seen = len(rows)
+
+    try:
+        for _ in range(MAX_LOG_REOPENS):
+            while proc.poll() is None:
+                report()
+                if time.time() > deadline:
+                    stop_and_wait(cfg, run_id)
+                    raise FedfheError(f"training did not finish in time: stopped Flower run {run_id}; see {log_path}")
+                time.sleep(0.2)
+            try:
+                status = flwr_cli.run_status(cfg, run_id)
+            except FedfheError as exc:  # the SuperLink is gone: the run cannot finish
+                status = {"status": "unknown", "error": str(exc)}
+            if not str(status.get("status", "")).startswith("running") or time.time() > deadline:
+                break
+            proc = flwr_cli.log_popen(cfg, run_id, log_path, append=True)
+        report()
+        return status
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
+
+
+def stop_and_wait(cfg: CoordinatorConfig, run_id: int, timeout: float = 60.0) -> str:
+    """`flwr stop` the run and wait until `flwr ls` reports it finished; its final status."""
+    print(f"fedfhe-server: stopping Flower run {run_id} (flwr stop)", file=sys.stderr, flush=True)
+    try:
+        flwr_cli.stop_run(cfg, run_id)
+    except FedfheError as exc:  # already finished, or the SuperLink is gone
+        print(f"fedfhe-server: {exc}", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + timeout
+    status = ""
+    while time.monotonic() < deadline:
+        try:
+            status = str(flwr_cli.run_status(cfg, run_id).get("status", ""))
+        except FedfheError:
+            return "unknown"
+        if status.startswith("finished"):
+            break
+        time.sleep(1.0)
+    print(f"fedfhe-server: Flower run {run_id}: {status or 'unknown'}", file=sys.stderr, flush=True)
+    return status or "unknown"
