@@ -24,6 +24,7 @@ from fedfhe_common.scoring import score_model
 from fedfhe_common.transport import from_arrays, to_arrays
 
 from .holdout import split_holdout
+from .secure_client import bound_update, is_secure, legacy_reply, privacy_mod, record_true_update
 
 app = ClientApp()
 
@@ -93,23 +94,59 @@ def _evaluate(model: Any, schema: DatasetSchema, split: tuple[np.ndarray, ...]) 
     }
 
 
-@app.train()
+def _fit(model: Any, family: str, schema: DatasetSchema, split: tuple[np.ndarray, ...],
+         config: ConfigRecord) -> dict[str, float]:
+    """Score the incoming global model on held-out rows, then fit it locally; the reply's metrics."""
+    metrics = _evaluate(model, schema, split)
+    start = time.perf_counter()
+    for _ in range(max(1, int(config.get(fc.LOCAL_EPOCHS, 1)))):
+        models.local_fit(model, family, split[0], split[2], schema)
+    return metrics | {fc.NUM_EXAMPLES: int(len(split[2])), fc.FIT_SECONDS: time.perf_counter() - start}
+
+
+@app.train(mods=[privacy_mod])
 def train(msg: Message, context: Context) -> Message:
     """Score the incoming global model on held-out rows, then fit it locally.
 
     Scoring here rather than in a separate evaluate message halves the
     messages per round: Flower starts one process per message and each
     message waits on the SuperNode's 3 s poll, so that is most of a round.
+    In a secure run the message is Flower's legacy FitIns, and the reply the
+    FitRes that secaggplus_mod masks (secure_client).
     """
+    if is_secure(context):
+        return _secure_train(msg, context)
     config = msg.content[fc.CONFIG]
     schema, split = _local_data(context, config)
     family, model = _global_model(msg, schema)
-    metrics = _evaluate(model, schema, split)
-    start = time.perf_counter()
-    for _ in range(max(1, int(config.get(fc.LOCAL_EPOCHS, 1)))):
-        models.local_fit(model, family, split[0], split[2], schema)
-    metrics |= {fc.NUM_EXAMPLES: int(len(split[2])), fc.FIT_SECONDS: time.perf_counter() - start}
+    metrics = _fit(model, family, schema, split, config)
     return _reply(msg, context, to_arrays(models.get_parameters(model, family, schema)), metrics)
+
+
+def _secure_train(msg: Message, context: Context) -> Message:
+    """The same local step on a FitIns, with the update bounded before Flower masks it.
+
+    The instruction passes the same checks as in a plain run (contract keys,
+    parameter shapes and finite values); the reply's num-examples is the weight
+    actually used (capped at the run's max_weight).
+    """
+    from flwr.common import parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+
+    fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+    config = ConfigRecord(dict(fitins.config))
+    schema, split = _local_data(context, config)
+    family = str(config[fc.MODEL])
+    model = models.build(family, json.loads(str(config[fc.MODEL_PARAMS])))
+    received = fc.check_params(parameters_to_ndarrays(fitins.parameters), family, schema)
+    model = models.set_parameters(model, received, schema)
+    metrics = _fit(model, family, schema, split, config)
+    params = to_arrays(models.get_parameters(model, family, schema)).to_numpy_ndarrays()
+    params, weight = bound_update(params, int(metrics[fc.NUM_EXAMPLES]), context)
+    metrics[fc.NUM_EXAMPLES] = weight
+    record_true_update(context, str(context.node_config.get("owner-id", "owner")),
+                       int(config.get(fc.SERVER_ROUND, 0)), params, weight)
+    return legacy_reply(msg, params, weight, metrics)
 
 
 @app.evaluate()

@@ -57,6 +57,8 @@ class OwnerConfig:
     approved_flower_apps: list[str] = field(default_factory=list)
     # Test federations only: this owner's ClientApp sends a hostile reply (fl_contract.TEST_HOSTILE_REPLY).
     test_hostile_reply: Literal["", "inflated-weight", "nan"] = ""
+    # Test federations only: a folder where a secure run's ClientApp keeps each true update it masks.
+    test_record_updates: Path | None = None
 
     def __post_init__(self) -> None:
         try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fedfhe_common.app_approval import ENV_APPROVED, ENV_OWNER
 from fedfhe_common.fileio import write_atomic
-from fedfhe_common.fl_contract import TEST_HOSTILE_REPLY
+from fedfhe_common.fl_contract import TEST_HOSTILE_REPLY, TEST_RECORD_UPDATES
 from fedfhe_common.procs import flower_env, venv_bin
 
 from .config import OwnerConfig
@@ -30,6 +30,8 @@ def node_config(cfg: OwnerConfig) -> str:
         items["labels-path"] = str(cfg.labels.resolve())
     if cfg.test_hostile_reply:
         items[TEST_HOSTILE_REPLY] = cfg.test_hostile_reply
+    if cfg.test_record_updates:
+        items[TEST_RECORD_UPDATES] = str(cfg.test_record_updates.resolve())
     # Values are TOML: json.dumps quotes strings (with escapes) and leaves numbers bare.
     return " ".join(f"{k}={json.dumps(v)}" for k, v in items.items())
 

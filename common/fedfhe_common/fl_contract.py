@@ -42,6 +42,16 @@ EVAL_PREFIX = "eval-"
 
 # Node config key a test federation sets to make one owner's ClientApp misbehave (never set in production).
 TEST_HOSTILE_REPLY = "test-hostile-reply"
+# Node config key of test federations: a folder where the ClientApp writes each true update it masks.
+TEST_RECORD_UPDATES = "test-record-updates"
+
+# Run config keys both apps read (coordinator.yaml training.secure_aggregation, via `flwr run --run-config`).
+RUN_SECURE = "secure-aggregation"  # true: SecAgg+ (Flower's SecAggPlusWorkflow / secaggplus_mod)
+RUN_SECAGG_CLIPPING_RANGE = "secagg-clipping-range"
+RUN_SECAGG_MAX_WEIGHT = "secagg-max-weight"
+RUN_DP_NOISE_MULTIPLIER = "dp-noise-multiplier"  # > 0: Flower's client-side fixed-clipping DP on the secure sum
+# The config key Flower's DifferentialPrivacyClientSideFixedClipping adds to each train instruction.
+DP_CLIPPING_NORM = "clipping_norm"
 
 Phase = Literal["train", "evaluate"]
 
@@ -170,6 +180,31 @@ def check_reply(content: Any, phase: Phase, family: str, schema: DatasetSchema, 
     except Exception as exc:  # noqa: BLE001 - any malformed record is the sender's failure, not the run's
         raise ReplyRejected(f"malformed reply: {type(exc).__name__}: {str(exc)[:200]}") from None
     return Reply(params, metrics)
+
+
+class InstructionRefused(ValueError):
+    """What the coordinator sent does not fit the contract: the owner refuses the message with this reason."""
+
+
+def check_secagg_setup(share_num: object, threshold: object, sample_num: object) -> None:
+    """An owner's check of a SecAgg+ setup before it generates keys (InstructionRefused when unsafe).
+
+    A coordinator may ask some neighbours for an owner's mask seed share and others
+    for its key share (claiming the owner dropped out); it can unmask that owner
+    alone only if it gets ``threshold`` of each, i.e. when ``2 * threshold <= shares``.
+    A strict majority threshold rules that out, so anything lower is refused.
+    """
+    for name, value in (("share number", share_num), ("threshold", threshold), ("sample number", sample_num)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InstructionRefused(f"SecAgg+ setup: {name} must be an integer, got {type(value).__name__}")
+    assert isinstance(share_num, int) and isinstance(threshold, int) and isinstance(sample_num, int)
+    if sample_num < 2 or share_num < 2:
+        raise InstructionRefused(f"SecAgg+ setup: {sample_num} owners and {share_num} shares, need at least 2")
+    if threshold < 2 or 2 * threshold <= min(share_num, sample_num):
+        raise InstructionRefused(
+            f"SecAgg+ setup: reconstruction threshold {threshold} of {min(share_num, sample_num)} shares is not a "
+            "strict majority: the coordinator could unmask one owner's update"
+        )
 
 
 def owner_key_id(public_key_pem: bytes) -> str:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from fedfhe_common.config import HostPort, Range, load_config
+from fedfhe_common.config import HostPort, Range, _combined, load_config
 from fedfhe_common.errors import ConfigError
 from fedfhe_common.fl_contract import DEFAULT_MAX_EXAMPLES, owner_name_from_key_file
 
@@ -31,6 +31,61 @@ class SuperLinkConfig:
         return self.control_address or f"{self.control_host}:{self.control_port}"
 
 
+# SecAgg+ sums integers modulo 2**32 (Flower's default modulus_range): N owners' quantised values must fit.
+SECAGG_MODULUS = 2**32
+
+
+@dataclass(frozen=True)
+class SecureAggregationConfig:
+    """training.secure_aggregation: Flower's SecAgg+ (the coordinator sees only the sum) and optional central DP.
+
+    ``num_shares`` 0 splits each owner's secrets among every owner of the round;
+    ``reconstruction_threshold`` 0 is a strict majority of those shares. A round
+    goes on while at least that many owners remain; fewer, and the run fails
+    naming the owners it lost. Owners refuse a threshold that is not a strict
+    majority (fedfhe_common.fl_contract.check_secagg_setup).
+    """
+
+    enabled: bool = False
+    num_shares: Annotated[int, Range(0)] = 0
+    reconstruction_threshold: Annotated[int, Range(0)] = 0
+    # Each parameter an owner sends is clipped to [-clipping_range, clipping_range] before it is quantised.
+    clipping_range: Annotated[float, Range(0, low_open=True)] = 8.0
+    # Quantisation levels over that range (2**22: steps of 3.8e-6 for the default range).
+    quantization_range: Annotated[int, Range(2)] = 2**22
+    # Largest weight (training rows) one owner's update carries; owners with more rows count as max_weight.
+    max_weight: Annotated[float, Range(1)] = 10000.0
+    # Central differential privacy on the secure sum (Flower's DifferentialPrivacyClientSideFixedClipping
+    # with fixedclipping_mod on the owners): 0 is off. Noise stddev on the averaged model is
+    # noise_multiplier * clipping_norm / owners, per coordinate, each round.
+    noise_multiplier: Annotated[float, Range(0)] = 0.0
+    clipping_norm: Annotated[float, Range(0, low_open=True)] = 1.0
+
+    def problems(self, owners: int) -> list[str]:
+        """Every reason this section cannot work with ``owners`` registered owners (0: not known here)."""
+        key = "training.secure_aggregation"
+        out = []
+        if self.num_shares in (1, 2):
+            out.append(f"{key}.num_shares: must be 0 (every owner) or at least 3, got {self.num_shares}")
+        t = self.reconstruction_threshold
+        if t == 1:
+            out.append(f"{key}.reconstruction_threshold: must be 0 (a strict majority) or at least 2, got 1")
+        if owners and t > owners:
+            out.append(f"{key}.reconstruction_threshold: {t} is above the number of owners ({owners})")
+        shares = min(self.num_shares or owners, owners) if owners else self.num_shares
+        if self.num_shares and t > self.num_shares:
+            out.append(f"{key}.reconstruction_threshold: {t} is above num_shares ({self.num_shares})")
+        elif t >= 2 and shares and 2 * t <= shares:
+            out.append(f"{key}.reconstruction_threshold: {t} is not a strict majority of the {shares} shares: "
+                       f"owners refuse it (use at least {shares // 2 + 1}, or 0)")
+        if owners and (owners + 1) * self.quantization_range > SECAGG_MODULUS:
+            out.append(f"{key}.quantization_range: {owners} owners' sum of {self.quantization_range} levels "
+                       f"overflows SecAgg+'s modulus 2**32 (use at most {SECAGG_MODULUS // (owners + 1)})")
+        if self.noise_multiplier > 0 and not self.enabled:
+            out.append(f"{key}.noise_multiplier: differential privacy runs on the secure sum; set enabled: true")
+        return out
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     output_dir: Path
@@ -53,6 +108,7 @@ class TrainingConfig:
     multikrum_select: Annotated[int, Range(0)] = 0  # multikrum: replies averaged (0: min_nodes - num_malicious_nodes)
     # Largest L2 norm of one owner's update (its parameters minus the global ones); 0 leaves updates as sent.
     clip_norm: float = 0.0
+    secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
 
     def __post_init__(self) -> None:
         strategy_kwargs(self.aggregation, self.min_nodes, self.num_malicious_nodes, self.trimmed_fraction,
@@ -88,6 +144,9 @@ class CoordinatorConfig:
         return [owner_name_from_key_file(p.name) for p in self.supernode_public_keys]
 
     def __post_init__(self) -> None:
+        secure = self.training.secure_aggregation.problems(len(self.supernode_public_keys))
+        if secure:
+            raise _combined(secure)
         caps = self.training.max_examples_per_owner
         if isinstance(caps, dict):
             unknown = sorted(set(caps) - set(self.owner_names()) - {"default"})

@@ -36,7 +36,8 @@ from fedfhe_common.scoring import score_params
 from fedfhe_common.transport import from_arrays, to_arrays
 
 from .aggregation import strategy_class, strategy_kwargs
-from .prompt_grid import PromptGrid
+from .privacy import privacy_summary
+from .wire_bytes import CountingGrid
 
 app = ServerApp()
 
@@ -155,6 +156,7 @@ class Recording:
         self.sent: dict[tuple[int, str], list[Message]] = {}
         self.global_params: dict[int, list[np.ndarray]] = {}
         self.flushed: set[int] = set()
+        self.counter: CountingGrid | None = None  # bytes per owner and round, when the grid counts them
 
     def entry(self, server_round: int) -> dict[str, Any]:
         return self.rounds.setdefault(server_round, {"round": server_round, "failures": [], "missing": []})
@@ -181,8 +183,13 @@ class Recording:
         return BoundedGrid(grid, max(self.min_available_nodes, self.min_train_nodes), self.node_wait,
                            self._describe_missing)
 
+    def count_round(self, server_round: int) -> None:
+        if self.counter is not None:
+            self.counter.round = server_round
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         self.entry(server_round)["started"] = time.time()
+        self.count_round(server_round)
         self.learn_names(grid)
         try:
             self.global_params[server_round] = fc.check_params(
@@ -311,6 +318,9 @@ class Recording:
             return
         self.flushed.add(server_round)
         entry = self.rounds[server_round]
+        if self.counter is not None:
+            sizes = {self.owner_of(n): b for n, b in self.counter.per_node(server_round).items()}
+            entry["bytes"] = dict(sorted(sizes.items()))
         with self.progress.open("a") as fh:
             fh.write(json.dumps(entry, default=float) + "\n")
 
@@ -372,7 +382,7 @@ def final_evaluation(
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    grid = PromptGrid(grid)
+    grid = CountingGrid(grid)
     cfg = context.run_config
     schema = resolve_schema(str(cfg["schema"]))
     family = str(cfg["model"])
@@ -395,27 +405,12 @@ def main(grid: Grid, context: Context) -> None:
         per_owner={str(k): int(v) for k, v in json.loads(str(cfg["max-examples-per-owner"])).items()},
         clip_norm=float(cfg["clip-norm"]),
     )
-    strategy = make_strategy(
-        str(cfg["aggregation"]), progress, policy,
-        owner_keys={str(k): str(v) for k, v in json.loads(str(cfg["owner-keys"])).items()},
-        node_wait=float(cfg["wait-for-nodes"]),
-        min_nodes=min_nodes,
-        num_malicious_nodes=int(cfg["num-malicious-nodes"]),
-        trimmed_fraction=float(cfg["trimmed-fraction"]),
-        multikrum_select=int(cfg["multikrum-select"]),
-    )
     started = time.time()
 
-    def on_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        params = from_arrays(arrays, family, schema)
-        metrics = score_params(family, model_params, params, schema, *public) if public else {}
-        if server_round >= 1:
-            entry = strategy.entry(server_round)
-            entry["seconds"] = time.time() - entry.get("started", started)
-            entry["server"] = metrics
-        return MetricRecord(metrics) if metrics else None
+    def score(params: list[np.ndarray]) -> dict[str, float]:
+        return score_params(family, model_params, params, schema, *public) if public else {}
 
-    wait_for_nodes(grid, min_nodes, float(cfg["wait-for-nodes"]))
+    connected = wait_for_nodes(grid, min_nodes, float(cfg["wait-for-nodes"]))
     config = ConfigRecord(
         {
             fc.MODEL: family,
@@ -425,24 +420,57 @@ def main(grid: Grid, context: Context) -> None:
             fc.LOCAL_EPOCHS: int(cfg["local-epochs"]),
         }
     )
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=to_arrays(models.initial_parameters(family, schema)),
-        num_rounds=rounds,
-        timeout=timeout,
-        train_config=config,
-        evaluate_fn=on_round,
-    )
-    if not len(result.arrays):
+    initial = to_arrays(models.initial_parameters(family, schema))
+    owner_keys = {str(k): str(v) for k, v in json.loads(str(cfg["owner-keys"])).items()}
+    threshold: int | None = None
+    if bool(cfg.get(fc.RUN_SECURE, False)):
+        from .secure_training import run_secure  # the legacy API's imports only where a run needs them
+
+        final_arrays, strategy, grid = run_secure(
+            grid, context, policy=policy, progress=progress, owner_keys=owner_keys,
+            node_wait=float(cfg["wait-for-nodes"]), min_nodes=min_nodes, rounds=rounds, timeout=timeout,
+            config=config, initial=initial, connected=len(connected), score=score,
+        )
+        threshold = strategy.threshold
+    else:
+        strategy = make_strategy(
+            str(cfg["aggregation"]), progress, policy,
+            owner_keys=owner_keys,
+            node_wait=float(cfg["wait-for-nodes"]),
+            min_nodes=min_nodes,
+            num_malicious_nodes=int(cfg["num-malicious-nodes"]),
+            trimmed_fraction=float(cfg["trimmed-fraction"]),
+            multikrum_select=int(cfg["multikrum-select"]),
+        )
+        strategy.counter = grid
+
+        def on_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            metrics = score(from_arrays(arrays, family, schema))
+            if server_round >= 1:
+                entry = strategy.entry(server_round)
+                entry["seconds"] = time.time() - entry.get("started", started)
+                entry["server"] = metrics
+            return MetricRecord(metrics) if metrics else None
+
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=initial,
+            num_rounds=rounds,
+            timeout=timeout,
+            train_config=config,
+            evaluate_fn=on_round,
+        )
+        final_arrays = result.arrays
+    if not len(final_arrays):
         raise RuntimeError("no round produced aggregated parameters: every node failed (see progress.jsonl)")
     strategy.learn_names(grid)
-    sent, replies = final_evaluation(grid, result.arrays, config, timeout)
+    sent, replies = final_evaluation(grid, final_arrays, config, timeout)
     replies, rejected = strategy.screen(rounds, replies, "eval", sent)
     strategy.note_replies(rounds, replies, "eval", sent, rejected)
     strategy.entry(rounds)["clients"] = client_scores([m for m in replies if id(m) not in rejected])
     strategy.flush(rounds)
 
-    coef, intercept = from_arrays(result.arrays, family, schema)
+    coef, intercept = from_arrays(final_arrays, family, schema)
     per_round = [json.loads(line) for line in progress.read_text().splitlines() if line.strip()]
     TrainingArtifact(
         family=family,
@@ -450,6 +478,7 @@ def main(grid: Grid, context: Context) -> None:
         coef=coef,
         intercept=intercept,
         model_params=model_params,
-        metrics={"rounds": rounds, "per_round": per_round, "seconds": time.time() - started},
+        metrics={"rounds": rounds, "per_round": per_round, "seconds": time.time() - started,
+                 "privacy": privacy_summary(cfg, len(connected), threshold)},
         origin="federated",
     ).save(out_dir / "artifact")

@@ -1,0 +1,371 @@
+"""Secure mode of the ServerApp: Flower's SecAgg+ so the coordinator learns only the sum of the owners' updates.
+
+Flower 1.39 has SecAgg+ only in its legacy API, so a secure run is a
+``DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(...))`` over a ``LegacyContext``
+whose strategy is ``SecureRecorder``: it keeps the round table and progress.jsonl
+as a plain run does (answered, missing and failed owners, named from their
+registered keys), and hands the unmasked sum to Flower's legacy FedAvg, wrapped
+in Flower's ``DifferentialPrivacyClientSideFixedClipping`` when the run adds DP.
+
+What the coordinator can no longer check: one owner's parameters (it only ever
+holds them masked). What it still checks: each reply's metrics and weight
+against the contract, and the unmasked average's shapes and values.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.common import (
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    bytes_to_ndarray,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.common.constant import ErrorCode
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.server import ServerConfig
+from flwr.server.client_manager import ClientManager, SimpleClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.compat import LegacyContext
+from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg, Strategy
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
+from flwr.server.workflow.constant import Key as WorkflowKey
+from flwr.serverapp import Grid
+
+from fedfhe_common import fl_contract as fc
+
+from .server_app import NodesLost, Recording, ReplyPolicy
+from .wire_bytes import CountingGrid
+
+STAGES = (Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED_VECTORS, Stage.UNMASK)
+GONE = (int(ErrorCode.NODE_UNAVAILABLE), int(ErrorCode.MESSAGE_UNAVAILABLE))
+
+
+def resolve_shares(num_shares: int, threshold: int, owners: int) -> tuple[int | float, int]:
+    """Flower's (num_shares, reconstruction_threshold) for a run that starts with ``owners`` owners.
+
+    0 shares means every owner of the round (Flower's proportion 1.0); threshold 0
+    a strict majority of the shares, which is what owners accept.
+    """
+    shares: int | float = num_shares if num_shares >= 3 else 1.0
+    count = min(num_shares, owners) if num_shares >= 3 else owners
+    return shares, threshold if threshold >= 2 else count // 2 + 1
+
+
+class StageGrid(CountingGrid):
+    """The grid SecAgg+ talks through: records who was sent, who answered and who failed, per round and stage.
+
+    SecAggPlusWorkflow keeps no per-owner account (its failures are bare
+    exceptions); the round table needs one. ``record_dir`` (test runs only)
+    keeps each owner's masked vector as the coordinator received it.
+    """
+
+    def __init__(self, inner: Grid, owner_of: Callable[[int], str], record_dir: str = "") -> None:
+        super().__init__(inner)
+        self.owner_of = owner_of
+        self.record_dir = Path(record_dir) if record_dir else None
+        self.log: dict[int, dict[str, dict[str, Any]]] = {}
+
+    def send_and_receive(self, messages, *, timeout=None):  # type: ignore[no-untyped-def]
+        messages = list(messages)
+        stage = _stage(messages[0]) if messages else ""
+        replies = list(super().send_and_receive(messages, timeout=timeout))
+        if not stage:
+            return replies
+        server_round = int(messages[0].metadata.group_id or 0)
+        dst = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in messages}
+        entry = {"sent": sorted(dst.values()), "ok": [], "failed": {}, "gone": {}}
+        for r in replies:
+            node = dst.get(r.metadata.reply_to_message_id, int(r.metadata.src_node_id))
+            if not r.has_error():
+                entry["ok"].append(node)
+                if stage == Stage.COLLECT_MASKED_VECTORS:
+                    self._record(server_round, node, r)
+            elif int(r.error.code) in GONE:
+                entry["gone"][node] = r.error.reason
+            else:
+                entry["failed"][node] = r.error.reason
+        self.log.setdefault(server_round, {})[stage] = entry
+        return replies
+
+    def _record(self, server_round: int, node: int, reply: Message) -> None:
+        if self.record_dir is None:
+            return
+        masked = reply.content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]
+        self.record_dir.mkdir(parents=True, exist_ok=True)
+        np.savez(self.record_dir / f"masked-{self.owner_of(node)}-round{server_round}.npz",
+                 **{f"p{i}": bytes_to_ndarray(b) for i, b in enumerate(cast(list[bytes], masked))})
+
+
+def _stage(message: Message) -> str:
+    try:
+        return str(message.content.config_records[RECORD_KEY_CONFIGS][Key.STAGE])
+    except KeyError:
+        return ""
+
+
+def weighted_scores(metrics: list[dict[str, Any]]) -> dict[str, float]:
+    """Held-out scores weighted by held-out rows, as the plain run's client_scores."""
+    total = sum(float(m[fc.EVAL_EXAMPLES]) for m in metrics)
+    if not metrics or total <= 0:
+        return {}
+    keys = [k for k in metrics[0] if k.startswith(fc.EVAL_PREFIX) and k not in (fc.EVAL_EXAMPLES, fc.EVAL_SECONDS)]
+    out = {k[len(fc.EVAL_PREFIX):]: sum(float(m[k]) * float(m[fc.EVAL_EXAMPLES]) for m in metrics) / total
+           for k in keys}
+    out["examples"] = total
+    return out
+
+
+class SecureRecorder(Recording, Strategy):
+    """The legacy strategy SecAgg+ reports to: fedfhe's round table around Flower's FedAvg (or its DP wrapper).
+
+    ``configure_fit`` waits (with a deadline) for ``min_nodes`` owners and samples
+    them all; ``aggregate_fit`` receives the unmasked average (Flower hands the
+    same aggregate as every owner's parameters), checks each owner's clear metrics
+    and weight, and passes it on without the workflow's anonymous failures (the
+    round table names them; Flower's DP wrapper would drop the round for any).
+    """
+
+    def __init__(
+        self, progress: Path, policy: ReplyPolicy, owner_keys: dict[str, str], node_wait: float, *,
+        inner: Strategy, min_nodes: int, max_weight: float, threshold: int,
+        score: Callable[[list[np.ndarray]], dict[str, float]], record_dir: str = "",
+    ) -> None:
+        super().__init__(progress, policy, owner_keys=owner_keys, node_wait=node_wait)
+        self.inner = inner
+        self.min_available_nodes = self.min_train_nodes = min_nodes
+        self.max_weight = max_weight
+        self.threshold = threshold
+        self.score = score
+        self.record_dir = Path(record_dir) if record_dir else None
+        self.grid: StageGrid | None = None
+        self.started = time.time()
+
+    # ---- Flower's legacy Strategy ------------------------------------------
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        return self.inner.initialize_parameters(client_manager)
+
+    def configure_fit(self, server_round: int, parameters: Parameters,
+                      client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+        self.entry(server_round)["started"] = time.time()
+        self.count_round(server_round)
+        if self.grid is not None:
+            self.learn_names(self.grid)
+        try:
+            self.global_params[server_round] = fc.check_params(
+                parameters_to_ndarrays(parameters), self.policy.family, self.policy.schema)
+        except fc.ReplyRejected:
+            self.global_params.pop(server_round, None)
+        deadline = time.monotonic() + self.node_wait
+        while client_manager.num_available() < self.min_available_nodes:
+            if time.monotonic() > deadline:
+                entry = self.entry(server_round)
+                entry["error"] = (
+                    f"round {server_round}: only {client_manager.num_available()} SuperNode(s) connected after "
+                    f"waiting {self.node_wait:.0f}s, the run needs {self.min_available_nodes}"
+                )
+                self.flush(server_round - 1)
+                self.flush(server_round)
+                raise NodesLost(entry["error"])
+            time.sleep(0.5)
+        return self.inner.configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(
+        self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        entry = self.note_stages(server_round)
+        good: list[dict[str, Any]] = []
+        refused = False
+        for proxy, res in results:
+            owner = self.owner_of(proxy.node_id)
+            try:
+                metrics = fc.check_metrics(dict(res.metrics), "train", self.policy.schema,
+                                           min(self.policy.cap(owner), int(self.max_weight)))
+                if int(res.num_examples) != metrics[fc.NUM_EXAMPLES]:
+                    raise fc.ReplyRejected(f"weight {res.num_examples} differs from num-examples "
+                                           f"{metrics[fc.NUM_EXAMPLES]}")
+                good.append(metrics)
+            except fc.ReplyRejected as exc:
+                refused = True
+                entry["failures"].append({"phase": "fit", "node_id": int(proxy.node_id), "owner": owner,
+                                          "reason": f"reply refused: {exc}; its masked update is inside the "
+                                                    "sum, so this round's sum is dropped"})
+        self._record_received(server_round, results)
+        self.entry(server_round - 1)["clients"] = weighted_scores(good)
+        self.flush(server_round - 1)
+        if len(entry["fit_owners"]) < self.min_train_nodes:
+            entry["error"] = self.shortfall(server_round)
+            self.flush(server_round)
+            raise NodesLost(entry["error"])
+        entry["aggregated"] = True
+        if refused:
+            return None, {}
+        params, metrics = self.inner.aggregate_fit(server_round, results, [])
+        if params is None:
+            return None, {}
+        try:
+            fc.check_params(parameters_to_ndarrays(params), self.policy.family, self.policy.schema)
+        except fc.ReplyRejected as exc:
+            entry["failures"].append({"phase": "fit", "node_id": 0, "owner": "(sum)",
+                                      "reason": f"the unmasked sum broke the contract and was dropped: {exc}"})
+            return None, {}
+        return params, metrics
+
+    def configure_evaluate(self, server_round: int, parameters: Parameters,
+                           client_manager: ClientManager) -> list[tuple[ClientProxy, EvaluateIns]]:
+        return []  # owners score the global model inside the next train message
+
+    def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]],
+                           failures: list[Any]) -> tuple[float | None, dict[str, Scalar]]:
+        return None, {}
+
+    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
+        params = fc.check_params(parameters_to_ndarrays(parameters), self.policy.family, self.policy.schema)
+        metrics = self.score(params)
+        if server_round >= 1:
+            entry = self.entry(server_round)
+            entry["seconds"] = time.time() - entry.get("started", self.started)
+            entry["server"] = metrics
+        return (float(metrics.get("loss", 0.0)), dict(metrics)) if metrics else None
+
+    # ---- the round table ---------------------------------------------------
+    def note_stages(self, server_round: int) -> dict[str, Any]:
+        """Answered, missing and failed owners of a round, from what each SecAgg+ stage got back.
+
+        An owner counts as trained when its masked vector arrived (it is in the
+        sum); one that failed or fell silent in any stage is listed once, at the
+        first stage where it did.
+        """
+        entry = self.entry(server_round)
+        log = self.grid.log.get(server_round, {}) if self.grid is not None else {}
+        sampled = log.get(Stage.SETUP, {}).get("sent", [])
+        trained = log.get(Stage.COLLECT_MASKED_VECTORS, {}).get("ok", [])
+        entry["fit_nodes"] = len(trained)
+        entry["fit_owners"] = sorted(self.owner_of(n) for n in trained)
+        entry["failures"] = [f for f in entry["failures"] if f.get("stage") is None]
+        entry["missing"] = []
+        seen: set[int] = set()
+        for stage in STAGES:
+            if stage not in log:
+                break
+            info = log[stage]
+            for node in info["sent"]:
+                if node in seen or node in info["ok"]:
+                    continue
+                seen.add(node)
+                row = {"phase": "fit", "stage": stage, "node_id": node, "owner": self.owner_of(node)}
+                if node in info["failed"]:
+                    entry["failures"].append(row | {"reason": f"SecAgg+ {stage}: {info['failed'][node]}"})
+                else:
+                    reason = info["gone"].get(node, f"no reply to SecAgg+ {stage} within the round timeout")
+                    entry["missing"].append(row | {"reason": reason})
+        lost = sorted(set(sampled) - set(log.get(Stage.SETUP, {}).get("ok", [])) - seen)
+        for node in lost:
+            entry["missing"].append({"phase": "fit", "stage": Stage.SETUP, "node_id": node,
+                                     "owner": self.owner_of(node), "reason": "no reply"})
+        return entry
+
+    def halted(self, server_round: int) -> str:
+        """Why SecAgg+ stopped a round (it returns without a word when too few owners remain)."""
+        entry = self.note_stages(server_round)
+        lost = sorted({m["owner"] for m in entry["missing"]} | {f["owner"] for f in entry["failures"]})
+        parts = [f"round {server_round}: secure aggregation stopped: fewer owners left than its reconstruction "
+                 f"threshold ({self.threshold})"]
+        if entry["missing"]:
+            parts.append(f"no reply from {', '.join(sorted({m['owner'] for m in entry['missing']}))}")
+        failed = sorted({f"{f['owner']} ({f['reason'][:300]})" for f in entry["failures"]})
+        if failed:
+            parts.append(f"failed: {', '.join(failed)}")
+        if not lost:
+            parts.append("no owner was lost (see the ServerApp log)")
+        return "; ".join(parts) + f" (see {self.progress})"
+
+    def _record_received(self, server_round: int, results: list[tuple[ClientProxy, FitRes]]) -> None:
+        """Test runs only: what this strategy received as each owner's parameters."""
+        if self.record_dir is None:
+            return
+        self.record_dir.mkdir(parents=True, exist_ok=True)
+        for proxy, res in results:
+            arrays = parameters_to_ndarrays(res.parameters)
+            np.savez(self.record_dir / f"strategy-{self.owner_of(proxy.node_id)}-round{server_round}.npz",
+                     weight=np.array(res.num_examples), **{f"p{i}": a for i, a in enumerate(arrays)})
+
+
+class CheckedSecAgg:
+    """The fit workflow: Flower's SecAggPlusWorkflow, then a clear failure if it stopped the round.
+
+    SecAggPlusWorkflow returns silently when too few owners remain for the
+    threshold, and DefaultWorkflow would go on with the old model; a run must
+    instead fail naming the owners that were lost.
+    """
+
+    def __init__(self, workflow: SecAggPlusWorkflow, recorder: SecureRecorder) -> None:
+        self.workflow = workflow
+        self.recorder = recorder
+
+    def __call__(self, grid: Grid, context: Context) -> None:
+        server_round = int(cast(int, context.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND]))
+        self.workflow(grid, context)
+        entry = self.recorder.entry(server_round)
+        if not entry.get("aggregated"):
+            entry["error"] = self.recorder.halted(server_round)
+            self.recorder.flush(server_round - 1)
+            self.recorder.flush(server_round)
+            raise NodesLost(entry["error"])
+
+
+def run_secure(
+    grid: Grid, context: Context, *, policy: ReplyPolicy, progress: Path, owner_keys: dict[str, str],
+    node_wait: float, min_nodes: int, rounds: int, timeout: float, config: ConfigRecord,
+    initial: ArrayRecord, connected: int, score: Callable[[list[np.ndarray]], dict[str, float]],
+) -> tuple[ArrayRecord, SecureRecorder, Grid]:
+    """Run ``rounds`` SecAgg+ rounds; the final global parameters, the recorder and the grid used."""
+    cfg = context.run_config
+    record_dir = str(cfg.get("test-record-dir", ""))
+    shares, threshold = resolve_shares(int(cfg["secagg-num-shares"]), int(cfg["secagg-reconstruction-threshold"]),
+                                       connected)
+    train_config = {k: v for k, v in dict(config).items()}
+
+    def fit_config(server_round: int) -> dict[str, Scalar]:
+        return cast(dict[str, Scalar], train_config | {fc.SERVER_ROUND: server_round})
+
+    inner: Strategy = FedAvg(
+        fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=min_nodes, min_evaluate_clients=min_nodes,
+        min_available_clients=min_nodes, on_fit_config_fn=fit_config,
+        initial_parameters=ndarrays_to_parameters(initial.to_numpy_ndarrays()),
+    )
+    noise = float(cfg[fc.RUN_DP_NOISE_MULTIPLIER])
+    if noise > 0:
+        inner = DifferentialPrivacyClientSideFixedClipping(
+            inner, noise_multiplier=noise, clipping_norm=float(cfg["dp-clipping-norm"]),
+            num_sampled_clients=connected,
+        )
+    max_weight = float(cfg[fc.RUN_SECAGG_MAX_WEIGHT])
+    recorder = SecureRecorder(progress, policy, owner_keys, node_wait, inner=inner, min_nodes=min_nodes,
+                              max_weight=max_weight, threshold=threshold, score=score, record_dir=record_dir)
+    stage_grid = StageGrid(grid, recorder.owner_of, record_dir)
+    recorder.grid = recorder.counter = stage_grid
+    recorder.learn_names(stage_grid)
+    workflow = SecAggPlusWorkflow(
+        num_shares=shares, reconstruction_threshold=threshold, max_weight=max_weight,
+        clipping_range=float(cfg[fc.RUN_SECAGG_CLIPPING_RANGE]),
+        quantization_range=int(cfg["secagg-quantization-range"]), timeout=timeout,
+    )
+    legacy = LegacyContext(context, config=ServerConfig(num_rounds=rounds, round_timeout=timeout),
+                           strategy=recorder, client_manager=SimpleClientManager())
+    DefaultWorkflow(fit_workflow=CheckedSecAgg(workflow, recorder))(stage_grid, legacy)
+    return legacy.state.array_records[MAIN_PARAMS_RECORD], recorder, stage_grid
+

@@ -1,0 +1,113 @@
+"""training.secure_aggregation (issue 13): a bad section is refused before anything starts, naming the key;
+owners refuse a SecAgg+ setup whose threshold would let the coordinator unmask one of them."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from flwr.app import Context, RecordDict
+
+from fedfhe_common import fl_contract as fc
+from fedfhe_common.errors import ConfigError
+from fedfhe_common.procs import venv_bin
+from fedfhe_server import config as coord
+from fedfhe_server.flwr_cli import secure_run_config
+from fedfhe_server.secure_training import resolve_shares
+
+
+def write(tmp_path: Path, owners: int, **section: object) -> Path:
+    keys = []
+    for i in range(owners):
+        key = tmp_path / f"owner-{i}.supernode.pub"
+        key.write_text("")
+        keys.append(str(key))
+    cfg = {
+        "state_dir": str(tmp_path / "state"),
+        "release_key": str(tmp_path / "release.key"),
+        "supernode_public_keys": keys,
+        "superlink": {"certfile": "a.crt", "keyfile": "a.key", "ca_certfile": "ca.crt"},
+        "training": {"output_dir": str(tmp_path / "out"), "min_nodes": min(owners, 2) or 1,
+                     "secure_aggregation": section},
+    }
+    path = tmp_path / "coordinator.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize(("owners", "section", "message"), [
+    (3, {"enabled": True, "reconstruction_threshold": 4},
+     "training.secure_aggregation.reconstruction_threshold: 4 is above the number of owners (3)"),
+    (3, {"enabled": True, "clipping_range": -1.0}, "training.secure_aggregation.clipping_range: must be > 0, got -1.0"),
+    (3, {"quantization_range": -5}, "training.secure_aggregation.quantization_range: must be >= 2, got -5"),
+    (3, {"max_weight": 0}, "training.secure_aggregation.max_weight: must be >= 1, got 0"),
+    (10, {"enabled": True, "reconstruction_threshold": 5},
+     "training.secure_aggregation.reconstruction_threshold: 5 is not a strict majority of the 10 shares"),
+    (3, {"num_shares": 2}, "training.secure_aggregation.num_shares: must be 0 (every owner) or at least 3, got 2"),
+    (100, {"enabled": True, "quantization_range": 2**26},
+     "training.secure_aggregation.quantization_range: 100 owners' sum of 67108864 levels overflows"),
+    (3, {"noise_multiplier": 1.0}, "training.secure_aggregation.noise_multiplier: differential privacy runs on "
+                                   "the secure sum; set enabled: true"),
+    (3, {"enabled": True, "noise_multiplier": -0.5},
+     "training.secure_aggregation.noise_multiplier: must be >= 0, got -0.5"),
+])
+def test_bad_section_is_refused_naming_the_key(tmp_path, owners, section, message):
+    with pytest.raises(ConfigError) as err:
+        coord.load(write(tmp_path, owners, **section))
+    assert message in str(err.value)
+
+
+def test_every_problem_of_the_section_at_once(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        coord.load(write(tmp_path, 3, enabled=True, reconstruction_threshold=4, num_shares=2))
+    text = str(err.value)
+    assert "3 problems: " in text and "num_shares: must be 0" in text and "above the number of owners" in text
+
+
+def test_defaults_suit_3_to_100_owners(tmp_path):
+    for owners in (3, 10, 100):
+        cfg = coord.load(write(tmp_path, owners, enabled=True)).training.secure_aggregation
+        shares, threshold = resolve_shares(cfg.num_shares, cfg.reconstruction_threshold, owners)
+        assert shares == 1.0 and threshold == owners // 2 + 1  # every owner holds a share; a strict majority
+        fc.check_secagg_setup(owners, threshold, owners)  # what the owners accept
+        assert (owners + 1) * cfg.quantization_range <= coord.SECAGG_MODULUS
+    run = secure_run_config(cfg)
+    assert run[fc.RUN_SECURE] is True and run[fc.RUN_DP_NOISE_MULTIPLIER] == 0.0  # DP off by default
+
+
+def test_train_refuses_the_config_before_starting_anything(tmp_path):
+    """`fedfhe-server train` with a bad section: exit 1, one line naming the key, no SuperLink contacted."""
+    path = write(tmp_path, 3, enabled=True, reconstruction_threshold=4)
+    res = subprocess.run([venv_bin("fedfhe-server"), "train", "--config", str(path)], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert res.returncode == 1, res
+    assert "training.secure_aggregation.reconstruction_threshold: 4 is above the number of owners (3)" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize(("shares", "threshold", "sample", "ok"), [
+    (3, 2, 3, True), (10, 6, 10, True), (3, 2, 2, True),
+    (10, 5, 10, False), (3, 1, 3, False), (2, 2, 1, False), ("3", 2, 3, False), (True, 2, 3, False),
+])
+def test_owner_checks_the_secagg_setup(shares, threshold, sample, ok):
+    if ok:
+        fc.check_secagg_setup(shares, threshold, sample)
+    else:
+        with pytest.raises(fc.InstructionRefused):
+            fc.check_secagg_setup(shares, threshold, sample)
+
+
+def test_owner_bounds_its_update_before_masking():
+    from fedfhe_client.secure_client import bound_update
+
+    ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(),
+                  run_config={fc.RUN_SECAGG_CLIPPING_RANGE: 2.0, fc.RUN_SECAGG_MAX_WEIGHT: 100.0})
+    params, weight = bound_update([np.array([[-5.0, 1.0]]), np.array([3.0])], 500, ctx)
+    assert weight == 100  # capped at max_weight: Flower would overflow past it
+    np.testing.assert_array_equal(params[0], [[-2.0, 1.0]])
+    np.testing.assert_array_equal(params[1], [2.0])
+    assert bound_update([np.zeros(1)], 40, ctx)[1] == 40
