@@ -14,7 +14,9 @@ def _problems(row: dict[str, Any]) -> str:
     """Who failed and why (a refused Flower App, a refused reply, ...), and who stayed silent."""
     parts = [f"{f.get('owner', '?')}: {str(f.get('reason', ''))[:160]}" for f in row.get("failures") or []
              if isinstance(f, dict)]
-    parts += [f"{owner}: no reply" for owner in row.get("missing") or []]
+    # progress.jsonl lists each silent owner as {"owner", "phase", "reason", ...} (older rows: a bare name).
+    parts += [f"{m.get('owner', '?')}: {str(m.get('reason', 'no reply'))[:160]}" if isinstance(m, dict)
+              else f"{m}: no reply" for m in row.get("missing") or []]
     return "; ".join(parts) or "-"
 
 
