@@ -1,11 +1,28 @@
 """Federated vs centralised accuracy, time per round and Flower's share of round time.
 
 Every configuration is a real loopback federation (flower-superlink, one
-flower-supernode per owner, TLS, SuperNode auth) run by this script; the
-centralised baseline is a LogisticRegression on the union of the owners' rows,
-scored on the same public test set in the same process.
+flower-supernode per owner, TLS, SuperNode auth) run by this script. Sections
+(each rewrites only its own keys of the JSON, so they can run separately):
 
-    .venv/bin/python bench/federated.py [--quick] [--out bench/results/federated.json]
+- ``round-time``: digits, 3 and 10 owners, three ways of starting the ClientApp
+  in the same script, alternated: ``before`` (Flower's defaults as fedfhe ran
+  them until now: one cold process per message, task poll 0.5 s, BLAS pools of
+  the machine's size), ``flower-knobs`` (what Flower itself supports: task poll
+  0.1 s, one BLAS/OpenMP thread) and ``fork-server`` (those plus fedfhe's
+  pre-imported ClientApp server, the default). The SuperNode sleeps a hard-coded
+  3 s whenever it pulls no message (flwr 1.39 start_client_internal.py), so one
+  message exchange per round cannot take less than that: ``above_fixed_wait_s``
+  is what a round costs beyond it.
+- ``poll-cost``: the CPU one idle owner spends at each SuperExec task poll
+  interval (what ``fedfhe_client.supernode.TASK_POLL_INTERVAL`` trades).
+- ``accuracy``: digits and fashion-mnist, 3 and 10 owners, IID and Dirichlet(0.5),
+  against the centralised reference (``fedfhe_demo.reference``: the same family
+  on the pooled rows, its C chosen on a validation split, fitted to convergence).
+- ``scaling``: the same federations on features scaled by the schema's declared
+  bounds to [0, 1] (done to the partition files and the schema here, not in the
+  ClientApp), against a reference on the same scaled features.
+
+    .venv/bin/python bench/federated.py [--section round-time|accuracy|scaling ...] [--quick]
 """
 
 from __future__ import annotations
@@ -17,108 +34,284 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import yaml
 
 from fedfhe_common.data import load_table
+from fedfhe_common.schema import DatasetSchema, resolve_schema
+from fedfhe_common.scoring import prediction_score
 from fedfhe_demo.cluster import Cluster
 from fedfhe_demo.partition_cli import write_partitions
+from fedfhe_demo.reference import centralised_reference
 from fedfhe_server import config as coord
 from fedfhe_server.training import run_training
 
+FIXED_WAIT_S = 3.0  # flower-supernode's time.sleep(3) after every pull that brings no message
+THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+VARIANTS: dict[str, dict[str, str]] = {
+    "before": {"FEDFHE_CLIENTAPP_SERVER": "off", "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.5",
+               **{v: str(os.cpu_count() or 1) for v in THREADS}},
+    "flower-knobs": {"FEDFHE_CLIENTAPP_SERVER": "off", "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
+                     **{v: "1" for v in THREADS}},
+    "fork-server": {"FEDFHE_CLIENTAPP_SERVER": "fork", "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
+                    **{v: "1" for v in THREADS}},
+}
+SHARED_MACHINE = ("2 cores shared with other jobs (other helpers' tests and benchmarks); ratios between variants "
+                  "run alternately in this script are the figures to trust, absolute seconds vary")
 
-def centralised_accuracy(data: Path, owners: int, schema) -> float:
-    from sklearn.linear_model import LogisticRegression
 
+def pooled(data: Path, owners: int, schema: DatasetSchema) -> tuple[np.ndarray, np.ndarray]:
     parts = [load_table(data / f"owner-{i}.npz", schema) for i in range(owners)]
-    X = np.vstack([p[0] for p in parts])
-    y = np.concatenate([p[1] for p in parts])
-    X_test, y_test = load_table(data / "public-test.npz", schema)
-    return float(LogisticRegression(max_iter=1000).fit(X, y).score(X_test, y_test))
+    return np.vstack([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def one_run(dataset: str, owners: int, scheme: str, rounds: int, max_rows: int | None) -> dict:
+def scale_to_bounds(data: Path, owners: int, schema: DatasetSchema) -> Path:
+    """Rewrite the partition files with features mapped by the schema's bounds to [0, 1]; the new schema file."""
+    span = schema.feature_max - schema.feature_min
+    for name in [f"owner-{i}.npz" for i in range(owners)] + ["public-test.npz"]:
+        X, y = load_table(data / name, schema)
+        np.savez_compressed(data / name, X=(X - schema.feature_min) / span, y=y)
+    scaled = {**schema.to_dict(), "name": f"{schema.name}-scaled", "feature_min": 0.0, "feature_max": 1.0}
+    path = data / "schema-scaled.yaml"
+    path.write_text(yaml.safe_dump(scaled))
+    return path
+
+
+def one_run(dataset: str, owners: int, scheme: str, rounds: int, max_rows: int | None, *,
+            variant: str = "fork-server", scaled: bool = False, reference: bool = True) -> dict[str, Any]:
+    """One loopback federation; its round times and (``reference``) the centralised reference's accuracy."""
     with tempfile.TemporaryDirectory(prefix="fedfhe-bench-") as tmp:
         work = Path(tmp)
-        summary = write_partitions(dataset, owners, work / "data", scheme=scheme, alpha=0.5, seed=0,
-                                   max_rows=max_rows)
+        data = work / "data"
+        summary = write_partitions(dataset, owners, data, scheme=scheme, alpha=0.5, seed=0, max_rows=max_rows)
         names = [f"owner-{i}" for i in range(owners)]
-        from fedfhe_common.schema import resolve_schema
-
-        schema = resolve_schema(dataset)
-        with Cluster(work) as c:
-            c.make_pki(names)
-            # 10 SuperNodes on 2 cores can starve one past Flower's heartbeat: let a round
-            # complete with 80% of the owners and record how many answered.
-            min_nodes = max(2, int(np.ceil(0.8 * owners)))
-            cfg_path = c.coordinator_config(names, rounds=rounds, min_nodes=min_nodes, schema=dataset,
-                                            public_test=str(work / "data" / "public-test.npz"))
-            c.start_superlink(cfg_path)
-            c.register(cfg_path)
-            for i, name in enumerate(names):
-                c.start_supernode(name, c.owner_config(name, work / "data" / f"owner-{i}.npz", schema=dataset))
-            start = time.perf_counter()
-            rows: list[dict] = []
-            run_training(coord.load(cfg_path), on_round=rows.append)
-            total = time.perf_counter() - start
-        federated = rows[-1]["server"]["accuracy"]
-        central = centralised_accuracy(work / "data", owners, schema)
+        schema_ref = str(scale_to_bounds(data, owners, resolve_schema(dataset))) if scaled else dataset
+        schema = resolve_schema(schema_ref)
+        saved = {k: os.environ.get(k) for k in VARIANTS[variant]}
+        os.environ.update(VARIANTS[variant])  # inherited by the SuperNodes Cluster starts
+        try:
+            with Cluster(work) as c:
+                c.make_pki(names)
+                # 10 SuperNodes on 2 cores can starve one past Flower's heartbeat: let a round
+                # complete with 80% of the owners and record how many answered.
+                min_nodes = max(2, int(np.ceil(0.8 * owners)))
+                cfg_path = c.coordinator_config(names, rounds=rounds, min_nodes=min_nodes, schema=schema_ref,
+                                                public_test=str(data / "public-test.npz"))
+                c.start_superlink(cfg_path)
+                c.register(cfg_path)
+                for i, name in enumerate(names):
+                    c.start_supernode(name, c.owner_config(name, data / f"owner-{i}.npz", schema=schema_ref))
+                start = time.perf_counter()
+                rows: list[dict] = []
+                run_training(coord.load(cfg_path), on_round=rows.append)
+                total = time.perf_counter() - start
+                forked = sum(p.log.read_text(errors="replace").count("ClientApp forked by the pre-imported server")
+                             for p in c.procs if p.name.startswith("supernode-"))
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         per_round = [r["seconds"] for r in rows]
         fit = [r["fit_seconds_max"] for r in rows]
-        return {
-            "dataset": dataset, "owners": owners, "scheme": scheme, "rounds": rounds,
+        out: dict[str, Any] = {
+            "dataset": dataset, "owners": owners, "scheme": scheme, "rounds": rounds, "variant": variant,
+            "features": "scaled to [0, 1] by the schema's bounds" if scaled else "raw",
             "rows_per_owner": [o["rows"] for o in summary["owners"]],
-            "federated_accuracy": federated, "centralized_accuracy": central,
-            "federated_over_centralized_accuracy": federated / central,
+            "federated_accuracy": rows[-1]["server"]["accuracy"],
             "seconds_per_round": float(np.mean(per_round)),
+            "seconds_each_round": per_round,
+            "above_fixed_wait_s": float(np.mean(per_round)) - FIXED_WAIT_S,
             "fit_seconds_per_round": float(np.mean(fit)),
             "overhead_share": float(1 - np.sum(fit) / np.sum(per_round)),
             "run_seconds_total": total,
+            "clientapp_processes_forked": forked,
             "accuracy_per_round": [r["server"]["accuracy"] for r in rows],
             "nodes_per_round": [r["fit_nodes"] for r in rows],
         }
+        if reference:
+            X, y = pooled(data, owners, schema)
+            X_test, y_test = load_table(data / "public-test.npz", schema)
+            start = time.perf_counter()
+            ref = centralised_reference("LogisticRegression", X, y, schema)
+            central = prediction_score(ref.model.predict(X_test), y_test, schema)
+            out |= {"centralized_accuracy": central,
+                    "federated_over_centralized_accuracy": out["federated_accuracy"] / central,
+                    "centralized_reference": ref.info | {"seconds": time.perf_counter() - start}}
+        return out
 
 
-def write(out: Path, runs: list[dict], planned: int, fashion_rows: int) -> None:
-    result: dict = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "complete": len(runs) == planned,
-        "fashion_mnist_rows": fashion_rows,
-        "federated_over_centralized_accuracy": {},
-        "seconds_per_round": {},
-        "overhead_share": {},
-        "runs": runs,
-    }
-    for r in runs:
-        for key in ("federated_over_centralized_accuracy", "seconds_per_round", "overhead_share"):
-            result[key].setdefault(r["dataset"], {}).setdefault(str(r["owners"]), {})[r["scheme"]] = r[key]
+def poll_cost(out: Path, intervals: tuple[float, ...] = (1.0, 0.5, 0.2, 0.1, 0.05), idle_s: float = 20.0) -> None:
+    """CPU an idle owner (SuperNode, SuperExec, ClientApp server) spends per second at each task poll interval."""
+    import psutil
+
+    result = load(out)
+    rows: dict[str, float] = {}
+    for interval in intervals:
+        with tempfile.TemporaryDirectory(prefix="fedfhe-bench-") as tmp:
+            work = Path(tmp)
+            write_partitions("digits", 2, work / "data", scheme="iid", seed=0)
+            saved = os.environ.get("FLWR_SUPEREXEC_TASK_POLL_INTERVAL")
+            os.environ["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(interval)
+            try:
+                with Cluster(work) as c:
+                    c.make_pki(["owner-0"])
+                    cfg_path = c.coordinator_config(["owner-0"], rounds=1, min_nodes=1)
+                    c.start_superlink(cfg_path)
+                    c.register(cfg_path)
+                    node = c.start_supernode("owner-0", c.owner_config("owner-0", work / "data" / "owner-0.npz"))
+                    deadline = time.monotonic() + 120
+                    while "ClientApp server" not in node.log.read_text(errors="replace"):
+                        if time.monotonic() > deadline:
+                            raise TimeoutError(f"no ClientApp server in {node.log}")
+                        time.sleep(0.2)
+                    tree = [psutil.Process(node.popen.pid), *psutil.Process(node.popen.pid).children(recursive=True)]
+                    first, start = _cpu(tree), time.monotonic()
+                    time.sleep(idle_s)  # measuring an idle interval, not waiting for a condition
+                    rows[str(interval)] = (_cpu(tree) - first) / (time.monotonic() - start)
+            finally:
+                if saved is None:
+                    os.environ.pop("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", None)
+                else:
+                    os.environ["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = saved
+        print(f"poll-cost interval={interval:5.2f} s: idle owner uses {100 * rows[str(interval)]:.1f}% of a core",
+              flush=True)
+        result["idle_owner_cpu_share_by_task_poll_interval"] = {
+            "what": "CPU seconds per second of one idle owner's SuperNode, SuperExec and ClientApp server "
+                    f"over {idle_s:.0f} s, no run submitted", "shared_machine": SHARED_MACHINE, "share": rows}
+        write(out, result)
+
+
+def _cpu(tree: list[Any]) -> float:
+    return sum(sum(p.cpu_times()[:2]) for p in tree if p.is_running())
+
+
+def load(out: Path) -> dict[str, Any]:
+    try:
+        return json.loads(out.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write(out: Path, result: dict[str, Any]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
+
+
+def round_time(out: Path, rounds: int, owner_counts: tuple[int, ...], repeats: int) -> None:
+    result = load(out)
+    # Runs of other owner counts from an earlier invocation stay (sections run separately on a busy machine).
+    runs: list[dict] = [r for r in result.get("round_time", {}).get("runs", []) if r["owners"] not in owner_counts]
+    section: dict[str, Any] = {
+        "what": "digits, IID, LogisticRegression; seconds per round as the ServerApp measures them (send to last "
+                "reply), mean over the rounds; variants alternated in one script",
+        "variants": VARIANTS, "fixed_wait_s": FIXED_WAIT_S, "shared_machine": SHARED_MACHINE, "runs": runs,
+    }
+    for owners in owner_counts:
+        for rep in range(repeats):
+            order = list(VARIANTS) if rep % 2 == 0 else list(reversed(VARIANTS))
+            for variant in order:
+                r = one_run("digits", owners, "iid", rounds, None, variant=variant, reference=False)
+                runs.append(r)
+                print(f"round-time owners={owners:2d} {variant:13s} s/round={r['seconds_per_round']:.2f} "
+                      f"(above the 3 s wait {r['above_fixed_wait_s']:.2f}) overhead={r['overhead_share']:.2f} "
+                      f"forked={r['clientapp_processes_forked']}", flush=True)
+                summary: dict[str, Any] = {}
+                for n in sorted({x["owners"] for x in runs}):
+                    mine = [x for x in runs if x["owners"] == n]
+                    means = {v: float(np.mean([x["seconds_per_round"] for x in mine if x["variant"] == v]))
+                             for v in VARIANTS if any(x["variant"] == v for x in mine)}
+                    if not means:
+                        continue
+                    summary[str(n)] = {
+                        "seconds_per_round": means,
+                        "overhead_share": {v: float(np.mean([x["overhead_share"] for x in mine if x["variant"] == v]))
+                                           for v in means},
+                        "above_fixed_wait_s": {v: s - FIXED_WAIT_S for v, s in means.items()},
+                    }
+                    if "before" in means:
+                        summary[str(n)]["over_before"] = {v: s / means["before"] for v, s in means.items()}
+                section["summary"] = summary
+                result["round_time"] = section
+                write(out, result)
+
+
+def accuracy(out: Path, rounds: int, fashion_rows: int, quick: bool, scaled: bool, only: list[str] | None) -> None:
+    key = "scaling_by_schema_bounds" if scaled else "accuracy_runs"
+    result = load(out)
+    plan = [("digits", 3, "iid")] if quick else [
+        (d, n, s) for n in (3, 10) for d in ("digits", "fashion-mnist") for s in ("iid", "dirichlet")
+    ]
+    plan = [p for p in plan if not only or any(f"{p[0]}/{p[1]}/{p[2]}".startswith(o) for o in only)]
+    runs: list[dict] = []
+    for dataset, owners, scheme in plan:
+        rows = fashion_rows if dataset == "fashion-mnist" else None
+        r = one_run(dataset, owners, scheme, rounds, rows, scaled=scaled)
+        runs.append(r)
+        print(f"{'scaled ' if scaled else ''}{dataset:14s} owners={owners:2d} {scheme:9s} federated/centralised="
+              f"{r['federated_over_centralized_accuracy']:.3f} ({r['federated_accuracy']:.3f}/"
+              f"{r['centralized_accuracy']:.3f}, C={r['centralized_reference'].get('chosen')})  "
+              f"s/round={r['seconds_per_round']:.1f}  overhead={r['overhead_share']:.2f}", flush=True)
+        if scaled:
+            result[key] = {"what": "partition files and schema scaled to [0, 1] by the schema's declared bounds "
+                                   "(deterministic, no one's rows); the ClientApp unchanged", "runs": runs,
+                           "federated_over_centralized_accuracy": _table(runs, "federated_over_centralized_accuracy"),
+                           "federated_accuracy": _table(runs, "federated_accuracy")}
+        else:
+            result |= {
+                "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "shared": SHARED_MACHINE},
+                "complete": len(runs) == len(plan),
+                "fashion_mnist_rows": fashion_rows,
+                "rounds": rounds,
+                "federated_over_centralized_accuracy": _table(runs, "federated_over_centralized_accuracy"),
+                "seconds_per_round": _table(runs, "seconds_per_round"),
+                "overhead_share": _table(runs, "overhead_share"),
+                "centralized_reference": {
+                    "how": "fedfhe_demo.reference.centralised_reference: LogisticRegression on the pooled owners' "
+                           "rows, on the federation's raw features (no data-dependent scaling), C chosen from a "
+                           "grid on a 20% stratified validation split (seed 0), refitted on all pooled rows to "
+                           "convergence (max_iter 2000); the solver runs on features divided by the schema's "
+                           "declared range and the coefficients are mapped back",
+                    "per_run": {f"{r['dataset']}/{r['owners']}/{r['scheme']}": r["centralized_reference"]
+                                for r in runs},
+                },
+                "runs": runs,
+            }
+        write(out, result)
+
+
+def _table(runs: list[dict], key: str) -> dict:
+    table: dict = {}
+    for r in runs:
+        table.setdefault(r["dataset"], {}).setdefault(str(r["owners"]), {})[r["scheme"]] = r[key]
+    return table
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "federated.json")
+    ap.add_argument("--section", action="append", choices=["round-time", "poll-cost", "accuracy", "scaling"],
+                    help="default: all")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--owners", type=int, action="append", help="round-time: owner counts (default 3 and 10)")
+    ap.add_argument("--repeats", type=int, default=1, help="round-time: alternations per owner count")
     ap.add_argument("--fashion-rows", type=int, default=20000,
                     help="Fashion-MNIST rows used (of 70000), to keep 10 owners on 2 cores tractable")
-    ap.add_argument("--quick", action="store_true", help="digits, 3 owners, IID only")
+    ap.add_argument("--quick", action="store_true", help="accuracy/scaling: digits, 3 owners, IID only")
+    ap.add_argument("--only", action="append", help="accuracy/scaling: runs whose DATASET/OWNERS/SCHEME starts so")
     args = ap.parse_args()
-    # Smaller federations first; the JSON is rewritten after every run, so an
-    # interrupted benchmark still leaves what it measured.
-    plan = [("digits", 3, "iid")] if args.quick else [
-        (d, n, s) for n in (3, 10) for d in ("digits", "fashion-mnist") for s in ("iid", "dirichlet")
-    ]
-    runs: list[dict] = []
-    for dataset, owners, scheme in plan:
-        rows = args.fashion_rows if dataset == "fashion-mnist" else None
-        r = one_run(dataset, owners, scheme, args.rounds, rows)
-        runs.append(r)
-        print(f"{dataset:14s} owners={owners:2d} {scheme:9s} federated/centralised="
-              f"{r['federated_over_centralized_accuracy']:.3f} ({r['federated_accuracy']:.3f}/"
-              f"{r['centralized_accuracy']:.3f})  s/round={r['seconds_per_round']:.1f}  "
-              f"overhead={r['overhead_share']:.2f}", flush=True)
-        write(args.out, runs, len(plan), args.fashion_rows)
+    sections = args.section or ["round-time", "poll-cost", "accuracy", "scaling"]
+    if "round-time" in sections:
+        round_time(args.out, args.rounds, tuple(args.owners or (3, 10)), args.repeats)
+    if "poll-cost" in sections:
+        poll_cost(args.out)
+    if "accuracy" in sections:
+        accuracy(args.out, args.rounds, args.fashion_rows, args.quick, scaled=False, only=args.only)
+    if "scaling" in sections:
+        accuracy(args.out, args.rounds, args.fashion_rows, args.quick, scaled=True, only=args.only)
     print(f"wrote {args.out}")
 
 

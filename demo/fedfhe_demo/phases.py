@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from fedfhe_common import models
 from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.data import load_table
 from fedfhe_common.schema import resolve_schema
@@ -19,21 +18,20 @@ from fedfhe_server.training import run_training
 
 from .cluster import Cluster
 from .partition_cli import write_partitions
+from .reference import Reference, centralised_reference
 from .report import print_closing, write_report
 from .steps import Options, Steps
 
 HOLDOUT = 0.2
 
 
-def centralised_model(opts: Options, data: Path, schema: Any) -> Any:
-    """The reference: the same family trained on the union of every owner's rows."""
+def centralised_model(opts: Options, data: Path, schema: Any) -> Reference:
+    """The reference: the same family on the union of every owner's rows, regularisation chosen on a
+    validation split of them (fedfhe_demo.reference)."""
     parts = [load_table(data / f"owner-{i}.npz", schema) for i in range(opts.owners)]
     X = np.vstack([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts])
-    params = {"max_iter": 1000} if "max_iter" in models.build(opts.model).get_params() else {}
-    model = models.build(opts.model, params | ({"warm_start": False} if "warm_start" in params else {}))
-    model.fit(X, y)
-    return model
+    return centralised_reference(opts.model, X, y, schema, seed=opts.seed)
 
 
 def run_phases(opts: Options, work: Path, steps: Steps, console: Console) -> dict[str, Any]:
@@ -80,7 +78,10 @@ def run_phases(opts: Options, work: Path, steps: Steps, console: Console) -> dic
             ]
             report["accuracy"]["federated_clear"] = report["per_round"][-1]["accuracy"]
             X_test, y_test = load_table(data / "public-test.npz", schema)
-            reference = centralised_model(opts, data, schema).predict(X_test)
+            chosen = centralised_model(opts, data, schema)
+            report["centralized_reference"] = chosen.info
+            report["public_test_rows"] = int(len(y_test))
+            reference = chosen.model.predict(X_test)
             report["accuracy"]["centralized"] = prediction_score(reference, y_test, schema)
             if not schema.is_classifier:  # MAE on the same public rows as R²
                 federated = TrainingArtifact.load(work / "training" / "artifact").to_estimator().predict(X_test)
