@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from fedfhe_common.errors import FedfheError
-from fedfhe_common.models import FAMILIES, check_family
+from fedfhe_common.models import LOCAL_FAMILIES, check_family
 from fedfhe_common.schema import resolve_schema
 
 from .datasets import BUILTIN
@@ -20,7 +20,8 @@ def parse(argv: list[str] | None = None) -> Options:
     ap.add_argument("--dataset", default="digits", choices=list(BUILTIN), help="diabetes is a regression")
     ap.add_argument("--owners", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--model", default="LogisticRegression", choices=FAMILIES)
+    # Tree families are accepted here only to be refused by check_family with the reason (train-local).
+    ap.add_argument("--model", default="LogisticRegression", choices=LOCAL_FAMILIES)
     ap.add_argument("--split", default="dirichlet", choices=["iid", "dirichlet"], help="default: non-IID")
     ap.add_argument("--alpha", type=float, default=1.0, help="Dirichlet concentration for --split dirichlet")
     ap.add_argument("--n-bits", default="8", help="quantisation bits for FHE, or 'auto'")

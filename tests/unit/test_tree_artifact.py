@@ -185,3 +185,13 @@ def test_federated_train_refuses_a_tree_before_registering_or_running(tmp_path):
                     "training: {output_dir: out, model: XGBClassifier, schema: digits}\n")
     with pytest.raises(ConfigError, match=r"'XGBClassifier' is a tree family: .*fedfhe-server train-local"):
         preflight(coord.load(path))
+
+
+def test_make_demo_refuses_a_tree_family_naming_train_local(capsys):
+    from fedfhe_demo.__main__ import parse
+
+    with pytest.raises(SystemExit) as info:
+        parse(["--dataset", "diabetes", "--model", "RandomForestRegressor"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "'RandomForestRegressor' is a tree family" in err and "fedfhe-server train-local" in err
