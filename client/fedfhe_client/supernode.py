@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from fedfhe_common.app_approval import ENV_APPROVED, ENV_OWNER
+from fedfhe_common.errors import ConfigError
 from fedfhe_common.fileio import write_atomic
 from fedfhe_common.fl_contract import TEST_HOSTILE_REPLY, TEST_RECORD_UPDATES
 from fedfhe_common.procs import flower_env, venv_bin
@@ -15,6 +16,16 @@ from fedfhe_common.procs import flower_env, venv_bin
 from .config import OwnerConfig
 
 SHIM_DIR = "flower-bin"  # under state_dir: first on the SuperNode's PATH
+SERVER_DIR = "clientapp-server"  # under state_dir (0700): the ClientApp server's socket
+ENV_CLIENTAPP_SERVER = "FEDFHE_CLIENTAPP_SERVER"
+# One thread per BLAS/OpenMP pool: the ClientApp server forks (no thread may exist then), and N owners
+# on a machine would otherwise start N pools per core; a linear model's local fit gains nothing from more.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# How often the SuperExec asks its SuperNode for a message to start a ClientApp for (Flower's only timing
+# knob; its default is 1 s, fedfhe's other processes use 0.5 s). Each poll is one loopback HTTP request:
+# what an idle owner pays per interval is in bench/results/federated.json (poll-cost).
+TASK_POLL_VARIABLE = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+TASK_POLL_INTERVAL = "0.1"
 
 
 def node_config(cfg: OwnerConfig) -> str:
@@ -55,7 +66,15 @@ def supernode_command(cfg: OwnerConfig) -> list[str]:
     return cmd
 
 
-def write_clientapp_shim(cfg: OwnerConfig) -> Path:
+def clientapp_server_enabled(env: dict[str, str] | None = None) -> bool:
+    """``FEDFHE_CLIENTAPP_SERVER=off`` starts one cold process per message (Flower's way); default: the server."""
+    value = (os.environ if env is None else env).get(ENV_CLIENTAPP_SERVER, "fork").strip().lower()
+    if value not in ("fork", "off"):
+        raise ConfigError(f"{ENV_CLIENTAPP_SERVER}={value!r}: expected 'fork' or 'off'")
+    return value == "fork"
+
+
+def write_clientapp_shim(cfg: OwnerConfig, server: bool | None = None) -> Path:
     """``<state_dir>/flower-bin``: fedfhe's ``flwr-clientapp``, and a refusal for every other app command.
 
     The SuperExec starts ``flwr-clientapp`` by bare name from PATH; with this
@@ -66,9 +85,19 @@ def write_clientapp_shim(cfg: OwnerConfig) -> Path:
     import the FAB unchecked), so every other command Flower may start here
     (``TASK_TYPE_TO_COMMAND``) is shadowed by a stub that refuses. Rewritten at
     every start (the venv may move).
+
+    With ``server`` (default: ``clientapp_server_enabled()``), ``flower-superexec``
+    here forks fedfhe's pre-imported ClientApp server (``fedfhe_client.clientapp_server``)
+    beside Flower's SuperExec, then becomes it, and ``flwr-clientapp`` is the door
+    (``fedfhe_client.clientapp_door``) that hands each message to that server:
+    a fork instead of about 2.3 s of imports per message. The launcher code, and
+    so the approval check, is the same on both paths.
     """
     from flwr.supercore.constant import TASK_TYPE_TO_COMMAND
 
+    from . import clientapp_door
+
+    server = clientapp_server_enabled() if server is None else server
     folder = cfg.state_dir.resolve() / SHIM_DIR
     for command in sorted(set(TASK_TYPE_TO_COMMAND.values()) - {"flwr-clientapp"}):
         refusal = (
@@ -76,21 +105,53 @@ def write_clientapp_shim(cfg: OwnerConfig) -> Path:
             f'echo "fedfhe: refused to start {command}: this SuperNode runs only approved ClientApps" >&2\nexit 1\n'
         )
         write_atomic(folder / command, refusal.encode(), 0o755)
-    script = (
-        f"#!{sys.executable}\n"
-        "# Written by `fedfhe-client supernode`: every ClientApp on this host starts here.\n"
-        "import sys\n\n"
-        "from fedfhe_client.clientapp_launcher import main\n\n"
-        "sys.exit(main())\n"
+    cold = [sys.executable, "-m", "fedfhe_client.clientapp_launcher"]
+    if not server:
+        (folder / "flower-superexec").unlink(missing_ok=True)
+        script = (
+            f"#!{sys.executable}\n"
+            "# Written by `fedfhe-client supernode`: every ClientApp on this host starts here.\n"
+            "import sys\n\n"
+            "from fedfhe_client.clientapp_launcher import main\n\n"
+            "sys.exit(main())\n"
+        )
+        write_atomic(folder / "flwr-clientapp", script.encode(), 0o755)
+        return folder
+    sock = str(cfg.state_dir.resolve() / SERVER_DIR / "clientapp.sock")
+    door = (
+        f"#!{sys.executable} -IS\n"
+        "# Written by `fedfhe-client supernode`: every ClientApp on this host starts here\n"
+        "# (the source of fedfhe_client/clientapp_door.py, then its call).\n"
+        + Path(clientapp_door.__file__).read_text()
+        + f"\n\nsys.exit(main({sock!r}, {cold!r}, sys.argv[1:]))\n"
     )
-    write_atomic(folder / "flwr-clientapp", script.encode(), 0o755)
+    write_atomic(folder / "flwr-clientapp", door.encode(), 0o755)
+    server_cmd = [sys.executable, "-m", "fedfhe_client.clientapp_server", "--socket", sock]
+    superexec = (
+        f"#!{sys.executable} -IS\n"
+        "# Written by `fedfhe-client supernode`: fedfhe's ClientApp server beside Flower's unchanged SuperExec.\n"
+        "import os\nimport sys\n\n"
+        "if os.fork() == 0:  # the server: a child of the SuperExec, which it outlives by at most 0.5 s\n"
+        f"    os.execv({sys.executable!r}, [*{server_cmd!r}, '--parent-pid', str(os.getppid())])\n"
+        f"os.execv({venv_bin('flower-superexec')!r}, [{venv_bin('flower-superexec')!r}, *sys.argv[1:]])\n"
+    )
+    write_atomic(folder / "flower-superexec", superexec.encode(), 0o755)
     return folder
 
 
 def supernode_env(cfg: OwnerConfig, shim_dir: Path, base: dict[str, str] | None = None) -> dict[str, str]:
-    """flower-supernode's environment: the shim first on PATH, the owner's approved app digests."""
+    """flower-supernode's environment: the shim first on PATH, the owner's approved app digests.
+
+    Also one thread per BLAS/OpenMP pool (``THREAD_VARIABLES``) and the SuperExec's
+    task poll (``TASK_POLL_INTERVAL``) unless the operator's environment sets them.
+    """
+    given = os.environ if base is None else base
     env = flower_env(base)
     env["PATH"] = f"{shim_dir}{os.pathsep}{env['PATH']}"
+    for name in THREAD_VARIABLES:
+        env.setdefault(name, "1")
+    if TASK_POLL_VARIABLE not in given:
+        env[TASK_POLL_VARIABLE] = TASK_POLL_INTERVAL
     env[ENV_APPROVED] = ",".join(cfg.approved_flower_apps)
     env[ENV_OWNER] = cfg.owner_id
     return env
