@@ -33,17 +33,43 @@ def problems_of(exc: ConfigError) -> list[str]:
     return list(getattr(exc, "problems", None) or [str(exc)])
 
 
+def duplicate_keys(text: str) -> list[str]:
+    """Keys given twice in one mapping: YAML loaders keep the last silently, so an edit can be lost unseen."""
+    import yaml
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return []  # load_yaml reports the syntax error
+    out, stack = [], [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key, value in node.value:
+                name = str(getattr(key, "value", ""))
+                if name in seen:
+                    out.append((key.start_mark.line + 1, f"line {key.start_mark.line + 1}: duplicate key {name!r} "
+                                f"(also on line {seen[name]}; the later one would win)"))
+                seen.setdefault(name, key.start_mark.line + 1)
+                stack.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+    return [message for _, message in sorted(out)]
+
+
 def check_file(cls: type, path: Path, extra: Extra | None = None) -> list[str]:
-    """Every problem of one config file (empty: valid), each as the loader words it."""
+    """Every problem of one config file (empty: valid), each as the loader words it, plus duplicate keys."""
     try:
         data = load_yaml(path)
     except ConfigError as exc:
         return [str(exc)]
+    problems = [f"{path}:{d.removeprefix('line ')}" for d in duplicate_keys(path.read_text(encoding="utf-8"))]
     try:
         cfg = from_dict(cls, data, base=path.resolve().parent)
     except ConfigError as exc:
-        return [f"{path}: {p}" for p in problems_of(exc)]
-    return [f"{path}: {p}" for p in (extra(cfg) if extra else [])]
+        return problems + [f"{path}: {p}" for p in problems_of(exc)]
+    return problems + [f"{path}: {p}" for p in (extra(cfg) if extra else [])]
 
 
 def check_schema_file(path: Path) -> list[str]:

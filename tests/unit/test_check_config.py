@@ -139,3 +139,14 @@ def test_ansible_template_validate_refuses_a_bad_file(tmp_path):
     good = subprocess.run([*run, "-e", "h=0.25"], capture_output=True, text=True, timeout=300, check=False, env=env)
     assert good.returncode == 0, good.stdout + good.stderr
     assert "holdout_fraction: 0.25" in dest.read_text()
+
+
+def test_a_key_given_twice_is_a_problem(tmp_path, capsys):
+    """YAML keeps the later of two equal keys silently: check-config names both lines (found in an example)."""
+    text = (ROOT / "client" / "owner.example.yaml").read_text() + "seed: 7\n"
+    (tmp_path / "o.yaml").write_text(text)
+    assert client_cli.main(["check-config", "--config", str(tmp_path / "o.yaml")]) == 1
+    first = next(i for i, line in enumerate(text.splitlines(), 1) if line.startswith("seed:"))
+    last = len(text.splitlines())
+    assert f"o.yaml:{last}: duplicate key 'seed' (also on line {first}; the later one would win)" in \
+        capsys.readouterr().err
