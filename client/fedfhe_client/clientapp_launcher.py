@@ -15,8 +15,10 @@ It does what Flower 1.39's ``flwr-clientapp`` does
   name matches 8 hex digits of the FAB hash);
 - runtime dependency installation never happens (hosts run installed packages).
 
-Imports stay lean (no ``flwr.supernode.cli``, which pulls in FastAPI, uvicorn and
-SQLAlchemy): a process starts per message.
+Imports stay lean (no ``flwr.supernode.cli``, which pulls in uvicorn and
+SQLAlchemy). Normally this code runs in a child forked per message by the
+pre-imported ``fedfhe_client.clientapp_server``; it runs as its own process (the
+cold path) when that server is off, not up, or declines to fork.
 """
 
 from __future__ import annotations
