@@ -13,6 +13,7 @@ simulated score is within ``tolerance_points`` of the best simulated score.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -94,6 +95,7 @@ def tune(
 ) -> TuneResult:
     """GridSearchCV over ``grid`` crossed with ``n_bits``; every candidate scored and timed (see module doc)."""
     from sklearn.base import clone
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import GridSearchCV
 
     from .compile import calibration_set, to_concrete
@@ -111,15 +113,23 @@ def tune(
     search = GridSearchCV(base, {k: list(v) for k, v in grid.items()}, cv=cv, refit=False, n_jobs=1,
                           error_score="raise")
     say(f"GridSearchCV: {len(_points(grid))} parameter set(s) x {cv} folds in the clear")
-    try:
-        search.fit(X, y)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"--grid: {family} cannot fit with it: {exc}") from None
+    with warnings.catch_warnings(record=True) as caught:
+        # lbfgs' "failed to converge" for every fold and grid point would bury the table: counted, said once
+        warnings.simplefilter("always", ConvergenceWarning)
+        try:
+            search.fit(X, y)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"--grid: {family} cannot fit with it: {exc}") from None
+        refits = [clone(base).set_params(**params).fit(X, y) for params in search.cv_results_["params"]]
+    unconverged = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+    if unconverged:
+        say(f"{unconverged} fit(s) stopped at max_iter before converging (scikit-learn's ConvergenceWarning); "
+            "raise max_iter in --grid if the scores matter")
     metric = "accuracy" if schema.is_classifier else "r2"
     result = TuneResult(family, metric, tolerance_points, latency_rows)
     timed = X_eval[:latency_rows]
-    for params, cv_score in zip(search.cv_results_["params"], search.cv_results_["mean_test_score"], strict=True):
-        estimator = clone(base).set_params(**params).fit(X, y)
+    for params, cv_score, estimator in zip(search.cv_results_["params"], search.cv_results_["mean_test_score"],
+                                           refits, strict=True):
         clear = prediction_score(estimator.predict(X_eval), y_eval, schema)
         calibration = calibration_set(schema, estimator)
         for bits in sorted(set(n_bits)):
