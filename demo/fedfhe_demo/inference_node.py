@@ -22,7 +22,7 @@ import grpc
 import yaml
 
 from fedfhe_common.pki import init_ca, issue
-from fedfhe_common.procs import port_open, venv_bin, wait_until
+from fedfhe_common.procs import free_port, port_open, venv_bin, wait_until
 from fedfhe_common.release import make_release_key
 
 
@@ -60,6 +60,8 @@ def write_config(path: Path, pki: Path, listen: str, state_dir: Path, **override
         "bundles_dir": str(state_dir / "bundles"),
         "keys_dir": str(state_dir / "keys"),
         "release_public_key": str(pki / "release.pub"),
+        # A free port of its own: nodes of concurrent tests and benches must not share the default 9464.
+        "metrics_address": f"127.0.0.1:{free_port()}",
         **overrides,
     }
     path.parent.mkdir(parents=True, exist_ok=True)

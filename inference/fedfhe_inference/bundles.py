@@ -198,6 +198,11 @@ class BundleRegistry:
                 log.info("no longer serving %s (its directory is gone)", name)
             return ScanReport(loaded, refused, removed)
 
+    def counts(self) -> tuple[int, int]:
+        """(versions served, versions refused), for the metrics."""
+        with self._lock:
+            return len(self._bundles), len(self._refused)
+
     def latest_version(self, model_id: str) -> str | None:
         with self._lock:
             versions = [v for (m, v) in self._bundles if m == model_id]

@@ -11,6 +11,7 @@ Example::
     keys_dir: /var/lib/fedfhe/keys
     release_public_key: pki/release.pub   # bundles must be signed by the release key (no unsigned default)
     workers: 0                       # FHE worker threads; 0 = one per core
+    metrics_address: 127.0.0.1:9464  # Prometheus metrics (plain HTTP, GET /metrics); "" = off
     limits: {max_batch_rows: 64, max_keys_per_owner: 8}
     deadlines: {predict_s: 300}
 """
@@ -20,8 +21,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Annotated
 
-from fedfhe_common.config import load_config
+from fedfhe_common.config import HostPort, load_config
 from fedfhe_common.errors import ConfigError
 
 MiB = 1 << 20
@@ -102,6 +104,8 @@ class InferenceConfig:
     sandbox: bool = True              # Concrete parses and evaluates owners' bytes in worker processes
     worker_memory_bytes: int = 8192 * MiB  # each worker's address-space limit (RLIMIT_AS)
     job_cpu_s: float = 300.0          # CPU seconds one worker job (a key load, a row) may use
+    # Prometheus metrics over plain HTTP (metrics.py): keep it on localhost or a scrape-only network; "" = off.
+    metrics_address: Annotated[str, HostPort(allow_empty=True)] = "127.0.0.1:9464"
     limits: Limits = field(default_factory=Limits)
     deadlines: Deadlines = field(default_factory=Deadlines)
 

@@ -106,14 +106,17 @@ class _Upload:
         self.hash.update(chunk)
         self.received += len(chunk)
 
-    def commit(self, validate: Callable[[Path, bytes], None] | None = None) -> KeyRecord:
+    def commit(self, validate: Callable[[Path, str], Any] | None = None) -> KeyRecord:
         """Check completeness, hash and that the bytes are evaluation keys; then rename into place.
 
-        ``validate`` (the node's: circuit check, then a sandboxed load) replaces the in-process parse.
+        ``validate(path, key_id)`` (the node's: the circuit check and Concrete's parse, in a worker when
+        sandboxed) replaces the in-process parse; it returns the parsed keys if they live in this process.
+        The file is fsynced while it runs (both take a while for a tree's 77 MB), and the key id exists
+        only once both succeeded: no id for keys Concrete refused, none for bytes not yet on disk.
         """
         if self.received < self.total:
             raise invalid(f"key stream truncated: received {self.received} of the {self.total} declared bytes")
-        digest = self.hash.hexdigest()
+        digest = self.hash.hexdigest()  # hashed while streaming: no second pass over the bytes
         if digest != self.expected_sha256:
             raise ServiceError(
                 grpc.StatusCode.DATA_LOSS,
@@ -121,26 +124,42 @@ class _Upload:
             )
         with _disk_space("receiving evaluation keys"):
             self.fh.flush()
-            os.fsync(self.fh.fileno())
-            self.fh.close()
-        with self.store.validation_slot:  # bounds memory: each check holds the bytes and their parse
-            data = self.path.read_bytes()
-            if validate is not None:
-                validate(self.path, data)  # raises ServiceError: refused, nothing stored
-            reason = None if validate is not None else framing_error(data)
-            if reason:
-                raise invalid(f"the uploaded bytes are not Concrete evaluation keys: {reason}")
+        key_id = uuid.uuid4().hex
+        synced: list[BaseException | None] = []
+
+        def fsync() -> None:
             try:
-                keys = None if validate is not None else _deserialize(data)
-            except Exception as exc:  # noqa: BLE001 - Concrete's parser rejects bad bytes in several ways
-                reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-                raise invalid(f"the uploaded bytes are not Concrete evaluation keys: {reason}") from None
-            del data
-        record = KeyRecord(
-            uuid.uuid4().hex, self.owner, self.model_id, self.version, self.received, digest, time.time()
-        )
+                os.fsync(self.fh.fileno())
+                synced.append(None)
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the RPC thread below
+                synced.append(exc)
+
+        syncer = threading.Thread(target=fsync, name="keys-fsync", daemon=True)
+        syncer.start()
+        try:
+            with self.store.validation_slot:  # bounds memory: each check holds the bytes and their parse
+                keys = validate(self.path, key_id) if validate is not None else self._parse()
+        finally:
+            syncer.join()
+        with _disk_space("receiving evaluation keys"):
+            if synced and synced[0] is not None:
+                raise synced[0]
+            self.fh.close()
+        record = KeyRecord(key_id, self.owner, self.model_id, self.version, self.received, digest, time.time())
         self.store._install(record, self.path, keys)
         return record
+
+    def _parse(self) -> Any:
+        """Without a validator (tests, tools): the framing check, then Concrete's parse in this process."""
+        data = self.path.read_bytes()
+        reason = framing_error(data)
+        if reason:
+            raise invalid(f"the uploaded bytes are not Concrete evaluation keys: {reason}")
+        try:
+            return _deserialize(data)
+        except Exception as exc:  # noqa: BLE001 - Concrete's parser rejects bad bytes in several ways
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            raise invalid(f"the uploaded bytes are not Concrete evaluation keys: {reason}") from None
 
     def discard(self) -> None:
         if not self.fh.closed:
@@ -230,6 +249,11 @@ class KeyStore:
                 self._cached -= entry[0]
         write_atomic(self.root / f"{key_id}.quarantine", reason.encode()[:2000], 0o600)
         log.error("quarantined evaluation keys %s: %s", key_id, reason[:300])
+
+    def usage(self) -> tuple[int, int, int]:
+        """(bytes stored, key sets, of which quarantined), for the metrics."""
+        with self._lock:
+            return sum(r.size for r in self._records.values()), len(self._records), len(self._quarantined)
 
     def owned_by(self, owner: str) -> list[KeyRecord]:
         with self._lock:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,6 +35,7 @@ from .config import Limits
 from .display import shown, status_text
 from .errors import ServiceError, exhausted, invalid
 from .identity import Identity
+from .metrics import Metrics
 
 log = logging.getLogger("fedfhe.inference.limits")
 READER_THREAD = "fedfhe-request-reader"
@@ -174,10 +176,11 @@ def _method_name(method: str) -> str:
 class Guard(grpc.ServerInterceptor):
     """Identity, per-owner slots and idle timeouts around every method of the server (see module doc)."""
 
-    def __init__(self, identity: Identity, limits: Limits) -> None:
+    def __init__(self, identity: Identity, limits: Limits, metrics: Metrics | None = None) -> None:
         self.identity = identity
         self.slots = OwnerSlots(limits.max_calls_per_owner, limits.max_streams_per_owner)
         self.idle_s = limits.message_idle_s
+        self.metrics = metrics
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
@@ -202,6 +205,20 @@ class Guard(grpc.ServerInterceptor):
         behavior = handler.stream_stream or handler.stream_unary or handler.unary_stream or handler.unary_unary
 
         def call(request_iterator: Iterator[Any], context: grpc.ServicerContext, *extra: Any) -> Any:
+            started = time.perf_counter()
+
+            def observed(otherwise: grpc.StatusCode = grpc.StatusCode.OK) -> None:  # once per call, refusals too
+                if self.metrics is not None:
+                    self.metrics.observe_call(method, _final_code(context, otherwise), time.perf_counter() - started)
+
+            try:
+                return admitted(request_iterator, context, observed, *extra)
+            except BaseException:
+                observed(grpc.StatusCode.UNKNOWN)  # what gRPC sends for an exception without abort()
+                raise
+
+        def admitted(request_iterator: Iterator[Any], context: grpc.ServicerContext, observed: Callable[..., None],
+                     *extra: Any) -> Any:
             release = self._admit(method, context, streaming)
             requests = IdleRequests(request_iterator, self.idle_s, what)
             try:
@@ -224,13 +241,15 @@ class Guard(grpc.ServerInterceptor):
             if not handler.response_streaming:
                 release()
                 requests.close()
+                observed()
                 return result
             if extra:  # non-blocking streaming (health Watch, given send_response_callback): lives on after we return
-                if not context.add_callback(lambda: (release(), requests.close())):
+                if not context.add_callback(lambda: (release(), requests.close(), observed())):
                     release()
                     requests.close()
+                    observed()
                 return result
-            return _released_after(result, context, release, requests.close)
+            return _released_after(result, context, release, requests.close, observed)
 
         if handler.response_streaming:
             if getattr(behavior, "experimental_non_blocking", False):
@@ -243,6 +262,16 @@ class Guard(grpc.ServerInterceptor):
             call, request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+def _final_code(context: grpc.ServicerContext, otherwise: grpc.StatusCode) -> grpc.StatusCode:
+    """The status a call ends with: the one it aborted with, CANCELLED if the client left, else ``otherwise``."""
+    code = context.code()  # set by context.abort()/set_code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    if not context.is_active():
+        return grpc.StatusCode.CANCELLED
+    return otherwise
 
 
 def _released_after(responses: Iterator[Any], context: grpc.ServicerContext,

@@ -38,7 +38,7 @@ def framing_error(data: bytes) -> str | None:
     Concrete's parser trusts the segment table: bytes announcing more than they hold make it fail once
     per 8 KiB it cannot read, symbolizing a stack trace in a subprocess each time, with the GIL held; a
     1.8 kB request announcing gigabytes froze the whole node for minutes (found by
-    tests/reliability/test_inference_fuzz.py). Checking the table first costs microseconds.
+    tests/loopback/test_inference_fuzz.py). Checking the table first costs microseconds.
     """
     if len(data) < 8:
         return f"{len(data)} bytes, shorter than a message header"
@@ -117,7 +117,7 @@ class _Sandboxed:
             if exc.phase == "keys":
                 raise KeyFault(f"evaluation keys {self.key_id} could not be loaded by an FHE worker "
                                f"({exc.message}); they are quarantined: delete them and upload new keys") from None
-            if exc.kind == "refused":
+            if exc.kind in ("refused", "mismatch"):
                 raise RuntimeError(exc.message) from None
             raise ServiceError(grpc.StatusCode.INTERNAL, f"FHE evaluation failed: {exc.message}") from None
 
@@ -130,25 +130,35 @@ class FheRunner:
         self.pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhe")
         self.sandbox, self.job_s = sandbox, job_s
 
-    def validate_keys(self, bundle: Any, path: Path, data: bytes) -> None:
-        """Uploaded keys: exactly what the circuit needs, and loadable by Concrete (in a worker); refused otherwise."""
-        try:
-            circuit_spec(bundle).check_evaluation_keys(data)
-        except WireError as exc:
-            raise invalid(f"the uploaded bytes are not this model's evaluation keys: {exc}") from None
+    def validate_keys(self, bundle: Any, path: Path, key_id: str) -> Any:
+        """Uploaded keys (the file at ``path``): exactly what the circuit needs, and loadable by Concrete; refused
+        otherwise. Returns the deserialized keys when they live in this process (``sandbox: false``), else None.
+
+        Sandboxed, the node does not read the file: the worker checks it against the circuit (fhe_wire) before
+        Concrete parses it, once, and keeps the parse cached under ``key_id``, the id the keys are about to get,
+        so the owner's first Predict on that worker is warm.
+        """
         if self.sandbox is None:
             from concrete import fhe
 
+            data = path.read_bytes()
             try:
-                fhe.EvaluationKeys.deserialize(data)
+                circuit_spec(bundle).check_evaluation_keys(data)
+            except WireError as exc:
+                raise invalid(f"the uploaded bytes are not this model's evaluation keys: {exc}") from None
+            try:
+                return fhe.EvaluationKeys.deserialize(data)
             except Exception as exc:  # noqa: BLE001 - Concrete's parser rejects bad bytes in several ways
                 raise invalid(f"the uploaded bytes are not Concrete evaluation keys: {_first_line(exc)}") from None
-            return
         try:
-            self.sandbox.call([b"keys", str(bundle.directory).encode(), b"", str(path).encode()], self.job_s)
+            self.sandbox.call([b"keys", str(bundle.directory).encode(), key_id.encode(), str(path).encode()],
+                              self.job_s)
         except WorkerError as exc:
+            if exc.kind == "mismatch":
+                raise invalid(f"the uploaded bytes are not this model's evaluation keys: {exc.message}") from None
             raise invalid(f"the uploaded evaluation keys were refused by an FHE worker ({exc.message}); "
                           "nothing was stored") from None
+        return None
 
     def evaluator(self, bundle: Any, key_id: str, path: Path, keys: Callable[[], Any]) -> Any:
         """What run_batch calls per row: the worker pool, or the in-process server with ``keys()``."""
@@ -182,6 +192,11 @@ class FheRunner:
             return result if isinstance(result, bytes) else result.serialize()
 
         started = time.perf_counter()
+        if len(values) == 1:  # one row: on this thread, no hand-off to the pool and back (two wake-ups per call)
+            result = one(0, values[0])
+            if not is_active():
+                raise ServiceError(grpc.StatusCode.CANCELLED, "the client cancelled the request")
+            return [result], time.perf_counter() - started
         futures = [self.pool.submit(one, i, v) for i, v in enumerate(values)]
         try:
             done, pending = cf.wait(futures, timeout=timeout, return_when=cf.FIRST_EXCEPTION)

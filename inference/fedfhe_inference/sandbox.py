@@ -12,6 +12,7 @@ worker (LRU within its share of ``key_cache_bytes``), so a warm Predict costs on
 from __future__ import annotations
 
 import collections
+import fcntl
 import logging
 import os
 import queue
@@ -30,10 +31,12 @@ log = logging.getLogger("fedfhe.inference.sandbox")
 _MAX_PART = 1 << 31
 _MAX_PARTS = 16
 MEMORY_PER_KEY_BYTE = 6.5  # as keystore.py: deserialized and prepared keys outgrow their bytes
+PIPE_BYTES = 1 << 20  # /proc/sys/fs/pipe-max-size's default: what an unprivileged process may ask for
 
 
 class WorkerError(Exception):
-    """A job did not produce an answer: ``kind`` is "crashed", "timeout", "cpu", "error" or "refused";
+    """A job did not produce an answer: ``kind`` is "crashed", "timeout", "cpu", "error", "mismatch" (bytes
+    that do not fit the circuit, fhe_wire) or "refused" (by Concrete);
     ``phase`` says whether the worker was loading keys or running the job."""
 
     def __init__(self, kind: str, message: str, phase: str = "run") -> None:
@@ -43,7 +46,8 @@ class WorkerError(Exception):
 
 def _refused(reply: list[bytes], phase: str) -> None:
     message = (reply[1] if len(reply) > 1 else b"").decode(errors="replace")
-    raise WorkerError("error" if reply[:1] == [b"error"] else "refused", message, phase)
+    kind = {b"error": "error", b"mismatch": "mismatch"}.get(reply[0] if reply else b"", "refused")
+    raise WorkerError(kind, message, phase)
 
 
 # ---- framing ---------------------------------------------------------------------------------------
@@ -96,27 +100,33 @@ class _Worker:
 
         self.fhe, self.server_cls, self.spec_cls = fhe, FHEModelServer, CircuitSpec
         self.cache_bytes, self.job_cpu_s = cache_bytes, job_cpu_s
-        self.bundles: dict[str, tuple[Any, Any]] = {}
+        self.servers: dict[str, Any] = {}
+        self.specs: dict[str, Any] = {}
         self.keys: collections.OrderedDict[str, tuple[int, Any]] = collections.OrderedDict()
         self.cached = 0
 
-    def bundle(self, directory: str) -> tuple[Any, Any]:
-        if directory not in self.bundles:
-            spec = self.spec_cls.from_client_zip((Path(directory) / "client.zip").read_bytes())
-            self.bundles[directory] = (self.server_cls(directory), spec)
-        return self.bundles[directory]
+    def spec(self, directory: str) -> Any:
+        """The circuit's specs (milliseconds): all a key check needs."""
+        if directory not in self.specs:
+            self.specs[directory] = self.spec_cls.from_client_zip((Path(directory) / "client.zip").read_bytes())
+        return self.specs[directory]
+
+    def server(self, directory: str) -> Any:
+        """The circuit itself (about a second for a tree's server.zip): loaded on the first row, not for keys."""
+        if directory not in self.servers:
+            self.servers[directory] = self.server_cls(directory)
+        return self.servers[directory]
 
     def evaluation_keys(self, directory: str, key_id: str, path: str) -> Any:
         entry = self.keys.get(key_id) if key_id else None
         if entry is not None:
             self.keys.move_to_end(key_id)
             return entry[1]
-        _, spec = self.bundle(directory)
         data = Path(path).read_bytes()
-        spec.check_evaluation_keys(data)  # keys stored before these checks existed are checked too
+        self.spec(directory).check_evaluation_keys(data)  # keys stored before these checks existed are checked too
         keys = self.fhe.EvaluationKeys.deserialize(data)
         cost = int(len(data) * MEMORY_PER_KEY_BYTE)
-        if key_id and cost <= self.cache_bytes:  # no id: an upload being validated, not cached
+        if key_id and cost <= self.cache_bytes:  # an upload is checked under the id it will get: warm from then on
             self.keys[key_id] = (cost, keys)
             self.cached += cost
             while self.cached > self.cache_bytes:
@@ -140,7 +150,7 @@ class _Worker:
             self.evaluation_keys(directory, key_id, path)
             return [b"ok"]
         if op == b"run":
-            server, _ = self.bundle(directory)
+            server = self.server(directory)
             keys = self.evaluation_keys(directory, key_id, path)
             value = self.fhe.Value.deserialize(parts[4])
             result = server.run(value, keys)
@@ -173,8 +183,8 @@ def worker_main(argv: list[str]) -> int:
             return 0
         try:
             reply = worker.handle(parts)
-        except WireError as exc:
-            reply = [b"invalid", str(exc).encode()[:1000]]
+        except WireError as exc:  # not the circuit's layout: refused before Concrete saw a byte
+            reply = [b"mismatch", str(exc).encode()[:1000]]
         except MemoryError:
             reply = [b"error", b"out of memory (the worker's memory limit)"]
         except Exception as exc:  # noqa: BLE001 - Concrete refuses bad input with RuntimeError and others
@@ -184,11 +194,22 @@ def worker_main(argv: list[str]) -> int:
 
 
 # ---- the node's side -------------------------------------------------------------------------------
+def _widen(fd: int) -> None:
+    """Grow a pipe to hold a whole result (a digits row's is ~110 kB; the default 64 KiB pipe made the worker
+    block half way and each row cost two more wake-ups of both processes). Best effort: the kernel may refuse."""
+    try:
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+    except OSError:
+        pass
+
+
 class _Proc:
     def __init__(self, argv: list[str]) -> None:
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.wfd, self.rfd = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+        for fd in (self.wfd, self.rfd):
+            _widen(fd)
         self.ready = False
         self.loaded: set[bytes] = set()  # key ids this worker has loaded (it may evict them; it reloads then)
 
@@ -275,6 +296,8 @@ class SandboxPool:
             if reply[:1] != [b"ok"]:
                 self.idle.put(proc)
                 _refused(reply, phase)
+            if parts[0] == b"keys" and parts[2]:  # checked under the id it is about to get: this worker holds them
+                proc.loaded.add(parts[2])
         except TimeoutError:
             self._retire(proc)
             raise WorkerError("timeout", f"the FHE worker did not answer within {timeout:.1f}s; it was replaced",

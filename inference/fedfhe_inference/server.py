@@ -31,6 +31,7 @@ from .display import install_log_filter
 from .identity import Identity
 from .keystore import KeyStore
 from .limits import Guard, server_options
+from .metrics import Metrics
 from .runner import FheRunner
 from .sandbox import SandboxPool
 from .service import InferenceService
@@ -66,6 +67,7 @@ class Node:
     runner: FheRunner
     port: int
     identity: Identity | None = None
+    metrics: Metrics | None = None
 
     def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -89,7 +91,11 @@ def build(cfg: InferenceConfig) -> Node:
     if cfg.sandbox:
         pool = SandboxPool(cfg.fhe_workers, cfg.worker_memory_bytes, cfg.key_cache_bytes, cfg.job_cpu_s)
     runner = FheRunner(cfg.fhe_workers, pool, job_s=cfg.job_cpu_s)
-    service = InferenceService(cfg, registry, keys, runner)
+    metrics = Metrics()
+    metrics.source("key_store", keys.usage)
+    metrics.source("bundles", registry.counts)
+    metrics.source("workers", lambda: (cfg.fhe_workers, pool.replaced if pool is not None else 0))
+    service = InferenceService(cfg, registry, keys, runner, metrics)
     identity = Identity.from_file(cfg.ca_certfile, cfg.crl_file)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=cfg.rpc_threads, thread_name_prefix="rpc"),
@@ -100,7 +106,7 @@ def build(cfg: InferenceConfig) -> Node:
             *server_options(limits),
         ],
         # Every method of every service (health and reflection too): identity, owner slots, idle timeouts.
-        interceptors=[Guard(identity, limits)],
+        interceptors=[Guard(identity, limits, metrics)],
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
     )
     if limits.max_calls_per_owner >= cfg.rpc_threads:
@@ -118,13 +124,14 @@ def build(cfg: InferenceConfig) -> Node:
         raise ConfigError(f"listen {cfg.listen}: cannot bind: {exc}") from None
     if port == 0:
         raise ConfigError(f"listen {cfg.listen}: cannot bind (address in use or not local)")
-    return Node(server, service, health_servicer, registry, runner, port, identity)
+    return Node(server, service, health_servicer, registry, runner, port, identity, metrics)
 
 
 def serve(cfg: InferenceConfig) -> int:
     """Run until SIGTERM/SIGINT; SIGHUP (or every rescan_interval_s) picks up newly published bundles."""
     install_log_filter()  # owners' values (names, ids) reach log lines: one escaped line per record
     node = build(cfg)
+    metrics_port = node.metrics.serve(cfg.metrics_address) if cfg.metrics_address and node.metrics else None
     rfd, wfd = socket.socketpair()
     rfd.setblocking(False)
     wfd.setblocking(False)
@@ -137,6 +144,8 @@ def serve(cfg: InferenceConfig) -> int:
         write_atomic(cfg.pid_file, f"{os.getpid()}\n".encode())
     log.info("fedfhe-inference listening on %s (mutual TLS, %d FHE workers, pid %d)",
              cfg.listen.rsplit(":", 1)[0] + f":{node.port}", cfg.fhe_workers, os.getpid())
+    if metrics_port is not None:
+        log.info("Prometheus metrics on http://%s:%d/metrics", cfg.metrics_address.rsplit(":", 1)[0], metrics_port)
     try:
         while True:
             ready, _, _ = select.select([rfd], [], [], cfg.rescan_interval_s or None)
@@ -156,6 +165,8 @@ def serve(cfg: InferenceConfig) -> int:
         node.set_serving(False)
         node.server.stop(cfg.grace_s).wait()
         node.runner.shutdown()
+        if node.metrics is not None:
+            node.metrics.stop()
         signal.set_wakeup_fd(old_fd)
         for s, h in previous.items():
             signal.signal(s, h)

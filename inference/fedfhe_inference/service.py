@@ -25,6 +25,7 @@ from .config import InferenceConfig
 from .display import status_text
 from .errors import ServiceError, exhausted, invalid
 from .keystore import KeyStore, check_key_id
+from .metrics import Metrics
 from .runner import FheRunner, KeyFault, check_rows, circuit_spec
 
 log = logging.getLogger("fedfhe.inference.rpc")
@@ -79,8 +80,10 @@ def model_info(bundle: LoadedBundle, latest: bool) -> pb.ModelInfo:
 
 
 class InferenceService(pb_grpc.InferenceServicer):
-    def __init__(self, cfg: InferenceConfig, registry: BundleRegistry, keys: KeyStore, runner: FheRunner) -> None:
+    def __init__(self, cfg: InferenceConfig, registry: BundleRegistry, keys: KeyStore, runner: FheRunner,
+                 metrics: Metrics | None = None) -> None:
         self.cfg, self.registry, self.keys, self.runner = cfg, registry, keys, runner
+        self.metrics = metrics or Metrics()  # a registry of its own: recording costs the same, served or not
         # At most one evaluating batch per FHE worker holds its (possibly large) keys in memory; others queue.
         self.evaluation_slots = threading.BoundedSemaphore(runner.workers)
 
@@ -131,7 +134,8 @@ class InferenceService(pb_grpc.InferenceServicer):
                 up.write(msg.chunk)
             if not context.is_active():
                 raise ServiceError(grpc.StatusCode.CANCELLED, "the client cancelled the upload")
-            record = up.commit(lambda path, data: self.runner.validate_keys(bundle, path, data))
+            record = up.commit(lambda path, key_id: self.runner.validate_keys(bundle, path, key_id))
+        self.metrics.uploaded.inc(record.size)
         log.info("owner=%s uploaded keys %s for %s/%s (%d bytes)", owner, record.key_id, record.model_id,
                  record.version, record.size)
         return pb.UploadKeysResponse(key_id=record.key_id, bytes_received=record.size, sha256=record.sha256)
@@ -161,6 +165,7 @@ class InferenceService(pb_grpc.InferenceServicer):
         if not self.evaluation_slots.acquire(timeout=budget):
             raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                f"the node stayed busy for {budget:.1f}s; retry later or allow a longer deadline")
+        self.metrics.queue_wait.observe(time.monotonic() - queued)
         try:
             evaluator = self.runner.evaluator(bundle, record.key_id, self.keys.key_path(record),
                                               lambda: self.keys.evaluation_keys(record))
@@ -175,6 +180,8 @@ class InferenceService(pb_grpc.InferenceServicer):
             del evaluator
         finally:
             self.evaluation_slots.release()
+        self.metrics.rows.labels(bundle.model_id).inc(len(rows))
+        self.metrics.evaluation.labels(bundle.model_id).observe(seconds)
         return pb.PredictResponse(results=results, server_seconds=seconds, model_version=bundle.version)
 
     @_rpc
