@@ -60,6 +60,16 @@ def test_bad_section_is_refused_naming_the_key(tmp_path, owners, section, messag
     assert message in str(err.value)
 
 
+def test_a_robust_aggregation_cannot_run_on_masked_updates(tmp_path):
+    path = write(tmp_path, 3, enabled=True)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["training"] |= {"aggregation": "fedmedian"}
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError) as err:
+        coord.load(path)
+    assert "training.secure_aggregation.enabled: SecAgg+ sums masked updates, so only fedavg" in str(err.value)
+
+
 def test_every_problem_of_the_section_at_once(tmp_path):
     with pytest.raises(ConfigError) as err:
         coord.load(write(tmp_path, 3, enabled=True, reconstruction_threshold=4, num_shares=2))
