@@ -34,8 +34,8 @@ class RoundTable:
         self.rounds = rounds
         self.rows: list[dict[str, Any]] = []
         self.console = console or Console()
-        if not self.console.is_terminal and self.console.width < self.LOG_WIDTH:
-            self.console.width = self.LOG_WIDTH
+        # on a pipe, print wider than its 80 columns, without changing a console the caller shares
+        self.width = None if self.console.is_terminal else max(self.console.width, self.LOG_WIDTH)
         self.live = (Live(self._table(), console=self.console, refresh_per_second=4, transient=False)
                      if self.console.is_terminal else None)
 
@@ -84,4 +84,9 @@ class RoundTable:
         if self.live is not None:
             self.live.__exit__(*exc)  # type: ignore[arg-type]
         elif self.rows:
-            self.console.print(self._table())
+            saved = self.console.width
+            self.console.width = self.width or saved  # rich caps print(width=) at the console's width
+            try:
+                self.console.print(self._table())
+            finally:
+                self.console.width = saved
