@@ -64,8 +64,14 @@ def closing_table(report: dict[str, Any]) -> Table:
     table.add_column("value", justify="right")
     m = _LABEL.get(report.get("metric", "accuracy"), "accuracy")
     mae = report.get("mae", {})
-    rows = [(f"{what}: {m} on {where}", _score(report, v)) for what, where, v in score_rows(report)]
-    rows += [(f"mean absolute error: {k}", f"{v:.3f}") for k, v in mae.items()]
+    where_before = None
+    for what, where, v in score_rows(report):  # grouped under the rows they were measured on
+        if where != where_before:
+            table.add_row(f"{m} on the {where}", "", style="bold")
+            where_before = where
+        table.add_row(f"  {what}", _score(report, v))
+    table.add_section()
+    rows = [(f"mean absolute error: {k}", f"{v:.3f}") for k, v in mae.items()]
     rows += [
         _equal_row(report),
         ("latency per row, end to end (ms)", f"{lat.get('encrypted_end_to_end', 0):.1f}"),

@@ -69,13 +69,17 @@ def test_demo_end_to_end(tmp_path):
         assert 0.0 <= acc[k] <= 1.0
     assert acc["fhe_encrypted"] == acc["fhe_simulated"]
     assert report["encrypted_equals_simulated"] is True
-    assert acc["federated_clear"] >= acc["centralized"] - 0.03
+    # The reference is the best C on the pooled rows (fedfhe_demo.reference); issue 14's non-IID goal.
+    assert acc["federated_clear"] >= 0.95 * acc["centralized"], acc
     assert [r["round"] for r in report["per_round"]] == [1, 2, 3]
     assert all(r["nodes"] == 3 for r in report["per_round"])
     assert report["bytes"]["ciphertext_per_row"] > 0 and report["latency_ms_per_row"]["encrypted_end_to_end"] > 0
     assert (tmp_path / "report.md").read_text().startswith("# fedfhe run report")
     assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
-    assert "centralised accuracy (reference)" in out
+    # Each score under the rows it was measured on; clear and FHE on the same (held-out) rows.
+    assert "accuracy on the public test rows" in out and "centralised reference" in out
+    assert "accuracy on the owners' held-out rows" in out
+    assert abs(acc["fhe_encrypted"] - acc["federated_clear_heldout"]) <= 0.02, acc  # 8 bits: same rows, near clear
     wait_until(lambda: not fedfhe_processes(tmp_path), 30, "demo processes to exit")
 
 
@@ -96,8 +100,8 @@ def test_demo_regression_end_to_end(tmp_path):
     assert report["encrypted_equals_simulated"] is True
     assert abs(mae["fhe_encrypted"] - mae["fhe_simulated"]) <= report["quantization_step"]
     assert [r["round"] for r in report["per_round"]] == [1, 2]
-    assert "centralised R² (reference)" in out and "mean absolute error" in out
-    assert "| R² | value |" in (tmp_path / "report.md").read_text()
+    assert "R² on the public test rows" in out and "mean absolute error" in out
+    assert "| model | rows | R² |" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     wait_until(lambda: not fedfhe_processes(tmp_path), 30, "demo processes to exit")
 
