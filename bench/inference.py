@@ -6,8 +6,10 @@ written to bench/results/inference.json:
 
 - service_over_inprocess_latency_ratio: per dataset (digits, fashion-mnist), median
   per-row latency (encrypt, evaluate, decrypt) through the service over the same
-  with FHEModelServer in this process.
-- throughput_rows_per_s: rows per second with 1, 2 and 4 concurrent clients.
+  with FHEModelServer in this process; details.latency.*.profile_median_ms splits both.
+- service_over_inprocess_throughput_ratio: per concurrency (1, 2, 4 owners at once), rows per second
+  through the service over the same rows on an in-process thread pool of the same size (rounds
+  alternated); throughput_rows_per_s holds the service's rates.
 - key_upload_over_tls_copy_ratio: UploadKeys of a decision tree's ~77 MB keys over
   copying the same bytes through a plain TLS socket on loopback.
 - peak_rss_mb_10_owners: the node's peak RSS while 10 owners each upload tree
@@ -96,7 +98,13 @@ def tree_bundle(out: Path) -> Any:
 
 # ---- measurements --------------------------------------------------------------------------
 def latency(node: InferenceNode, bundle: Any, rows: np.ndarray, state: Path) -> dict[str, float]:
-    """Median per-row encrypt -> evaluate -> decrypt, in this process and through the service."""
+    """Median per-row encrypt -> evaluate -> decrypt, in this process and through the service, interleaved.
+
+    Each part is timed too, as the profile of the service path: encrypt and decrypt (the same code on both
+    sides), ``FHEModelServer.run`` here, and for the service the RPC as the client sees it and the node's
+    own evaluation time (``server_seconds``: the hand-off to a worker, its deserialize, run and serialize);
+    the RPC minus that is gRPC, TLS, the Guard and the handler's checks and key lookup.
+    """
     from concrete import fhe
     from concrete.ml.deployment import FHEModelServer
 
@@ -108,57 +116,114 @@ def latency(node: InferenceNode, bundle: Any, rows: np.ndarray, state: Path) -> 
         keys.remember_key_id(ep.address, key_id, hashlib.sha256(evk_bytes).hexdigest())
         server = FHEModelServer(str(bundle.directory))
         evk = fhe.EvaluationKeys.deserialize(evk_bytes)
+        parts: dict[str, list[float]] = {k: [] for k in (
+            "inprocess", "service", "inprocess_encrypt", "inprocess_run", "inprocess_decrypt", "service_encrypt",
+            "service_rpc", "service_node_evaluation", "service_decrypt")}
 
         def local(x: np.ndarray) -> None:
-            fhe_client.deserialize_decrypt_dequantize(server.run(fhe_client.quantize_encrypt_serialize(x), evk))
+            t0 = time.perf_counter()
+            ct = fhe_client.quantize_encrypt_serialize(x)
+            t1 = time.perf_counter()
+            result = server.run(ct, evk)
+            t2 = time.perf_counter()
+            fhe_client.deserialize_decrypt_dequantize(result)
+            t3 = time.perf_counter()
+            for k, v in (("inprocess_encrypt", t1 - t0), ("inprocess_run", t2 - t1), ("inprocess_decrypt", t3 - t2),
+                         ("inprocess", t3 - t0)):
+                parts[k].append(v)
 
         def remote(x: np.ndarray) -> None:
-            resp = client.predict(key_id, info, [fhe_client.quantize_encrypt_serialize(x)])
+            t0 = time.perf_counter()
+            ct = fhe_client.quantize_encrypt_serialize(x)
+            t1 = time.perf_counter()
+            resp = client.predict(key_id, info, [ct])
+            t2 = time.perf_counter()
             fhe_client.deserialize_decrypt_dequantize(resp.results[0])
+            t3 = time.perf_counter()
+            for k, v in (("service_encrypt", t1 - t0), ("service_rpc", t2 - t1), ("service_decrypt", t3 - t2),
+                         ("service_node_evaluation", resp.server_seconds), ("service", t3 - t0)):
+                parts[k].append(v)
 
-        out: dict[str, list[float]] = {"inprocess": [], "service": []}
-        for i in range(min(3, len(rows))):  # warm-up both paths
+        for i in range(min(6, len(rows))):  # warm-up both paths (every FHE worker loads the keys)
             local(rows[i:i + 1])
             remote(rows[i:i + 1])
-        for i in range(len(rows)):  # interleaved, so both see the same machine state
-            for name, fn in (("inprocess", local), ("service", remote)):
-                t = time.perf_counter()
+        for k in parts:
+            parts[k].clear()
+        for i in range(len(rows)):  # interleaved, alternating who goes first, so both see the same machine state
+            order = (local, remote) if i % 2 == 0 else (remote, local)
+            for fn in order:
                 fn(rows[i:i + 1])
-                out[name].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) for k, v in out.items()}
+        parts["grpc_floor_get_model_info_rtt"] = []  # the smallest call on the same channel: gRPC + TLS + Guard
+        for _ in range(len(rows)):
+            t = time.perf_counter()
+            client.model_info(bundle.model_id, bundle.version)
+            parts["grpc_floor_get_model_info_rtt"].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in parts.items()}
     return {"rows": len(rows), "inprocess_ms": 1000 * med["inprocess"], "service_ms": 1000 * med["service"],
-            "ratio": med["service"] / med["inprocess"]}
+            "ratio": med["service"] / med["inprocess"],
+            "mean_ratio": statistics.fmean(parts["service"]) / statistics.fmean(parts["inprocess"]),
+            "profile_median_ms": {k: 1000 * v for k, v in med.items() if k not in ("inprocess", "service")}}
 
 
 def throughput(node: InferenceNode, bundle: Any, rows: np.ndarray, state: Path, concurrency: int,
-               batches: int) -> float:
-    """Rows/s with ``concurrency`` clients, each sending ``batches`` pre-encrypted batches of 16 rows."""
-    ep = node.endpoint("owner-0")
-    with InferenceClient(ep) as client:
-        info = client.model_info(bundle.model_id, bundle.version)
-        keys = ModelKeys(state, info.model_id, info.version)
+               batches: int, rounds: int) -> dict[str, Any]:
+    """Rows/s of ``concurrency`` owners through the service against a thread pool of the same size here.
+
+    Each owner (its own certificate, keys and channel) sends ``batches`` pre-encrypted batches of 16 rows;
+    the pool's threads run the same rows with ``FHEModelServer.run`` on the same ciphertexts and keys.
+    Service and pool alternate for ``rounds`` rounds; the medians are compared.
+    """
+    from concrete import fhe
+    from concrete.ml.deployment import FHEModelServer
+
+    owners = [f"owner-{i}" for i in range(concurrency)]
+    server = FHEModelServer(str(bundle.directory))
+    clients, work = [], []
+    for i, owner in enumerate(owners):
+        c = InferenceClient(node.endpoint(owner))
+        clients.append(c)
+        info = c.model_info(bundle.model_id, bundle.version)
+        keys = ModelKeys(state / owner, info.model_id, info.version)
+        specs = c.client_specs(info)
+        keys.install_client_specs(specs.client_zip, specs.manifest, specs.manifest_signature,
+                                  load_verify_key(node.pki / "release.pub"), "bench")
         fhe_client, _ = keys.fhe_client()
-        key_id = keys.key_id(ep.address, hashlib.sha256(fhe_client.get_serialized_evaluation_keys()).hexdigest())
-        if key_id is None:
-            key_id = client.upload_keys(info, fhe_client.get_serialized_evaluation_keys()).key_id
-        batch = [fhe_client.quantize_encrypt_serialize(rows[i:i + 1]) for i in range(16)]
-    clients = [InferenceClient(ep) for _ in range(concurrency)]
+        evk = fhe_client.get_serialized_evaluation_keys()
+        key_id = c.upload_keys(info, evk).key_id
+        batch = [fhe_client.quantize_encrypt_serialize(rows[(16 * i + j) % len(rows):][:1]) for j in range(16)]
+        work.append((c, info, key_id, batch, fhe.EvaluationKeys.deserialize(evk)))
 
-    def worker(c: InferenceClient) -> int:
-        done = 0
-        for _ in range(batches):
-            done += len(c.predict(key_id, info, batch).results)
-        return done
+    def service_owner(item: tuple[Any, ...]) -> int:
+        c, info, key_id, batch, _ = item
+        return sum(len(c.predict(key_id, info, batch).results) for _ in range(batches))
 
-    try:
-        clients[0].predict(key_id, info, batch[:2])  # warm
+    def inprocess_thread(item: tuple[Any, ...]) -> int:
+        _, _, _, batch, evk = item
+        return sum(len(server.run(ct, evk)) > 0 for _ in range(batches) for ct in batch)
+
+    def rate(fn: Any) -> float:
         t = time.perf_counter()
         with cf.ThreadPoolExecutor(concurrency) as pool:
-            total = sum(pool.map(worker, clients))
+            total = sum(pool.map(fn, work))
         return total / (time.perf_counter() - t)
+
+    try:
+        for item in work:  # warm: every worker holds every owner's keys
+            for _ in range(2):
+                item[0].predict(item[2], item[1], item[3][:4])
+            server.run(item[3][0], item[4])
+        samples: dict[str, list[float]] = {"service": [], "inprocess": []}
+        for r in range(rounds):
+            for name, fn in ((("service", service_owner), ("inprocess", inprocess_thread)) if r % 2 == 0
+                             else (("inprocess", inprocess_thread), ("service", service_owner))):
+                samples[name].append(rate(fn))
     finally:
         for c in clients:
             c.close()
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    return {"owners": concurrency, "service_rows_per_s": med["service"], "inprocess_rows_per_s": med["inprocess"],
+            "ratio": med["service"] / med["inprocess"], "samples_rows_per_s": samples,
+            "rows_per_round": concurrency * batches * 16}
 
 
 def tls_copy_seconds(pki: Path, data: bytes) -> float:
@@ -389,10 +454,23 @@ def sandbox_result(sb: dict[str, Any], command: str) -> dict[str, Any]:
                                 "the headline ratio is row_rpc"}}
 
 
+def print_service(lat: dict[str, Any], tput: dict[str, Any], upload: dict[str, Any]) -> None:
+    for name, d in lat.items():
+        print(f"service/in-process latency {name}: {d['ratio']:.3f}x ({d['service_ms']:.1f} ms vs "
+              f"{d['inprocess_ms']:.1f} ms, median of {d['rows']} rows)")
+    for c, v in tput.items():
+        print(f"throughput with {c} owner(s): {v['service_rows_per_s']:.1f} rows/s through the service, "
+              f"{v['inprocess_rows_per_s']:.1f} in-process ({v['ratio']:.2f}x)")
+    print(f"key upload / TLS copy ({upload['bytes'] / 1e6:.0f} MB): {upload['ratio']:.2f}x "
+          f"({upload['upload_s']:.2f}s vs {upload['tls_copy_s']:.2f}s)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer rows and repetitions")
-    ap.add_argument("--only", choices=["sandbox"], help="run one section and merge it into the existing --out JSON")
+    ap.add_argument("--only", choices=["sandbox", "service"],
+                    help="run one section (sandbox; service = latency, throughput, key upload) and merge it into "
+                         "the existing --out JSON")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "inference.json")
     ap.add_argument("--owners", type=int, default=10)
     args = ap.parse_args(argv)
@@ -428,38 +506,53 @@ def main(argv: list[str] | None = None) -> int:
                 "fashion-mnist": latency(node, fashion, fashion_rows[: 5 if args.quick else 30], work / "lat-fashion"),
             }
             print("throughput ...", file=sys.stderr)
-            batches = 2 if args.quick else 6
-            tput = {str(c): throughput(node, digits, digits_rows, work / "lat-digits", c, batches) for c in (1, 2, 4)}
+            batches, rounds = (2, 2) if args.quick else (4, 3)
+            tput = {str(c): throughput(node, digits, digits_rows, work / f"tput-{c}", c, batches, rounds)
+                    for c in (1, 2, 4)}
             print("key upload ...", file=sys.stderr)
             upload = key_upload(node, pki, tree, work / "upload", 1 if args.quick else 3)
         finally:
             node.stop()
-        print(f"{args.owners} owners ...", file=sys.stderr)
-        owners = ten_owners(work, pki, tree, digits_rows, args.owners)
-        print("sandbox vs in-process ...", file=sys.stderr)
-        sb = run_sandbox(work, pki, sets, args.quick)
+        if args.only != "service":
+            print(f"{args.owners} owners ...", file=sys.stderr)
+            owners = ten_owners(work, pki, tree, digits_rows, args.owners)
+            print("sandbox vs in-process ...", file=sys.stderr)
+            sb = run_sandbox(work, pki, sets, args.quick)
 
-    result = {
+    service = {
         "service_over_inprocess_latency_ratio": {k: v["ratio"] for k, v in lat.items()},
-        "throughput_rows_per_s": tput,
+        "service_over_inprocess_throughput_ratio": {c: v["ratio"] for c, v in tput.items()},
+        "throughput_rows_per_s": {c: v["service_rows_per_s"] for c, v in tput.items()},
         "key_upload_over_tls_copy_ratio": upload["ratio"],
+    }
+    service_details = {"latency": lat, "key_upload": upload,
+                       "throughput": {"rows_per_batch": 16, "batches_per_owner": batches, "rounds": rounds,
+                                      "model": "digits LR n_bits 8", "per_concurrency": tput}}
+    common = {
+        "goals": {"latency_ratio_at_most": 1.05, "throughput_ratio_at_least": 0.9, "key_upload_ratio_at_most": 1.5},
+        "shared_machine": "2 cores shared with other jobs while this ran: ratios come from interleaved runs "
+                          "in one script so load cancels out as far as possible; absolute times are not stable",
+        "machine": machine(), "command": command, "seconds": time.perf_counter() - started,
+    }
+    if args.only == "service":
+        result = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        result.update(service)
+        result.setdefault("details", {}).update(service_details)
+        result.update(common)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print_service(lat, tput, upload)
+        print(f"merged into {args.out}")
+        return 0
+    result = {
+        **service,
         "peak_rss_mb_10_owners": owners["peak_rss_mb"],
         **sandbox_result(sb, command),
-        "details": {"latency": lat, "key_upload": upload, "owners": owners,
-                    "throughput": {"rows_per_batch": 16, "batches_per_client": batches, "model": "digits LR n_bits 8"}},
-        "machine": machine(),
-        "command": command,
-        "seconds": time.perf_counter() - started,
+        "details": {**service_details, "owners": owners},
+        **common,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    for name, r in result["service_over_inprocess_latency_ratio"].items():
-        d = lat[name]
-        print(f"service/in-process latency {name}: {r:.2f}x ({d['service_ms']:.1f} ms vs {d['inprocess_ms']:.1f} ms)")
-    for c, v in tput.items():
-        print(f"throughput with {c} client(s): {v:.1f} rows/s")
-    print(f"key upload / TLS copy ({upload['bytes'] / 1e6:.0f} MB): {upload['ratio']:.2f}x "
-          f"({upload['upload_s']:.2f}s vs {upload['tls_copy_s']:.2f}s)")
+    print_service(lat, tput, upload)
     print(f"peak RSS with {owners['owners']} owners (tree keys): {owners['peak_rss_mb']:.0f} MB node + workers "
           f"(node process {owners['peak_rss_mb_node_process']:.0f} MB; idle {owners['idle_rss_mb']:.0f} MB, "
           f"key cache budget {owners['key_cache_budget_mb']:.0f} MB)")
