@@ -24,6 +24,11 @@ COLUMNS = ("round", "clients", "loss", "accuracy (clients)", "accuracy (public t
            "failed or missing owners (reason)")
 
 
+def _failed_owners(row: dict[str, Any]) -> int:
+    """Owners that failed the round: one owner failing both fit and evaluate counts once."""
+    return len({str(f.get("owner", "?")) if isinstance(f, dict) else str(f) for f in row.get("failures") or []})
+
+
 class RoundTable:
     """The rounds of a run as they end: a live table on a terminal; on a pipe or log (Ansible, journald),
     one line per round as it ends, then the whole table. Goes to stdout unless given another console."""
@@ -45,7 +50,7 @@ class RoundTable:
         sacc = server.get("accuracy", server.get("r2"))
         return [
             str(r["round"]),
-            f"{r.get('fit_nodes', 0)}" + (f" ({len(r['failures'])} failed)" if r.get("failures") else ""),
+            f"{r.get('fit_nodes', 0)}" + (f" ({_failed_owners(r)} failed)" if r.get("failures") else ""),
             f"{clients['loss']:.4f}" if "loss" in clients else "-",
             f"{acc:.4f}" if acc is not None else "-",
             f"{sacc:.4f}" if sacc is not None else "-",

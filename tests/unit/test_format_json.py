@@ -141,3 +141,13 @@ def test_format_takes_text_or_json_only(argv, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         server_cli.main([*argv, "--config", str(tmp_path / "c.yaml")])
     assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_an_owner_failing_fit_and_evaluate_counts_once(capsys):
+    from fedfhe_server.progress import RoundTable
+
+    twice = {**ROW, "missing": [], "failures": [{"owner": "owner-bad", "phase": "fit", "reason": "bad.csv"},
+                                                {"owner": "owner-bad", "phase": "evaluate", "reason": "bad.csv"}]}
+    with RoundTable(1) as table:
+        table.add(twice)
+    assert capsys.readouterr().out.startswith("round 1/1: clients 2 (1 failed)")
