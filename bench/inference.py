@@ -59,7 +59,7 @@ MiB = 1 << 20
 # ---- a node --------------------------------------------------------------------------------
 def new_node(work: Path, pki: Path, **overrides: Any) -> InferenceNode:
     """A node (not started) in ``work`` on a free loopback port; its health probe presents owner-0's certificate."""
-    limits = {"max_key_bytes": 256 * MiB, "max_keys_per_owner": 4}
+    limits = {"max_key_bytes": 256 * MiB, "max_keys_per_owner": 16}  # latency, throughput and upload sections
     config = write_config(work / "inference.yaml", pki, f"127.0.0.1:{free_port()}", work,
                           **{"rescan_interval_s": 0, "limits": limits, **overrides})
     return InferenceNode(config, pki, "owner-0")
