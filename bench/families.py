@@ -41,9 +41,9 @@ from fedfhe_common import models
 from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.release import load_signing_key, make_release_key
 from fedfhe_common.scoring import mean_abs_error, prediction_score
+from fedfhe_coordinator.compile import compile_artifact
+from fedfhe_coordinator.local_training import train_local
 from fedfhe_demo.datasets import load_builtin
-from fedfhe_server.compile import compile_artifact
-from fedfhe_server.local_training import train_local
 
 BASELINE = "LogisticRegression"
 DATASETS = {"digits": models.CLASSIFIERS + models.TREE_CLASSIFIERS,

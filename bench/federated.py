@@ -14,7 +14,7 @@ flower-supernode per owner, TLS, SuperNode auth) run by this script. Sections
   message exchange per round cannot take less than that: ``above_fixed_wait_s``
   is what a round costs beyond it.
 - ``poll-cost``: the CPU one idle owner spends at each SuperExec task poll
-  interval (what ``fedfhe_client.supernode.TASK_POLL_INTERVAL`` trades).
+  interval (what ``fedfhe_owner.supernode.TASK_POLL_INTERVAL`` trades).
 - ``accuracy``: digits and fashion-mnist, 3 and 10 owners, IID and Dirichlet(0.5),
   against the centralised reference (``fedfhe_demo.reference``: the same family
   on the pooled rows, its C chosen on a validation split, fitted to convergence).
@@ -42,11 +42,11 @@ import yaml
 from fedfhe_common.data import load_table
 from fedfhe_common.schema import DatasetSchema, resolve_schema
 from fedfhe_common.scoring import prediction_score
+from fedfhe_coordinator import config as coord
+from fedfhe_coordinator.training import run_training
 from fedfhe_demo.cluster import Cluster
 from fedfhe_demo.partition_cli import write_partitions
 from fedfhe_demo.reference import centralised_reference
-from fedfhe_server import config as coord
-from fedfhe_server.training import run_training
 
 FIXED_WAIT_S = 3.0  # flower-supernode's time.sleep(3) after every pull that brings no message
 THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")

@@ -45,13 +45,13 @@ from typing import Any
 
 import numpy as np
 
-from fedfhe_client.inference_client import InferenceClient
-from fedfhe_client.keys import ModelKeys
 from fedfhe_common.procs import free_port
 from fedfhe_common.release import load_signing_key, load_verify_key
 from fedfhe_demo.datasets import load_builtin
 from fedfhe_demo.inference_node import InferenceNode, make_inference_pki, write_config
 from fedfhe_inference.bundles import publish_bundle
+from fedfhe_owner.inference_client import InferenceClient
+from fedfhe_owner.keys import ModelKeys
 
 MiB = 1 << 20
 
@@ -72,8 +72,8 @@ def total_mb(node: InferenceNode, field: str) -> float:
 
 # ---- models --------------------------------------------------------------------------------
 def linear_bundle(dataset: str, out: Path, max_rows: int) -> tuple[Any, np.ndarray]:
-    from fedfhe_server.compile import compile_artifact
-    from fedfhe_server.local_training import train_local
+    from fedfhe_coordinator.compile import compile_artifact
+    from fedfhe_coordinator.local_training import train_local
 
     X, y, schema = load_builtin(dataset, max_rows=max_rows, seed=0)
     split = int(0.8 * len(y))
@@ -88,7 +88,7 @@ def linear_bundle(dataset: str, out: Path, max_rows: int) -> tuple[Any, np.ndarr
 def tree_bundle(out: Path) -> Any:
     from concrete.ml.sklearn import DecisionTreeClassifier
 
-    from fedfhe_server.compile import compile_concrete_bundle
+    from fedfhe_coordinator.compile import compile_concrete_bundle
 
     X, y, schema = load_builtin("digits")
     model = DecisionTreeClassifier(max_depth=6, n_bits=6, random_state=0).fit(X, y)

@@ -51,9 +51,9 @@ def new_node(work: Path, pki: Path) -> Any:
 
 def compile_bundle(work: Path) -> tuple[Any, Any, np.ndarray]:
     from fedfhe_common.release import load_signing_key
+    from fedfhe_coordinator.compile import compile_artifact
+    from fedfhe_coordinator.local_training import train_local
     from fedfhe_demo.datasets import load_builtin
-    from fedfhe_server.compile import compile_artifact
-    from fedfhe_server.local_training import train_local
 
     X, y, schema = load_builtin("digits")
     idx = np.random.default_rng(0).permutation(len(y))
@@ -69,9 +69,9 @@ class Owner:
     """Keys generated and uploaded through the client library; a channel of its own."""
 
     def __init__(self, node: Any, name: str, state: Path, X: np.ndarray) -> None:
-        from fedfhe_client.inference_client import InferenceClient
-        from fedfhe_client.keys import ModelKeys
-        from fedfhe_client.predict import predict_rows
+        from fedfhe_owner.inference_client import InferenceClient
+        from fedfhe_owner.keys import ModelKeys
+        from fedfhe_owner.predict import predict_rows
 
         self.name = name
         endpoint = node.endpoint(name)
@@ -90,7 +90,7 @@ class Owner:
 
 def scenario(node: Any, owners: list[Owner], model: Any, X: np.ndarray, rows: int, batch: int) -> dict[str, Any]:
     """Every owner sends ``rows`` predictions in requests of ``batch`` rows, all owners at once."""
-    from fedfhe_client.inference_client import InferenceError
+    from fedfhe_owner.inference_client import InferenceError
 
     data = [X[(np.arange(rows) + i * rows) % len(X)] for i in range(len(owners))]
     cts = [o.encrypt(d) for o, d in zip(owners, data, strict=True)]

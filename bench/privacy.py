@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from fedfhe_coordinator import config as coord
+from fedfhe_coordinator.training import run_training
 from fedfhe_demo.cluster import Cluster
 from fedfhe_demo.partition_cli import write_partitions
-from fedfhe_server import config as coord
-from fedfhe_server.training import run_training
 
 SHARED_MACHINE = ("2 cores shared with other helpers' tests and benchmarks; variants of one federation run back "
                   "to back in this script, so their ratios are the figures to trust, absolute seconds vary")

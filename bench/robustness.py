@@ -37,16 +37,16 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedfhe_client.client_app import train as client_train
 from fedfhe_common import fl_contract as fc
 from fedfhe_common import models
 from fedfhe_common.data import load_table
 from fedfhe_common.schema import resolve_schema
 from fedfhe_common.scoring import score_params
 from fedfhe_common.transport import from_arrays, to_arrays
+from fedfhe_coordinator.aggregation import AGGREGATIONS
+from fedfhe_coordinator.server_app import ReplyPolicy, make_strategy
 from fedfhe_demo.partition_cli import write_partitions
-from fedfhe_server.aggregation import AGGREGATIONS
-from fedfhe_server.server_app import ReplyPolicy, make_strategy
+from fedfhe_owner.client_app import train as client_train
 
 ATTACKS = ("inflated-weight", "scaled-x100", "sign-flip", "nan")
 FAMILY = "LogisticRegression"

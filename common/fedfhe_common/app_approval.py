@@ -3,16 +3,16 @@
 Every run submitted to the SuperLink ships its Flower App (a FAB, a zip) to every
 SuperNode, and Flower's ``flwr-clientapp`` puts the unpacked FAB first on
 ``sys.path`` before importing the ClientApp: a FAB carrying its own
-``fedfhe_client/client_app.py`` would run instead of the installed one and could
-read the owner's rows. fedfhe's launcher (``fedfhe_client.clientapp_launcher``)
+``fedfhe_owner/client_app.py`` would run instead of the installed one and could
+read the owner's rows. fedfhe's launcher (``fedfhe_owner.clientapp_launcher``)
 checks the FAB against the owner's ``approved_flower_apps`` (owner.yaml) before
 anything of it is unpacked or imported.
 
 What is pinned is the *app digest*: SHA-256 over the FAB's members (each name and
 the SHA-256 of its uncompressed bytes), not over the zip's bytes. ``flwr run``
 builds the zip deterministically (fixed dates, sorted members), but deflate output
-may differ between zlib builds; the members do not. ``fedfhe-server app-hash``
-prints the digest of the app that ``fedfhe-server train`` submits.
+may differ between zlib builds; the members do not. ``fedfhe-coordinator app-hash``
+prints the digest of the app that ``fedfhe-coordinator train`` submits.
 
 Why a pin and not a signature by the release key: that key lives on the
 coordinator, which is exactly the party (or anyone with a shell there) this check
@@ -38,7 +38,7 @@ from pathlib import Path
 from .errors import FedfheError
 
 CONFIG_KEY = "approved_flower_apps"
-ENV_APPROVED = "FEDFHE_APPROVED_APPS"  # comma-separated digests, set by `fedfhe-client supernode`
+ENV_APPROVED = "FEDFHE_APPROVED_APPS"  # comma-separated digests, set by `fedfhe-owner supernode`
 ENV_OWNER = "FEDFHE_OWNER_ID"
 DIGEST = re.compile(r"[0-9a-f]{64}")
 _DOMAIN = b"fedfhe-flower-app-digest-v1\n"
@@ -57,7 +57,8 @@ def normalize_digest(value: str, where: str = CONFIG_KEY) -> str:
     text = value.strip().lower()
     text = text.removeprefix("sha256:")
     if not DIGEST.fullmatch(text):
-        raise ValueError(f"{where}: expected a 64-hex-digit app digest (from `fedfhe-server app-hash`), got {value!r}")
+        raise ValueError(f"{where}: expected a 64-hex-digit app digest "
+                         f"(from `fedfhe-coordinator app-hash`), got {value!r}")
     return text
 
 
@@ -105,7 +106,7 @@ def check_fab(fab: bytes, fab_hash: str, approved: Collection[str]) -> str:
     if not approved:
         raise AppNotApproved(
             f"no Flower App is approved on this host ({CONFIG_KEY} in owner.yaml is empty); "
-            "pin the one printed by `fedfhe-server app-hash`"
+            "pin the one printed by `fedfhe-coordinator app-hash`"
         )
     actual = hashlib.sha256(fab).hexdigest()
     if fab_hash != actual:

@@ -1,6 +1,6 @@
 """``check-config``: validate a role's YAML file (and schema files) without starting anything.
 
-Every console script that reads a config offers it (fedfhe-server, fedfhe-client,
+Every console script that reads a config offers it (fedfhe-coordinator, fedfhe-owner,
 fedfhe-inference), and Ansible runs it as the ``validate:`` of each config template,
 so a bad file fails at template time, naming every problem, instead of as a service
 that never comes up. ``--json-schema`` prints a JSON Schema of the file for editors

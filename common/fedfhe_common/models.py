@@ -89,7 +89,7 @@ def check_family(family: str, schema: DatasetSchema, *, local: bool = False) -> 
     if is_tree(family) and not local:
         fit = CLASSIFIERS if schema.is_classifier else REGRESSORS
         raise ConfigError(f"model {family!r} is a tree family: FedAvg averages linear parameters (coef_, intercept_) "
-                          f"only, so it trains on one site with `fedfhe-server train-local`; federated families "
+                          f"only, so it trains on one site with `fedfhe-coordinator train-local`; federated families "
                           f"for schema {schema.name!r} (task {schema.task}): {', '.join(fit)}")
     if schema.is_classifier != (family in CLASSIFIERS + TREE_CLASSIFIERS):
         kind, fit = ("classifier", CLASSIFIERS) if schema.is_classifier else ("regressor", REGRESSORS)

@@ -1,7 +1,7 @@
 """``--format text|json`` for commands that report a result: one JSON document on stdout for scripts.
 
 With ``--format json`` stdout carries only that document (progress and warnings stay on
-stderr), so ``fedfhe-server compile --format json | jq .bundle_sha256`` works.
+stderr), so ``fedfhe-coordinator compile --format json | jq .bundle_sha256`` works.
 """
 
 from __future__ import annotations

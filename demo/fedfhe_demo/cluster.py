@@ -1,7 +1,7 @@
 """A whole federation on one machine: PKI, configs and real processes on loopback.
 
 Used by `make demo` and the integration tests. Every process is started the
-way an operator starts it (the fedfhe-server / fedfhe-client console scripts,
+way an operator starts it (the fedfhe-coordinator / fedfhe-owner console scripts,
 which exec flower-superlink / flower-supernode) and is stopped on close().
 """
 
@@ -27,9 +27,9 @@ from .inference_node import InferenceNode, spawn
 
 @cache
 def fedfhe_app_digest() -> str:
-    """What an owner pins in approved_flower_apps: the digest `fedfhe-server app-hash` prints."""
+    """What an owner pins in approved_flower_apps: the digest `fedfhe-coordinator app-hash` prints."""
     from fedfhe_common.app_approval import app_dir_digest
-    from fedfhe_server.flwr_cli import flower_app_dir
+    from fedfhe_coordinator.flwr_cli import flower_app_dir
 
     return app_dir_digest(flower_app_dir())
 
@@ -113,7 +113,7 @@ class Cluster:
         return proc
 
     def start_superlink(self, config: Path, timeout: float = 60) -> Proc:
-        proc = self.start("superlink", [venv_bin("fedfhe-server"), "superlink", "--config", str(config)])
+        proc = self.start("superlink", [venv_bin("fedfhe-coordinator"), "superlink", "--config", str(config)])
         wait_until(
             lambda: self._alive(proc) and port_open(f"{self.host}:{self.control_port}")
             and port_open(f"{self.host}:{self.fleet_port}"),
@@ -132,17 +132,17 @@ class Cluster:
         return node
 
     def register(self, config: Path, keys: list[Path] | None = None) -> None:
-        """`fedfhe-server register`: SuperNodes must be registered before they start,
+        """`fedfhe-coordinator register`: SuperNodes must be registered before they start,
         or flower-supernode exits with code 305 ("Failed to activate SuperNode")."""
-        argv = [venv_bin("fedfhe-server"), "register", "--config", str(config)]
+        argv = [venv_bin("fedfhe-coordinator"), "register", "--config", str(config)]
         for key in keys or []:
             argv += ["--key", str(key)]
         res = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
         if res.returncode != 0:
-            raise RuntimeError(f"fedfhe-server register failed: {res.stderr.strip()}")
+            raise RuntimeError(f"fedfhe-coordinator register failed: {res.stderr.strip()}")
 
     def start_supernode(self, owner: str, config: Path) -> Proc:
-        return self.start(f"supernode-{owner}", [venv_bin("fedfhe-client"), "supernode", "--config", str(config)])
+        return self.start(f"supernode-{owner}", [venv_bin("fedfhe-owner"), "supernode", "--config", str(config)])
 
     def _alive(self, proc: Proc) -> bool:
         if proc.popen.poll() is not None:

@@ -25,8 +25,8 @@ from .steps import Options, Steps
 
 def heldout_rows(owner_cfg: Path, schema: Any) -> tuple[np.ndarray, np.ndarray]:
     """The rows this owner's ClientApp kept back: same file, fraction and seed, same rule."""
-    from fedfhe_client import config as owner_config
-    from fedfhe_client.holdout import split_holdout
+    from fedfhe_owner import config as owner_config
+    from fedfhe_owner.holdout import split_holdout
 
     cfg = owner_config.load(owner_cfg)
     X, y = load_table(cfg.data, schema, cfg.labels)
@@ -44,9 +44,9 @@ def run_fhe_phases(
     opts: Options, work: Path, steps: Steps, console: Console, cluster: Cluster,
     owners: list[str], owner_cfgs: dict[str, Path], report: dict[str, Any],
 ) -> None:
-    from fedfhe_client.predict import predict_rows
     from fedfhe_common.release import load_signing_key
-    from fedfhe_server.compile import compile_artifact
+    from fedfhe_coordinator.compile import compile_artifact
+    from fedfhe_owner.predict import predict_rows
 
     schema = resolve_schema(opts.dataset)
     metric = report["metric"]

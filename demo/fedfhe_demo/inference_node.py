@@ -214,8 +214,8 @@ class InferenceNode:
 
     # ---- clients ---------------------------------------------------------------------------
     def endpoint(self, owner: str, **extra: Any) -> Any:
-        """``owner``'s fedfhe_client InferenceEndpoint for this node."""
-        from fedfhe_client.config import InferenceEndpoint
+        """``owner``'s fedfhe_owner InferenceEndpoint for this node."""
+        from fedfhe_owner.config import InferenceEndpoint
 
         return InferenceEndpoint(
             address=self.address, certfile=self.pki / f"{owner}.crt", keyfile=self.pki / f"{owner}.key",

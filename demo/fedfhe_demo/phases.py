@@ -12,9 +12,9 @@ from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.data import load_table
 from fedfhe_common.schema import resolve_schema
 from fedfhe_common.scoring import mean_abs_error, prediction_score
-from fedfhe_server import config as coord
-from fedfhe_server.progress import RoundTable
-from fedfhe_server.training import run_training
+from fedfhe_coordinator import config as coord
+from fedfhe_coordinator.progress import RoundTable
+from fedfhe_coordinator.training import run_training
 
 from .cluster import Cluster
 from .partition_cli import write_partitions

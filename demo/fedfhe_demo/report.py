@@ -13,9 +13,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-# One plot for the demo and for `fedfhe-server train`'s report on real deployments.
-from fedfhe_server.report import LABEL as _LABEL
-from fedfhe_server.report import accuracy_plot
+# One plot for the demo and for `fedfhe-coordinator train`'s report on real deployments.
+from fedfhe_coordinator.report import LABEL as _LABEL
+from fedfhe_coordinator.report import accuracy_plot
 
 
 def _pct(v: float | None) -> str:

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--bundles-dir", type=Path, help="the bundles directory, instead of --config")
         p.add_argument("--release-public-key", type=Path, help="release.pub (default: the config's)")
         if name == "publish":
-            p.add_argument("bundle", type=Path, help="bundle directory written by 'fedfhe-server compile'")
+            p.add_argument("bundle", type=Path, help="bundle directory written by 'fedfhe-coordinator compile'")
             p.add_argument("--reload", action="store_true", help="send SIGHUP to the running server (pid_file)")
         else:
             add_format(p)

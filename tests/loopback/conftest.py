@@ -17,10 +17,10 @@ import pytest
 from inference_harness import Digits, Node, Owner, make_owner, start_node
 
 from fedfhe_common.pki import init_ca, supernode_keypair
+from fedfhe_coordinator import config as coord
+from fedfhe_coordinator.training import run_training
 from fedfhe_demo.cluster import Cluster
 from fedfhe_demo.partition_cli import write_partitions
-from fedfhe_server import config as coord
-from fedfhe_server.training import run_training
 
 OWNERS = ["owner-0", "owner-1", "owner-2"]
 

@@ -26,18 +26,18 @@ import pytest
 import yaml
 from reliability_helpers import reap_group, supernode_id
 
-from fedfhe_client import config as owner_config
-from fedfhe_client.config import InferenceEndpoint
-from fedfhe_client.inference_client import InferenceClient, InferenceError
-from fedfhe_client.supernode import supernode_command
 from fedfhe_common.pki import init_ca, issue
 from fedfhe_common.procs import flower_env, free_port, venv_bin, wait_until
 from fedfhe_common.release import make_release_key
+from fedfhe_coordinator import config as coord
+from fedfhe_coordinator import flwr_cli
 from fedfhe_demo.cluster import Cluster
 from fedfhe_demo.inference_node import InferenceNode, write_config
 from fedfhe_demo.partition_cli import write_partitions
-from fedfhe_server import config as coord
-from fedfhe_server import flwr_cli
+from fedfhe_owner import config as owner_config
+from fedfhe_owner.config import InferenceEndpoint
+from fedfhe_owner.inference_client import InferenceClient, InferenceError
+from fedfhe_owner.supernode import supernode_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 HOSTS = ["127.0.0.1", "localhost"]
@@ -209,7 +209,7 @@ def _flwr_ls(cfg_path: Path) -> dict:
 
 
 def _supernode(c: Cluster, owner_cfg, tag: str):
-    """flower-supernode as fedfhe-client starts it, with the project CA, giving up after 2 retries."""
+    """flower-supernode as fedfhe-owner starts it, with the project CA, giving up after 2 retries."""
     argv = [*supernode_command(owner_cfg), "--max-retries", "2", "--max-wait-time", "30"]
     return c.start(f"supernode-{tag}", argv, env=flower_env())
 

@@ -22,7 +22,7 @@ from reliability_helpers import (
 
 from fedfhe_common.errors import FedfheError
 from fedfhe_common.procs import wait_until
-from fedfhe_server.training import run_training
+from fedfhe_coordinator.training import run_training
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 OWNERS = ["owner-0", "owner-1", "owner-2"]
@@ -83,7 +83,7 @@ def test_round_completes_without_the_killed_node_and_names_it(fed, killed_run):
     # The run's report (the artifact's metrics) carries the same rows ...
     per_round = killed_run["artifact"].metrics["per_round"]
     assert [m["owner"] for m in per_round[1]["missing"]] == ["owner-2"]
-    # ... and so does progress.jsonl, which `fedfhe-server train` prints from.
+    # ... and so does progress.jsonl, which `fedfhe-coordinator train` prints from.
     progress = fed["cfg"].training.output_dir / "progress.jsonl"
     lines = [json.loads(x) for x in progress.read_text().splitlines()]
     assert lines[1]["missing"] == r2["missing"]
@@ -119,7 +119,7 @@ def test_too_few_nodes_mid_run_fails_with_a_clear_message(fed):
     kill_on_nth_train_message(c, victim, 2, offset, 180, guard=run)
     with pytest.raises(FedfheError) as err:
         run.result(240)
-    print(f"\n--- what `fedfhe-server train` reports ---\n{err.value}")
+    print(f"\n--- what `fedfhe-coordinator train` reports ---\n{err.value}")
     first = str(err.value).splitlines()[0]
     expected = "training failed: round 2: 2 SuperNode(s) trained, the run needs 3; no reply from owner-1 (see "
     assert first.startswith(expected), str(err.value)

@@ -18,9 +18,9 @@ import yaml
 from inference_harness import Node, write_node_config
 from prometheus_client.parser import text_string_to_metric_families
 
-from fedfhe_client.inference_client import InferenceClient
 from fedfhe_common.procs import free_port, venv_bin
 from fedfhe_demo.inference_node import spawn
+from fedfhe_owner.inference_client import InferenceClient
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
 INFERENCE = "fedfhe.inference.v1.Inference"

@@ -136,8 +136,8 @@ def test_reload_keeps_the_last_good_crl(tmp_path, caplog):
 
 def test_an_owner_refuses_an_inference_node_whose_certificate_is_revoked(crl_node, rpki, tmp_path):
     """Last in the module: it revokes the node's own certificate in ``rpki``."""
-    from fedfhe_client.inference_client import InferenceClient, InferenceError
-    from fedfhe_client.server_certificate import RevokedServerError
+    from fedfhe_owner.inference_client import InferenceClient, InferenceError
+    from fedfhe_owner.server_certificate import RevokedServerError
 
     endpoint = crl_node.endpoint("alice", crl_file=rpki / "crl.pem")
     with InferenceClient(endpoint) as client:  # not revoked: the check passes, calls are served
@@ -155,7 +155,7 @@ def test_an_owner_refuses_an_inference_node_whose_certificate_is_revoked(crl_nod
         "inference": {"address": endpoint.address, "certfile": str(endpoint.certfile),
                       "keyfile": str(endpoint.keyfile), "ca_certfile": str(endpoint.ca_certfile)},
     }))
-    res = subprocess.run([venv_bin("fedfhe-client"), "delete-keys", "--config", str(owner_yaml)],
+    res = subprocess.run([venv_bin("fedfhe-owner"), "delete-keys", "--config", str(owner_yaml)],
                          capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode != 0 and "is revoked on the project CRL" in res.stderr, res.stderr
     # Without a reachable node the owner gets UNAVAILABLE, not a silent pass.

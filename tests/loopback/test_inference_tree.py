@@ -8,12 +8,12 @@ import signal
 import numpy as np
 import pytest
 
-from fedfhe_client.inference_client import InferenceClient
-from fedfhe_client.predict import predict_rows
 from fedfhe_common.procs import wait_until
 from fedfhe_common.release import load_signing_key, load_verify_key
 from fedfhe_common.schema import DIGITS
 from fedfhe_inference.bundles import publish_bundle
+from fedfhe_owner.inference_client import InferenceClient
+from fedfhe_owner.predict import predict_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 def tree(tmp_path_factory, digits, pki):
     from concrete.ml.sklearn import DecisionTreeClassifier
 
-    from fedfhe_server.compile import compile_concrete_bundle
+    from fedfhe_coordinator.compile import compile_concrete_bundle
 
     model = DecisionTreeClassifier(max_depth=6, n_bits=6, random_state=0).fit(digits.X_train, digits.y_train)
     out = tmp_path_factory.mktemp("tree") / "bundle"

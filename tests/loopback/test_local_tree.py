@@ -1,5 +1,5 @@
 """The local path for a tree, as an operator runs it: a regression tree trained on a CSV by
-`fedfhe-server train-local`, compiled by `fedfhe-server compile` into a signed bundle, published on
+`fedfhe-coordinator train-local`, compiled by `fedfhe-coordinator compile` into a signed bundle, published on
 the running inference node, and predicted on encrypted rows equal to Concrete ML's simulation."""
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedfhe_client.inference_client import InferenceClient
-from fedfhe_client.predict import predict_rows
 from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.data import save_csv
 from fedfhe_common.manifest import verify_manifest
@@ -23,6 +21,8 @@ from fedfhe_common.procs import wait_until
 from fedfhe_common.release import load_verify_key
 from fedfhe_demo.datasets import load_builtin
 from fedfhe_inference.bundles import publish_bundle
+from fedfhe_owner.inference_client import InferenceClient
+from fedfhe_owner.predict import predict_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 ROWS = 3  # each row is one FHE run of a few seconds on this machine
@@ -30,7 +30,7 @@ ROWS = 3  # each row is one FHE run of a few seconds on this machine
 
 def server_cli(*argv: str) -> subprocess.CompletedProcess[str]:
     """The coordinator's console script, started as an operator starts it."""
-    exe = Path(sys.executable).with_name("fedfhe-server")
+    exe = Path(sys.executable).with_name("fedfhe-coordinator")
     return subprocess.run([str(exe), *argv], capture_output=True, text=True, timeout=300, check=False,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
@@ -70,7 +70,7 @@ def test_local_tree_from_csv_to_encrypted_predictions(tmp_path, node, pki):
     result = predict_rows(endpoint, tmp_path / "carol", rows, model_id="diabetes-tree", version="1", progress=False)
 
     # Concrete ML's simulation of the same circuit: the artifact through the same conversion compile used.
-    from fedfhe_server.compile import calibration_set, to_concrete
+    from fedfhe_coordinator.compile import calibration_set, to_concrete
 
     artifact = TrainingArtifact.load(art, load_verify_key(pki / "release.pub"))
     estimator = artifact.to_estimator()

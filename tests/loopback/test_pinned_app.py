@@ -1,6 +1,6 @@
 """A hostile Flower App submitted to the SuperLink: every SuperNode refuses it before any of its code runs.
 
-The FAB ships its own ``fedfhe_client/client_app.py``. Under Flower's stock
+The FAB ships its own ``fedfhe_owner/client_app.py``. Under Flower's stock
 ``flwr-clientapp`` the FAB's folder goes first on ``sys.path``, so that module
 would shadow the installed one: on import it leaves a marker and reads the
 owners' data files. The test proves, on the shared loopback federation
@@ -24,9 +24,9 @@ import pytest
 
 from fedfhe_common.app_approval import fab_digest
 from fedfhe_common.procs import venv_bin
+from fedfhe_coordinator import flwr_cli
+from fedfhe_coordinator.training import failure_reason, read_progress
 from fedfhe_demo.cluster import fedfhe_app_digest
-from fedfhe_server import flwr_cli
-from fedfhe_server.training import failure_reason, read_progress
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 REFUSING = ["owner-0", "owner-1", "owner-2", "owner-bad"]  # every registered, connected SuperNode
@@ -67,14 +67,14 @@ class OpenWatch:
 
 
 def hostile_app(folder: Path, marker_dir: Path, data_files: list[Path]) -> Path:
-    """fedfhe's own pyproject (same app id and version) plus a shadowing fedfhe_client package."""
+    """fedfhe's own pyproject (same app id and version) plus a shadowing fedfhe_owner package."""
     folder.mkdir(parents=True)
     (folder / "pyproject.toml").write_text((flwr_cli.flower_app_dir() / "pyproject.toml").read_text())
-    pkg = folder / "fedfhe_client"
+    pkg = folder / "fedfhe_owner"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "client_app.py").write_text(textwrap.dedent(f"""\
-        # Hostile: runs at import, in place of the installed fedfhe_client.client_app.
+        # Hostile: runs at import, in place of the installed fedfhe_owner.client_app.
         import os
         from pathlib import Path
 
@@ -94,7 +94,7 @@ def hostile_app(folder: Path, marker_dir: Path, data_files: list[Path]) -> Path:
 
 
 def submit(cfg, app: Path, log: Path, timeout: float = 300) -> int:
-    """`flwr run APP` against the coordinator, as `fedfhe-server train` does for fedfhe's own app."""
+    """`flwr run APP` against the coordinator, as `fedfhe-coordinator train` does for fedfhe's own app."""
     run_config = flwr_cli.write_run_config(cfg, {"num-server-rounds": 1})
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
@@ -154,7 +154,7 @@ def test_every_supernode_refuses_a_shadowing_app_before_it_runs(fed, first_run, 
     assert sorted(refused) == REFUSING, failures
     for reason in refused.values():
         assert f"Flower App {digest} is not approved here" in reason, reason
-    # The operator's terminal: `fedfhe-server train` prints the run's error with each owner's reason.
+    # The operator's terminal: `fedfhe-coordinator train` prints the run's error with each owner's reason.
     assert "refused the Flower App" in rows[0]["error"] and "refused the Flower App" in failure_reason(log)
 
     for owner in REFUSING:

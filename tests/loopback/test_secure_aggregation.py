@@ -20,10 +20,10 @@ from fedfhe_common.errors import FedfheError
 from fedfhe_common.procs import wait_until
 from fedfhe_common.schema import DIGITS
 from fedfhe_common.transport import to_arrays
+from fedfhe_coordinator import config as coord
+from fedfhe_coordinator.training import run_training
 from fedfhe_demo.cluster import Cluster
 from fedfhe_demo.partition_cli import write_partitions
-from fedfhe_server import config as coord
-from fedfhe_server.training import run_training
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 OWNERS = ["owner-0", "owner-1", "owner-2"]
@@ -150,6 +150,6 @@ def test_too_many_owners_lost_fails_naming_them(fed):
     with pytest.raises(FedfheError) as err:
         run.result(240)
     first = str(err.value).splitlines()[0]
-    print(f"\n--- what `fedfhe-server train` reports ---\n{err.value}")
+    print(f"\n--- what `fedfhe-coordinator train` reports ---\n{err.value}")
     assert "round 1: secure aggregation stopped: fewer owners left than its reconstruction threshold (2)" in first
     assert "owner-1" in first and "owner-0" not in first.split("no reply from", 1)[1], first

@@ -1,4 +1,4 @@
-"""A revoked owner's SuperNode key leaves the SuperLink: `fedfhe-server register` reconciles with the config.
+"""A revoked owner's SuperNode key leaves the SuperLink: `fedfhe-coordinator register` reconciles with the config.
 
 One SuperLink, no SuperNode and no run: two owners registered, then owner-1's
 key taken out of supernode_public_keys and register run again; its node is
@@ -12,12 +12,12 @@ import subprocess
 import pytest
 from reliability_helpers import reap_group
 
-from fedfhe_client.server_certificate import refuse_if_revoked
 from fedfhe_common.pki import revoke, write_crl
 from fedfhe_common.procs import venv_bin
+from fedfhe_coordinator import config as coord
+from fedfhe_coordinator import flwr_cli
 from fedfhe_demo.cluster import Cluster
-from fedfhe_server import config as coord
-from fedfhe_server import flwr_cli
+from fedfhe_owner.server_certificate import refuse_if_revoked
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -48,7 +48,7 @@ def test_register_unregisters_a_key_no_longer_listed(tmp_path):
 
 
 def test_a_supernode_refuses_a_superlink_whose_certificate_is_revoked(tmp_path):
-    """owner.yaml's crl_file: `fedfhe-client supernode` checks the SuperLink's certificate before Flower
+    """owner.yaml's crl_file: `fedfhe-owner supernode` checks the SuperLink's certificate before Flower
     connects, and refuses to start when it is revoked (a stolen SuperLink key answering at its address)."""
     with Cluster(tmp_path) as c:
         c.make_pki(["owner-0"])
@@ -62,7 +62,7 @@ def test_a_supernode_refuses_a_superlink_whose_certificate_is_revoked(tmp_path):
             data = tmp_path / "owner-0.csv"
             data.write_text("")
             owner = c.owner_config("owner-0", data, crl_file=str(c.pki / "crl.pem"))
-            res = subprocess.run([venv_bin("fedfhe-client"), "supernode", "--config", str(owner)],
+            res = subprocess.run([venv_bin("fedfhe-owner"), "supernode", "--config", str(owner)],
                                  capture_output=True, text=True, timeout=120, check=False)
             assert res.returncode != 0, res.stderr
             assert "SuperLink" in res.stderr and "CN=superlink" in res.stderr and "is revoked" in res.stderr, \

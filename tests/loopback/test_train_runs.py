@@ -1,4 +1,4 @@
-"""`fedfhe-server train` as an operator runs it, on the shared federation (``fed``: three good owners and
+"""`fedfhe-coordinator train` as an operator runs it, on the shared federation (``fed``: three good owners and
 owner-bad, whose file does not fit the schema): Flower's run id and status, the JSON summary and the run
 report, the round table on stdout with owner-bad's reason, `runs`, the registration state read from the
 SuperLink, and Ctrl-C stopping the Flower run itself. Also `predict --format json` on the shared node."""
@@ -14,13 +14,13 @@ import pytest
 from fedfhe_common.data import save_csv
 from fedfhe_common.procs import venv_bin, wait_until
 from fedfhe_common.schema import DIGITS
-from fedfhe_server import flwr_cli
+from fedfhe_coordinator import flwr_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 
 def server(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([venv_bin("fedfhe-server"), *args], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([venv_bin("fedfhe-coordinator"), *args], capture_output=True, text=True, timeout=timeout,
                           check=False)
 
 
@@ -74,7 +74,8 @@ def test_registration_state_comes_from_the_superlink(fed):
 def test_ctrl_c_stops_the_flower_run_and_exits_130(fed, trained):
     cfg = fed["cfg"]
     before = {r["run-id"] for r in flwr_cli.list_runs(cfg)}
-    proc = subprocess.Popen([venv_bin("fedfhe-server"), "train", "--config", str(fed["cfg_path"]), "--rounds", "5"],
+    proc = subprocess.Popen([venv_bin("fedfhe-coordinator"), "train", "--config", str(fed["cfg_path"]),
+                             "--rounds", "5"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         def new_running() -> list[dict]:
@@ -107,7 +108,7 @@ def test_predict_json_summary(node, alice, digits, tmp_path):
     }))
     rows = tmp_path / "rows.csv"
     save_csv(rows, digits.X_test[:12], digits.y_test[:12], DIGITS)
-    res = subprocess.run([venv_bin("fedfhe-client"), "predict", "--config", str(owner_yaml), "--input",
+    res = subprocess.run([venv_bin("fedfhe-owner"), "predict", "--config", str(owner_yaml), "--input",
                           str(rows), "--out", str(tmp_path / "p.csv"), "--version", "1", "--format",
                           "json", "--no-progress"], capture_output=True, text=True, timeout=300, check=False)
     assert res.returncode == 0, res.stderr

@@ -329,7 +329,7 @@ def test_release_key_on_the_coordinator_only_and_its_public_half_everywhere(depl
     # Owners pin the Flower App that the deployed sources ship (hashed on the control node).
     from fedfhe_common.app_approval import app_dir_digest
 
-    shipped = app_dir_digest(deployed.work / "src" / "server" / "fedfhe_server" / "flower_app")
+    shipped = app_dir_digest(deployed.work / "src" / "server" / "fedfhe_coordinator" / "flower_app")
     for owner in OWNERS:
         owner_yaml = yaml.safe_load(deployed.hosts.hosts[owner].path("/etc/fedfhe/owner.yaml").read_text())
         assert owner_yaml["release_public_key"] == "/etc/fedfhe/pki/release.pub", owner
@@ -432,8 +432,8 @@ def _have_cli(*argv: str) -> bool:
 def test_publish_and_predict_match_the_clear_model(deployed: Deployment) -> None:
     from fedfhe_common.artifact import TrainingArtifact
 
-    if not _have_cli("fedfhe-server", "compile"):
-        pytest.xfail("fedfhe-server compile is not available yet")
+    if not _have_cli("fedfhe-coordinator", "compile"):
+        pytest.xfail("fedfhe-coordinator compile is not available yet")
     res = deployed.play("publish.yml", "-e", "fedfhe_publish_version=mh1", "-e", f"fedfhe_publish_eval={PUBLIC_TEST}")
     _expect_ok(res, "publish.yml")
     log = deployed.hosts.hosts["inference-1"].path("/var/log/fedfhe/fedfhe-inference.log").read_text(errors="replace")
@@ -449,9 +449,9 @@ def test_publish_and_predict_match_the_clear_model(deployed: Deployment) -> None
         assert (bundle / "manifest.sig").is_file(), f"{bundle}: no manifest.sig ({sorted(os.listdir(bundle))})"
         verify(release_pub, (bundle / "manifest.json").read_bytes(), read_signature(bundle), str(bundle))
     assert (served / "manifest.sig").read_bytes() == (control_copy / "manifest.sig").read_bytes()
-    if not _have_cli("fedfhe-client", "predict"):
-        pytest.xfail("fedfhe-client predict is not wired into fedfhe-client's CLI yet "
-                     "(client/fedfhe_client/predict_commands.py register() is not called from cli.py)")
+    if not _have_cli("fedfhe-owner", "predict"):
+        pytest.xfail("fedfhe-owner predict is not wired into fedfhe-owner's CLI yet "
+                     "(client/fedfhe_owner/predict_commands.py register() is not called from cli.py)")
     # New rows on data owner 0's host only (public test rows stand in for its new records).
     with np.load(deployed.work / "partition" / "public-test.npz", allow_pickle=False) as npz:
         X, y = npz["X"][:PREDICT_ROWS], npz["y"][:PREDICT_ROWS]
@@ -545,7 +545,7 @@ SERVED = "owner-0"
 
 LIST_SUPERNODES = """
 import json
-from fedfhe_server import config, flwr_cli
+from fedfhe_coordinator import config, flwr_cli
 print(json.dumps(flwr_cli.registered_public_keys(config.load("/etc/fedfhe/coordinator.yaml"))))
 """
 
@@ -553,7 +553,7 @@ print(json.dumps(flwr_cli.registered_public_keys(config.load("/etc/fedfhe/coordi
 def _supernodes(deployed: Deployment) -> dict[str, str]:
     """Owner -> status of its SuperNode on the SuperLink, read on the coordinator with Flower's Control API."""
     from fedfhe_common.fl_contract import owner_key_id
-    from fedfhe_server.flwr_cli import owner_keys
+    from fedfhe_coordinator.flwr_cli import owner_keys
 
     out = deployed.ssh("coordinator", f"/opt/fedfhe/venv/bin/python -c '{LIST_SUPERNODES}'").stdout
     names = owner_keys([deployed.work / "control" / "pki" / f"{o}.supernode.pub" for o in OWNERS])
@@ -601,7 +601,7 @@ def test_a_revoked_owner_is_refused_on_both_links(deployed: Deployment) -> None:
     for owner in (REVOKED, SERVED):
         np.savez_compressed(deployed.hosts.hosts[owner].path(PREDICT_INPUT), X=X, y=y)
     after_output = "/var/lib/fedfhe/owner/predictions/after-revocation.json"
-    refused = deployed.ssh(REVOKED, "runuser -u fedfhe -- /opt/fedfhe/venv/bin/fedfhe-client predict "
+    refused = deployed.ssh(REVOKED, "runuser -u fedfhe -- /opt/fedfhe/venv/bin/fedfhe-owner predict "
                            f"--config /etc/fedfhe/owner.yaml --input {PREDICT_INPUT} --out {after_output} "
                            "--no-progress", check=False)
     said = refused.stdout + refused.stderr

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from fedfhe_client.config import InferenceEndpoint
 from fedfhe_common.procs import free_port
 from fedfhe_common.release import load_verify_key
 from fedfhe_demo.inference_node import InferenceNode, write_config
+from fedfhe_owner.config import InferenceEndpoint
 
 OWNERS = ("alice", "bob", "carol", "dave")
 LIMITS = {"max_batch_rows": 32, "max_keys_per_owner": 4, "max_key_bytes": 100 << 20, "max_chunk_bytes": 2 << 20}
@@ -96,7 +96,7 @@ class Owner:
     key_ids: dict[str, str]
 
     def fhe(self, version: str) -> Any:
-        from fedfhe_client.keys import ModelKeys
+        from fedfhe_owner.keys import ModelKeys
 
         client, _ = ModelKeys(self.state_dir, "digits-lr", version).fhe_client()
         return client
@@ -107,7 +107,7 @@ class Owner:
 
 
 def make_owner(node: Node, name: str, state_dir: Path, X: np.ndarray) -> Owner:
-    from fedfhe_client.predict import predict_rows
+    from fedfhe_owner.predict import predict_rows
 
     endpoint = node.endpoint(name)
     ids = {}

@@ -61,9 +61,9 @@ def signing_key() -> Any:
 
 def lr_bundle(tmp_path_factory: pytest.TempPathFactory) -> LrBundle:
     if "lr" not in _cache:
+        from fedfhe_coordinator.compile import compile_artifact
+        from fedfhe_coordinator.local_training import train_local
         from fedfhe_demo.datasets import load_builtin
-        from fedfhe_server.compile import compile_artifact
-        from fedfhe_server.local_training import train_local
 
         work = tmp_path_factory.mktemp("lr-bundle")
         X, y, schema = load_builtin("digits")
@@ -89,8 +89,8 @@ def tree_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
         from concrete.ml.sklearn import DecisionTreeClassifier
 
         from fedfhe_common.fhe_wire import CircuitSpec
+        from fedfhe_coordinator.compile import compile_concrete_bundle
         from fedfhe_demo.datasets import load_builtin
-        from fedfhe_server.compile import compile_concrete_bundle
 
         X, y, schema = load_builtin("digits")
         model = DecisionTreeClassifier(max_depth=2, n_bits=3, random_state=0).fit(X, y)
@@ -168,8 +168,8 @@ class Owner:
 
 
 def make_owner(node: Any, name: str, state_dir: Path, X: np.ndarray) -> Owner:
-    from fedfhe_client.keys import ModelKeys
-    from fedfhe_client.predict import predict_rows
+    from fedfhe_owner.keys import ModelKeys
+    from fedfhe_owner.predict import predict_rows
 
     endpoint = node.endpoint(name)
     res = predict_rows(endpoint, state_dir, X[:1], model_id=MODEL_ID, version=VERSION, progress=False)

@@ -110,9 +110,9 @@ def digits_federation(work: Path, owners: list[str], **training: Any) -> Iterato
     nodes (owner -> SuperNode Proc); ``training`` goes to the coordinator config. Everything is
     stopped on exit, leftover process groups included.
     """
+    from fedfhe_coordinator import config as coord
     from fedfhe_demo.cluster import Cluster
     from fedfhe_demo.partition_cli import write_partitions
-    from fedfhe_server import config as coord
 
     data = work / "data"
     write_partitions("digits", len(owners), data, scheme="iid", seed=0)

@@ -27,7 +27,7 @@ from fedfhe_common.app_approval import (
 from fedfhe_common.errors import ConfigError
 from fedfhe_common.procs import venv_bin
 
-APP_DIR = Path(__file__).resolve().parents[2] / "server" / "fedfhe_server" / "flower_app"
+APP_DIR = Path(__file__).resolve().parents[2] / "server" / "fedfhe_coordinator" / "flower_app"
 
 
 @pytest.fixture(scope="module")
@@ -58,14 +58,14 @@ def test_the_pinned_value_is_deterministic_and_is_what_the_commands_print(fab, t
     assert build_fab_from_disk(APP_DIR) == fab  # `flwr run` builds the same bytes every time
     digest = fab_digest(fab)
     assert app_dir_digest(APP_DIR) == digest
-    server = subprocess.run([venv_bin("fedfhe-server"), "app-hash"], capture_output=True, text=True, check=True)
+    server = subprocess.run([venv_bin("fedfhe-coordinator"), "app-hash"], capture_output=True, text=True, check=True)
     assert server.stdout.strip() == digest
     # An owner can check a FAB file built by `flwr build` (the folder needs a valid app name).
     app = tmp_path / "fedfhe"
     shutil.copytree(APP_DIR, app)
     subprocess.run([venv_bin("flwr"), "build", "--app", str(app)], cwd=tmp_path, capture_output=True, check=True)
     (built,) = tmp_path.glob("*.fab")
-    client = subprocess.run([venv_bin("fedfhe-client"), "app-hash", "--fab", str(built)],
+    client = subprocess.run([venv_bin("fedfhe-owner"), "app-hash", "--fab", str(built)],
                             capture_output=True, text=True, check=True)
     assert client.stdout.strip() == digest
 
@@ -74,7 +74,7 @@ def test_the_digest_covers_members_not_compression(fab):
     stored = rezip(fab, zipfile.ZIP_STORED)
     assert sha(stored) != sha(fab) and fab_digest(stored) == fab_digest(fab)
     # A member added without listing it in .info/CONTENT still changes the digest.
-    shadowing = rezip(fab, extra={"fedfhe_client/client_app.py": b"open('/srv/rows.csv').read()\n"})
+    shadowing = rezip(fab, extra={"fedfhe_owner/client_app.py": b"open('/srv/rows.csv').read()\n"})
     assert fab_digest(shadowing) != fab_digest(fab)
 
 
@@ -85,7 +85,7 @@ def test_right_digest_is_approved(fab):
 def test_wrong_digest_is_refused_naming_the_app(fab):
     with pytest.raises(AppNotApproved, match=f"Flower App {fab_digest(fab)} is not approved here"):
         check_fab(fab, sha(fab), {"0" * 64})
-    hostile = rezip(fab, extra={"fedfhe_client/client_app.py": b"import os\n"})
+    hostile = rezip(fab, extra={"fedfhe_owner/client_app.py": b"import os\n"})
     with pytest.raises(AppNotApproved, match="not approved"):
         check_fab(hostile, sha(hostile), {fab_digest(fab)})
 
@@ -135,7 +135,7 @@ def owner_yaml(tmp_path: Path, **extra: object) -> Path:
 
 
 def test_owner_yaml_key_is_validated(tmp_path):
-    from fedfhe_client import config as owner_config
+    from fedfhe_owner import config as owner_config
 
     assert owner_config.load(owner_yaml(tmp_path)).approved_flower_apps == []
     cfg = owner_config.load(owner_yaml(tmp_path, approved_flower_apps=["A" * 64], release_public_key="release.pub"))
@@ -147,8 +147,8 @@ def test_owner_yaml_key_is_validated(tmp_path):
 
 
 def test_supernode_finds_fedfhe_launcher_first_on_path(tmp_path):
-    from fedfhe_client import config as owner_config
-    from fedfhe_client.supernode import supernode_env, write_clientapp_shim
+    from fedfhe_owner import config as owner_config
+    from fedfhe_owner.supernode import supernode_env, write_clientapp_shim
 
     cfg = owner_config.load(owner_yaml(tmp_path, approved_flower_apps=["a" * 64]))
     env = supernode_env(cfg, write_clientapp_shim(cfg), base={"PATH": os.environ["PATH"]})
@@ -176,7 +176,7 @@ class Launch:
         from flwr.app import Context, Message, RecordDict
         from flwr.supercore.task_identity import TaskIdentity
 
-        from fedfhe_client import clientapp_launcher as launcher
+        from fedfhe_owner import clientapp_launcher as launcher
 
         for name, value in (("_run_id", 5), ("_node_id", 1), ("_task_id", 9)):
             monkeypatch.setattr(TaskIdentity, name, value)

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedfhe_client import cli as client_cli
 from fedfhe_common.procs import venv_bin
+from fedfhe_coordinator import cli as server_cli
 from fedfhe_inference import cli as inference_cli
-from fedfhe_server import cli as server_cli
+from fedfhe_owner import cli as client_cli
 
-ROOT = Path(server_cli.__file__).resolve().parents[2]  # the checkout: server/fedfhe_server/cli.py
+ROOT = Path(server_cli.__file__).resolve().parents[2]  # the checkout: server/fedfhe_coordinator/cli.py
 EXAMPLES = {
     "coordinator": (server_cli, ROOT / "server" / "coordinator.example.yaml"),
     "owner": (client_cli, ROOT / "client" / "owner.example.yaml"),
@@ -131,7 +131,7 @@ def test_ansible_template_validate_refuses_a_bad_file(tmp_path):
     dest = tmp_path / "owner.yaml"
     run = [venv_bin("ansible"), "localhost", "-c", "local", "-i", "localhost,", "-e",
            f"ansible_python_interpreter={sys.executable}", "-m", "ansible.builtin.template",
-           "-a", f"src={src} dest={dest} validate='{venv_bin('fedfhe-client')} check-config --config %s'"]
+           "-a", f"src={src} dest={dest} validate='{venv_bin('fedfhe-owner')} check-config --config %s'"]
     env = {**os.environ, "ANSIBLE_LOCAL_TEMP": str(tmp_path / "a"), "ANSIBLE_REMOTE_TEMP": str(tmp_path / "a")}
     bad = subprocess.run([*run, "-e", "h=1.5"], capture_output=True, text=True, timeout=300, check=False, env=env)
     assert bad.returncode != 0 and not dest.exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fedfhe_common.errors import ConfigError
-from fedfhe_server import config as coord
+from fedfhe_coordinator import config as coord
 
 
 def _write(tmp_path, text: str):
@@ -67,7 +67,7 @@ def test_every_problem_is_reported_at_once_with_ranges_and_addresses(tmp_path):
 
 
 def test_owner_ranges_and_addresses(tmp_path):
-    from fedfhe_client import config as owner_config
+    from fedfhe_owner import config as owner_config
 
     good = {"owner_id": "o", "superlink": "10.0.0.1:9092", "root_certificates": "ca.crt", "auth_key": "k",
             "data": "d.csv", "state_dir": "s"}

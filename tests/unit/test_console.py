@@ -12,7 +12,7 @@ from fedfhe_common.console import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, run
 from fedfhe_common.errors import ConfigError
 from fedfhe_common.procs import venv_bin
 
-SCRIPTS = ["fedfhe-server", "fedfhe-client", "fedfhe-inference", "fedfhe-pki", "fedfhe-partition"]
+SCRIPTS = ["fedfhe-coordinator", "fedfhe-owner", "fedfhe-inference", "fedfhe-pki", "fedfhe-partition"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -24,7 +24,7 @@ def test_version_names_fedfhe_flower_and_concrete(script):
 
 
 def test_usage_errors_exit_2_and_failed_commands_exit_1(tmp_path):
-    usage = subprocess.run([venv_bin("fedfhe-server")], capture_output=True, text=True, timeout=120, check=False)
+    usage = subprocess.run([venv_bin("fedfhe-coordinator")], capture_output=True, text=True, timeout=120, check=False)
     assert usage.returncode == EXIT_USAGE == 2 and "required" in usage.stderr
     failed = subprocess.run([venv_bin("fedfhe-pki"), "--dir", str(tmp_path), "revoke", "nobody"],
                             capture_output=True, text=True, timeout=120, check=False)

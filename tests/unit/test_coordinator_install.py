@@ -1,9 +1,9 @@
-"""Why the coordinator installs fedfhe-client: stock ``flwr run`` finds the ClientApp's module too.
+"""Why the coordinator installs fedfhe-owner: stock ``flwr run`` finds the ClientApp's module too.
 
 README ("Things learned the hard way"): fedfhe does not replace Flower's functions at
 run time, so the coordinator installs the owners' package only for this check. When a
 Flower release stops checking the clientapp on the submitting host, the second test
-fails and the coordinator's install of fedfhe-client can go.
+fails and the coordinator's install of fedfhe-owner can go.
 """
 
 from __future__ import annotations
@@ -14,23 +14,23 @@ import sys
 import pytest
 from flwr.cli import config_utils
 
-from fedfhe_server.flwr_cli import flower_app_dir
+from fedfhe_coordinator.flwr_cli import flower_app_dir
 
 APP_CONFIG = flower_app_dir() / "pyproject.toml"
 
 
 class _NoClientPackage(importlib.abc.MetaPathFinder):
-    """As on a host without fedfhe-client: the package cannot be found."""
+    """As on a host without fedfhe-owner: the package cannot be found."""
 
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "fedfhe_client":
+        if name.split(".")[0] == "fedfhe_owner":
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         return None
 
 
 @pytest.fixture
 def without_client_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in [m for m in sys.modules if m.split(".")[0] == "fedfhe_client"]:
+    for name in [m for m in sys.modules if m.split(".")[0] == "fedfhe_owner"]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setattr(sys, "meta_path", [_NoClientPackage(), *sys.meta_path])
 
@@ -38,10 +38,10 @@ def without_client_package(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_app_names_a_clientapp_from_the_owners_package() -> None:
     config, _ = config_utils.load_and_validate(APP_CONFIG, check_module=False)
     components = config["tool"]["flwr"]["app"]["components"]
-    assert components["clientapp"].startswith("fedfhe_client.")
-    assert components["serverapp"].startswith("fedfhe_server.")
+    assert components["clientapp"].startswith("fedfhe_owner.")
+    assert components["serverapp"].startswith("fedfhe_coordinator.")
 
 
 def test_stock_flwr_run_needs_the_client_package(without_client_package: None) -> None:
-    with pytest.raises(ModuleNotFoundError, match="fedfhe_client"):
+    with pytest.raises(ModuleNotFoundError, match="fedfhe_owner"):
         config_utils.load_and_validate(APP_CONFIG)

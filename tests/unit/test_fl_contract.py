@@ -20,8 +20,8 @@ from fedfhe_common import models
 from fedfhe_common.errors import ConfigError
 from fedfhe_common.schema import resolve_schema
 from fedfhe_common.transport import to_arrays
-from fedfhe_server.aggregation import AGGREGATIONS, strategy_kwargs
-from fedfhe_server.server_app import ReplyPolicy, clip_update, make_strategy
+from fedfhe_coordinator.aggregation import AGGREGATIONS, strategy_kwargs
+from fedfhe_coordinator.server_app import ReplyPolicy, clip_update, make_strategy
 
 SCHEMA = resolve_schema("digits")
 FAMILY = "LogisticRegression"
@@ -145,7 +145,7 @@ def test_a_hostile_reply_is_its_owners_failure_and_leaves_the_aggregate_alone(tm
 
 
 def test_scores_come_from_honest_replies_only(tmp_path):
-    from fedfhe_server.server_app import client_scores
+    from fedfhe_coordinator.server_app import client_scores
 
     replies = [Message(content(**{"eval-accuracy": 0.8}), reply_to=Message(RecordDict(), dst_node_id=1,
                                                                            message_type="train"))]
@@ -185,7 +185,7 @@ def test_aggregation_parameters_are_checked(kw, message):
 
 def coordinator(tmp_path, **training: object):
     from fedfhe_common.config import from_dict
-    from fedfhe_server.config import CoordinatorConfig
+    from fedfhe_coordinator.config import CoordinatorConfig
 
     data = {"superlink": {"certfile": "a", "keyfile": "b", "ca_certfile": "c"}, "state_dir": "s", "release_key": "k",
             "supernode_public_keys": ["pki/alice.supernode.pub", "pki/bob.supernode.pub"],
@@ -213,7 +213,7 @@ def test_owner_keys_match_the_key_flower_registers(tmp_path):
     from flwr.cli.supernode.register import try_load_public_key
 
     from fedfhe_common.pki import init_ca, supernode_keypair
-    from fedfhe_server.flwr_cli import owner_keys
+    from fedfhe_coordinator.flwr_cli import owner_keys
 
     init_ca(tmp_path)
     supernode_keypair(tmp_path, "alice")

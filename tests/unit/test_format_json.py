@@ -10,8 +10,8 @@ from rich.console import Console
 from fedfhe_common import pki_cli
 from fedfhe_common.pki import init_ca, issue, revoke, supernode_keypair
 from fedfhe_common.release import make_release_key
+from fedfhe_coordinator import cli as server_cli
 from fedfhe_inference import cli as inference_cli
-from fedfhe_server import cli as server_cli
 
 
 def test_pki_list_json_names_roles_expiry_and_revocation(tmp_path, capsys):
@@ -78,7 +78,7 @@ ROW = {"round": 1, "fit_nodes": 2, "missing": ["owner-2"], "seconds": 3.0, "serv
 
 
 def test_round_table_goes_to_stdout_with_each_reason(capsys):
-    from fedfhe_server.progress import RoundTable
+    from fedfhe_coordinator.progress import RoundTable
 
     with RoundTable(2) as table:  # the default console: stdout (train.yml prints the command's stdout)
         table.add(ROW)
@@ -91,7 +91,7 @@ def test_round_table_goes_to_stdout_with_each_reason(capsys):
 
 def test_training_report_json_md_png(tmp_path):
     from fedfhe_common.schema import DIGITS
-    from fedfhe_server import report
+    from fedfhe_coordinator import report
 
     class Artifact:
         family, schema = "LogisticRegression", DIGITS
@@ -113,7 +113,7 @@ def test_training_report_json_md_png(tmp_path):
 
 
 def test_runs_joins_flower_status_with_fedfhe_records(tmp_path):
-    from fedfhe_server import runs
+    from fedfhe_coordinator import runs
 
     runs.record(tmp_path, 11, event="submitted", model="LogisticRegression", rounds=3)
     runs.record(tmp_path, 11, event="interrupted", status="finished:stopped")
@@ -144,7 +144,7 @@ def test_format_takes_text_or_json_only(argv, tmp_path, capsys):
 
 
 def test_an_owner_failing_fit_and_evaluate_counts_once(capsys):
-    from fedfhe_server.progress import RoundTable
+    from fedfhe_coordinator.progress import RoundTable
 
     twice = {**ROW, "missing": [], "failures": [{"owner": "owner-bad", "phase": "fit", "reason": "bad.csv"},
                                                 {"owner": "owner-bad", "phase": "evaluate", "reason": "bad.csv"}]}

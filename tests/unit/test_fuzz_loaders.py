@@ -34,7 +34,6 @@ from fuzzing import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fedfhe_client.config import OwnerConfig
 from fedfhe_common import models
 from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.config import load_config
@@ -42,7 +41,8 @@ from fedfhe_common.data import load_table, read_idx
 from fedfhe_common.errors import FedfheError
 from fedfhe_common.manifest import MANIFEST, sha256_file, verify_manifest
 from fedfhe_common.schema import DIGITS, DatasetSchema
-from fedfhe_server.config import CoordinatorConfig
+from fedfhe_coordinator.config import CoordinatorConfig
+from fedfhe_owner.config import OwnerConfig
 
 pytestmark = pytest.mark.timeout(60 * SCALE)
 

@@ -193,7 +193,7 @@ def _run(register, argv):
 def test_server_commands_train_local_choose_and_compile(digits, tmp_path, capsys, pki):
     from fedfhe_common.artifact import TrainingArtifact
     from fedfhe_common.manifest import verify_manifest
-    from fedfhe_server.fhe_commands import register
+    from fedfhe_coordinator.fhe_commands import register
 
     art = tmp_path / "artifact"
     assert _run(register, ["train-local", "--data", str(digits.train_csv), "--model", "SGDClassifier",
@@ -226,7 +226,7 @@ def test_server_commands_train_local_choose_and_compile(digits, tmp_path, capsys
     out = capsys.readouterr()
     assert f"chose n_bits={meta['n_bits']}" in out.out
     # Long steps say what they do as they go (stderr): each candidate, the compile, the signing.
-    assert "fedfhe-server compile: [" in out.err and f"n_bits {meta['n_bits']}: simulated" in out.err
+    assert "fedfhe-coordinator compile: [" in out.err and f"n_bits {meta['n_bits']}: simulated" in out.err
     assert "compiling SGDClassifier to FHE" in out.err and "signing the bundle" in out.err
     with pytest.raises(ConfigError, match="needs --eval"):
         _run(register, ["compile", "--artifact", str(art), "--out", str(tmp_path / "b2"), "--n-bits", "auto", *key])

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from fuzzing import canonical_json, coordinator_yaml, csv_seed, digits_rows, dump_yaml, idx_seed, owner_yaml
 
-from fedfhe_client.config import OwnerConfig
 from fedfhe_common import models
 from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.config import load_config
@@ -24,7 +23,8 @@ from fedfhe_common.data import load_table, read_idx
 from fedfhe_common.errors import ConfigError, DataError, IntegrityError
 from fedfhe_common.manifest import MANIFEST, sha256_file, verify_manifest
 from fedfhe_common.schema import DIGITS
-from fedfhe_server.config import CoordinatorConfig
+from fedfhe_coordinator.config import CoordinatorConfig
+from fedfhe_owner.config import OwnerConfig
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -20,7 +20,7 @@ from fedfhe_common import models
 from fedfhe_common.fl_contract import owner_key_id
 from fedfhe_common.schema import resolve_schema
 from fedfhe_common.transport import to_arrays
-from fedfhe_server.server_app import BoundedGrid, NodesLost, RecordingFedAvg, ReplyPolicy
+from fedfhe_coordinator.server_app import BoundedGrid, NodesLost, RecordingFedAvg, ReplyPolicy
 
 SCHEMA = resolve_schema("digits")
 REGISTERED = (1, 2, 3, 11, 12, 13)  # nodes whose public key the coordinator registered as owner-<id>

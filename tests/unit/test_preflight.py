@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from fedfhe_common.errors import ConfigError
+from fedfhe_coordinator import config as coord
+from fedfhe_coordinator.training import preflight
 from fedfhe_demo.__main__ import parse
-from fedfhe_server import config as coord
-from fedfhe_server.training import preflight
 
 
 def test_make_demo_refuses_a_regressor_on_digits_at_parse_time(capsys):

@@ -14,9 +14,9 @@ from flwr.app import Context, RecordDict
 from fedfhe_common import fl_contract as fc
 from fedfhe_common.errors import ConfigError
 from fedfhe_common.procs import venv_bin
-from fedfhe_server import config as coord
-from fedfhe_server.flwr_cli import secure_run_config
-from fedfhe_server.secure_training import resolve_shares
+from fedfhe_coordinator import config as coord
+from fedfhe_coordinator.flwr_cli import secure_run_config
+from fedfhe_coordinator.secure_training import resolve_shares
 
 
 def write(tmp_path: Path, owners: int, **section: object) -> Path:
@@ -89,9 +89,9 @@ def test_defaults_suit_3_to_100_owners(tmp_path):
 
 
 def test_train_refuses_the_config_before_starting_anything(tmp_path):
-    """`fedfhe-server train` with a bad section: exit 1, one line naming the key, no SuperLink contacted."""
+    """`fedfhe-coordinator train` with a bad section: exit 1, one line naming the key, no SuperLink contacted."""
     path = write(tmp_path, 3, enabled=True, reconstruction_threshold=4)
-    res = subprocess.run([venv_bin("fedfhe-server"), "train", "--config", str(path)], capture_output=True,
+    res = subprocess.run([venv_bin("fedfhe-coordinator"), "train", "--config", str(path)], capture_output=True,
                          text=True, timeout=120, check=False)
     assert res.returncode == 1, res
     assert "training.secure_aggregation.reconstruction_threshold: 4 is above the number of owners (3)" in res.stderr
@@ -112,7 +112,7 @@ def test_owner_checks_the_secagg_setup(shares, threshold, sample, ok):
 
 
 def test_owner_bounds_its_update_before_masking():
-    from fedfhe_client.secure_client import bound_update
+    from fedfhe_owner.secure_client import bound_update
 
     ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(),
                   run_config={fc.RUN_SECAGG_CLIPPING_RANGE: 2.0, fc.RUN_SECAGG_MAX_WEIGHT: 100.0})

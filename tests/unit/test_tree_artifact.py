@@ -15,8 +15,8 @@ from fedfhe_common.artifact import TrainingArtifact, files_for
 from fedfhe_common.errors import ConfigError, IntegrityError
 from fedfhe_common.manifest import write_manifest
 from fedfhe_common.schema import DIABETES, DIGITS
+from fedfhe_coordinator.local_training import train_local
 from fedfhe_demo.datasets import load_builtin
-from fedfhe_server.local_training import train_local
 
 SMALL = {"DecisionTreeClassifier": {"max_depth": 4}, "RandomForestClassifier": {"n_estimators": 3, "max_depth": 3},
          "XGBClassifier": {"n_estimators": 2, "max_depth": 2}, "DecisionTreeRegressor": {"max_depth": 4},
@@ -177,13 +177,13 @@ def test_check_structure_depth_and_orphans():
 
 
 def test_federated_train_refuses_a_tree_before_registering_or_running(tmp_path):
-    from fedfhe_server import config as coord
-    from fedfhe_server.training import preflight
+    from fedfhe_coordinator import config as coord
+    from fedfhe_coordinator.training import preflight
 
     path = tmp_path / "coordinator.yaml"
     path.write_text("state_dir: s\nrelease_key: k\nsuperlink: {certfile: a, keyfile: b, ca_certfile: c}\n"
                     "training: {output_dir: out, model: XGBClassifier, schema: digits}\n")
-    with pytest.raises(ConfigError, match=r"'XGBClassifier' is a tree family: .*fedfhe-server train-local"):
+    with pytest.raises(ConfigError, match=r"'XGBClassifier' is a tree family: .*fedfhe-coordinator train-local"):
         preflight(coord.load(path))
 
 
@@ -194,4 +194,4 @@ def test_make_demo_refuses_a_tree_family_naming_train_local(capsys):
         parse(["--dataset", "diabetes", "--model", "RandomForestRegressor"])
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert "'RandomForestRegressor' is a tree family" in err and "fedfhe-server train-local" in err
+    assert "'RandomForestRegressor' is a tree family" in err and "fedfhe-coordinator train-local" in err

@@ -1,12 +1,12 @@
-"""fedfhe-server tune: GridSearchCV x n_bits, each candidate scored clear, simulated and timed in real FHE;
+"""fedfhe-coordinator tune: GridSearchCV x n_bits, each candidate scored clear, simulated and timed in real FHE;
 the frontier and the pick (the fastest within tolerance of the best simulated score)."""
 
 from __future__ import annotations
 
 import json
 
-from fedfhe_server import cli as server_cli
-from fedfhe_server.tune import Candidate, mark_frontier, pick
+from fedfhe_coordinator import cli as server_cli
+from fedfhe_coordinator.tune import Candidate, mark_frontier, pick
 
 
 def cand(sim: float, ms: float, bits: int = 8) -> Candidate:

@@ -33,7 +33,7 @@ def read_progress(path: Path) -> list[dict[str, Any]]:
 
 MAX_LOG_REOPENS = 5  # `flwr log --stream` reopened after a dropped connection while the run still runs
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-# The last line of a Python traceback: "RuntimeError: ...", "fedfhe_server.server_app.NodesLost: ..."
+# The last line of a Python traceback: "RuntimeError: ...", "fedfhe_coordinator.server_app.NodesLost: ..."
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|NodesLost): \S")
 
 
@@ -164,11 +164,11 @@ def _follow(cfg: CoordinatorConfig, run_id: int, log_path: Path, progress: Path,
 
 def stop_and_wait(cfg: CoordinatorConfig, run_id: int, timeout: float = 60.0) -> str:
     """`flwr stop` the run and wait until `flwr ls` reports it finished; its final status."""
-    print(f"fedfhe-server: stopping Flower run {run_id} (flwr stop)", file=sys.stderr, flush=True)
+    print(f"fedfhe-coordinator: stopping Flower run {run_id} (flwr stop)", file=sys.stderr, flush=True)
     try:
         flwr_cli.stop_run(cfg, run_id)
     except FedfheError as exc:  # already finished, or the SuperLink is gone
-        print(f"fedfhe-server: {exc}", file=sys.stderr, flush=True)
+        print(f"fedfhe-coordinator: {exc}", file=sys.stderr, flush=True)
     deadline = time.monotonic() + timeout
     status = ""
     while time.monotonic() < deadline:
@@ -179,5 +179,5 @@ def stop_and_wait(cfg: CoordinatorConfig, run_id: int, timeout: float = 60.0) ->
         if status.startswith("finished"):
             break
         time.sleep(1.0)
-    print(f"fedfhe-server: Flower run {run_id}: {status or 'unknown'}", file=sys.stderr, flush=True)
+    print(f"fedfhe-coordinator: Flower run {run_id}: {status or 'unknown'}", file=sys.stderr, flush=True)
     return status or "unknown"

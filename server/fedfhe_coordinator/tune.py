@@ -1,4 +1,4 @@
-"""`fedfhe-server tune`: the local path's accuracy-vs-FHE-latency search ("train locally, deploy securely").
+"""`fedfhe-coordinator tune`: the local path's accuracy-vs-FHE-latency search ("train locally, deploy securely").
 
 scikit-learn's GridSearchCV scores the family's hyper-parameters in the clear
 (cross-validated on the training rows); every grid point is then refitted on all

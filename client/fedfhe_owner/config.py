@@ -51,9 +51,9 @@ class OwnerConfig:
     # Ed25519 release.pub (distributed with the CA): verifies signed releases this owner receives.
     release_public_key: Path | None = None
     # The project CRL (crl.pem of `fedfhe-pki revoke`): a SuperLink or inference node presenting a revoked
-    # certificate is refused before gRPC connects (fedfhe_client.server_certificate).
+    # certificate is refused before gRPC connects (fedfhe_owner.server_certificate).
     crl_file: Path | None = None
-    # App digests (`fedfhe-server app-hash`) of the Flower Apps this SuperNode may run; empty refuses every run.
+    # App digests (`fedfhe-coordinator app-hash`) of the Flower Apps this SuperNode may run; empty refuses every run.
     approved_flower_apps: list[str] = field(default_factory=list)
     # Test federations only: this owner's ClientApp sends a hostile reply (fl_contract.TEST_HOSTILE_REPLY).
     test_hostile_reply: Literal["", "inflated-weight", "nan"] = ""

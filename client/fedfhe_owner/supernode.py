@@ -79,7 +79,7 @@ def write_clientapp_shim(cfg: OwnerConfig, server: bool | None = None) -> Path:
 
     The SuperExec starts ``flwr-clientapp`` by bare name from PATH; with this
     directory first, every ClientApp on this host starts through
-    ``fedfhe_client.clientapp_launcher``, which refuses Flower Apps the owner did
+    ``fedfhe_owner.clientapp_launcher``, which refuses Flower Apps the owner did
     not approve before unpacking them. A run whose app declares an ``agentapp``
     makes the SuperNode start ``flwr-agentapp`` instead (which would unpack and
     import the FAB unchecked), so every other command Flower may start here
@@ -87,9 +87,9 @@ def write_clientapp_shim(cfg: OwnerConfig, server: bool | None = None) -> Path:
     every start (the venv may move).
 
     With ``server`` (default: ``clientapp_server_enabled()``), ``flower-superexec``
-    here forks fedfhe's pre-imported ClientApp server (``fedfhe_client.clientapp_server``)
+    here forks fedfhe's pre-imported ClientApp server (``fedfhe_owner.clientapp_server``)
     beside Flower's SuperExec, then becomes it, and ``flwr-clientapp`` is the door
-    (``fedfhe_client.clientapp_door``) that hands each message to that server:
+    (``fedfhe_owner.clientapp_door``) that hands each message to that server:
     a fork instead of about 2.3 s of imports per message. The launcher code, and
     so the approval check, is the same on both paths.
     """
@@ -101,18 +101,18 @@ def write_clientapp_shim(cfg: OwnerConfig, server: bool | None = None) -> Path:
     folder = cfg.state_dir.resolve() / SHIM_DIR
     for command in sorted(set(TASK_TYPE_TO_COMMAND.values()) - {"flwr-clientapp"}):
         refusal = (
-            "#!/bin/sh\n# Written by `fedfhe-client supernode`: a data owner's host runs only approved ClientApps.\n"
+            "#!/bin/sh\n# Written by `fedfhe-owner supernode`: a data owner's host runs only approved ClientApps.\n"
             f'echo "fedfhe: refused to start {command}: this SuperNode runs only approved ClientApps" >&2\nexit 1\n'
         )
         write_atomic(folder / command, refusal.encode(), 0o755)
-    cold = [sys.executable, "-m", "fedfhe_client.clientapp_launcher"]
+    cold = [sys.executable, "-m", "fedfhe_owner.clientapp_launcher"]
     if not server:
         (folder / "flower-superexec").unlink(missing_ok=True)
         script = (
             f"#!{sys.executable}\n"
-            "# Written by `fedfhe-client supernode`: every ClientApp on this host starts here.\n"
+            "# Written by `fedfhe-owner supernode`: every ClientApp on this host starts here.\n"
             "import sys\n\n"
-            "from fedfhe_client.clientapp_launcher import main\n\n"
+            "from fedfhe_owner.clientapp_launcher import main\n\n"
             "sys.exit(main())\n"
         )
         write_atomic(folder / "flwr-clientapp", script.encode(), 0o755)
@@ -120,16 +120,16 @@ def write_clientapp_shim(cfg: OwnerConfig, server: bool | None = None) -> Path:
     sock = str(cfg.state_dir.resolve() / SERVER_DIR / "clientapp.sock")
     door = (
         f"#!{sys.executable} -IS\n"
-        "# Written by `fedfhe-client supernode`: every ClientApp on this host starts here\n"
-        "# (the source of fedfhe_client/clientapp_door.py, then its call).\n"
+        "# Written by `fedfhe-owner supernode`: every ClientApp on this host starts here\n"
+        "# (the source of fedfhe_owner/clientapp_door.py, then its call).\n"
         + Path(clientapp_door.__file__).read_text()
         + f"\n\nsys.exit(main({sock!r}, {cold!r}, sys.argv[1:]))\n"
     )
     write_atomic(folder / "flwr-clientapp", door.encode(), 0o755)
-    server_cmd = [sys.executable, "-m", "fedfhe_client.clientapp_server", "--socket", sock]
+    server_cmd = [sys.executable, "-m", "fedfhe_owner.clientapp_server", "--socket", sock]
     superexec = (
         f"#!{sys.executable} -IS\n"
-        "# Written by `fedfhe-client supernode`: fedfhe's ClientApp server beside Flower's unchanged SuperExec.\n"
+        "# Written by `fedfhe-owner supernode`: fedfhe's ClientApp server beside Flower's unchanged SuperExec.\n"
         "import os\nimport sys\n\n"
         "if os.fork() == 0:  # the server: a child of the SuperExec, which it outlives by at most 0.5 s\n"
         f"    os.execv({sys.executable!r}, [*{server_cmd!r}, '--parent-pid', str(os.getppid())])\n"

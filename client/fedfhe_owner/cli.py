@@ -1,4 +1,4 @@
-"""fedfhe-client: the data owner's command line."""
+"""fedfhe-owner: the data owner's command line."""
 
 from __future__ import annotations
 
@@ -22,21 +22,21 @@ def _supernode(args: argparse.Namespace) -> int:
 
     cfg = owner_config.load(args.config)
     if not cfg.approved_flower_apps:
-        print(f"fedfhe-client: warning: {args.config}: approved_flower_apps is empty: this SuperNode will refuse "
-              "every run; pin the app digest printed by `fedfhe-server app-hash`", file=sys.stderr)
+        print(f"fedfhe-owner: warning: {args.config}: approved_flower_apps is empty: this SuperNode will refuse "
+              "every run; pin the app digest printed by `fedfhe-coordinator app-hash`", file=sys.stderr)
     try:
         X, _ = load_table(cfg.data, resolve_schema(cfg.schema), cfg.labels)
-        print(f"fedfhe-client: {cfg.data}: {len(X)} rows fit schema {cfg.schema}", file=sys.stderr)
+        print(f"fedfhe-owner: {cfg.data}: {len(X)} rows fit schema {cfg.schema}", file=sys.stderr)
     except FedfheError as exc:
         # Stay up: the owner can fix the file before the next run; each run reports the problem.
-        print(f"fedfhe-client: warning: {exc}", file=sys.stderr)
+        print(f"fedfhe-owner: warning: {exc}", file=sys.stderr)
     if cfg.crl_file is not None:
         from .server_certificate import wait_and_refuse_if_revoked
 
         cert = wait_and_refuse_if_revoked(
             cfg.superlink, cfg.root_certificates, cfg.crl_file, "SuperLink",
-            log=lambda line: print(f"fedfhe-client: {line}", file=sys.stderr, flush=True))
-        print(f"fedfhe-client: SuperLink {cfg.superlink}: certificate serial {cert.serial_number:x} is not "
+            log=lambda line: print(f"fedfhe-owner: {line}", file=sys.stderr, flush=True))
+        print(f"fedfhe-owner: SuperLink {cfg.superlink}: certificate serial {cert.serial_number:x} is not "
               f"on {cfg.crl_file}", file=sys.stderr)
     cmd = supernode_command(cfg)
     exec_in_venv(cmd, supernode_env(cfg, write_clientapp_shim(cfg)))
@@ -75,7 +75,7 @@ def owner_problems(cfg: owner_config.OwnerConfig) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap, sub = command_parser("fedfhe-client", __doc__)
+    ap, sub = command_parser("fedfhe-owner", __doc__)
     add_command(sub, "supernode", _supernode, "run flower-supernode (TLS, SuperNode auth) in the foreground",
                 config=True)
     add_check_config(sub, owner_config.OwnerConfig, "owner.yaml", owner_problems)

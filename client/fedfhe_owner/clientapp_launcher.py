@@ -1,8 +1,8 @@
 """fedfhe's ``flwr-clientapp``: the one place where a ClientApp starts on a data owner's host.
 
 For every message, the SuperNode's SuperExec starts ``flwr-clientapp`` by bare
-name from PATH. ``fedfhe-client supernode`` puts a shim of that name first on
-PATH (``fedfhe_client.supernode.write_clientapp_shim``) that runs ``main`` here.
+name from PATH. ``fedfhe-owner supernode`` puts a shim of that name first on
+PATH (``fedfhe_owner.supernode.write_clientapp_shim``) that runs ``main`` here.
 It does what Flower 1.39's ``flwr-clientapp`` does
 (flwr/supernode/runtime/run_clientapp.py), with Flower's own functions, except:
 
@@ -17,7 +17,7 @@ It does what Flower 1.39's ``flwr-clientapp`` does
 
 Imports stay lean (no ``flwr.supernode.cli``, which pulls in uvicorn and
 SQLAlchemy). Normally this code runs in a child forked per message by the
-pre-imported ``fedfhe_client.clientapp_server``; it runs as its own process (the
+pre-imported ``fedfhe_owner.clientapp_server``; it runs as its own process (the
 cold path) when that server is off, not up, or declines to fork.
 """
 
@@ -100,7 +100,7 @@ def run_task(  # noqa: PLR0913 - mirrors Flower's run_clientapp
         ],
         retry_invoker=retry_invoker,
     )
-    workdir = Path(tempfile.mkdtemp(prefix="fedfhe-clientapp-"))
+    workdir = Path(tempfile.mkdtemp(prefix="fedfhe-ownerapp-"))
     heartbeat: HeartbeatSender | None = None
     message: Message | None = None
     reply: Message | None = None

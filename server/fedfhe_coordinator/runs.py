@@ -3,7 +3,7 @@
 Flower's SuperLink keeps every run and its status (``flwr ls --format json``); fedfhe
 adds, in ``state_dir/runs.jsonl`` (one JSON object per line, appended), what the
 SuperLink does not know: the model, the rounds asked for, where the artifact and
-the report went, and how ``train`` ended. ``fedfhe-server runs`` joins the two.
+the report went, and how ``train`` ended. ``fedfhe-coordinator runs`` joins the two.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The run report of a federated training: report.json, report.md and accuracy.png in the output folder.
 
-``fedfhe-server train`` writes it on every real deployment (Ansible's train.yml fetches
+``fedfhe-coordinator train`` writes it on every real deployment (Ansible's train.yml fetches
 it); the demo's own report (demo/fedfhe_demo/report.py) draws its plot with
-:func:`accuracy_plot` from here. The PNG needs matplotlib (``fedfhe-server[report]``):
+:func:`accuracy_plot` from here. The PNG needs matplotlib (``fedfhe-coordinator[report]``):
 without it report.json and report.md are still written and say that the plot was skipped.
 """
 
@@ -115,7 +115,7 @@ def markdown(report: dict[str, Any], plot: bool) -> str:
         lines.append(f"| {r['round']} | {_score(m, r['accuracy'])} | {_score(m, r['client_accuracy'])} | {loss} | "
                      f"{r['nodes']} | {secs} | {problems} |")
     lines += ["", f"![{label} per round](accuracy.png)" if plot else
-              "accuracy.png was not drawn: matplotlib is not installed (pip install 'fedfhe-server[report]').", ""]
+              "accuracy.png was not drawn: matplotlib is not installed (pip install 'fedfhe-coordinator[report]').", ""]
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""fedfhe-client subcommands for encrypted inference: predict, delete-keys.
+"""fedfhe-owner subcommands for encrypted inference: predict, delete-keys.
 
 ``register(sub)`` adds them to the data owner's argparse tree; handlers
 return an exit code and raise FedfheError for a one-line message.
@@ -72,7 +72,7 @@ def _delete_keys(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add predict and delete-keys to fedfhe-client's subcommands."""
+    """Add predict and delete-keys to fedfhe-owner's subcommands."""
     p = sub.add_parser("predict", help="encrypted predictions on the inference node for the rows of a file")
     p.add_argument("--config", type=Path, required=True, help="owner.yaml (with an 'inference' section)")
     p.add_argument("--input", type=Path, required=True, help="rows: CSV (label column optional), NPZ or IDX")

@@ -1,4 +1,4 @@
-"""fedfhe-server: the coordinator's command line."""
+"""fedfhe-coordinator: the coordinator's command line."""
 
 from __future__ import annotations
 
@@ -71,8 +71,8 @@ def _train(args: argparse.Namespace) -> int:
                              seconds=time.monotonic() - t0)
     paths = write_training_report(report, cfg.training.output_dir)
     if "png" not in paths:
-        print("fedfhe-server train: accuracy.png skipped: matplotlib is not installed "
-              "(pip install 'fedfhe-server[report]')", file=sys.stderr)
+        print("fedfhe-coordinator train: accuracy.png skipped: matplotlib is not installed "
+              "(pip install 'fedfhe-coordinator[report]')", file=sys.stderr)
     artifact_dir = cfg.training.output_dir / "artifact"
     if wants_json(args):
         print_json({**report, "artifact": str(artifact_dir), "report": {k: str(v) for k, v in paths.items()}})
@@ -130,7 +130,7 @@ def coordinator_problems(cfg: coord_config.CoordinatorConfig) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap, sub = command_parser("fedfhe-server", __doc__)
+    ap, sub = command_parser("fedfhe-coordinator", __doc__)
     add_command(sub, "superlink", _superlink, "run flower-superlink (TLS, SuperNode auth) in the foreground",
                 config=True)
     p = add_command(sub, "register", _register, "register SuperNode public keys with the SuperLink", config=True)

@@ -34,7 +34,7 @@ CONNECTION = "fedfhe"
 
 def flower_app_dir() -> Path:
     """The Flower App (pyproject only) shipped inside this package."""
-    return Path(str(resources.files("fedfhe_server") / "flower_app"))
+    return Path(str(resources.files("fedfhe_coordinator") / "flower_app"))
 
 
 def flwr_env(cfg: CoordinatorConfig) -> dict[str, str]:
@@ -225,7 +225,7 @@ def _json_out(res: subprocess.CompletedProcess[str], what: str) -> dict[str, Any
 def start_run(cfg: CoordinatorConfig, run_config: Path) -> int:
     """Submit the Flower App with `flwr run --format json` and return Flower's run id (from its JSON, not its text).
 
-    Stock `flwr run` finds the ClientApp's module too, so the coordinator installs fedfhe-client
+    Stock `flwr run` finds the ClientApp's module too, so the coordinator installs fedfhe-owner
     (README, "Things learned the hard way"); fedfhe does not replace Flower's functions to avoid it.
     """
     res = _flwr(cfg, "run", str(flower_app_dir()), CONNECTION, "--format", "json", "--run-config", str(run_config))

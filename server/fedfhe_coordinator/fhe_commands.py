@@ -1,4 +1,4 @@
-"""fedfhe-server subcommands for the FHE side: compile, choose-n-bits, train-local.
+"""fedfhe-coordinator subcommands for the FHE side: compile, choose-n-bits, train-local.
 
 ``register(sub)`` adds them to the coordinator's argparse tree; each handler
 returns an exit code and raises FedfheError for a one-line operator message.
@@ -57,7 +57,7 @@ def _progress(cmd: str) -> Callable[[str], None]:
     started = time.monotonic()
 
     def say(line: str) -> None:
-        print(f"fedfhe-server {cmd}: [{time.monotonic() - started:6.1f} s] {line}", file=sys.stderr, flush=True)
+        print(f"fedfhe-coordinator {cmd}: [{time.monotonic() - started:6.1f} s] {line}", file=sys.stderr, flush=True)
 
     return say
 
@@ -208,13 +208,13 @@ def _tune(args: argparse.Namespace) -> int:
     print(f"f: on the frontier (no candidate both more accurate and faster); *: chosen, the fastest within "
           f"{args.tolerance} points of the best simulated {m}")
     print(f"chosen: {json.dumps(chosen.params)} n_bits {chosen.n_bits} (simulated {chosen.simulated:.4f}, "
-          f"{chosen.fhe_ms_per_row:.1f} ms/row); train it: fedfhe-server train-local --model {args.model} "
+          f"{chosen.fhe_ms_per_row:.1f} ms/row); train it: fedfhe-coordinator train-local --model {args.model} "
           f"--model-params '{json.dumps(chosen.params)}' ..., then compile --n-bits {chosen.n_bits}")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add compile, choose-n-bits and train-local to fedfhe-server's subcommands."""
+    """Add compile, choose-n-bits and train-local to fedfhe-coordinator's subcommands."""
     p = sub.add_parser("compile", help="compile a training artifact into an FHE deployment bundle")
     p.add_argument("--artifact", type=Path, required=True, help="training artifact directory")
     p.add_argument("--out", type=Path, required=True, help="bundle directory to write")

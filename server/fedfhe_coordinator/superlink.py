@@ -23,7 +23,7 @@ def superlink_command(cfg: CoordinatorConfig) -> list[str]:
         "--host", sl.control_host,
         "--port", str(sl.control_port),
         "--enable-supernode-auth",
-        # The ServerApp comes from the installed fedfhe-server package: never `uv sync` at run time.
+        # The ServerApp comes from the installed fedfhe-coordinator package: never `uv sync` at run time.
         "--disable-runtime-dependency-installation",
     ]
     if sl.database:

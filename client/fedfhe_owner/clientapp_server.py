@@ -6,18 +6,18 @@ in FastAPI), NumPy, SciPy and scikit-learn before it trains for a few
 milliseconds; with several owners on one machine that is most of a round. This
 server imports all of it once; each message costs a ``fork()``.
 
-Where it sits: ``fedfhe-client supernode`` puts two executables first on the
-SuperNode's PATH (``fedfhe_client.supernode.write_clientapp_shim``): a
+Where it sits: ``fedfhe-owner supernode`` puts two executables first on the
+SuperNode's PATH (``fedfhe_owner.supernode.write_clientapp_shim``): a
 ``flower-superexec`` that forks this server beside Flower's own SuperExec (its
 child, so it lives and dies with it) and then becomes that SuperExec unchanged,
-and a ``flwr-clientapp`` door (``fedfhe_client.clientapp_door``) that hands each
+and a ``flwr-clientapp`` door (``fedfhe_owner.clientapp_door``) that hands each
 message to this server over a Unix socket, or runs the cold launcher when the
 server does not answer. No Flower file or function is changed.
 
 What each child keeps from a fresh process:
 
 - the app-approval check, per message, before anything of the FAB is unpacked
-  (``fedfhe_client.clientapp_launcher.run_task``, the same code as the cold path);
+  (``fedfhe_owner.clientapp_launcher.run_task``, the same code as the cold path);
 - the door's stdin/stdout/stderr, Flower's arguments, a private work folder, and
   fresh random state (``random`` reseeds itself at fork; NumPy's global
   RandomState is reseeded here);
@@ -26,7 +26,7 @@ What each child keeps from a fresh process:
   ever. The server counts its native threads (``/proc/self/task``) before every
   fork and answers ``cold`` instead when there is more than one;
   ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS=1`` (set by
-  ``fedfhe-client supernode``) keep the BLAS pools from starting threads at import.
+  ``fedfhe-owner supernode``) keep the BLAS pools from starting threads at import.
 
 What differs: modules imported here come from the installed packages even if an
 approved FAB ships its own copy (Flower's process would put the FAB first on
@@ -61,8 +61,8 @@ PRELOAD = (
     "scipy.optimize",
     "sklearn.linear_model",
     "sklearn.metrics",
-    "fedfhe_client.clientapp_launcher",
-    "fedfhe_client.client_app",
+    "fedfhe_owner.clientapp_launcher",
+    "fedfhe_owner.client_app",
 )
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 MAX_REQUEST = 64 * 1024
@@ -134,7 +134,7 @@ def read_request(conn: socket.socket) -> tuple[list[str], list[int]]:
 
 def run_launcher(argv: list[str]) -> int:
     """The cold launcher's main, in this process; its exit code (Flower ends it with sys.exit)."""
-    from fedfhe_client import clientapp_launcher
+    from fedfhe_owner import clientapp_launcher
 
     try:
         clientapp_launcher.main(argv)
@@ -236,7 +236,7 @@ def serve(path: Path, parent_pid: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fedfhe-clientapp-server", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fedfhe-ownerapp-server", description=__doc__.splitlines()[0])
     parser.add_argument("--socket", type=Path, required=True, help="Unix socket to listen on")
     parser.add_argument("--parent-pid", type=int, required=True, help="stop when this process (the SuperExec) ends")
     args = parser.parse_args(argv)

@@ -30,7 +30,7 @@ app = ClientApp()
 
 
 def _local_data(context: Context, config: ConfigRecord) -> tuple[DatasetSchema, tuple[np.ndarray, ...]]:
-    """Load and split this owner's file (fedfhe_client.holdout: seeded, so train and eval agree)."""
+    """Load and split this owner's file (fedfhe_owner.holdout: seeded, so train and eval agree)."""
     node = context.node_config
     if "data-path" not in node:
         raise DataError("node-config", "no data-path set: start the SuperNode with --node-config 'data-path=\"...\"'")

@@ -4,7 +4,7 @@ Every reply is checked against fl_contract before it counts; a reply that breaks
 it is its owner's failure for the round, named from the SuperNode registration.
 
 Runs inside the SuperLink's ``flwr-serverapp`` process on the coordinator; the
-run config (set by ``fedfhe-server train`` through ``flwr run``) says what to train.
+run config (set by ``fedfhe-coordinator train`` through ``flwr run``) says what to train.
 
 Clients score the global model they receive on their held-out rows inside the
 train message, so round r's client accuracy arrives with round r+1's replies
