@@ -17,6 +17,7 @@ import pytest
 from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.data import save_csv
 from fedfhe_common.manifest import verify_manifest
+from fedfhe_common.pki import issue
 from fedfhe_common.procs import wait_until
 from fedfhe_common.release import load_verify_key
 from fedfhe_demo.datasets import load_builtin
@@ -63,11 +64,14 @@ def test_local_tree_from_csv_to_encrypted_predictions(tmp_path, node, pki):
 
     publish_bundle(bundle, node.bundles_dir, load_verify_key(pki / "release.pub"))
     node.signal(signal.SIGHUP)
-    endpoint = node.endpoint("carol")
+    # An owner of its own: the shared node caps key sets per owner (4), and carol's are counted by other modules.
+    issue(pki, "tree-owner", client=True)
+    endpoint = node.endpoint("tree-owner")
     with InferenceClient(endpoint) as client:
         wait_until(lambda: bool(client.list_models("diabetes-tree")), 60, "the tree bundle to be served")
     rows = X[test][:ROWS]
-    result = predict_rows(endpoint, tmp_path / "carol", rows, model_id="diabetes-tree", version="1", progress=False)
+    result = predict_rows(endpoint, tmp_path / "tree-owner", rows, model_id="diabetes-tree", version="1",
+                          progress=False)
 
     # Concrete ML's simulation of the same circuit: the artifact through the same conversion compile used.
     from fedfhe_coordinator.compile import calibration_set, to_concrete
