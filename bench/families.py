@@ -39,6 +39,7 @@ import numpy as np
 
 from fedfhe_common import models
 from fedfhe_common.artifact import TrainingArtifact
+from fedfhe_common.exit_status import exit_with
 from fedfhe_common.release import load_signing_key, make_release_key
 from fedfhe_common.scoring import mean_abs_error, prediction_score
 from fedfhe_coordinator.compile import compile_artifact
@@ -203,4 +204,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -40,6 +40,7 @@ import numpy as np
 import yaml
 
 from fedfhe_common.data import load_table
+from fedfhe_common.exit_status import exit_with
 from fedfhe_common.schema import DatasetSchema, resolve_schema
 from fedfhe_common.scoring import prediction_score
 from fedfhe_coordinator import config as coord
@@ -316,4 +317,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from fedfhe_common.exit_status import exit_with
 from fedfhe_common.fhe_wire import read_value
 from fedfhe_demo.inference_node import make_inference_pki
 from fedfhe_owner.inference_client import InferenceClient, InferenceError
@@ -215,4 +216,4 @@ def fuzz(bench: Any, node: Any, bundle: Any, rows: np.ndarray, work: Path, seed:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from fedfhe_common.exit_status import exit_with
 from fedfhe_common.procs import free_port
 from fedfhe_common.release import load_signing_key, load_verify_key
 from fedfhe_demo.datasets import load_builtin
@@ -561,4 +562,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

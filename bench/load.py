@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 import psutil
 
+from fedfhe_common.exit_status import exit_with
+
 MiB = 1 << 20
 
 
@@ -215,4 +217,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from fedfhe_common.exit_status import exit_with
 from fedfhe_coordinator import config as coord
 from fedfhe_coordinator.training import run_training
 from fedfhe_demo.cluster import Cluster
@@ -174,4 +175,4 @@ def write(args: argparse.Namespace, results: list[dict[str, Any]], cut: list[str
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

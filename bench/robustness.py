@@ -40,6 +40,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedfhe_common import fl_contract as fc
 from fedfhe_common import models
 from fedfhe_common.data import load_table
+from fedfhe_common.exit_status import exit_with
 from fedfhe_common.schema import resolve_schema
 from fedfhe_common.scoring import score_params
 from fedfhe_common.transport import from_arrays, to_arrays
@@ -241,4 +242,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

@@ -26,10 +26,15 @@ import pytest
 from inference_harness import OWNERS, Digits
 
 from fedfhe_common.data import save_csv
+from fedfhe_common.exit_status import keep_exit_status
 from fedfhe_common.pki import init_ca, issue
 from fedfhe_common.release import load_signing_key, make_release_key
 from fedfhe_common.schema import DIGITS
 from fedfhe_demo.datasets import load_builtin
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    keep_exit_status()  # once a test ran a circuit in this process, Concrete would end the session with 0
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FedfheError
+from .exit_status import keep_exit_status
 
 EXIT_FAILED = 1  # the command ran and failed (bad config, refused input, a failed run)
 EXIT_USAGE = 2  # argparse: the command line itself is wrong
@@ -74,3 +75,5 @@ def run(
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        keep_exit_status()  # else a command that ran a circuit exits 0 whatever it returns

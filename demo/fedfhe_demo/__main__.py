@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from fedfhe_common.errors import FedfheError
+from fedfhe_common.exit_status import exit_with
 from fedfhe_common.models import LOCAL_FAMILIES, check_family
 from fedfhe_common.schema import resolve_schema
 
@@ -40,4 +40,4 @@ def parse(argv: list[str] | None = None) -> Options:
 
 
 if __name__ == "__main__":
-    sys.exit(main(parse()))
+    exit_with(lambda: main(parse()))

@@ -348,4 +348,9 @@ class SandboxPool:
 
 
 if __name__ == "__main__":
-    sys.exit(worker_main(sys.argv[1:]))
+    from fedfhe_common.exit_status import keep_exit_status
+
+    try:
+        sys.exit(worker_main(sys.argv[1:]))
+    finally:
+        keep_exit_status()
