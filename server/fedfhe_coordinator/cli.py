@@ -51,9 +51,9 @@ def _train(args: argparse.Namespace) -> int:
     from . import runs
     from .progress import RoundTable
     from .report import training_report, write_training_report
-    from .training import run_training
+    from .training import run_training, with_secure_aggregation
 
-    cfg = coord_config.load(args.config)
+    cfg = with_secure_aggregation(coord_config.load(args.config), args.secure_aggregation)
     overrides = {}
     if args.rounds:
         overrides["num-server-rounds"] = args.rounds
@@ -77,8 +77,9 @@ def _train(args: argparse.Namespace) -> int:
     if wants_json(args):
         print_json({**report, "artifact": str(artifact_dir), "report": {k: str(v) for k, v in paths.items()}})
     else:
+        secure = ", secure aggregation (SecAgg+)" if report["privacy"].get("secure_aggregation") else ""
         print(f"Flower run {run_id} ({status}): artifact {artifact_dir} ({artifact.family}, "
-              f"{artifact.metrics['rounds']} rounds)")
+              f"{artifact.metrics['rounds']} rounds{secure})")
         print(f"report: {'  '.join(str(p) for p in paths.values())}")
     return 0
 
@@ -141,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     p = add_command(sub, "train", _train, "submit a federated run with flwr run and write the training artifact",
                     config=True)
     p.add_argument("--rounds", type=int, default=0)
+    p.add_argument("--secure-aggregation", action=argparse.BooleanOptionalAction, default=None,
+                   help="run this training with SecAgg+ on (or off), whatever training.secure_aggregation.enabled "
+                        "says; the section's other keys apply and are checked (default: as configured)")
     add_format(p)
     p = add_command(sub, "runs", _runs, "list the SuperLink's runs and their status (flwr ls), with fedfhe's record",
                     config=True)

@@ -86,9 +86,23 @@ def training_report(artifact: Any, *, run_id: int | None, status: str, owners: l
         "model": artifact.family,
         "schema": artifact.schema.name, "metric": metric, "rounds": artifact.metrics.get("rounds"),
         "owners": owners, "timings_s": {"training": round(seconds, 1)},
+        # secure aggregation on or off, with its threshold and DP noise (the ServerApp's privacy_summary)
+        "privacy": artifact.metrics.get("privacy") or {"secure_aggregation": False},
         "accuracy": {"federated_clear": final.get("accuracy"), "federated_clients": final.get("client_accuracy")},
         "per_round": per_round,
     }
+
+
+def _privacy_line(privacy: dict[str, Any]) -> str:
+    if not privacy.get("secure_aggregation"):
+        return "Secure aggregation: off (the coordinator saw each owner's update)."
+    line = (f"Secure aggregation: on (SecAgg+; the coordinator saw only the sum; reconstruction threshold "
+            f"{privacy.get('reconstruction_threshold', '-')} of {privacy.get('owners', '-')} owners)")
+    dp = privacy.get("dp")
+    if dp:
+        line += (f"; differential privacy: noise multiplier {dp['noise_multiplier']}, "
+                 f"standard deviation {dp['noise_stddev_per_round']:.3g} per round")
+    return line + "."
 
 
 def markdown(report: dict[str, Any], plot: bool) -> str:
@@ -101,6 +115,8 @@ def markdown(report: dict[str, Any], plot: bool) -> str:
         f"{report['model']} on schema {report['schema']}, {report['rounds']} rounds, "
         f"{len(report['owners'])} registered owners ({', '.join(report['owners'])}); Flower status "
         f"{report['status']}; training took {report['timings_s']['training']:.0f} s.",
+        "",
+        _privacy_line(report.get("privacy") or {}),
         "",
         f"Final {label}: {_score(m, acc['federated_clear'])} on the public test rows, "
         f"{_score(m, acc['federated_clients'])} on the owners' held-out rows.",

@@ -7,6 +7,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,25 @@ def failure_reason(log_text: str) -> str:
                 body.append(line.strip("│ "))
             return " ".join(b for b in body if b)
     return ""
+
+
+def with_secure_aggregation(cfg: CoordinatorConfig, enabled: bool | None) -> CoordinatorConfig:
+    """``cfg`` with ``training.secure_aggregation.enabled`` set for one run (None: as the config says).
+
+    `train --secure-aggregation` lets an operator run one secure training without editing
+    coordinator.yaml or restarting the SuperLink: the run config carries the mode, and owners
+    apply secaggplus_mod per run. The section's other keys stay as configured and are checked
+    again with the new mode, before anything starts.
+    """
+    sa = cfg.training.secure_aggregation
+    if enabled is None or enabled == sa.enabled:
+        return cfg
+    flag = "--secure-aggregation" if enabled else "--no-secure-aggregation"
+    try:
+        return replace(cfg, training=replace(cfg.training, secure_aggregation=replace(sa, enabled=enabled)))
+    except ConfigError as exc:
+        raise ConfigError(f"{flag} (training.secure_aggregation.enabled: {str(enabled).lower()} for this run): "
+                          f"{exc}") from None
 
 
 def preflight(cfg: CoordinatorConfig) -> None:
