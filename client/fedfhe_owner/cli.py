@@ -3,43 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from fedfhe_common.config_check import add_check_config
 from fedfhe_common.console import add_command, command_parser, run
 from fedfhe_common.errors import FedfheError
-from fedfhe_common.procs import exec_in_venv
+from fedfhe_common.logs import add_log_format
 
 from . import config as owner_config
 
 
 def _supernode(args: argparse.Namespace) -> int:
-    from fedfhe_common.data import load_table
-    from fedfhe_common.schema import resolve_schema
+    from .supernode import run_supernode
 
-    from .supernode import supernode_command, supernode_env, write_clientapp_shim
-
-    cfg = owner_config.load(args.config)
-    if not cfg.approved_flower_apps:
-        print(f"fedfhe-owner: warning: {args.config}: approved_flower_apps is empty: this SuperNode will refuse "
-              "every run; pin the app digest printed by `fedfhe-coordinator app-hash`", file=sys.stderr)
-    try:
-        X, _ = load_table(cfg.data, resolve_schema(cfg.schema), cfg.labels)
-        print(f"fedfhe-owner: {cfg.data}: {len(X)} rows fit schema {cfg.schema}", file=sys.stderr)
-    except FedfheError as exc:
-        # Stay up: the owner can fix the file before the next run; each run reports the problem.
-        print(f"fedfhe-owner: warning: {exc}", file=sys.stderr)
-    if cfg.crl_file is not None:
-        from .server_certificate import wait_and_refuse_if_revoked
-
-        cert = wait_and_refuse_if_revoked(
-            cfg.superlink, cfg.root_certificates, cfg.crl_file, "SuperLink",
-            log=lambda line: print(f"fedfhe-owner: {line}", file=sys.stderr, flush=True))
-        print(f"fedfhe-owner: SuperLink {cfg.superlink}: certificate serial {cert.serial_number:x} is not "
-              f"on {cfg.crl_file}", file=sys.stderr)
-    cmd = supernode_command(cfg)
-    exec_in_venv(cmd, supernode_env(cfg, write_clientapp_shim(cfg)))
+    return run_supernode(owner_config.load(args.config), args.config, args.log_format)
 
 
 def _check_data(args: argparse.Namespace) -> int:
@@ -76,8 +53,9 @@ def owner_problems(cfg: owner_config.OwnerConfig) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap, sub = command_parser("fedfhe-owner", __doc__)
-    add_command(sub, "supernode", _supernode, "run flower-supernode (TLS, SuperNode auth) in the foreground",
-                config=True)
+    p = add_command(sub, "supernode", _supernode, "run flower-supernode (TLS, SuperNode auth) in the foreground",
+                    config=True)
+    add_log_format(p)
     add_check_config(sub, owner_config.OwnerConfig, "owner.yaml", owner_problems)
     add_command(sub, "check-data", _check_data, "validate this owner's data file against the schema", config=True)
     p = add_command(sub, "app-hash", _app_hash, "print the app digest of a Flower App (to pin in approved_flower_apps)")

@@ -1,17 +1,18 @@
-"""Build the flower-supernode command line from the owner config."""
+"""Build the flower-supernode command line from the owner config, and run it."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
 
 from fedfhe_common.app_approval import ENV_APPROVED, ENV_OWNER
-from fedfhe_common.errors import ConfigError
+from fedfhe_common.errors import ConfigError, FedfheError
 from fedfhe_common.fileio import write_atomic
 from fedfhe_common.fl_contract import TEST_HOSTILE_REPLY, TEST_RECORD_UPDATES
-from fedfhe_common.procs import flower_env, venv_bin
+from fedfhe_common.procs import exec_in_venv, flower_env, venv_bin
 
 from .config import OwnerConfig
 
@@ -26,6 +27,8 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 # what an idle owner pays per interval is in bench/results/federated.json (poll-cost).
 TASK_POLL_VARIABLE = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 TASK_POLL_INTERVAL = "0.1"
+TEXT_LOG_FORMAT = "fedfhe-owner: %(message)s"  # the wrapper's own lines in text mode, as they always read
+log = logging.getLogger("fedfhe.owner.supernode")
 
 
 def node_config(cfg: OwnerConfig) -> str:
@@ -155,3 +158,43 @@ def supernode_env(cfg: OwnerConfig, shim_dir: Path, base: dict[str, str] | None 
     env[ENV_APPROVED] = ",".join(cfg.approved_flower_apps)
     env[ENV_OWNER] = cfg.owner_id
     return env
+
+
+def run_supernode(cfg: OwnerConfig, config_path: Path, log_format: str = "text") -> int:
+    """``fedfhe-owner supernode``: check what can be checked, then flower-supernode in the foreground.
+
+    Text logs: this process becomes flower-supernode (exec), as before. ``log_format`` json: its own
+    lines are JSON records and it stays flower-supernode's parent, relaying each line Flower (and the
+    ClientApps it starts) print as a JSON record with ``"source": "flower-supernode"``.
+    """
+    from fedfhe_common.data import load_table
+    from fedfhe_common.logs import configure
+    from fedfhe_common.schema import resolve_schema
+
+    configure(log_format)
+    if log_format == "text":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(logging.Formatter(TEXT_LOG_FORMAT))
+    if not cfg.approved_flower_apps:
+        log.warning("warning: %s: approved_flower_apps is empty: this SuperNode will refuse every run; pin the app "
+                    "digest printed by `fedfhe-coordinator app-hash`", config_path)
+    try:
+        X, _ = load_table(cfg.data, resolve_schema(cfg.schema), cfg.labels)
+        log.info("%s: %d rows fit schema %s", cfg.data, len(X), cfg.schema)
+    except FedfheError as exc:
+        # Stay up: the owner can fix the file before the next run; each run reports the problem.
+        log.warning("warning: %s", exc)
+    if cfg.crl_file is not None:
+        from .server_certificate import wait_and_refuse_if_revoked
+
+        cert = wait_and_refuse_if_revoked(cfg.superlink, cfg.root_certificates, cfg.crl_file, "SuperLink",
+                                          log=log.info)
+        log.info("SuperLink %s: certificate serial %x is not on %s", cfg.superlink, cert.serial_number, cfg.crl_file)
+    cmd = supernode_command(cfg)
+    env = supernode_env(cfg, write_clientapp_shim(cfg))
+    if log_format == "text":
+        logging.shutdown()
+        exec_in_venv(cmd, env)
+    from fedfhe_common.relay import run_relayed
+
+    return run_relayed(cmd, env, "flower-supernode", json_lines=True)

@@ -72,6 +72,7 @@ class Cluster:
             "state_dir": str(self.work / "coordinator"),
             "release_key": str(self.pki / "release.key"),
             "supernode_public_keys": [str(self.pki / f"{o}.supernode.pub") for o in owners],
+            "metrics_address": f"{self.host}:{free_port()}",  # training metrics; clusters may run side by side
             "superlink": {
                 "certfile": str(self.pki / "superlink.crt"),
                 "keyfile": str(self.pki / "superlink.key"),

@@ -15,13 +15,15 @@ from typing import Any
 from fedfhe_common.config_check import add_check_config
 from fedfhe_common.console import add_command, command_parser, run
 from fedfhe_common.errors import ConfigError, FedfheError
+from fedfhe_common.logs import add_log_format
 from fedfhe_common.output import add_format, print_json, wants_json
 
 from . import config as inference_config
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .logs import configure
+    from fedfhe_common.logs import configure
+
     from .server import serve
 
     cfg = inference_config.load(args.config)
@@ -100,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     ap, sub = command_parser("fedfhe-inference", __doc__)
     p = add_command(sub, "serve", _serve, "run the mutual-TLS gRPC inference service in the foreground")
     p.add_argument("--config", type=Path, required=True, help="inference.yaml")
-    p.add_argument("--log-format", choices=("text", "json"), default="text",
-                   help="log lines on stderr: text, or one JSON object per line (default: text)")
+    add_log_format(p)
     add_check_config(sub, inference_config.InferenceConfig, "inference.yaml")
     for name, fn, help_text in (
         ("publish", _publish, "verify a bundle directory and install it into the bundles directory"),

@@ -9,17 +9,16 @@ from pathlib import Path
 
 from fedfhe_common.config_check import add_check_config
 from fedfhe_common.console import add_command, command_parser, run
+from fedfhe_common.logs import add_log_format
 from fedfhe_common.output import add_format, print_json, wants_json
-from fedfhe_common.procs import exec_in_venv
 
 from . import config as coord_config
 
 
 def _superlink(args: argparse.Namespace) -> int:
-    from .superlink import superlink_command
+    from .superlink import run_superlink
 
-    cmd = superlink_command(coord_config.load(args.config))
-    exec_in_venv(cmd)  # the service manager supervises flower-superlink itself
+    return run_superlink(coord_config.load(args.config), args.log_format)
 
 
 def _register(args: argparse.Namespace) -> int:
@@ -132,8 +131,9 @@ def coordinator_problems(cfg: coord_config.CoordinatorConfig) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap, sub = command_parser("fedfhe-coordinator", __doc__)
-    add_command(sub, "superlink", _superlink, "run flower-superlink (TLS, SuperNode auth) in the foreground",
-                config=True)
+    p = add_command(sub, "superlink", _superlink, "run flower-superlink (TLS, SuperNode auth) in the foreground",
+                    config=True)
+    add_log_format(p)
     p = add_command(sub, "register", _register, "register SuperNode public keys with the SuperLink", config=True)
     p.add_argument("--key", action="append", default=[], help="public key file (default: all in the config)")
     p.add_argument("--plan", action="store_true",

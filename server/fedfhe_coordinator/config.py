@@ -138,6 +138,9 @@ class CoordinatorConfig:
     # The release signing key (Ed25519, 0600): train signs the training artifact with it.
     release_key: Path
     supernode_public_keys: list[Path] = field(default_factory=list)
+    # Training progress as Prometheus metrics, served by `superlink` (metrics.py): plain HTTP, no auth,
+    # so localhost or a scrape-only network; "" = off.
+    metrics_address: Annotated[str, HostPort(allow_empty=True)] = "127.0.0.1:9465"
 
     def owner_names(self) -> list[str]:
         """Owners as their SuperNode key files name them (``<owner>.supernode.pub``)."""

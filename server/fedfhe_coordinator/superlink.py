@@ -1,4 +1,4 @@
-"""Build the flower-superlink command line from the coordinator config.
+"""Build the flower-superlink command line from the coordinator config, and run it.
 
 TLS is always on (no --insecure path exists here) and SuperNode
 authentication is always enabled: only registered public keys may join.
@@ -6,7 +6,7 @@ authentication is always enabled: only registered public keys may join.
 
 from __future__ import annotations
 
-from fedfhe_common.procs import venv_bin
+from fedfhe_common.procs import exec_in_venv, flower_env, venv_bin
 
 from .config import CoordinatorConfig
 
@@ -32,3 +32,24 @@ def superlink_command(cfg: CoordinatorConfig) -> list[str]:
     if sl.health_address:
         cmd += ["--health-server-address", sl.health_address]
     return cmd
+
+
+def run_superlink(cfg: CoordinatorConfig, log_format: str = "text") -> int:
+    """``fedfhe-coordinator superlink``: flower-superlink in the foreground, under whatever supervises this.
+
+    With nothing to add (text logs, ``metrics_address: ""``) this process becomes flower-superlink
+    (exec). Otherwise it stays its parent: it serves the training metrics (metrics.py) and, with
+    ``log_format`` json, relays each line flower-superlink and its ServerApps print as a JSON record.
+    """
+    cmd = superlink_command(cfg)
+    if log_format == "text" and not cfg.metrics_address:
+        exec_in_venv(cmd)  # the service manager supervises flower-superlink itself
+    from fedfhe_common.logs import configure
+    from fedfhe_common.relay import run_relayed
+
+    configure(log_format)
+    if cfg.metrics_address:
+        from .metrics import Metrics
+
+        Metrics(cfg).serve(cfg.metrics_address)  # before Flower starts: a taken port is a config error, not half a service
+    return run_relayed(cmd, flower_env(), "flower-superlink", json_lines=log_format == "json")

@@ -14,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fedfhe_common.config import from_dict
 from fedfhe_common.errors import ConfigError
+from fedfhe_common.logs import JsonLines
 from fedfhe_inference.config import InferenceConfig
-from fedfhe_inference.logs import JsonLines
 from fedfhe_inference.metrics import Metrics
 
 BASE = {"listen": "127.0.0.1:50051", "certfile": "a.crt", "keyfile": "a.key", "ca_certfile": "ca.crt",

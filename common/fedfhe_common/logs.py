@@ -1,0 +1,86 @@
+"""Log lines of fedfhe's three services: plain text for people, or one JSON object per line for log shippers.
+
+``--log-format json`` (``fedfhe-inference serve``, ``fedfhe-coordinator superlink``, ``fedfhe-owner supernode``)
+writes ``{"time", "level", "logger", "message"}`` per record (and ``"exception"`` with the traceback), so
+journald, Loki or Elasticsearch take fields without a parsing rule. Lines a Flower child process prints
+(flower-superlink, flower-supernode and what they start) become records too (:func:`wrap_line`), with
+``"source"`` naming the command. One home for the format: every service imports it from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+import time
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+FORMATS = ("text", "json")
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Flower's console lines: "INFO :      Starting Flower SuperLink" (colours when it thinks it has a terminal).
+FLOWER_LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)\s*:\s*(.*)$", re.S)
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+MAX_LINE = 16384  # characters kept of one relayed line (a runaway line must not become a runaway record)
+
+
+def iso_time(created: float) -> str:
+    """UTC with milliseconds and a Z: ``2026-11-26T23:01:02.345Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created * 1000) % 1000:03d}Z"
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per record, on one line (a traceback is a field, never extra lines)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": iso_time(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def configure(log_format: str = "text", level: int = logging.INFO) -> None:
+    """Root logging to stderr in ``log_format`` ("text" or "json")."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLines() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def add_log_format(parser: argparse.ArgumentParser) -> None:
+    """``--log-format text|json`` on a service's subcommand."""
+    parser.add_argument("--log-format", choices=FORMATS, default="text",
+                        help="log lines: text, or one JSON object per line (default: text)")
+
+
+def wrap_line(line: str, source: str, stream: str, now: float | None = None) -> str:
+    """One line a child process printed, as a JSON record naming ``source`` (its command) and ``stream``.
+
+    Flower's level prefix becomes ``level`` (else INFO on stdout, WARNING on stderr); colour codes
+    are dropped. A line that already is one of these records (a fedfhe process started with
+    ``--log-format json`` down the tree) keeps its fields and gains ``source``.
+    """
+    text = ANSI.sub("", line.rstrip("\r\n"))[:MAX_LINE]
+    if text.startswith("{"):
+        try:
+            record = json.loads(text)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and {"time", "level", "message"} <= record.keys():
+            record.setdefault("source", source)
+            return json.dumps(record, ensure_ascii=False)
+    match = FLOWER_LINE.match(text)
+    level, message = (match.group(1), match.group(2)) if match else ("WARNING" if stream == "stderr" else "INFO", text)
+    return json.dumps({
+        "time": iso_time(time.time() if now is None else now),
+        "level": level,
+        "logger": "flwr" if match else source,
+        "message": message.rstrip(),
+        "source": source,
+        "stream": stream,
+    }, ensure_ascii=False)
