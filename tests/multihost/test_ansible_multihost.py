@@ -512,7 +512,7 @@ def test_systemd_units_are_sandboxed(tmp_path: Path) -> None:
         for key, value in {"User": "fedfhe", "NoNewPrivileges": "true", "ProtectSystem": "strict",
                            "ProtectHome": "true", "PrivateTmp": "true", "CapabilityBoundingSet": "",
                            "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6", "MemoryMax": memory,
-                           "StandardOutput": f"append:/var/log/fedfhe/{name}.log"}.items():
+                           "StandardOutput": "journal", "SyslogIdentifier": name}.items():
             assert service.get(key) == value, f"{name}: {key}={service.get(key)!r}, not {value!r}\n{unit}"
         # Writable: its own state (also its HOME) and the log folder, nothing else.
         assert service["ReadWritePaths"].split() == [state, "/var/log/fedfhe"], unit
