@@ -12,21 +12,33 @@ from typing import Any, Literal
 
 from fedfhe_common.errors import ConfigError
 
-Aggregation = Literal["fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan"]
-AGGREGATIONS: tuple[str, ...] = ("fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
+Aggregation = Literal["fedavg", "fedavgm", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan"]
+AGGREGATIONS: tuple[str, ...] = ("fedavg", "fedavgm", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
+# Flower's FedProx is not offered: it only sends ``proximal-mu`` and relies on the owner's loss adding
+# mu/2 * ||w - w_global||^2. sklearn's solvers (lbfgs, liblinear, SGD's Cython loop) regularise towards 0
+# and take no such term; added outside the solver (one proximal step after the local fit) it becomes
+# w_local + mu * w_global over 1 + mu, the same damping FedAvgM's server_learning_rate 1 / (1 + mu) gives.
+SERVER_OPTIMISED = ("fedavgm",)
 
 
 def strategy_kwargs(
     name: str, min_nodes: int, num_malicious_nodes: int = 0, trimmed_fraction: float = 0.2,
-    multikrum_select: int = 0,
+    multikrum_select: int = 0, server_learning_rate: float = 1.0, server_momentum: float = 0.0,
 ) -> dict[str, Any]:
     """The extra keyword arguments of Flower's strategy ``name``; ConfigError when they cannot work.
 
     The bounds are those the strategies need to aggregate at all: Krum scores each
-    reply by its n - f - 2 nearest neighbours, Bulyan needs n >= 4f + 3.
+    reply by its n - f - 2 nearest neighbours, Bulyan needs n >= 4f + 3. FedAvgM's
+    momentum must stay below 1 (at 1 the server's steps never decay).
     """
     if name not in AGGREGATIONS:
         raise ConfigError(f"training.aggregation: must be one of {', '.join(AGGREGATIONS)}, got {name!r}")
+    if not (0.0 < server_learning_rate <= 10.0):
+        raise ConfigError(f"training.server_learning_rate: must lie in (0, 10], got {server_learning_rate}")
+    if not (0.0 <= server_momentum < 1.0):
+        raise ConfigError(f"training.server_momentum: must lie in [0, 1), got {server_momentum}")
+    if name in SERVER_OPTIMISED:
+        return {"server_learning_rate": float(server_learning_rate), "server_momentum": float(server_momentum)}
     f = num_malicious_nodes
     if f < 0:
         raise ConfigError(f"training.num_malicious_nodes: must not be negative, got {f}")
@@ -59,12 +71,23 @@ def strategy_kwargs(
     return {}
 
 
+def strategy_keys_unused(name: str, server_learning_rate: float, server_momentum: float) -> str:
+    """Why a FedAvgM parameter set in coordinator.yaml would be silently ignored ('' when none is)."""
+    for key, value, default in (("server_learning_rate", server_learning_rate, 1.0),
+                                ("server_momentum", server_momentum, 0.0)):
+        if name not in SERVER_OPTIMISED and value != default:
+            return (f"training.{key}: only aggregation fedavgm uses it, not {name}; "
+                    "set aggregation: fedavgm or remove it")
+    return ""
+
+
 def strategy_class(name: str) -> type:
     """Flower's strategy class for ``name``."""
     from flwr.serverapp import strategy
 
     return {
         "fedavg": strategy.FedAvg,
+        "fedavgm": strategy.FedAvgM,
         "fedmedian": strategy.FedMedian,
         "fedtrimmedavg": strategy.FedTrimmedAvg,
         "krum": strategy.Krum,

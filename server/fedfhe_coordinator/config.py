@@ -10,7 +10,7 @@ from fedfhe_common.config import HostPort, Range, _combined, load_config
 from fedfhe_common.errors import ConfigError
 from fedfhe_common.fl_contract import DEFAULT_MAX_EXAMPLES, owner_name_from_key_file
 
-from .aggregation import Aggregation, strategy_kwargs
+from .aggregation import Aggregation, strategy_keys_unused, strategy_kwargs
 
 
 @dataclass(frozen=True)
@@ -106,13 +106,19 @@ class TrainingConfig:
     num_malicious_nodes: Annotated[int, Range(0)] = 0  # krum, multikrum, bulyan: how many hostile owners to withstand
     trimmed_fraction: float = 0.2  # fedtrimmedavg: share cut at each end per coordinate
     multikrum_select: Annotated[int, Range(0)] = 0  # multikrum: replies averaged (0: min_nodes - num_malicious_nodes)
+    # fedavgm (Flower's FedAvgM): the server steps along the averaged update with this rate and momentum.
+    server_learning_rate: Annotated[float, Range(0, 10, low_open=True)] = 1.0
+    server_momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.0
     # Largest L2 norm of one owner's update (its parameters minus the global ones); 0 leaves updates as sent.
     clip_norm: float = 0.0
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
 
     def __post_init__(self) -> None:
         strategy_kwargs(self.aggregation, self.min_nodes, self.num_malicious_nodes, self.trimmed_fraction,
-                        self.multikrum_select)
+                        self.multikrum_select, self.server_learning_rate, self.server_momentum)
+        unused = strategy_keys_unused(self.aggregation, self.server_learning_rate, self.server_momentum)
+        if unused:
+            raise ConfigError(unused)
         if not self.clip_norm >= 0 or self.clip_norm == float("inf"):
             raise ConfigError(f"training.clip_norm: must be a finite number >= 0, got {self.clip_norm}")
         caps = self.max_examples_per_owner

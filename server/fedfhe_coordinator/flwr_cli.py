@@ -197,6 +197,8 @@ def write_run_config(cfg: CoordinatorConfig, overrides: dict[str, Any]) -> Path:
         "num-malicious-nodes": t.num_malicious_nodes,
         "trimmed-fraction": float(t.trimmed_fraction),
         "multikrum-select": t.multikrum_select,
+        "server-learning-rate": float(t.server_learning_rate),
+        "server-momentum": float(t.server_momentum),
         "clip-norm": float(t.clip_norm),
         **secure_run_config(t.secure_aggregation),
     }

@@ -332,9 +332,11 @@ class RecordingFedAvg(Recording, FedAvg):
 def make_strategy(
     name: str, progress: Path, policy: ReplyPolicy, owner_keys: dict[str, str], node_wait: float, min_nodes: int,
     num_malicious_nodes: int = 0, trimmed_fraction: float = 0.2, multikrum_select: int = 0,
+    server_learning_rate: float = 1.0, server_momentum: float = 0.0,
 ) -> Recording:
     """Flower's strategy ``name`` (coordinator.yaml ``training.aggregation``) with fedfhe's recording."""
-    extra = strategy_kwargs(name, min_nodes, num_malicious_nodes, trimmed_fraction, multikrum_select)
+    extra = strategy_kwargs(name, min_nodes, num_malicious_nodes, trimmed_fraction, multikrum_select,
+                            server_learning_rate, server_momentum)
     base = strategy_class(name)
     cls = RecordingFedAvg if base is FedAvg else type(f"Recording{base.__name__}", (Recording, base), {})
     return cls(
@@ -441,6 +443,8 @@ def main(grid: Grid, context: Context) -> None:
             num_malicious_nodes=int(cfg["num-malicious-nodes"]),
             trimmed_fraction=float(cfg["trimmed-fraction"]),
             multikrum_select=int(cfg["multikrum-select"]),
+            server_learning_rate=float(cfg.get("server-learning-rate", 1.0)),
+            server_momentum=float(cfg.get("server-momentum", 0.0)),
         )
         strategy.counter = grid
 
