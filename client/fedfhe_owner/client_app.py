@@ -100,7 +100,7 @@ def _fit(model: Any, family: str, schema: DatasetSchema, split: tuple[np.ndarray
     metrics = _evaluate(model, schema, split)
     start = time.perf_counter()
     for _ in range(max(1, int(config.get(fc.LOCAL_EPOCHS, 1)))):
-        models.local_fit(model, family, split[0], split[2], schema)
+        models.local_fit(model, family, split[0], split[2], schema, keep_missing=True)
     return metrics | {fc.NUM_EXAMPLES: int(len(split[2])), fc.FIT_SECONDS: time.perf_counter() - start}
 
 
