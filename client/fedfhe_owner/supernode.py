@@ -27,8 +27,15 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 # what an idle owner pays per interval is in bench/results/federated.json (poll-cost).
 TASK_POLL_VARIABLE = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 TASK_POLL_INTERVAL = "0.1"
-TEXT_LOG_FORMAT = "fedfhe-owner: %(message)s"  # the wrapper's own lines in text mode, as they always read
 log = logging.getLogger("fedfhe.owner.supernode")
+
+
+class OwnerLines(logging.Formatter):
+    """Text mode: ``fedfhe-owner: [warning: ]message``, as the wrapper's own lines always read."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        warning = "warning: " if record.levelno >= logging.WARNING else ""
+        return f"fedfhe-owner: {warning}{record.getMessage()}"
 
 
 def node_config(cfg: OwnerConfig) -> str:
@@ -174,16 +181,16 @@ def run_supernode(cfg: OwnerConfig, config_path: Path, log_format: str = "text")
     configure(log_format)
     if log_format == "text":
         for handler in logging.getLogger().handlers:
-            handler.setFormatter(logging.Formatter(TEXT_LOG_FORMAT))
+            handler.setFormatter(OwnerLines())
     if not cfg.approved_flower_apps:
-        log.warning("warning: %s: approved_flower_apps is empty: this SuperNode will refuse every run; pin the app "
+        log.warning("%s: approved_flower_apps is empty: this SuperNode will refuse every run; pin the app "
                     "digest printed by `fedfhe-coordinator app-hash`", config_path)
     try:
         X, _ = load_table(cfg.data, resolve_schema(cfg.schema), cfg.labels)
         log.info("%s: %d rows fit schema %s", cfg.data, len(X), cfg.schema)
     except FedfheError as exc:
         # Stay up: the owner can fix the file before the next run; each run reports the problem.
-        log.warning("warning: %s", exc)
+        log.warning("%s", exc)
     if cfg.crl_file is not None:
         from .server_certificate import wait_and_refuse_if_revoked
 
@@ -195,6 +202,6 @@ def run_supernode(cfg: OwnerConfig, config_path: Path, log_format: str = "text")
     if log_format == "text":
         logging.shutdown()
         exec_in_venv(cmd, env)
-    from fedfhe_common.relay import run_relayed
+    from fedfhe_common.relay import exit_as, run_relayed
 
-    return run_relayed(cmd, env, "flower-supernode", json_lines=True)
+    return exit_as(run_relayed(cmd, env, "flower-supernode", json_lines=True))

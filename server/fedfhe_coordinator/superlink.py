@@ -45,11 +45,12 @@ def run_superlink(cfg: CoordinatorConfig, log_format: str = "text") -> int:
     if log_format == "text" and not cfg.metrics_address:
         exec_in_venv(cmd)  # the service manager supervises flower-superlink itself
     from fedfhe_common.logs import configure
-    from fedfhe_common.relay import run_relayed
+    from fedfhe_common.relay import exit_as, run_relayed
 
     configure(log_format)
     if cfg.metrics_address:
         from .metrics import Metrics
 
-        Metrics(cfg).serve(cfg.metrics_address)  # before Flower starts: a taken port is a config error, not half a service
-    return run_relayed(cmd, flower_env(), "flower-superlink", json_lines=log_format == "json")
+        # before Flower starts: a taken port is a config error, not half a service
+        Metrics(cfg).serve(cfg.metrics_address)
+    return exit_as(run_relayed(cmd, flower_env(), "flower-superlink", json_lines=log_format == "json"))

@@ -1,8 +1,10 @@
 """`--log-format json` of the three services and the coordinator's metrics config, in process (issue 15).
 
-The relay (fedfhe_common.relay) runs once here with a stand-in child that behaves like Flower on a
-signal (its handler resets SIGTERM to the default, then takes a moment to shut down): a group-wide
-SIGTERM must not reach it twice, and a SIGTERM to the wrapper alone must be passed on.
+The relay (fedfhe_common.relay) runs here with stand-in children that behave like Flower on a signal:
+``flower`` (its handler resets SIGTERM to the default, then takes a moment to shut down: a group-wide
+SIGTERM must not reach it twice, one sent to the wrapper alone must be passed on), ``uvicorn`` (shuts
+down, then re-raises the signal on itself: the wrapper must end the same way) and ``starting`` (no
+handler yet: the signal is passed on all the same).
 """
 
 from __future__ import annotations
@@ -28,12 +30,16 @@ from fedfhe_coordinator.metrics import Metrics
 
 FLOWER_LIKE = textwrap.dedent("""
     import signal, sys, time
+    mode = sys.argv[1]
     def stop(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as Flower's handler does: a second one kills
         print("INFO :      Got " + signal.Signals(signum).name + ", shutting down", file=sys.stderr, flush=True)
         time.sleep(1.5)
+        if mode == "uvicorn":
+            signal.raise_signal(signum)
         sys.exit(3)
-    signal.signal(signal.SIGTERM, stop)
+    if mode != "starting":
+        signal.signal(signal.SIGTERM, stop)
     print("\\x1b[32mINFO\\x1b[0m :      Starting Flower SuperNode", file=sys.stderr, flush=True)
     print("plain stdout line", flush=True)
     while True:
@@ -42,9 +48,10 @@ FLOWER_LIKE = textwrap.dedent("""
 WRAPPER = textwrap.dedent("""
     import sys
     from fedfhe_common.logs import configure
-    from fedfhe_common.relay import run_relayed
+    from fedfhe_common.relay import exit_as, run_relayed
     configure("json")
-    sys.exit(run_relayed([sys.executable, "-c", sys.argv[1]], {}, "flower-supernode", json_lines=True))
+    sys.exit(exit_as(run_relayed([sys.executable, "-c", sys.argv[1], sys.argv[2]], {}, "flower-supernode",
+                                 json_lines=True)))
 """)
 
 
@@ -61,12 +68,13 @@ def test_wrap_line_keeps_flowers_level_and_drops_colour():
     assert json.loads(wrap_line('{"not": "a record"}', "s", "stdout"))["message"] == '{"not": "a record"}'
 
 
-def _wrapper(tmp_path: Path, *, new_group: bool) -> tuple[subprocess.Popen[str], Path, Path]:
+def _wrapper(tmp_path: Path, mode: str = "flower") -> tuple[subprocess.Popen[str], Path, Path]:
     out, err = tmp_path / "out", tmp_path / "err"
     with open(out, "w") as o, open(err, "w") as e:
-        proc = subprocess.Popen([sys.executable, "-c", WRAPPER, FLOWER_LIKE], stdout=o, stderr=e, text=True,
-                                start_new_session=new_group)
-    wait_until(lambda: "Starting Flower SuperNode" in err.read_text(), 30, "the child to start")
+        proc = subprocess.Popen([sys.executable, "-c", WRAPPER, FLOWER_LIKE, mode], stdout=o, stderr=e, text=True,
+                                start_new_session=True)
+    up = "handles SIGTERM" if mode != "starting" else "Starting Flower SuperNode"
+    wait_until(lambda: up in err.read_text(), 30, "the child to start")
     return proc, out, err
 
 
@@ -76,7 +84,7 @@ def _records(path: Path) -> list[dict]:
 
 @pytest.mark.parametrize("group", [True, False], ids=["group-wide", "wrapper-only"])
 def test_relay_wraps_every_line_and_delivers_one_sigterm(tmp_path, group):
-    proc, out, err = _wrapper(tmp_path, new_group=True)
+    proc, out, err = _wrapper(tmp_path)
     started = time.monotonic()
     if group:  # a service manager's stop: the child gets it directly; a second copy would kill it (exit -15)
         os.killpg(proc.pid, signal.SIGTERM)
@@ -91,6 +99,17 @@ def test_relay_wraps_every_line_and_delivers_one_sigterm(tmp_path, group):
     ours = [r["message"] for r in errs if r["logger"] == "fedfhe.relay"]
     assert any("exited with 3" in m for m in ours)
     assert any("passing SIGTERM on" in m for m in ours) is (not group)
+
+
+def test_relay_ends_as_its_child_did_and_passes_a_signal_on_before_flower_has_handlers(tmp_path):
+    proc, _, err = _wrapper(tmp_path, "uvicorn")
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(30) == -signal.SIGTERM, err.read_text()  # killed by SIGTERM, as exec'd Flower would be
+    assert any("exited with -15" in r["message"] for r in _records(err))
+    proc, _, err = _wrapper(tmp_path, "starting")  # no handler: the default action, as a direct signal
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(30) == -signal.SIGTERM, err.read_text()
+    assert any("passing SIGTERM on" in r["message"] for r in _records(err))
 
 
 BASE = {
