@@ -10,7 +10,8 @@ The tests run in order on one deployment:
   nothing; --check runs clean; --tags inference with a drifted inference.yaml restarts that service
   only, through fedfhe_service's shared handler;
   train.yml completes a federated run in which each SuperNode read its own host's file, and
-  the artifact arrives signed;
+  the artifact arrives signed; a second train.yml -e fedfhe_train_secure_aggregation=true runs
+  SecAgg+ on the same federation (no config edit, no restart), every owner answering each round;
   publish.yml signs the bundle and ships manifest.sig with it to the inference node;
   predict.yml (which verifies the signed client specs, and runs the client as the owner's
   service user) gives encrypted predictions that match the clear model's;
@@ -422,6 +423,62 @@ def test_train_runs_federated_training_on_each_hosts_own_file(deployed: Deployme
     for owner in OWNERS:
         log = deployed.hosts.hosts[owner].path("/var/log/fedfhe/fedfhe-supernode.log").read_text(errors="replace")
         assert f"{DATA_PATH}: {OWNER_ROWS[owner]} rows" in log, f"{owner} did not load its own file"
+
+
+SECURE_ROUNDS = 2
+
+
+def _progress(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_train_once_in_secure_mode_on_the_same_federation(deployed: Deployment) -> None:
+    """Issue 13: the deployed federation trains once with SecAgg+ through train.yml's run-level switch
+    (-e fedfhe_train_secure_aggregation=true): coordinator.yaml is not edited and no service restarts;
+    every owner answers each round, the run report says secure aggregation was on, and the model is
+    about as good as the plain run's. publish/predict below then serve this secure run's artifact."""
+    from fedfhe_common.artifact import TrainingArtifact
+    from fedfhe_common.release import load_verify_key
+
+    training = deployed.work / "control" / "artifacts" / "training"
+    plain_run = (training / "latest").resolve()
+    assert (plain_run / "progress.jsonl").is_file(), f"no plain train.yml run to compare with ({plain_run})"
+    plain = _progress(plain_run)
+    conf = deployed.hosts.hosts["coordinator"].path("/etc/fedfhe/coordinator.yaml")
+    conf_before = conf.read_text()
+    assert yaml.safe_load(conf_before)["training"]["secure_aggregation"].get("enabled") is False
+    pids = {h: f"/run/fedfhe/{s}.pid" for h, s in SERVICES.items() if h != "inference-1"}
+    before = {h: deployed.ssh(h, f"cat {pid}").stdout.strip() for h, pid in pids.items()}
+
+    res = deployed.play("train.yml", "-e", "fedfhe_train_secure_aggregation=true",
+                        "-e", f"fedfhe_train_rounds={SECURE_ROUNDS}")
+    _expect_ok(res, "train.yml -e fedfhe_train_secure_aggregation=true")
+    deployed.times["train-secure"] = deployed.times.pop("train-again")  # the playbook's seconds, named
+    assert "rounds, secure aggregation (SecAgg+))" in res.output, res.tail(40)  # train's summary line
+    run = (training / "latest").resolve()
+    assert run != plain_run, "train.yml did not fetch a new run"
+    report = json.loads((run / "report.json").read_text())
+    assert report["privacy"]["secure_aggregation"] is True, report["privacy"]
+    assert report["privacy"]["owners"] == len(OWNERS) and report["privacy"]["reconstruction_threshold"] == 2
+    assert "Secure aggregation: on (SecAgg+" in (run / "report.md").read_text()
+    release_pub = load_verify_key(deployed.work / "control" / "pki" / "release.pub")
+    artifact = TrainingArtifact.load(run / "artifact", release_pub)  # signed by the coordinator, as a plain run's
+    assert artifact.metrics["privacy"]["secure_aggregation"] is True
+    rounds = _progress(run)
+    assert [r["round"] for r in rounds] == list(range(1, SECURE_ROUNDS + 1))
+    for r in rounds:
+        assert r["fit_owners"] == OWNERS and not r["missing"] and not r["failures"], r
+    secure_acc, plain_acc = rounds[-1]["server"]["accuracy"], plain[-1]["server"]["accuracy"]
+    assert secure_acc >= 0.9 * plain_acc, (secure_acc, plain_acc)
+    # A run-level switch: the config on the coordinator is as it was, and no service restarted.
+    assert conf.read_text() == conf_before
+    assert {h: deployed.ssh(h, f"cat {pid}").stdout.strip() for h, pid in pids.items()} == before
+
+    seconds = [round(float(r.get("seconds", "nan")), 1) for r in rounds]
+    deployed.times["train-secure-seconds-per-round"] = round(sum(seconds) / len(seconds), 1)
+    plain_seconds = [round(float(r.get("seconds", "nan")), 1) for r in plain]
+    print(f"multihost: seconds per round, plain {plain_seconds}, secure (SecAgg+) {seconds}; "
+          f"accuracy plain {plain_acc:.3f}, secure {secure_acc:.3f}")
 
 
 # ---- publish.yml + predict.yml -----------------------------------------------------------------
