@@ -150,7 +150,7 @@ class _Session:
                 task = self.progress.add_task("upload keys", total=len(self.evaluation_keys),
                                               extra=f"{len(self.evaluation_keys) / 1e6:.1f} MB")
                 resp = self.client.upload_keys(self.info, self.evaluation_keys,
-                                               on_chunk=lambda n: self.progress.advance(task, n))
+                                               on_chunk=lambda n: self.progress.advance(task, n), sha256=self.sha256)
                 self.key_id = resp.key_id
                 self.keys.remember_key_id(self.client.endpoint.address, resp.key_id, self.sha256)
                 self.uploaded = True

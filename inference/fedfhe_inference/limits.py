@@ -111,14 +111,16 @@ class IdleTimeout(ServiceError):
 class IdleRequests:
     """A request iterator whose every ``next()`` waits at most ``idle_s`` for the client.
 
-    One reader thread per call pulls from gRPC's iterator only when asked (no
-    read-ahead), so the RPC thread can give up on a silent client. ``close()``
-    lets the reader go; a reader still blocked in gRPC ends when the call ends.
+    One reader thread per call pulls from gRPC's iterator when asked, at most
+    ``ahead`` messages before the RPC thread wants them, so the RPC thread can give
+    up on a silent client. ``ahead=1`` for streams: the next key chunk is read and
+    parsed while the RPC thread stores the last one (not one after the other).
+    ``close()`` lets the reader go; a reader still blocked in gRPC ends when the call ends.
     """
 
-    def __init__(self, source: Iterator[Any], idle_s: float, what: str) -> None:
+    def __init__(self, source: Iterator[Any], idle_s: float, what: str, ahead: int = 0) -> None:
         self._source, self.idle_s, self.what = source, idle_s, what
-        self._wanted = threading.Semaphore(0)
+        self._wanted = threading.Semaphore(ahead)
         self._results: queue.SimpleQueue[tuple[Any, BaseException | None]] = queue.SimpleQueue()
         self._closed = False
         self._finished = False
@@ -220,7 +222,7 @@ class Guard(grpc.ServerInterceptor):
         def admitted(request_iterator: Iterator[Any], context: grpc.ServicerContext, observed: Callable[..., None],
                      *extra: Any) -> Any:
             release = self._admit(method, context, streaming)
-            requests = IdleRequests(request_iterator, self.idle_s, what)
+            requests = IdleRequests(request_iterator, self.idle_s, what, ahead=1 if handler.request_streaming else 0)
             try:
                 if handler.request_streaming:
                     argument: Any = requests

@@ -125,6 +125,7 @@ class InferenceService(pb_grpc.InferenceServicer):
         if header.total_bytes > most:
             raise invalid(f"UploadHeader.total_bytes {header.total_bytes}: {bundle.model_id} version "
                           f"{bundle.version} takes at most {most} bytes of evaluation keys")
+        receiving = time.perf_counter()
         with self.keys.upload(owner, bundle.model_id, bundle.version, header.total_bytes, header.sha256) as up:
             for msg in request_iterator:
                 if msg.WhichOneof("part") != "chunk":
@@ -134,10 +135,12 @@ class InferenceService(pb_grpc.InferenceServicer):
                 up.write(msg.chunk)
             if not context.is_active():
                 raise ServiceError(grpc.StatusCode.CANCELLED, "the client cancelled the upload")
+            received = time.perf_counter()
             record = up.commit(lambda path, key_id: self.runner.validate_keys(bundle, path, key_id))
         self.metrics.uploaded.inc(record.size)
-        log.info("owner=%s uploaded keys %s for %s/%s (%d bytes)", owner, record.key_id, record.model_id,
-                 record.version, record.size)
+        log.info("owner=%s uploaded keys %s for %s/%s (%d bytes; received in %.3f s, checked and stored in %.3f s)",
+                 owner, record.key_id, record.model_id, record.version, record.size, received - receiving,
+                 time.perf_counter() - received)
         return pb.UploadKeysResponse(key_id=record.key_id, bytes_received=record.size, sha256=record.sha256)
 
     @_rpc
