@@ -195,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                     "concrete_ml": concrete.ml.__version__, "platform": platform.platform(),
                     # other work on the machine skews every number: the 1-minute load average before and after
                     "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]}},
+        "shared_machine": "2 cores shared with other jobs (other benchmarks, tests) while this ran: absolute rates "
+                          "and latencies are not stable; compare the ratios, measured in one run",
         "command": "python bench/load.py" + (f" --owners {args.owners}" if args.owners != 8 else "")
                    + (f" --rows {args.rows}" if args.rows != 200 else ""),
         "seconds": time.perf_counter() - started,
