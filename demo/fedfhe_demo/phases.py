@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.console import Console
 
 from fedfhe_common.artifact import TrainingArtifact
@@ -18,7 +17,7 @@ from fedfhe_coordinator.training import run_training
 
 from .cluster import Cluster
 from .partition_cli import write_partitions
-from .reference import Reference, centralised_reference
+from .reference import Reference, centralised_reference, training_rows
 from .report import print_closing, write_report
 from .steps import Options, Steps
 
@@ -26,12 +25,13 @@ HOLDOUT = 0.2
 
 
 def centralised_model(opts: Options, data: Path, schema: Any) -> Reference:
-    """The reference: the same family on the union of every owner's rows, regularisation chosen on a
-    validation split of them (fedfhe_demo.reference)."""
+    """The reference: the same family on the union of the rows the owners train on, regularisation chosen
+    on a validation split of them (fedfhe_demo.reference)."""
     parts = [load_table(data / f"owner-{i}.npz", schema) for i in range(opts.owners)]
-    X = np.vstack([p[0] for p in parts])
-    y = np.concatenate([p[1] for p in parts])
-    return centralised_reference(opts.model, X, y, schema, seed=opts.seed)
+    X, y = training_rows(parts, HOLDOUT, opts.seed)
+    ref = centralised_reference(opts.model, X, y, schema, seed=opts.seed)
+    ref.info["rows_from"] = f"the owners' training rows (each owner's file minus its {HOLDOUT:.0%} held out)"
+    return ref
 
 
 def run_phases(opts: Options, work: Path, steps: Steps, console: Console) -> dict[str, Any]:

@@ -1,10 +1,12 @@
 """The centralised reference: the best model of the federation's family that the pooled rows give.
 
 A ratio "federated / centralised" says something only if the reference is
-strong. So the reference is the same family on the same features as the
-federation's model (no data-dependent scaling: the federation has none), with
-its regularisation chosen on a validation split of the pooled owners' rows from
-a small grid, then refitted on all of them, and fitted to convergence.
+strong and fair. So the reference is the same family on the same features as the
+federation's model (no data-dependent scaling: the federation has none), trained on
+the same rows (``training_rows``: every owner's rows minus the ones its ClientApp
+holds out to score the global model, which never train it), with its
+regularisation chosen on a validation split of those rows from a small grid, then
+refitted on all of them, and fitted to convergence.
 
 The solver works on features divided by the schema's declared range
 (``(x - feature_min) / (feature_max - feature_min)``, deterministic from the
@@ -36,6 +38,20 @@ GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
 }
 CONVERGED = {"max_iter": 2000, "warm_start": False, "tol": 1e-4}  # applied where the family takes them
 VALIDATION_FRACTION = 0.2
+
+
+def training_rows(parts: list[tuple[np.ndarray, np.ndarray]], holdout_fraction: float,
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The owners' rows the federation fits on, pooled: each owner's rows minus its held-out split.
+
+    The same rule as the ClientApp (fedfhe_owner.holdout), so the reference sees exactly the rows the
+    federated model was trained on; pooling the held-out rows as well would hand the reference 25 % more
+    training rows than the federation ever had (bench/results/federated.json has both figures).
+    """
+    from fedfhe_owner.holdout import split_holdout
+
+    kept = [split_holdout(X, y, holdout_fraction, seed) for X, y in parts]
+    return np.vstack([k[0] for k in kept]), np.concatenate([k[2] for k in kept])
 
 
 @dataclass

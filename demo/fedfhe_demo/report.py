@@ -101,8 +101,8 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("centralized_reference", {}).get("chosen"):
         ref = report["centralized_reference"]
         (param, value), = ref["chosen"].items()
-        lines += ["", f"Centralised reference: {ref['family']} on the pooled owners' rows, {param}={value} chosen "
-                  f"from {ref['grid'][param]} on {ref['validation']}."]
+        lines += ["", f"Centralised reference: {ref['family']} on the owners' pooled training rows, "
+                  f"{param}={value} chosen from {ref['grid'][param]} on {ref['validation']}."]
     if report.get("mae"):
         lines += ["", "| mean absolute error | value |", "| --- | --- |"]
         lines += [f"| {k} | {v:.3f} |" for k, v in report["mae"].items()]
