@@ -8,12 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import FedfheError
+from .errors import FedfheError, Terminated
 from .exit_status import keep_exit_status
 
 EXIT_FAILED = 1  # the command ran and failed (bad config, refused input, a failed run)
 EXIT_USAGE = 2  # argparse: the command line itself is wrong
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT, as a shell reports it
+EXIT_TERMINATED = 143  # SIGTERM turned into errors.Terminated (128 + 15, as a shell reports it)
 # console script -> the distribution that ships it (the others ship under their own name)
 DISTRIBUTIONS = {"fedfhe-pki": "fedfhe-common", "fedfhe-partition": "fedfhe-demo"}
 
@@ -61,7 +62,8 @@ def run(
     failed (a FedfheError, or one of ``errors``, printed as one line on stderr,
     ``PROG CMD: error: MESSAGE``; ``PROG: error: MESSAGE`` when the parser has no
     ``cmd`` subcommand or ``name_command`` is false), 2 usage (argparse), 130
-    interrupted. Anything else propagates (a traceback is a bug). ``--version``
+    interrupted, 143 terminated (a command that turns SIGTERM into ``Terminated``). Anything else
+    propagates (a traceback is a bug). ``--version``
     prints :func:`version_text`.
     """
     parser.add_argument("--version", action="version", version=version_text(parser.prog))
@@ -72,6 +74,9 @@ def run(
         cmd = getattr(args, "cmd", None) if name_command else None
         print(f"{parser.prog}{f' {cmd}' if cmd else ''}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except Terminated:
+        print(f"{parser.prog}: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -28,3 +28,7 @@ class IntegrityError(FedfheError):
 
 class PKIError(FedfheError):
     """A certificate or key operation was refused."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a service manager, `kill`) while a command must clean up as on Ctrl-C; it exits 143."""

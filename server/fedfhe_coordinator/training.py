@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from fedfhe_common import models
 from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.errors import ConfigError, FedfheError
+from fedfhe_common.errors import ConfigError, FedfheError, Terminated
 from fedfhe_common.schema import resolve_schema
 
 from . import flwr_cli, runs
@@ -96,7 +99,9 @@ def run_training(
     """Register the SuperNode keys, submit the app (`flwr run --format json` gives the run id), follow it
     (`flwr log --stream`, progress.jsonl), read its final status (`flwr ls --format json`), load the artifact.
 
-    Ctrl-C stops the Flower run itself (`flwr stop`), not only this process, then re-raises.
+    Ctrl-C or SIGTERM (systemd stopping a unit, Ansible's timeout, `kill`) stops the Flower run itself
+    (`flwr stop`), not only this process, then re-raises: else the run goes on on the SuperLink with
+    no one following it, and the next `train` queues behind it.
     """
     preflight(cfg)
     out = cfg.training.output_dir
@@ -115,10 +120,13 @@ def run_training(
         on_start(run_id)
     limit = timeout or (cfg.training.wait_for_nodes_s + cfg.training.round_timeout_s * 2 * rounds + 120)
     try:
-        status = _follow(cfg, run_id, log_path, progress, on_round, started + limit)
-    except KeyboardInterrupt:
-        final = stop_and_wait(cfg, run_id)
-        runs.record(cfg.state_dir, run_id, event="interrupted", status=final)
+        with _sigterm_interrupts():
+            status = _follow(cfg, run_id, log_path, progress, on_round, started + limit)
+    except KeyboardInterrupt as exc:
+        with _sigterm_ignored():  # a second SIGTERM must not cut `flwr stop` short
+            final = stop_and_wait(cfg, run_id)
+        runs.record(cfg.state_dir, run_id, event="terminated" if isinstance(exc, Terminated) else "interrupted",
+                    status=final)
         raise
     artifact_dir = out / "artifact"
     if not (artifact_dir / "manifest.json").exists() or (artifact_dir / "manifest.json").stat().st_mtime < started:
@@ -139,6 +147,35 @@ def run_training(
     artifact = TrainingArtifact.load(artifact_dir, key.public_key())
     runs.record(cfg.state_dir, run_id, event="completed", status=status.get("status"), artifact=str(artifact_dir))
     return artifact
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises ``Terminated`` (a KeyboardInterrupt) in the main thread, as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live there only
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _sigterm_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _follow(cfg: CoordinatorConfig, run_id: int, log_path: Path, progress: Path,

@@ -1,7 +1,7 @@
 """`fedfhe-coordinator train` as an operator runs it, on the shared federation (``fed``: three good owners and
 owner-bad, whose file does not fit the schema): Flower's run id and status, the JSON summary and the run
 report, the round table on stdout with owner-bad's reason, `runs`, the registration state read from the
-SuperLink, and Ctrl-C stopping the Flower run itself. Also `predict --format json` on the shared node."""
+SuperLink, and Ctrl-C or SIGTERM stopping the Flower run itself. Also `predict --format json` on the shared node."""
 
 from __future__ import annotations
 
@@ -71,7 +71,8 @@ def test_registration_state_comes_from_the_superlink(fed):
     assert len([n for n in plan["nodes"] if n["status"] in ("registered", "online", "offline")]) == 4, plan
 
 
-def test_ctrl_c_stops_the_flower_run_and_exits_130(fed, trained):
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_the_flower_run(fed, trained, sig, code):
     cfg = fed["cfg"]
     before = {r["run-id"] for r in flwr_cli.list_runs(cfg)}
     proc = subprocess.Popen([venv_bin("fedfhe-coordinator"), "train", "--config", str(fed["cfg_path"]),
@@ -84,12 +85,12 @@ def test_ctrl_c_stops_the_flower_run_and_exits_130(fed, trained):
         wait_until(lambda: proc.poll() is not None or new_running(), 180, "the new run to be running", interval=1)
         assert proc.poll() is None, proc.communicate()
         (run,) = new_running()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert f"stopping Flower run {run['run-id']} (flwr stop)" in err and "Traceback" not in err
     wait_until(lambda: flwr_cli.run_status(cfg, int(run["run-id"]))["status"].startswith("finished"), 60,
                "flwr ls to report the run finished", interval=1)

@@ -1,4 +1,5 @@
-"""Every console script: --version, and one set of exit codes (0 done, 1 failed, 2 usage, 130 interrupted)."""
+"""Every console script: --version, and one set of exit codes (0 done, 1 failed, 2 usage, 130 interrupted,
+143 terminated)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from importlib.metadata import version
 
 import pytest
 
-from fedfhe_common.console import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, run
-from fedfhe_common.errors import ConfigError
+from fedfhe_common.console import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, run
+from fedfhe_common.errors import ConfigError, Terminated
 from fedfhe_common.procs import venv_bin
 
 SCRIPTS = ["fedfhe-coordinator", "fedfhe-owner", "fedfhe-inference", "fedfhe-pki", "fedfhe-partition"]
@@ -50,5 +51,11 @@ def test_run_maps_errors_and_interrupts(capsys):
     assert run(_parser(fail), ["go"]) == 1
     assert "fedfhe-x go: error: rounds: must be at least 1" in capsys.readouterr().err
     assert run(_parser(interrupt), ["go"]) == EXIT_INTERRUPTED == 130
+
+    def terminated(args):
+        raise Terminated
+
+    assert run(_parser(terminated), ["go"]) == EXIT_TERMINATED == 143
+    assert "fedfhe-x: terminated" in capsys.readouterr().err
     with pytest.raises(ZeroDivisionError):  # a bug stays a traceback
         run(_parser(lambda a: 1 / 0), ["go"])
