@@ -18,6 +18,7 @@ from .config import OwnerConfig
 
 SHIM_DIR = "flower-bin"  # under state_dir: first on the SuperNode's PATH
 SERVER_DIR = "clientapp-server"  # under state_dir (0700): the ClientApp server's socket
+TMP_DIR = "tmp"  # under state_dir (0700): TMPDIR of flower-supernode and every ClientApp it starts
 ENV_CLIENTAPP_SERVER = "FEDFHE_CLIENTAPP_SERVER"
 # One thread per BLAS/OpenMP pool: the ClientApp server forks (no thread may exist then), and N owners
 # on a machine would otherwise start N pools per core; a linear model's local fit gains nothing from more.
@@ -149,6 +150,22 @@ def write_clientapp_shim(cfg: OwnerConfig, server: bool | None = None) -> Path:
     return folder
 
 
+def fresh_tmp_dir(cfg: OwnerConfig) -> Path:
+    """``<state_dir>/tmp``, emptied: the SuperNode's TMPDIR.
+
+    A ClientApp unpacks the Flower App into a temporary directory and removes it on exit, but a
+    ClientApp killed mid-message (SIGKILL, the SuperNode's stop) cannot: in /tmp those directories
+    piled up across runs. Here each start of the SuperNode clears what the last one left, and the
+    unpacked app stays in a 0700 directory of this owner's.
+    """
+    import shutil
+
+    folder = cfg.state_dir.resolve() / TMP_DIR
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(mode=0o700, parents=True)
+    return folder
+
+
 def supernode_env(cfg: OwnerConfig, shim_dir: Path, base: dict[str, str] | None = None) -> dict[str, str]:
     """flower-supernode's environment: the shim first on PATH, the owner's approved app digests.
 
@@ -164,6 +181,7 @@ def supernode_env(cfg: OwnerConfig, shim_dir: Path, base: dict[str, str] | None 
         env[TASK_POLL_VARIABLE] = TASK_POLL_INTERVAL
     env[ENV_APPROVED] = ",".join(cfg.approved_flower_apps)
     env[ENV_OWNER] = cfg.owner_id
+    env["TMPDIR"] = str(cfg.state_dir.resolve() / TMP_DIR)
     return env
 
 
@@ -198,6 +216,7 @@ def run_supernode(cfg: OwnerConfig, config_path: Path, log_format: str = "text")
                                           log=log.info)
         log.info("SuperLink %s: certificate serial %x is not on %s", cfg.superlink, cert.serial_number, cfg.crl_file)
     cmd = supernode_command(cfg)
+    fresh_tmp_dir(cfg)
     env = supernode_env(cfg, write_clientapp_shim(cfg))
     if log_format == "text":
         logging.shutdown()

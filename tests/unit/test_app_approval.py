@@ -148,13 +148,20 @@ def test_owner_yaml_key_is_validated(tmp_path):
 
 def test_supernode_finds_fedfhe_launcher_first_on_path(tmp_path):
     from fedfhe_owner import config as owner_config
-    from fedfhe_owner.supernode import supernode_env, write_clientapp_shim
+    from fedfhe_owner.supernode import fresh_tmp_dir, supernode_env, write_clientapp_shim
 
     cfg = owner_config.load(owner_yaml(tmp_path, approved_flower_apps=["a" * 64]))
     env = supernode_env(cfg, write_clientapp_shim(cfg), base={"PATH": os.environ["PATH"]})
     found = shutil.which("flwr-clientapp", path=env["PATH"])
     assert found == str(tmp_path / "state" / "flower-bin" / "flwr-clientapp")
     assert env[ENV_APPROVED] == "a" * 64 and env["FEDFHE_OWNER_ID"] == "owner-0"
+    # ClientApps unpack the app under the owner's own TMPDIR, which each SuperNode start empties, so the
+    # directories of ClientApps killed mid-message (no cleanup on SIGKILL) do not pile up.
+    assert env["TMPDIR"] == str((tmp_path / "state" / "tmp").resolve())
+    stale = tmp_path / "state" / "tmp" / "fedfhe-ownerapp-killed"
+    stale.mkdir(parents=True)
+    assert fresh_tmp_dir(cfg) == Path(env["TMPDIR"]) and not stale.exists()
+    assert (Path(env["TMPDIR"]).stat().st_mode & 0o777) == 0o700
     res = subprocess.run([found, "--help"], capture_output=True, text=True, env=env, timeout=60, check=False)
     assert res.returncode == 0 and "fedfhe: run an approved Flower ClientApp" in res.stdout
     # Any other app command the SuperExec could start here (an `agentapp` FAB makes it start flwr-agentapp,
