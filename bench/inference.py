@@ -7,6 +7,9 @@ written to bench/results/inference.json:
 - service_over_inprocess_latency_ratio: per dataset (digits, fashion-mnist), median
   per-row latency (encrypt, evaluate, decrypt) through the service over the same
   with FHEModelServer in this process; details.latency.*.profile_median_ms splits both.
+  lean_grpc_over_inprocess_latency_ratio: the same through a lean grpcio server around the same
+  FHEModelServer (same TLS and proto; no Guard, checks or sandbox), interleaved with both: what
+  gRPC's round trip alone costs on this machine.
 - service_over_inprocess_throughput_ratio: per concurrency (1, 2, 4 owners at once), rows per second
   through the service over the same rows on an in-process thread pool of the same size (rounds
   alternated); throughput_rows_per_s holds the service's rates.
@@ -98,21 +101,74 @@ def tree_bundle(out: Path) -> Any:
                                    signing_key=load_signing_key(out / "pki" / "release.key"))
 
 
+# ---- a lean gRPC server: the reference for what gRPC itself costs --------------------------
+def lean_server(bundle_dir: str, evk_path: str, pki: str) -> int:
+    """grpcio's sync server, the same mutual TLS and proto, Predict = FHEModelServer.run in its handler thread.
+
+    Nothing else: no Guard, no checks, no key store, no sandbox. Prints its port, serves until stdin closes.
+    """
+    from concurrent import futures
+
+    import grpc
+    from concrete import fhe
+    from concrete.ml.deployment import FHEModelServer
+
+    from fedfhe_proto.inference.v1 import inference_pb2 as pb
+    from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
+
+    server_fhe = FHEModelServer(bundle_dir)
+    evk = fhe.EvaluationKeys.deserialize(Path(evk_path).read_bytes())
+
+    class Lean(pb_grpc.InferenceServicer):
+        def Predict(self, request: Any, context: Any) -> Any:  # noqa: N802 - the proto's name
+            t = time.perf_counter()
+            results = [server_fhe.run(ct, evk) for ct in request.ciphertexts]
+            return pb.PredictResponse(results=results, server_seconds=time.perf_counter() - t)
+
+    d = Path(pki)
+    server = grpc.server(futures.ThreadPoolExecutor(4), options=[("grpc.max_receive_message_length", 64 * MiB),
+                                                                  ("grpc.max_send_message_length", 64 * MiB)])
+    pb_grpc.add_InferenceServicer_to_server(Lean(), server)
+    creds = grpc.ssl_server_credentials([((d / "inference.key").read_bytes(), (d / "inference.crt").read_bytes())],
+                                        root_certificates=(d / "ca.crt").read_bytes(), require_client_auth=True)
+    port = server.add_secure_port("127.0.0.1:0", creds)
+    server.start()
+    print(port, flush=True)
+    sys.stdin.read()  # the bench closes our stdin when it is done
+    server.stop(0).wait()
+    return 0
+
+
 # ---- measurements --------------------------------------------------------------------------
 def latency(node: InferenceNode, bundle: Any, rows: np.ndarray, state: Path) -> dict[str, float]:
-    """Median per-row encrypt -> evaluate -> decrypt, in this process and through the service, interleaved.
+    """Median per-row encrypt -> evaluate -> decrypt, in this process, through the service and through a lean
+    gRPC server (lean_server: grpcio + FHEModelServer, nothing else), interleaved.
 
     Each part is timed too, as the profile of the service path: encrypt and decrypt (the same code on both
     sides), ``FHEModelServer.run`` here, and for the service the RPC as the client sees it and the node's
     own evaluation time (``server_seconds``: the hand-off to a worker, its deserialize, run and serialize);
-    the RPC minus that is gRPC, TLS, the Guard and the handler's checks and key lookup.
+    the RPC minus that is gRPC, TLS, the Guard and the handler's checks and key lookup. The lean server's RPC
+    minus its run is what grpcio's round trip costs with no code of fedfhe's in it.
     """
+    import dataclasses
+    import subprocess
+
     from concrete import fhe
     from concrete.ml.deployment import FHEModelServer
 
     ep = node.endpoint("owner-0")
     keys, fhe_client, evk_bytes = _owner_keys(node, bundle, state)
-    with InferenceClient(ep) as client:
+    from fedfhe_inference.sandbox import worker_env
+
+    (state / "lean.evk").write_bytes(evk_bytes)
+    # The node's workers' OpenMP and malloc settings: with libomp's default 200 ms spin after each run, the
+    # lean server's threads took a core from whichever path was timed next (the node's evaluation went 9 -> 11.5 ms).
+    lean_proc = subprocess.Popen([sys.executable, __file__, "--lean-server", str(bundle.directory),
+                                  str(state / "lean.evk"), str(node.pki)], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, env=worker_env())
+    assert lean_proc.stdout is not None and lean_proc.stdin is not None
+    lean_ep = dataclasses.replace(ep, address=f"127.0.0.1:{int(lean_proc.stdout.readline())}")
+    with InferenceClient(ep) as client, InferenceClient(lean_ep) as lean_client:
         info = client.model_info(bundle.model_id, bundle.version)
         key_id = client.upload_keys(info, evk_bytes).key_id
         keys.remember_key_id(ep.address, key_id, hashlib.sha256(evk_bytes).hexdigest())
@@ -120,7 +176,7 @@ def latency(node: InferenceNode, bundle: Any, rows: np.ndarray, state: Path) -> 
         evk = fhe.EvaluationKeys.deserialize(evk_bytes)
         parts: dict[str, list[float]] = {k: [] for k in (
             "inprocess", "service", "inprocess_encrypt", "inprocess_run", "inprocess_decrypt", "service_encrypt",
-            "service_rpc", "service_node_evaluation", "service_decrypt")}
+            "service_rpc", "service_node_evaluation", "service_decrypt", "lean", "lean_rpc", "lean_run")}
 
         def local(x: np.ndarray) -> None:
             t0 = time.perf_counter()
@@ -146,15 +202,31 @@ def latency(node: InferenceNode, bundle: Any, rows: np.ndarray, state: Path) -> 
                          ("service_node_evaluation", resp.server_seconds), ("service", t3 - t0)):
                 parts[k].append(v)
 
-        for i in range(min(6, len(rows))):  # warm-up both paths (every FHE worker loads the keys)
-            local(rows[i:i + 1])
-            remote(rows[i:i + 1])
-        for k in parts:
-            parts[k].clear()
-        for i in range(len(rows)):  # interleaved, alternating who goes first, so both see the same machine state
-            order = (local, remote) if i % 2 == 0 else (remote, local)
-            for fn in order:
-                fn(rows[i:i + 1])
+        def lean(x: np.ndarray) -> None:
+            t0 = time.perf_counter()
+            ct = fhe_client.quantize_encrypt_serialize(x)
+            t1 = time.perf_counter()
+            resp = lean_client.predict("", info, [ct])
+            t2 = time.perf_counter()
+            fhe_client.deserialize_decrypt_dequantize(resp.results[0])
+            t3 = time.perf_counter()
+            for k, v in (("lean_rpc", t2 - t1), ("lean_run", resp.server_seconds), ("lean", t3 - t0)):
+                parts[k].append(v)
+
+        try:
+            for i in range(min(6, len(rows))):  # warm-up all paths (every FHE worker loads the keys)
+                local(rows[i:i + 1])
+                remote(rows[i:i + 1])
+                lean(rows[i:i + 1])
+            for k in parts:
+                parts[k].clear()
+            paths = (local, remote, lean)
+            for i in range(len(rows)):  # interleaved, rotating who goes first, so all see the same machine state
+                for fn in paths[i % 3:] + paths[:i % 3]:
+                    fn(rows[i:i + 1])
+        finally:
+            lean_proc.stdin.close()
+            lean_proc.wait(30)
         parts["grpc_floor_get_model_info_rtt"] = []  # the smallest call on the same channel: gRPC + TLS + Guard
         for _ in range(len(rows)):
             t = time.perf_counter()
@@ -163,8 +235,10 @@ def latency(node: InferenceNode, bundle: Any, rows: np.ndarray, state: Path) -> 
     med = {k: statistics.median(v) for k, v in parts.items()}
     return {"rows": len(rows), "inprocess_ms": 1000 * med["inprocess"], "service_ms": 1000 * med["service"],
             "ratio": med["service"] / med["inprocess"],
+            "lean_grpc_ms": 1000 * med["lean"], "lean_grpc_over_inprocess_ratio": med["lean"] / med["inprocess"],
+            "service_over_lean_grpc_ratio": med["service"] / med["lean"],
             "mean_ratio": statistics.fmean(parts["service"]) / statistics.fmean(parts["inprocess"]),
-            "profile_median_ms": {k: 1000 * v for k, v in med.items() if k not in ("inprocess", "service")}}
+            "profile_median_ms": {k: 1000 * v for k, v in med.items() if k not in ("inprocess", "service", "lean")}}
 
 
 def throughput(node: InferenceNode, bundle: Any, rows: np.ndarray, state: Path, concurrency: int,
@@ -484,7 +558,8 @@ def sandbox_result(sb: dict[str, Any], command: str) -> dict[str, Any]:
 def print_service(lat: dict[str, Any], tput: dict[str, Any], upload: dict[str, Any]) -> None:
     for name, d in lat.items():
         print(f"service/in-process latency {name}: {d['ratio']:.3f}x ({d['service_ms']:.1f} ms vs "
-              f"{d['inprocess_ms']:.1f} ms, median of {d['rows']} rows)")
+              f"{d['inprocess_ms']:.1f} ms, median of {d['rows']} rows; a lean grpcio server around the same "
+              f"FHEModelServer: {d['lean_grpc_ms']:.1f} ms, {d['lean_grpc_over_inprocess_ratio']:.3f}x)")
     for c, v in tput.items():
         print(f"throughput with {c} owner(s): {v['service_rows_per_s']:.1f} rows/s through the service, "
               f"{v['inprocess_rows_per_s']:.1f} in-process ({v['ratio']:.2f}x)")
@@ -502,7 +577,10 @@ def main(argv: list[str] | None = None) -> int:
                          "the existing --out JSON")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "inference.json")
     ap.add_argument("--owners", type=int, default=10)
+    ap.add_argument("--lean-server", nargs=3, help=argparse.SUPPRESS)  # BUNDLE_DIR EVK_FILE PKI_DIR (latency)
     args = ap.parse_args(argv)
+    if args.lean_server:
+        return lean_server(*args.lean_server)
     started = time.perf_counter()
     load_at_start = os.getloadavg()[0]  # the machine is shared: how busy it was
     command = "python bench/inference.py" + (" --quick" if args.quick else "") + (
@@ -551,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
 
     service = {
         "service_over_inprocess_latency_ratio": {k: v["ratio"] for k, v in lat.items()},
+        "lean_grpc_over_inprocess_latency_ratio": {k: v["lean_grpc_over_inprocess_ratio"] for k, v in lat.items()},
         "service_over_inprocess_throughput_ratio": {c: v["ratio"] for c, v in tput.items()},
         "throughput_rows_per_s": {c: v["service_rows_per_s"] for c, v in tput.items()},
         "key_upload_over_tls_copy_ratio": upload["ratio"],
