@@ -16,6 +16,8 @@ written to bench/results/inference.json:
 - key_upload_over_tls_copy_ratio: UploadKeys of a decision tree's ~77 MB keys over
   copying the same bytes through a plain TLS socket on loopback, alternated (the client passes
   the keys' SHA-256 as the owner's session does; details.key_upload has the node's phases).
+  lean_grpc_stream_over_tls_copy_ratio: the same client call to a lean grpcio server that only
+  receives the stream (no hash, file or check), rotated with both: gRPC's stream receive alone.
 - peak_rss_mb_10_owners: the node's peak RSS while 10 owners each upload tree
   keys and run a prediction (the node process plus its FHE worker processes).
 - sandbox_over_inprocess_latency_ratio: per dataset, median warm Predict latency of
@@ -103,27 +105,38 @@ def tree_bundle(out: Path) -> Any:
 
 # ---- a lean gRPC server: the reference for what gRPC itself costs --------------------------
 def lean_server(bundle_dir: str, evk_path: str, pki: str) -> int:
-    """grpcio's sync server, the same mutual TLS and proto, Predict = FHEModelServer.run in its handler thread.
+    """grpcio's sync server, the same mutual TLS and proto, Predict = FHEModelServer.run in its handler thread,
+    UploadKeys = receive the stream and count its bytes (no hash, no file, no check).
 
-    Nothing else: no Guard, no checks, no key store, no sandbox. Prints its port, serves until stdin closes.
+    Nothing else: no Guard, no checks, no key store, no sandbox. ``bundle_dir`` "-": no model (uploads only).
+    Prints its port, serves until stdin closes.
     """
     from concurrent import futures
 
     import grpc
-    from concrete import fhe
-    from concrete.ml.deployment import FHEModelServer
 
     from fedfhe_proto.inference.v1 import inference_pb2 as pb
     from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
 
-    server_fhe = FHEModelServer(bundle_dir)
-    evk = fhe.EvaluationKeys.deserialize(Path(evk_path).read_bytes())
+    run: Any = None
+    if bundle_dir != "-":
+        from concrete import fhe
+        from concrete.ml.deployment import FHEModelServer
+
+        server_fhe = FHEModelServer(bundle_dir)
+        evk = fhe.EvaluationKeys.deserialize(Path(evk_path).read_bytes())
+
+        def run(ct: bytes) -> bytes:
+            return server_fhe.run(ct, evk)
 
     class Lean(pb_grpc.InferenceServicer):
         def Predict(self, request: Any, context: Any) -> Any:  # noqa: N802 - the proto's name
             t = time.perf_counter()
-            results = [server_fhe.run(ct, evk) for ct in request.ciphertexts]
+            results = [run(ct) for ct in request.ciphertexts]
             return pb.PredictResponse(results=results, server_seconds=time.perf_counter() - t)
+
+        def UploadKeys(self, request_iterator: Any, context: Any) -> Any:  # noqa: N802
+            return pb.UploadKeysResponse(bytes_received=sum(len(m.chunk) for m in request_iterator))
 
     d = Path(pki)
     server = grpc.server(futures.ThreadPoolExecutor(4), options=[("grpc.max_receive_message_length", 64 * MiB),
@@ -139,6 +152,26 @@ def lean_server(bundle_dir: str, evk_path: str, pki: str) -> int:
     return 0
 
 
+def start_lean(bundle_dir: str, evk_path: str, pki: Path, ep: Any) -> tuple[Any, Any]:
+    """A lean_server subprocess and ``ep`` pointed at it. Closing the process's stdin stops it."""
+    import dataclasses
+    import subprocess
+
+    from fedfhe_inference.sandbox import worker_env
+
+    # The node's workers' OpenMP and malloc settings: with libomp's default 200 ms spin after each run, the
+    # lean server's threads took a core from whichever path was timed next (the node's evaluation went 9 -> 11.5 ms).
+    proc = subprocess.Popen([sys.executable, __file__, "--lean-server", bundle_dir, evk_path, str(pki)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=worker_env())
+    assert proc.stdout is not None
+    return proc, dataclasses.replace(ep, address=f"127.0.0.1:{int(proc.stdout.readline())}")
+
+
+def stop_lean(proc: Any) -> None:
+    proc.stdin.close()
+    proc.wait(30)
+
+
 # ---- measurements --------------------------------------------------------------------------
 def latency(node: InferenceNode, bundle: Any, rows: np.ndarray, state: Path) -> dict[str, float]:
     """Median per-row encrypt -> evaluate -> decrypt, in this process, through the service and through a lean
@@ -150,24 +183,13 @@ def latency(node: InferenceNode, bundle: Any, rows: np.ndarray, state: Path) -> 
     the RPC minus that is gRPC, TLS, the Guard and the handler's checks and key lookup. The lean server's RPC
     minus its run is what grpcio's round trip costs with no code of fedfhe's in it.
     """
-    import dataclasses
-    import subprocess
-
     from concrete import fhe
     from concrete.ml.deployment import FHEModelServer
 
     ep = node.endpoint("owner-0")
     keys, fhe_client, evk_bytes = _owner_keys(node, bundle, state)
-    from fedfhe_inference.sandbox import worker_env
-
     (state / "lean.evk").write_bytes(evk_bytes)
-    # The node's workers' OpenMP and malloc settings: with libomp's default 200 ms spin after each run, the
-    # lean server's threads took a core from whichever path was timed next (the node's evaluation went 9 -> 11.5 ms).
-    lean_proc = subprocess.Popen([sys.executable, __file__, "--lean-server", str(bundle.directory),
-                                  str(state / "lean.evk"), str(node.pki)], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, env=worker_env())
-    assert lean_proc.stdout is not None and lean_proc.stdin is not None
-    lean_ep = dataclasses.replace(ep, address=f"127.0.0.1:{int(lean_proc.stdout.readline())}")
+    lean_proc, lean_ep = start_lean(str(bundle.directory), str(state / "lean.evk"), node.pki, ep)
     with InferenceClient(ep) as client, InferenceClient(lean_ep) as lean_client:
         info = client.model_info(bundle.model_id, bundle.version)
         key_id = client.upload_keys(info, evk_bytes).key_id
@@ -225,8 +247,7 @@ def latency(node: InferenceNode, bundle: Any, rows: np.ndarray, state: Path) -> 
                 for fn in paths[i % 3:] + paths[:i % 3]:
                     fn(rows[i:i + 1])
         finally:
-            lean_proc.stdin.close()
-            lean_proc.wait(30)
+            stop_lean(lean_proc)
         parts["grpc_floor_get_model_info_rtt"] = []  # the smallest call on the same channel: gRPC + TLS + Guard
         for _ in range(len(rows)):
             t = time.perf_counter()
@@ -347,7 +368,8 @@ def tree_keys(bundle: Any, state: Path, owner: str) -> tuple[ModelKeys, bytes]:
 
 
 def key_upload(node: InferenceNode, pki: Path, bundle: Any, state: Path, repeats: int) -> dict[str, Any]:
-    """UploadKeys of a tree's ~77 MB keys against a plain TLS copy of the same bytes, alternated.
+    """UploadKeys of a tree's ~77 MB keys against a plain TLS copy of the same bytes and against the same client
+    call to a lean grpcio server that only receives the stream (lean_server), rotated.
 
     The client passes the keys' SHA-256, as the owner's session does (it hashes them once, to look up a stored
     key id, before deciding to upload); that hash is timed on its own. The node's phases come from its log line
@@ -360,39 +382,52 @@ def key_upload(node: InferenceNode, pki: Path, bundle: Any, state: Path, repeats
     t = time.perf_counter()
     digest = hashlib.sha256(evk).hexdigest()
     client_hash = time.perf_counter() - t
-    ups, tls = [], []
-    with InferenceClient(node.endpoint("owner-0")) as client:
+    ups, tls, lean = [], [], []
+    ep = node.endpoint("owner-0")
+    lean_proc, lean_ep = start_lean("-", "-", pki, ep)
+    with InferenceClient(ep) as client, InferenceClient(lean_ep) as lean_client:
         info = client.model_info(bundle.model_id, bundle.version)
         cold = []
         for _ in range(2):  # each FHE worker checks one upload first (the pool hands them out in turn)
             t = time.perf_counter()
             client.delete_keys(client.upload_keys(info, evk, sha256=digest).key_id)
             cold.append(time.perf_counter() - t)
+        lean_client.upload_keys(info, evk, sha256=digest)
         logged = len(re.findall(r"received in", node.log_text()))
-        for i in range(repeats):
-            order = ("upload", "tls") if i % 2 == 0 else ("tls", "upload")
-            for what in order:
-                if what == "tls":
-                    tls.append(tls_copy_seconds(pki, evk))
-                    continue
-                t = time.perf_counter()
-                key_id = client.upload_keys(info, evk, sha256=digest).key_id
-                ups.append(time.perf_counter() - t)
-                client.delete_keys(key_id)
+        paths = ("upload", "tls", "lean")
+        try:
+            for i in range(repeats):  # rotated, so all three see the same machine state
+                for what in paths[i % 3:] + paths[:i % 3]:
+                    if what == "tls":
+                        tls.append(tls_copy_seconds(pki, evk))
+                        continue
+                    if what == "lean":
+                        t = time.perf_counter()
+                        lean_client.upload_keys(info, evk, sha256=digest)
+                        lean.append(time.perf_counter() - t)
+                        continue
+                    t = time.perf_counter()
+                    key_id = client.upload_keys(info, evk, sha256=digest).key_id
+                    ups.append(time.perf_counter() - t)
+                    client.delete_keys(key_id)
+        finally:
+            stop_lean(lean_proc)
     phases = re.findall(r"received in ([0-9.]+) s, checked and stored in ([0-9.]+) s", node.log_text())[logged:]
     from concrete import fhe
 
     t = time.perf_counter()
     fhe.EvaluationKeys.deserialize(evk)  # the same parse in this process (default malloc: fresh pages)
     parse = time.perf_counter() - t
-    up, copy = statistics.median(ups), statistics.median(tls)
+    up, copy, bare = statistics.median(ups), statistics.median(tls), statistics.median(lean)
     return {"bytes": len(evk), "repeats": repeats, "upload_s": up, "tls_copy_s": copy, "ratio": up / copy,
+            "lean_grpc_stream_s": bare, "lean_grpc_stream_over_tls_copy_ratio": bare / copy,
+            "upload_over_lean_grpc_stream_ratio": up / bare,
             "ratio_with_client_hash": (up + client_hash) / copy, "client_sha256_s": client_hash,
             "first_uploads_s": cold,
             "node_received_s": statistics.median(float(a) for a, _ in phases) if phases else None,
             "node_checked_and_stored_s": statistics.median(float(b) for _, b in phases) if phases else None,
             "parse_in_this_process_s": parse,
-            "samples_s": {"upload": ups, "tls_copy": tls},
+            "samples_s": {"upload": ups, "tls_copy": tls, "lean_grpc_stream": lean},
             "upload_mb_per_s": len(evk) / MiB / up, "tls_copy_mb_per_s": len(evk) / MiB / copy}
 
 
@@ -566,7 +601,9 @@ def print_service(lat: dict[str, Any], tput: dict[str, Any], upload: dict[str, A
     print(f"key upload / TLS copy ({upload['bytes'] / 1e6:.0f} MB): {upload['ratio']:.2f}x "
           f"({upload['upload_s']:.2f}s vs {upload['tls_copy_s']:.2f}s; node: received in "
           f"{upload['node_received_s']}s, checked and stored in {upload['node_checked_and_stored_s']}s; "
-          f"{upload['ratio_with_client_hash']:.2f}x if the client hashed the keys first)")
+          f"{upload['ratio_with_client_hash']:.2f}x if the client hashed the keys first; a lean grpcio server "
+          f"receiving the same stream: {upload['lean_grpc_stream_s']:.2f}s, "
+          f"{upload['lean_grpc_stream_over_tls_copy_ratio']:.2f}x)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -633,6 +670,7 @@ def main(argv: list[str] | None = None) -> int:
         "service_over_inprocess_throughput_ratio": {c: v["ratio"] for c, v in tput.items()},
         "throughput_rows_per_s": {c: v["service_rows_per_s"] for c, v in tput.items()},
         "key_upload_over_tls_copy_ratio": upload["ratio"],
+        "lean_grpc_stream_over_tls_copy_ratio": upload["lean_grpc_stream_over_tls_copy_ratio"],
     }
     service_details = {"latency": lat, "key_upload": upload,
                        "throughput": {"rows_per_batch": 16, "batches_per_owner": batches, "rounds": rounds,
