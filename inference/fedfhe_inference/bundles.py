@@ -167,7 +167,10 @@ class BundleRegistry:
         with self._scan_lock:
             loaded, refused = [], []
             present = set()
-            for directory in self._candidates():
+            candidates = self._candidates()
+            for gone in set(self._refused) - set(candidates):  # a refused version removed: no longer refused
+                self._refused.pop(gone)
+            for directory in candidates:
                 key = (directory.parent.name, directory.name)
                 present.add(key)
                 if key in self._bundles:

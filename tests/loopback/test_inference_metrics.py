@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import signal
 import urllib.request
+from pathlib import Path
 
 import grpc
 import psutil
@@ -18,7 +21,7 @@ import yaml
 from inference_harness import Node, write_node_config
 from prometheus_client.parser import text_string_to_metric_families
 
-from fedfhe_common.procs import free_port, venv_bin
+from fedfhe_common.procs import free_port, venv_bin, wait_until
 from fedfhe_demo.inference_node import spawn
 from fedfhe_owner.inference_client import InferenceClient
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
@@ -43,6 +46,32 @@ def scrape(node: Node) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def rpc(method: str, code: str) -> tuple[tuple[str, str], ...]:
     return (("code", code), ("method", method), ("service", INFERENCE))
+
+
+def refused_versions(node: Node, served: list) -> list[Path]:
+    """Version directories the node scans but does not serve (other modules leave tampered ones on purpose)."""
+    names = {(m.model_id, m.version) for m in served}
+    return [d for m in node.bundles_dir.iterdir() if m.is_dir() and not m.name.startswith(".")
+            for d in m.iterdir() if d.is_dir() and not d.name.startswith(".") and (m.name, d.name) not in names]
+
+
+def test_bundles_refused_follows_the_bundles_dir(node):
+    """A refused version counts while its directory is there, and stops counting once it is removed."""
+    def refused_gauge() -> float:
+        return scrape(node)[("fedfhe_inference_bundles_refused", ())]
+
+    served = node.stub("alice").ListModels(pb.ListModelsRequest(), timeout=20).models
+    base = len(refused_versions(node, served))
+    junk = node.bundles_dir / "digits-junk" / "1"
+    junk.mkdir(parents=True)
+    (junk / "manifest.json").write_text("{not a manifest")
+    try:
+        node.signal(signal.SIGHUP)
+        wait_until(lambda: refused_gauge() == base + 1, 30, "the junk version to count as refused", interval=0.2)
+    finally:
+        shutil.rmtree(junk.parent)
+    node.signal(signal.SIGHUP)
+    wait_until(lambda: refused_gauge() == base, 30, "the removed version to stop counting", interval=0.2)
 
 
 def test_metrics_count_predictions_refusals_and_state(node, alice, digits):
@@ -77,7 +106,7 @@ def test_metrics_count_predictions_refusals_and_state(node, alice, digits):
     assert after[("fedfhe_inference_key_store_bytes", ())] == sum(p.stat().st_size for p in key_files)
     served = stub.ListModels(pb.ListModelsRequest(), timeout=20).models
     assert after[("fedfhe_inference_bundles_loaded", ())] == len(served) >= 2
-    assert after[("fedfhe_inference_bundles_refused", ())] == 0
+    assert after[("fedfhe_inference_bundles_refused", ())] == len(refused_versions(node, served))
     assert after[("fedfhe_inference_fhe_workers", ())] >= 1
     # no label carries an owner's name or what a caller sent
     assert not [k for k in after if any("alice" in v or "not-a-key" in v for _, v in k[1])]
