@@ -112,22 +112,29 @@ def run_training(
     run_config = flwr_cli.write_run_config(cfg, overrides or {})
     log_path = cfg.state_dir / "flwr-run.log"
     log_path.unlink(missing_ok=True)
-    run_id = flwr_cli.start_run(cfg, run_config)
     rounds = int((overrides or {}).get("num-server-rounds", cfg.training.rounds))
-    runs.record(cfg.state_dir, run_id, event="submitted", model=cfg.training.model, rounds=rounds,
-                output_dir=str(out))
-    if on_start:
-        on_start(run_id)
     limit = timeout or (cfg.training.wait_for_nodes_s + cfg.training.round_timeout_s * 2 * rounds + 120)
-    try:
-        with _sigterm_interrupts():
+    # Ctrl-C or SIGTERM while `flwr run` submits would leave a run no one knows the id of: both are
+    # held until the id is known, then delivered inside the try below, which stops the run.
+    with _sigterm_interrupts(), _interrupts_held() as release:
+        run_id = flwr_cli.start_run(cfg, run_config)
+        runs.record(cfg.state_dir, run_id, event="submitted", model=cfg.training.model, rounds=rounds,
+                    output_dir=str(out))
+        if on_start:
+            on_start(run_id)
+        try:
+            release()
             status = _follow(cfg, run_id, log_path, progress, on_round, started + limit)
-    except KeyboardInterrupt as exc:
+        except KeyboardInterrupt as exc:
+            interrupted: KeyboardInterrupt | None = exc
+        else:
+            interrupted = None
+    if interrupted is not None:
         with _sigterm_ignored():  # a second SIGTERM must not cut `flwr stop` short
             final = stop_and_wait(cfg, run_id)
-        runs.record(cfg.state_dir, run_id, event="terminated" if isinstance(exc, Terminated) else "interrupted",
-                    status=final)
-        raise
+        runs.record(cfg.state_dir, run_id,
+                    event="terminated" if isinstance(interrupted, Terminated) else "interrupted", status=final)
+        raise interrupted
     artifact_dir = out / "artifact"
     if not (artifact_dir / "manifest.json").exists() or (artifact_dir / "manifest.json").stat().st_mtime < started:
         text = log_path.read_text(errors="replace") if log_path.exists() else ""
@@ -159,11 +166,53 @@ def _sigterm_interrupts() -> Iterator[None]:
     def terminate(signum: int, frame: object) -> None:
         raise Terminated()
 
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:  # ignored on purpose: stays ignored
+        yield
+        return
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _interrupts_held() -> Iterator[Callable[[], None]]:
+    """Hold Ctrl-C and SIGTERM until the yielded ``release()``, which raises the first one held.
+
+    A Python handler, not a signal mask: `flwr run`'s process does not inherit it, so a Ctrl-C
+    from the terminal still ends a submission that hangs.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    held: list[KeyboardInterrupt] = []
+
+    def hold(signum: int, frame: object) -> None:
+        held.append(Terminated() if signum == signal.SIGTERM else KeyboardInterrupt())
+
+    # A signal the operator ignores (nohup, a background job of a script: SIGINT is SIG_IGN) stays ignored.
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(sig) is not signal.SIG_IGN}
+
+    def restore() -> None:
+        while previous:
+            sig, handler = previous.popitem()
+            signal.signal(sig, handler)
+
+    def release() -> None:
+        restore()
+        if held:
+            raise held[0]
+
+    try:
+        yield release
+    except FedfheError:
+        if held:  # `flwr run` ended by the same Ctrl-C: report the interrupt, not its failure
+            raise held[0] from None
+        raise
+    finally:
+        restore()
 
 
 @contextmanager

@@ -75,8 +75,10 @@ def test_registration_state_comes_from_the_superlink(fed):
 def test_ctrl_c_or_sigterm_stops_the_flower_run(fed, trained, sig, code):
     cfg = fed["cfg"]
     before = {r["run-id"] for r in flwr_cli.list_runs(cfg)}
+    # As from a terminal: a shell script's background job (how a CI may start the suite) inherits SIGINT
+    # ignored, and Python then leaves Ctrl-C ignored too.
     proc = subprocess.Popen([venv_bin("fedfhe-coordinator"), "train", "--config", str(fed["cfg_path"]),
-                             "--rounds", "5"],
+                             "--rounds", "5"], preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         def new_running() -> list[dict]:
