@@ -62,16 +62,43 @@ class PlayResult:
 UV_CACHE_LIMIT = 16 << 30  # a shared uv cache past this (old builds piling up) is dropped
 
 
+def drop_torn_wheel_entries(cache: Path) -> list[Path]:
+    """Remove wheel entries whose two pointers disagree; returns the ``.rev`` files removed.
+
+    A wheel from --find-links is cached as a symlink to its unpacked archive plus a ``.rev``
+    file naming that archive. When two hosts unpack the same wheel at once (the test hosts
+    share this cache), one host's symlink and the other's ``.rev`` can survive: both archives
+    exist until ``uv cache prune``, which follows the symlink and deletes the archive only the
+    ``.rev`` names; every later install of that wheel then fails with "failed to read
+    directory .../archive-v0/<id>" (uv 0.11.33; CI went red on websockets this way). A removed
+    entry costs one unpack from the wheelhouse on the next install.
+    """
+    removed = []
+    for rev in sorted(cache.glob("wheels-v*/**/*.rev")):
+        link = rev.with_suffix("")
+        target = link.resolve() if link.is_symlink() else None
+        sound = (target is not None and target.is_dir() and target.parent.name.startswith("archive-v")
+                 and target.name.encode() in rev.read_bytes())
+        if not sound:
+            rev.unlink()
+            if link.is_symlink():
+                link.unlink()
+            removed.append(rev)
+    return removed
+
+
 def trim_uv_cache() -> None:
-    """Keep the shared uv cache from growing run after run.
+    """Keep the shared uv cache sound and from growing run after run.
 
     Hosts installing at the same time from a cold cache each unpack the same wheels; uv keeps
     one copy and leaves the others unreachable: ``uv cache prune`` drops them (measured:
-    25 GB -> 6 GB after a cold run). Past the size limit the cache starts afresh.
+    25 GB -> 6 GB after a cold run), once the entries the race tore are gone. Past the size
+    limit the cache starts afresh.
     """
     cache = CACHE / "uv-cache"
     if not cache.is_dir():
         return
+    drop_torn_wheel_entries(cache)
     subprocess.run([str(VENV_BIN / "uv"), "cache", "prune", "--cache-dir", str(cache)], capture_output=True)
     res = subprocess.run(["du", "-sb", str(cache)], capture_output=True, text=True)
     if res.returncode == 0 and int(res.stdout.split()[0]) > UV_CACHE_LIMIT:
