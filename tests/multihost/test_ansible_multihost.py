@@ -8,7 +8,7 @@ The tests run in order on one deployment:
   its own keys and data (the release signing key on the coordinator only, root-only; its
   public half everywhere; owners pin the shipped Flower App); a second site.yml changes
   nothing; --check runs clean; --tags inference with a drifted inference.yaml restarts that service
-  only, through fedfhe_service's shared handler;
+  only, through fedfhe_service's shared handler; an install that fails leaves the venv as it was;
   train.yml completes a federated run in which each SuperNode read its own host's file, and
   the artifact arrives signed; a second train.yml -e fedfhe_train_secure_aggregation=true runs
   SecAgg+ on the same federation (no config edit, no restart), every owner answering each round;
@@ -164,7 +164,10 @@ def test_site_brings_every_service_up(deployed: Deployment) -> None:
         assert ps[:1] == ["fedfhe"], f"{service} on {host}: {ps}"
     # Services run from each host's own venv, installed offline from the wheelhouse.
     for host in SERVICES:
-        assert deployed.hosts.hosts[host].path("/opt/fedfhe/venv/.fedfhe-installed").exists()
+        venv = deployed.hosts.hosts[host].path("/opt/fedfhe/venv")
+        assert (venv / ".fedfhe-installed").exists()
+        # A symlink to the install it switched to once that was complete (roles/fedfhe_install).
+        assert venv.is_symlink() and os.readlink(venv).startswith("venvs/"), host
     copied = deployed.hosts.hosts[COPY_WHEELHOUSE[0]].path("/opt/fedfhe/wheelhouse/.fedfhe-deps")
     assert copied.exists(), "the wheelhouse was not copied to the host that installs from its own copy"
 
@@ -392,6 +395,29 @@ def test_a_tagged_run_restarts_through_the_shared_handler(deployed: Deployment) 
     again = deployed.play("site.yml", "--tags", "inference")
     _expect_ok(again, "second site.yml --tags inference")
     assert not {h: c["changed"] for h, c in again.recap().items() if c["changed"]}, again.tail(60)
+
+
+def test_a_failed_install_leaves_the_venv_services_run_from(deployed: Deployment) -> None:
+    """An install that fails part way (here the bytecode step, after uv installed a different package
+    set, as a disk filling up or a Ctrl-C would) went into a venv of its own: the one the services run
+    from stays as it was. Installing in place would have left fedfhe-inference in it, unrecorded."""
+    host = "owner-2"
+    venv = deployed.hosts.hosts[host].path("/opt/fedfhe/venv")
+    before = (os.readlink(venv), (venv / ".fedfhe-installed").read_text())
+    pid = deployed.ssh(host, "cat /run/fedfhe/fedfhe-supernode.pid").stdout.strip()
+    res = deployed.play("site.yml", "--tags", "install", "-l", host, "-e", json.dumps({
+        "fedfhe_install_packages": ["fedfhe-owner[fhe]", "fedfhe-inference"],
+        "fedfhe_install_warm_imports": ["fedfhe_common.no_such_module"]}))
+    assert res.rc != 0 and "No module named 'fedfhe_common.no_such_module'" in res.output, res.tail(40)
+    assert "Switch the venv path to the new venv" not in res.output, res.tail(40)
+    half = [p for p in venv.parent.joinpath("venvs").iterdir() if p.name != before[0].split("/")[-1]]
+    assert any((p / "bin" / "fedfhe-inference").exists() for p in half), "uv did not install before the failure"
+    assert (os.readlink(venv), (venv / ".fedfhe-installed").read_text()) == before
+    assert not (venv / "bin" / "fedfhe-inference").exists()
+    assert deployed.ssh(host, "/opt/fedfhe/venv/bin/fedfhe-owner --version", check=False).returncode == 0
+    status = deployed.ssh(host, "/opt/fedfhe/bin/fedfhe-service status fedfhe-supernode", check=False)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert deployed.ssh(host, "cat /run/fedfhe/fedfhe-supernode.pid").stdout.strip() == pid
 
 
 # ---- train.yml ------------------------------------------------------------------------------
