@@ -18,7 +18,7 @@ $(STAMP): $(foreach p,$(PKGS),$(p)/pyproject.toml) requirements-dev.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# concrete-ml 1.9.0 pins torch 2.3.1 (a ~5 GB CUDA wheel from PyPI); it installs once per venv.
-	$(BIN)/pip install -q $(foreach p,$(PKGS),-e ./$(p)) -r requirements-dev.txt
+	$(BIN)/pip install -q $(foreach p,$(PKGS),-e ./$(p)) -e './common[parquet]' -r requirements-dev.txt
 	@touch $@
 
 install: sysdeps $(STAMP)

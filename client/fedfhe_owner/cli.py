@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+import numpy as np
 
 from fedfhe_common.config_check import add_check_config
 from fedfhe_common.console import add_command, command_parser, run
@@ -20,12 +23,39 @@ def _supernode(args: argparse.Namespace) -> int:
 
 
 def _check_data(args: argparse.Namespace) -> int:
-    from fedfhe_common.data import load_table
+    """Every cell that breaks a typed schema (line, column, value, rule), not only the first."""
+    from fedfhe_common.data import load_table, read_typed
     from fedfhe_common.schema import resolve_schema
 
     cfg = owner_config.load(args.config)
-    X, y = load_table(cfg.data, resolve_schema(cfg.schema), cfg.labels)
-    print(f"{cfg.data}: {len(X)} rows, {X.shape[1]} features: ok")
+    schema = resolve_schema(cfg.schema)
+    if not schema.typed:
+        X, y = load_table(cfg.data, schema, cfg.labels)
+        print(f"{cfg.data}: {len(X)} rows, {X.shape[1]} features: ok")
+        return 0
+    table = read_typed(cfg.data, schema)
+    for problem in table.problems:
+        print(f"{cfg.data}: {problem}")
+    if table.problems:
+        raise FedfheError(f"{cfg.data}: {len(table.problems)} cell(s) break schema {schema.name!r} (listed above)")
+    gaps = int(np.isnan(table.X).any(axis=1).sum())
+    print(f"{cfg.data}: {len(table.X)} rows, {len(schema.columns)} columns ({schema.n_features} model inputs), "
+          f"{gaps} row(s) with gaps the schema fills: ok")
+    return 0
+
+
+def _draft_schema(args: argparse.Namespace) -> int:
+    from fedfhe_common.schema_draft import draft_schema
+
+    text, rows = draft_schema(args.data, args.label, args.name or "", args.task or "")
+    if args.out:
+        if args.out.exists():
+            raise FedfheError(f"{args.out}: already exists; choose another --out")
+        args.out.write_text(text, encoding="utf-8")
+        print(f"draft schema of {rows} rows -> {args.out}: review it before sharing (it reveals ranges and "
+              "categories of these rows)", file=sys.stderr)
+    else:
+        print(text, end="")
     return 0
 
 
@@ -57,7 +87,15 @@ def main(argv: list[str] | None = None) -> int:
                     config=True)
     add_log_format(p)
     add_check_config(sub, owner_config.OwnerConfig, "owner.yaml", owner_problems)
-    add_command(sub, "check-data", _check_data, "validate this owner's data file against the schema", config=True)
+    add_command(sub, "check-data", _check_data, "validate this owner's data file against the schema (every bad "
+                "cell listed)", config=True)
+    p = add_command(sub, "draft-schema", _draft_schema, "print a draft typed schema read off a local CSV or Parquet "
+                    "file, for review before sharing")
+    p.add_argument("--data", type=Path, required=True, help="a CSV (with a header) or Parquet file on this host")
+    p.add_argument("--label", required=True, help="the label (or regression target) column")
+    p.add_argument("--name", help="the schema's name (default: the file's)")
+    p.add_argument("--task", choices=("classification", "regression"), help="default: guessed from the labels")
+    p.add_argument("--out", type=Path, help="write the draft here instead of stdout (never overwrites)")
     p = add_command(sub, "app-hash", _app_hash, "print the app digest of a Flower App (to pin in approved_flower_apps)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--fab", type=Path, help="a built FAB file (`flwr build`)")

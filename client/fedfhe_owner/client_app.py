@@ -18,7 +18,8 @@ from flwr.clientapp import ClientApp
 from fedfhe_common import fl_contract as fc
 from fedfhe_common import models
 from fedfhe_common.data import load_table
-from fedfhe_common.errors import DataError
+from fedfhe_common.errors import DataError, IntegrityError
+from fedfhe_common.preprocessing import Preprocessing, moments
 from fedfhe_common.schema import DatasetSchema, resolve_schema
 from fedfhe_common.scoring import score_model
 from fedfhe_common.transport import from_arrays, to_arrays
@@ -41,9 +42,29 @@ def _local_data(context: Context, config: ConfigRecord) -> tuple[DatasetSchema, 
             f"this owner's schema {schema.name!r} ({schema.n_features} features) differs from the run's "
             f"{config[fc.SCHEMA_NAME]!r} ({config[fc.N_FEATURES]} features)",
         )
+    if fc.SCHEMA_SHA256 in config and str(config[fc.SCHEMA_SHA256]) != fc.schema_sha256(schema):
+        raise DataError(node["data-path"], f"this owner's schema {schema.name!r} is not the run's exactly (columns, "
+                                           "bounds, categories or classes differ): align the schema files")
     labels = str(node["labels-path"]) if node.get("labels-path") else None
     X, y = load_table(str(node["data-path"]), schema, labels)
     return schema, split_holdout(X, y, float(node.get("holdout-fraction", 0.2)), int(node.get("seed", 0)))
+
+
+def _preprocessed(schema: DatasetSchema, split: tuple[np.ndarray, ...], config: ConfigRecord,
+                  where: object) -> tuple[np.ndarray, ...]:
+    """The run's preprocessing (checked against this owner's schema) applied to its train and held-out rows."""
+    raw = config.get(fc.PREPROCESSING)
+    try:
+        prep = Preprocessing.from_dict(schema, json.loads(str(raw)) if raw else None, "the run's preprocessing")
+    except ValueError as exc:
+        raise IntegrityError(f"the run's preprocessing is not JSON: {exc}") from None
+    X_train, X_test, y_train, y_test = split
+    return prep.transform(X_train, where), prep.transform(X_test, where), y_train, y_test
+
+
+def _statistics(schema: DatasetSchema, split: tuple[np.ndarray, ...]) -> tuple[list[np.ndarray], int]:
+    """This owner's share of the preprocessing statistics: fractions over its training rows, never a row."""
+    return [moments(split[0], schema)], int(len(split[2]))
 
 
 def _reply(msg: Message, context: Context, arrays: ArrayRecord | None, metrics: dict[str, float]) -> Message:
@@ -118,6 +139,10 @@ def train(msg: Message, context: Context) -> Message:
         return _secure_train(msg, context)
     config = msg.content[fc.CONFIG]
     schema, split = _local_data(context, config)
+    if str(config.get(fc.PHASE, "")) == fc.PHASE_STATISTICS:
+        vectors, rows = _statistics(schema, split)
+        return _reply(msg, context, ArrayRecord(vectors), {fc.NUM_EXAMPLES: rows})
+    split = _preprocessed(schema, split, config, context.node_config["data-path"])
     family, model = _global_model(msg, schema)
     metrics = _fit(model, family, schema, split, config)
     return _reply(msg, context, to_arrays(models.get_parameters(model, family, schema)), metrics)
@@ -136,6 +161,12 @@ def _secure_train(msg: Message, context: Context) -> Message:
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
     config = ConfigRecord(dict(fitins.config))
     schema, split = _local_data(context, config)
+    if str(config.get(fc.PHASE, "")) == fc.PHASE_STATISTICS:
+        # Through SecAgg+ like an update: the coordinator learns only the row-weighted average.
+        vectors, rows = _statistics(schema, split)
+        vectors, weight = bound_update(vectors, rows, context)
+        return legacy_reply(msg, vectors, weight, {fc.NUM_EXAMPLES: weight})
+    split = _preprocessed(schema, split, config, context.node_config["data-path"])
     family = str(config[fc.MODEL])
     model = models.build(family, json.loads(str(config[fc.MODEL_PARAMS])))
     received = fc.check_params(parameters_to_ndarrays(fitins.parameters), family, schema)
@@ -153,6 +184,7 @@ def _secure_train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the final global model on this owner's held-out rows."""
     schema, split = _local_data(context, msg.content[fc.CONFIG])
+    split = _preprocessed(schema, split, msg.content[fc.CONFIG], context.node_config["data-path"])
     _, model = _global_model(msg, schema)
     metrics = _evaluate(model, schema, split)
     return _reply(msg, context, None, metrics | {fc.NUM_EXAMPLES: metrics[fc.EVAL_EXAMPLES]})

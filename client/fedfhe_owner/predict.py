@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from fedfhe_common.bundle import preprocessing_of
 from fedfhe_common.errors import ConfigError, FedfheError, IntegrityError
 from fedfhe_common.fhe_wire import CircuitSpec, WireError
 from fedfhe_common.release import load_verify_key
@@ -69,10 +70,23 @@ class PredictResult:
         }
 
 
-def schema_of(info: pb.ModelInfo) -> DatasetSchema:
-    s = info.schema
-    return DatasetSchema(name=s.name, n_features=s.n_features, feature_min=s.feature_min, feature_max=s.feature_max,
-                         task=s.task or "classification", classes=list(s.classes))  # type: ignore[arg-type]
+def signed_schema(endpoint: InferenceEndpoint, state_dir: Path, client: InferenceClient,
+                  info: pb.ModelInfo) -> DatasetSchema:
+    """The model's schema from its signed manifest (fetched and verified once), never from the node's word."""
+    if endpoint.release_public_key is None:
+        raise ConfigError("owner.yaml: release_public_key (release.pub) is required to verify the client specs")
+    release_key = load_verify_key(endpoint.release_public_key)
+    keys = ModelKeys(state_dir, info.model_id, info.version)
+    _install_specs(client, info, keys, release_key)
+    return DatasetSchema.from_mapping(keys.verified_specs(release_key)["schema"], "signed manifest: schema")
+
+
+def check_own_schema(own: DatasetSchema, signed: DatasetSchema, model: str) -> None:
+    """An owner that names its schema predicts only with a model of exactly that schema (typed columns encode rows)."""
+    if own.to_dict() != signed.to_dict():
+        differ = sorted(k for k, v in own.to_dict().items() if signed.to_dict().get(k) != v)
+        raise FedfheError(f"model {model} was trained on schema {signed.name!r}, which differs from this owner's "
+                          f"schema {own.name!r} in {', '.join(differ)}; align owner.yaml's schema with the model's")
 
 
 def resolve_model(client: InferenceClient, model_id: str = "", version: str = "") -> pb.ModelInfo:
@@ -234,11 +248,13 @@ def predict_rows(
         sizes["client_specs"] = _install_specs(conn, info, keys, release_key)
         meta = keys.verified_specs(release_key)
         schema = DatasetSchema.from_mapping(meta["schema"], "signed manifest: schema")  # not the node's word
+        prep = preprocessing_of(meta)  # checked against the schema when the manifest was verified
         seconds["specs"] = time.perf_counter() - t
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != schema.n_features or len(X) == 0:
             raise FedfheError(f"model {info.model_id} {info.version} needs rows of {schema.n_features} features, "
                               f"got an array of shape {X.shape}")
+        X = prep.transform(X, f"rows for {info.model_id} {info.version}")  # exactly the model's training transform
         fhe, seconds["keygen"] = keys.fhe_client()
         bar = _progress(progress)
         outputs: list[np.ndarray] = []

@@ -23,15 +23,21 @@ def _endpoint(cfg: owner_config.OwnerConfig, path: Path) -> owner_config.Inferen
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from fedfhe_common.schema import resolve_schema
+
     from .inference_client import InferenceClient
-    from .predict import predict_rows, resolve_model, schema_of
+    from .predict import check_own_schema, predict_rows, resolve_model, signed_schema
     from .predict_io import load_rows, write_predictions
 
     cfg = owner_config.load(args.config)
     endpoint = _endpoint(cfg, args.config)
     with InferenceClient(endpoint) as client:
         info = resolve_model(client, args.model or endpoint.model_id, args.version or "")
-        X, y = load_rows(args.input, schema_of(info), args.labels)
+        schema = signed_schema(endpoint, cfg.state_dir, client, info)
+        own = resolve_schema(cfg.schema)
+        if own.typed or schema.typed:
+            check_own_schema(own, schema, f"{info.model_id} {info.version}")
+        X, y = load_rows(args.input, schema, args.labels)
         result = predict_rows(
             endpoint, cfg.state_dir, X, model_id=info.model_id, version=info.version, batch_size=args.batch_size,
             progress=not args.no_progress, client=client,

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from fedfhe_common.data import load_table, validate
+from fedfhe_common.data import load_table, load_typed, validate
 from fedfhe_common.errors import DataError
 from fedfhe_common.fileio import write_atomic
 from fedfhe_common.schema import DatasetSchema
@@ -61,8 +61,14 @@ def _is_float(cell: str) -> bool:
 
 
 def load_rows(path: Path, schema: DatasetSchema, labels: Path | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """(X, y) with labels when the file has them, (X, None) otherwise; rows are checked against the schema."""
+    """(X, y) with labels when the file has them, (X, None) otherwise; rows are checked against the schema.
+
+    Labels come back as the schema declares them (strings stay strings), to compare with predictions.
+    """
     path = Path(path)
+    if schema.typed:
+        X, y = load_typed(path, schema, need_label=False)
+        return X, None if y is None else schema.decode_labels(y)
     name = path.name.lower()
     unlabelled: np.ndarray | None = None
     if name.endswith(".csv") and schema.label_column not in _csv_header(path):

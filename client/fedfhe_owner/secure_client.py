@@ -54,8 +54,20 @@ def privacy_mod(msg: Message, context: Context, call_next: Handler) -> Message:
     inner = call_next
     if uses_dp(context):
         def inner(m: Message, c: Context) -> Message:
+            if _statistics_phase(m):  # fractions in [0, 1], not a model update: no clipping relative to a model
+                return call_next(m, c)
             return fixedclipping_mod(m, c, call_next)
     return secaggplus_mod(msg, context, inner)
+
+
+def _statistics_phase(msg: Message) -> bool:
+    from flwr.compat.common.recorddict_compat import recorddict_to_fitins
+
+    try:
+        return str(recorddict_to_fitins(msg.content, keep_input=True).config.get(fc.PHASE, "")) == \
+            fc.PHASE_STATISTICS
+    except Exception:  # noqa: BLE001 - not a FitIns: the train handler refuses it
+        return False
 
 
 def bound_update(params: list[np.ndarray], n_rows: int, context: Context) -> tuple[list[np.ndarray], int]:

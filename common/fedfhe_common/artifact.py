@@ -24,6 +24,7 @@ from . import models, release, tree_artifact
 from .errors import IntegrityError
 from .fileio import write_dir_atomic
 from .manifest import MANIFEST, verify_manifest, write_manifest
+from .preprocessing import Preprocessing
 from .schema import DatasetSchema
 
 KIND = "fedfhe-training-artifact"
@@ -48,6 +49,11 @@ class TrainingArtifact:
     origin: str = "federated"
     manifest_sha256: str = ""  # of the manifest this was loaded from (the bundle's provenance names it)
     tree: tree_artifact.TreeModel | None = None  # a tree family's model (coef and intercept are then empty)
+    preprocessing: Preprocessing | None = None  # how rows become model inputs (None: the identity)
+
+    @property
+    def prep(self) -> Preprocessing:
+        return self.preprocessing or Preprocessing.from_dict(self.schema, None)
 
     def to_estimator(self) -> Any:
         """A scikit-learn (or XGBoost) estimator ready to predict (and to hand to Concrete ML)."""
@@ -70,10 +76,12 @@ class TrainingArtifact:
             if self.tree is not None:
                 tree_artifact.write(self.tree, tmp)
             else:
-                classes = np.asarray(self.schema.classes, dtype=np.int64)
+                classes = np.asarray(self.schema.label_codes, dtype=np.int64)
                 np.savez(tmp / "params.npz", coef=self.coef, intercept=self.intercept, classes=classes)
             model = {"family": self.family, "params": self.model_params, "origin": self.origin,
                      "schema": self.schema.to_dict()}
+            if self.schema.typed:  # legacy schemas keep their artifacts as they were: the identity
+                model["preprocessing"] = self.prep.to_dict()
             (tmp / "model.json").write_text(json.dumps(model, indent=2, sort_keys=True))
             (tmp / "metrics.json").write_text(json.dumps(self.metrics, indent=2, sort_keys=True))
             write_manifest(tmp, KIND, list(files_for(self.family)), {"family": self.family})
@@ -116,6 +124,7 @@ class TrainingArtifact:
             if not isinstance(family, str) or family != manifest.get("family"):
                 raise ValueError(f"model family {family!r} differs from the manifest's {manifest.get('family')!r}")
             models.check_family(family, schema, local=True)
+            prep = Preprocessing.from_dict(schema, model.get("preprocessing"), f"{directory}/model.json: preprocessing")
             params, origin = model.get("params", {}), model.get("origin", "")
             if not isinstance(params, dict) or not isinstance(origin, str):
                 raise TypeError("model.json: params must be an object and origin a string")
@@ -132,7 +141,7 @@ class TrainingArtifact:
             raise IntegrityError(f"{directory}: malformed training artifact: {str(exc)[:300]}") from None
         if tree is not None:
             return cls(family, schema, coef, intercept, params, metrics, origin, hashlib.sha256(raw).hexdigest(),
-                       tree)
+                       tree, prep)
         expected = models.param_shapes(family, schema)
         if coef.shape != expected[0] or intercept.shape != expected[1]:
             raise IntegrityError(f"{directory}: parameter shapes {coef.shape}/{intercept.shape} do not fit the schema")
@@ -140,4 +149,5 @@ class TrainingArtifact:
             raise IntegrityError(f"{directory}: parameters must be real numbers, got {coef.dtype}/{intercept.dtype}")
         if not (np.isfinite(coef).all() and np.isfinite(intercept).all()):
             raise IntegrityError(f"{directory}: parameters hold NaN or infinite values")
-        return cls(family, schema, coef, intercept, params, metrics, origin, hashlib.sha256(raw).hexdigest())
+        return cls(family, schema, coef, intercept, params, metrics, origin, hashlib.sha256(raw).hexdigest(),
+                   preprocessing=prep)

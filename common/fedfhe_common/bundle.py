@@ -24,6 +24,7 @@ from . import bundle_content, release
 from .errors import ConfigError, FedfheError, IntegrityError
 from .fileio import write_dir_atomic
 from .manifest import MANIFEST, canonical_body, verify_manifest, write_manifest
+from .preprocessing import Preprocessing
 from .schema import DatasetSchema
 
 KIND = "fedfhe-fhe-bundle"
@@ -54,10 +55,18 @@ def check_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
     if sorted(meta.get("files", {})) != sorted(FILES):
         raise IntegrityError(f"{where}: must list exactly {', '.join(FILES)}")
     try:
-        DatasetSchema.from_mapping(meta.get("schema"), "manifest: schema")
+        schema = DatasetSchema.from_mapping(meta.get("schema"), "manifest: schema")
+        # A typed schema's rows are transformed before encryption: exactly this, which must fit the schema.
+        Preprocessing.from_dict(schema, meta.get("preprocessing"), "manifest: preprocessing")
     except FedfheError as exc:
         raise IntegrityError(f"{where}: {exc}") from None
     return meta
+
+
+def preprocessing_of(meta: dict[str, Any]) -> Preprocessing:
+    """The transform a verified manifest says the model was trained with (the identity for legacy schemas)."""
+    schema = DatasetSchema.from_mapping(meta.get("schema"), "manifest: schema")
+    return Preprocessing.from_dict(schema, meta.get("preprocessing"), "manifest: preprocessing")
 
 
 def write(

@@ -1,6 +1,8 @@
-"""Load a data owner's local table (CSV, NPZ or IDX) and check it against the schema.
+"""Load a data owner's local table and check it against the schema.
 
-Every problem becomes a DataError naming the file and, for CSV, the line.
+A typed schema (named columns) reads CSV with a header or Parquet, columns in any
+order (``typed_table``); a legacy schema (one range for every column) reads CSV,
+NPZ or IDX. Every problem becomes a DataError naming the file and, for CSV, the line.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from .errors import DataError
 from .schema import DatasetSchema
+from .typed_table import TypedTable, csv_rows, encode_rows, parquet_rows, refuse
 
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 IDX_MAX_DIMS = 32  # numpy's limit on array dimensions
@@ -155,11 +158,43 @@ def _parse_csv(path: Path, rows: Any, schema: DatasetSchema) -> tuple[np.ndarray
     return np.asarray(X_rows, dtype=np.float64), np.asarray(y_rows)
 
 
+def read_typed(path: str | Path, schema: DatasetSchema, need_label: bool = True) -> TypedTable:
+    """Every row of a CSV or Parquet file encoded against a typed schema, with every cell problem listed."""
+    p = Path(path)
+    name = p.name.lower()
+    if name.endswith((".csv", ".csv.gz")):
+        header, rows = csv_rows(p, _open_bytes(p))
+    elif name.endswith((".parquet", ".pq")):
+        _open_bytes(p)  # the same messages for a missing, unreadable or empty file
+        header, rows = parquet_rows(p)
+    else:
+        raise DataError(p, f"schema {schema.name!r} names its columns: expected a .csv (with a header) or "
+                           ".parquet file")
+    return encode_rows(p, header, rows, schema, need_label)
+
+
+def load_typed(path: str | Path, schema: DatasetSchema,
+               need_label: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(X, y)`` of a typed table (X encoded, NaN for allowed gaps); any cell problem refuses the file."""
+    table = read_typed(path, schema, need_label)
+    if table.problems:
+        raise refuse(Path(path), table.problems)
+    return table.X, table.y
+
+
 def load_table(
     path: str | Path, schema: DatasetSchema, labels_path: str | Path | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Load ``(X, y)`` from CSV, NPZ or IDX and validate it against ``schema``."""
+    """Load ``(X, y)`` and validate it against ``schema``.
+
+    Typed schemas: the encoded inputs (``preprocessing.Preprocessing.transform`` makes
+    them model inputs); legacy schemas: the rows as they are (CSV, NPZ or IDX).
+    """
     p = Path(path)
+    if schema.typed:
+        X, y = load_typed(p, schema)
+        assert y is not None
+        return X, y
     name = p.name.lower()
     if name.endswith((".csv", ".csv.gz")):
         X, y = _load_csv(p, schema)
@@ -189,7 +224,7 @@ def validate(path: Path, X: np.ndarray, y: np.ndarray, schema: DatasetSchema) ->
             f"row {r + 1} has a feature outside the schema bounds [{schema.feature_min}, {schema.feature_max}]",
         )
     if schema.is_classifier:
-        allowed = np.asarray(schema.classes)
+        allowed = np.asarray(schema.label_codes)
         unknown = ~np.isin(y, allowed)
         if unknown.any():
             r = int(np.argmax(unknown))
@@ -203,7 +238,7 @@ def validate(path: Path, X: np.ndarray, y: np.ndarray, schema: DatasetSchema) ->
 
 
 def save_csv(path: str | Path, X: np.ndarray, y: np.ndarray, schema: DatasetSchema) -> None:
-    """Write a table in the CSV form ``load_table`` reads (features then label)."""
+    """Write a legacy-schema table in the CSV form ``load_table`` reads (features then label)."""
     header = [f"f{i}" for i in range(schema.n_features)] + [schema.label_column]
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)

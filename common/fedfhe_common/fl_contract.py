@@ -30,6 +30,10 @@ MODEL = "model"
 MODEL_PARAMS = "model-params"
 SCHEMA_NAME = "schema-name"
 N_FEATURES = "n-features"
+SCHEMA_SHA256 = "schema-sha256"  # the run's schema exactly (a typed schema's column order is the encoding)
+PHASE = "phase"  # "statistics": reply with the preprocessing statistics vector, not a fit
+PHASE_STATISTICS = "statistics"
+PREPROCESSING = "preprocessing"  # JSON of preprocessing.Preprocessing.to_dict: how every owner transforms rows
 LOCAL_EPOCHS = "local-epochs"
 SERVER_ROUND = "server-round"
 
@@ -92,6 +96,41 @@ class Reply:
     metrics: dict[str, int | float]
 
 
+def schema_sha256(schema: DatasetSchema) -> str:
+    """What owners compare with their own schema file before they touch a row."""
+    return hashlib.sha256(schema.to_json().encode()).hexdigest()
+
+
+def check_statistics_reply(content: Any, schema: DatasetSchema, cap: int) -> tuple[np.ndarray, int]:
+    """A statistics reply: one vector of 3 x inputs fractions in [0, 1] and its row count, nothing else."""
+    from .preprocessing import check_moments
+
+    try:
+        names = set(content.keys())
+        if names != {METRICS, ARRAYS}:
+            raise ReplyRejected(f"a statistics reply holds exactly {METRICS!r} and {ARRAYS!r}, got "
+                                f"{', '.join(repr(k)[:40] for k in sorted(names)[:5])}")
+        metrics = content.metric_records.get(METRICS)
+        arrays = content.array_records.get(ARRAYS)
+        if metrics is None or arrays is None:
+            raise ReplyRejected("malformed statistics reply: wrong record types")
+        if set(metrics) != {NUM_EXAMPLES}:
+            raise ReplyRejected(f"a statistics reply's metrics are exactly {NUM_EXAMPLES!r}")
+        rows = check_rows(metrics[NUM_EXAMPLES], cap)
+        vectors = arrays.to_numpy_ndarrays()
+        if len(vectors) != 1:
+            raise ReplyRejected(f"a statistics reply carries one array, got {len(vectors)}")
+        try:
+            vector = check_moments(vectors[0], schema)
+        except ValueError as exc:
+            raise ReplyRejected(str(exc)) from None
+    except ReplyRejected:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any malformed record is the sender's failure
+        raise ReplyRejected(f"malformed statistics reply: {type(exc).__name__}: {str(exc)[:200]}") from None
+    return vector, int(rows)
+
+
 def check_params(arrays: list[np.ndarray], family: str, schema: DatasetSchema) -> list[np.ndarray]:
     """Exactly two float arrays of the family's wire shapes, every value finite; model shapes back."""
     expected = wire_shapes(family, schema)
@@ -137,6 +176,11 @@ def _check_metric(key: str, value: Any, tp: type, cap: int) -> int | float:
     if key == f"{EVAL_PREFIX}loss" and value < 0:
         raise ReplyRejected(f"metric {key} must not be negative, got {value}")
     return value
+
+
+def check_rows(value: Any, cap: int) -> int:
+    """A reply's row count (its weight): a positive integer within the owner's cap."""
+    return int(_check_metric(NUM_EXAMPLES, value, int, cap))
 
 
 def check_metrics(metrics: dict[str, Any], phase: Phase, schema: DatasetSchema, cap: int) -> dict[str, int | float]:

@@ -130,7 +130,7 @@ def set_parameters(model: Any, params: list[np.ndarray], schema: DatasetSchema) 
     model.intercept_ = icpt if icpt.ndim else float(icpt)
     model.n_features_in_ = schema.n_features
     if schema.is_classifier:
-        model.classes_ = np.asarray(schema.classes)
+        model.classes_ = np.asarray(schema.label_codes)
     return model
 
 
@@ -156,7 +156,7 @@ def local_fit(model: Any, family: str, X: np.ndarray, y: np.ndarray, schema: Dat
         if not schema.is_classifier:
             model.fit(X, y)
             return model
-        classes = np.asarray(schema.classes)
+        classes = np.asarray(schema.label_codes)
         if hasattr(model, "partial_fit"):
             for _ in range(int(getattr(model, "max_iter", 1) or 1)):
                 model.partial_fit(X, y, classes=classes)

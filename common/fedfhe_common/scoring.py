@@ -35,11 +35,11 @@ def score_model(model: Any, schema: DatasetSchema, X: np.ndarray, y: np.ndarray)
     acc = prediction_score(pred, y, schema)
     if hasattr(model, "predict_proba"):
         try:
-            loss = float(metrics.log_loss(y, model.predict_proba(X), labels=schema.classes))
+            loss = float(metrics.log_loss(y, model.predict_proba(X), labels=schema.label_codes))
         except (ValueError, AttributeError):
             loss = float("nan")
     else:
-        loss = float(metrics.hinge_loss(y, model.decision_function(X), labels=schema.classes))
+        loss = float(metrics.hinge_loss(y, model.decision_function(X), labels=schema.label_codes))
     return {"loss": loss, "accuracy": acc}
 
 

@@ -112,7 +112,9 @@ def check_structure(left: np.ndarray, right: np.ndarray, feature: np.ndarray, n_
 
 
 def _expected_classes(family: str, schema: DatasetSchema) -> np.ndarray:
-    return np.asarray(schema.classes, dtype=np.int64) if family in models.TREE_CLASSIFIERS else np.zeros(0, np.int64)
+    if family in models.TREE_CLASSIFIERS:
+        return np.asarray(schema.label_codes, dtype=np.int64)
+    return np.zeros(0, np.int64)
 
 
 # ---------------------------------------------------------------- scikit-learn trees (NPZ)
@@ -374,7 +376,7 @@ def _xgb_estimator(model: XGBoostModel, family: str, params: dict[str, Any], sch
         est.load_model(bytearray(model.raw))
     if family == "XGBClassifier":
         est.n_classes_ = len(schema.classes)
-        est.classes_ = np.asarray(schema.classes, dtype=np.int64)
+        est.classes_ = np.asarray(schema.label_codes, dtype=np.int64)
     return est
 
 

@@ -67,7 +67,7 @@ def model_info(bundle: LoadedBundle, latest: bool) -> pb.ModelInfo:
         version=bundle.version,
         schema=pb.SchemaSummary(
             name=s.name, n_features=s.n_features, feature_min=s.feature_min, feature_max=s.feature_max,
-            task=s.task, classes=list(s.classes),
+            task=s.task, classes=list(s.label_codes),
         ),
         bundle_sha256=bundle.bundle_sha256,
         client_zip_sha256=bundle.client_zip_sha256,

@@ -108,15 +108,20 @@ def _choose(args: argparse.Namespace) -> int:
 
     if args.min_bits > args.max_bits:
         raise ConfigError(f"--min {args.min_bits} is above --max {args.max_bits}")
+    from .compile import calibration_set
+
     artifact = TrainingArtifact.load(args.artifact)
     eval_set = _load_eval(args.eval, args.eval_labels, artifact.schema)
     assert eval_set is not None
+    eval_set = (artifact.prep.transform(eval_set[0], args.eval), eval_set[1])
+    estimator = artifact.to_estimator()
     say = _progress("choose-n-bits")
     say(f"{artifact.family}: one circuit per n_bits in {args.min_bits}..{args.max_bits}, simulated on "
         f"{len(eval_set[1])} rows")
     choice = choose_n_bits(
-        artifact.to_estimator(), artifact.family, artifact.schema, *eval_set,
+        estimator, artifact.family, artifact.schema, *eval_set,
         candidates=range(args.min_bits, args.max_bits + 1), tolerance_points=args.tolerance,
+        calibration_set=calibration_set(artifact.schema, estimator, prep=artifact.prep),
         on_trial=lambda t: say(f"n_bits {t.n_bits}: simulated {_fmt(t.simulated)} ({t.seconds:.1f} s)"
                                + (f", FHE {t.fhe_ms_per_row:.1f} ms/row" if t.fhe_ms_per_row is not None else "")),
         latency_rows=args.latency_rows,
@@ -180,17 +185,20 @@ def _bits_list(value: str) -> list[int]:
 
 def _tune(args: argparse.Namespace) -> int:
     from fedfhe_common.data import load_table
+    from fedfhe_common.preprocessing import Preprocessing
     from fedfhe_common.schema import resolve_schema
 
     from .tune import tune
 
     schema = resolve_schema(args.schema)
     X, y = load_table(args.data, schema, args.labels)
+    prep = Preprocessing.local(schema, X)
     eval_set = _load_eval(args.eval, args.eval_labels, schema)
     assert eval_set is not None
     say = _progress("tune")
-    result = tune(X, y, schema, args.model, args.grid, args.n_bits, *eval_set, cv=args.cv,
-                  tolerance_points=args.tolerance, latency_rows=args.latency_rows, progress=say)
+    result = tune(prep.transform(X, args.data), y, schema, args.model, args.grid, args.n_bits,
+                  prep.transform(eval_set[0], args.eval), eval_set[1], cv=args.cv,
+                  tolerance_points=args.tolerance, latency_rows=args.latency_rows, progress=say, prep=prep)
     doc = result.to_dict()
     if args.json:
         args.json.write_text(json.dumps(doc, indent=2) + "\n")

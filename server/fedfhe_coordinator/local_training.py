@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedfhe_common import models, tree_artifact
 from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.errors import ConfigError
+from fedfhe_common.preprocessing import Preprocessing
 from fedfhe_common.schema import DatasetSchema
 from fedfhe_common.scoring import score_model
 
@@ -38,14 +39,22 @@ def train_local(
 ) -> TrainingArtifact:
     """Fit from the same zero start the federation uses, ``epochs`` times (each a warm-started local fit).
 
-    A tree family is fitted once (``epochs`` does not apply to it).
+    A tree family is fitted once (``epochs`` does not apply to it). ``X`` are loaded rows;
+    a typed schema's preprocessing takes its statistics from them (this one site is the
+    whole federation) and travels in the artifact.
     """
     models.check_family(family, schema, local=True)
     if epochs < 1:
         raise ConfigError(f"epochs must be >= 1, got {epochs}")
     params = dict(model_params or {})
+    prep = Preprocessing.local(schema, X)
+    X = prep.transform(X, source or "training rows")
+    if eval_set is not None:
+        eval_set = (prep.transform(eval_set[0], "evaluation rows"), eval_set[1])
     if models.is_tree(family):
-        return _train_tree(X, y, schema, family, params, eval_set, source)
+        artifact = _train_tree(X, y, schema, family, params, eval_set, source)
+        artifact.preprocessing = prep
+        return artifact
     model = models.set_parameters(models.build(family, params), models.initial_parameters(family, schema), schema)
     started = time.perf_counter()
     for _ in range(epochs):
@@ -62,7 +71,7 @@ def train_local(
     }
     if eval_set is not None:
         metrics["eval"] = score_model(model, schema, *eval_set)
-    return TrainingArtifact(family, schema, coef, intercept, params, metrics, origin="local")
+    return TrainingArtifact(family, schema, coef, intercept, params, metrics, origin="local", preprocessing=prep)
 
 
 def train_local_file(
@@ -93,11 +102,11 @@ def _train_tree(X: np.ndarray, y: np.ndarray, schema: DatasetSchema, family: str
     """One fit of a tree family; its artifact holds the checked node arrays (or XGBoost JSON)."""
     if schema.is_classifier:
         # The inference client reads score column i as the schema's class i, so a tree must know every class.
-        missing = sorted(set(schema.classes) - {int(v) for v in np.unique(y)})
+        missing = sorted(set(schema.label_codes) - {int(v) for v in np.unique(y)})
         if missing:
             raise ConfigError(f"model {family}: the training rows lack classes {missing} of schema {schema.name!r}; "
                               "a tree family must see every class")
-        if family == "XGBClassifier" and list(schema.classes) != list(range(len(schema.classes))):
+        if family == "XGBClassifier" and list(schema.label_codes) != list(range(len(schema.classes))):
             raise ConfigError(f"model XGBClassifier needs classes 0..{len(schema.classes) - 1}; schema "
                               f"{schema.name!r} has {schema.classes}")
     model = models.build(family, params)

@@ -31,6 +31,7 @@ from fedfhe_common import fl_contract as fc
 from fedfhe_common import models
 from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.data import load_table
+from fedfhe_common.preprocessing import Preprocessing, needs_statistics
 from fedfhe_common.schema import DatasetSchema, resolve_schema
 from fedfhe_common.scoring import score_params
 from fedfhe_common.transport import from_arrays, to_arrays
@@ -40,6 +41,20 @@ from .privacy import privacy_summary
 from .wire_bytes import CountingGrid
 
 app = ServerApp()
+
+
+def node_owners(grid: Grid, owner_keys: dict[str, str]) -> dict[int, str]:
+    """Node id -> owner name of the connected nodes, from their registered public keys (never from a reply)."""
+    try:
+        nodes = list(grid.get_nodes())
+    except Exception:  # noqa: BLE001 - unknown nodes stay node-<id>; the run goes on
+        return {}
+    out = {}
+    for info in nodes:
+        owner = owner_keys.get(fc.owner_key_id(bytes(getattr(info, "public_key", b"") or b"")))
+        if owner:
+            out[int(info.node_id)] = owner
+    return out
 
 
 class NodesLost(RuntimeError):
@@ -166,14 +181,7 @@ class Recording:
 
     def learn_names(self, grid: Grid) -> None:
         """Owner names of the connected nodes, from their registered public keys."""
-        try:
-            nodes = list(grid.get_nodes())
-        except Exception:  # noqa: BLE001 - unknown nodes stay node-<id>; the run goes on
-            return
-        for info in nodes:
-            owner = self.owner_keys.get(fc.owner_key_id(bytes(getattr(info, "public_key", b"") or b"")))
-            if owner:
-                self.owners[int(info.node_id)] = owner
+        self.owners.update(node_owners(grid, self.owner_keys))
 
     def _describe_missing(self, nodes: list[int]) -> str:
         gone = sorted({self.owner_of(n) for n in self.owners if n not in set(nodes)})
@@ -398,9 +406,9 @@ def main(grid: Grid, context: Context) -> None:
     progress = out_dir / "progress.jsonl"
     progress.write_text("")
 
-    public: tuple[np.ndarray, np.ndarray] | None = None
+    raw_public: tuple[np.ndarray, np.ndarray] | None = None
     if str(cfg["public-test"]):
-        public = load_table(str(cfg["public-test"]), schema)
+        raw_public = load_table(str(cfg["public-test"]), schema)
 
     policy = ReplyPolicy(
         family, schema, max_examples=int(cfg["max-examples"]),
@@ -409,9 +417,6 @@ def main(grid: Grid, context: Context) -> None:
     )
     started = time.time()
 
-    def score(params: list[np.ndarray]) -> dict[str, float]:
-        return score_params(family, model_params, params, schema, *public) if public else {}
-
     connected = wait_for_nodes(grid, min_nodes, float(cfg["wait-for-nodes"]))
     config = ConfigRecord(
         {
@@ -419,11 +424,20 @@ def main(grid: Grid, context: Context) -> None:
             fc.MODEL_PARAMS: json.dumps(model_params),
             fc.SCHEMA_NAME: schema.name,
             fc.N_FEATURES: schema.n_features,
+            fc.SCHEMA_SHA256: fc.schema_sha256(schema),
             fc.LOCAL_EPOCHS: int(cfg["local-epochs"]),
         }
     )
     initial = to_arrays(models.initial_parameters(family, schema))
     owner_keys = {str(k): str(v) for k, v in json.loads(str(cfg["owner-keys"])).items()}
+    prep, prep_summary = statistics(grid, context, schema, config, policy, owner_keys, min_nodes, timeout,
+                                    len(connected))
+    config[fc.PREPROCESSING] = json.dumps(prep.to_dict())
+    public = None if raw_public is None else (prep.transform(raw_public[0], cfg["public-test"]), raw_public[1])
+
+    def score(params: list[np.ndarray]) -> dict[str, float]:
+        return score_params(family, model_params, params, schema, *public) if public else {}
+
     threshold: int | None = None
     if bool(cfg.get(fc.RUN_SECURE, False)):
         from .secure_training import run_secure  # the legacy API's imports only where a run needs them
@@ -483,6 +497,32 @@ def main(grid: Grid, context: Context) -> None:
         intercept=intercept,
         model_params=model_params,
         metrics={"rounds": rounds, "per_round": per_round, "seconds": time.time() - started,
-                 "privacy": privacy_summary(cfg, len(connected), threshold)},
+                 "privacy": privacy_summary(cfg, len(connected), threshold), "statistics": prep_summary},
         origin="federated",
+        preprocessing=prep,
     ).save(out_dir / "artifact")
+
+
+def statistics(grid: Grid, context: Context, schema: DatasetSchema, config: ConfigRecord, policy: ReplyPolicy,
+               owner_keys: dict[str, str], min_nodes: int, timeout: float,
+               connected: int) -> tuple[Preprocessing, dict[str, Any]]:
+    """The preprocessing's statistics from the federation (``statistics_round``), or the identity (legacy schemas)."""
+    if not needs_statistics(schema):
+        return Preprocessing.identity(schema), {"mode": "none (legacy schema: rows go to the model as they are)"}
+    from . import statistics_round as sr
+
+    cfg = context.run_config
+    try:
+        if bool(cfg.get(fc.RUN_SECURE, False)):
+            from .secure_training import resolve_shares
+
+            shares, threshold = resolve_shares(int(cfg["secagg-num-shares"]),
+                                               int(cfg["secagg-reconstruction-threshold"]), connected)
+            return sr.secure_statistics(grid, context, schema, config, min_nodes=min_nodes,
+                                        node_wait=float(cfg["wait-for-nodes"]), timeout=timeout, shares=shares,
+                                        threshold=threshold)
+        names = node_owners(grid, owner_keys)
+        return sr.plain_statistics(grid, schema, config, min_nodes=min_nodes, timeout=timeout, cap=policy.cap,
+                                   owner_of=lambda node: names.get(int(node), f"node-{int(node)}"))
+    except sr.StatisticsFailed as exc:
+        raise NodesLost(str(exc)) from None

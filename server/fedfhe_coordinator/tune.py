@@ -91,7 +91,7 @@ def fhe_latency(model: Any, X: np.ndarray) -> tuple[float, float]:
 def tune(
     X: np.ndarray, y: np.ndarray, schema: DatasetSchema, family: str, grid: dict[str, list[Any]],
     n_bits: list[int], X_eval: np.ndarray, y_eval: np.ndarray, *, cv: int = 3, tolerance_points: float = 0.5,
-    latency_rows: int = 3, progress: Callable[[str], None] | None = None,
+    latency_rows: int = 3, progress: Callable[[str], None] | None = None, prep: Any = None,
 ) -> TuneResult:
     """GridSearchCV over ``grid`` crossed with ``n_bits``; every candidate scored and timed (see module doc)."""
     from sklearn.base import clone
@@ -131,7 +131,7 @@ def tune(
     for params, cv_score, estimator in zip(search.cv_results_["params"], search.cv_results_["mean_test_score"],
                                            refits, strict=True):
         clear = prediction_score(estimator.predict(X_eval), y_eval, schema)
-        calibration = calibration_set(schema, estimator)
+        calibration = calibration_set(schema, estimator, prep=prep)
         for bits in sorted(set(n_bits)):
             started = time.perf_counter()
             model = to_concrete(estimator, family, calibration, bits)

@@ -1,0 +1,80 @@
+"""Real tables for the demo and the bench: named columns of mixed kinds, as data owners hold them.
+
+scikit-learn's breast cancer and wine (bundled, numeric columns on very different
+scales) and Palmer penguins (the ``palmerpenguins`` package's CSV: categories,
+gaps written ``NA``, string labels). Nothing downloads. Each has a reviewed
+typed schema in ``schemas/`` (made with ``fedfhe-owner draft-schema``, bounds
+rounded outwards, then read by a person), the way an operator would share one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from fedfhe_common.errors import DataError
+from fedfhe_common.schema import DatasetSchema
+
+TABULAR = ("breast-cancer", "wine", "penguins")
+
+
+def schema_path(name: str) -> Path:
+    """The reviewed schema file shipped with the demo."""
+    return Path(str(resources.files("fedfhe_demo") / "schemas" / f"{name}.yaml"))
+
+
+def tabular_schema(name: str) -> DatasetSchema:
+    return DatasetSchema.load(schema_path(name))
+
+
+def _sklearn_table(name: str) -> tuple[list[str], list[list[str]]]:
+    from sklearn import datasets
+
+    d = datasets.load_breast_cancer() if name == "breast-cancer" else datasets.load_wine()
+    names = [str(n).replace(" ", "_") for n in d.feature_names]
+    targets = [str(t) for t in d.target_names]
+    header = [*names, "diagnosis" if name == "breast-cancer" else "cultivar"]
+    rows = [[f"{v:g}" for v in x] + [targets[int(t)]] for x, t in zip(d.data, d.target, strict=True)]
+    return header, rows
+
+
+def _penguins() -> tuple[list[str], list[list[str]]]:
+    try:
+        import palmerpenguins
+    except ImportError:
+        raise DataError("penguins", "the palmerpenguins package is not installed (pip install palmerpenguins)") \
+            from None
+    text = (resources.files(palmerpenguins) / "data" / "penguins.csv").read_text(encoding="utf-8")
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader)
+    return header, [row for row in reader if row]
+
+
+def load_tabular(name: str) -> tuple[list[str], list[list[str]], DatasetSchema]:
+    """The whole table as text cells (the header first), and its schema."""
+    if name not in TABULAR:
+        raise DataError(name, f"unknown table (known: {', '.join(TABULAR)})")
+    header, rows = _penguins() if name == "penguins" else _sklearn_table(name)
+    return header, rows, tabular_schema(name)
+
+
+def labels_of(header: list[str], rows: list[list[str]], schema: DatasetSchema) -> np.ndarray:
+    """Label codes per row, for stratified and Dirichlet splits (rows without a label are dropped first)."""
+    at = header.index(schema.label_column)
+    names = [str(c) for c in schema.classes]
+    return np.asarray([names.index(r[at]) if schema.is_classifier else float(r[at]) for r in rows])
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[str]], order: list[int] | None = None) -> None:
+    """A CSV as an owner would hold it; ``order`` permutes the columns (names keep them matched)."""
+    order = order or list(range(len(header)))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([header[i] for i in order])
+    for r in rows:
+        w.writerow([r[i] for i in order])
+    path.write_text(buf.getvalue(), encoding="utf-8")
