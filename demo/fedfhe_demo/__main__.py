@@ -8,16 +8,16 @@ from pathlib import Path
 from fedfhe_common.errors import FedfheError
 from fedfhe_common.exit_status import exit_with
 from fedfhe_common.models import LOCAL_FAMILIES, check_family
-from fedfhe_common.schema import resolve_schema
 
-from .datasets import BUILTIN
+from .datasets import BUILTIN, demo_schema
 from .pipeline import main
 from .steps import Options
 
 
 def parse(argv: list[str] | None = None) -> Options:
     ap = argparse.ArgumentParser(prog="fedfhe-demo", description=__doc__)
-    ap.add_argument("--dataset", default="digits", choices=list(BUILTIN), help="diabetes is a regression")
+    ap.add_argument("--dataset", default="digits", choices=list(BUILTIN),
+                    help="diabetes is a regression; breast-cancer, wine and penguins are real tables (typed schemas)")
     ap.add_argument("--owners", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=5)
     # Tree families are accepted here only to be refused by check_family with the reason (train-local).
@@ -32,7 +32,7 @@ def parse(argv: list[str] | None = None) -> Options:
     if a.owners < 1 or a.rounds < 1:
         ap.error("--owners and --rounds must be >= 1")
     try:  # before any process starts: Ridge on digits fails here, not inside the ServerApp
-        check_family(a.model, resolve_schema(a.dataset))
+        check_family(a.model, demo_schema(a.dataset))
     except FedfheError as exc:
         ap.error(str(exc))
     return Options(a.dataset, a.owners, a.rounds, a.model, a.split, a.alpha, a.n_bits, a.work_dir, a.max_rows,

@@ -1,4 +1,5 @@
-"""Built-in datasets: scikit-learn's digits and diabetes (embedded) and Debian's Fashion-MNIST.
+"""Built-in datasets: scikit-learn's digits and diabetes (embedded), Debian's Fashion-MNIST, and the real
+tables of ``tabular`` (breast cancer, wine, Palmer penguins: typed schemas, CSV files).
 
 Nothing here downloads: Fashion-MNIST comes from the Debian package
 ``dataset-fashion-mnist`` (IDX files under /usr/share/datasets/fashion-mnist).
@@ -13,10 +14,22 @@ import numpy as np
 
 from fedfhe_common.data import _load_idx
 from fedfhe_common.errors import DataError
-from fedfhe_common.schema import DIABETES, DIGITS, FASHION_MNIST, DatasetSchema
+from fedfhe_common.schema import DIABETES, DIGITS, FASHION_MNIST, DatasetSchema, resolve_schema
 
-BUILTIN = ("digits", "fashion-mnist", "diabetes")
+from .tabular import TABULAR, tabular_schema
+
+ARRAYS = ("digits", "fashion-mnist", "diabetes")
+BUILTIN = ARRAYS + TABULAR
 FASHION_DIR = Path(os.environ.get("FEDFHE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+
+
+def demo_schema(name: str) -> DatasetSchema:
+    """The schema of a demo dataset: a built-in one, or a table's reviewed typed schema."""
+    return tabular_schema(name) if name in TABULAR else resolve_schema(name)
+
+
+def is_tabular(name: str) -> bool:
+    return name in TABULAR
 
 
 def load_builtin(name: str, max_rows: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray, DatasetSchema]:

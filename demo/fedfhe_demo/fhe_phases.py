@@ -15,10 +15,10 @@ from rich.console import Console
 from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.data import load_table
 from fedfhe_common.procs import free_port, venv_bin
-from fedfhe_common.schema import resolve_schema
 from fedfhe_common.scoring import mean_abs_error, prediction_score
 
 from .cluster import Cluster
+from .datasets import demo_schema
 from .inference_node import write_config
 from .steps import Options, Steps
 
@@ -42,16 +42,17 @@ def inference_config(cluster: Cluster, work: Path) -> Path:
 
 def run_fhe_phases(
     opts: Options, work: Path, steps: Steps, console: Console, cluster: Cluster,
-    owners: list[str], owner_cfgs: dict[str, Path], report: dict[str, Any],
+    owners: list[str], owner_cfgs: dict[str, Path], report: dict[str, Any], public_test: Path,
 ) -> None:
     from fedfhe_common.release import load_signing_key
     from fedfhe_coordinator.compile import compile_artifact
     from fedfhe_owner.predict import predict_rows
 
-    schema = resolve_schema(opts.dataset)
+    schema = demo_schema(opts.dataset)
     metric = report["metric"]
-    public = load_table(work / "data" / "public-test.npz", schema)
+    public = load_table(public_test, schema)
     artifact = work / "training" / "artifact"
+    prep = TrainingArtifact.load(artifact).prep  # the transform owners apply before encrypting
     with steps("compile"):
         n_bits: int | str = opts.n_bits if opts.n_bits == "auto" else int(opts.n_bits)
         bundle, fhe_model = compile_artifact(
@@ -72,11 +73,13 @@ def run_fhe_phases(
         totals = {"rows": 0, "e2e": 0.0, "server": 0.0, "keys": 0, "ct": 0, "res": 0}
         for owner in owners:
             X, y = heldout_rows(owner_cfgs[owner], schema)
+            y = schema.decode_labels(y) if schema.is_classifier else y  # predictions come as declared classes
             result = predict_rows(node.endpoint(owner), work / owner / "fhe", X, progress=True)
+            X = prep.transform(X)
             X_all.append(X)
             y_all.append(y)
             pred_all.append(result.predictions)
-            sim_all.append(np.asarray(fhe_model.predict(X, fhe="simulate")))
+            sim_all.append(_decoded(schema, fhe_model.predict(X, fhe="simulate")))
             totals["rows"] += result.rows
             totals["e2e"] += result.latency_per_row_s * result.rows
             totals["server"] += result.seconds.get("server", 0.0)
@@ -89,12 +92,12 @@ def run_fhe_phases(
     y = np.concatenate(y_all)
     enc = np.concatenate(pred_all)
     sim = np.concatenate(sim_all)
-    clear = fhe_model.predict(np.vstack(X_all), fhe="disable")
+    clear = _decoded(schema, fhe_model.predict(np.vstack(X_all), fhe="disable"))
     rows = max(1, totals["rows"])
     scored = {
         "fhe_simulated": sim,
         "fhe_encrypted": enc,
-        "federated_clear_heldout": _clear_predictions(work, np.vstack(X_all)),
+        "federated_clear_heldout": _decoded(schema, _clear_predictions(work, np.vstack(X_all))),
         "fhe_quantized_clear": clear,
     }
     report["accuracy"].update({k: prediction_score(v, y, schema) for k, v in scored.items()})
@@ -119,6 +122,12 @@ def run_fhe_phases(
     }
     report["bundle"] = {"path": str(bundle.directory), "model_id": bundle.model_id, "version": bundle.version,
                         "sha256": bundle.bundle_sha256, "sizes": sizes}
+
+
+def _decoded(schema: Any, predictions: Any) -> np.ndarray:
+    """Model labels as the schema declares its classes (what encrypted predictions decrypt to)."""
+    predictions = np.asarray(predictions)
+    return schema.decode_labels(predictions) if schema.is_classifier else predictions
 
 
 def _clear_predictions(work: Path, X: np.ndarray) -> np.ndarray:

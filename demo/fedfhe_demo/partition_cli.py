@@ -11,8 +11,9 @@ import numpy as np
 from fedfhe_common.console import run
 from fedfhe_common.data import save_csv
 
-from .datasets import BUILTIN, load_builtin
+from .datasets import BUILTIN, is_tabular, load_builtin
 from .partition import partition, split_holdout
+from .tabular import write_tabular_partitions
 
 
 def write_partitions(
@@ -26,7 +27,15 @@ def write_partitions(
     fmt: str = "npz",
     max_rows: int | None = None,
 ) -> dict:
-    """Write owner-<i>.<fmt>, public-test.npz and partition.json; returns the summary."""
+    """Write owner-<i>.<fmt>, public-test.npz and partition.json; returns the summary.
+
+    A real table (``tabular``) is written as CSV files of text cells with its typed schema.yaml.
+    """
+    if is_tabular(dataset):
+        summary = write_tabular_partitions(dataset, owners, out, scheme, alpha, seed, test_fraction)
+        summary |= {"dataset": dataset, "scheme": scheme, "alpha": alpha, "seed": seed}
+        (out / "partition.json").write_text(json.dumps(summary, indent=2))
+        return summary
     X, y, schema = load_builtin(dataset, max_rows=max_rows, seed=seed)
     X_rest, y_rest, X_test, y_test = split_holdout(X, y, test_fraction, seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -46,6 +55,7 @@ def write_partitions(
     np.savez_compressed(out / "public-test.npz", X=X_test, y=y_test)
     (out / "schema.json").write_text(schema.to_json())
     summary = {
+        "schema": dataset,
         "dataset": dataset,
         "scheme": scheme,
         "alpha": alpha,

@@ -9,13 +9,13 @@ from rich.console import Console
 
 from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.data import load_table
-from fedfhe_common.schema import resolve_schema
 from fedfhe_common.scoring import mean_abs_error, prediction_score
 from fedfhe_coordinator import config as coord
 from fedfhe_coordinator.progress import RoundTable
 from fedfhe_coordinator.training import run_training
 
 from .cluster import Cluster
+from .datasets import demo_schema
 from .partition_cli import write_partitions
 from .reference import Reference, centralised_reference, training_rows
 from .report import print_closing, write_report
@@ -24,10 +24,10 @@ from .steps import Options, Steps
 HOLDOUT = 0.2
 
 
-def centralised_model(opts: Options, data: Path, schema: Any) -> Reference:
+def centralised_model(opts: Options, files: list[str], schema: Any) -> Reference:
     """The reference: the same family on the union of the rows the owners train on, regularisation chosen
     on a validation split of them (fedfhe_demo.reference)."""
-    parts = [load_table(data / f"owner-{i}.npz", schema) for i in range(opts.owners)]
+    parts = [load_table(path, schema) for path in files]
     X, y = training_rows(parts, HOLDOUT, opts.seed)
     ref = centralised_reference(opts.model, X, y, schema, seed=opts.seed)
     ref.info["rows_from"] = f"the owners' training rows (each owner's file minus its {HOLDOUT:.0%} held out)"
@@ -36,7 +36,7 @@ def centralised_model(opts: Options, data: Path, schema: Any) -> Reference:
 
 def run_phases(opts: Options, work: Path, steps: Steps, console: Console) -> dict[str, Any]:
     owners = [f"owner-{i}" for i in range(opts.owners)]
-    schema = resolve_schema(opts.dataset)
+    schema = demo_schema(opts.dataset)
     data = work / "data"
     report: dict[str, Any] = {
         "dataset": opts.dataset, "model": opts.model, "owners": opts.owners, "rounds": opts.rounds,
@@ -54,16 +54,18 @@ def run_phases(opts: Options, work: Path, steps: Steps, console: Console) -> dic
                                        seed=opts.seed, max_rows=opts.max_rows)
             for o in summary["owners"]:
                 console.print(f"{Path(o['path']).name}: {o['rows']} rows, labels {o['label_counts']}")
+            files = [o["path"] for o in summary["owners"]]
+            public_test, schema_ref = summary["public_test"]["path"], summary["schema"]
         with steps("training", cluster.logs / "superlink.log"):
             cfg_path = cluster.coordinator_config(
-                owners, rounds=opts.rounds, model=opts.model, schema=opts.dataset, min_nodes=opts.owners,
-                public_test=str(data / "public-test.npz"),
+                owners, rounds=opts.rounds, model=opts.model, schema=schema_ref, min_nodes=opts.owners,
+                public_test=public_test,
             )
             cluster.start_superlink(cfg_path)
             cluster.register(cfg_path)
             owner_cfgs = {}
             for i, owner in enumerate(owners):
-                owner_cfgs[owner] = cluster.owner_config(owner, data / f"owner-{i}.npz", schema=opts.dataset,
+                owner_cfgs[owner] = cluster.owner_config(owner, Path(files[i]), schema=schema_ref,
                                                          holdout_fraction=HOLDOUT, seed=opts.seed)
                 cluster.start_supernode(owner, owner_cfgs[owner])
             steps.log = work / "coordinator" / "flwr-run.log"
@@ -77,21 +79,22 @@ def run_phases(opts: Options, work: Path, steps: Steps, console: Console) -> dic
                 for r in rows
             ]
             report["accuracy"]["federated_clear"] = report["per_round"][-1]["accuracy"]
-            X_test, y_test = load_table(data / "public-test.npz", schema)
-            chosen = centralised_model(opts, data, schema)
+            X_test, y_test = load_table(public_test, schema)
+            chosen = centralised_model(opts, files, schema)
             report["centralized_reference"] = chosen.info
             report["public_test_rows"] = int(len(y_test))
             reference = chosen.model.predict(X_test)
             report["accuracy"]["centralized"] = prediction_score(reference, y_test, schema)
             if not schema.is_classifier:  # MAE on the same public rows as R²
-                federated = TrainingArtifact.load(work / "training" / "artifact").to_estimator().predict(X_test)
+                trained = TrainingArtifact.load(work / "training" / "artifact")
+                federated = trained.to_estimator().predict(trained.prep.transform(X_test))
                 report["mae"] = {"centralized": mean_abs_error(reference, y_test),
                                  "federated_clear": mean_abs_error(federated, y_test)}
             # Training is over: free the cores for FHE.
             cluster.stop_many([p for p in cluster.procs if p.name.startswith(("supernode", "superlink"))])
         from .fhe_phases import run_fhe_phases
 
-        run_fhe_phases(opts, work, steps, console, cluster, owners, owner_cfgs, report)
+        run_fhe_phases(opts, work, steps, console, cluster, owners, owner_cfgs, report, Path(public_test))
     paths = write_report(report, work)
     print_closing(report, paths, console)
     return report

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from fedfhe_common import models
+from fedfhe_common.preprocessing import Preprocessing
 from fedfhe_common.schema import DatasetSchema
 from fedfhe_common.scoring import prediction_score
 
@@ -61,8 +62,11 @@ class Reference:
 
 
 def _fit(family: str, params: dict[str, Any], X: np.ndarray, y: np.ndarray, schema: DatasetSchema) -> Any:
-    """Fit on range-scaled features, return the model mapped back to raw features."""
-    lo, span = schema.feature_min, schema.feature_max - schema.feature_min
+    """Fit on range-scaled features, return the model mapped back to raw features.
+
+    A typed schema's rows arrive already preprocessed (standardised): no range scaling then.
+    """
+    lo, span = (0.0, 1.0) if schema.typed else (schema.feature_min, schema.feature_max - schema.feature_min)
     model = models.build(family, params)
     accepted = model.get_params()
     model.set_params(**{k: v for k, v in CONVERGED.items() if k in accepted and k not in params})
@@ -76,7 +80,26 @@ def _fit(family: str, params: dict[str, Any], X: np.ndarray, y: np.ndarray, sche
 
 def centralised_reference(family: str, X: np.ndarray, y: np.ndarray, schema: DatasetSchema,
                           seed: int = 0) -> Reference:
-    """Choose the regularisation on a validation split of ``X, y``, refit on all of them."""
+    """Choose the regularisation on a validation split of ``X, y``, refit on all of them.
+
+    A typed schema: the same preprocessing as the federation (imputation, one-hot, standardisation),
+    its statistics fitted on these pooled rows, in a scikit-learn Pipeline that takes loaded rows.
+    """
+
+    if schema.typed:
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import FunctionTransformer
+
+        prep = Preprocessing.local(schema, X)
+        inner = _reference(family, prep.transform(X), y, schema, seed)
+        inner.info["features"] = ("the schema's preprocessing (gaps filled, categories one-hot, numbers "
+                                  "standardised) with statistics of these pooled rows")
+        inner.model = make_pipeline(FunctionTransformer(prep.transform), inner.model)
+        return inner
+    return _reference(family, X, y, schema, seed)
+
+
+def _reference(family: str, X: np.ndarray, y: np.ndarray, schema: DatasetSchema, seed: int) -> Reference:
     from sklearn.model_selection import train_test_split
 
     param, grid = GRIDS.get(family, ("", ()))

@@ -78,3 +78,36 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]], order: list[
     for r in rows:
         w.writerow([r[i] for i in order])
     path.write_text(buf.getvalue(), encoding="utf-8")
+
+
+def write_tabular_partitions(name: str, owners: int, out: Path, scheme: str, alpha: float, seed: int,
+                             test_fraction: float) -> dict:
+    """owner-<i>.csv (odd owners' columns in reverse order: names match them), public-test.csv, schema.yaml.
+
+    Rows keep their text cells as the table has them, gaps and category names included:
+    every owner's file is what a real owner would hold, and loading it is the owners' job.
+    """
+    import shutil
+
+    from sklearn.model_selection import train_test_split
+
+    from .partition import partition
+
+    header, rows, schema = load_tabular(name)
+    y = labels_of(header, rows, schema)
+    index = np.arange(len(rows))
+    rest, test = train_test_split(index, test_size=test_fraction, random_state=seed,
+                                  stratify=y if schema.is_classifier else None)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(schema_path(name), out / "schema.yaml")
+    files = []
+    y_rest = y[rest].astype(np.int64) if schema.is_classifier else y[rest]
+    for i, idx in enumerate(partition(y_rest, owners, scheme, alpha, seed)):
+        path = out / f"owner-{i}.csv"
+        order = list(range(len(header)))[::-1] if i % 2 else None
+        write_csv(path, header, [rows[j] for j in rest[idx]], order)
+        counts = np.bincount(y_rest[idx], minlength=len(schema.classes)).tolist() if schema.is_classifier else {}
+        files.append({"path": str(path), "rows": int(len(idx)), "label_counts": counts})
+    write_csv(out / "public-test.csv", header, [rows[j] for j in test])
+    return {"owners": files, "public_test": {"path": str(out / "public-test.csv"), "rows": int(len(test))},
+            "schema": str(out / "schema.yaml")}
