@@ -165,6 +165,7 @@ def _secure_train(msg: Message, context: Context) -> Message:
         # Through SecAgg+ like an update: the coordinator learns only the row-weighted average.
         vectors, rows = _statistics(schema, split)
         vectors, weight = bound_update(vectors, rows, context)
+        record_true_update(context, str(context.node_config.get("owner-id", "owner")), 0, vectors, weight)
         return legacy_reply(msg, vectors, weight, {fc.NUM_EXAMPLES: weight})
     split = _preprocessed(schema, split, config, context.node_config["data-path"])
     family = str(config[fc.MODEL])

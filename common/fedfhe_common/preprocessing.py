@@ -51,15 +51,24 @@ def moments(X: np.ndarray, schema: DatasetSchema) -> np.ndarray:
     return np.concatenate([present.sum(axis=0) / n, z.sum(axis=0) / n, (z * z).sum(axis=0) / n])
 
 
-def check_moments(vector: Any, schema: DatasetSchema) -> np.ndarray:
-    """A statistics vector from another host: the right length, finite, inside [0, 1] (ValueError otherwise)."""
+def check_moments(vector: Any, schema: DatasetSchema, tolerance: float = 1e-6) -> np.ndarray:
+    """A statistics vector from another host: the right length, finite, inside [0, 1] (ValueError otherwise).
+
+    ``tolerance``: how far outside [0, 1] a value may lie before it is refused (then clipped):
+    SecAgg+'s unmasked average carries quantisation error (see ``SECURE_SUM_TOLERANCE``).
+    """
     v = np.asarray(vector)
     if v.dtype.kind not in "fiu" or v.shape != (3 * schema.n_features,):
         raise ValueError(f"statistics must be {3 * schema.n_features} numbers, got {v.dtype} of shape {v.shape}")
     v = v.astype(np.float64)
-    if not np.all(np.isfinite(v)) or v.min(initial=0) < -1e-6 or v.max(initial=0) > 1 + 1e-6:
+    if not np.all(np.isfinite(v)) or v.min(initial=0) < -tolerance or v.max(initial=0) > 1 + tolerance:
         raise ValueError("statistics must be finite fractions in [0, 1]")
     return np.clip(v, 0.0, 1.0)
+
+
+# SecAgg+ quantises weight/max_weight times each value into steps of 2c/Q: with 3 owners of 80 rows,
+# max_weight 10000, c = 8 and Q = 2**22, the average is off by up to ~2e-4 per value.
+SECURE_SUM_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True)

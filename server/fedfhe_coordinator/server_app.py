@@ -512,6 +512,11 @@ def statistics(grid: Grid, context: Context, schema: DatasetSchema, config: Conf
     from . import statistics_round as sr
 
     cfg = context.run_config
+    names = node_owners(grid, owner_keys)
+
+    def owner_of(node: int) -> str:
+        return names.get(int(node), f"node-{int(node)}")
+
     try:
         if bool(cfg.get(fc.RUN_SECURE, False)):
             from .secure_training import resolve_shares
@@ -520,9 +525,8 @@ def statistics(grid: Grid, context: Context, schema: DatasetSchema, config: Conf
                                                int(cfg["secagg-reconstruction-threshold"]), connected)
             return sr.secure_statistics(grid, context, schema, config, min_nodes=min_nodes,
                                         node_wait=float(cfg["wait-for-nodes"]), timeout=timeout, shares=shares,
-                                        threshold=threshold)
-        names = node_owners(grid, owner_keys)
+                                        threshold=threshold, owner_of=owner_of)
         return sr.plain_statistics(grid, schema, config, min_nodes=min_nodes, timeout=timeout, cap=policy.cap,
-                                   owner_of=lambda node: names.get(int(node), f"node-{int(node)}"))
+                                   owner_of=owner_of)
     except sr.StatisticsFailed as exc:
         raise NodesLost(str(exc)) from None

@@ -11,6 +11,7 @@ ever holds the masked vectors and their sum.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -34,7 +35,7 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid
 
 from fedfhe_common import fl_contract as fc
-from fedfhe_common.preprocessing import Preprocessing, check_moments
+from fedfhe_common.preprocessing import SECURE_SUM_TOLERANCE, Preprocessing, check_moments
 from fedfhe_common.schema import DatasetSchema
 
 
@@ -123,7 +124,8 @@ class StatisticsStrategy(Strategy):
         if self.refused or not results:
             return None, {}
         try:  # SecAgg+ hands every result the same unmasked, row-weighted average
-            self.average = check_moments(parameters_to_ndarrays(results[0][1].parameters)[0], self.schema)
+            self.average = check_moments(parameters_to_ndarrays(results[0][1].parameters)[0], self.schema,
+                                         SECURE_SUM_TOLERANCE)
         except (ValueError, IndexError) as exc:
             self.refused.append(f"the unmasked average broke the contract: {exc}")
             return None, {}
@@ -144,9 +146,17 @@ class StatisticsStrategy(Strategy):
 
 def secure_statistics(grid: Grid, context: Context, schema: DatasetSchema, config: ConfigRecord, *,
                       min_nodes: int, node_wait: float, timeout: float, shares: int | float,
-                      threshold: int) -> tuple[Preprocessing, dict[str, Any]]:
-    """One SecAgg+ round whose 'update' is each owner's statistics vector (every entry in [0, 1])."""
+                      threshold: int, owner_of: Any) -> tuple[Preprocessing, dict[str, Any]]:
+    """One SecAgg+ round whose 'update' is each owner's statistics vector (every entry in [0, 1]).
+
+    Test runs (run config ``test-record-dir``) keep each masked vector the coordinator
+    received under ``statistics/``, as the training rounds keep theirs.
+    """
+    from .secure_training import StageGrid
+
     cfg = context.run_config
+    record_dir = str(cfg.get("test-record-dir", ""))
+    grid = StageGrid(grid, owner_of, str(Path(record_dir) / "statistics") if record_dir else "")
     max_weight = float(cfg[fc.RUN_SECAGG_MAX_WEIGHT])
     strategy = StatisticsStrategy(schema, config, min_nodes, node_wait, max_weight)
     workflow = SecAggPlusWorkflow(

@@ -1,0 +1,160 @@
+"""A real mixed-type table through the whole pipeline (issue 23): categories, gaps, string labels, any column order.
+
+Three owners hold Palmer penguins rows as CSV text (``NA`` gaps, island and sex
+categories, species names as labels; owner-1's columns in reverse order). One
+SuperLink and three SuperNodes (TLS, SuperNode auth) serve both tests:
+
+- a plain run: the statistics round, then FedAvg; the artifact carries the
+  preprocessing; compile, publish, and encrypted predictions through the
+  inference node from ``fedfhe-owner predict`` on rows with gaps, decrypted to
+  species names, equal to the simulated ones;
+- a secure run: the statistics go through SecAgg+, so the coordinator holds
+  each owner's statistics vector only masked, and the preprocessing it derives
+  is the row-weighted average of the owners' true vectors.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import yaml
+from flwr.common.secure_aggregation.quantization import quantize
+from reliability_helpers import supernode_id
+
+from fedfhe_common.artifact import TrainingArtifact
+from fedfhe_common.data import load_table
+from fedfhe_common.preprocessing import Preprocessing
+from fedfhe_common.procs import venv_bin, wait_until
+from fedfhe_common.scoring import prediction_score
+from fedfhe_coordinator import config as coord
+from fedfhe_coordinator.training import run_training, with_secure_aggregation
+from fedfhe_demo.cluster import Cluster
+from fedfhe_demo.fhe_phases import inference_config
+from fedfhe_demo.tabular import write_tabular_partitions
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+OWNERS = ["owner-0", "owner-1", "owner-2"]
+CLIPPING_RANGE, QUANTIZATION_RANGE, MAX_WEIGHT = 8.0, 2**22, 10000.0
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory):
+    work = tmp_path_factory.mktemp("tabular")
+    data = work / "data"
+    summary = write_tabular_partitions("penguins", len(OWNERS), data, "iid", 0.5, 0, 0.2)
+    with Cluster(work) as c:
+        c.make_pki(OWNERS)
+        cfg_path = c.coordinator_config(
+            OWNERS, rounds=3, min_nodes=3, round_timeout_s=30.0, wait_for_nodes_s=60.0,
+            schema=summary["schema"], public_test=summary["public_test"]["path"],
+            secure_aggregation={"enabled": False, "clipping_range": CLIPPING_RANGE,
+                                "quantization_range": QUANTIZATION_RANGE, "max_weight": MAX_WEIGHT},
+        )
+        c.start_superlink(cfg_path)
+        c.register(cfg_path)
+        owner_cfgs, nodes = {}, {}
+        for i, owner in enumerate(OWNERS):
+            owner_cfgs[owner] = c.owner_config(owner, data / f"owner-{i}.csv", schema=summary["schema"],
+                                               test_record_updates=str(work / "owners" / owner))
+            nodes[owner] = c.start_supernode(owner, owner_cfgs[owner])
+        for proc in nodes.values():
+            wait_until(lambda p=proc: c._alive(p) and supernode_id(p.log) is not None, 120, f"{proc.name} to connect")
+        yield {"cluster": c, "cfg": coord.load(cfg_path), "work": work, "summary": summary, "owner_cfgs": owner_cfgs}
+
+
+def test_mixed_table_trains_federated_and_predicts_encrypted_names(fed, tmp_path):
+    c, summary, work = fed["cluster"], fed["summary"], fed["work"]
+    header = (work / "data" / "owner-1.csv").read_text().splitlines()[0]
+    assert header.startswith("year,sex,"), header  # owner-1 holds its columns in another order
+    assert "NA" in (work / "data" / "owner-0.csv").read_text()  # and the owners' files have gaps
+    rows: list[dict] = []
+    artifact = run_training(fed["cfg"], on_round=rows.append)
+    assert [r["round"] for r in rows] == [1, 2, 3] and all(r["fit_nodes"] == 3 for r in rows)
+    stats = artifact.metrics["statistics"]
+    assert stats["mode"] == "plain" and stats["owners"] == OWNERS and stats["failures"] == []
+    schema = artifact.schema
+    X_pub, y_pub = load_table(summary["public_test"]["path"], schema)
+    assert np.isnan(X_pub).any()  # the public rows have gaps too: the preprocessing fills them
+    prep = artifact.prep
+    assert prep.to_dict()["inputs"] == schema.feature_names()
+    clear = prediction_score(artifact.to_estimator().predict(prep.transform(X_pub)), y_pub, schema)
+    assert clear >= 0.9, clear
+    assert rows[-1]["server"]["accuracy"] == pytest.approx(clear)
+
+    from fedfhe_common.release import load_signing_key
+    from fedfhe_coordinator.compile import compile_artifact
+
+    bundle, fhe_model = compile_artifact(work / "training" / "artifact", work / "bundle", model_id="penguins-lr",
+                                         version="1", eval_set=(X_pub, y_pub),
+                                         signing_key=load_signing_key(c.pki / "release.key"))
+    assert bundle.meta["preprocessing"] == prep.to_dict()  # signed with the manifest
+    m = bundle.meta["metrics"]
+    assert abs(m["clear_accuracy"] - m["fhe_simulated_accuracy"]) <= 0.005, m
+    cfg = inference_config(c, work)
+    res = subprocess.run([venv_bin("fedfhe-inference"), "publish", "--config", str(cfg), str(bundle.directory)],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 0, res.stderr
+    node = c.start_inference(cfg, OWNERS[0])
+    ep = node.endpoint(OWNERS[0])
+    owner_yaml = tmp_path / "owner.yaml"
+    doc = yaml.safe_load(fed["owner_cfgs"][OWNERS[0]].read_text())
+    doc["inference"] = {"address": ep.address, "certfile": str(ep.certfile), "keyfile": str(ep.keyfile),
+                        "ca_certfile": str(ep.ca_certfile), "model_id": "penguins-lr"}
+    doc["state_dir"] = str(tmp_path / "state")
+    owner_yaml.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "predictions.json"
+    res = subprocess.run([venv_bin("fedfhe-owner"), "predict", "--config", str(owner_yaml), "--input",
+                          summary["public_test"]["path"], "--out", str(out), "--no-progress", "--format", "json"],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stderr
+    predicted = [r["prediction"] for r in json.loads(out.read_text())["predictions"]]
+    assert set(predicted) <= {"Adelie", "Chinstrap", "Gentoo"}
+    simulated = schema.decode_labels(fhe_model.predict(prep.transform(X_pub), fhe="simulate"))
+    assert predicted == list(simulated)  # FHE equals simulated, decoded to the declared class names
+    assert json.loads(res.stdout)["accuracy"] == pytest.approx(m["fhe_simulated_accuracy"])
+
+    # An owner whose schema differs from the model's (one bound moved) is refused before it encrypts a row.
+    other = yaml.safe_load((work / "data" / "schema.yaml").read_text())
+    other["columns"][1]["max"] = 61.0
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    doc["schema"] = str(tmp_path / "other.yaml")
+    owner_yaml.write_text(yaml.safe_dump(doc))
+    res = subprocess.run([venv_bin("fedfhe-owner"), "predict", "--config", str(owner_yaml), "--input",
+                          summary["public_test"]["path"], "--out", str(tmp_path / "p2.csv"), "--no-progress"],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 1 and "differs from this owner's schema" in res.stderr and "columns" in res.stderr, \
+        res.stderr
+    assert not (tmp_path / "p2.csv").exists()
+
+
+def test_statistics_go_through_secure_aggregation_masked(fed):
+    record = fed["work"] / "coordinator-saw"
+    artifact = run_training(with_secure_aggregation(fed["cfg"], True),
+                            {"test-record-dir": str(record), "num-server-rounds": 1})
+    schema = artifact.schema
+    assert artifact.metrics["statistics"] == {"mode": "secure-aggregation", "owners_in_sum": 3}
+    true = {}
+    for owner in OWNERS:
+        rec = np.load(fed["work"] / "owners" / owner / f"{owner}-round0.npz")  # kept on the owner's side
+        true[owner] = (rec["p0"], float(rec["weight"]))
+        assert true[owner][0].shape == (3 * schema.n_features,)
+    ratios = {o: w / MAX_WEIGHT for o, (_, w) in true.items()}
+    for owner, (vector, _) in true.items():
+        # What the coordinator received from this owner: [weight, statistics], masked mod 2**32.
+        masked = np.load(record / "statistics" / f"masked-{owner}-round1.npz")
+        assert masked["p1"].shape == vector.shape
+        quantized = quantize([vector * ratios[owner]], CLIPPING_RANGE, QUANTIZATION_RANGE)[0]
+        close = np.mean(np.abs(masked["p1"].astype(np.int64) - quantized.astype(np.int64)) <= 1)
+        assert close < 0.01, f"{owner}'s masked statistics match its quantised vector in {close:.1%} of values"
+    total = sum(w for _, w in true.values())
+    pooled = sum(v * w for v, w in true.values()) / total
+    expected = Preprocessing.from_moments(schema, pooled)
+    got = artifact.prep
+    # The sum is exact up to SecAgg+'s quantisation (2c/Q per value, a few steps over three owners).
+    np.testing.assert_allclose(got.center, expected.center, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(got.scale, expected.scale, rtol=1e-2)
+    loaded = TrainingArtifact.load(fed["work"] / "training" / "artifact")
+    assert loaded.prep.to_dict() == got.to_dict() and artifact.metrics["privacy"]["secure_aggregation"] is True
