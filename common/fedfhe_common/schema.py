@@ -139,7 +139,7 @@ class DatasetSchema:
     feature_min: float = 0.0
     feature_max: float = 0.0
     task: Literal["classification", "regression"] = "classification"
-    classes: list[int | str] = field(default_factory=list)
+    classes: list[Any] = field(default_factory=list)  # integers or strings; checked in __post_init__
     label_column: str = "label"
     columns: list[ColumnSpec] = field(default_factory=list)
     target_min: float | None = None
@@ -162,7 +162,10 @@ class DatasetSchema:
             raise ConfigError(f"schema {self.name}: a regression schema has no classes (declare target_min/max)")
         for c in self.classes:
             if isinstance(c, bool):
-                raise ConfigError(f"schema {self.name}: class {c!r} is a YAML boolean; quote it")
+                raise ConfigError(f"schema {self.name}: class {c!r} is a YAML boolean; quote it "
+                                  "(bare yes/no/true/false become booleans)")
+            if not isinstance(c, (int, str)):
+                raise ConfigError(f"schema {self.name}: classes must be integers or strings, got {c!r}")
         if len({str(c) for c in self.classes}) != len(self.classes):
             raise ConfigError(f"schema {self.name}: classes must be distinct")
         if (self.target_min is None) != (self.target_max is None):

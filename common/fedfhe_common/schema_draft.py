@@ -54,6 +54,9 @@ def _numbers(cells: list[str]) -> list[float] | None:
 
 def _column(name: str, cells: list[str], markers: set[str]) -> dict[str, Any]:
     values = [c for c in cells if c not in markers]
+    if not values:
+        raise DataError(name, "column has no values in this file: nothing to draft it from; write its entry by hand "
+                              "or list it in ignore_columns")
     gaps = len(values) < len(cells)
     spec: dict[str, Any] = {"name": name}
     numbers = _numbers(values)
@@ -114,6 +117,10 @@ def draft_schema(path: Path, label: str, name: str = "", task: str = "") -> tupl
         doc["task"] = "classification"
         doc["classes"] = [int(float(v)) for v in distinct] if numbers is not None and all(
             float(v).is_integer() for v in distinct) else distinct
+        if len(distinct) < 2:  # this owner holds one class: the federation's others must be added by hand
+            raise DataError(path, f"label column {label!r} holds only {distinct} in this file; a schema lists every "
+                                  "class of the federation: pass --task regression for a target, or draft from a "
+                                  "file with every class and review it")
     doc["label_column"] = label
     doc["columns"] = [_column(h, columns[i], markers) for i, h in enumerate(header) if h != label]
     text = WARNING.format(path=path.name, rows=count) + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)

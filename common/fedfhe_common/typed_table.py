@@ -208,7 +208,8 @@ def _parquet_text(value: object) -> str:
 
 
 def parquet_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
-    """A Parquet file's columns as text cells (None and NaN become gaps), row i as line i + 1."""
+    """A Parquet file's columns as text cells (None and NaN become gaps); row i (from 0) is "line" i + 2, as in a CSV
+    whose header is line 1."""
     try:
         import pyarrow.parquet as pq
     except ImportError:
