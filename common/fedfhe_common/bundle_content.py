@@ -25,6 +25,7 @@ import zipfile
 from typing import Any
 
 from .errors import IntegrityError
+from .mlir_check import check_mlir
 
 # Members FHEModelDev writes, per zip (all required).
 CLIENT_MEMBERS = frozenset({"client.specs.json", "serialized_processing.json", "versions.json"})
@@ -281,8 +282,9 @@ def check_client_zip(data: bytes, what: str = "client.zip") -> dict[str, Any]:
 
 
 def check_server_zip(data: bytes, what: str = "server.zip") -> None:
-    """Members and jsonpickle tags of a server.zip (``circuit.mlir`` is compiled by Concrete, not decoded)."""
+    """Members, jsonpickle tags and the circuit's MLIR (``mlir_check``: Concrete compiles it) of a server.zip."""
     members = read_zip(data, what, SERVER_MEMBERS)
+    check_mlir(members["circuit.mlir"], f"{what}: circuit.mlir")
     for name, raw in members.items():
         if name.endswith(".json"):
             _check_tags(_json(raw, f"{what}: {name}"), f"{what}: {name}")

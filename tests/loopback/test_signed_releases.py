@@ -134,6 +134,30 @@ def test_bundle_that_would_run_code_is_refused_signed_or_not(node, lr_bundles, p
     _still_serving(node)
 
 
+def test_signed_bundle_whose_circuit_carries_a_global_constructor_is_refused(node, lr_bundles, pki, tmp_path):
+    """Issue 24: MLIR is code (Concrete compiles it and links libc). A constructor calling system(), added to a
+    real bundle's circuit and signed with the real release key, is refused by publish and by the node's scan."""
+    src = lr_bundles["1"].directory
+    marker = tmp_path / "pwned"
+    ctor = (f'  llvm.mlir.global internal constant @cmd("touch {marker}\\00") {{addr_space = 0 : i32}}\n'
+            "  llvm.func @system(!llvm.ptr) -> i32\n"
+            "  llvm.func @payload() {\n"
+            "    %0 = llvm.mlir.addressof @cmd : !llvm.ptr\n"
+            "    %1 = llvm.call @system(%0) : (!llvm.ptr) -> i32\n"
+            "    llvm.return\n"
+            "  }\n"
+            "  llvm.mlir.global_ctors {ctors = [@payload], priorities = [0 : i32]}\n")
+    server_zip = _rezip((src / "server.zip").read_bytes(), "circuit.mlir",
+                        lambda raw: raw.replace(b"module {\n", b"module {\n" + ctor.encode(), 1))
+    signed = _relabel(src, tmp_path / "signed", "digits-ctor", load_signing_key(pki / "release.key"),
+                      server_zip=server_zip)
+    with pytest.raises(IntegrityError, match=r"circuit\.mlir: line 2: not a statement Concrete ML emits"):
+        publish_bundle(signed, node.bundles_dir, load_verify_key(pki / "release.pub"))
+    _rescan_refuses(node, "digits-ctor", signed, "circuit.mlir: line 2")
+    assert not marker.exists()
+    _still_serving(node)
+
+
 @pytest.fixture(scope="module")
 def other_key(tmp_path_factory):
     d = tmp_path_factory.mktemp("other-release")

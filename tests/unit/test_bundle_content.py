@@ -24,6 +24,7 @@ from fedfhe_common.bundle_content import (
     min_secure_variance,
 )
 from fedfhe_common.errors import IntegrityError
+from fedfhe_common.mlir_check import ALLOWED_FHE_OPS, check_mlir
 
 FAMILIES = ["LogisticRegression", "LinearSVC", "SGDClassifier", "LinearRegression", "Ridge", "Lasso", "ElasticNet",
             "DecisionTreeClassifier"]
@@ -187,3 +188,75 @@ def test_real_bundles_survive_a_round_trip_through_the_bundle_writer(bundles, tm
     with pytest.raises(IntegrityError, match="not allowed"):
         bundle.write(tmp_path / "bad", produce(False), dict(meta), key)
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad.*"))
+
+
+# An LLVM global constructor calling system(): what the earlier attack added to a real bundle's MLIR.
+GLOBAL_CTOR = """\
+  llvm.mlir.global internal constant @cmd("touch /tmp/fedfhe-pwned\\00") {addr_space = 0 : i32}
+  llvm.func @system(!llvm.ptr) -> i32
+  llvm.func @payload() {
+    %0 = llvm.mlir.addressof @cmd : !llvm.ptr
+    %1 = llvm.call @system(%0) : (!llvm.ptr) -> i32
+    llvm.return
+  }
+  llvm.mlir.global_ctors {ctors = [@payload], priorities = [0 : i32]}
+"""
+
+
+def _mlir(bundles: dict[str, dict[str, bytes]], family: str) -> bytes:
+    with zipfile.ZipFile(io.BytesIO(bundles[family]["server.zip"])) as zf:
+        return zf.read("circuit.mlir")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_real_circuits_pass_the_mlir_allow_list(bundles, family):
+    assert check_mlir(_mlir(bundles, family), family)
+
+
+def test_the_mlir_allow_list_is_what_real_circuits_use(bundles):
+    """Every allow-listed FHE operation occurs in a real circuit (XGBoost's lookups come from the tree test)."""
+    used = set().union(*(check_mlir(_mlir(bundles, f), f) for f in FAMILIES))
+    assert used <= ALLOWED_FHE_OPS
+    assert ALLOWED_FHE_OPS - used <= {"apply_mapped_lookup_table", "sub_eint_int"}, ALLOWED_FHE_OPS - used
+
+
+def _planted(mlir: bytes, how: str) -> bytes:
+    text = mlir.decode()
+    head, body = text.split("\n", 1)
+    if how == "global-constructor":
+        return f"{head}\n{GLOBAL_CTOR}{body}".encode()
+    if how == "module-attributes":
+        return text.replace("module {", 'module attributes {llvm.target_triple = "x86_64"} {', 1).encode()
+    if how == "external-function":
+        return f"{head}\n  func.func private @system(i64) -> i32\n{body}".encode()
+    if how == "call":
+        return text.replace("    return", "    %pwn = func.call @system() : () -> i32\n    return", 1).encode()
+    if how == "unknown-fhe-op":
+        return text.replace('"FHELinalg.matmul_eint_int"', '"FHELinalg.custom_op"', 1).encode()
+    if how == "foreign-attribute":
+        return text.replace("{axes = [1], keep_dims = true}", "{axes = [1], llvm.linkage = true}", 1).encode()
+    if how == "comment":
+        return f"// {how}\n{text}".encode()
+    if how == "after-module":
+        return text.encode() + b"llvm.func @system(!llvm.ptr) -> i32\n"
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["global-constructor", "module-attributes", "external-function", "call",
+                                 "unknown-fhe-op", "foreign-attribute", "comment", "after-module"])
+def test_code_planted_in_a_real_circuit_is_refused(bundles, how):
+    planted = _planted(_mlir(bundles, "LogisticRegression"), how)
+    assert planted != _mlir(bundles, "LogisticRegression")
+    with pytest.raises(IntegrityError, match=r"circuit\.mlir"):
+        check_mlir(planted, "server.zip: circuit.mlir")
+    zipped = _rezip_raw(bundles["LogisticRegression"]["server.zip"], "circuit.mlir", planted)
+    with pytest.raises(IntegrityError, match=r"server\.zip: circuit\.mlir"):
+        check_server_zip(zipped)
+
+
+def _rezip_raw(data: bytes, member: str, raw: bytes) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, raw if info.filename == member else src.read(info))
+    return out.getvalue()
