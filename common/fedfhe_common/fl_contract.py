@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -94,6 +95,22 @@ class Reply:
 
     params: list[np.ndarray] | None
     metrics: dict[str, int | float]
+
+
+def owner_text(text: object, limit: int = 1000) -> str:
+    """Text an owner chose (an error reason), made safe for the coordinator's outputs: one line, no control codes.
+
+    Newlines, escape sequences, bidi overrides and every other control or format character
+    are written as Python escapes, so an owner cannot forge round-table lines, progress rows
+    or report lines, nor drive the operator's terminal.
+    """
+    out = []
+    for ch in str(text)[:limit]:
+        if unicodedata.category(ch)[0] == "C":  # idempotent: escaping twice changes nothing
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(ch)
+    return "".join(out) + ("..." if len(str(text)) > limit else "")
 
 
 def schema_sha256(schema: DatasetSchema) -> str:

@@ -9,13 +9,16 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from fedfhe_common.fl_contract import owner_text
+
 
 def _problems(row: dict[str, Any]) -> str:
     """Who failed and why (a refused Flower App, a refused reply, ...), and who stayed silent."""
-    parts = [f"{f.get('owner', '?')}: {str(f.get('reason', ''))[:160]}" for f in row.get("failures") or []
-             if isinstance(f, dict)]
+    parts = [f"{owner_text(f.get('owner', '?'))}: {owner_text(f.get('reason', ''), 160)}"
+             for f in row.get("failures") or [] if isinstance(f, dict)]
     # progress.jsonl lists each silent owner as {"owner", "phase", "reason", ...} (older rows: a bare name).
-    parts += [f"{m.get('owner', '?')}: {str(m.get('reason', 'no reply'))[:160]}" if isinstance(m, dict)
+    parts += [f"{owner_text(m.get('owner', '?'))}: {owner_text(m.get('reason', 'no reply'), 160)}"
+              if isinstance(m, dict)
               else f"{m}: no reply" for m in row.get("missing") or []]
     return "; ".join(parts) or "-"
 

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fedfhe_common.fl_contract import owner_text
+
 LABEL = {"accuracy": "accuracy", "r2": "R²"}
 
 
@@ -63,9 +65,9 @@ def _score(metric: str, v: float | None) -> str:
 
 
 def _failures(row: dict[str, Any]) -> list[dict[str, str]]:
-    out = [{"owner": str(f.get("owner", "?")), "reason": str(f.get("reason", ""))}
+    out = [{"owner": owner_text(f.get("owner", "?")), "reason": owner_text(f.get("reason", ""))}
            for f in row.get("failures") or [] if isinstance(f, dict)]
-    return out + [{"owner": str(o), "reason": "no reply"} for o in row.get("missing") or []]
+    return out + [{"owner": owner_text(o), "reason": "no reply"} for o in row.get("missing") or []]
 
 
 def training_report(artifact: Any, *, run_id: int | None, status: str, owners: list[str],

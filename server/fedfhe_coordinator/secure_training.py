@@ -94,9 +94,9 @@ class StageGrid(CountingGrid):
                 if stage == Stage.COLLECT_MASKED_VECTORS:
                     self._record(server_round, node, r)
             elif int(r.error.code) in GONE:
-                entry["gone"][node] = r.error.reason
+                entry["gone"][node] = fc.owner_text(r.error.reason)
             else:
-                entry["failed"][node] = r.error.reason
+                entry["failed"][node] = fc.owner_text(r.error.reason)
         self.log.setdefault(server_round, {})[stage] = entry
         return replies
 
@@ -201,8 +201,8 @@ class SecureRecorder(Recording, Strategy):
             except fc.ReplyRejected as exc:
                 refused = True
                 entry["failures"].append({"phase": "fit", "node_id": int(proxy.node_id), "owner": owner,
-                                          "reason": f"reply refused: {exc}; its masked update is inside the "
-                                                    "sum, so this round's sum is dropped"})
+                                          "reason": f"reply refused: {fc.owner_text(exc)}; its masked update is "
+                                                    "inside the sum, so this round's sum is dropped"})
         self._record_received(server_round, results)
         self.entry(server_round - 1)["clients"] = weighted_scores(good)
         self.flush(server_round - 1)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.common import Error
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
@@ -223,6 +224,8 @@ class Recording:
         reference = self.global_params.get(server_round)
         for m in replies:
             if m.has_error():
+                # The reason is the owner's text: escaped before Flower logs it or the round table shows it.
+                m.error = Error(int(m.error.code), fc.owner_text(m.error.reason))
                 kept.append(m)
                 continue
             node = dst.get(m.metadata.reply_to_message_id, int(m.metadata.src_node_id))
@@ -270,17 +273,19 @@ class Recording:
             if id(m) in rejected:
                 answered.add(node)
                 entry["failures"].append(
-                    {"phase": phase, "node_id": node, "owner": self.owner_of(node), "reason": rejected[id(m)]}
+                    {"phase": phase, "node_id": node, "owner": self.owner_of(node),
+                     "reason": fc.owner_text(rejected[id(m)])}
                 )
             elif not m.has_error():
                 answered.add(node)
                 ok_nodes.append(node)
             elif int(m.error.code) in (ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE):
-                missing[node] = m.error.reason  # the SuperLink answered for a node that is gone
+                missing[node] = fc.owner_text(m.error.reason)  # the SuperLink answered for a node that is gone
             else:
                 answered.add(node)
                 entry["failures"].append(
-                    {"phase": phase, "node_id": node, "owner": self.owner_of(node), "reason": m.error.reason}
+                    {"phase": phase, "node_id": node, "owner": self.owner_of(node),
+                     "reason": fc.owner_text(m.error.reason)}
                 )
         entry[f"{phase}_owners"] = sorted(self.owner_of(n) for n in ok_nodes)
         for node in dst.values():

@@ -62,12 +62,12 @@ def plain_statistics(grid: Grid, schema: DatasetSchema, config: ConfigRecord, *,
     for reply in replies:
         owner = owner_of(dst.get(reply.metadata.reply_to_message_id, int(reply.metadata.src_node_id)))
         if reply.has_error():
-            failures.append(f"{owner} ({reply.error.reason[:300]})")
+            failures.append(f"{owner} ({fc.owner_text(reply.error.reason, 300)})")
             continue
         try:
             vector, n = fc.check_statistics_reply(reply.content, schema, cap(owner))
         except fc.ReplyRejected as exc:
-            failures.append(f"{owner} (statistics refused: {exc})")
+            failures.append(f"{owner} (statistics refused: {fc.owner_text(exc)})")
             continue
         total += n * vector
         rows += n

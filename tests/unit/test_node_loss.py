@@ -154,3 +154,27 @@ def test_round_below_minimum_stops_the_run_naming_who_is_missing(tmp_path):
                               f"failed: owner-2 (disk full) (see {tmp_path / 'progress.jsonl'})")
     last = rows(tmp_path)[-1]
     assert last["round"] == 2 and last["error"] == str(err.value)
+
+
+def test_an_owner_reason_with_newlines_and_escape_codes_shows_escaped_on_one_line(tmp_path):
+    """Issue 24: an owner chooses its error text; it must not forge round lines or drive the operator's terminal."""
+    from fedfhe_coordinator.progress import RoundTable
+    from fedfhe_coordinator.report import markdown, training_report
+
+    forged = "bad.csv\nround 2 | 0.99 | owner-12 ok\x1b[2J\x1b]0;pwned\x07\u202eevil"
+    s = strategy(tmp_path)
+    sent = {m.metadata.dst_node_id: m for m in send(s, FakeGrid([11, 12, 13]), 1)}
+    s.aggregate_train(1, [ok_reply(sent[11]), ok_reply(sent[12]),
+                          error_reply(sent[13], ErrorCode.CLIENT_APP_RAISED_EXCEPTION, forged)])
+    s.flush(1)
+    (row,) = rows(tmp_path)
+    reason = row["failures"][0]["reason"]
+    assert reason == "bad.csv\\nround 2 | 0.99 | owner-12 ok\\x1b[2J\\x1b]0;pwned\\x07\\u202eevil"
+    line = RoundTable(1).line(row | {"server": {"accuracy": 0.9, "loss": 0.1}, "seconds": 1.0})
+    assert "\n" not in line and "\x1b" not in line and "\u202e" not in line and "owner-13: bad.csv\\n" in line
+    # Rows written before this change (raw text in progress.jsonl) are escaped when shown, too.
+    raw = {"round": 1, "failures": [{"owner": "owner-13\x1b[31m", "reason": forged}], "missing": []}
+    assert "\x1b" not in RoundTable(1).line(raw) and "\n" not in RoundTable(1).line(raw)
+    artifact = SimpleNamespace(schema=SCHEMA, family="LogisticRegression", metrics={"rounds": 1, "per_round": [raw]})
+    text = markdown(training_report(artifact, run_id=1, status="finished", owners=[], seconds=1.0), plot=False)
+    assert "\x1b" not in text and "owner-13\\x1b[31m" in text
