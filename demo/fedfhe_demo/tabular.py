@@ -1,7 +1,7 @@
 """Real tables for the demo and the bench: named columns of mixed kinds, as data owners hold them.
 
 scikit-learn's breast cancer and wine (bundled, numeric columns on very different
-scales) and Palmer penguins (the ``palmerpenguins`` package's CSV: categories,
+scales), its diabetes table in raw units (a regression target) and Palmer penguins (the ``palmerpenguins`` package's CSV: categories,
 gaps written ``NA``, string labels). Nothing downloads. Each has a reviewed
 typed schema in ``schemas/`` (made with ``fedfhe-owner draft-schema``, bounds
 rounded outwards, then read by a person), the way an operator would share one.
@@ -19,7 +19,7 @@ import numpy as np
 from fedfhe_common.errors import DataError
 from fedfhe_common.schema import DatasetSchema
 
-TABULAR = ("breast-cancer", "wine", "penguins")
+TABULAR = ("breast-cancer", "wine", "penguins", "diabetes-table")
 
 
 def schema_path(name: str) -> Path:
@@ -34,6 +34,11 @@ def tabular_schema(name: str) -> DatasetSchema:
 def _sklearn_table(name: str) -> tuple[list[str], list[list[str]]]:
     from sklearn import datasets
 
+    if name == "diabetes-table":  # the raw units (years, mmHg, mg/dl; sex coded 1/2), a regression target
+        d = datasets.load_diabetes(scaled=False)
+        header = [*d.feature_names, "progression"]
+        rows = [[f"{v:g}" for v in x] + [f"{t:g}"] for x, t in zip(d.data, d.target, strict=True)]
+        return header, rows
     d = datasets.load_breast_cancer() if name == "breast-cancer" else datasets.load_wine()
     names = [str(n).replace(" ", "_") for n in d.feature_names]
     targets = [str(t) for t in d.target_names]
