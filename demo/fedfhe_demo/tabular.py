@@ -2,8 +2,8 @@
 
 scikit-learn's breast cancer and wine (bundled, numeric columns on very different
 scales), its diabetes table in raw units (a regression target) and Palmer penguins
-(the ``palmerpenguins`` package's CSV: categories, gaps written ``NA``, string labels). Nothing downloads. Each has a reviewed
-typed schema in ``schemas/`` (made with ``fedfhe-owner draft-schema``, bounds
+(the ``palmerpenguins`` package's CSV: categories, gaps written ``NA``, string labels).
+Nothing downloads. Each has a reviewed typed schema in ``schemas/`` (made with ``fedfhe-owner draft-schema``, bounds
 rounded outwards, then read by a person), the way an operator would share one.
 """
 
