@@ -48,6 +48,18 @@ def verify_client_specs(client_zip: bytes, manifest: bytes, signature: bytes, ke
     return meta
 
 
+def newest_seen_version(state_dir: Path, model_id: str) -> str | None:
+    """The newest version of ``model_id`` this owner has verified and pinned (None: none yet)."""
+    from fedfhe_common.manifest import MANIFEST
+
+    root = Path(state_dir) / "inference" / model_id
+    try:
+        seen = [d.name for d in root.iterdir() if bundle.valid_name(d.name) and (d / MANIFEST).is_file()]
+    except OSError:
+        return None
+    return max(seen, key=bundle.version_key) if seen else None
+
+
 class ModelKeys:
     """Client specs, keyset and uploaded-key ids of one model version, under the owner's state dir."""
 

@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from fedfhe_common.bundle import preprocessing_of
+from fedfhe_common.bundle import preprocessing_of, version_key
 from fedfhe_common.errors import ConfigError, FedfheError, IntegrityError
 from fedfhe_common.fhe_wire import CircuitSpec, WireError
 from fedfhe_common.release import load_verify_key
@@ -30,7 +30,7 @@ from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
 from .config import InferenceEndpoint
 from .inference_client import InferenceClient, InferenceError
-from .keys import ModelKeys
+from .keys import ModelKeys, newest_seen_version
 
 
 @dataclass
@@ -87,6 +87,24 @@ def check_own_schema(own: DatasetSchema, signed: DatasetSchema, model: str) -> N
         differ = sorted(k for k, v in own.to_dict().items() if signed.to_dict().get(k) != v)
         raise FedfheError(f"model {model} was trained on schema {signed.name!r}, which differs from this owner's "
                           f"schema {own.name!r} in {', '.join(differ)}; align owner.yaml's schema with the model's")
+
+
+def resolve_for_predict(client: InferenceClient, state_dir: Path, model_id: str = "",
+                        version: str = "") -> pb.ModelInfo:
+    """``resolve_model``, refusing a "latest" older than the newest version this owner has seen (anti-rollback).
+
+    A node could otherwise serve any older signed version, e.g. one whose model a later release
+    fixed. An owner that names ``version`` explicitly gets that version: pinning is its choice.
+    """
+    info = resolve_model(client, model_id, version)
+    if not version:
+        newest = newest_seen_version(state_dir, info.model_id)
+        if newest is not None and version_key(info.version) < version_key(newest):
+            raise IntegrityError(
+                f"inference node {client.endpoint.address} offers version {info.version} as the latest of model "
+                f"{info.model_id}, but this owner has already used version {newest}: a node may be rolling the model "
+                f"back; refusing (name --version {info.version} to use it deliberately)")
+    return info
 
 
 def resolve_model(client: InferenceClient, model_id: str = "", version: str = "") -> pb.ModelInfo:
@@ -242,7 +260,7 @@ def predict_rows(
     seconds = {k: 0.0 for k in ("specs", "keygen", "upload", "encrypt", "rpc", "server", "decrypt")}
     sizes = {"client_specs": 0, "evaluation_keys": 0, "ciphertexts": 0, "results": 0}
     with _client(endpoint, client) as conn:
-        info = resolve_model(conn, model_id or endpoint.model_id, version)
+        info = resolve_for_predict(conn, state_dir, model_id or endpoint.model_id, version)
         keys = ModelKeys(state_dir, info.model_id, info.version)
         t = time.perf_counter()
         sizes["client_specs"] = _install_specs(conn, info, keys, release_key)

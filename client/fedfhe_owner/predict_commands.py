@@ -26,13 +26,13 @@ def _predict(args: argparse.Namespace) -> int:
     from fedfhe_common.schema import resolve_schema
 
     from .inference_client import InferenceClient
-    from .predict import check_own_schema, predict_rows, resolve_model, signed_schema
+    from .predict import check_own_schema, predict_rows, resolve_for_predict, signed_schema
     from .predict_io import load_rows, write_predictions
 
     cfg = owner_config.load(args.config)
     endpoint = _endpoint(cfg, args.config)
     with InferenceClient(endpoint) as client:
-        info = resolve_model(client, args.model or endpoint.model_id, args.version or "")
+        info = resolve_for_predict(client, cfg.state_dir, args.model or endpoint.model_id, args.version or "")
         schema = signed_schema(endpoint, cfg.state_dir, client, info)
         own = resolve_schema(cfg.schema)
         if own.typed or schema.typed:

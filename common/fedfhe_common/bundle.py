@@ -34,6 +34,11 @@ MAX_MANIFEST_BYTES = 1 << 20
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
+def version_key(version: str) -> tuple:
+    """Natural order of versions: "10" after "9", "20250102" after "20250101"; the largest is the latest."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", version) if p)
+
+
 def valid_name(value: str) -> bool:
     """Model ids and versions become directory names on the inference node and the owners' hosts."""
     return isinstance(value, str) and bool(_NAME.fullmatch(value))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -22,7 +21,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedfhe_common import bundle as bundle_format
-from fedfhe_common.bundle import valid_name
+from fedfhe_common.bundle import valid_name, version_key
 from fedfhe_common.errors import FedfheError, IntegrityError
 from fedfhe_common.fileio import fsync_dir
 from fedfhe_common.manifest import MANIFEST, sha256_file
@@ -31,11 +30,6 @@ from fedfhe_common.schema import DatasetSchema
 from .errors import invalid, not_found
 
 log = logging.getLogger("fedfhe.inference.bundles")
-
-
-def version_key(version: str) -> tuple:
-    """Natural order: "10" after "9", "20250102" after "20250101"; the largest is the latest."""
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", version) if p)
 
 
 def read_bundle_manifest(directory: Path, key: Ed25519PublicKey) -> dict[str, Any]:

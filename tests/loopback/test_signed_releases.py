@@ -336,3 +336,21 @@ def test_an_owner_pins_each_model_version(hostile, node, lr_bundles, pki, digits
         predict_rows(endpoint, state, digits.X_test[:1], model_id="digits-lr", version="1", progress=False)
     assert "GetClientSpecs" not in servicer.calls and "Predict" not in servicer.calls
     assert (state / "inference" / "digits-lr" / "1" / MANIFEST).read_bytes() == pinned
+
+
+def test_an_owner_refuses_a_rollback_to_an_older_version(hostile, node, lr_bundles, pki, digits, tmp_path):
+    """Issue 24: a node offering an older signed version as "latest" is refused, naming both versions; an owner
+    that names the older version explicitly still gets it."""
+    servicer, address = hostile
+    state = tmp_path / "state"
+    newest = predict_rows(node.endpoint("carol"), state, digits.X_test[:1], model_id="digits-lr", progress=False)
+    assert newest.version == "2"  # the real node's latest
+    _serve(servicer, lr_bundles["1"].directory)  # a node that now says version 1 is the latest
+    endpoint = dataclasses.replace(node.endpoint("carol"), address=address)
+    with pytest.raises(IntegrityError, match=r"offers version 1 as the latest of model digits-lr, but this owner has "
+                                             r"already used version 2.*--version 1"):
+        predict_rows(endpoint, state, digits.X_test[:1], model_id="digits-lr", progress=False)
+    assert "GetClientSpecs" not in servicer.calls and "Predict" not in servicer.calls
+    pinned = predict_rows(node.endpoint("carol"), state, digits.X_test[:1], model_id="digits-lr", version="1",
+                          progress=False)
+    assert pinned.version == "1" and len(pinned.predictions) == 1
