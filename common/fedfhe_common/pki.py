@@ -227,8 +227,20 @@ def write_crl(directory: Path, days: int = CRL_DAYS) -> Path:
     return path
 
 
-def revoked_serials(crl_pem: bytes, ca_certs: list[x509.Certificate]) -> frozenset[int]:
-    """The serials a CRL revokes, once its signature verifies against one of ``ca_certs`` (PKIError if not)."""
+@dataclass(frozen=True)
+class CrlInfo:
+    """A verified CRL: what it revokes, its CRL number (the order of CRLs) and until when it is current."""
+
+    serials: frozenset[int]
+    number: int
+    next_update: dt.datetime | None
+
+    def expired(self, now: dt.datetime | None = None) -> bool:
+        return self.next_update is not None and self.next_update < (now or dt.datetime.now(dt.UTC))
+
+
+def read_crl(crl_pem: bytes, ca_certs: list[x509.Certificate]) -> CrlInfo:
+    """A CRL whose signature verifies against one of ``ca_certs`` (PKIError if not)."""
     try:
         crl = x509.load_pem_x509_crl(crl_pem)
     except ValueError as exc:
@@ -236,7 +248,16 @@ def revoked_serials(crl_pem: bytes, ca_certs: list[x509.Certificate]) -> frozens
     signers = [c for c in ca_certs if c.subject == crl.issuer]
     if not any(crl.is_signature_valid(c.public_key()) for c in signers):  # type: ignore[arg-type]
         raise PKIError("the CRL's signature does not verify against the project CA")
-    return frozenset(r.serial_number for r in crl)
+    try:
+        number = int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+    except x509.ExtensionNotFound:
+        number = -1  # fedfhe-pki always writes one; a CRL without it is older than any that has one
+    return CrlInfo(frozenset(r.serial_number for r in crl), number, crl.next_update_utc)
+
+
+def revoked_serials(crl_pem: bytes, ca_certs: list[x509.Certificate]) -> frozenset[int]:
+    """The serials a CRL revokes, once its signature verifies against one of ``ca_certs`` (PKIError if not)."""
+    return read_crl(crl_pem, ca_certs).serials
 
 
 def supernode_keypair(directory: Path, name: str, force: bool = False) -> tuple[Path, Path]:

@@ -101,6 +101,7 @@ class InferenceConfig:
     grace_s: float = 5.0
     pid_file: Path | None = None
     crl_file: Path | None = None      # the project CRL: revoked client certificates are refused
+    allow_expired_crl: bool = False   # accept a CRL past its next update (else refused; the last good one stays)
     sandbox: bool = True              # Concrete parses and evaluates owners' bytes in worker processes
     worker_memory_bytes: int = 8192 * MiB  # each worker's address-space limit (RLIMIT_AS)
     job_cpu_s: float = 300.0          # CPU seconds one worker job (a key load, a row) may use

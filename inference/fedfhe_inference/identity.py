@@ -33,7 +33,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedfhe_common.bundle import valid_name
 from fedfhe_common.errors import ConfigError, PKIError
-from fedfhe_common.pki import revoked_serials
+from fedfhe_common.pki import CrlInfo, read_crl
 
 from .display import shown
 from .errors import ServiceError
@@ -120,24 +120,42 @@ def peer_certificate(auth: Mapping[str, Sequence[bytes]]) -> bytes:
 
 
 class Revocations:
-    """The revoked serials of crl_file, verified against the CA, re-read when the file changes or on reload()."""
+    """The revoked serials of crl_file, verified against the CA, re-read when the file changes or on reload().
 
-    def __init__(self, path: Path, cas: list[x509.Certificate]) -> None:
-        self.path, self.cas = Path(path), cas
+    Anti-rollback: a CRL with a lower CRL number than the newest this process has accepted
+    (an older CRL would un-revoke owners) is refused and the last good one stays in force, and
+    so is an expired CRL (past its next update) unless ``allow_expired`` (inference.yaml
+    ``allow_expired_crl``). At start an expired or unreadable CRL stops the node with the reason.
+    """
+
+    def __init__(self, path: Path, cas: list[x509.Certificate], allow_expired: bool = False) -> None:
+        self.path, self.cas, self.allow_expired = Path(path), cas, allow_expired
         self._lock = threading.Lock()
         self._stamp: tuple[int, int, int] | None = None
+        self.number = -2
         try:
-            self.serials, self._stamp = self._read()
+            info, self._stamp = self._read()
+            self._accept(info)
         except (OSError, PKIError) as exc:
             raise ConfigError(f"crl_file {self.path}: {getattr(exc, 'strerror', None) or exc}") from None
+        self.serials, self.number = info.serials, info.number
 
     def _stat(self) -> tuple[int, int, int]:
         st = os.stat(self.path)
         return st.st_mtime_ns, st.st_size, st.st_ino
 
-    def _read(self) -> tuple[frozenset[int], tuple[int, int, int]]:
+    def _read(self) -> tuple[CrlInfo, tuple[int, int, int]]:
         stamp = self._stat()
-        return revoked_serials(self.path.read_bytes(), self.cas), stamp
+        return read_crl(self.path.read_bytes(), self.cas), stamp
+
+    def _accept(self, info: CrlInfo) -> None:
+        """PKIError when ``info`` may not replace the CRL in force."""
+        if info.number < self.number:
+            raise PKIError(f"CRL number {info.number} is older than the {self.number} already in force (a "
+                           "rollback would un-revoke certificates)")
+        if info.expired() and not self.allow_expired:
+            raise PKIError(f"the CRL expired at {info.next_update}: sign a fresh one (fedfhe-pki crl), or set "
+                           "allow_expired_crl: true to accept it")
 
     def reload(self, force: bool = True) -> None:
         """Re-read the CRL (if it changed, or always with ``force``); a bad one is logged, the last good kept."""
@@ -145,7 +163,8 @@ class Revocations:
             try:
                 if not force and self._stat() == self._stamp:
                     return
-                serials, stamp = self._read()
+                info, stamp = self._read()
+                self._accept(info)
             except (OSError, PKIError) as exc:
                 try:
                     self._stamp = self._stat()  # log a bad file once, not on every call
@@ -154,9 +173,9 @@ class Revocations:
                 log.error("crl_file %s: %s; keeping the last good CRL (%d revoked)", self.path,
                           getattr(exc, "strerror", None) or exc, len(self.serials))
                 return
-            if serials != self.serials:
-                log.info("crl_file %s: %d revoked certificate(s)", self.path, len(serials))
-            self.serials, self._stamp = serials, stamp
+            if info.serials != self.serials:
+                log.info("crl_file %s: %d revoked certificate(s)", self.path, len(info.serials))
+            self.serials, self.number, self._stamp = info.serials, info.number, stamp
 
     def current(self) -> frozenset[int]:
         try:
@@ -171,21 +190,21 @@ class Revocations:
 class Identity:
     """The node's identity policy: every check above, with the project CA's certificate(s) from ca_certfile."""
 
-    def __init__(self, ca_pem: bytes, crl_file: Path | None = None) -> None:
+    def __init__(self, ca_pem: bytes, crl_file: Path | None = None, allow_expired_crl: bool = False) -> None:
         try:
             cas = x509.load_pem_x509_certificates(ca_pem)
         except ValueError as exc:
             raise ConfigError(f"ca_certfile: not PEM certificates: {exc}") from None
         self.ca_ders = tuple(c.public_bytes(Encoding.DER) for c in cas)
-        self.revocations = Revocations(crl_file, cas) if crl_file else None
+        self.revocations = Revocations(crl_file, cas, allow_expired_crl) if crl_file else None
 
     @classmethod
-    def from_file(cls, path: Path, crl_file: Path | None = None) -> Identity:
+    def from_file(cls, path: Path, crl_file: Path | None = None, allow_expired_crl: bool = False) -> Identity:
         try:
             ca_pem = Path(path).read_bytes()
         except OSError as exc:
             raise ConfigError(f"ca_certfile {path}: cannot read: {exc.strerror}") from None
-        return cls(ca_pem, crl_file)
+        return cls(ca_pem, crl_file, allow_expired_crl)
 
     def reload(self) -> None:
         """SIGHUP: re-read the CRL now."""

@@ -96,7 +96,7 @@ def build(cfg: InferenceConfig) -> Node:
     metrics.source("bundles", registry.counts)
     metrics.source("workers", lambda: (cfg.fhe_workers, pool.replaced if pool is not None else 0))
     service = InferenceService(cfg, registry, keys, runner, metrics)
-    identity = Identity.from_file(cfg.ca_certfile, cfg.crl_file)
+    identity = Identity.from_file(cfg.ca_certfile, cfg.crl_file, cfg.allow_expired_crl)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=cfg.rpc_threads, thread_name_prefix="rpc"),
         options=[
