@@ -11,9 +11,12 @@ but what ``FHEModelDev`` writes (``bundle_content``), before Concrete parses a b
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -145,6 +148,51 @@ def read(directory: Path, key: Ed25519PublicKey) -> dict[str, Any]:
     bundle_content.check_client_zip((directory / "client.zip").read_bytes(), f"{where}/client.zip")
     bundle_content.check_server_zip((directory / "server.zip").read_bytes(), f"{where}/server.zip")
     return meta
+
+
+MAX_ZIP_FILE_BYTES = 256 << 20
+
+
+def read_verified(directory: Path, key: Ed25519PublicKey) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The manifest and the bytes of a bundle, every check made on those very bytes (not on the path again).
+
+    What a reader then hands to Concrete must be these bytes: a file swapped in the directory after
+    this check never reaches it (``fedfhe_inference.bundles.load_bundle`` writes them to a private copy).
+    Returns (manifest, {member: bytes}) for client.zip, server.zip, manifest.json and manifest.sig.
+    """
+    directory = Path(directory)
+    where = str(directory)
+    try:
+        extra = sorted({p.name for p in directory.iterdir()} - set(MEMBERS))
+    except OSError as exc:
+        raise IntegrityError(f"{where}: cannot list the bundle: {exc.strerror or exc}") from None
+    if extra:
+        raise IntegrityError(f"{where}: unexpected files {extra[:5]} (a bundle holds {', '.join(MEMBERS)})")
+    data: dict[str, bytes] = {}
+    for name in MEMBERS:
+        path = directory / name
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            if name == release.SIGNATURE:  # verify_signed_manifest says "not signed"
+                data[name] = b""
+                continue
+            raise IntegrityError(f"{where}: missing {name}") from None
+        except OSError as exc:
+            raise IntegrityError(f"{where}: cannot read {name}: {exc.strerror or exc}") from None
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise IntegrityError(f"{where}: {name} is not a plain file")
+            data[name] = fh.read(MAX_ZIP_FILE_BYTES + 1)
+        if len(data[name]) > MAX_ZIP_FILE_BYTES:
+            raise IntegrityError(f"{where}: {name} is larger than {MAX_ZIP_FILE_BYTES} bytes")
+    meta = verify_signed_manifest(data[MANIFEST], data[release.SIGNATURE], key, where)
+    for name in FILES:
+        if hashlib.sha256(data[name]).hexdigest() != meta["files"][name]:
+            raise IntegrityError(f"{where}/{name}: SHA-256 does not match the signed manifest (tampered or corrupt)")
+    bundle_content.check_client_zip(data["client.zip"], f"{where}/client.zip")
+    bundle_content.check_server_zip(data["server.zip"], f"{where}/server.zip")
+    return meta, data
 
 
 def copy(source: Path, dest_tmp: Path) -> None:

@@ -8,6 +8,7 @@ the others keep being served.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import os
@@ -101,31 +102,43 @@ class LoadedBundle:
         return n if isinstance(n, int) else 0
 
 
-def load_bundle(directory: Path, key: Ed25519PublicKey) -> LoadedBundle:
-    """Verify (signature, hashes, contents), then load; the served client.zip is the checked copy."""
+def private_copy(verified_root: Path, model_id: str, version: str, data: dict[str, bytes]) -> Path:
+    """The verified zips written to a directory of the node's own (0700, files 0400), outside bundles_dir.
+
+    Concrete and the FHE workers load from here, never from bundles_dir: a server.zip swapped there
+    after the check (bundles_dir is writable by whoever publishes) never reaches them.
+    """
+    target = Path(verified_root) / model_id / f"{version}-{hashlib.sha256(data[MANIFEST]).hexdigest()[:16]}"
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True, mode=0o700)
+    for name in bundle_format.FILES:
+        fd = os.open(target / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data[name])
+    return target
+
+
+def load_bundle(directory: Path, key: Ed25519PublicKey, verified_root: Path) -> LoadedBundle:
+    """Verify (signature, hashes, contents) on bytes read once, copy those bytes privately, then load the copy."""
     from concrete.ml.deployment import FHEModelServer
 
-    meta = read_bundle_manifest(directory, key)
+    meta, data = bundle_format.read_verified(directory, key)
     if (meta["model_id"], meta["version"]) != (directory.parent.name, directory.name):
         raise IntegrityError(
             f"{directory}: manifest names {meta['model_id']}/{meta['version']}, "
             "but the bundle sits elsewhere; publish it with 'fedfhe-inference publish'"
         )
-    client_zip = (directory / "client.zip").read_bytes()
-    digest = hashlib.sha256(client_zip).hexdigest()
-    if digest != meta["files"]["client.zip"]:
-        raise IntegrityError(f"{directory / 'client.zip'}: changed while loading")
-    manifest = (directory / MANIFEST).read_bytes()
-    signature = (directory / "manifest.sig").read_bytes()
-    bundle_format.verify_signed_manifest(manifest, signature, key, str(directory))  # the bytes owners will get
+    private = private_copy(verified_root, meta["model_id"], meta["version"], data)
     try:
-        server = FHEModelServer(str(directory))
+        server = FHEModelServer(str(private))
     except Exception as exc:  # noqa: BLE001 - any load failure (versions, corrupt circuit) refuses this bundle only
         raise IntegrityError(f"{directory}: Concrete ML cannot load server.zip: {exc}") from None
     return LoadedBundle(
-        model_id=meta["model_id"], version=meta["version"], directory=directory, meta=meta,
-        schema=DatasetSchema.from_mapping(meta["schema"]), bundle_sha256=sha256_file(directory / MANIFEST),
-        client_zip=client_zip, client_zip_sha256=digest, server=server, manifest=manifest, signature=signature,
+        model_id=meta["model_id"], version=meta["version"], directory=private, meta=meta,
+        schema=DatasetSchema.from_mapping(meta["schema"]), bundle_sha256=hashlib.sha256(data[MANIFEST]).hexdigest(),
+        client_zip=data["client.zip"], client_zip_sha256=hashlib.sha256(data["client.zip"]).hexdigest(),
+        server=server, manifest=data[MANIFEST], signature=data["manifest.sig"],
     )
 
 
@@ -139,9 +152,14 @@ class ScanReport:
 class BundleRegistry:
     """The bundles being served; ``rescan`` picks up newly published versions without a restart."""
 
-    def __init__(self, root: Path, key: Ed25519PublicKey) -> None:
+    def __init__(self, root: Path, key: Ed25519PublicKey, verified_root: Path | None = None) -> None:
         self.root = Path(root)
         self.key = key
+        # Private verified copies (load_bundle): a fresh 0700 directory of this process unless given.
+        if verified_root is None:
+            verified_root = Path(tempfile.mkdtemp(prefix="fedfhe-inference-verified-"))
+            atexit.register(shutil.rmtree, verified_root, True)
+        self.verified_root = Path(verified_root)
         self._bundles: dict[tuple[str, str], LoadedBundle] = {}
         self._refused: dict[Path, tuple[int, str]] = {}  # dir -> (manifest mtime, reason): not retried until it changes
         self._lock = threading.Lock()
@@ -176,7 +194,7 @@ class BundleRegistry:
                 if self._refused.get(directory, (None,))[0] == mtime:
                     continue
                 try:
-                    bundle = load_bundle(directory, self.key)
+                    bundle = load_bundle(directory, self.key, self.verified_root)
                 except (FedfheError, OSError) as exc:
                     self._refused[directory] = (mtime, str(exc))
                     refused.append((str(directory), str(exc)))
@@ -190,7 +208,9 @@ class BundleRegistry:
             with self._lock:
                 removed = [f"{m}/{v}" for (m, v) in self._bundles if (m, v) not in present]
                 for name in removed:
-                    self._bundles.pop(tuple(name.split("/", 1)), None)  # type: ignore[arg-type]
+                    gone = self._bundles.pop(tuple(name.split("/", 1)), None)  # type: ignore[arg-type]
+                    if gone is not None and self.verified_root in gone.directory.parents:
+                        shutil.rmtree(gone.directory, ignore_errors=True)  # its private verified copy
             for name in removed:
                 log.info("no longer serving %s (its directory is gone)", name)
             return ScanReport(loaded, refused, removed)

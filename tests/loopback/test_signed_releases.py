@@ -31,7 +31,7 @@ from fedfhe_common.manifest import MANIFEST, canonical_body, write_manifest
 from fedfhe_common.procs import free_port, venv_bin, wait_until
 from fedfhe_common.release import load_signing_key, load_verify_key, make_release_key, sign_manifest
 from fedfhe_inference.bundles import publish_bundle
-from fedfhe_owner.predict import predict_rows
+from fedfhe_owner.predict import delete_keys, predict_rows
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
 
@@ -354,3 +354,31 @@ def test_an_owner_refuses_a_rollback_to_an_older_version(hostile, node, lr_bundl
     pinned = predict_rows(node.endpoint("carol"), state, digits.X_test[:1], model_id="digits-lr", version="1",
                           progress=False)
     assert pinned.version == "1" and len(pinned.predictions) == 1
+    for version in ("1", "2"):  # the node's per-owner key quota is shared with the other tests of the session
+        delete_keys(node.endpoint("carol"), state, "digits-lr", version)
+
+
+def test_a_server_zip_swapped_after_verification_never_reaches_a_worker(node, lr_bundles, pki, digits, tmp_path):
+    """Issue 24: workers load the node's private copy of the verified bytes, not bundles_dir. A server.zip swapped
+    in bundles_dir after the node verified the bundle (another valid circuit: version 2's) changes nothing."""
+    key = load_signing_key(pki / "release.key")
+    published = _relabel(lr_bundles["1"].directory, tmp_path / "swap", "digits-swap", key)
+    dest, _ = publish_bundle(published, node.bundles_dir, load_verify_key(pki / "release.pub"))
+    offset = len(node.log_text())
+    node.signal(signal.SIGHUP)
+    wait_until(lambda: "serving digits-swap/1" in node.log_text()[offset:], 60, "the node to serve digits-swap")
+    (dest / "server.zip").chmod(0o644)
+    (dest / "server.zip").write_bytes((lr_bundles["2"].directory / "server.zip").read_bytes())  # before any row
+    state, rows = tmp_path / "state", digits.X_test[:3]
+    try:
+        swapped = predict_rows(node.endpoint("carol"), state, rows, model_id="digits-swap", version="1",
+                               progress=False)
+        v1 = predict_rows(node.endpoint("carol"), state, rows, model_id="digits-lr", version="1", progress=False)
+        v2 = predict_rows(node.endpoint("carol"), state, rows, model_id="digits-lr", version="2", progress=False)
+    finally:
+        for model, version in (("digits-swap", "1"), ("digits-lr", "1"), ("digits-lr", "2")):
+            delete_keys(node.endpoint("carol"), state, model, version)  # the per-owner key quota is shared
+        shutil.rmtree(node.bundles_dir / "digits-swap")
+        node.signal(signal.SIGHUP)
+    assert not (v1.scores == v2.scores).all()  # the swap would show: version 2's circuit scores differently
+    assert (swapped.scores == v1.scores).all()  # what ran is the verified version 1
