@@ -21,6 +21,7 @@ import grpc
 from fedfhe_common.fhe_wire import CircuitSpec, WireError
 
 from .errors import ServiceError, invalid
+from .fair import FairGate, SlotTimeout
 from .sandbox import SandboxPool, WorkerError
 
 
@@ -127,7 +128,9 @@ class FheRunner:
 
     def __init__(self, workers: int, sandbox: SandboxPool | None = None, job_s: float = 600.0) -> None:
         self.workers = workers
-        self.pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhe")
+        self.gate = FairGate(workers)  # the workers' slots, handed to owners in turn
+        # Threads only wait (at the gate, on a worker's pipe): each call gets up to ``workers`` of them.
+        self.pool = cf.ThreadPoolExecutor(max_workers=max(64, 4 * workers), thread_name_prefix="fhe")
         self.sandbox, self.job_s = sandbox, job_s
 
     def validate_keys(self, bundle: Any, path: Path, key_id: str) -> Any:
@@ -172,18 +175,32 @@ class FheRunner:
 
     def run_batch(
         self, server: Any, values: list[Any], keys: Any, timeout: float, is_active: Callable[[], bool],
-        label: str,
+        label: str, owner: str = "-",
     ) -> tuple[list[bytes], float]:
-        """Encrypted results in row order and the wall time; stops early on the first bad row or timeout."""
+        """Encrypted results in row order and the wall time; stops early on the first bad row or timeout.
+
+        Every row takes a worker slot from the fair gate in ``owner``'s turn (``fair.FairGate``), and a call's
+        rows are run by at most ``workers`` threads of its own, so a large batch cannot queue ahead of another
+        owner's rows anywhere but at the gate, where owners alternate.
+        """
         stop = threading.Event()
+        started = time.perf_counter()
+        deadline = started + timeout
 
         def one(i: int, value: Any) -> bytes:
             if stop.is_set() or not is_active():
                 raise cf.CancelledError()
             try:
-                result = server.run(value, keys)
-            except ServiceError:
+                with self.gate.slot(owner, max(0.0, deadline - time.perf_counter())):
+                    if stop.is_set():
+                        raise cf.CancelledError()
+                    result = server.run(value, keys)
+            except (ServiceError, cf.CancelledError):
                 raise
+            except SlotTimeout:
+                raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   f"row {i} found no FHE worker within {timeout:.1f}s (the node is busy); "
+                                   "send smaller batches or allow a longer deadline") from None
             except Exception as exc:  # noqa: BLE001 - Concrete refuses foreign ciphertexts with RuntimeError
                 raise invalid(
                     f"row {i}: ciphertext does not fit {label} (encrypted for another model version, "
@@ -191,31 +208,43 @@ class FheRunner:
                 ) from None
             return result if isinstance(result, bytes) else result.serialize()
 
-        started = time.perf_counter()
         if len(values) == 1:  # one row: on this thread, no hand-off to the pool and back (two wake-ups per call)
             result = one(0, values[0])
             if not is_active():
                 raise ServiceError(grpc.StatusCode.CANCELLED, "the client cancelled the request")
             return [result], time.perf_counter() - started
-        futures = [self.pool.submit(one, i, v) for i, v in enumerate(values)]
+        results: list[bytes | None] = [None] * len(values)
+        rows = iter(range(len(values)))
+        rows_lock = threading.Lock()
+
+        def drain() -> None:
+            while not stop.is_set():
+                with rows_lock:
+                    i = next(rows, None)
+                if i is None:
+                    return
+                results[i] = one(i, values[i])
+
+        futures = [self.pool.submit(drain) for _ in range(min(self.workers, len(values)))]
         try:
             done, pending = cf.wait(futures, timeout=timeout, return_when=cf.FIRST_EXCEPTION)
             if not is_active():
                 raise ServiceError(grpc.StatusCode.CANCELLED, "the client cancelled the request")
-            errors = [fut.exception() for fut in futures if fut in done]  # row order: the first bad row is reported
+            errors = [fut.exception() for fut in futures if fut in done]
             for exc in errors:
                 if isinstance(exc, ServiceError):
                     raise exc
             for exc in errors:
                 if exc is not None and not isinstance(exc, cf.CancelledError):
                     raise ServiceError(grpc.StatusCode.INTERNAL, f"FHE execution failed: {_first_line(exc)}")
-            if pending:
+            missing = sum(r is None for r in results)
+            if pending or missing:
                 raise ServiceError(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"{len(pending)} of {len(values)} rows were not evaluated within {timeout:.1f}s; "
+                    f"{missing} of {len(values)} rows were not evaluated within {timeout:.1f}s; "
                     "send smaller batches or allow a longer deadline",
                 )
-            return [f.result() for f in futures], time.perf_counter() - started
+            return [r for r in results if r is not None], time.perf_counter() - started
         finally:
             stop.set()
             for fut in futures:

@@ -84,8 +84,11 @@ class InferenceService(pb_grpc.InferenceServicer):
                  metrics: Metrics | None = None) -> None:
         self.cfg, self.registry, self.keys, self.runner = cfg, registry, keys, runner
         self.metrics = metrics or Metrics()  # a registry of its own: recording costs the same, served or not
-        # At most one evaluating batch per FHE worker holds its (possibly large) keys in memory; others queue.
-        self.evaluation_slots = threading.BoundedSemaphore(runner.workers)
+        # In-process evaluation (sandbox: false): at most one evaluating batch per FHE worker holds its (possibly
+        # large) keys in this process; others queue. Sandboxed, keys live in the workers' bounded caches and rows
+        # wait at the runner's fair gate instead: a call-wide slot would let one owner's two long batches hold
+        # every slot (another owner's one-row Predict went from 10.7 ms to 308 ms).
+        self.evaluation_slots = threading.BoundedSemaphore(runner.workers) if runner.sandbox is None else None
 
     def _budget(self, context: grpc.ServicerContext, ceiling: float) -> float:
         remaining = context.time_remaining()
@@ -165,7 +168,7 @@ class InferenceService(pb_grpc.InferenceServicer):
             )
         check_rows(circuit_spec(bundle), rows)  # exactly the circuit's input layout, before Concrete sees a byte
         queued = time.monotonic()
-        if not self.evaluation_slots.acquire(timeout=budget):
+        if self.evaluation_slots is not None and not self.evaluation_slots.acquire(timeout=budget):
             raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                f"the node stayed busy for {budget:.1f}s; retry later or allow a longer deadline")
         self.metrics.queue_wait.observe(time.monotonic() - queued)
@@ -175,14 +178,16 @@ class InferenceService(pb_grpc.InferenceServicer):
             label = f"{bundle.model_id} version {bundle.version}"
             remaining = max(0.0, budget - (time.monotonic() - queued))
             try:
-                results, seconds = self.runner.run_batch(evaluator, rows, None, remaining, context.is_active, label)
+                results, seconds = self.runner.run_batch(evaluator, rows, None, remaining, context.is_active, label,
+                                                         owner)
             except KeyFault as exc:  # the stored keys crash or stall Concrete: never loaded again
                 self.keys.quarantine(record.key_id, exc.message)
                 self.runner.forget(record.key_id)
                 raise
             del evaluator
         finally:
-            self.evaluation_slots.release()
+            if self.evaluation_slots is not None:
+                self.evaluation_slots.release()
         self.metrics.rows.labels(bundle.model_id).inc(len(rows))
         self.metrics.evaluation.labels(bundle.model_id).observe(seconds)
         return pb.PredictResponse(results=results, server_seconds=seconds, model_version=bundle.version)
