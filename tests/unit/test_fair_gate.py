@@ -51,9 +51,9 @@ def test_owners_alternate_while_both_have_rows_waiting():
     first = _queue(gate, "a", order, go)
     wait_until(lambda: order == ["a"], 10, "the first row")
     rest = []
-    for owner in ("a", "a", "a", "b", "b", "b"):
+    for n, owner in enumerate(("a", "a", "a", "b", "b", "b"), start=1):
         rest.append(_queue(gate, owner, order, go))
-        wait_until(lambda n=len(rest): gate.waiting() == n, 10, "rows to queue")
+        wait_until(lambda n=n: gate.waiting() == n, 10, "rows to queue")
     go.set()
     for t in [first, *rest]:
         t.join(10)
