@@ -64,7 +64,8 @@ def supernode_command(cfg: OwnerConfig) -> list[str]:
     # flwr-clientapp instead (write_clientapp_shim, fedfhe_common.app_approval).
     host, _, port = cfg.runtime_address.rpartition(":")
     cmd = [
-        venv_bin("flower-supernode"),
+        # Flower's flower-supernode with one repair (a stopped run's message must not wedge the node).
+        sys.executable, "-I", "-m", "fedfhe_owner.flower_supernode",
         "--superlink", cfg.superlink,
         "--root-certificates", str(cfg.root_certificates),
         "--auth-supernode-private-key", str(cfg.auth_key),
