@@ -103,6 +103,9 @@ class InferenceConfig:
     crl_file: Path | None = None      # the project CRL: revoked client certificates are refused
     allow_expired_crl: bool = False   # accept a CRL past its next update (else refused; the last good one stays)
     sandbox: bool = True              # Concrete parses and evaluates owners' bytes in worker processes
+    # Workers in their own network namespace, held by Landlock to the files their jobs need (confine.py); the
+    # node refuses to start when the kernel cannot. false: workers run with the node's network and files.
+    confine_workers: bool = True
     worker_memory_bytes: int = 8192 * MiB  # each worker's address-space limit (RLIMIT_AS)
     job_cpu_s: float = 300.0          # CPU seconds one worker job (a key load, a row) may use
     # Prometheus metrics over plain HTTP (metrics.py): keep it on localhost or a scrape-only network; "" = off.

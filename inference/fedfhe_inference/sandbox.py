@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import collections
 import fcntl
+import json
 import logging
 import os
 import queue
 import resource
 import select
+import shutil
 import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -41,7 +44,8 @@ MALLOC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=429496729
 
 class WorkerError(Exception):
     """A job did not produce an answer: ``kind`` is "crashed", "timeout", "cpu", "error", "mismatch" (bytes
-    that do not fit the circuit, fhe_wire) or "refused" (by Concrete);
+    that do not fit the circuit, fhe_wire), "refused" (by Concrete) or "unconfined" (the kernel refused the
+    worker's confinement: it never served);
     ``phase`` says whether the worker was loading keys or running the job."""
 
     def __init__(self, kind: str, message: str, phase: str = "run") -> None:
@@ -141,6 +145,8 @@ class _Worker:
 
     def handle(self, parts: list[bytes]) -> list[bytes]:
         op = parts[0]
+        if op == b"probe":
+            return [b"ok", *probe(parts[1].decode(), parts[2].decode(), int(parts[3]))]
         if op == b"forget":
             entry = self.keys.pop(parts[1].decode(), None)
             if entry:
@@ -163,6 +169,24 @@ class _Worker:
         raise ValueError(f"unknown operation {op[:20]!r}")
 
 
+def probe(path: str, host: str, port: int) -> list[bytes]:
+    """What a job's code could do here: read ``path`` (the node's TLS key), reach ``host:port`` over TCP."""
+    import socket
+
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+        read = b"open"
+    except OSError as exc:
+        read = f"refused: {exc.strerror}".encode()
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            net = b"open"
+    except OSError as exc:
+        net = f"refused: {exc.strerror or exc}".encode()
+    return [read, net]
+
+
 def worker_main(argv: list[str]) -> int:
     """Entry point of a worker: limits first, then Concrete, then one frame in, one frame out, forever."""
     memory, cache_bytes, job_cpu_s = int(argv[0]), int(argv[1]), float(argv[2])
@@ -180,6 +204,14 @@ def worker_main(argv: list[str]) -> int:
     from fedfhe_common.fhe_wire import WireError
 
     worker = _Worker(cache_bytes, job_cpu_s)
+    if len(argv) > 3:  # the directories this worker may read; it writes only its TMPDIR
+        from .confine import ConfinementError, confine
+
+        try:
+            confine(json.loads(argv[3]), [os.environ["TMPDIR"]])
+        except (ConfinementError, KeyError, ValueError) as exc:
+            _write_all(wfd, encode_frame([b"unconfined", str(exc).encode()[:1000]]))
+            return 3
     _write_all(wfd, encode_frame([b"ready"]))
     while True:
         try:
@@ -208,23 +240,33 @@ def _widen(fd: int) -> None:
         pass
 
 
-def worker_env() -> dict[str, str]:
-    """The node's environment plus the workers' malloc tunables (glibc reads them when the process starts).
+# The only variables a worker inherits from the node: thread and allocator tuning. Nothing else of the node's
+# environment (credentials, proxies, paths of its files) reaches a process that runs owners' bytes.
+INHERITED = ("LANG", "LC_ALL", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "KMP_BLOCKTIME",
+             "GLIBC_TUNABLES")
+
+
+def worker_env(tmp: str) -> dict[str, str]:
+    """A clean environment: the workers' malloc tunables (glibc reads them when the process starts) and ``tmp``
+    (the worker's private directory) as TMPDIR and HOME.
 
     KMP_BLOCKTIME=0 (unless the operator set it): Concrete's OpenMP runtime (LLVM libomp) otherwise keeps its
     threads spinning 200 ms after each parallel region, so an idle worker burnt the cores the next job's
     worker (or the node's gRPC threads) needed.
     """
-    env = dict(os.environ)
+    env = {k: os.environ[k] for k in INHERITED if k in os.environ}
     env["GLIBC_TUNABLES"] = ":".join(filter(None, (env.get("GLIBC_TUNABLES"), MALLOC_TUNABLES)))
     env.setdefault("KMP_BLOCKTIME", "0")
-    return env
+    return env | {"TMPDIR": tmp, "HOME": tmp, "PATH": "/usr/bin:/bin"}
 
 
 class _Proc:
     def __init__(self, argv: list[str]) -> None:
+        # Its own temporary directory (Concrete leaves two per circuit load): the only place it may write,
+        # removed with it.
+        self.tmp = tempfile.mkdtemp(prefix="fedfhe-worker-")
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
-                                     env=worker_env())
+                                     env=worker_env(self.tmp))
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.wfd, self.rfd = self.proc.stdin.fileno(), self.proc.stdout.fileno()
         for fd in (self.wfd, self.rfd):
@@ -241,6 +283,7 @@ class _Proc:
                 fh.close()  # type: ignore[union-attr]
             except OSError:
                 pass
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def death(self) -> str:
         code = self.proc.wait()
@@ -256,10 +299,14 @@ class SandboxPool:
     """``size`` workers; each job takes an idle one, a dead or overrunning one is replaced in the background."""
 
     def __init__(self, size: int, memory_bytes: int, cache_bytes: int, job_cpu_s: float,
-                 start_timeout_s: float = 300.0) -> None:
+                 start_timeout_s: float = 300.0, readable: list[str] | None = None) -> None:
+        """``readable``: confine each worker (``confine``) to reading these directories besides its Python and
+        system libraries; None runs workers unconfined."""
         self.size, self.job_cpu_s, self.start_timeout_s = size, job_cpu_s, start_timeout_s
         self.argv = [sys.executable, "-m", "fedfhe_inference.sandbox", str(memory_bytes),
                      str(max(0, cache_bytes // max(1, size))), str(job_cpu_s)]
+        if readable is not None:
+            self.argv.append(json.dumps([str(p) for p in readable]))
         # A stack: the worker that finished last runs the next job. Sequential calls stay on one warm worker
         # (its caches, page tables and OpenMP threads still hot) instead of alternating between all of them.
         self.idle: queue.LifoQueue[_Proc] = queue.LifoQueue()
@@ -299,7 +346,12 @@ class SandboxPool:
             raise WorkerError("timeout", f"no FHE worker became free within {timeout:.1f}s") from None
         try:
             if not proc.ready:  # a fresh worker imports Concrete first (seconds): not charged to the job's deadline
-                if read_frame(proc.rfd, time.monotonic() + self.start_timeout_s) != [b"ready"]:
+                hello = read_frame(proc.rfd, time.monotonic() + self.start_timeout_s)
+                if hello[:1] == [b"unconfined"]:
+                    self._retire(proc)
+                    raise WorkerError("unconfined", f"the FHE worker could not be confined: "
+                                      f"{hello[1].decode(errors='replace')}", "start")
+                if hello != [b"ready"]:
                     raise EOFError
                 proc.ready = True
                 deadline = time.monotonic() + timeout
@@ -367,7 +419,8 @@ class SandboxPool:
             try:
                 proc.proc.wait(5)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                pass
+            proc.kill()  # reaps it (or kills a worker that ignored its closed stdin) and removes its directory
 
 
 if __name__ == "__main__":

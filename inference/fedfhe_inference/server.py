@@ -33,7 +33,7 @@ from .keystore import KeyStore
 from .limits import Guard, server_options
 from .metrics import Metrics
 from .runner import FheRunner
-from .sandbox import SandboxPool
+from .sandbox import SandboxPool, WorkerError
 from .service import InferenceService
 
 log = logging.getLogger("fedfhe.inference")
@@ -75,6 +75,26 @@ class Node:
             self.health.set(name, status)
 
 
+def check_confinement(pool: SandboxPool, keyfile: Path) -> None:
+    """Ask a worker to do what injected code would (read the TLS key, reach this host); start only if it can't."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = listener.getsockname()[1]
+        try:
+            read, net = pool.call([b"probe", str(keyfile).encode(), b"127.0.0.1", str(port).encode()],
+                                  timeout=pool.start_timeout_s)
+        except WorkerError as exc:
+            pool.shutdown()
+            raise ConfigError(f"{exc.message}; set confine_workers: false to run FHE workers unconfined") from None
+    finally:
+        listener.close()
+    if not (read.startswith(b"refused") and net.startswith(b"refused")):
+        pool.shutdown()
+        raise ConfigError(f"an FHE worker is not confined (reading {keyfile}: {read.decode()}; TCP to this host: "
+                          f"{net.decode()}); refusing to start")
+    log.info("FHE workers confined: reading %s %s, TCP to this host %s", keyfile, read.decode(), net.decode())
+
+
 def build(cfg: InferenceConfig) -> Node:
     limits = cfg.limits
     from fedfhe_common.release import load_verify_key
@@ -89,7 +109,14 @@ def build(cfg: InferenceConfig) -> Node:
     )
     pool = None
     if cfg.sandbox:
-        pool = SandboxPool(cfg.fhe_workers, cfg.worker_memory_bytes, cfg.key_cache_bytes, cfg.job_cpu_s)
+        readable = [str(registry.verified_root), str(cfg.keys_dir)] if cfg.confine_workers else None
+        pool = SandboxPool(cfg.fhe_workers, cfg.worker_memory_bytes, cfg.key_cache_bytes, cfg.job_cpu_s,
+                           readable=readable)
+        if cfg.confine_workers:
+            check_confinement(pool, cfg.keyfile)
+        else:
+            log.warning("confine_workers is false: FHE workers run with the node's network and can read its files, "
+                        "the TLS key included")
     runner = FheRunner(cfg.fhe_workers, pool, job_s=cfg.job_cpu_s)
     metrics = Metrics()
     metrics.source("key_store", keys.usage)

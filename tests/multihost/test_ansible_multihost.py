@@ -595,7 +595,13 @@ def test_systemd_units_are_sandboxed(tmp_path: Path) -> None:
         for key, value in {"User": "fedfhe", "NoNewPrivileges": "true", "ProtectSystem": "strict",
                            "ProtectHome": "true", "PrivateTmp": "true", "CapabilityBoundingSet": "",
                            "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6", "MemoryMax": memory,
-                           "StandardOutput": "journal", "SyslogIdentifier": name}.items():
+                           "StandardOutput": "journal", "SyslogIdentifier": name, "ProtectProc": "invisible",
+                           "PrivateDevices": "true", "ProtectKernelTunables": "true", "ProtectKernelModules": "true",
+                           "ProtectKernelLogs": "true", "ProtectControlGroups": "true", "ProtectClock": "true",
+                           "SystemCallFilter": "@system-service landlock_create_ruleset landlock_add_rule "
+                           "landlock_restrict_self",
+                           # Only the inference node's FHE workers make namespaces (their own network).
+                           "RestrictNamespaces": "user net" if name == "fedfhe-inference" else "true"}.items():
             assert service.get(key) == value, f"{name}: {key}={service.get(key)!r}, not {value!r}\n{unit}"
         # Writable: its own state (also its HOME) and the log folder, nothing else.
         assert service["ReadWritePaths"].split() == [state, "/var/log/fedfhe"], unit

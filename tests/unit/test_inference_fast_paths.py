@@ -65,11 +65,11 @@ def test_read_ahead_keeps_the_idle_timeout():
 def test_workers_keep_their_heap_and_let_openmp_sleep(monkeypatch):
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     monkeypatch.delenv("KMP_BLOCKTIME", raising=False)
-    env = worker_env()
+    env = worker_env("/tmp/w")
     assert env["GLIBC_TUNABLES"] == MALLOC_TUNABLES and "glibc.malloc.mmap_max=0" in MALLOC_TUNABLES
     assert env["KMP_BLOCKTIME"] == "0"
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
     monkeypatch.setenv("KMP_BLOCKTIME", "50")
-    env = worker_env()  # the operator's settings stay
+    env = worker_env("/tmp/w")  # the operator's settings stay
     assert env["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{MALLOC_TUNABLES}"
     assert env["KMP_BLOCKTIME"] == "50"
