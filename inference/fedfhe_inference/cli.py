@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +46,54 @@ def _bundles_dir(args: argparse.Namespace) -> tuple[Path, Path | None, Any]:
     return cfg.bundles_dir, cfg.pid_file, load_verify_key(args.release_public_key or cfg.release_public_key)
 
 
+def read_pid(pid_file: Path) -> tuple[int, int]:
+    """The pid in ``pid_file`` (a regular file, not a link) and the uid that owns the file.
+
+    ``publish --reload`` may run as root while the pid file lies in the service's writable state: a planted
+    link, "-1" (every process) or another process's pid must never be signalled.
+    """
+    fd = os.open(pid_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise FedfheError(f"{pid_file}: not a regular file; not signalling anything")
+        text = os.read(fd, 32).decode("ascii", errors="replace").strip()
+    finally:
+        os.close(fd)
+    if not text.isdigit() or int(text) <= 1:
+        raise FedfheError(f"{pid_file}: {text[:20]!r} is not a server's pid; not signalling anything")
+    return int(text), info.st_uid
+
+
+def check_server(pid: int, uid: int, pid_file: Path) -> None:
+    """Refuse unless ``pid`` is a ``fedfhe-inference serve`` run by ``uid``."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        owner = Path(f"/proc/{pid}").stat().st_uid
+    except FileNotFoundError:
+        raise ProcessLookupError(pid) from None
+    serving = any(b"fedfhe-inference" in a or b"fedfhe_inference" in a for a in cmdline) and b"serve" in cmdline
+    if not serving or owner != uid:
+        raise FedfheError(f"{pid_file}: pid {pid} is not a fedfhe-inference server run by the file's owner "
+                          f"(uid {uid}); not signalling it")
+
+
 def _reload(pid_file: Path | None) -> str:
     if pid_file is None:
         return "no pid_file in the config: the server picks the bundle up at its next rescan (or send it SIGHUP)"
     try:
-        pid = int(pid_file.read_text().strip())
-        os.kill(pid, signal.SIGHUP)
+        pid, uid = read_pid(pid_file)
+        pidfd = os.pidfd_open(pid)  # held from here: the process checked is the one signalled, even if pids recycle
+        try:
+            check_server(pid, uid, pid_file)
+            signal.pidfd_send_signal(pidfd, signal.SIGHUP)
+        finally:
+            os.close(pidfd)
     except FileNotFoundError:
         return f"{pid_file}: no server running; the bundle is served when it starts"
-    except (ValueError, ProcessLookupError, PermissionError) as exc:
+    except ProcessLookupError:
+        return f"{pid_file}: its server is gone; the bundle is served when one starts"
+    except OSError as exc:
         raise FedfheError(f"{pid_file}: cannot signal the server: {exc}") from None
     return f"asked the server (pid {pid}) to rescan"
 
