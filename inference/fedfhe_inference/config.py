@@ -106,6 +106,9 @@ class InferenceConfig:
     # Workers in their own network namespace, held by Landlock to the files their jobs need (confine.py); the
     # node refuses to start when the kernel cannot. false: workers run with the node's network and files.
     confine_workers: bool = True
+    # Evaluation keys nobody used for this long are deleted (owners upload again: UploadKeys); 0 = never. Keys
+    # uploaded under a certificate the CRL revokes are deleted at the next rescan whatever this says.
+    evict_idle_keys_s: float = 30 * 86400.0
     worker_memory_bytes: int = 8192 * MiB  # each worker's address-space limit (RLIMIT_AS)
     job_cpu_s: float = 300.0          # CPU seconds one worker job (a key load, a row) may use
     # Prometheus metrics over plain HTTP (metrics.py): keep it on localhost or a scrape-only network; "" = off.
@@ -121,8 +124,8 @@ class InferenceConfig:
             raise ConfigError("workers must be >= 0 (0 = one per core) and rpc_threads >= 1")
         if self.worker_memory_bytes < 256 * MiB or self.job_cpu_s <= 0:
             raise ConfigError("worker_memory_bytes must be >= 256 MiB and job_cpu_s > 0")
-        if self.key_cache_bytes < 0 or self.rescan_interval_s < 0:
-            raise ConfigError("key_cache_bytes and rescan_interval_s must be >= 0")
+        if self.key_cache_bytes < 0 or self.rescan_interval_s < 0 or self.evict_idle_keys_s < 0:
+            raise ConfigError("key_cache_bytes, rescan_interval_s and evict_idle_keys_s must be >= 0")
 
     @property
     def fhe_workers(self) -> int:

@@ -211,6 +211,16 @@ class Identity:
         if self.revocations is not None:
             self.revocations.reload()
 
+    def revoked(self) -> frozenset[int]:
+        """The serials on the CRL in force (none without a crl_file)."""
+        return self.revocations.current() if self.revocations is not None else frozenset()
+
+    @staticmethod
+    def caller_serial(context: grpc.ServicerContext) -> str:
+        """The hex serial of the caller's client certificate (the Guard has already judged it)."""
+        cert = x509.load_pem_x509_certificate(peer_certificate(context.auth_context()))
+        return f"{cert.serial_number:x}"
+
     def owner(self, context: grpc.ServicerContext) -> str:
         """The caller's owner name; ServiceError (UNAUTHENTICATED or PERMISSION_DENIED) otherwise."""
         verdict = judge(peer_certificate(context.auth_context()), self.ca_ders)

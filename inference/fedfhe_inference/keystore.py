@@ -57,6 +57,9 @@ def _disk_space(what: str) -> Iterator[None]:
         ) from None
 
 
+TOUCH_EVERY_S = 3600.0  # how stale a key's persisted last use may get (idle eviction works in days)
+
+
 def check_key_id(key_id: str) -> str:
     """Only what the server itself hands out: 32 lowercase hex digits (no paths, no dots)."""
     if not KEY_ID.fullmatch(key_id or ""):  # fullmatch: "$" would let a trailing newline in
@@ -73,6 +76,7 @@ class KeyRecord:
     size: int
     sha256: str
     created_at: float
+    serial: str = ""  # hex serial of the client certificate that uploaded them: revoking it deletes them
 
 
 def _deserialize(data: bytes) -> Any:
@@ -84,8 +88,9 @@ def _deserialize(data: bytes) -> Any:
 class _Upload:
     """One in-flight key stream: bytes go straight to a temp file, hashed on the way."""
 
-    def __init__(self, store: KeyStore, owner: str, model_id: str, version: str, total: int, sha256: str) -> None:
-        self.store, self.owner, self.model_id, self.version = store, owner, model_id, version
+    def __init__(self, store: KeyStore, owner: str, model_id: str, version: str, total: int, sha256: str,
+                 serial: str = "") -> None:
+        self.store, self.owner, self.model_id, self.version, self.serial = store, owner, model_id, version, serial
         self.total, self.expected_sha256 = total, sha256
         self.received = 0
         self.hash = hashlib.sha256()
@@ -145,7 +150,8 @@ class _Upload:
             if synced and synced[0] is not None:
                 raise synced[0]
             self.fh.close()
-        record = KeyRecord(key_id, self.owner, self.model_id, self.version, self.received, digest, time.time())
+        record = KeyRecord(key_id, self.owner, self.model_id, self.version, self.received, digest, time.time(),
+                           self.serial)
         self.store._install(record, self.path, keys)
         return record
 
@@ -191,6 +197,7 @@ class KeyStore:
         self._pending_bytes: dict[str, int] = {}
         self._cache: OrderedDict[str, tuple[int, Any]] = OrderedDict()
         self._cached = 0
+        self._used: dict[str, float] = {}  # key id -> last use (wall clock); the .evk's mtime across restarts
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._load_index()
@@ -209,6 +216,7 @@ class KeyStore:
                 log.error("ignoring key metadata %s: %s", meta, exc)
                 continue
             self._records[record.key_id] = record
+            self._used[record.key_id] = (self.root / f"{record.key_id}.evk").stat().st_mtime
         for evk in self.root.glob("*.evk"):
             if evk.stem not in self._records:
                 evk.unlink(missing_ok=True)  # a delete or an install interrupted half way
@@ -261,7 +269,8 @@ class KeyStore:
 
     # ---- upload ---------------------------------------------------------
     @contextlib.contextmanager
-    def upload(self, owner: str, model_id: str, version: str, total: int, sha256: str) -> Iterator[_Upload]:
+    def upload(self, owner: str, model_id: str, version: str, total: int, sha256: str,
+               serial: str = "") -> Iterator[_Upload]:
         """Reserve a quota slot for the stream; the temp file is removed unless commit() succeeded."""
         if total < 1:
             raise invalid("UploadHeader.total_bytes must be > 0")
@@ -279,7 +288,7 @@ class KeyStore:
             self._pending[owner] = self._pending.get(owner, 0) + 1
             self._pending_bytes[owner] = self._pending_bytes.get(owner, 0) + total
         try:
-            up = _Upload(self, owner, model_id, version, total, sha256)
+            up = _Upload(self, owner, model_id, version, total, sha256, serial)
             try:
                 yield up
             finally:
@@ -326,12 +335,45 @@ class KeyStore:
             raise
         with self._lock:
             self._records[record.key_id] = record
+            self._used[record.key_id] = time.time()
         self._remember(record, keys)
 
+    def touch(self, record: KeyRecord) -> None:
+        """A use: keeps the keys from idle eviction. Written to the .evk's mtime at most hourly (restarts keep it)."""
+        now = time.time()
+        with self._lock:
+            before = self._used.get(record.key_id, 0.0)
+            self._used[record.key_id] = now
+        if now - before > TOUCH_EVERY_S:
+            with contextlib.suppress(OSError):
+                os.utime(self.key_path(record), (now, now))
+
     # ---- delete ---------------------------------------------------------
+    def evict(self, revoked: frozenset[int], idle_s: float, now: float | None = None) -> list[tuple[KeyRecord, str]]:
+        """Delete keys uploaded under a revoked certificate, and (``idle_s`` > 0) keys unused for ``idle_s``."""
+        now = time.time() if now is None else now
+        gone: list[tuple[KeyRecord, str]] = []
+        with self._lock:
+            records = list(self._records.values())
+            used = dict(self._used)
+        for record in records:
+            if record.serial and int(record.serial, 16) in revoked:
+                why = f"the certificate that uploaded them (serial {record.serial}) is revoked"
+            elif idle_s > 0 and now - used.get(record.key_id, record.created_at) > idle_s:
+                why = f"unused for more than {idle_s:.0f} s"
+            else:
+                continue
+            try:
+                self.delete(record.key_id, record.owner)
+            except ServiceError:  # its owner deleted it meanwhile
+                continue
+            gone.append((record, why))
+        return gone
+
     def delete(self, key_id: str, owner: str) -> KeyRecord:
         record = self.get(key_id, owner, usable=False)
         with self._lock:
+            self._used.pop(key_id, None)
             self._records.pop(key_id, None)
             self._quarantined.pop(key_id, None)
             entry = self._cache.pop(key_id, None)

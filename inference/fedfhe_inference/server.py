@@ -207,6 +207,8 @@ def serve(cfg: InferenceConfig) -> int:
                 continue
             if signal.SIGHUP in signals and node.identity is not None:
                 node.identity.reload()
+            node.service.evict_keys(node.identity.revoked() if node.identity is not None else frozenset(),
+                                    cfg.evict_idle_keys_s)
             report = node.registry.rescan()
             if report.loaded or report.removed or report.refused:
                 log.info("rescan: loaded %s, removed %s, refused %d", report.loaded, report.removed,

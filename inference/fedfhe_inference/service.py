@@ -24,6 +24,7 @@ from .bundles import BundleRegistry, LoadedBundle
 from .config import InferenceConfig
 from .display import status_text
 from .errors import ServiceError, exhausted, invalid
+from .identity import Identity
 from .keystore import KeyStore, check_key_id
 from .metrics import Metrics
 from .runner import FheRunner, KeyFault, check_rows, circuit_spec
@@ -129,7 +130,8 @@ class InferenceService(pb_grpc.InferenceServicer):
             raise invalid(f"UploadHeader.total_bytes {header.total_bytes}: {bundle.model_id} version "
                           f"{bundle.version} takes at most {most} bytes of evaluation keys")
         receiving = time.perf_counter()
-        with self.keys.upload(owner, bundle.model_id, bundle.version, header.total_bytes, header.sha256) as up:
+        with self.keys.upload(owner, bundle.model_id, bundle.version, header.total_bytes, header.sha256,
+                              Identity.caller_serial(context)) as up:
             for msg in request_iterator:
                 if msg.WhichOneof("part") != "chunk":
                     raise invalid("UploadKeys: only one UploadHeader, at the start of the stream")
@@ -150,6 +152,7 @@ class InferenceService(pb_grpc.InferenceServicer):
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext, owner: str) -> Any:
         budget = self._budget(context, self.cfg.deadlines.predict_s)
         record = self.keys.get(request.key_id, owner)
+        self.keys.touch(record)
         rows = list(request.ciphertexts)
         limits = self.cfg.limits
         if not rows:
@@ -191,6 +194,14 @@ class InferenceService(pb_grpc.InferenceServicer):
         self.metrics.rows.labels(bundle.model_id).inc(len(rows))
         self.metrics.evaluation.labels(bundle.model_id).observe(seconds)
         return pb.PredictResponse(results=results, server_seconds=seconds, model_version=bundle.version)
+
+    def evict_keys(self, revoked: frozenset[int], idle_s: float) -> int:
+        """Delete keys of revoked certificates and keys idle for ``idle_s`` (0: never), from disk and workers."""
+        gone = self.keys.evict(revoked, idle_s)
+        for record, why in gone:
+            self.runner.forget(record.key_id)
+            log.info("owner=%s: evicted keys %s (%s): %s", record.owner, record.key_id, record.model_id, why)
+        return len(gone)
 
     @_rpc
     def DeleteKeys(self, request: pb.DeleteKeysRequest, context: grpc.ServicerContext, owner: str) -> Any:

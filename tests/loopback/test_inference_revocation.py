@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import inference_support as support
 import pytest
 import yaml
 from cryptography import x509
@@ -46,13 +47,19 @@ def _pki(d: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def rpki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _pki(tmp_path_factory.mktemp("revocation-pki"))
+def rpki(tmp_path_factory: pytest.TempPathFactory, pki: Path) -> Path:
+    """A CA of its own (revocations here touch no other module), the session's release key (its bundles)."""
+    d = _pki(tmp_path_factory.mktemp("revocation-pki"))
+    for name in ("release.key", "release.pub"):
+        (d / name).write_bytes((pki / name).read_bytes())
+    return d
 
 
 @pytest.fixture(scope="module")
-def crl_node(rpki: Path, tmp_path_factory: pytest.TempPathFactory, node_starter) -> Iterator[object]:
-    n = node_starter(tmp_path_factory.mktemp("revocation-node"), rpki, crl_file=str(rpki / "crl.pem"))
+def crl_node(rpki: Path, tmp_path_factory: pytest.TempPathFactory, node_starter,
+             lr_bundles: dict) -> Iterator[object]:
+    n = node_starter(tmp_path_factory.mktemp("revocation-node"), rpki, (lr_bundles["1"].directory,),
+                     crl_file=str(rpki / "crl.pem"))
     yield n
     n.stop()
 
@@ -72,10 +79,15 @@ def _refused_everywhere(node: object, owner: str) -> None:
             assert "revoked" in (info.value.details() or ""), (name, info.value.details())
 
 
-def test_a_revoked_owner_is_refused_at_once_and_the_others_still_served(crl_node, rpki, tmp_path):
+def _key_files(node: object, key_id: str) -> list[str]:
+    return sorted(p.name for p in node.keys_dir.glob(f"{key_id}.*"))  # type: ignore[attr-defined]
+
+
+def test_a_revoked_owner_is_refused_at_once_and_the_others_still_served(crl_node, rpki, tmp_path, digits):
     pid = crl_node.proc.pid
     for owner in OWNERS:
         _served(crl_node, owner)
+    keys = {o: support.make_owner(crl_node, o, tmp_path / f"{o}-state", digits.X_test).key_id for o in ("alice", "bob")}
     # A channel opened before the revocation is refused too: the check runs on every call, not per handshake.
     with crl_node.channel("bob") as early:
         pb_grpc.InferenceStub(early).ListModels(pb.ListModelsRequest(), timeout=20)
@@ -102,6 +114,10 @@ def test_a_revoked_owner_is_refused_at_once_and_the_others_still_served(crl_node
     crl_node.signal(signal.SIGHUP)
     _refused_everywhere(crl_node, "bob")
     _served(crl_node, "carol")
+    # The reload deleted the keys bob's revoked certificate uploaded; alice's stay.
+    wait_until(lambda: not _key_files(crl_node, keys["bob"]), 30, "bob's keys to be evicted", interval=0.1)
+    assert _key_files(crl_node, keys["alice"]) == [f"{keys['alice']}.evk", f"{keys['alice']}.json"]
+    assert f"evicted keys {keys['bob']}" in crl_node.log_text() and "is revoked" in crl_node.log_text()
     # Re-issuing bob's certificate (--force revokes the old one) lets the new certificate in.
     assert pki_main(["--dir", str(rpki), "client", "bob", "--force"]) == 0
     _served(crl_node, "bob")
