@@ -31,6 +31,9 @@ class InferenceEndpoint:
     release_public_key: Path | None = None
     # The project CRL: a revoked inference-node certificate is refused; defaults to owner.yaml's crl_file.
     crl_file: Path | None = None
+    # Set from owner.yaml (not a key of its own): the newest CRL number accepted, and whether an expired CRL is.
+    crl_mark: Path | None = None
+    allow_expired_crl: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,9 @@ class OwnerConfig:
     # The project CRL (crl.pem of `fedfhe-pki revoke`): a SuperLink or inference node presenting a revoked
     # certificate is refused before gRPC connects (fedfhe_owner.server_certificate).
     crl_file: Path | None = None
+    # Accept a CRL past its next update (else refused, naming the date); a CRL older than the newest accepted
+    # (its number, kept in state_dir/crl-number) is refused always: it would un-revoke certificates.
+    allow_expired_crl: bool = False
     # App digests (`fedfhe-coordinator app-hash`) of the Flower Apps this SuperNode may run; empty refuses every run.
     approved_flower_apps: list[str] = field(default_factory=list)
     # Test federations only: this owner's ClientApp sends a hostile reply (fl_contract.TEST_HOSTILE_REPLY).
@@ -69,8 +75,13 @@ class OwnerConfig:
         if self.inference is not None:
             inherited = {k: getattr(self, k) for k in ("release_public_key", "crl_file")
                          if getattr(self.inference, k) is None and getattr(self, k) is not None}
-            if inherited:
-                object.__setattr__(self, "inference", dataclasses.replace(self.inference, **inherited))
+            inherited |= {"crl_mark": self.crl_mark, "allow_expired_crl": self.allow_expired_crl}
+            object.__setattr__(self, "inference", dataclasses.replace(self.inference, **inherited))
+
+    @property
+    def crl_mark(self) -> Path:
+        """This owner's record of the newest CRL number it accepted (crl_mark): one for both servers."""
+        return self.state_dir / "crl-number"
 
 
 def load(path: str | Path) -> OwnerConfig:

@@ -41,7 +41,8 @@ def secure_channel(endpoint: InferenceEndpoint) -> grpc.Channel:
     if endpoint.crl_file is not None:
         try:
             refuse_if_revoked(endpoint.address, endpoint.ca_certfile, endpoint.crl_file, "inference node",
-                              client_cert=endpoint.certfile, client_key=endpoint.keyfile)
+                              client_cert=endpoint.certfile, client_key=endpoint.keyfile, mark=endpoint.crl_mark,
+                              allow_expired=endpoint.allow_expired_crl)
         except ServerUnreachableError as exc:
             raise InferenceError(endpoint.address, "connect", grpc.StatusCode.UNAVAILABLE, str(exc)) from None
     creds = grpc.ssl_channel_credentials(

@@ -21,8 +21,9 @@ from pathlib import Path
 
 from cryptography import x509
 
+from fedfhe_common.crl_mark import accept as accept_crl
 from fedfhe_common.errors import ConfigError, FedfheError, PKIError
-from fedfhe_common.pki import revoked_serials
+from fedfhe_common.pki import read_crl
 
 
 class RevokedServerError(FedfheError):
@@ -83,15 +84,21 @@ def presented_certificate(
 
 def refuse_if_revoked(
     address: str, ca_file: Path, crl_file: Path, what: str, *, client_cert: Path | None = None,
-    client_key: Path | None = None, timeout: float = 10.0,
+    client_key: Path | None = None, timeout: float = 10.0, mark: Path | None = None, allow_expired: bool = False,
 ) -> x509.Certificate:
-    """Raise RevokedServerError when the server's certificate is on the CRL; return the certificate."""
+    """Raise RevokedServerError when the server's certificate is on the CRL; return the certificate.
+
+    The CRL itself must be no older (by CRL number) than the newest this owner accepted, kept in ``mark``
+    (its state dir's crl-number), and not expired unless ``allow_expired`` (owner.yaml allow_expired_crl).
+    """
     try:
         cas = x509.load_pem_x509_certificates(_read(ca_file, "CA certificate"))
     except ValueError as exc:
         raise ConfigError(f"CA certificate {ca_file}: not PEM certificates: {exc}") from None
     try:
-        revoked = revoked_serials(_read(crl_file, "crl_file"), cas)
+        info = read_crl(_read(crl_file, "crl_file"), cas)
+        accept_crl(info, mark, allow_expired)
+        revoked = info.serials
     except PKIError as exc:
         raise ConfigError(f"crl_file {crl_file}: {exc}") from None
     cert = presented_certificate(address, ca_file, client_cert=client_cert, client_key=client_key,
@@ -107,7 +114,7 @@ def refuse_if_revoked(
 
 def wait_and_refuse_if_revoked(
     address: str, ca_file: Path, crl_file: Path, what: str, deadline_s: float | None = None,
-    log: object = None, interval: float = 2.0,
+    log: object = None, interval: float = 2.0, mark: Path | None = None, allow_expired: bool = False,
 ) -> x509.Certificate:
     """refuse_if_revoked, retried while the server is unreachable (it may start after this host).
 
@@ -117,7 +124,7 @@ def wait_and_refuse_if_revoked(
     start = time.monotonic()
     while True:
         try:
-            return refuse_if_revoked(address, ca_file, crl_file, what)
+            return refuse_if_revoked(address, ca_file, crl_file, what, mark=mark, allow_expired=allow_expired)
         except ServerUnreachableError as exc:
             if deadline_s is not None and time.monotonic() - start > deadline_s:
                 raise

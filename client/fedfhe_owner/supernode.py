@@ -214,7 +214,7 @@ def run_supernode(cfg: OwnerConfig, config_path: Path, log_format: str = "text")
         from .server_certificate import wait_and_refuse_if_revoked
 
         cert = wait_and_refuse_if_revoked(cfg.superlink, cfg.root_certificates, cfg.crl_file, "SuperLink",
-                                          log=log.info)
+                                          log=log.info, mark=cfg.crl_mark, allow_expired=cfg.allow_expired_crl)
         log.info("SuperLink %s: certificate serial %x is not on %s", cfg.superlink, cert.serial_number, cfg.crl_file)
     cmd = supernode_command(cfg)
     fresh_tmp_dir(cfg)

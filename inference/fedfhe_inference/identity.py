@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedfhe_common.bundle import valid_name
+from fedfhe_common.crl_mark import accept as accept_crl
 from fedfhe_common.errors import ConfigError, PKIError
 from fedfhe_common.pki import CrlInfo, read_crl
 
@@ -128,8 +129,10 @@ class Revocations:
     ``allow_expired_crl``). At start an expired or unreadable CRL stops the node with the reason.
     """
 
-    def __init__(self, path: Path, cas: list[x509.Certificate], allow_expired: bool = False) -> None:
-        self.path, self.cas, self.allow_expired = Path(path), cas, allow_expired
+    def __init__(self, path: Path, cas: list[x509.Certificate], allow_expired: bool = False,
+                 mark: Path | None = None) -> None:
+        """``mark``: where the newest accepted CRL number is kept across restarts (crl_mark)."""
+        self.path, self.cas, self.allow_expired, self.mark = Path(path), cas, allow_expired, mark
         self._lock = threading.Lock()
         self._stamp: tuple[int, int, int] | None = None
         self.number = -2
@@ -149,13 +152,8 @@ class Revocations:
         return read_crl(self.path.read_bytes(), self.cas), stamp
 
     def _accept(self, info: CrlInfo) -> None:
-        """PKIError when ``info`` may not replace the CRL in force."""
-        if info.number < self.number:
-            raise PKIError(f"CRL number {info.number} is older than the {self.number} already in force (a "
-                           "rollback would un-revoke certificates)")
-        if info.expired() and not self.allow_expired:
-            raise PKIError(f"the CRL expired at {info.next_update}: sign a fresh one (fedfhe-pki crl), or set "
-                           "allow_expired_crl: true to accept it")
+        """PKIError when ``info`` may not replace the CRL in force (crl_mark.accept, with this node's mark)."""
+        accept_crl(info, self.mark, self.allow_expired, floor=self.number)
 
     def reload(self, force: bool = True) -> None:
         """Re-read the CRL (if it changed, or always with ``force``); a bad one is logged, the last good kept."""
@@ -190,21 +188,23 @@ class Revocations:
 class Identity:
     """The node's identity policy: every check above, with the project CA's certificate(s) from ca_certfile."""
 
-    def __init__(self, ca_pem: bytes, crl_file: Path | None = None, allow_expired_crl: bool = False) -> None:
+    def __init__(self, ca_pem: bytes, crl_file: Path | None = None, allow_expired_crl: bool = False,
+                 crl_mark: Path | None = None) -> None:
         try:
             cas = x509.load_pem_x509_certificates(ca_pem)
         except ValueError as exc:
             raise ConfigError(f"ca_certfile: not PEM certificates: {exc}") from None
         self.ca_ders = tuple(c.public_bytes(Encoding.DER) for c in cas)
-        self.revocations = Revocations(crl_file, cas, allow_expired_crl) if crl_file else None
+        self.revocations = Revocations(crl_file, cas, allow_expired_crl, crl_mark) if crl_file else None
 
     @classmethod
-    def from_file(cls, path: Path, crl_file: Path | None = None, allow_expired_crl: bool = False) -> Identity:
+    def from_file(cls, path: Path, crl_file: Path | None = None, allow_expired_crl: bool = False,
+                  crl_mark: Path | None = None) -> Identity:
         try:
             ca_pem = Path(path).read_bytes()
         except OSError as exc:
             raise ConfigError(f"ca_certfile {path}: cannot read: {exc.strerror}") from None
-        return cls(ca_pem, crl_file, allow_expired_crl)
+        return cls(ca_pem, crl_file, allow_expired_crl, crl_mark)
 
     def reload(self) -> None:
         """SIGHUP: re-read the CRL now."""

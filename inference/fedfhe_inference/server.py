@@ -75,6 +75,9 @@ class Node:
             self.health.set(name, status)
 
 
+CRL_MARK = ".crl-number"  # in keys_dir (the node's private state): the newest CRL number accepted
+
+
 def check_confinement(pool: SandboxPool, keyfile: Path) -> None:
     """Ask a worker to do what injected code would (read the TLS key, reach this host); start only if it can't."""
     listener = socket.create_server(("127.0.0.1", 0))
@@ -123,7 +126,7 @@ def build(cfg: InferenceConfig) -> Node:
     metrics.source("bundles", registry.counts)
     metrics.source("workers", lambda: (cfg.fhe_workers, pool.replaced if pool is not None else 0))
     service = InferenceService(cfg, registry, keys, runner, metrics)
-    identity = Identity.from_file(cfg.ca_certfile, cfg.crl_file, cfg.allow_expired_crl)
+    identity = Identity.from_file(cfg.ca_certfile, cfg.crl_file, cfg.allow_expired_crl, cfg.keys_dir / CRL_MARK)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=cfg.rpc_threads, thread_name_prefix="rpc"),
         options=[

@@ -79,3 +79,47 @@ def test_an_expired_crl_is_refused_unless_allowed(ca, caplog):
     with pytest.raises(ConfigError, match="expired at .*allow_expired_crl"):
         Revocations(d / "crl.pem", cas)
     assert Revocations(d / "crl.pem", cas, allow_expired=True).current() == {_serial(d / "owner-0.crt")}
+
+
+def _two_crls(d) -> tuple[bytes, bytes]:
+    revoke(d, "owner-0")
+    older = (d / "crl.pem").read_bytes()
+    time.sleep(0.002)  # CRL numbers are milliseconds: the next one must differ (not a synchronisation)
+    revoke(d, "owner-1")
+    return older, (d / "crl.pem").read_bytes()
+
+
+def test_the_node_remembers_the_newest_crl_across_a_restart(ca, tmp_path_factory):
+    d, cas = ca
+    mark = tmp_path_factory.mktemp("node-state") / ".crl-number"
+    older, newer = _two_crls(d)
+    Revocations(d / "crl.pem", cas, mark=mark)  # the node in force with the newer CRL
+    assert int(mark.read_text()) == read_crl(newer, cas).number
+    (d / "crl.pem").write_bytes(older)  # then stopped, the older CRL put back, started again
+    with pytest.raises(ConfigError, match=r"CRL number \d+ is older than the \d+ already accepted here"):
+        Revocations(d / "crl.pem", cas, mark=mark)
+    mark.write_text("not a number")
+    with pytest.raises(ConfigError, match="is not a CRL number"):
+        Revocations(d / "crl.pem", cas, mark=mark)
+
+
+def test_an_owner_refuses_an_older_or_expired_crl_before_connecting(ca, tmp_path_factory):
+    from fedfhe_owner.server_certificate import ServerUnreachableError, refuse_if_revoked
+
+    d, _ = ca
+    mark = tmp_path_factory.mktemp("owner-state") / "crl-number"
+    older, newer = _two_crls(d)
+    nowhere = "127.0.0.1:1"  # the CRL is judged before any connection: these calls never reach a server
+    with pytest.raises(ServerUnreachableError):
+        refuse_if_revoked(nowhere, d / "ca.crt", d / "crl.pem", "SuperLink", mark=mark, timeout=2)
+    assert mark.is_file()
+    (d / "crl.pem").write_bytes(older)
+    with pytest.raises(ConfigError, match="older than the .* already accepted here"):
+        refuse_if_revoked(nowhere, d / "ca.crt", d / "crl.pem", "SuperLink", mark=mark, timeout=2)
+    _expired_crl(d)
+    with pytest.raises(ConfigError, match="expired"):
+        refuse_if_revoked(nowhere, d / "ca.crt", d / "crl.pem", "inference node", mark=mark, timeout=2)
+    with pytest.raises(ServerUnreachableError):  # an operator's allow_expired_crl: true
+        refuse_if_revoked(nowhere, d / "ca.crt", d / "crl.pem", "inference node", mark=mark, timeout=2,
+                          allow_expired=True)
+    assert newer != older
