@@ -96,10 +96,21 @@ def _misbehave(content: RecordDict, how: str) -> None:
     content[fc.METRICS] = MetricRecord(metrics)
 
 
-def _global_model(msg: Message, schema: DatasetSchema) -> tuple[str, Any]:
+def _run_params(config: ConfigRecord, family: str, rows: int | None = None) -> dict[str, Any]:
+    """The run's model parameters; for a fit of ``rows`` rows, with this owner's share of the penalty."""
+    params = json.loads(str(config[fc.MODEL_PARAMS]))
+    if rows is None or fc.FEDERATION_ROWS not in config:
+        return params
+    total = config[fc.FEDERATION_ROWS]
+    if isinstance(total, bool) or not isinstance(total, int):
+        raise IntegrityError(f"the run's {fc.FEDERATION_ROWS} must be an integer, got {type(total).__name__}")
+    return models.owner_params(family, params, rows, total)
+
+
+def _global_model(msg: Message, schema: DatasetSchema, rows: int | None = None) -> tuple[str, Any]:
     config = msg.content[fc.CONFIG]
     family = str(config[fc.MODEL])
-    model = models.build(family, json.loads(str(config[fc.MODEL_PARAMS])))
+    model = models.build(family, _run_params(config, family, rows))
     return family, models.set_parameters(model, from_arrays(msg.content[fc.ARRAYS], family, schema), schema)
 
 
@@ -143,7 +154,7 @@ def train(msg: Message, context: Context) -> Message:
         vectors, rows = _statistics(schema, split)
         return _reply(msg, context, ArrayRecord(vectors), {fc.NUM_EXAMPLES: rows})
     split = _preprocessed(schema, split, config, context.node_config["data-path"])
-    family, model = _global_model(msg, schema)
+    family, model = _global_model(msg, schema, len(split[2]))
     metrics = _fit(model, family, schema, split, config)
     return _reply(msg, context, to_arrays(models.get_parameters(model, family, schema)), metrics)
 
@@ -169,7 +180,7 @@ def _secure_train(msg: Message, context: Context) -> Message:
         return legacy_reply(msg, vectors, weight, {fc.NUM_EXAMPLES: weight})
     split = _preprocessed(schema, split, config, context.node_config["data-path"])
     family = str(config[fc.MODEL])
-    model = models.build(family, json.loads(str(config[fc.MODEL_PARAMS])))
+    model = models.build(family, _run_params(config, family, len(split[2])))
     received = fc.check_params(parameters_to_ndarrays(fitins.parameters), family, schema)
     model = models.set_parameters(model, received, schema)
     metrics = _fit(model, family, schema, split, config)

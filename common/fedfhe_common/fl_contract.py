@@ -36,6 +36,9 @@ PHASE = "phase"  # "statistics": reply with the preprocessing statistics vector,
 PHASE_STATISTICS = "statistics"
 PREPROCESSING = "preprocessing"  # JSON of preprocessing.Preprocessing.to_dict: how every owner transforms rows
 LOCAL_EPOCHS = "local-epochs"
+# Training rows the statistics round counted over the owners (typed schemas): each owner scales the run's
+# regularisation by it and its own rows (models.owner_params), so FedAvg minimises the pooled objective.
+FEDERATION_ROWS = "federation-rows"
 SERVER_ROUND = "server-round"
 
 # Reply metric keys (client -> server).

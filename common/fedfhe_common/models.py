@@ -79,6 +79,30 @@ def default_params(family: str) -> dict[str, Any]:
     }[family]
 
 
+# scikit-learn's penalty does not grow with the rows while these families' losses sum over them: fitted with
+# the pooled setting, an owner holding 1/K of the rows regularises K times harder than the pooled fit (with 10
+# owners, LogisticRegression's C 1 acts like C 0.1: -5.5 points on breast-cancer, bench/results/tabular.json).
+# Lasso, ElasticNet and SGDClassifier average their loss over the rows, so their alpha already matches.
+SUM_LOSS_C = ("LogisticRegression", "LinearSVC")
+SUM_LOSS_ALPHA = ("Ridge",)
+
+
+def owner_params(family: str, params: dict[str, Any], rows: int, federation_rows: int) -> dict[str, Any]:
+    """The run's parameters for an owner holding ``rows`` of ``federation_rows``: its share of the penalty.
+
+    With C_k = C N / n_k (alpha_k = alpha n_k / N) the owners' objectives, weighted by n_k / N as FedAvg
+    weighs their updates, add up to the pooled objective: the federation's optimum is the centralised one.
+    """
+    if not 0 < rows <= federation_rows:
+        raise ConfigError(f"federation-rows {federation_rows} must be at least this owner's {rows} training rows")
+    merged = {**default_params(family), **params}
+    if family in SUM_LOSS_C:
+        return merged | {"C": float(merged.get("C", 1.0)) * federation_rows / rows}
+    if family in SUM_LOSS_ALPHA:
+        return merged | {"alpha": float(merged.get("alpha", 1.0)) * rows / federation_rows}
+    return merged
+
+
 def check_family(family: str, schema: DatasetSchema, *, local: bool = False) -> None:
     """Refuse a family that cannot learn the schema's task, naming the ones that can (a pre-flight check).
 

@@ -438,6 +438,8 @@ def main(grid: Grid, context: Context) -> None:
     prep, prep_summary = statistics(grid, context, schema, config, policy, owner_keys, min_nodes, timeout,
                                     len(connected))
     config[fc.PREPROCESSING] = json.dumps(prep.to_dict())
+    if prep_summary.get("rows"):
+        config[fc.FEDERATION_ROWS] = int(prep_summary["rows"])
     public = None if raw_public is None else (prep.transform(raw_public[0], cfg["public-test"]), raw_public[1])
 
     def score(params: list[np.ndarray]) -> dict[str, float]:

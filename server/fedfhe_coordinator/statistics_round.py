@@ -94,6 +94,7 @@ class StatisticsStrategy(Strategy):
         self.max_weight = max_weight
         self.average: np.ndarray | None = None
         self.owners = 0
+        self.rows = 0
         self.refused: list[str] = []
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
@@ -130,6 +131,7 @@ class StatisticsStrategy(Strategy):
             self.refused.append(f"the unmasked average broke the contract: {exc}")
             return None, {}
         self.owners = len(results)
+        self.rows = sum(int(res.num_examples) for _, res in results)
         return None, {}
 
     def configure_evaluate(self, server_round: int, parameters: Parameters,
@@ -171,5 +173,5 @@ def secure_statistics(grid: Grid, context: Context, schema: DatasetSchema, confi
         why = "; ".join(strategy.refused) or "fewer owners answered than its reconstruction threshold " \
                                              f"({threshold}); see the ServerApp log"
         raise StatisticsFailed(f"statistics round (secure aggregation): no usable sum: {why}")
-    summary = {"mode": "secure-aggregation", "owners_in_sum": strategy.owners}
+    summary = {"mode": "secure-aggregation", "owners_in_sum": strategy.owners, "rows": strategy.rows}
     return Preprocessing.from_moments(schema, strategy.average), summary

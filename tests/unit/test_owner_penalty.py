@@ -1,0 +1,82 @@
+"""Each owner's share of the penalty: FedAvg over 10 owners reaches the centralised model's size."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from fedfhe_common import models
+from fedfhe_common.errors import ConfigError
+
+
+def test_sum_loss_families_scale_and_mean_loss_families_do_not():
+    assert models.owner_params("LogisticRegression", {"C": 2.0}, 100, 1000)["C"] == pytest.approx(20.0)
+    assert models.owner_params("LinearSVC", {}, 250, 1000)["C"] == pytest.approx(4.0)
+    assert models.owner_params("Ridge", {"alpha": 2.0}, 100, 1000)["alpha"] == pytest.approx(0.2)
+    assert models.owner_params("Lasso", {}, 100, 1000)["alpha"] == models.default_params("Lasso")["alpha"]
+    sgd = models.owner_params("SGDClassifier", {}, 100, 1000)
+    assert sgd["alpha"] == models.default_params("SGDClassifier")["alpha"]
+
+
+@pytest.mark.parametrize("rows,total", [(0, 10), (11, 10), (-1, 10)])
+def test_a_federation_smaller_than_the_owner_is_refused(rows, total):
+    with pytest.raises(ConfigError, match="federation-rows"):
+        models.owner_params("LogisticRegression", {}, rows, total)
+
+
+def _fedavg(X: np.ndarray, y: np.ndarray, parts: list[np.ndarray], scaled: bool, rounds: int = 5) -> np.ndarray:
+    coef, icpt = np.zeros((1, X.shape[1])), np.zeros(1)
+    for _ in range(rounds):
+        fits = []
+        for rows in parts:
+            params = models.owner_params("LogisticRegression", {}, len(rows), len(y)) if scaled else {}
+            model = models.set_parameters(models.build("LogisticRegression", params), [coef, icpt],
+                                          models_schema(X.shape[1]))
+            models.local_fit(model, "LogisticRegression", X[rows], y[rows], models_schema(X.shape[1]))
+            fits.append((len(rows), model.coef_.copy(), np.atleast_1d(model.intercept_).copy()))
+        weights = np.array([n for n, _, _ in fits]) / len(y)
+        coef = sum(w * c for w, (_, c, _) in zip(weights, fits, strict=True))
+        icpt = sum(w * i for w, (_, _, i) in zip(weights, fits, strict=True))
+    return coef
+
+
+def models_schema(n_features: int):
+    from fedfhe_common.schema import DatasetSchema
+
+    return DatasetSchema(name="bc", n_features=n_features, feature_min=-10.0, feature_max=10.0, classes=(0, 1))
+
+
+def test_fedavg_of_scaled_owners_reaches_the_centralised_coefficients():
+    X, y = load_breast_cancer(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    parts = np.array_split(np.random.default_rng(0).permutation(len(y)), 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        central = LogisticRegression(C=1.0, max_iter=1000).fit(X, y).coef_
+    size = np.linalg.norm(central)
+    pooled_penalty = _fedavg(X, y, parts, scaled=False)
+    shared_penalty = _fedavg(X, y, parts, scaled=True)
+    # The pooled C on 1/10 of the rows shrinks the model to half the centralised size.
+    assert np.linalg.norm(pooled_penalty) / size < 0.6
+    assert 0.85 < np.linalg.norm(shared_penalty) / size < 1.15
+    assert np.linalg.norm(shared_penalty - central) < 0.6 * np.linalg.norm(pooled_penalty - central)
+
+
+@pytest.mark.parametrize("total,error", [("1000", "must be an integer"), (True, "must be an integer"),
+                                         (10, "at least this owner's 100 training rows")])
+def test_an_owner_refuses_a_coordinators_bad_federation_rows(total, error):
+    from flwr.app import ConfigRecord
+
+    from fedfhe_common import fl_contract as fc
+    from fedfhe_common.errors import FedfheError
+    from fedfhe_owner.client_app import _run_params
+
+    config = ConfigRecord({fc.MODEL_PARAMS: "{}", fc.FEDERATION_ROWS: total})
+    with pytest.raises(FedfheError, match=error):
+        _run_params(config, "LogisticRegression", 100)
+    assert _run_params(ConfigRecord({fc.MODEL_PARAMS: "{}"}), "LogisticRegression", 100) == {}
