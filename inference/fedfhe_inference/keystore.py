@@ -31,6 +31,7 @@ import grpc
 from fedfhe_common.fileio import write_atomic
 
 from .errors import ServiceError, denied, exhausted, invalid, not_found
+from .fair import FairGate, SlotTimeout
 from .runner import framing_error
 
 log = logging.getLogger("fedfhe.inference.keys")
@@ -111,13 +112,15 @@ class _Upload:
         self.hash.update(chunk)
         self.received += len(chunk)
 
-    def commit(self, validate: Callable[[Path, str], Any] | None = None) -> KeyRecord:
+    def commit(self, validate: Callable[[Path, str], Any] | None = None, deadline: float | None = None) -> KeyRecord:
         """Check completeness, hash and that the bytes are evaluation keys; then rename into place.
 
         ``validate(path, key_id)`` (the node's: the circuit check and Concrete's parse, in a worker when
         sandboxed) replaces the in-process parse; it returns the parsed keys if they live in this process.
         The file is fsynced while it runs (both take a while for a tree's 77 MB), and the key id exists
         only once both succeeded: no id for keys Concrete refused, none for bytes not yet on disk.
+        One check runs at a time (each holds the bytes and their parse), in owners' turns; ``deadline``
+        (time.monotonic) bounds the wait for that turn.
         """
         if self.received < self.total:
             raise invalid(f"key stream truncated: received {self.received} of the {self.total} declared bytes")
@@ -142,8 +145,14 @@ class _Upload:
         syncer = threading.Thread(target=fsync, name="keys-fsync", daemon=True)
         syncer.start()
         try:
-            with self.store.validation_slot:  # bounds memory: each check holds the bytes and their parse
-                keys = validate(self.path, key_id) if validate is not None else self._parse()
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                with self.store.validation_gate.slot(self.owner, wait):
+                    keys = validate(self.path, key_id) if validate is not None else self._parse()
+            except SlotTimeout:
+                raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   f"the keys were received but not checked within the upload's deadline ({wait:.1f} "
+                                   "s left): other owners' keys are being checked; upload again") from None
         finally:
             syncer.join()
         with _disk_space("receiving evaluation keys"):
@@ -190,7 +199,9 @@ class KeyStore:
         self.cache_bytes = cache_bytes
         self.max_owner_bytes = max_owner_bytes  # None: no cap (stored + in-progress uploads, per owner)
         self.max_total_bytes = max_total_bytes  # None: no cap (the whole store)
-        self.validation_slot = threading.BoundedSemaphore(1)
+        # One key check at a time (memory: each holds the bytes and their parse), handed to owners in turn:
+        # one owner's queue of uploads delays another's by at most one check.
+        self.validation_gate = FairGate(1)
         self._records: dict[str, KeyRecord] = {}
         self._quarantined: dict[str, str] = {}  # key id -> why (a <key_id>.quarantine file each)
         self._pending: dict[str, int] = {}

@@ -141,7 +141,7 @@ class InferenceService(pb_grpc.InferenceServicer):
             if not context.is_active():
                 raise ServiceError(grpc.StatusCode.CANCELLED, "the client cancelled the upload")
             received = time.perf_counter()
-            record = up.commit(lambda path, key_id: self.runner.validate_keys(bundle, path, key_id))
+            record = up.commit(lambda path, key_id: self.runner.validate_keys(bundle, path, key_id), deadline)
         self.metrics.uploaded.inc(record.size)
         log.info("owner=%s uploaded keys %s for %s/%s (%d bytes; received in %.3f s, checked and stored in %.3f s)",
                  owner, record.key_id, record.model_id, record.version, record.size, received - receiving,
