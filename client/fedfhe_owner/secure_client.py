@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Context, Message
 from flwr.client.mod import fixedclipping_mod, secaggplus_mod
+from flwr.client.mod.secure_aggregation.secaggplus_mod import SecAggPlusState
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
 
 from fedfhe_common import fl_contract as fc
 
@@ -35,22 +36,31 @@ def uses_dp(context: Context) -> bool:
     return is_secure(context) and float(context.run_config.get(fc.RUN_DP_NOISE_MULTIPLIER, 0.0)) > 0
 
 
-def _checked_setup(msg: Message) -> None:
-    """Refuse a SecAgg+ setup that would let the coordinator unmask one owner (fl_contract.check_secagg_setup)."""
+def _checked_stage(msg: Message, context: Context) -> None:
+    """Refuse a SecAgg+ setup or unmask request that would let the coordinator unmask one owner
+    (fl_contract.check_secagg_setup, check_secagg_unmask), before Flower's mod acts on it."""
     try:
         configs = msg.content.config_records[RECORD_KEY_CONFIGS]
     except KeyError:
         raise fc.InstructionRefused("a secure run's train message without SecAgg+ configs") from None
-    if configs.get(Key.STAGE) == Stage.SETUP:
+    stage = configs.get(Key.STAGE)
+    if stage == Stage.SETUP:
         fc.check_secagg_setup(configs.get(Key.SHARE_NUMBER), configs.get(Key.THRESHOLD),
                               configs.get(Key.SAMPLE_NUMBER))
+    elif stage == Stage.UNMASK:
+        record = context.state.config_records.get(RECORD_KEY_STATE)
+        if record is None:
+            raise fc.InstructionRefused("SecAgg+ unmask before this owner's setup")
+        state = SecAggPlusState(**record)
+        fc.check_secagg_unmask(configs.get(Key.ACTIVE_NODE_ID_LIST), configs.get(Key.DEAD_NODE_ID_LIST),
+                               set(state.rd_seed_share_dict) & set(state.sk1_share_dict), int(state.threshold))
 
 
 def privacy_mod(msg: Message, context: Context, call_next: Handler) -> Message:
     """A Flower mod: SecAgg+ (and DP clipping) around the train handler in a secure run, nothing otherwise."""
     if not is_secure(context):
         return call_next(msg, context)
-    _checked_setup(msg)
+    _checked_stage(msg, context)
     inner = call_next
     if uses_dp(context):
         def inner(m: Message, c: Context) -> Message:

@@ -271,6 +271,36 @@ def check_secagg_setup(share_num: object, threshold: object, sample_num: object)
         )
 
 
+def check_secagg_unmask(active: object, dead: object, neighbours: set[int], threshold: int) -> None:
+    """An owner's check of SecAgg+'s unmask request before it hands out any share (InstructionRefused if unsafe).
+
+    For each neighbour the owner gives either its mask-seed share (listed active) or its key share (listed
+    dead), never both: Flower 1.39's secaggplus_mod hands out both for a node on both lists, which lets the
+    coordinator unmask that node's update alone. With one kind per owner and the strict-majority threshold
+    the setup check requires, the coordinator can gather ``threshold`` shares of both kinds for a node only
+    from more than all its neighbours, so per-owner disjointness suffices even if it tells owners different
+    lists. Both lists must name only neighbours of this round's setup, without repeats.
+    """
+    lists = {}
+    for name, value in (("active", active), ("dead", dead)):
+        if not isinstance(value, list) or any(isinstance(n, bool) or not isinstance(n, int) for n in value):
+            raise InstructionRefused(f"SecAgg+ unmask: the {name} list must be a list of node ids")
+        if len(set(value)) != len(value):
+            raise InstructionRefused(f"SecAgg+ unmask: the {name} list names a node twice")
+        lists[name] = set(value)
+    both = lists["active"] & lists["dead"]
+    if both:
+        raise InstructionRefused(f"SecAgg+ unmask: node(s) {', '.join(map(str, sorted(both)[:5]))} listed as both "
+                                 "active and dead: both their shares would let the coordinator unmask them alone")
+    strangers = (lists["active"] | lists["dead"]) - neighbours
+    if strangers:
+        raise InstructionRefused(f"SecAgg+ unmask: node(s) {', '.join(map(str, sorted(strangers)[:5]))} are not "
+                                 "neighbours of this round's setup")
+    if len(lists["active"]) < threshold:
+        raise InstructionRefused(f"SecAgg+ unmask: {len(lists['active'])} active owners, fewer than the threshold "
+                                 f"{threshold}")
+
+
 def owner_key_id(public_key_pem: bytes) -> str:
     """A SuperNode's identity as the ServerApp sees it: sha256 of its registered public key (PEM)."""
     return hashlib.sha256(public_key_pem.strip()).hexdigest()

@@ -1,0 +1,81 @@
+"""SecAgg+'s unmask stage: an owner hands out one kind of share per neighbour, never both (issue 25).
+
+A hostile coordinator lists a victim as both active and dead; Flower 1.39's ``secaggplus_mod`` alone
+returns both of the victim's shares (the first test shows it), which unmasks the victim's update. The
+owner's privacy_mod refuses before Flower's mod runs. Flower's real mod and state are used throughout.
+"""
+
+from __future__ import annotations
+
+import pytest
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app.message_type import MessageType
+from flwr.client.mod import secaggplus_mod
+from flwr.client.mod.secure_aggregation.secaggplus_mod import SecAggPlusState
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedfhe_common import fl_contract as fc
+from fedfhe_owner.secure_client import privacy_mod
+
+NEIGHBOURS = (11, 22, 33)
+VICTIM = 33
+
+
+@pytest.fixture(autouse=True)
+def _identity(monkeypatch):
+    for name, value in (("_run_id", 1), ("_node_id", 11), ("_task_id", 9)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+def _owner_after_masking() -> Context:
+    """Owner 11 as Flower's mod leaves it after the masked-vector stage: one share of each kind per neighbour."""
+    state = SecAggPlusState(current_stage=Stage.COLLECT_MASKED_VECTORS, nid=11, sample_num=3, share_num=3,
+                            threshold=2)
+    state.rd_seed_share_dict = {n: f"seed-share-of-{n}".encode() for n in NEIGHBOURS}
+    state.sk1_share_dict = {n: f"key-share-of-{n}".encode() for n in NEIGHBOURS}
+    context = Context(run_id=1, node_id=11, node_config={}, state=RecordDict(), run_config={fc.RUN_SECURE: True})
+    context.state.config_records[RECORD_KEY_STATE] = ConfigRecord(state.to_dict())
+    return context
+
+
+def _unmask(active: list[int], dead: list[int]) -> Message:
+    configs = ConfigRecord({Key.STAGE: Stage.UNMASK, Key.ACTIVE_NODE_ID_LIST: active, Key.DEAD_NODE_ID_LIST: dead})
+    return Message(content=RecordDict({RECORD_KEY_CONFIGS: configs}), dst_node_id=11,
+                   message_type=MessageType.TRAIN)
+
+
+def _shares(reply: Message) -> dict[int, bytes]:
+    configs = reply.content.config_records[RECORD_KEY_CONFIGS]
+    return dict(zip(configs[Key.NODE_ID_LIST], configs[Key.SHARE_LIST], strict=True))
+
+
+def _never(msg: Message, context: Context) -> Message:
+    raise AssertionError("the train handler runs only at the masked-vector stage")
+
+
+def test_flower_alone_hands_out_both_shares_of_a_node_on_both_lists():
+    """The attack, on Flower's own mod: if this fails, Flower checks it itself."""
+    reply = secaggplus_mod(_unmask([11, 22, VICTIM], [VICTIM]), _owner_after_masking(), _never)
+    assert [s for s in reply.content.config_records[RECORD_KEY_CONFIGS][Key.SHARE_LIST] if b"of-33" in s] == \
+        [b"seed-share-of-33", b"key-share-of-33"]
+
+
+@pytest.mark.parametrize("active,dead,reason", [
+    ([11, 22, VICTIM], [VICTIM], "listed as both active and dead"),
+    ([11, 22], [44], "not neighbours of this round's setup"),
+    ([11, 22, 22], [], "names a node twice"),
+    ([11], [22, VICTIM], "fewer than the threshold"),
+    ([11, 22], [True], "must be a list of node ids"),
+])
+def test_the_owner_refuses_before_any_share_leaves(active, dead, reason):
+    context = _owner_after_masking()
+    before = dict(context.state.config_records[RECORD_KEY_STATE])
+    with pytest.raises(fc.InstructionRefused, match=reason):
+        privacy_mod(_unmask(active, dead), context, _never)
+    assert dict(context.state.config_records[RECORD_KEY_STATE]) == before  # Flower's mod never ran
+
+
+def test_an_honest_unmask_goes_through_flowers_mod():
+    reply = privacy_mod(_unmask([11, 22], [VICTIM]), _owner_after_masking(), _never)
+    assert _shares(reply) == {11: b"seed-share-of-11", 22: b"seed-share-of-22", VICTIM: b"key-share-of-33"}
