@@ -13,6 +13,16 @@ from fedfhe_common.errors import ConfigError
 
 
 @dataclass(frozen=True)
+class PrivacyPolicy:
+    """What this owner insists on whatever the coordinator's run config says (checked in its ClientApp)."""
+
+    # Refuse every training message outside SecAgg+ (the coordinator would see this owner's update in the clear).
+    require_secure_aggregation: bool = False
+    # A SecAgg+ round with fewer owners is refused: with two, the other owner's update is the sum minus one's own.
+    min_owners_per_round: Annotated[int, Range(2)] = 3
+
+
+@dataclass(frozen=True)
 class InferenceEndpoint:
     """Where this owner's encrypted predictions run; certfile's CN is its identity there."""
 
@@ -51,6 +61,7 @@ class OwnerConfig:
     runtime_address: Annotated[str, HostPort()] = "127.0.0.1:9094"
     health_address: Annotated[str, HostPort(allow_empty=True)] = ""
     inference: InferenceEndpoint | None = None
+    privacy: PrivacyPolicy = field(default_factory=PrivacyPolicy)
     # Ed25519 release.pub (distributed with the CA): verifies signed releases this owner receives.
     release_public_key: Path | None = None
     # The project CRL (crl.pem of `fedfhe-pki revoke`): a SuperLink or inference node presenting a revoked

@@ -46,7 +46,7 @@ def _checked_stage(msg: Message, context: Context) -> None:
     stage = configs.get(Key.STAGE)
     if stage == Stage.SETUP:
         fc.check_secagg_setup(configs.get(Key.SHARE_NUMBER), configs.get(Key.THRESHOLD),
-                              configs.get(Key.SAMPLE_NUMBER))
+                              configs.get(Key.SAMPLE_NUMBER), int(context.node_config.get(fc.NODE_MIN_OWNERS, 2)))
     elif stage == Stage.UNMASK:
         record = context.state.config_records.get(RECORD_KEY_STATE)
         if record is None:
@@ -59,6 +59,9 @@ def _checked_stage(msg: Message, context: Context) -> None:
 def privacy_mod(msg: Message, context: Context, call_next: Handler) -> Message:
     """A Flower mod: SecAgg+ (and DP clipping) around the train handler in a secure run, nothing otherwise."""
     if not is_secure(context):
+        if msg.metadata.message_type == "train" and context.node_config.get(fc.NODE_REQUIRE_SECURE, False) is True:
+            raise fc.InstructionRefused("this owner trains only under secure aggregation (owner.yaml "
+                                        "privacy.require_secure_aggregation); the run asked for plain mode")
         return call_next(msg, context)
     _checked_stage(msg, context)
     inner = call_next

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from fedfhe_common import fl_contract as fc
 from fedfhe_common.app_approval import ENV_APPROVED, ENV_OWNER
 from fedfhe_common.errors import ConfigError, FedfheError
 from fedfhe_common.fileio import write_atomic
@@ -47,6 +48,8 @@ def node_config(cfg: OwnerConfig) -> str:
         "schema": cfg.schema,
         "holdout-fraction": cfg.holdout_fraction,
         "seed": cfg.seed,
+        fc.NODE_REQUIRE_SECURE: cfg.privacy.require_secure_aggregation,
+        fc.NODE_MIN_OWNERS: cfg.privacy.min_owners_per_round,
     }
     if cfg.labels:
         items["labels-path"] = str(cfg.labels.resolve())

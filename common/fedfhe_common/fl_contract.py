@@ -48,6 +48,9 @@ EVAL_EXAMPLES = "eval-examples"  # held-out rows the eval-* scores were measured
 EVAL_SECONDS = "eval-seconds"
 EVAL_PREFIX = "eval-"
 
+# Node config keys of the owner's privacy policy (owner.yaml privacy: fedfhe_owner.config.PrivacyPolicy).
+NODE_REQUIRE_SECURE = "privacy-require-secure-aggregation"
+NODE_MIN_OWNERS = "privacy-min-owners-per-round"
 # Node config key a test federation sets to make one owner's ClientApp misbehave (never set in production).
 TEST_HOSTILE_REPLY = "test-hostile-reply"
 # Node config key of test federations: a folder where the ClientApp writes each true update it masks.
@@ -250,7 +253,7 @@ class InstructionRefused(ValueError):
     """What the coordinator sent does not fit the contract: the owner refuses the message with this reason."""
 
 
-def check_secagg_setup(share_num: object, threshold: object, sample_num: object) -> None:
+def check_secagg_setup(share_num: object, threshold: object, sample_num: object, min_owners: int = 2) -> None:
     """An owner's check of a SecAgg+ setup before it generates keys (InstructionRefused when unsafe).
 
     A coordinator may ask some neighbours for an owner's mask seed share and others
@@ -262,8 +265,10 @@ def check_secagg_setup(share_num: object, threshold: object, sample_num: object)
         if isinstance(value, bool) or not isinstance(value, int):
             raise InstructionRefused(f"SecAgg+ setup: {name} must be an integer, got {type(value).__name__}")
     assert isinstance(share_num, int) and isinstance(threshold, int) and isinstance(sample_num, int)
-    if sample_num < 2 or share_num < 2:
-        raise InstructionRefused(f"SecAgg+ setup: {sample_num} owners and {share_num} shares, need at least 2")
+    if sample_num < max(2, min_owners) or share_num < 2:
+        raise InstructionRefused(f"SecAgg+ setup: {sample_num} owners and {share_num} shares; this owner takes part "
+                                 f"in rounds of at least {max(2, min_owners)} owners (owner.yaml "
+                                 "privacy.min_owners_per_round)")
     if threshold < 2 or 2 * threshold <= min(share_num, sample_num):
         raise InstructionRefused(
             f"SecAgg+ setup: reconstruction threshold {threshold} of {min(share_num, sample_num)} shares is not a "

@@ -79,3 +79,42 @@ def test_the_owner_refuses_before_any_share_leaves(active, dead, reason):
 def test_an_honest_unmask_goes_through_flowers_mod():
     reply = privacy_mod(_unmask([11, 22], [VICTIM]), _owner_after_masking(), _never)
     assert _shares(reply) == {11: b"seed-share-of-11", 22: b"seed-share-of-22", VICTIM: b"key-share-of-33"}
+
+
+def _setup(owners: int, threshold: int) -> Message:
+    configs = ConfigRecord({Key.STAGE: Stage.SETUP, Key.SAMPLE_NUMBER: owners, Key.SHARE_NUMBER: owners,
+                            Key.THRESHOLD: threshold, Key.CLIPPING_RANGE: 8.0, Key.TARGET_RANGE: 1 << 22,
+                            Key.MOD_RANGE: 1 << 32, Key.MAX_WEIGHT: 1000.0})
+    return Message(content=RecordDict({RECORD_KEY_CONFIGS: configs}), dst_node_id=11,
+                   message_type=MessageType.TRAIN)
+
+
+def _owner(secure: bool, **policy: object) -> Context:
+    node = {fc.NODE_REQUIRE_SECURE: policy.get("require", False), fc.NODE_MIN_OWNERS: policy.get("min_owners", 3)}
+    return Context(run_id=1, node_id=11, node_config=node, state=RecordDict(), run_config={fc.RUN_SECURE: secure})
+
+
+def test_a_two_owner_round_is_refused_by_the_default_policy():
+    with pytest.raises(fc.InstructionRefused, match="at least 3 owners .*privacy.min_owners_per_round"):
+        privacy_mod(_setup(2, 2), _owner(True), _never)
+    reply = privacy_mod(_setup(3, 2), _owner(True), _never)  # three owners, strict majority: Flower's setup runs
+    assert Key.PUBLIC_KEY_1 in reply.content.config_records[RECORD_KEY_CONFIGS]
+    privacy_mod(_setup(2, 2), _owner(True, min_owners=2), lambda m, c: m)  # an owner who allows two
+
+
+def test_an_owner_that_requires_secure_aggregation_refuses_a_plain_run():
+    plain = Message(content=RecordDict(), dst_node_id=11, message_type=MessageType.TRAIN)
+    with pytest.raises(fc.InstructionRefused, match="only under secure aggregation"):
+        privacy_mod(plain, _owner(False, require=True), _never)
+    assert privacy_mod(plain, _owner(False), lambda m, c: m) is plain  # the default policy lets plain runs through
+
+
+def test_owner_yaml_privacy_section_reaches_the_clientapp(tmp_path):
+    from fedfhe_owner.config import OwnerConfig, PrivacyPolicy
+    from fedfhe_owner.supernode import node_config
+
+    cfg = OwnerConfig(owner_id="o", superlink="127.0.0.1:1", root_certificates=tmp_path, auth_key=tmp_path,
+                      data=tmp_path / "d.csv", state_dir=tmp_path,
+                      privacy=PrivacyPolicy(require_secure_aggregation=True, min_owners_per_round=5))
+    text = node_config(cfg)
+    assert f"{fc.NODE_REQUIRE_SECURE}=true" in text and f"{fc.NODE_MIN_OWNERS}=5" in text
