@@ -36,14 +36,15 @@ def pull_and_store_message(**kwargs: Any) -> int | None:
     state, store = kwargs["state"], kwargs["object_store"]
     receive: Callable[[], tuple[Message, Any] | None] = kwargs["receive"]
     received: list[Message] = []
+    before: set[int] = set()
 
     def remembering_receive() -> tuple[Message, Any] | None:
         got = receive()
-        if got is not None:
+        if got is not None:  # the run's tasks before Flower makes one for this message (no cost when idle)
             received.append(got[0])
+            before.update(task.task_id for task in state.get_tasks(run_ids=[got[0].metadata.run_id]))
         return got
 
-    before = {task.task_id for task in state.get_tasks()}
     run_id = FLOWER_PULL(**{**kwargs, "receive": remembering_receive})
     if run_id is None and received:
         forget(state, store, received[0], before)
