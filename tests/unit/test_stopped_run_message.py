@@ -1,6 +1,12 @@
-"""A message whose run stops while the SuperNode receives it leaves nothing behind (Flower 1.39 did)."""
+"""A message whose run stops while the SuperNode receives it must not make the node answer one message late.
+
+Flower's real NodeState, ObjectStore and loop functions; only the SuperLink's side (receive, send) is a
+function here. The first test shows Flower 1.39 alone returning after pushing the stopped run's reply.
+"""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pytest
@@ -15,71 +21,111 @@ from flwr.supernode.nodestate import NodeStateFactory
 
 from fedfhe_owner import flower_supernode
 
-RUN_ID = 77
+STOPPED, CURRENT = 77, 78
+
+
+@pytest.fixture(autouse=True)
+def _identity(monkeypatch):
+    for name, value in (("_run_id", STOPPED), ("_node_id", 1), ("_task_id", 9)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+    flower_supernode.AWAITED.clear()
 
 
 def _node() -> tuple:
     factory = NodeStateFactory(ObjectStoreFactory())
     state, store = factory.state(), factory.objectstore_factory.store()
     state.set_node_id(5)
-    run = Run.create_empty(RUN_ID)
-    run.status = RunStatus(Status.RUNNING, "", "")
-    state.store_run(run)
+    for run_id in (STOPPED, CURRENT):
+        run = Run.create_empty(run_id)
+        run.status = RunStatus(Status.RUNNING, "", "")
+        state.store_run(run)
     return state, store
 
 
-@pytest.fixture(autouse=True)
-def _identity(monkeypatch):
-    """What a SuperLink sets when it writes a message of run RUN_ID."""
-    for name, value in (("_run_id", RUN_ID), ("_node_id", 1), ("_task_id", 9)):
-        monkeypatch.setattr(TaskIdentity, name, value)
-
-
-def _message() -> Message:
-    content = RecordDict({"arrays": ArrayRecord([np.zeros(64)]), "config": ConfigRecord({"round": 1})})
+def _message(run_id: int, value: float) -> Message:
+    TaskIdentity.run_id = run_id
+    content = RecordDict({"arrays": ArrayRecord([np.full(8, value)]), "config": ConfigRecord({"round": 1})})
     msg = Message(content=content, dst_node_id=5, message_type="train")
     msg.metadata.__dict__["_message_id"] = msg.object_id
     return msg
 
 
-def _pull(pull_fn, state, store, msg: Message) -> int | None:
-    """One turn of the SuperNode loop on ``msg``, the SuperLink saying its run stopped meanwhile."""
+def _stopped(*_args) -> bytes:
+    raise RunNotRunningException
+
+
+def _pull(state, store, msg: Message, stopped: bool) -> int | None:
+    """One pull of the loop (fedfhe's), the SuperLink saying the run stopped meanwhile, or serving the objects."""
+    objects = {} if stopped else {oid: obj.deflate() for oid, obj in _nested(msg).items()}
     delivered = [(msg, get_object_tree(msg))]
-
-    def stopped(*_args) -> bytes:
-        raise RunNotRunningException
-
-    return pull_fn(state=state, object_store=store, node_config={},
-                   receive=lambda: delivered.pop() if delivered else None, get_run=None, get_fab=None,
-                   pull_object=stopped, confirm_message_received=stopped, trusted_entities=None)
+    return flower_supernode.pull_and_store_message(
+        state=state, object_store=store, node_config={}, receive=lambda: delivered.pop() if delivered else None,
+        get_run=None, get_fab=None, pull_object=_stopped if stopped else (lambda run_id, oid: objects[oid]),
+        confirm_message_received=_stopped if stopped else (lambda *_: None), trusted_entities=None)
 
 
-def _pending(state) -> list:
-    return [task for task in state.get_tasks() if task.status.status != Status.FINISHED]
+def _nested(msg: Message) -> dict:
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    return get_all_nested_objects(msg)
 
 
-def test_flower_alone_leaves_the_task_that_wedges_the_node():
+def _reply(state, store, to: Message) -> Message:
+    TaskIdentity.run_id = to.metadata.run_id
+    reply = Message(RecordDict({"metrics": ConfigRecord({"ok": 1})}), reply_to=to)
+    loop._insert_message(reply, state, store)
+    return reply
+
+
+class _Link:
+    """The SuperLink's side of a push: refuses replies of the stopped run, as Flower's does."""
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+
+    def send(self, message: Message, tree, runtime) -> tuple[set[str], str]:
+        self.sent.append(message.metadata.run_id)
+        if message.metadata.run_id == STOPPED:
+            raise RunNotRunningException
+        return set(), "session"
+
+
+def _push(push_fn, state, store, link: _Link) -> threading.Thread:
+    thread = threading.Thread(target=push_fn, kwargs={"state": state, "object_store": store, "send": link.send,
+                                                      "push_object": lambda *_: None}, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_the_stopped_run_reply_no_longer_stands_in_for_the_current_one():
+    state, store = _node()
+    stale = _message(STOPPED, 1.0)
+    assert _pull(state, store, stale, stopped=True) is None  # "Ignoring message": Flower leaves its task behind
+    current = _message(CURRENT, 2.0)
+    assert _pull(state, store, current, stopped=False) == CURRENT
+    assert {"message_id": current.metadata.message_id} == flower_supernode.AWAITED
+    _reply(state, store, stale)  # the stale ClientApp answers first
+
+    link = _Link()
+    pushing = _push(flower_supernode.push_messages, state, store, link)
+    pushing.join(2.0)
+    assert pushing.is_alive() and link.sent == [STOPPED]  # still waiting: the current reply has not gone out
+    _reply(state, store, current)
+    pushing.join(10.0)
+    assert not pushing.is_alive() and link.sent == [STOPPED, CURRENT]
+
+
+def test_flower_alone_returns_after_the_stopped_runs_reply():
     """The bug the repair exists for: if this fails, Flower fixed it and the repair can go."""
     state, store = _node()
-    assert loop._pull_and_store_message is flower_supernode.FLOWER_PULL  # not patched in this process
-    assert _pull(flower_supernode.FLOWER_PULL, state, store, _message()) is None
-    assert len(_pending(state)) == 1
+    _reply(state, store, _message(STOPPED, 1.0))
+    link = _Link()
+    pushing = _push(flower_supernode.FLOWER_PUSH, state, store, link)
+    pushing.join(10.0)
+    assert not pushing.is_alive() and link.sent == [STOPPED]  # returned: the loop pulls the next message
 
 
-def test_the_repair_finishes_the_task_and_drops_the_message():
+def test_an_ignored_message_is_not_awaited():
     state, store = _node()
-    msg = _message()
-    assert _pull(flower_supernode.pull_and_store_message, state, store, msg) is None
-    assert _pending(state) == []
-    finished = state.get_tasks(run_ids=[RUN_ID])
-    assert [t.status.details for t in finished] == [flower_supernode.STOPPED_DETAILS]
-    assert state.get_messages(run_ids=[RUN_ID]) == []
-    assert store.get(msg.metadata.message_id) is None
-
-
-def test_the_repair_leaves_earlier_tasks_alone():
-    state, store = _node()
-    earlier = state.create_task(task_type="client_app", run_id=RUN_ID, fab_hash="")
-    assert _pull(flower_supernode.pull_and_store_message, state, store, _message()) is None
-    assert [t.task_id for t in _pending(state)] == [earlier]
-
+    assert _pull(state, store, _message(STOPPED, 1.0), stopped=True) is None
+    assert flower_supernode.AWAITED == {}
