@@ -3,8 +3,8 @@
 Concrete's C++ runtime parses owners' keys and ciphertexts and runs circuits compiled from a bundle; if
 any of that is ever turned into code execution, the code runs here. So a worker, once started:
 
-- gets its own network namespace (``unshare``; inside a user namespace when the node is not root): no
-  interface but a loopback that is down, so no address, TCP or UDP, reaches anything;
+- gets its own network namespace inside its own user namespace (``unshare``): no interface but a
+  loopback that is down, so no address, TCP or UDP, reaches anything, and no capability outside;
 - is held by Landlock (Linux >= 5.13) to reading the Python install, the system libraries and the
   directories the node names (the verified bundle copies, the owners' evaluation keys), to writing only
   its private temporary directory, and (Landlock ABI >= 4) to no TCP bind or connect at all. The node's
@@ -51,6 +51,9 @@ FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV  # the onl
 SYSTEM_READ = ("/usr", "/lib", "/lib64", "/bin", "/etc/ld.so.cache", "/etc/localtime", "/proc/self", "/proc/cpuinfo",
                "/proc/meminfo", "/proc/stat", "/sys/devices/system/cpu", "/sys/fs/cgroup", "/dev/null",
                "/dev/urandom", "/dev/zero")
+# Libraries open /dev/null for writing at import (dill, which torch imports); LLVM's OpenMP runtime registers
+# itself in a file under /dev/shm (or /tmp) when it starts.
+SYSTEM_WRITE = ("/dev/null", "/dev/shm")
 
 
 class ConfinementError(RuntimeError):
@@ -99,22 +102,27 @@ def landlock_abi() -> int:
 
 
 def own_network_namespace() -> None:
-    """A fresh network namespace (in a fresh user namespace unless root): nothing outside is reachable."""
-    flags = CLONE_NEWNET if os.geteuid() == 0 else CLONE_NEWUSER | CLONE_NEWNET
-    if _libc().unshare(ctypes.c_int(flags)) != 0:
+    """A fresh network namespace inside a fresh user namespace: nothing outside is reachable, and a worker of a
+    node run as root keeps no capability outside it (the same path, root or not)."""
+    if _libc().unshare(ctypes.c_int(CLONE_NEWUSER | CLONE_NEWNET)) != 0:
         raise _fail("unshare(CLONE_NEWNET) for the FHE worker (unprivileged user namespaces disabled? "
                     "kernel.unprivileged_userns_clone / user.max_user_namespaces)")
 
 
+PACKAGES = ("fedfhe_common", "fedfhe_inference", "fedfhe_proto")  # what a worker imports from fedfhe
+
+
 def python_trees() -> list[str]:
-    """The interpreter, its standard library, the venv and every directory imports come from (editable
-    installs point outside the venv); never the current directory."""
+    """The interpreter, its standard library, the venv and fedfhe's packages (an editable install keeps them
+    outside the venv), found without importing them; never the current directory."""
+    import importlib.util
+
     trees = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}
     trees.update(p for p in sys.path if p and os.path.isabs(p) and os.path.exists(p))
-    for module in list(sys.modules.values()):
-        path = getattr(module, "__file__", None)
-        if path and os.path.isabs(path):
-            trees.add(os.path.dirname(os.path.dirname(path)))  # a package's parent: editable source roots
+    for name in PACKAGES:
+        spec = importlib.util.find_spec(name)
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            trees.add(os.path.dirname(os.path.realpath(location)))
     cwd = os.getcwd()
     return sorted(t for t in trees if t not in ("/", cwd) and os.path.exists(t))
 
@@ -168,8 +176,12 @@ def restrict_files(readable: list[str], writable: list[str]) -> Confinement:
 
 
 def confine(readable: list[str], writable: list[str]) -> Confinement:
-    """Both parts, network first (``unshare`` needs no file access, Landlock forbids nothing it needs)."""
+    """Both parts, network first (``unshare`` needs no file access, Landlock forbids nothing it needs).
+
+    Call it while the process has one thread: entering a user namespace needs that, and Landlock confines
+    only the calling thread and the threads started after it.
+    """
     own_network_namespace()
-    done = restrict_files([*python_trees(), *SYSTEM_READ, *readable], writable)
+    done = restrict_files([*python_trees(), *SYSTEM_READ, *readable], [*SYSTEM_WRITE, *writable])
     done.network_namespace = True
     return done

@@ -188,7 +188,12 @@ def probe(path: str, host: str, port: int) -> list[bytes]:
 
 
 def worker_main(argv: list[str]) -> int:
-    """Entry point of a worker: limits first, then Concrete, then one frame in, one frame out, forever."""
+    """Entry point of a worker: confinement and limits first, then Concrete, then one frame in, one out, forever.
+
+    Confinement comes before any import that starts a thread (NumPy's BLAS, torch, OpenMP): a user namespace
+    can only be entered by a single-threaded process, and Landlock binds the calling thread and the threads it
+    starts later, not threads that already run.
+    """
     memory, cache_bytes, job_cpu_s = int(argv[0]), int(argv[1]), float(argv[2])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the node handles ^C and stops its workers
     try:
@@ -197,13 +202,8 @@ def worker_main(argv: list[str]) -> int:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the node
     except (OSError, AttributeError):
         pass
-    if memory > 0:
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     rfd, wfd = sys.stdin.buffer.fileno(), os.dup(sys.stdout.buffer.fileno())
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints from libraries must not corrupt the frames
-    from fedfhe_common.fhe_wire import WireError
-
-    worker = _Worker(cache_bytes, job_cpu_s)
     if len(argv) > 3:  # the directories this worker may read; it writes only its TMPDIR
         from .confine import ConfinementError, confine
 
@@ -212,6 +212,11 @@ def worker_main(argv: list[str]) -> int:
         except (ConfinementError, KeyError, ValueError) as exc:
             _write_all(wfd, encode_frame([b"unconfined", str(exc).encode()[:1000]]))
             return 3
+    if memory > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    from fedfhe_common.fhe_wire import WireError
+
+    worker = _Worker(cache_bytes, job_cpu_s)
     _write_all(wfd, encode_frame([b"ready"]))
     while True:
         try:
