@@ -135,12 +135,15 @@ def test_statistics_go_through_secure_aggregation_masked(fed):
     artifact = run_training(with_secure_aggregation(fed["cfg"], True),
                             {"test-record-dir": str(record), "num-server-rounds": 1})
     schema = artifact.schema
-    assert artifact.metrics["statistics"] == {"mode": "secure-aggregation", "owners_in_sum": 3}
+    stats = artifact.metrics["statistics"]
+    assert {k: stats[k] for k in ("mode", "owners_in_sum")} == {"mode": "secure-aggregation", "owners_in_sum": 3}
     true = {}
     for owner in OWNERS:
         rec = np.load(fed["work"] / "owners" / owner / f"{owner}-round0.npz")  # kept on the owner's side
         true[owner] = (rec["p0"], float(rec["weight"]))
         assert true[owner][0].shape == (3 * schema.n_features,)
+    # The row count each owner's penalty share is scaled by (federation-rows): the owners' weights, in the clear.
+    assert stats["rows"] == sum(int(w) for _, w in true.values())
     ratios = {o: w / MAX_WEIGHT for o, (_, w) in true.items()}
     for owner, (vector, _) in true.items():
         # What the coordinator received from this owner: [weight, statistics], masked mod 2**32.
