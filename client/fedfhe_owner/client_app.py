@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedfhe_common import fl_contract as fc
-from fedfhe_common import models
+from fedfhe_common import models, newton
 from fedfhe_common.data import load_table
 from fedfhe_common.errors import DataError, IntegrityError
 from fedfhe_common.preprocessing import Preprocessing, moments
@@ -155,8 +155,26 @@ def train(msg: Message, context: Context) -> Message:
         return _reply(msg, context, ArrayRecord(vectors), {fc.NUM_EXAMPLES: rows})
     split = _preprocessed(schema, split, config, context.node_config["data-path"])
     family, model = _global_model(msg, schema, len(split[2]))
+    if str(config.get(fc.PHASE, "")) == fc.PHASE_NEWTON:
+        return _reply(msg, context, *_newton_terms(model, family, schema, split))
     metrics = _fit(model, family, schema, split, config)
     return _reply(msg, context, to_arrays(models.get_parameters(model, family, schema)), metrics)
+
+
+def _newton_terms(model: Any, family: str, schema: DatasetSchema,
+                  split: tuple[np.ndarray, ...]) -> tuple[ArrayRecord, dict[str, float]]:
+    """Aggregation newton: score the global model, then this owner's mean loss, gradient and Hessian at it.
+
+    Averages over the training rows, never a row; the coordinator averages them
+    over the owners (weighted by rows) and steps (fedfhe_common.newton).
+    """
+    newton.check_supported(family, schema)
+    metrics = _evaluate(model, schema, split)
+    start = time.perf_counter()
+    loss, grad, hess = newton.local_terms(family, models.get_parameters(model, family, schema), split[0],
+                                          split[2], schema)
+    return to_arrays(fc.pack_newton(loss, grad, hess)), metrics | {
+        fc.NUM_EXAMPLES: int(len(split[2])), fc.FIT_SECONDS: time.perf_counter() - start}
 
 
 def _secure_train(msg: Message, context: Context) -> Message:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from . import models
+from . import models, newton
 from .schema import DatasetSchema
 
 # Record names in a message's RecordDict.
@@ -34,6 +34,8 @@ N_FEATURES = "n-features"
 SCHEMA_SHA256 = "schema-sha256"  # the run's schema exactly (a typed schema's column order is the encoding)
 PHASE = "phase"  # "statistics": reply with the preprocessing statistics vector, not a fit
 PHASE_STATISTICS = "statistics"
+# "newton": reply with the data terms of the pooled objective at the received model (newton_terms), not a fit.
+PHASE_NEWTON = "newton"
 PREPROCESSING = "preprocessing"  # JSON of preprocessing.Preprocessing.to_dict: how every owner transforms rows
 LOCAL_EPOCHS = "local-epochs"
 # Training rows the statistics round counted over the owners (typed schemas): each owner scales the run's
@@ -175,6 +177,59 @@ def check_params(arrays: list[np.ndarray], family: str, schema: DatasetSchema) -
     return out
 
 
+# Largest |entry| of a reply's Newton terms: standardised rows keep gradients and Hessians far below it.
+MAX_ABS_TERM = 1e9
+
+
+def newton_shapes(family: str, schema: DatasetSchema) -> tuple[tuple[int], ...]:
+    """A Newton reply's arrays: mean gradient (P), the mean Hessian's upper triangle (P(P+1)/2), mean loss (1)."""
+    p = newton.n_params(family, schema)
+    return (p,), (p * (p + 1) // 2,), (1,)
+
+
+def pack_newton(loss: float, grad: np.ndarray, hess: np.ndarray) -> list[np.ndarray]:
+    """An owner's terms as its reply's three arrays (newton_shapes)."""
+    return [np.asarray(grad, dtype=np.float64), np.asarray(hess)[np.triu_indices(len(grad))].astype(np.float64),
+            np.array([loss], dtype=np.float64)]
+
+
+def unpack_newton(arrays: list[np.ndarray]) -> tuple[float, np.ndarray, np.ndarray]:
+    """(loss, gradient, symmetric Hessian) from checked (or averaged) Newton arrays."""
+    grad = np.asarray(arrays[0], dtype=np.float64)
+    p = len(grad)
+    upper = np.zeros((p, p))
+    upper[np.triu_indices(p)] = arrays[1]
+    return float(np.asarray(arrays[2]).ravel()[0]), grad, upper + np.triu(upper, 1).T
+
+
+def check_newton_terms(arrays: list[np.ndarray], family: str, schema: DatasetSchema) -> list[np.ndarray]:
+    """Exactly the three arrays of newton_shapes, finite, bounded, with a loss and Hessian diagonal >= 0.
+
+    A convex loss's Hessian is positive semi-definite, so neither its diagonal nor
+    the loss can be negative; the coordinator checks the averaged Hessian as a
+    whole too (newton.Stepper), where an indefinite one would show.
+    """
+    expected = newton_shapes(family, schema)
+    if len(arrays) != len(expected):
+        raise ReplyRejected(f"expected {len(expected)} arrays (gradient, hessian, loss), got {len(arrays)}")
+    out = []
+    for name, arr, shape in zip(("gradient", "hessian", "loss"), arrays, expected, strict=True):
+        arr = np.asarray(arr)
+        if tuple(arr.shape) != shape:
+            raise ReplyRejected(f"{name} has shape {tuple(arr.shape)}, the run needs {shape}")
+        if arr.dtype.kind not in "fiu":
+            raise ReplyRejected(f"{name} has dtype {arr.dtype}, the run needs numbers")
+        if not np.all(np.isfinite(arr)):
+            raise ReplyRejected(f"{name} has non-finite values (NaN or infinity)")
+        if arr.size and float(np.max(np.abs(arr))) > MAX_ABS_TERM:
+            raise ReplyRejected(f"{name} has values beyond +-{MAX_ABS_TERM:g}")
+        out.append(np.asarray(arr, dtype=np.float64))
+    rows, cols = np.triu_indices(expected[0][0])
+    if np.any(out[1][rows == cols] < 0) or out[2][0] < 0:
+        raise ReplyRejected("a negative loss or Hessian diagonal: not the terms of a convex loss")
+    return out
+
+
 def _check_metric(key: str, value: Any, tp: type, cap: int) -> int | float:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -218,8 +273,9 @@ def check_metrics(metrics: dict[str, Any], phase: Phase, schema: DatasetSchema, 
     return {key: _check_metric(key, metrics[key], tp, cap) for key, tp in types.items()}
 
 
-def check_reply(content: Any, phase: Phase, family: str, schema: DatasetSchema, cap: int) -> Reply:
-    """Validate a reply's RecordDict: its records, parameters and metrics.
+def check_reply(content: Any, phase: Phase, family: str, schema: DatasetSchema, cap: int,
+                newton_terms: bool = False) -> Reply:
+    """Validate a reply's RecordDict: its records, parameters (Newton terms in a newton run) and metrics.
 
     Records other than the contract's (an ``owner`` record claiming a name, ...)
     are refused: who sent a reply is known from the SuperNode's registration.
@@ -238,7 +294,8 @@ def check_reply(content: Any, phase: Phase, family: str, schema: DatasetSchema, 
             arrays_rec = content.array_records.get(ARRAYS)
             if arrays_rec is None:
                 raise ReplyRejected(f"record {ARRAYS!r} is not an ArrayRecord")
-            params = check_params(arrays_rec.to_numpy_ndarrays(), family, schema)
+            check = check_newton_terms if newton_terms else check_params
+            params = check(arrays_rec.to_numpy_ndarrays(), family, schema)
         extra = sorted(names - wanted)
         if extra:
             raise ReplyRejected(f"unexpected record(s) {', '.join(repr(k)[:60] for k in extra[:5])}")

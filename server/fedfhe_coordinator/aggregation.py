@@ -3,17 +3,24 @@
 The names are what an operator writes in coordinator.yaml (``training.aggregation``).
 Each maps to Flower's own strategy class; fedfhe never reimplements the
 aggregation rule, it only checks the parameters against the run's node count so
-a misconfigured run fails when the config is loaded, not in round 1.
+a misconfigured run fails when the config is loaded, not in round 1. ``newton``
+averages the owners' gradients and Hessians with Flower's FedAvg and steps on
+the coordinator (fedfhe_common.newton); ``auto`` (the default) is newton where
+it applies and fedavg elsewhere, resolved by ``resolve`` and recorded in the artifact.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
+from fedfhe_common import newton
 from fedfhe_common.errors import ConfigError
+from fedfhe_common.schema import DatasetSchema
 
-Aggregation = Literal["fedavg", "fedavgm", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan"]
-AGGREGATIONS: tuple[str, ...] = ("fedavg", "fedavgm", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
+Aggregation = Literal["auto", "newton", "fedavg", "fedavgm", "fedmedian", "fedtrimmedavg", "krum", "multikrum",
+                      "bulyan"]
+AGGREGATIONS: tuple[str, ...] = ("auto", "newton", "fedavg", "fedavgm", "fedmedian", "fedtrimmedavg", "krum",
+                                 "multikrum", "bulyan")
 # Flower's FedProx is not offered: it only sends ``proximal-mu`` and relies on the owner's loss adding
 # mu/2 * ||w - w_global||^2. sklearn's solvers (lbfgs, liblinear, SGD's Cython loop) regularise towards 0
 # and take no such term; added outside the solver (one proximal step after the local fit) it becomes
@@ -71,6 +78,25 @@ def strategy_kwargs(
     return {}
 
 
+def resolve(name: str, family: str, schema: DatasetSchema, secure: bool, clip_norm: float) -> tuple[str, str]:
+    """The aggregation a run uses for ``name`` and why; ConfigError when ``newton`` cannot train this run."""
+    reasons = [newton.unsupported(family, schema)]
+    if secure:
+        reasons.append("under secure aggregation fedfhe sums masked model updates (fedavg); newton's Hessians do "
+                       "not go through SecAgg+ yet")
+    if clip_norm > 0:
+        reasons.append("training.clip_norm bounds model updates, and newton's replies are gradients and Hessians")
+    reason = "; ".join(r for r in reasons if r)
+    if name == "newton" and reason:
+        raise ConfigError(f"training.aggregation newton: {reason}")
+    if name != "auto":
+        return name, "as configured"
+    if reason:
+        return "fedavg", f"auto: {reason}"
+    return "newton", (f"auto: {family} on {newton.n_params(family, schema)} parameters: the pooled objective's "
+                      "optimum in a few rounds")
+
+
 def strategy_keys_unused(name: str, server_learning_rate: float, server_momentum: float) -> str:
     """Why a FedAvgM parameter set in coordinator.yaml would be silently ignored ('' when none is)."""
     for key, value, default in (("server_learning_rate", server_learning_rate, 1.0),
@@ -86,6 +112,7 @@ def strategy_class(name: str) -> type:
     from flwr.serverapp import strategy
 
     return {
+        "newton": strategy.FedAvg,  # FedAvg averages the terms; server_app.RecordingNewton steps
         "fedavg": strategy.FedAvg,
         "fedavgm": strategy.FedAvgM,
         "fedmedian": strategy.FedMedian,

@@ -120,12 +120,20 @@ def coordinator_problems(cfg: coord_config.CoordinatorConfig) -> list[str]:
     from fedfhe_common.errors import ConfigError
     from fedfhe_common.schema import resolve_schema
 
+    from .aggregation import resolve
+
     problems = schema_problems(cfg.training.schema, "training.schema")
     if not problems:
+        t = cfg.training
+        schema = resolve_schema(t.schema)
         try:
-            models.check_family(cfg.training.model, resolve_schema(cfg.training.schema))
+            models.check_family(t.model, schema)
         except ConfigError as exc:
             problems += [f"training.model: {p}" for p in problems_of(exc)]
+        try:
+            resolve(t.aggregation, t.model, schema, t.secure_aggregation.enabled, t.clip_norm)
+        except ConfigError as exc:
+            problems += problems_of(exc)
     return problems
 
 

@@ -102,7 +102,7 @@ class TrainingConfig:
     # owner, or a mapping owner name -> cap with an optional ``default`` for the owners not listed.
     max_examples_per_owner: int | dict[str, int] = DEFAULT_MAX_EXAMPLES
     # Flower's strategy that aggregates the replies, and its parameters (see aggregation.py).
-    aggregation: Aggregation = "fedavg"
+    aggregation: Aggregation = "auto"
     num_malicious_nodes: Annotated[int, Range(0)] = 0  # krum, multikrum, bulyan: how many hostile owners to withstand
     trimmed_fraction: float = 0.2  # fedtrimmedavg: share cut at each end per coordinate
     multikrum_select: Annotated[int, Range(0)] = 0  # multikrum: replies averaged (0: min_nodes - num_malicious_nodes)
@@ -154,7 +154,7 @@ class CoordinatorConfig:
 
     def __post_init__(self) -> None:
         secure = self.training.secure_aggregation.problems(len(self.supernode_public_keys))
-        if self.training.secure_aggregation.enabled and self.training.aggregation != "fedavg":
+        if self.training.secure_aggregation.enabled and self.training.aggregation not in ("fedavg", "auto"):
             secure.append(f"training.secure_aggregation.enabled: SecAgg+ sums masked updates, so only fedavg can "
                           f"aggregate them, not training.aggregation {self.training.aggregation}")
         if secure:

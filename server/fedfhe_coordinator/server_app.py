@@ -29,7 +29,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from fedfhe_common import fl_contract as fc
-from fedfhe_common import models
+from fedfhe_common import models, newton
 from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.data import load_table
 from fedfhe_common.preprocessing import Preprocessing, needs_statistics
@@ -37,7 +37,7 @@ from fedfhe_common.schema import DatasetSchema, resolve_schema
 from fedfhe_common.scoring import score_params
 from fedfhe_common.transport import from_arrays, to_arrays
 
-from .aggregation import strategy_class, strategy_kwargs
+from .aggregation import resolve, strategy_class, strategy_kwargs
 from .privacy import privacy_summary
 from .wire_bytes import CountingGrid
 
@@ -123,6 +123,7 @@ class ReplyPolicy:
     family: str
     schema: DatasetSchema
     max_examples: int = fc.DEFAULT_MAX_EXAMPLES
+    newton_terms: bool = False  # train replies carry Newton terms (fl_contract.newton_shapes), not parameters
     per_owner: dict[str, int] = field(default_factory=dict)
     clip_norm: float = 0.0
 
@@ -231,7 +232,8 @@ class Recording:
             node = dst.get(m.metadata.reply_to_message_id, int(m.metadata.src_node_id))
             try:
                 reply = fc.check_reply(m.content, contract_phase, self.policy.family, self.policy.schema,
-                                       self.policy.cap(self.owner_of(node)))
+                                       self.policy.cap(self.owner_of(node)),
+                                       newton_terms=self.policy.newton_terms and contract_phase == "train")
             except fc.ReplyRejected as exc:
                 rejected[id(m)] = f"reply refused: {exc}"
                 kept.append(m)  # recorded as this owner's failure, then left out of the aggregate
@@ -239,7 +241,7 @@ class Recording:
             content = RecordDict({fc.METRICS: MetricRecord(reply.metrics)})
             if reply.params is not None:
                 params = reply.params
-                if reference is not None and self.policy.clip_norm > 0:
+                if reference is not None and self.policy.clip_norm > 0 and not self.policy.newton_terms:
                     params = clip_update(params, reference, self.policy.clip_norm)
                 content[fc.ARRAYS] = to_arrays(params)
             m.content = content
@@ -303,6 +305,8 @@ class Recording:
         replies, rejected = self.screen(server_round, list(replies), "fit")
         self.note_replies(server_round, replies, "fit", rejected=rejected)
         replies = [m for m in replies if id(m) not in rejected]
+        self.entry(server_round)["fit_rows"] = sum(int(m.content[fc.METRICS][fc.NUM_EXAMPLES])
+                                                   for m in replies if not m.has_error())
         # These replies scored the model of the previous round.
         self.entry(server_round - 1)["clients"] = client_scores(replies)
         self.flush(server_round - 1)
@@ -339,19 +343,59 @@ class Recording:
 
 
 class RecordingFedAvg(Recording, FedAvg):
-    """FedAvg with fedfhe's reply checks and round recording (the default aggregation)."""
+    """FedAvg with fedfhe's reply checks and round recording."""
+
+
+class RecordingNewton(RecordingFedAvg):
+    """Aggregation ``newton``: Flower's FedAvg averages the owners' checked terms, then one Newton step.
+
+    The terms were measured at the model this round sent (``global_params``); the
+    penalty is the run's over the rows that answered (their num-examples, as
+    FedAvg weighs them), so the step is the pooled objective's (fedfhe_common.newton).
+    An averaged Hessian no convex loss has is the round's failure: the model stays.
+    """
+
+    def __init__(self, *args: Any, model_params: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.model_params = model_params
+        self.stepper = newton.Stepper(self.policy.schema.n_features)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        sent = self.global_params.get(server_round)
+        if arrays is None or sent is None:
+            return arrays, metrics
+        family, schema = self.policy.family, self.policy.schema
+        rows = int(self.entry(server_round)["fit_rows"])
+        loss, grad, hess = fc.unpack_newton(arrays.to_numpy_ndarrays())
+        w = newton.flatten(sent, family, schema)
+        entry = self.entry(server_round)
+        try:
+            stepped = self.stepper.step(w, loss, grad, hess, newton.penalty_strength(family, self.model_params, rows))
+            entry["newton"] = self.stepper.log[-1]
+        except newton.NotConvex as exc:
+            entry["failures"].append({"phase": "fit", "node_id": 0, "owner": "(average)",
+                                      "reason": f"the averaged terms were dropped: {exc}"})
+            stepped = w
+        return to_arrays(newton.unflatten(stepped, family, schema)), metrics
 
 
 def make_strategy(
     name: str, progress: Path, policy: ReplyPolicy, owner_keys: dict[str, str], node_wait: float, min_nodes: int,
     num_malicious_nodes: int = 0, trimmed_fraction: float = 0.2, multikrum_select: int = 0,
-    server_learning_rate: float = 1.0, server_momentum: float = 0.0,
+    server_learning_rate: float = 1.0, server_momentum: float = 0.0, model_params: dict[str, Any] | None = None,
 ) -> Recording:
-    """Flower's strategy ``name`` (coordinator.yaml ``training.aggregation``) with fedfhe's recording."""
+    """Flower's strategy ``name`` (an aggregation resolved by ``aggregation.resolve``) with fedfhe's recording."""
     extra = strategy_kwargs(name, min_nodes, num_malicious_nodes, trimmed_fraction, multikrum_select,
                             server_learning_rate, server_momentum)
-    base = strategy_class(name)
-    cls = RecordingFedAvg if base is FedAvg else type(f"Recording{base.__name__}", (Recording, base), {})
+    if name == "newton":
+        cls: type = RecordingNewton
+        extra["model_params"] = dict(model_params or {})
+    elif strategy_class(name) is FedAvg:
+        cls = RecordingFedAvg
+    else:
+        base = strategy_class(name)
+        cls = type(f"Recording{base.__name__}", (Recording, base), {})
     return cls(
         progress, policy, owner_keys=owner_keys, node_wait=node_wait,
         fraction_train=1.0,
@@ -415,10 +459,12 @@ def main(grid: Grid, context: Context) -> None:
     if str(cfg["public-test"]):
         raw_public = load_table(str(cfg["public-test"]), schema)
 
+    secure = bool(cfg.get(fc.RUN_SECURE, False))
+    aggregation, why = resolve(str(cfg["aggregation"]), family, schema, secure, float(cfg["clip-norm"]))
     policy = ReplyPolicy(
         family, schema, max_examples=int(cfg["max-examples"]),
         per_owner={str(k): int(v) for k, v in json.loads(str(cfg["max-examples-per-owner"])).items()},
-        clip_norm=float(cfg["clip-norm"]),
+        clip_norm=float(cfg["clip-norm"]), newton_terms=aggregation == "newton",
     )
     started = time.time()
 
@@ -433,6 +479,8 @@ def main(grid: Grid, context: Context) -> None:
             fc.LOCAL_EPOCHS: int(cfg["local-epochs"]),
         }
     )
+    if aggregation == "newton":
+        config[fc.PHASE] = fc.PHASE_NEWTON
     initial = to_arrays(models.initial_parameters(family, schema))
     owner_keys = {str(k): str(v) for k, v in json.loads(str(cfg["owner-keys"])).items()}
     prep, prep_summary = statistics(grid, context, schema, config, policy, owner_keys, min_nodes, timeout,
@@ -446,7 +494,7 @@ def main(grid: Grid, context: Context) -> None:
         return score_params(family, model_params, params, schema, *public) if public else {}
 
     threshold: int | None = None
-    if bool(cfg.get(fc.RUN_SECURE, False)):
+    if secure:
         from .secure_training import run_secure  # the legacy API's imports only where a run needs them
 
         final_arrays, strategy, grid = run_secure(
@@ -457,7 +505,7 @@ def main(grid: Grid, context: Context) -> None:
         threshold = strategy.threshold
     else:
         strategy = make_strategy(
-            str(cfg["aggregation"]), progress, policy,
+            aggregation, progress, policy,
             owner_keys=owner_keys,
             node_wait=float(cfg["wait-for-nodes"]),
             min_nodes=min_nodes,
@@ -466,6 +514,7 @@ def main(grid: Grid, context: Context) -> None:
             multikrum_select=int(cfg["multikrum-select"]),
             server_learning_rate=float(cfg.get("server-learning-rate", 1.0)),
             server_momentum=float(cfg.get("server-momentum", 0.0)),
+            model_params=model_params,
         )
         strategy.counter = grid
 
@@ -503,7 +552,8 @@ def main(grid: Grid, context: Context) -> None:
         coef=coef,
         intercept=intercept,
         model_params=model_params,
-        metrics={"rounds": rounds, "per_round": per_round, "seconds": time.time() - started,
+        metrics={"rounds": rounds, "aggregation": {"used": aggregation, "why": why}, "per_round": per_round,
+                 "seconds": time.time() - started,
                  "privacy": privacy_summary(cfg, len(connected), threshold), "statistics": prep_summary},
         origin="federated",
         preprocessing=prep,

@@ -19,7 +19,7 @@ from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.errors import ConfigError, FedfheError, Terminated
 from fedfhe_common.schema import resolve_schema
 
-from . import flwr_cli, runs
+from . import aggregation, flwr_cli, runs
 from .config import CoordinatorConfig
 
 
@@ -81,12 +81,15 @@ def with_secure_aggregation(cfg: CoordinatorConfig, enabled: bool | None) -> Coo
 
 def preflight(cfg: CoordinatorConfig) -> None:
     """Refuse at once what the ServerApp would refuse only after every process is up: a family that
-    does not fit the schema. A schema this process cannot resolve is left to the ServerApp to report."""
+    does not fit the schema, an aggregation that cannot train it. A schema this process cannot resolve
+    is left to the ServerApp to report."""
     try:
         schema = resolve_schema(cfg.training.schema)
     except ConfigError:
         return
-    models.check_family(cfg.training.model, schema)
+    t = cfg.training
+    models.check_family(t.model, schema)
+    aggregation.resolve(t.aggregation, t.model, schema, t.secure_aggregation.enabled, t.clip_norm)
 
 
 def run_training(

@@ -4,7 +4,7 @@ Three owners hold Palmer penguins rows as CSV text (``NA`` gaps, island and sex
 categories, species names as labels; owner-1's columns in reverse order). One
 SuperLink and three SuperNodes (TLS, SuperNode auth) serve both tests:
 
-- a plain run: the statistics round, then FedAvg; the artifact carries the
+- a plain run: the statistics round, then federated Newton steps; the artifact carries the
   preprocessing; compile, publish, and encrypted predictions through the
   inference node from ``fedfhe-owner predict`` on rows with gaps, decrypted to
   species names, equal to the simulated ones;
@@ -73,6 +73,11 @@ def test_mixed_table_trains_federated_and_predicts_encrypted_names(fed, tmp_path
     rows: list[dict] = []
     artifact = run_training(fed["cfg"], on_round=rows.append)
     assert [r["round"] for r in rows] == [1, 2, 3] and all(r["fit_nodes"] == 3 for r in rows)
+    # aggregation auto: the owners' averaged gradients and Hessians, one Newton step a round, each lowering
+    # the pooled objective.
+    assert artifact.metrics["aggregation"]["used"] == "newton", artifact.metrics["aggregation"]
+    objectives = [r["newton"]["objective"] for r in rows]
+    assert all(r["newton"]["accepted"] for r in rows) and objectives == sorted(objectives, reverse=True)
     stats = artifact.metrics["statistics"]
     assert stats["mode"] == "plain" and stats["owners"] == OWNERS and stats["failures"] == []
     schema = artifact.schema

@@ -47,7 +47,7 @@ def coordinator(tmp_path: Path, keys: tuple[str, ...] = ("pki/alice.supernode.pu
     ({"aggregation": "fedavgm", "server_learning_rate": 0.0}, "training.server_learning_rate: must be > 0"),
     ({"aggregation": "fedavgm", "server_learning_rate": 11.0}, "training.server_learning_rate"),
     ({"aggregation": "fedavgm", "server_momentum": "fast"}, "training.server_momentum"),
-    ({"server_momentum": 0.9}, "training.server_momentum: only aggregation fedavgm uses it, not fedavg"),
+    ({"server_momentum": 0.9}, "training.server_momentum: only aggregation fedavgm uses it, not auto"),
     ({"aggregation": "fedmedian", "server_learning_rate": 0.5}, "training.server_learning_rate: only"),
     ({"aggregation": "fedprox"}, "training.aggregation"),
 ])

@@ -1,0 +1,178 @@
+"""Federated Newton: the pooled objective's exact optimum from per-owner gradients and Hessians.
+
+FedAvg averages models each owner fitted to its own rows; under label skew and
+small owners that average is not the centralised fit (bench/results/tabular.json:
+breast cancer with 3 Dirichlet owners reached 0.945 of the centralised Pipeline).
+The families below minimise a sum over rows plus an L2 penalty, so the pooled
+objective's gradient and Hessian are row-weighted averages of each owner's: the
+coordinator averages them (Flower's FedAvg aggregation, or SecAgg+'s sum), adds
+the penalty it knows from the run's parameters and the federation's row count,
+and takes one Newton step per round. Ridge and LinearRegression are solved
+exactly in one round; LogisticRegression converges in a few (a step that raises
+the pooled objective is halved the next round, measured by the owners' losses).
+The optimum is scikit-learn's own for the pooled rows (tests/unit/test_newton.py).
+
+Both hosts import this module: owners compute ``local_terms``, the coordinator
+steps with ``Stepper``; the reply's wire form and its checks are in fl_contract. Parameters are
+laid out as W~ = [coef | intercept] per output row, flattened row-major.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import models
+from .errors import ConfigError
+from .schema import DatasetSchema
+
+FAMILIES = ("LogisticRegression", "Ridge", "LinearRegression")
+# A reply carries a triangle of P x P numbers: 400 parameters is 80,200 floats (640 kB). Wider models
+# (digits: 650, Fashion-MNIST: 7,850) train with FedAvg.
+MAX_PARAMS = 400
+
+
+def n_params(family: str, schema: DatasetSchema) -> int:
+    coef_shape, icpt_shape = models.param_shapes(family, schema)
+    return int(np.prod(coef_shape)) + int(np.prod(icpt_shape) if icpt_shape else 1)
+
+
+def unsupported(family: str, schema: DatasetSchema) -> str:
+    """Why aggregation ``newton`` cannot train this family on this schema ('' when it can)."""
+    if family not in FAMILIES:
+        return f"aggregation newton trains {', '.join(FAMILIES)}, not {family}"
+    p = n_params(family, schema)
+    if p > MAX_PARAMS:
+        return (f"aggregation newton sends a {p} x {p} Hessian per owner; schema {schema.name!r} with {family} has "
+                f"{p} parameters, above newton's {MAX_PARAMS}: use fedavg")
+    return ""
+
+
+def check_supported(family: str, schema: DatasetSchema) -> None:
+    reason = unsupported(family, schema)
+    if reason:
+        raise ConfigError(reason)
+
+
+def _rows(family: str, schema: DatasetSchema) -> int:
+    return models.param_shapes(family, schema)[0][0] if family in models.CLASSIFIERS else 1
+
+
+def flatten(params: list[np.ndarray], family: str, schema: DatasetSchema) -> np.ndarray:
+    """[coef, intercept] in model shapes -> W~ flattened (each output row: its coefficients, then its intercept)."""
+    k = _rows(family, schema)
+    coef = np.asarray(params[0], dtype=np.float64).reshape(k, schema.n_features)
+    icpt = np.asarray(params[1], dtype=np.float64).reshape(k, 1)
+    return np.hstack([coef, icpt]).ravel()
+
+
+def unflatten(w: np.ndarray, family: str, schema: DatasetSchema) -> list[np.ndarray]:
+    k = _rows(family, schema)
+    wt = np.asarray(w, dtype=np.float64).reshape(k, schema.n_features + 1)
+    coef_shape, icpt_shape = models.param_shapes(family, schema)
+    return [wt[:, :-1].reshape(coef_shape).copy(), wt[:, -1].reshape(icpt_shape).copy()]
+
+
+def _augmented(X: np.ndarray) -> np.ndarray:
+    return np.hstack([np.asarray(X, dtype=np.float64), np.ones((len(X), 1))])
+
+
+def local_terms(family: str, params: list[np.ndarray], X: np.ndarray, y: np.ndarray,
+                schema: DatasetSchema) -> tuple[float, np.ndarray, np.ndarray]:
+    """(mean loss, mean gradient, mean Hessian) of the data term over these rows, at ``params``; no penalty.
+
+    The losses are scikit-learn's, per row: log-loss (binary or multinomial) for
+    LogisticRegression, half the squared error for Ridge and LinearRegression.
+    """
+    Xa = _augmented(X)
+    n, d1 = Xa.shape
+    w = flatten(params, family, schema)
+    if family != "LogisticRegression":
+        r = Xa @ w - np.asarray(y, dtype=np.float64)
+        return 0.5 * float(r @ r) / n, Xa.T @ r / n, Xa.T @ Xa / n
+    codes = np.asarray(schema.label_codes)
+    k = _rows(family, schema)
+    if k == 1:  # binary: one row of coefficients scoring the second class
+        z = Xa @ w
+        t = (np.asarray(y) == codes[1]).astype(np.float64)
+        p = 1.0 / (1.0 + np.exp(-z))
+        loss = float(np.mean(np.logaddexp(0.0, z) - t * z))
+        return loss, Xa.T @ (p - t) / n, (Xa * (p * (1.0 - p))[:, None]).T @ Xa / n
+    W = w.reshape(k, d1)
+    Z = Xa @ W.T
+    Z -= Z.max(axis=1, keepdims=True)
+    P = np.exp(Z)
+    P /= P.sum(axis=1, keepdims=True)
+    T = (np.asarray(y)[:, None] == codes[None, :]).astype(np.float64)
+    loss = float(np.mean(-np.sum(T * np.log(np.clip(P, 1e-300, None)), axis=1)))
+    grad = ((P - T).T @ Xa / n).ravel()
+    # H[(a,i),(b,j)] = mean over rows of (P_a [a == b] - P_a P_b) x_i x_j
+    S = np.einsum("na,ab->nab", P, np.eye(k)) - np.einsum("na,nb->nab", P, P)
+    H = np.einsum("nab,ni,nj->aibj", S, Xa, Xa, optimize=True).reshape(k * d1, k * d1) / n
+    return loss, grad, H
+
+
+def penalty_strength(family: str, model_params: dict[str, Any], federation_rows: int) -> float:
+    """λ of the pooled objective on the mean scale, (λ/2)·||coef||²; the intercept is never penalised.
+
+    scikit-learn: LogisticRegression minimises C·Σ loss + ½||coef||², i.e. mean loss + ||coef||²/(2CN);
+    Ridge Σ (residual²) + α||coef||², i.e. mean ½ residual² + α/(2N)·||coef||².
+    """
+    merged = {**models.default_params(family), **model_params}
+    if family == "LogisticRegression":
+        if merged.get("penalty", "l2") not in ("l2", None) or not merged.get("fit_intercept", True):
+            raise ConfigError("aggregation newton needs LogisticRegression with penalty l2 and fit_intercept true")
+        return 1.0 / (float(merged.get("C", 1.0)) * federation_rows) if merged.get("penalty", "l2") else 0.0
+    if family == "Ridge":
+        return float(merged.get("alpha", 1.0)) / federation_rows
+    return 0.0
+
+
+class NotConvex(ValueError):
+    """The averaged Hessian is not a convex loss's: some owner sent terms no honest owner computes."""
+
+
+@dataclass
+class Stepper:
+    """The coordinator's side: one Newton step per round, halved back when the pooled objective rose.
+
+    ``step(w, loss, grad, hess, strength)`` takes the averaged terms measured at
+    ``w`` (the model the round sent) and the round's penalty strength
+    (``penalty_strength`` over the rows that answered), and returns the model for
+    the next round.
+    """
+
+    n_features: int
+    accepted: np.ndarray | None = None
+    accepted_objective: float = float("inf")
+    direction: np.ndarray | None = None
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+    def penalised(self, w: np.ndarray, loss: float, grad: np.ndarray, hess: np.ndarray,
+                  strength: float) -> tuple[float, np.ndarray, np.ndarray]:
+        """The pooled objective's value, gradient and Hessian: the data terms plus the L2 penalty."""
+        mask = np.ones_like(w)
+        mask.reshape(-1, self.n_features + 1)[:, -1] = 0.0  # intercepts
+        objective = loss + 0.5 * strength * float(np.sum((w * mask) ** 2))
+        return objective, grad + strength * w * mask, hess + np.diag(strength * mask)
+
+    def step(self, w: np.ndarray, loss: float, grad: np.ndarray, hess: np.ndarray, strength: float) -> np.ndarray:
+        objective, g, h = self.penalised(w, loss, grad, hess, strength)
+        rose = objective > self.accepted_objective + 1e-12 * max(1.0, abs(self.accepted_objective))
+        if self.accepted is not None and self.direction is not None and rose:
+            self.direction = self.direction * 0.5  # the full step overshot: go half as far from the last good model
+            self.log.append({"objective": objective, "accepted": False})
+            return self.accepted + self.direction
+        scale = max(1.0, float(np.max(np.abs(np.diag(h)))))
+        lowest = float(np.linalg.eigvalsh(h)[0])
+        if lowest < -1e-8 * scale:
+            raise NotConvex(f"the averaged Hessian has a negative eigenvalue ({lowest:.3g}): no convex loss has one")
+        self.accepted, self.accepted_objective = w, objective
+        # A tiny ridge keeps the solve defined where the data leave directions flat (a one-hot block and the
+        # intercept, or LinearRegression on collinear columns); it changes nothing where h is well conditioned.
+        jitter = 1e-10 * max(1.0, float(np.trace(h)) / len(w))
+        self.direction = -np.linalg.solve(h + jitter * np.eye(len(w)), g)
+        self.log.append({"objective": objective, "accepted": True, "gradient_norm": float(np.linalg.norm(g))})
+        return w + self.direction

@@ -1,0 +1,180 @@
+"""Aggregation newton: owners' averaged terms reach scikit-learn's pooled optimum; hostile terms are refused.
+
+The strategy rounds run Flower's FedAvg aggregation through the ServerApp's own
+RecordingNewton, fed replies built by the owners' own ``local_terms``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.preprocessing import StandardScaler
+from test_fl_contract import Grid, metrics, task_identity  # noqa: F401 - the fixture applies here too
+
+from fedfhe_common import fl_contract as fc
+from fedfhe_common import models, newton
+from fedfhe_common.errors import ConfigError
+from fedfhe_common.schema import DatasetSchema, resolve_schema
+from fedfhe_common.transport import to_arrays
+from fedfhe_coordinator.aggregation import resolve
+from fedfhe_coordinator.server_app import ReplyPolicy, make_strategy
+
+
+def table(name: str) -> tuple[np.ndarray, np.ndarray, DatasetSchema]:
+    loader = {"bc": load_breast_cancer, "wine": load_wine, "diabetes": load_diabetes}[name]
+    X, y = loader(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    classes = None if name == "diabetes" else sorted({int(v) for v in y})
+    schema = DatasetSchema(name=name, n_features=X.shape[1], feature_min=-10.0, feature_max=10.0,
+                           **({"task": "regression"} if classes is None else {"classes": classes}))
+    return X, y, schema
+
+
+def label_sorted_owners(y: np.ndarray, owners: int = 3) -> list[np.ndarray]:
+    """The worst label skew: each owner holds a block of the rows sorted by label."""
+    return np.array_split(np.argsort(y, kind="stable"), owners)
+
+
+def sklearn_pooled(family: str, X: np.ndarray, y: np.ndarray, schema: DatasetSchema) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = (LogisticRegression(C=1.0, max_iter=10000, tol=1e-12) if family == "LogisticRegression"
+             else Ridge(alpha=1.0)).fit(X, y)
+    return newton.flatten([m.coef_, np.atleast_1d(m.intercept_)], family, schema)
+
+
+@pytest.mark.parametrize(("name", "family", "rounds"), [
+    ("bc", "LogisticRegression", 8), ("wine", "LogisticRegression", 8), ("diabetes", "Ridge", 1),
+])
+def test_label_skewed_owners_reach_the_pooled_optimum(name, family, rounds):
+    X, y, schema = table(name)
+    stepper = newton.Stepper(schema.n_features)
+    w = newton.flatten(models.initial_parameters(family, schema), family, schema)
+    parts = label_sorted_owners(y)
+    strength = newton.penalty_strength(family, {}, len(y))
+    for _ in range(rounds):
+        terms = [newton.local_terms(family, newton.unflatten(w, family, schema), X[p], y[p], schema) for p in parts]
+        share = [len(p) / len(y) for p in parts]
+        loss = sum(s * t[0] for s, t in zip(share, terms, strict=True))
+        grad = sum(s * t[1] for s, t in zip(share, terms, strict=True))
+        hess = sum(s * t[2] for s, t in zip(share, terms, strict=True))
+        w = stepper.step(w, loss, grad, hess, strength)
+    ref = sklearn_pooled(family, X, y, schema)
+    assert np.linalg.norm(w - ref) / np.linalg.norm(ref) < 1e-4
+
+
+def test_an_overshooting_step_is_halved_back():
+    stepper = newton.Stepper(n_features=1)
+    w0 = np.zeros(2)
+    w1 = stepper.step(w0, 1.0, np.array([-1.0, 0.0]), np.eye(2), 0.0)
+    assert np.allclose(w1, [1.0, 0.0])
+    w2 = stepper.step(w1, 5.0, np.array([3.0, 0.0]), np.eye(2), 0.0)  # the objective rose: back half way
+    assert np.allclose(w2, [0.5, 0.0]) and stepper.log[-1]["accepted"] is False
+
+
+def _replies(sent: dict[int, Message], X, y, parts, family, schema, start) -> list[Message]:
+    out = []
+    for node, rows in zip(sorted(sent)[:len(parts)], parts, strict=True):
+        loss, grad, hess = newton.local_terms(family, start, X[rows], y[rows], schema)
+        content = RecordDict({"arrays": to_arrays(fc.pack_newton(loss, grad, hess)),
+                              "metrics": MetricRecord(metrics(**{"num-examples": len(rows)}))})
+        out.append(Message(content, reply_to=sent[node]))
+    return out
+
+
+def newton_round(tmp_path, hostile: RecordDict | None):
+    X, y, schema = table("bc")
+    family = "LogisticRegression"
+    nodes = [1, 2, 3, 4, 5]
+    keys = {fc.owner_key_id(f"key-{n}".encode()): f"owner-{n}" for n in nodes}
+    s = make_strategy("newton", tmp_path / "progress.jsonl", ReplyPolicy(family, schema, 1000, newton_terms=True),
+                      owner_keys=keys, node_wait=1.0, min_nodes=4)
+    grid = Grid(nodes)
+    start = models.initial_parameters(family, schema)
+    sent = {m.metadata.dst_node_id: m for m in grid.push(s.configure_train(1, to_arrays(start), ConfigRecord({}),
+                                                                            grid))}
+    parts = label_sorted_owners(y, 4)
+    replies = _replies(sent, X, y, parts, family, schema, start)
+    if hostile is not None:
+        replies.append(Message(hostile, reply_to=sent[5]))
+    arrays, _ = s.aggregate_train(1, replies)
+    s.flush(1)
+    row = json.loads((tmp_path / "progress.jsonl").read_text().splitlines()[0])
+    # The honest step: the four owners' row-weighted terms plus the pooled penalty, solved.
+    honest = newton.Stepper(schema.n_features)
+    terms = [newton.local_terms(family, start, X[p], y[p], schema) for p in parts]
+    share = [len(p) / len(y) for p in parts]
+    expected = honest.step(newton.flatten(start, family, schema), *(sum(s * t[i] for s, t in zip(share, terms,
+                                                                                                  strict=True))
+                                                                    for i in range(3)),
+                           newton.penalty_strength(family, {}, len(y)))
+    got = newton.flatten(arrays.to_numpy_ndarrays(), family, schema)
+    return got, expected, row
+
+
+def test_a_round_steps_on_the_honest_owners_terms(tmp_path):
+    got, expected, row = newton_round(tmp_path, None)
+    assert np.allclose(got, expected, atol=1e-9)
+    assert row["fit_rows"] == 569 and row["newton"]["accepted"] is True
+
+
+P = 31  # breast cancer, binary: 30 coefficients and an intercept
+
+
+def terms_record(grad: np.ndarray, upper: np.ndarray, loss: float) -> RecordDict:
+    return RecordDict({"arrays": ArrayRecord([grad, upper, np.array([loss])]),
+                       "metrics": MetricRecord(metrics())})
+
+
+@pytest.mark.parametrize(("hostile", "reason"), [
+    (terms_record(np.zeros(P), np.full(P * (P + 1) // 2, np.nan), 0.5), "hessian has non-finite values"),
+    (terms_record(np.zeros(P), -np.ones(P * (P + 1) // 2), 0.5), "not the terms of a convex loss"),
+    (terms_record(np.zeros(P), np.zeros(P * (P + 1) // 2), -1.0), "not the terms of a convex loss"),
+    (terms_record(np.zeros(P), np.zeros(P * P), 0.5), f"hessian has shape ({P * P},)"),
+    (RecordDict({"arrays": to_arrays(models.initial_parameters("LogisticRegression", table("bc")[2])),
+                 "metrics": MetricRecord(metrics())}), "expected 3 arrays (gradient, hessian, loss), got 2"),
+], ids=["nan", "negative-diagonal", "negative-loss", "full-square", "parameters-not-terms"])
+def test_hostile_terms_are_their_owners_failure(tmp_path, hostile, reason):
+    got, expected, row = newton_round(tmp_path, hostile)
+    assert np.allclose(got, expected, atol=1e-9)
+    (failure,) = row["failures"]
+    assert failure["owner"] == "owner-5" and reason in failure["reason"]
+
+
+def test_an_average_no_convex_loss_has_is_dropped_and_the_model_stays(tmp_path):
+    upper = np.zeros((P, P))
+    upper[0, 1] = 1e6  # a positive diagonal, an off-diagonal no Gram matrix of these rows can have
+    np.fill_diagonal(upper, 1.0)
+    hostile = terms_record(np.zeros(P), upper[np.triu_indices(P)], 0.5)
+    got, _, row = newton_round(tmp_path, hostile)
+    assert np.allclose(got, 0.0)
+    (failure,) = row["failures"]
+    assert failure["owner"] == "(average)" and "negative eigenvalue" in failure["reason"]
+
+
+def test_auto_picks_newton_where_it_applies_and_says_why_elsewhere():
+    bc = table("bc")[2]
+    assert resolve("auto", "LogisticRegression", bc, False, 0.0)[0] == "newton"
+    used, why = resolve("auto", "LogisticRegression", resolve_schema("digits"), False, 0.0)
+    assert used == "fedavg" and "650 parameters" in why
+    assert resolve("auto", "LinearSVC", bc, False, 0.0)[0] == "fedavg"
+    assert resolve("auto", "LogisticRegression", bc, True, 0.0)[0] == "fedavg"
+    assert resolve("krum", "LogisticRegression", bc, False, 0.0) == ("krum", "as configured")
+
+
+@pytest.mark.parametrize(("family", "schema", "secure", "clip", "message"), [
+    ("LogisticRegression", "digits", False, 0.0, "above newton's 400"),
+    ("LinearSVC", "bc", False, 0.0, "trains LogisticRegression, Ridge, LinearRegression, not LinearSVC"),
+    ("LogisticRegression", "bc", True, 0.0, "SecAgg+"),
+    ("LogisticRegression", "bc", False, 1.0, "clip_norm"),
+])
+def test_newton_where_it_cannot_train_is_refused_naming_why(family, schema, secure, clip, message):
+    resolved = resolve_schema("digits") if schema == "digits" else table("bc")[2]
+    with pytest.raises(ConfigError, match=message):
+        resolve("newton", family, resolved, secure, clip)
