@@ -156,13 +156,14 @@ def train(msg: Message, context: Context) -> Message:
     split = _preprocessed(schema, split, config, context.node_config["data-path"])
     family, model = _global_model(msg, schema, len(split[2]))
     if str(config.get(fc.PHASE, "")) == fc.PHASE_NEWTON:
-        return _reply(msg, context, *_newton_terms(model, family, schema, split))
+        terms, metrics = _newton_terms(model, family, schema, split)
+        return _reply(msg, context, to_arrays(terms), metrics)
     metrics = _fit(model, family, schema, split, config)
     return _reply(msg, context, to_arrays(models.get_parameters(model, family, schema)), metrics)
 
 
 def _newton_terms(model: Any, family: str, schema: DatasetSchema,
-                  split: tuple[np.ndarray, ...]) -> tuple[ArrayRecord, dict[str, float]]:
+                  split: tuple[np.ndarray, ...]) -> tuple[list[np.ndarray], dict[str, float]]:
     """Aggregation newton: score the global model, then this owner's mean loss, gradient and Hessian at it.
 
     Averages over the training rows, never a row; the coordinator averages them
@@ -173,7 +174,7 @@ def _newton_terms(model: Any, family: str, schema: DatasetSchema,
     start = time.perf_counter()
     loss, grad, hess = newton.local_terms(family, models.get_parameters(model, family, schema), split[0],
                                           split[2], schema)
-    return to_arrays(fc.pack_newton(loss, grad, hess)), metrics | {
+    return fc.pack_newton(loss, grad, hess), metrics | {
         fc.NUM_EXAMPLES: int(len(split[2])), fc.FIT_SECONDS: time.perf_counter() - start}
 
 
@@ -201,8 +202,14 @@ def _secure_train(msg: Message, context: Context) -> Message:
     model = models.build(family, _run_params(config, family, len(split[2])))
     received = fc.check_params(parameters_to_ndarrays(fitins.parameters), family, schema)
     model = models.set_parameters(model, received, schema)
-    metrics = _fit(model, family, schema, split, config)
-    params = to_arrays(models.get_parameters(model, family, schema)).to_numpy_ndarrays()
+    if str(config.get(fc.PHASE, "")) == fc.PHASE_NEWTON:
+        # Each array scaled into the clipping range (the coordinator's factors), then bounded as any update.
+        terms, metrics = _newton_terms(model, family, schema, split)
+        scales = fc.check_newton_scales(config.get(fc.NEWTON_SCALES))
+        params = [t * s for t, s in zip(terms, scales, strict=True)]
+    else:
+        metrics = _fit(model, family, schema, split, config)
+        params = to_arrays(models.get_parameters(model, family, schema)).to_numpy_ndarrays()
     params, weight = bound_update(params, int(metrics[fc.NUM_EXAMPLES]), context)
     metrics[fc.NUM_EXAMPLES] = weight
     record_true_update(context, str(context.node_config.get("owner-id", "owner")),

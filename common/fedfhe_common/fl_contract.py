@@ -36,6 +36,9 @@ PHASE = "phase"  # "statistics": reply with the preprocessing statistics vector,
 PHASE_STATISTICS = "statistics"
 # "newton": reply with the data terms of the pooled objective at the received model (newton_terms), not a fit.
 PHASE_NEWTON = "newton"
+# Secure newton runs: JSON [gradient, hessian, loss] factors each owner multiplies its terms by before SecAgg+
+# quantises them within its clipping range (newton.term_bounds over the range); the coordinator divides them out.
+NEWTON_SCALES = "newton-scales"
 PREPROCESSING = "preprocessing"  # JSON of preprocessing.Preprocessing.to_dict: how every owner transforms rows
 LOCAL_EPOCHS = "local-epochs"
 # Training rows the statistics round counted over the owners (typed schemas): each owner scales the run's
@@ -202,12 +205,14 @@ def unpack_newton(arrays: list[np.ndarray]) -> tuple[float, np.ndarray, np.ndarr
     return float(np.asarray(arrays[2]).ravel()[0]), grad, upper + np.triu(upper, 1).T
 
 
-def check_newton_terms(arrays: list[np.ndarray], family: str, schema: DatasetSchema) -> list[np.ndarray]:
+def check_newton_terms(arrays: list[np.ndarray], family: str, schema: DatasetSchema,
+                       convex: bool = True) -> list[np.ndarray]:
     """Exactly the three arrays of newton_shapes, finite, bounded, with a loss and Hessian diagonal >= 0.
 
     A convex loss's Hessian is positive semi-definite, so neither its diagonal nor
     the loss can be negative; the coordinator checks the averaged Hessian as a
-    whole too (newton.Stepper), where an indefinite one would show.
+    whole too (newton.Stepper), where an indefinite one would show. ``convex``
+    False: a SecAgg+ sum, whose quantisation may put a zero a step below 0.
     """
     expected = newton_shapes(family, schema)
     if len(arrays) != len(expected):
@@ -225,7 +230,7 @@ def check_newton_terms(arrays: list[np.ndarray], family: str, schema: DatasetSch
             raise ReplyRejected(f"{name} has values beyond +-{MAX_ABS_TERM:g}")
         out.append(np.asarray(arr, dtype=np.float64))
     rows, cols = np.triu_indices(expected[0][0])
-    if np.any(out[1][rows == cols] < 0) or out[2][0] < 0:
+    if convex and (np.any(out[1][rows == cols] < 0) or out[2][0] < 0):
         raise ReplyRejected("a negative loss or Hessian diagonal: not the terms of a convex loss")
     return out
 
@@ -308,6 +313,27 @@ def check_reply(content: Any, phase: Phase, family: str, schema: DatasetSchema, 
 
 class InstructionRefused(ValueError):
     """What the coordinator sent does not fit the contract: the owner refuses the message with this reason."""
+
+
+def check_newton_scales(raw: object) -> tuple[float, float, float]:
+    """The coordinator's three scale factors for a secure newton round: finite, positive (InstructionRefused).
+
+    A hostile coordinator gains nothing from other factors than honest ones: the
+    owner clips what it masks to the run's range either way, so a factor can only
+    cost the sum precision, never reveal an owner's terms.
+    """
+    import json
+
+    try:
+        scales = json.loads(str(raw))
+    except ValueError:
+        raise InstructionRefused(f"{NEWTON_SCALES}: not JSON") from None
+    if (not isinstance(scales, list) or len(scales) != 3
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scales)
+            or not all(math.isfinite(v) and 0 < v <= MAX_ABS_TERM for v in scales)):
+        raise InstructionRefused(f"{NEWTON_SCALES}: must be 3 finite numbers in (0, {MAX_ABS_TERM:g}], got "
+                                 f"{owner_text(raw, 120)}")
+    return float(scales[0]), float(scales[1]), float(scales[2])
 
 
 def check_secagg_setup(share_num: object, threshold: object, sample_num: object, min_owners: int = 2) -> None:

@@ -114,6 +114,25 @@ def local_terms(family: str, params: list[np.ndarray], X: np.ndarray, y: np.ndar
     return loss, grad, H
 
 
+def term_bounds(family: str, schema: DatasetSchema, w: np.ndarray, input_bound: float,
+                target_bound: float = 0.0) -> tuple[float, float, float]:
+    """Bounds on |each entry| of an honest owner's gradient, Hessian and loss at ``w``, rows within bounds.
+
+    Secure aggregation quantises each array within a clipping range: the coordinator
+    scales each array by range / bound so that nothing an honest owner sends is
+    clipped and each keeps its own precision. ``input_bound``: the largest |model
+    input| the preprocessing lets through; ``target_bound``: a regressor's |target|.
+    """
+    b = max(1.0, float(input_bound))  # the intercept's input is 1
+    rows = np.asarray(w, dtype=np.float64).reshape(-1, schema.n_features + 1)
+    z = float(np.max(np.sum(np.abs(rows), axis=1))) * b  # the largest |score| a row can get
+    if family == "LogisticRegression":
+        # |p - t| <= 1; p(1 - p) and p_a p_b <= 1/4; log-loss <= 2 max|z| + log k
+        return b, 0.25 * b * b, 2.0 * z + float(np.log(max(2, rows.shape[0])))
+    r = z + float(target_bound)
+    return b * r, b * b, 0.5 * r * r
+
+
 def penalty_strength(family: str, model_params: dict[str, Any], federation_rows: int) -> float:
     """λ of the pooled objective on the mean scale, (λ/2)·||coef||²; the intercept is never penalised.
 
@@ -158,21 +177,38 @@ class Stepper:
         objective = loss + 0.5 * strength * float(np.sum((w * mask) ** 2))
         return objective, grad + strength * w * mask, hess + np.diag(strength * mask)
 
-    def step(self, w: np.ndarray, loss: float, grad: np.ndarray, hess: np.ndarray, strength: float) -> np.ndarray:
+    def step(self, w: np.ndarray, loss: float, grad: np.ndarray, hess: np.ndarray, strength: float,
+             hess_tolerance: float = 0.0, loss_tolerance: float = 0.0) -> np.ndarray:
+        """The tolerances are what rounding alone can do (secure aggregation quantises the terms): how far
+        below 0 the averaged Hessian's eigenvalues may fall (taken as 0), and how much the loss may seem
+        to rise without having risen."""
+        values, vectors = np.linalg.eigh(0.5 * (hess + hess.T))
+        scale = max(1.0, float(np.max(np.abs(np.diag(hess)))))
+        if values[0] < -(1e-8 * scale + hess_tolerance):
+            raise NotConvex(f"the averaged Hessian has a negative eigenvalue ({values[0]:.3g}): no convex loss has "
+                            "one")
+        hess = (vectors * np.clip(values, 0.0, None)) @ vectors.T
         objective, g, h = self.penalised(w, loss, grad, hess, strength)
-        rose = objective > self.accepted_objective + 1e-12 * max(1.0, abs(self.accepted_objective))
+        rose = objective > self.accepted_objective + loss_tolerance + 1e-12 * max(1.0, abs(self.accepted_objective))
         if self.accepted is not None and self.direction is not None and rose:
             self.direction = self.direction * 0.5  # the full step overshot: go half as far from the last good model
             self.log.append({"objective": objective, "accepted": False})
             return self.accepted + self.direction
-        scale = max(1.0, float(np.max(np.abs(np.diag(h)))))
-        lowest = float(np.linalg.eigvalsh(h)[0])
-        if lowest < -1e-8 * scale:
-            raise NotConvex(f"the averaged Hessian has a negative eigenvalue ({lowest:.3g}): no convex loss has one")
         self.accepted, self.accepted_objective = w, objective
-        # A tiny ridge keeps the solve defined where the data leave directions flat (a one-hot block and the
-        # intercept, or LinearRegression on collinear columns); it changes nothing where h is well conditioned.
-        jitter = 1e-10 * max(1.0, float(np.trace(h)) / len(w))
-        self.direction = -np.linalg.solve(h + jitter * np.eye(len(w)), g)
+        # Directions the objective is flat along move nothing: a multinomial model's intercepts shifted
+        # together (known: projected out), collinear columns under LinearRegression (no penalty holds them:
+        # cut at the rounding's tolerance). Solving there would divide rounding noise by (almost) zero, so the
+        # step is taken on the rest only, as scikit-learn's, which starts at 0 and never moves along them.
+        rows = len(w) // (self.n_features + 1)
+        if rows > 1:
+            shift = np.zeros(len(w))
+            shift.reshape(rows, -1)[:, -1] = 1.0 / np.sqrt(rows)
+            keep_out = np.eye(len(w)) - np.outer(shift, shift)
+            g, h = keep_out @ g, keep_out @ h @ keep_out
+        values, vectors = np.linalg.eigh(h)
+        floor = 1e-10 * max(1.0, float(np.max(np.abs(values)))) + (hess_tolerance if strength == 0 else 0.0)
+        keep = values > floor
+        basis = vectors[:, keep]
+        self.direction = -basis @ ((basis.T @ g) / values[keep])
         self.log.append({"objective": objective, "accepted": True, "gradient_norm": float(np.linalg.norm(g))})
         return w + self.direction

@@ -78,12 +78,16 @@ def strategy_kwargs(
     return {}
 
 
-def resolve(name: str, family: str, schema: DatasetSchema, secure: bool, clip_norm: float) -> tuple[str, str]:
+def resolve(name: str, family: str, schema: DatasetSchema, secure: bool, clip_norm: float,
+            dp: bool = False) -> tuple[str, str]:
     """The aggregation a run uses for ``name`` and why; ConfigError when ``newton`` cannot train this run."""
     reasons = [newton.unsupported(family, schema)]
-    if secure:
-        reasons.append("under secure aggregation fedfhe sums masked model updates (fedavg); newton's Hessians do "
-                       "not go through SecAgg+ yet")
+    if secure and not schema.is_classifier and schema.target_max is None:
+        reasons.append("under secure aggregation newton scales each owner's terms by bounds on the target: "
+                       "declare target_min and target_max in the schema")
+    if dp:
+        reasons.append("differential privacy clips and noises model updates, and newton's replies are gradients "
+                       "and Hessians")
     if clip_norm > 0:
         reasons.append("training.clip_norm bounds model updates, and newton's replies are gradients and Hessians")
     reason = "; ".join(r for r in reasons if r)

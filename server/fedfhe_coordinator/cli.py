@@ -131,7 +131,8 @@ def coordinator_problems(cfg: coord_config.CoordinatorConfig) -> list[str]:
         except ConfigError as exc:
             problems += [f"training.model: {p}" for p in problems_of(exc)]
         try:
-            resolve(t.aggregation, t.model, schema, t.secure_aggregation.enabled, t.clip_norm)
+            sa = t.secure_aggregation
+            resolve(t.aggregation, t.model, schema, sa.enabled, t.clip_norm, sa.enabled and sa.noise_multiplier > 0)
         except ConfigError as exc:
             problems += problems_of(exc)
     return problems

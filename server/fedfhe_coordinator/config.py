@@ -154,9 +154,9 @@ class CoordinatorConfig:
 
     def __post_init__(self) -> None:
         secure = self.training.secure_aggregation.problems(len(self.supernode_public_keys))
-        if self.training.secure_aggregation.enabled and self.training.aggregation not in ("fedavg", "auto"):
-            secure.append(f"training.secure_aggregation.enabled: SecAgg+ sums masked updates, so only fedavg can "
-                          f"aggregate them, not training.aggregation {self.training.aggregation}")
+        if self.training.secure_aggregation.enabled and self.training.aggregation not in ("fedavg", "auto", "newton"):
+            secure.append(f"training.secure_aggregation.enabled: SecAgg+ sums masked updates, so only fedavg or "
+                          f"newton can aggregate them, not training.aggregation {self.training.aggregation}")
         if secure:
             raise _combined(secure)
         caps = self.training.max_examples_per_owner

@@ -90,6 +90,8 @@ def training_report(artifact: Any, *, run_id: int | None, status: str, owners: l
         "owners": owners, "timings_s": {"training": round(seconds, 1)},
         # secure aggregation on or off, with its threshold and DP noise (the ServerApp's privacy_summary)
         "privacy": artifact.metrics.get("privacy") or {"secure_aggregation": False},
+        # the aggregation the run used (training.aggregation auto resolves per run) and why
+        "aggregation": artifact.metrics.get("aggregation") or {},
         "accuracy": {"federated_clear": final.get("accuracy"), "federated_clients": final.get("client_accuracy")},
         "per_round": per_round,
     }
@@ -107,6 +109,15 @@ def _privacy_line(privacy: dict[str, Any]) -> str:
     return line + "."
 
 
+def _aggregation_line(aggregation: dict[str, Any]) -> str:
+    used = aggregation.get("used", "-")
+    line = f"Aggregation: {used} ({aggregation.get('why', 'not recorded')})."
+    if used == "newton":
+        line += (" Each round the owners sent their mean loss, gradient and Hessian over their training rows; "
+                 "without secure aggregation the coordinator saw each owner's.")
+    return line
+
+
 def markdown(report: dict[str, Any], plot: bool) -> str:
     m = report["metric"]
     label = LABEL.get(m, m)
@@ -119,6 +130,8 @@ def markdown(report: dict[str, Any], plot: bool) -> str:
         f"{report['status']}; training took {report['timings_s']['training']:.0f} s.",
         "",
         _privacy_line(report.get("privacy") or {}),
+        "",
+        _aggregation_line(report.get("aggregation") or {}),
         "",
         f"Final {label}: {_score(m, acc['federated_clear'])} on the public test rows, "
         f"{_score(m, acc['federated_clients'])} on the owners' held-out rows.",

@@ -14,8 +14,10 @@ against the contract, and the unmasked average's shapes and values.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -45,6 +47,8 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
 from fedfhe_common import fl_contract as fc
+from fedfhe_common import newton
+from fedfhe_common.transport import to_arrays
 
 from .server_app import NodesLost, Recording, ReplyPolicy
 from .wire_bytes import CountingGrid
@@ -116,6 +120,48 @@ def _stage(message: Message) -> str:
         return ""
 
 
+@dataclass
+class NewtonRun:
+    """A secure newton run: owners' terms scaled into SecAgg+'s clipping range, the step taken on their sum.
+
+    Each round the coordinator bounds what an honest owner's gradient, Hessian and
+    loss can be at the model it sends (newton.term_bounds, from the inputs'
+    bounds after the preprocessing and a regressor's target bounds) and asks
+    owners to scale each array by range / bound, so nothing honest is clipped and
+    each array keeps the precision of the range.
+    """
+
+    family: str
+    schema: Any
+    model_params: dict[str, Any]
+    input_bound: float
+    target_bound: float
+    stepper: newton.Stepper | None = None
+    scales: dict[int, list[float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.stepper = newton.Stepper(self.schema.n_features)
+
+    def round_scales(self, server_round: int, params: list[np.ndarray], clipping_range: float) -> list[float]:
+        w = newton.flatten(params, self.family, self.schema)
+        bounds = newton.term_bounds(self.family, self.schema, w, self.input_bound, self.target_bound)
+        self.scales[server_round] = [clipping_range / b for b in bounds]
+        return self.scales[server_round]
+
+    def step(self, server_round: int, sent: list[np.ndarray], averaged: list[np.ndarray], rows: int,
+             quantum: float) -> list[np.ndarray]:
+        """The next model from the unmasked average (still scaled); ``quantum``: its rounding per entry, scaled."""
+        scales = self.scales[server_round]
+        terms = fc.check_newton_terms(averaged, self.family, self.schema, convex=False)
+        loss, grad, hess = fc.unpack_newton([t / s for t, s in zip(terms, scales, strict=True)])
+        assert self.stepper is not None
+        w = newton.flatten(sent, self.family, self.schema)
+        stepped = self.stepper.step(
+            w, loss, grad, hess, newton.penalty_strength(self.family, self.model_params, rows),
+            hess_tolerance=len(w) * quantum / scales[1], loss_tolerance=2.0 * quantum / scales[2])
+        return to_arrays(newton.unflatten(stepped, self.family, self.schema)).to_numpy_ndarrays()
+
+
 def weighted_scores(metrics: list[dict[str, Any]]) -> dict[str, float]:
     """Held-out scores weighted by held-out rows, as the plain run's client_scores."""
     total = sum(float(m[fc.EVAL_EXAMPLES]) for m in metrics)
@@ -142,6 +188,7 @@ class SecureRecorder(Recording, Strategy):
         self, progress: Path, policy: ReplyPolicy, owner_keys: dict[str, str], node_wait: float, *,
         inner: Strategy, min_nodes: int, max_weight: float, threshold: int,
         score: Callable[[list[np.ndarray]], dict[str, float]], record_dir: str = "",
+        newton_run: NewtonRun | None = None, clipping_range: float = 0.0, quantization_range: int = 0,
     ) -> None:
         super().__init__(progress, policy, owner_keys=owner_keys, node_wait=node_wait)
         self.inner = inner
@@ -152,6 +199,9 @@ class SecureRecorder(Recording, Strategy):
         self.record_dir = Path(record_dir) if record_dir else None
         self.grid: StageGrid | None = None
         self.started = time.time()
+        self.newton = newton_run
+        self.clipping_range = clipping_range
+        self.quantization_range = quantization_range
 
     # ---- Flower's legacy Strategy ------------------------------------------
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
@@ -180,7 +230,13 @@ class SecureRecorder(Recording, Strategy):
                 self.flush(server_round)
                 raise NodesLost(entry["error"])
             time.sleep(0.5)
-        return self.inner.configure_fit(server_round, parameters, client_manager)
+        instructions = self.inner.configure_fit(server_round, parameters, client_manager)
+        sent = self.global_params.get(server_round)
+        if self.newton is not None and sent is not None:
+            scales = json.dumps(self.newton.round_scales(server_round, sent, self.clipping_range))
+            for _, fitins in instructions:
+                fitins.config[fc.NEWTON_SCALES] = scales
+        return instructions
 
     def aggregate_fit(
         self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
@@ -217,12 +273,33 @@ class SecureRecorder(Recording, Strategy):
         if params is None:
             return None, {}
         try:
+            if self.newton is not None:
+                params = ndarrays_to_parameters(self._newton_step(server_round, parameters_to_ndarrays(params),
+                                                                  results))
             fc.check_params(parameters_to_ndarrays(params), self.policy.family, self.policy.schema)
-        except fc.ReplyRejected as exc:
+        except (fc.ReplyRejected, newton.NotConvex) as exc:
             entry["failures"].append({"phase": "fit", "node_id": 0, "owner": "(sum)",
                                       "reason": f"the unmasked sum broke the contract and was dropped: {exc}"})
             return None, {}
         return params, metrics
+
+    def _newton_step(self, server_round: int, averaged: list[np.ndarray],
+                     results: list[tuple[ClientProxy, FitRes]]) -> list[np.ndarray]:
+        """Newton's step from the unmasked average of the owners' scaled terms.
+
+        Flower quantises each owner's terms times weight / max_weight in steps of
+        2 x range / quantization_range and divides the sum by the weights' sum: that
+        bounds the rounding of each averaged entry (``quantum``).
+        """
+        assert self.newton is not None
+        sent = self.global_params[server_round]
+        weights = [int(res.num_examples) for _, res in results]
+        ratios = sum(w / self.max_weight for w in weights)
+        quantum = 2.0 * self.clipping_range / max(1, self.quantization_range) * len(weights) / max(ratios, 1e-12)
+        stepped = self.newton.step(server_round, sent, averaged, sum(weights), quantum)
+        assert self.newton.stepper is not None
+        self.entry(server_round)["newton"] = self.newton.stepper.log[-1]
+        return stepped
 
     def configure_evaluate(self, server_round: int, parameters: Parameters,
                            client_manager: ClientManager) -> list[tuple[ClientProxy, EvaluateIns]]:
@@ -331,6 +408,7 @@ def run_secure(
     grid: Grid, context: Context, *, policy: ReplyPolicy, progress: Path, owner_keys: dict[str, str],
     node_wait: float, min_nodes: int, rounds: int, timeout: float, config: ConfigRecord,
     initial: ArrayRecord, connected: int, score: Callable[[list[np.ndarray]], dict[str, float]],
+    newton_run: NewtonRun | None = None,
 ) -> tuple[ArrayRecord, SecureRecorder, Grid]:
     """Run ``rounds`` SecAgg+ rounds; the final global parameters, the recorder and the grid used."""
     cfg = context.run_config
@@ -355,7 +433,9 @@ def run_secure(
         )
     max_weight = float(cfg[fc.RUN_SECAGG_MAX_WEIGHT])
     recorder = SecureRecorder(progress, policy, owner_keys, node_wait, inner=inner, min_nodes=min_nodes,
-                              max_weight=max_weight, threshold=threshold, score=score, record_dir=record_dir)
+                              max_weight=max_weight, threshold=threshold, score=score, record_dir=record_dir,
+                              newton_run=newton_run, clipping_range=float(cfg[fc.RUN_SECAGG_CLIPPING_RANGE]),
+                              quantization_range=int(cfg["secagg-quantization-range"]))
     stage_grid = StageGrid(grid, recorder.owner_of, record_dir)
     recorder.grid = recorder.counter = stage_grid
     recorder.learn_names(stage_grid)

@@ -460,7 +460,8 @@ def main(grid: Grid, context: Context) -> None:
         raw_public = load_table(str(cfg["public-test"]), schema)
 
     secure = bool(cfg.get(fc.RUN_SECURE, False))
-    aggregation, why = resolve(str(cfg["aggregation"]), family, schema, secure, float(cfg["clip-norm"]))
+    aggregation, why = resolve(str(cfg["aggregation"]), family, schema, secure, float(cfg["clip-norm"]),
+                               secure and float(cfg[fc.RUN_DP_NOISE_MULTIPLIER]) > 0)
     policy = ReplyPolicy(
         family, schema, max_examples=int(cfg["max-examples"]),
         per_owner={str(k): int(v) for k, v in json.loads(str(cfg["max-examples-per-owner"])).items()},
@@ -501,6 +502,7 @@ def main(grid: Grid, context: Context) -> None:
             grid, context, policy=policy, progress=progress, owner_keys=owner_keys,
             node_wait=float(cfg["wait-for-nodes"]), min_nodes=min_nodes, rounds=rounds, timeout=timeout,
             config=config, initial=initial, connected=len(connected), score=score,
+            newton_run=newton_run(aggregation, family, schema, prep, model_params),
         )
         threshold = strategy.threshold
     else:
@@ -558,6 +560,19 @@ def main(grid: Grid, context: Context) -> None:
         origin="federated",
         preprocessing=prep,
     ).save(out_dir / "artifact")
+
+
+def newton_run(aggregation: str, family: str, schema: DatasetSchema, prep: Preprocessing,
+               model_params: dict[str, Any]) -> Any:
+    """What a secure newton run needs to scale the owners' terms (secure_training.NewtonRun); None otherwise."""
+    if aggregation != "newton":
+        return None
+    from .secure_training import NewtonRun
+
+    lo, hi = prep.calibration_bounds()
+    target = 0.0 if schema.is_classifier else max(abs(float(schema.target_min or 0.0)),
+                                                  abs(float(schema.target_max or 0.0)))
+    return NewtonRun(family, schema, model_params, float(np.max(np.abs(np.concatenate([lo, hi])))), target)
 
 
 def statistics(grid: Grid, context: Context, schema: DatasetSchema, config: ConfigRecord, policy: ReplyPolicy,

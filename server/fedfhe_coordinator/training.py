@@ -89,7 +89,8 @@ def preflight(cfg: CoordinatorConfig) -> None:
         return
     t = cfg.training
     models.check_family(t.model, schema)
-    aggregation.resolve(t.aggregation, t.model, schema, t.secure_aggregation.enabled, t.clip_norm)
+    sa = t.secure_aggregation
+    aggregation.resolve(t.aggregation, t.model, schema, sa.enabled, t.clip_norm, sa.enabled and sa.noise_multiplier > 0)
 
 
 def run_training(

@@ -10,7 +10,9 @@ SuperLink and three SuperNodes (TLS, SuperNode auth) serve both tests:
   species names, equal to the simulated ones;
 - a secure run: the statistics go through SecAgg+, so the coordinator holds
   each owner's statistics vector only masked, and the preprocessing it derives
-  is the row-weighted average of the owners' true vectors.
+  is the row-weighted average of the owners' true vectors; then one newton
+  round, whose scaled gradients and Hessians the coordinator also holds only
+  masked, and whose step is the one the owners' true terms give.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ import yaml
 from flwr.common.secure_aggregation.quantization import quantize
 from reliability_helpers import supernode_id
 
+from fedfhe_common import fl_contract as fc
+from fedfhe_common import models, newton
 from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.data import load_table
 from fedfhe_common.preprocessing import Preprocessing
 from fedfhe_common.procs import venv_bin, wait_until
 from fedfhe_common.scoring import prediction_score
 from fedfhe_coordinator import config as coord
+from fedfhe_coordinator.secure_training import NewtonRun
 from fedfhe_coordinator.training import run_training, with_secure_aggregation
 from fedfhe_demo.cluster import Cluster
 from fedfhe_demo.fhe_phases import inference_config
@@ -166,3 +171,28 @@ def test_statistics_go_through_secure_aggregation_masked(fed):
     np.testing.assert_allclose(got.scale, expected.scale, rtol=1e-2)
     loaded = TrainingArtifact.load(fed["work"] / "training" / "artifact")
     assert loaded.prep.to_dict() == got.to_dict() and artifact.metrics["privacy"]["secure_aggregation"] is True
+
+    # Then one newton round through SecAgg+: each owner's terms scaled into the clipping range, masked.
+    assert artifact.metrics["aggregation"]["used"] == "newton", artifact.metrics["aggregation"]
+    family, p = artifact.family, newton.n_params(artifact.family, schema)
+    lo, hi = got.calibration_bounds()
+    run = NewtonRun(family, schema, {}, float(np.max(np.abs(np.concatenate([lo, hi])))), 0.0)
+    start = models.initial_parameters(family, schema)
+    scales = run.round_scales(1, start, CLIPPING_RANGE)
+    terms = {}
+    for owner in OWNERS:
+        rec = np.load(fed["work"] / "owners" / owner / f"{owner}-round1.npz")
+        sent = [rec[f"p{i}"] for i in range(3)]
+        assert [a.shape for a in sent] == [(p,), (p * (p + 1) // 2,), (1,)]
+        terms[owner] = ([a / s for a, s in zip(sent, scales, strict=True)], float(rec["weight"]))
+        masked = np.load(record / f"masked-{owner}-round1.npz")
+        quantized = quantize([sent[1] * ratios[owner]], CLIPPING_RANGE, QUANTIZATION_RANGE)[0]
+        close = np.mean(np.abs(masked["p2"].astype(np.int64) - quantized.astype(np.int64)) <= 1)
+        assert close < 0.01, f"{owner}'s masked Hessian matches its quantised terms in {close:.1%} of values"
+    # The step the coordinator took is the one the owners' true terms give, up to SecAgg+'s rounding.
+    averaged = [sum(t[i] * w for t, w in terms.values()) / total for i in range(3)]
+    loss, grad, hess = fc.unpack_newton(averaged)
+    expected_w = newton.Stepper(schema.n_features).step(
+        newton.flatten(start, family, schema), loss, grad, hess, newton.penalty_strength(family, {}, int(total)))
+    got_w = newton.flatten([artifact.coef, np.atleast_1d(artifact.intercept)], family, schema)
+    assert np.linalg.norm(got_w - expected_w) <= 0.02 * np.linalg.norm(expected_w)

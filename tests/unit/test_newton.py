@@ -164,17 +164,57 @@ def test_auto_picks_newton_where_it_applies_and_says_why_elsewhere():
     used, why = resolve("auto", "LogisticRegression", resolve_schema("digits"), False, 0.0)
     assert used == "fedavg" and "650 parameters" in why
     assert resolve("auto", "LinearSVC", bc, False, 0.0)[0] == "fedavg"
-    assert resolve("auto", "LogisticRegression", bc, True, 0.0)[0] == "fedavg"
+    assert resolve("auto", "LogisticRegression", bc, True, 0.0)[0] == "newton"  # through SecAgg+, scaled
+    assert resolve("auto", "LogisticRegression", bc, True, 0.0, dp=True)[0] == "fedavg"
+    diabetes = table("diabetes")[2]
+    assert resolve("auto", "Ridge", diabetes, False, 0.0)[0] == "newton"
+    used, why = resolve("auto", "Ridge", diabetes, True, 0.0)
+    assert used == "fedavg" and "target_min and target_max" in why
     assert resolve("krum", "LogisticRegression", bc, False, 0.0) == ("krum", "as configured")
 
 
 @pytest.mark.parametrize(("family", "schema", "secure", "clip", "message"), [
     ("LogisticRegression", "digits", False, 0.0, "above newton's 400"),
     ("LinearSVC", "bc", False, 0.0, "trains LogisticRegression, Ridge, LinearRegression, not LinearSVC"),
-    ("LogisticRegression", "bc", True, 0.0, "SecAgg+"),
+    ("Ridge", "diabetes", True, 0.0, "declare target_min and target_max"),
     ("LogisticRegression", "bc", False, 1.0, "clip_norm"),
 ])
 def test_newton_where_it_cannot_train_is_refused_naming_why(family, schema, secure, clip, message):
-    resolved = resolve_schema("digits") if schema == "digits" else table("bc")[2]
+    resolved = resolve_schema("digits") if schema == "digits" else table(schema)[2]
     with pytest.raises(ConfigError, match=message):
         resolve("newton", family, resolved, secure, clip)
+
+
+@pytest.mark.parametrize(("name", "family"), [("bc", "LogisticRegression"), ("wine", "LogisticRegression")])
+def test_scaled_and_quantised_as_secagg_does_the_steps_still_reach_the_optimum(name, family):
+    """secure_training.NewtonRun with each owner's scaled terms quantised by Flower's own SecAgg+ quantiser."""
+    from flwr.common.secure_aggregation.quantization import dequantize, quantize
+
+    from fedfhe_coordinator.secure_training import NewtonRun
+
+    X, y, schema = table(name)
+    clip, qrange, max_weight = 8.0, 2**22, 10000.0
+    run = NewtonRun(family, schema, {}, float(np.max(np.abs(X))), 0.0)
+    params = models.initial_parameters(family, schema)
+    parts = label_sorted_owners(y)
+    for r in range(1, 9):
+        scales = run.round_scales(r, params, clip)
+        total, ratios = None, 0.0
+        for p in parts:
+            terms = fc.pack_newton(*newton.local_terms(family, params, X[p], y[p], schema))
+            scaled = [np.clip(t * s, -clip, clip) * (len(p) / max_weight) for t, s in zip(terms, scales, strict=True)]
+            back = dequantize(quantize(scaled, clip, qrange), clip, qrange)
+            total = back if total is None else [a + b for a, b in zip(total, back, strict=True)]
+            ratios += len(p) / max_weight
+        averaged = [t / ratios for t in total]
+        quantum = 2.0 * clip / qrange * len(parts) / ratios
+        wire = run.step(r, params, averaged, len(y), quantum)
+        params = [wire[0].reshape(params[0].shape), wire[1].reshape(params[1].shape)]
+    # Rounding limits the optimum's precision in its flattest directions (each owner's terms travel multiplied
+    # by rows / max_weight, here about 0.02: 50x coarser steps); the predictions are the pooled model's.
+    ref = sklearn_pooled(family, X, y, schema)
+    assert np.linalg.norm(newton.flatten(params, family, schema) - ref) / np.linalg.norm(ref) < 0.1
+    ours = models.set_parameters(models.build(family), params, schema)
+    pooled = models.set_parameters(models.build(family), newton.unflatten(ref, family, schema), schema)
+    assert np.array_equal(ours.predict(X), pooled.predict(X))
+    assert np.max(np.abs(ours.predict_proba(X) - pooled.predict_proba(X))) < 0.05
