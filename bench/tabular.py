@@ -16,7 +16,7 @@ label skew (a regression target skews over its quartiles), each run is:
   rows (each owner's file minus the 20% its ClientApp holds out) and the same family, its
   regularisation chosen on a validation split;
 - the federated model compiled to FHE (``fedfhe_coordinator.compile``: calibration from the
-  schema's bounds through the artifact's preprocessing, n_bits 8), predicted with
+  schema's bounds through the artifact's preprocessing, compile's default n_bits), predicted with
   ``fhe="simulate"`` and with ``fhe="execute"`` (real keys, encryption, the circuit on
   ciphertexts and decryption, in this process).
 
@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from fedfhe_common import models
 from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.data import load_table
 from fedfhe_common.exit_status import exit_with
@@ -64,7 +65,7 @@ from fedfhe_demo.reference import centralised_reference, training_rows
 DATASETS = ("breast-cancer", "wine", "penguins", "diabetes", "diabetes-table")
 OWNER_COUNTS = (3, 10)
 SCHEMES = ("iid", "dirichlet")
-ALPHA, SEED, HOLDOUT, N_BITS = 0.5, 0, 0.2, 8
+ALPHA, SEED, HOLDOUT = 0.5, 0, 0.2
 MIN_OWNER_ROWS = 10  # fedfhe_demo.partition.dirichlet_indices' floor
 # name -> coordinator.yaml training keys (fedfhe_coordinator.config.TrainingConfig); "model_params" per
 # family; "regularisation": "matched" sets C / alpha from the run's reference (``training_keys``).
@@ -175,7 +176,8 @@ def fhe_predictions(artifact: TrainingArtifact, X: np.ndarray) -> dict[str, Any]
     estimator = artifact.to_estimator()
     t = time.perf_counter()
     calibration = calibration_set(artifact.schema, estimator, prep=artifact.prep)
-    model = to_concrete(estimator, artifact.family, calibration, n_bits=N_BITS)
+    n_bits = models.default_n_bits(artifact.family, artifact.schema)  # what `compile` picks without --n-bits
+    model = to_concrete(estimator, artifact.family, calibration, n_bits=n_bits)
     compile_s = time.perf_counter() - t
     X = artifact.prep.transform(X)  # what an owner encrypts
     t = time.perf_counter()
@@ -191,6 +193,7 @@ def fhe_predictions(artifact: TrainingArtifact, X: np.ndarray) -> dict[str, Any]
         "clear": estimator.predict(X), "quantized": model.predict(X, fhe="disable"),
         "simulated": simulated, "encrypted": encrypted,
         "step": None if artifact.schema.is_classifier else float(model.output_quantizers[0].scale),
+        "n_bits": n_bits,
         "seconds": {"compile": compile_s, "keygen": keygen_s, "simulate_per_row": simulate_s / max(1, len(X)),
                     "execute_per_row": execute_s / max(1, len(X))},
     }
@@ -258,7 +261,7 @@ def one_run(dataset: str, owners: int, scheme: str, setting: str) -> dict[str, A
         "nodes_per_round": [r["fit_nodes"] for r in fed["rows"]],
         "seconds": {"reference": reference_s, "federation": fed["seconds"],
                     "per_round": float(np.mean(per_round)), **fhe["seconds"]},
-        "n_bits": N_BITS,
+        "n_bits": fhe["n_bits"],
     }
 
 
@@ -355,7 +358,10 @@ def document(runs: list[dict[str, Any]], invocations: list[dict[str, Any]]) -> d
         "setting": DEFAULT_SETTING, "setting_note": SETTING_NOTES[DEFAULT_SETTING],
         "rounds": SETTINGS[DEFAULT_SETTING]["rounds"],
         "datasets": {d: dataset_info(d, runs) for d in DATASETS},
-        "alpha": ALPHA, "seed": SEED, "owner_holdout": HOLDOUT, "n_bits": N_BITS, "min_owner_rows": MIN_OWNER_ROWS,
+        "alpha": ALPHA, "seed": SEED, "owner_holdout": HOLDOUT,
+        "n_bits": "compile's default (models.default_n_bits): 10 on typed tables, 8 on the legacy arrays; runs "
+                  "before 2026-12-06 17:00 used 8 everywhere; each run records its own",
+        "min_owner_rows": MIN_OWNER_ROWS,
         "goals": GOALS, "goal_datasets": GOAL_DATASETS, "rules": RULES,
         **summarise(runs, DEFAULT_SETTING),
         "skipped": skipped(runs, DEFAULT_SETTING),

@@ -24,7 +24,8 @@ def parse(argv: list[str] | None = None) -> Options:
     ap.add_argument("--model", default="LogisticRegression", choices=LOCAL_FAMILIES)
     ap.add_argument("--split", default="dirichlet", choices=["iid", "dirichlet"], help="default: non-IID")
     ap.add_argument("--alpha", type=float, default=1.0, help="Dirichlet concentration for --split dirichlet")
-    ap.add_argument("--n-bits", default="8", help="quantisation bits for FHE, or 'auto'")
+    ap.add_argument("--n-bits", default="default",
+                    help="quantisation bits for FHE, 'auto', or 'default' (compile's: 8 on pixels, 10 on tables)")
     ap.add_argument("--max-rows", type=int, default=None, help="subsample the dataset (Fashion-MNIST: 70000 rows)")
     ap.add_argument("--work-dir", type=Path, default=None, help="default: a fresh directory, printed at start")
     ap.add_argument("--seed", type=int, default=0)

@@ -54,7 +54,8 @@ def run_fhe_phases(
     artifact = work / "training" / "artifact"
     prep = TrainingArtifact.load(artifact).prep  # the transform owners apply before encrypting
     with steps("compile"):
-        n_bits: int | str = opts.n_bits if opts.n_bits == "auto" else int(opts.n_bits)
+        n_bits: int | str | None = (None if opts.n_bits == "default" else
+                                    opts.n_bits if opts.n_bits == "auto" else int(opts.n_bits))
         bundle, fhe_model = compile_artifact(
             artifact, work / "bundle", n_bits=n_bits, model_id=f"{opts.dataset}-{opts.model.lower()}",
             version="demo", eval_set=public, force=True,

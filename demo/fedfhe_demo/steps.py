@@ -27,7 +27,7 @@ class Options:
     model: str = "LogisticRegression"
     split: str = "dirichlet"
     alpha: float = 1.0
-    n_bits: str = "8"
+    n_bits: str = "default"
     work_dir: Path | None = None
     max_rows: int | None = None
     seed: int = 0

@@ -216,6 +216,7 @@ class FheRunner:
         results: list[bytes | None] = [None] * len(values)
         rows = iter(range(len(values)))
         rows_lock = threading.Lock()
+        refused: dict[int, ServiceError] = {}
 
         def drain() -> None:
             while not stop.is_set():
@@ -223,13 +224,24 @@ class FheRunner:
                     i = next(rows, None)
                 if i is None:
                     return
-                results[i] = one(i, values[i])
+                try:
+                    results[i] = one(i, values[i])
+                except ServiceError as exc:
+                    refused[i] = exc
+                    raise
 
         futures = [self.pool.submit(drain) for _ in range(min(self.workers, len(values)))]
         try:
             done, pending = cf.wait(futures, timeout=timeout, return_when=cf.FIRST_EXCEPTION)
+            if refused:
+                # Rows start in order, so every row before the refused one has started: let those in flight
+                # end (no new row starts) and report the lowest bad row, whichever worker finished first.
+                stop.set()
+                done, pending = cf.wait(futures, timeout=max(0.0, deadline - time.perf_counter()))
             if not is_active():
                 raise ServiceError(grpc.StatusCode.CANCELLED, "the client cancelled the request")
+            if refused:
+                raise refused[min(refused)]
             errors = [fut.exception() for fut in futures if fut in done]
             for exc in errors:
                 if isinstance(exc, ServiceError):

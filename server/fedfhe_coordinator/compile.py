@@ -27,7 +27,6 @@ from fedfhe_common.preprocessing import Preprocessing
 from fedfhe_common.schema import DatasetSchema
 from fedfhe_common.scoring import prediction_score
 
-DEFAULT_N_BITS = 8  # linear families; trees default to models.default_n_bits (6, Concrete ML's own)
 CALIBRATION_ROWS = 200
 # --n-bits auto for trees stops here: a tree's lookup tables, hence its evaluation keys, grow with n_bits
 # (depth-3 regressor on diabetes: 38 MB of keys at 4 bits, 59 MB at 6).
@@ -225,7 +224,7 @@ def compile_artifact(
     if n_bits == "auto":
         say(f"choosing n_bits on {len(eval_set[1]) if eval_set else 0} public rows (one circuit per candidate)")
     if n_bits is None:
-        n_bits = models.default_n_bits(artifact.family)
+        n_bits = models.default_n_bits(artifact.family, schema)
     candidates = range(2, TREE_AUTO_MAX_N_BITS + 1) if models.is_tree(artifact.family) else None
     n_bits, choice = resolve_n_bits(n_bits, estimator, artifact.family, schema, eval_set,
                                     tolerance_points=tolerance_points, calibration_set=calibration, on_trial=trial,
