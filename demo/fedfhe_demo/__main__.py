@@ -9,7 +9,7 @@ from fedfhe_common.errors import FedfheError
 from fedfhe_common.exit_status import exit_with
 from fedfhe_common.models import LOCAL_FAMILIES, check_family
 
-from .datasets import BUILTIN, demo_schema
+from .datasets import BUILTIN, demo_schema, is_tabular
 from .pipeline import main
 from .steps import Options
 
@@ -19,7 +19,8 @@ def parse(argv: list[str] | None = None) -> Options:
     ap.add_argument("--dataset", default="digits", choices=list(BUILTIN),
                     help="diabetes is a regression; breast-cancer, wine and penguins are real tables (typed schemas)")
     ap.add_argument("--owners", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=5)
+    # Tables train with newton (aggregation auto), within 1e-4 of the pooled fit in about 7 rounds.
+    ap.add_argument("--rounds", type=int, default=None, help="default: 8 on the tables, 5 otherwise")
     # Tree families are accepted here only to be refused by check_family with the reason (train-local).
     ap.add_argument("--model", default="LogisticRegression", choices=LOCAL_FAMILIES)
     ap.add_argument("--split", default="dirichlet", choices=["iid", "dirichlet"], help="default: non-IID")
@@ -30,6 +31,8 @@ def parse(argv: list[str] | None = None) -> Options:
     ap.add_argument("--work-dir", type=Path, default=None, help="default: a fresh directory, printed at start")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
+    if a.rounds is None:
+        a.rounds = 8 if is_tabular(a.dataset) else 5
     if a.owners < 1 or a.rounds < 1:
         ap.error("--owners and --rounds must be >= 1")
     try:  # before any process starts: Ridge on digits fails here, not inside the ServerApp
