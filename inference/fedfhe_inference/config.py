@@ -44,6 +44,9 @@ class Limits:
     # No stalls (limits.py): one owner holds at most this many RPC threads, whatever it sends or withholds.
     max_calls_per_owner: int = 4
     max_streams_per_owner: int = 2       # UploadKeys, health Watch, reflection
+    # Refused calls per owner (refusals.py): a burst, then this many a second; beyond, refused at the door.
+    refusals_per_owner_per_s: float = 2.0
+    refusal_burst: int = 100
     message_idle_s: float = 30.0         # longest wait for any request message, the first one included
     # Stored evaluation keys (bytes on disk), counted at upload time with the uploads in progress.
     max_owner_key_bytes: int = 1024 * MiB

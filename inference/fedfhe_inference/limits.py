@@ -36,6 +36,7 @@ from .display import shown, status_text
 from .errors import ServiceError, exhausted, invalid
 from .identity import Identity
 from .metrics import Metrics
+from .refusals import REFUSALS, RefusalBudget
 
 log = logging.getLogger("fedfhe.inference.limits")
 READER_THREAD = "fedfhe-request-reader"
@@ -238,6 +239,7 @@ class Guard(grpc.ServerInterceptor):
     def __init__(self, identity: Identity, limits: Limits, metrics: Metrics | None = None) -> None:
         self.identity = identity
         self.slots = OwnerSlots(limits.max_calls_per_owner, limits.max_streams_per_owner)
+        self.refusals = RefusalBudget(limits.refusals_per_owner_per_s, limits.refusal_burst)
         self.idle_s = limits.message_idle_s
         self.metrics = metrics
         self.readers = ReaderPool()
@@ -248,10 +250,17 @@ class Guard(grpc.ServerInterceptor):
             return None
         return self._guarded(details.method, handler)
 
-    def _admit(self, method: str, context: grpc.ServicerContext, streaming: bool) -> Callable[[], None]:
-        """Identity first, then an owner slot; refusals abort the call before any message is read."""
+    def _admit(self, method: str, context: grpc.ServicerContext, streaming: bool,
+               who: dict[str, str]) -> Callable[[], None]:
+        """Identity first, then the owner's refusal budget, then a slot; refusals abort before any message is read."""
         try:
-            owner = self.identity.owner(context)
+            owner = who["owner"] = self.identity.owner(context)
+            wait = self.refusals.wait_s(owner)
+            if wait > 0:  # no log line, no slot: the cheapest refusal there is
+                who.pop("owner")  # not spent again: the budget refills while the flood goes on
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, status_text(
+                    f"owner {owner}: too many refused calls (limits.refusal_burst, refusals_per_owner_per_s); "
+                    f"calls are refused for {wait:.1f}s more"))
             return self.slots.take(owner, streaming)
         except ServiceError as exc:
             log.warning("refused %s from %s: %s %s", _method_name(method), shown(context.peer(), 80),
@@ -266,20 +275,25 @@ class Guard(grpc.ServerInterceptor):
 
         def call(request_iterator: Iterator[Any], context: grpc.ServicerContext, *extra: Any) -> Any:
             started = time.perf_counter()
+            who: dict[str, str] = {}
 
             def observed(otherwise: grpc.StatusCode = grpc.StatusCode.OK) -> None:  # once per call, refusals too
+                code = _final_code(context, otherwise)
                 if self.metrics is not None:
-                    self.metrics.observe_call(method, _final_code(context, otherwise), time.perf_counter() - started)
+                    self.metrics.observe_call(method, code, time.perf_counter() - started)
+                if code in REFUSALS and "owner" in who and self.refusals.spend(who["owner"]):
+                    log.warning("owner %s spent its refused-call burst; its calls are refused at once until its "
+                                "budget refills (limits.refusals_per_owner_per_s)", shown(who["owner"], 80))
 
             try:
-                return admitted(request_iterator, context, observed, *extra)
+                return admitted(request_iterator, context, observed, who, *extra)
             except BaseException:
                 observed(grpc.StatusCode.UNKNOWN)  # what gRPC sends for an exception without abort()
                 raise
 
         def admitted(request_iterator: Iterator[Any], context: grpc.ServicerContext, observed: Callable[..., None],
-                     *extra: Any) -> Any:
-            release = self._admit(method, context, streaming)
+                     who: dict[str, str], *extra: Any) -> Any:
+            release = self._admit(method, context, streaming, who)
             requests = IdleRequests(request_iterator, self.idle_s, what, ahead=1 if handler.request_streaming else 0,
                                     readers=self.readers)
             try:

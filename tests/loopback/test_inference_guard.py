@@ -181,3 +181,28 @@ def test_idle_connections_are_closed(pki):
             assert grpc.ChannelConnectivity.READY in states
     finally:
         g.server.stop(0).wait()
+
+
+def test_a_flood_of_refused_calls_is_turned_away_at_the_door_and_others_are_served(pki):
+    """alice asks again and again for a service the node does not have (NOT_FOUND, her fault): after her burst
+    she is refused at admission with the reason, without a slot or a log line; bob is served throughout."""
+    limits = replace(FAST, refusal_burst=5, refusals_per_owner_per_s=1.0)
+    g = start(pki, limits)
+    try:
+        with g.channel("alice") as a, g.channel("bob") as b:
+            stub = health_pb2_grpc.HealthStub(a)
+            codes = []
+            for _ in range(8):
+                with pytest.raises(grpc.RpcError) as info:
+                    stub.Check(health_pb2.HealthCheckRequest(service="no-such-service"), timeout=10)
+                codes.append(info.value.code())
+            assert codes[:5] == [grpc.StatusCode.NOT_FOUND] * 5
+            assert codes[5:] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3
+            assert "too many refused calls" in info.value.details()
+            assert check(b) == health_pb2.HealthCheckResponse.SERVING
+            assert g.guard.slots.in_use("alice") == (0, 0)
+            # Her budget refills at 1 a second: a good call goes through again.
+            wait_until(lambda: g.guard.refusals.wait_s("alice") == 0, 10, "alice's refusal budget to refill")
+            assert check(a) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        g.server.stop(0).wait()
