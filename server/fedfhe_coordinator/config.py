@@ -111,6 +111,10 @@ class TrainingConfig:
     server_momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.0
     # Largest L2 norm of one owner's update (its parameters minus the global ones); 0 leaves updates as sent.
     clip_norm: float = 0.0
+    # In (0, 1): the largest share of a plain round's weight one owner's reply may carry (server_app.cap_shares);
+    # 0 leaves the counts as claimed (each still within max_examples_per_owner). Under SecAgg+ owners cap
+    # their own counts at secure_aggregation.max_weight.
+    max_owner_share: float = 0.0
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
 
     def __post_init__(self) -> None:
@@ -119,6 +123,8 @@ class TrainingConfig:
         unused = strategy_keys_unused(self.aggregation, self.server_learning_rate, self.server_momentum)
         if unused:
             raise ConfigError(unused)
+        if not (self.max_owner_share == 0 or 0 < self.max_owner_share < 1):
+            raise ConfigError(f"training.max_owner_share: must be 0 (off) or lie in (0, 1), got {self.max_owner_share}")
         if not self.clip_norm >= 0 or self.clip_norm == float("inf"):
             raise ConfigError(f"training.clip_norm: must be a finite number >= 0, got {self.clip_norm}")
         caps = self.max_examples_per_owner

@@ -200,6 +200,7 @@ def write_run_config(cfg: CoordinatorConfig, overrides: dict[str, Any]) -> Path:
         "server-learning-rate": float(t.server_learning_rate),
         "server-momentum": float(t.server_momentum),
         "clip-norm": float(t.clip_norm),
+        "max-owner-share": float(t.max_owner_share),
         **secure_run_config(t.secure_aggregation),
     }
     values.update(overrides)

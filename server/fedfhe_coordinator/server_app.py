@@ -15,6 +15,7 @@ line is written once both its server-side and client-side scores are known.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -126,9 +127,28 @@ class ReplyPolicy:
     newton_terms: bool = False  # train replies carry Newton terms (fl_contract.newton_shapes), not parameters
     per_owner: dict[str, int] = field(default_factory=dict)
     clip_norm: float = 0.0
+    max_share: float = 0.0  # training.max_owner_share: 0 = off
 
     def cap(self, owner: str) -> int:
         return fc.cap_for(owner, self.max_examples, self.per_owner)
+
+
+def cap_shares(counts: list[int], max_share: float) -> list[int]:
+    """Each count capped so that no reply carries more than ``max_share`` of the round's weight.
+
+    The cap is measured against the *median* of the other replies, times their
+    number: one owner claiming a huge count (or a few colluding, while honest owners
+    are the majority) cannot raise the yardstick it is measured by. With every
+    other count at the median, the capped owner holds at most ``max_share``.
+    """
+    if max_share <= 0 or len(counts) < 2:
+        return list(counts)
+    out = []
+    for i, count in enumerate(counts):
+        others = counts[:i] + counts[i + 1:]
+        cap = max_share / (1.0 - max_share) * len(others) * float(np.median(others))
+        out.append(int(min(count, max(1, math.floor(cap)))))
+    return out
 
 
 def clip_update(params: list[np.ndarray], reference: list[np.ndarray], clip_norm: float) -> list[np.ndarray]:
@@ -305,6 +325,7 @@ class Recording:
         replies, rejected = self.screen(server_round, list(replies), "fit")
         self.note_replies(server_round, replies, "fit", rejected=rejected)
         replies = [m for m in replies if id(m) not in rejected]
+        self.cap_weights(server_round, [m for m in replies if not m.has_error()])
         self.entry(server_round)["fit_rows"] = sum(int(m.content[fc.METRICS][fc.NUM_EXAMPLES])
                                                    for m in replies if not m.has_error())
         # These replies scored the model of the previous round.
@@ -316,6 +337,18 @@ class Recording:
             self.flush(server_round)
             raise NodesLost(entry["error"])
         return super().aggregate_train(server_round, replies)  # type: ignore[misc]
+
+    def cap_weights(self, server_round: int, replies: list[Message]) -> None:
+        """training.max_owner_share: counts above their cap are lowered before FedAvg weighs them (round table:
+        ``capped``, owner -> [claimed, used])."""
+        counts = [int(m.content[fc.METRICS][fc.NUM_EXAMPLES]) for m in replies]
+        capped = cap_shares(counts, self.policy.max_share)
+        dst = self._dst(server_round, "fit", None)
+        for m, claimed, used in zip(replies, counts, capped, strict=True):
+            if used != claimed:
+                m.content[fc.METRICS] = MetricRecord(dict(m.content[fc.METRICS]) | {fc.NUM_EXAMPLES: used})
+                node = dst.get(m.metadata.reply_to_message_id, int(m.metadata.src_node_id))
+                self.entry(server_round).setdefault("capped", {})[self.owner_of(node)] = [claimed, used]
 
     def shortfall(self, server_round: int) -> str:
         entry = self.entry(server_round)
@@ -466,6 +499,7 @@ def main(grid: Grid, context: Context) -> None:
         family, schema, max_examples=int(cfg["max-examples"]),
         per_owner={str(k): int(v) for k, v in json.loads(str(cfg["max-examples-per-owner"])).items()},
         clip_norm=float(cfg["clip-norm"]), newton_terms=aggregation == "newton",
+        max_share=float(cfg.get("max-owner-share", 0.0)),
     )
     started = time.time()
 

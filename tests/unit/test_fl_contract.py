@@ -219,3 +219,35 @@ def test_owner_keys_match_the_key_flower_registers(tmp_path):
     supernode_keypair(tmp_path, "alice")
     key = tmp_path / "alice.supernode.pub"
     assert owner_keys([key]) == {fc.owner_key_id(try_load_public_key(key)): "alice"}
+
+
+def test_one_owners_share_of_the_weight_is_capped_against_the_median_of_the_others(tmp_path):
+    """Issue 25: one owner claiming 1,000 rows (within its cap) against four of 100 would hold 71% of the
+    weight; with training.max_owner_share 0.5 its count is cut to the others' median times their number."""
+    from fedfhe_coordinator.server_app import cap_shares
+
+    assert cap_shares([100, 100, 100, 100, 1000], 0.5) == [100, 100, 100, 100, 400]
+    assert cap_shares([100, 120, 90, 1000, 1000], 0.5) == [100, 120, 90, 440, 440]  # two colluding: median holds
+    assert cap_shares([100, 100, 1000], 0.0) == [100, 100, 1000]  # off
+    hostile = content(coef(-40.0), **{"num-examples": 1000})
+    nodes = [1, 2, 3, 4, 5]
+    keys = {fc.owner_key_id(f"key-{n}".encode()): f"owner-{n}" for n in nodes}
+    s = make_strategy("fedavg", tmp_path / "progress.jsonl", ReplyPolicy(FAMILY, SCHEMA, CAP, max_share=0.5),
+                      owner_keys=keys, node_wait=1.0, min_nodes=4)
+    grid = Grid(nodes)
+    start = to_arrays(models.initial_parameters(FAMILY, SCHEMA))
+    sent = {m.metadata.dst_node_id: m for m in grid.push(s.configure_train(1, start, ConfigRecord({}), grid))}
+    replies = [Message(content(coef(1.0)), reply_to=sent[n]) for n in (1, 2, 3, 4)]
+    replies.append(Message(hostile, reply_to=sent[5]))
+    arrays, _ = s.aggregate_train(1, replies)
+    s.flush(1)
+    row = json.loads((tmp_path / "progress.jsonl").read_text().splitlines()[0])
+    share = 400 / 800
+    assert np.allclose(arrays.to_numpy_ndarrays()[0], (1 - share) * 1.0 + share * -40.0)
+    assert row["capped"] == {"owner-5": [1000, 400]} and row["fit_rows"] == 800
+
+
+@pytest.mark.parametrize("share", [1.0, -0.1, 1.5])
+def test_a_max_owner_share_outside_0_1_is_refused_naming_the_key(tmp_path, share):
+    with pytest.raises(ConfigError, match="training.max_owner_share"):
+        coordinator(tmp_path, max_owner_share=share)
