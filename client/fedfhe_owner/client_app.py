@@ -25,6 +25,7 @@ from fedfhe_common.scoring import score_model
 from fedfhe_common.transport import from_arrays, to_arrays
 
 from .holdout import split_holdout
+from .run_ledger import count_evaluation
 from .secure_client import bound_update, is_secure, legacy_reply, privacy_mod, record_true_update
 
 app = ClientApp()
@@ -149,6 +150,8 @@ def train(msg: Message, context: Context) -> Message:
     if is_secure(context):
         return _secure_train(msg, context)
     config = msg.content[fc.CONFIG]
+    if str(config.get(fc.PHASE, "")) != fc.PHASE_STATISTICS:
+        count_evaluation(context)  # the incoming global model is scored on the held-out rows below
     schema, split = _local_data(context, config)
     if str(config.get(fc.PHASE, "")) == fc.PHASE_STATISTICS:
         vectors, rows = _statistics(schema, split)
@@ -190,6 +193,8 @@ def _secure_train(msg: Message, context: Context) -> Message:
 
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
     config = ConfigRecord(dict(fitins.config))
+    if str(config.get(fc.PHASE, "")) != fc.PHASE_STATISTICS:
+        count_evaluation(context)
     schema, split = _local_data(context, config)
     if str(config.get(fc.PHASE, "")) == fc.PHASE_STATISTICS:
         # Through SecAgg+ like an update: the coordinator learns only the row-weighted average.
@@ -220,6 +225,7 @@ def _secure_train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the final global model on this owner's held-out rows."""
+    count_evaluation(context)
     schema, split = _local_data(context, msg.content[fc.CONFIG])
     split = _preprocessed(schema, split, msg.content[fc.CONFIG], context.node_config["data-path"])
     _, model = _global_model(msg, schema)

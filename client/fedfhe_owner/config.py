@@ -20,6 +20,9 @@ class PrivacyPolicy:
     require_secure_aggregation: bool = False
     # A SecAgg+ round with fewer owners is refused: with two, the other owner's update is the sum minus one's own.
     min_owners_per_round: Annotated[int, Range(2)] = 3
+    # Global models this owner scores on its held-out rows in one run (each round's and the final one): each
+    # score is a query on those rows, and one per class reveals their label histogram (issue 25).
+    max_evaluations_per_run: Annotated[int, Range(1)] = 100
 
 
 @dataclass(frozen=True)

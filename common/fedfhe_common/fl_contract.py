@@ -56,6 +56,7 @@ EVAL_PREFIX = "eval-"
 # Node config keys of the owner's privacy policy (owner.yaml privacy: fedfhe_owner.config.PrivacyPolicy).
 NODE_REQUIRE_SECURE = "privacy-require-secure-aggregation"
 NODE_MIN_OWNERS = "privacy-min-owners-per-round"
+NODE_MAX_EVALUATIONS = "privacy-max-evaluations-per-run"
 # Node config key a test federation sets to make one owner's ClientApp misbehave (never set in production).
 TEST_HOSTILE_REPLY = "test-hostile-reply"
 # Node config key of test federations: a folder where the ClientApp writes each true update it masks.

@@ -118,3 +118,4 @@ def test_owner_yaml_privacy_section_reaches_the_clientapp(tmp_path):
                       privacy=PrivacyPolicy(require_secure_aggregation=True, min_owners_per_round=5))
     text = node_config(cfg)
     assert f"{fc.NODE_REQUIRE_SECURE}=true" in text and f"{fc.NODE_MIN_OWNERS}=5" in text
+    assert f"{fc.NODE_MAX_EVALUATIONS}=100" in text  # the default
