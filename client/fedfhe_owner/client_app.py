@@ -51,14 +51,19 @@ def _local_data(context: Context, config: ConfigRecord) -> tuple[DatasetSchema, 
     return schema, split_holdout(X, y, float(node.get("holdout-fraction", 0.2)), int(node.get("seed", 0)))
 
 
-def _preprocessed(schema: DatasetSchema, split: tuple[np.ndarray, ...], config: ConfigRecord,
-                  where: object) -> tuple[np.ndarray, ...]:
-    """The run's preprocessing (checked against this owner's schema) applied to its train and held-out rows."""
+def _run_preprocessing(schema: DatasetSchema, config: ConfigRecord) -> Preprocessing:
+    """The run's preprocessing, checked against this owner's schema."""
     raw = config.get(fc.PREPROCESSING)
     try:
-        prep = Preprocessing.from_dict(schema, json.loads(str(raw)) if raw else None, "the run's preprocessing")
+        return Preprocessing.from_dict(schema, json.loads(str(raw)) if raw else None, "the run's preprocessing")
     except ValueError as exc:
         raise IntegrityError(f"the run's preprocessing is not JSON: {exc}") from None
+
+
+def _preprocessed(schema: DatasetSchema, split: tuple[np.ndarray, ...], config: ConfigRecord,
+                  where: object) -> tuple[np.ndarray, ...]:
+    """The run's preprocessing applied to this owner's train and held-out rows."""
+    prep = _run_preprocessing(schema, config)
     X_train, X_test, y_train, y_test = split
     return prep.transform(X_train, where), prep.transform(X_test, where), y_train, y_test
 
@@ -150,6 +155,9 @@ def train(msg: Message, context: Context) -> Message:
     if is_secure(context):
         return _secure_train(msg, context)
     config = msg.content[fc.CONFIG]
+    if str(config.get(fc.PHASE, "")) == fc.PHASE_NEWTON and context.node_config.get(fc.NODE_PLAIN_NEWTON) is False:
+        raise fc.InstructionRefused("this owner sends newton's gradient and Hessian only through secure aggregation "
+                                    "(owner.yaml privacy.plain_newton: false); the run asked for them in the clear")
     if str(config.get(fc.PHASE, "")) != fc.PHASE_STATISTICS:
         count_evaluation(context)  # the incoming global model is scored on the held-out rows below
     schema, split = _local_data(context, config)
@@ -208,9 +216,15 @@ def _secure_train(msg: Message, context: Context) -> Message:
     received = fc.check_params(parameters_to_ndarrays(fitins.parameters), family, schema)
     model = models.set_parameters(model, received, schema)
     if str(config.get(fc.PHASE, "")) == fc.PHASE_NEWTON:
-        # Each array scaled into the clipping range (the coordinator's factors), then bounded as any update.
+        # Each array scaled into the clipping range by factors this owner computes itself from the model it
+        # received (the coordinator computes the same ones, never sends them), then bounded as any update.
+        try:
+            scales = newton.term_scales(family, schema, newton.flatten(received, family, schema),
+                                        _run_preprocessing(schema, config).largest_input(),
+                                        float(context.run_config[fc.RUN_SECAGG_CLIPPING_RANGE]))
+        except ValueError as exc:
+            raise fc.InstructionRefused(str(exc)) from None
         terms, metrics = _newton_terms(model, family, schema, split)
-        scales = fc.check_newton_scales(config.get(fc.NEWTON_SCALES))
         params = [t * s for t, s in zip(terms, scales, strict=True)]
     else:
         metrics = _fit(model, family, schema, split, config)

@@ -23,6 +23,9 @@ class PrivacyPolicy:
     # Global models this owner scores on its held-out rows in one run (each round's and the final one): each
     # score is a query on those rows, and one per class reveals their label histogram (issue 25).
     max_evaluations_per_run: Annotated[int, Range(1)] = 100
+    # Send newton's mean gradient and Hessian (second moments of the owner's standardised rows) to the
+    # coordinator in the clear; false: only through SecAgg+ (aggregation newton or auto under secure runs).
+    plain_newton: bool = True
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ def node_config(cfg: OwnerConfig) -> str:
         fc.NODE_REQUIRE_SECURE: cfg.privacy.require_secure_aggregation,
         fc.NODE_MIN_OWNERS: cfg.privacy.min_owners_per_round,
         fc.NODE_MAX_EVALUATIONS: cfg.privacy.max_evaluations_per_run,
+        fc.NODE_PLAIN_NEWTON: cfg.privacy.plain_newton,
     }
     if cfg.labels:
         items["labels-path"] = str(cfg.labels.resolve())

@@ -36,9 +36,6 @@ PHASE = "phase"  # "statistics": reply with the preprocessing statistics vector,
 PHASE_STATISTICS = "statistics"
 # "newton": reply with the data terms of the pooled objective at the received model (newton_terms), not a fit.
 PHASE_NEWTON = "newton"
-# Secure newton runs: JSON [gradient, hessian, loss] factors each owner multiplies its terms by before SecAgg+
-# quantises them within its clipping range (newton.term_bounds over the range); the coordinator divides them out.
-NEWTON_SCALES = "newton-scales"
 PREPROCESSING = "preprocessing"  # JSON of preprocessing.Preprocessing.to_dict: how every owner transforms rows
 LOCAL_EPOCHS = "local-epochs"
 # Training rows the statistics round counted over the owners (typed schemas): each owner scales the run's
@@ -57,6 +54,7 @@ EVAL_PREFIX = "eval-"
 NODE_REQUIRE_SECURE = "privacy-require-secure-aggregation"
 NODE_MIN_OWNERS = "privacy-min-owners-per-round"
 NODE_MAX_EVALUATIONS = "privacy-max-evaluations-per-run"
+NODE_PLAIN_NEWTON = "privacy-plain-newton"
 # Node config key a test federation sets to make one owner's ClientApp misbehave (never set in production).
 TEST_HOSTILE_REPLY = "test-hostile-reply"
 # Node config key of test federations: a folder where the ClientApp writes each true update it masks.
@@ -173,11 +171,12 @@ def check_params(arrays: list[np.ndarray], family: str, schema: DatasetSchema) -
             raise ReplyRejected(f"{name} has shape {tuple(arr.shape)}, the run needs {wire}")
         if arr.dtype.kind not in "fiu":
             raise ReplyRejected(f"{name} has dtype {arr.dtype}, the run needs numbers")
+        arr = arr.astype(np.float64)  # before any bound: np.abs of int64's minimum is still negative
         if not np.all(np.isfinite(arr)):
             raise ReplyRejected(f"{name} has non-finite values (NaN or infinity)")
         if arr.size and float(np.max(np.abs(arr))) > MAX_ABS_PARAM:
             raise ReplyRejected(f"{name} has values beyond +-{MAX_ABS_PARAM:g}")
-        out.append(np.asarray(arr, dtype=np.float64).reshape(shape))
+        out.append(arr.reshape(shape))
     return out
 
 
@@ -210,10 +209,11 @@ def check_newton_terms(arrays: list[np.ndarray], family: str, schema: DatasetSch
                        convex: bool = True) -> list[np.ndarray]:
     """Exactly the three arrays of newton_shapes, finite, bounded, with a loss and Hessian diagonal >= 0.
 
-    A convex loss's Hessian is positive semi-definite, so neither its diagonal nor
-    the loss can be negative; the coordinator checks the averaged Hessian as a
-    whole too (newton.Stepper), where an indefinite one would show. ``convex``
-    False: a SecAgg+ sum, whose quantisation may put a zero a step below 0.
+    A convex loss's Hessian is positive semi-definite and its loss not negative:
+    an owner's indefinite Hessian could cancel the others' curvature and send
+    the step anywhere, so each reply's eigenvalues are checked (P <= 400: cheap).
+    ``convex`` False: a SecAgg+ sum, whose quantisation may put a zero a step below
+    0 (newton.Stepper checks the average with the rounding's tolerance).
     """
     expected = newton_shapes(family, schema)
     if len(arrays) != len(expected):
@@ -225,14 +225,19 @@ def check_newton_terms(arrays: list[np.ndarray], family: str, schema: DatasetSch
             raise ReplyRejected(f"{name} has shape {tuple(arr.shape)}, the run needs {shape}")
         if arr.dtype.kind not in "fiu":
             raise ReplyRejected(f"{name} has dtype {arr.dtype}, the run needs numbers")
+        arr = arr.astype(np.float64)  # before any bound: np.abs of int64's minimum is still negative
         if not np.all(np.isfinite(arr)):
             raise ReplyRejected(f"{name} has non-finite values (NaN or infinity)")
         if arr.size and float(np.max(np.abs(arr))) > MAX_ABS_TERM:
             raise ReplyRejected(f"{name} has values beyond +-{MAX_ABS_TERM:g}")
-        out.append(np.asarray(arr, dtype=np.float64))
-    rows, cols = np.triu_indices(expected[0][0])
-    if convex and (np.any(out[1][rows == cols] < 0) or out[2][0] < 0):
-        raise ReplyRejected("a negative loss or Hessian diagonal: not the terms of a convex loss")
+        out.append(arr)
+    if convex:
+        if out[2][0] < 0:
+            raise ReplyRejected("a negative loss: not the terms of a convex loss")
+        _, _, hess = unpack_newton(out)
+        lowest = float(np.linalg.eigvalsh(hess)[0])
+        if lowest < -1e-9 * max(1.0, float(np.max(np.abs(np.diag(hess))))):
+            raise ReplyRejected(f"a Hessian with a negative eigenvalue ({lowest:.3g}): not a convex loss's")
     return out
 
 
@@ -314,27 +319,6 @@ def check_reply(content: Any, phase: Phase, family: str, schema: DatasetSchema, 
 
 class InstructionRefused(ValueError):
     """What the coordinator sent does not fit the contract: the owner refuses the message with this reason."""
-
-
-def check_newton_scales(raw: object) -> tuple[float, float, float]:
-    """The coordinator's three scale factors for a secure newton round: finite, positive (InstructionRefused).
-
-    A hostile coordinator gains nothing from other factors than honest ones: the
-    owner clips what it masks to the run's range either way, so a factor can only
-    cost the sum precision, never reveal an owner's terms.
-    """
-    import json
-
-    try:
-        scales = json.loads(str(raw))
-    except ValueError:
-        raise InstructionRefused(f"{NEWTON_SCALES}: not JSON") from None
-    if (not isinstance(scales, list) or len(scales) != 3
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scales)
-            or not all(math.isfinite(v) and 0 < v <= MAX_ABS_TERM for v in scales)):
-        raise InstructionRefused(f"{NEWTON_SCALES}: must be 3 finite numbers in (0, {MAX_ABS_TERM:g}], got "
-                                 f"{owner_text(raw, 120)}")
-    return float(scales[0]), float(scales[1]), float(scales[2])
 
 
 def check_secagg_setup(share_num: object, threshold: object, sample_num: object, min_owners: int = 2) -> None:

@@ -50,6 +50,36 @@ def unsupported(family: str, schema: DatasetSchema) -> str:
     return ""
 
 
+# The estimator parameters newton reproduces, each with the values it honours (None: any value). Anything
+# else (class weights, an L1 penalty, no intercept, liblinear's penalised intercept, positive coefficients)
+# changes the objective, so such a run trains with fedavg under auto and is refused under newton.
+HONOURED: dict[str, dict[str, tuple[Any, ...] | None]] = {
+    "LogisticRegression": {"C": None, "max_iter": None, "tol": None, "warm_start": None, "random_state": None,
+                           "n_jobs": None, "verbose": None, "penalty": ("l2",), "fit_intercept": (True,),
+                           "class_weight": (None,), "multi_class": ("auto", "multinomial", "deprecated"),
+                           "solver": ("lbfgs", "newton-cg", "newton-cholesky", "sag", "saga"),
+                           "dual": (False,), "l1_ratio": (None,)},
+    "Ridge": {"alpha": None, "max_iter": None, "tol": None, "solver": None, "random_state": None, "copy_X": None,
+              "fit_intercept": (True,), "positive": (False,)},
+    "LinearRegression": {"copy_X": None, "n_jobs": None, "fit_intercept": (True,), "positive": (False,)},
+}
+
+
+def params_reason(family: str, params: dict[str, Any]) -> str:
+    """Why newton would not reproduce ``family`` with these estimator parameters ('' when it would)."""
+    honoured = HONOURED.get(family, {})
+    for key, value in params.items():
+        if key not in honoured:
+            return f"model_params {key!r}: newton does not reproduce it for {family}"
+        allowed = honoured[key]
+        if key in ("C", "alpha") and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not (value > 0 if key == "C" else value >= 0) or value == float("inf")):
+            return f"model_params {key}: {value!r}: must be a finite number {'> 0' if key == 'C' else '>= 0'}"
+        if allowed is not None and value not in allowed:
+            return f"model_params {key}: {value!r}: newton reproduces {family} with {key} in {list(allowed)} only"
+    return ""
+
+
 def check_supported(family: str, schema: DatasetSchema) -> None:
     reason = unsupported(family, schema)
     if reason:
@@ -115,13 +145,13 @@ def local_terms(family: str, params: list[np.ndarray], X: np.ndarray, y: np.ndar
 
 
 def term_bounds(family: str, schema: DatasetSchema, w: np.ndarray, input_bound: float,
-                target_bound: float = 0.0) -> tuple[float, float, float]:
+                target_limit: float = 0.0) -> tuple[float, float, float]:
     """Bounds on |each entry| of an honest owner's gradient, Hessian and loss at ``w``, rows within bounds.
 
     Secure aggregation quantises each array within a clipping range: the coordinator
     scales each array by range / bound so that nothing an honest owner sends is
     clipped and each keeps its own precision. ``input_bound``: the largest |model
-    input| the preprocessing lets through; ``target_bound``: a regressor's |target|.
+    input| the preprocessing lets through; ``target_limit``: a regressor's |target|.
     """
     b = max(1.0, float(input_bound))  # the intercept's input is 1
     rows = np.asarray(w, dtype=np.float64).reshape(-1, schema.n_features + 1)
@@ -129,8 +159,30 @@ def term_bounds(family: str, schema: DatasetSchema, w: np.ndarray, input_bound: 
     if family == "LogisticRegression":
         # |p - t| <= 1; p(1 - p) and p_a p_b <= 1/4; log-loss <= 2 max|z| + log k
         return b, 0.25 * b * b, 2.0 * z + float(np.log(max(2, rows.shape[0])))
-    r = z + float(target_bound)
+    r = z + float(target_limit)
     return b * r, b * b, 0.5 * r * r
+
+
+def target_bound(schema: DatasetSchema) -> float:
+    """The largest |target| a regressor's schema allows (0 for classifiers); ValueError without bounds."""
+    if schema.is_classifier:
+        return 0.0
+    if schema.target_min is None or schema.target_max is None:
+        raise ValueError(f"schema {schema.name}: a secure newton run needs target_min and target_max")
+    return max(abs(float(schema.target_min)), abs(float(schema.target_max)))
+
+
+def term_scales(family: str, schema: DatasetSchema, w: np.ndarray, input_bound: float,
+                clipping_range: float) -> list[float]:
+    """The factors that bring an honest owner's gradient, Hessian and loss into SecAgg+'s clipping range.
+
+    Both sides compute them from what both hold (the model the round sent, the run's
+    preprocessing, the schema and the run config), so no factor travels: a
+    coordinator that could choose one per owner could shrink every other owner's
+    terms to nothing and read one owner's out of the sum.
+    """
+    bounds = term_bounds(family, schema, w, input_bound, target_bound(schema))
+    return [clipping_range / b for b in bounds]
 
 
 def penalty_strength(family: str, model_params: dict[str, Any], federation_rows: int) -> float:
@@ -141,9 +193,7 @@ def penalty_strength(family: str, model_params: dict[str, Any], federation_rows:
     """
     merged = {**models.default_params(family), **model_params}
     if family == "LogisticRegression":
-        if merged.get("penalty", "l2") not in ("l2", None) or not merged.get("fit_intercept", True):
-            raise ConfigError("aggregation newton needs LogisticRegression with penalty l2 and fit_intercept true")
-        return 1.0 / (float(merged.get("C", 1.0)) * federation_rows) if merged.get("penalty", "l2") else 0.0
+        return 1.0 / (float(merged.get("C", 1.0)) * federation_rows)
     if family == "Ridge":
         return float(merged.get("alpha", 1.0)) / federation_rows
     return 0.0

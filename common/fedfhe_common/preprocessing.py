@@ -153,6 +153,11 @@ class Preprocessing:
         lo, hi = self.schema.input_bounds()
         return (lo - self.center) / self.scale, (hi - self.center) / self.scale
 
+    def largest_input(self) -> float:
+        """The largest |model input| the declared bounds allow after the transform (newton's term bounds)."""
+        lo, hi = self.calibration_bounds()
+        return float(np.max(np.abs(np.concatenate([np.ravel(lo), np.ravel(hi)]))))
+
     def calibration_set(self, rows: int, seed: int = 0) -> np.ndarray:
         """Uniform rows per input inside its transformed bounds; one-hot blocks get one category per row."""
         rng = np.random.default_rng(seed)

@@ -261,7 +261,11 @@ class Guard(grpc.ServerInterceptor):
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, status_text(
                     f"owner {owner}: too many refused calls (limits.refusal_burst, refusals_per_owner_per_s); "
                     f"calls are refused for {wait:.1f}s more"))
-            return self.slots.take(owner, streaming)
+            try:
+                return self.slots.take(owner, streaming)
+            except ServiceError:
+                who["at-limit"] = owner  # the caller's own concurrency: a refusal it spends a token on
+                raise
         except ServiceError as exc:
             log.warning("refused %s from %s: %s %s", _method_name(method), shown(context.peer(), 80),
                         exc.code.name, shown(exc.message, 300))
@@ -281,7 +285,7 @@ class Guard(grpc.ServerInterceptor):
                 code = _final_code(context, otherwise)
                 if self.metrics is not None:
                     self.metrics.observe_call(method, code, time.perf_counter() - started)
-                if code in REFUSALS and "owner" in who and self.refusals.spend(who["owner"]):
+                if "owner" in who and (code in REFUSALS or "at-limit" in who) and self.refusals.spend(who["owner"]):
                     log.warning("owner %s spent its refused-call burst; its calls are refused at once until its "
                                 "budget refills (limits.refusals_per_owner_per_s)", shown(who["owner"], 80))
 

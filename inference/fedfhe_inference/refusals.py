@@ -18,11 +18,12 @@ from collections.abc import Callable
 
 import grpc
 
-# How a call ends when the caller, not the node, was at fault: these spend a token.
+# How a call ends when the caller, not the node, was at fault: these spend a token. RESOURCE_EXHAUSTED is
+# not among them (a full disk or store is the node's state, and an owner retrying it must not lock itself
+# out); the Guard spends one for its own RESOURCE_EXHAUSTED, an owner already at its call or stream limit.
 REFUSALS = frozenset({
     grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE,
-    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.ALREADY_EXISTS,
 })
 
 

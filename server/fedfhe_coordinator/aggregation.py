@@ -79,9 +79,9 @@ def strategy_kwargs(
 
 
 def resolve(name: str, family: str, schema: DatasetSchema, secure: bool, clip_norm: float,
-            dp: bool = False) -> tuple[str, str]:
+            dp: bool = False, model_params: dict[str, Any] | None = None) -> tuple[str, str]:
     """The aggregation a run uses for ``name`` and why; ConfigError when ``newton`` cannot train this run."""
-    reasons = [newton.unsupported(family, schema)]
+    reasons = [newton.unsupported(family, schema) or newton.params_reason(family, model_params or {})]
     if secure and not schema.is_classifier and schema.target_max is None:
         reasons.append("under secure aggregation newton scales each owner's terms by bounds on the target: "
                        "declare target_min and target_max in the schema")

@@ -132,7 +132,8 @@ def coordinator_problems(cfg: coord_config.CoordinatorConfig) -> list[str]:
             problems += [f"training.model: {p}" for p in problems_of(exc)]
         try:
             sa = t.secure_aggregation
-            resolve(t.aggregation, t.model, schema, sa.enabled, t.clip_norm, sa.enabled and sa.noise_multiplier > 0)
+            resolve(t.aggregation, t.model, schema, sa.enabled, t.clip_norm, sa.enabled and sa.noise_multiplier > 0,
+                    t.model_params)
         except ConfigError as exc:
             problems += problems_of(exc)
     return problems

@@ -123,8 +123,10 @@ class TrainingConfig:
         unused = strategy_keys_unused(self.aggregation, self.server_learning_rate, self.server_momentum)
         if unused:
             raise ConfigError(unused)
-        if not (self.max_owner_share == 0 or 0 < self.max_owner_share < 1):
-            raise ConfigError(f"training.max_owner_share: must be 0 (off) or lie in (0, 1), got {self.max_owner_share}")
+        if not (self.max_owner_share == 0 or 1 / self.min_nodes <= self.max_owner_share < 1):
+            raise ConfigError(f"training.max_owner_share: must be 0 (off) or lie in [1 / min_nodes, 1) = "
+                              f"[{1 / self.min_nodes:.3g}, 1), got {self.max_owner_share}: with fewer, equal "
+                              "owners already hold more")
         if not self.clip_norm >= 0 or self.clip_norm == float("inf"):
             raise ConfigError(f"training.clip_norm: must be a finite number >= 0, got {self.clip_norm}")
         caps = self.max_examples_per_owner

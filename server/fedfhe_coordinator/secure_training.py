@@ -14,7 +14,6 @@ against the contract, and the unmasked average's shapes and values.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -124,18 +123,17 @@ def _stage(message: Message) -> str:
 class NewtonRun:
     """A secure newton run: owners' terms scaled into SecAgg+'s clipping range, the step taken on their sum.
 
-    Each round the coordinator bounds what an honest owner's gradient, Hessian and
-    loss can be at the model it sends (newton.term_bounds, from the inputs'
-    bounds after the preprocessing and a regressor's target bounds) and asks
-    owners to scale each array by range / bound, so nothing honest is clipped and
-    each array keeps the precision of the range.
+    Each round both sides bound what an honest owner's gradient, Hessian and loss
+    can be at the model sent (newton.term_bounds, from the inputs' bounds after the
+    preprocessing and a regressor's target bounds); owners scale each array by
+    range / bound, so nothing honest is clipped and each array keeps the precision
+    of the range, and the coordinator divides the factors out of the sum.
     """
 
     family: str
     schema: Any
     model_params: dict[str, Any]
     input_bound: float
-    target_bound: float
     stepper: newton.Stepper | None = None
     scales: dict[int, list[float]] = field(default_factory=dict)
 
@@ -143,9 +141,9 @@ class NewtonRun:
         self.stepper = newton.Stepper(self.schema.n_features)
 
     def round_scales(self, server_round: int, params: list[np.ndarray], clipping_range: float) -> list[float]:
+        """The factors every owner applies this round (newton.term_scales: computed on both sides, never sent)."""
         w = newton.flatten(params, self.family, self.schema)
-        bounds = newton.term_bounds(self.family, self.schema, w, self.input_bound, self.target_bound)
-        self.scales[server_round] = [clipping_range / b for b in bounds]
+        self.scales[server_round] = newton.term_scales(self.family, self.schema, w, self.input_bound, clipping_range)
         return self.scales[server_round]
 
     def step(self, server_round: int, sent: list[np.ndarray], averaged: list[np.ndarray], rows: int,
@@ -233,9 +231,7 @@ class SecureRecorder(Recording, Strategy):
         instructions = self.inner.configure_fit(server_round, parameters, client_manager)
         sent = self.global_params.get(server_round)
         if self.newton is not None and sent is not None:
-            scales = json.dumps(self.newton.round_scales(server_round, sent, self.clipping_range))
-            for _, fitins in instructions:
-                fitins.config[fc.NEWTON_SCALES] = scales
+            self.newton.round_scales(server_round, sent, self.clipping_range)
         return instructions
 
     def aggregate_fit(

@@ -134,21 +134,24 @@ class ReplyPolicy:
 
 
 def cap_shares(counts: list[int], max_share: float) -> list[int]:
-    """Each count capped so that no reply carries more than ``max_share`` of the round's weight.
+    """The counts with one cap T on all, the largest that leaves no reply above ``max_share`` of the total.
 
-    The cap is measured against the *median* of the other replies, times their
-    number: one owner claiming a huge count (or a few colluding, while honest owners
-    are the majority) cannot raise the yardstick it is measured by. With every
-    other count at the median, the capped owner holds at most ``max_share``.
+    Water-filling: with the k largest counts cut to T, each holds T / (k T + rest), so
+    T = share x rest / (1 - share x k) for the smallest k whose (k+1)-th count stays
+    below that T. One owner claiming a huge count is cut against what the others
+    hold; the order of the counts never changes. Needs ``max_share >= 1 / owners``
+    (config: 1 / min_nodes), where equal counts are the last resort.
     """
-    if max_share <= 0 or len(counts) < 2:
+    if max_share <= 0 or len(counts) < 2 or max(counts) <= max_share * sum(counts):
         return list(counts)
-    out = []
-    for i, count in enumerate(counts):
-        others = counts[:i] + counts[i + 1:]
-        cap = max_share / (1.0 - max_share) * len(others) * float(np.median(others))
-        out.append(int(min(count, max(1, math.floor(cap)))))
-    return out
+    ordered = sorted(counts, reverse=True)
+    for k in range(1, len(ordered)):
+        if max_share * k >= 1:
+            break
+        cap = max_share * sum(ordered[k:]) / (1.0 - max_share * k)
+        if cap >= ordered[k]:
+            return [min(c, max(1, math.floor(cap))) for c in counts]
+    return [min(c, min(counts)) for c in counts]
 
 
 def clip_update(params: list[np.ndarray], reference: list[np.ndarray], clip_norm: float) -> list[np.ndarray]:
@@ -396,8 +399,13 @@ class RecordingNewton(RecordingFedAvg):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         arrays, metrics = super().aggregate_train(server_round, replies)
         sent = self.global_params.get(server_round)
-        if arrays is None or sent is None:
+        if arrays is None:
             return arrays, metrics
+        if sent is None:  # the model this round sent broke the contract: no step can be taken from it
+            self.entry(server_round)["failures"].append(
+                {"phase": "fit", "node_id": 0, "owner": "(model)",
+                 "reason": "this round's global model broke the contract; its terms were dropped"})
+            return None, metrics
         family, schema = self.policy.family, self.policy.schema
         rows = int(self.entry(server_round)["fit_rows"])
         loss, grad, hess = fc.unpack_newton(arrays.to_numpy_ndarrays())
@@ -406,7 +414,8 @@ class RecordingNewton(RecordingFedAvg):
         try:
             stepped = self.stepper.step(w, loss, grad, hess, newton.penalty_strength(family, self.model_params, rows))
             entry["newton"] = self.stepper.log[-1]
-        except newton.NotConvex as exc:
+            fc.check_params(to_arrays(newton.unflatten(stepped, family, schema)).to_numpy_ndarrays(), family, schema)
+        except (newton.NotConvex, fc.ReplyRejected) as exc:
             entry["failures"].append({"phase": "fit", "node_id": 0, "owner": "(average)",
                                       "reason": f"the averaged terms were dropped: {exc}"})
             stepped = w
@@ -494,7 +503,7 @@ def main(grid: Grid, context: Context) -> None:
 
     secure = bool(cfg.get(fc.RUN_SECURE, False))
     aggregation, why = resolve(str(cfg["aggregation"]), family, schema, secure, float(cfg["clip-norm"]),
-                               secure and float(cfg[fc.RUN_DP_NOISE_MULTIPLIER]) > 0)
+                               secure and float(cfg[fc.RUN_DP_NOISE_MULTIPLIER]) > 0, model_params)
     policy = ReplyPolicy(
         family, schema, max_examples=int(cfg["max-examples"]),
         per_owner={str(k): int(v) for k, v in json.loads(str(cfg["max-examples-per-owner"])).items()},
@@ -603,10 +612,7 @@ def newton_run(aggregation: str, family: str, schema: DatasetSchema, prep: Prepr
         return None
     from .secure_training import NewtonRun
 
-    lo, hi = prep.calibration_bounds()
-    target = 0.0 if schema.is_classifier else max(abs(float(schema.target_min or 0.0)),
-                                                  abs(float(schema.target_max or 0.0)))
-    return NewtonRun(family, schema, model_params, float(np.max(np.abs(np.concatenate([lo, hi])))), target)
+    return NewtonRun(family, schema, model_params, prep.largest_input())
 
 
 def statistics(grid: Grid, context: Context, schema: DatasetSchema, config: ConfigRecord, policy: ReplyPolicy,

@@ -90,7 +90,8 @@ def preflight(cfg: CoordinatorConfig) -> None:
     t = cfg.training
     models.check_family(t.model, schema)
     sa = t.secure_aggregation
-    aggregation.resolve(t.aggregation, t.model, schema, sa.enabled, t.clip_norm, sa.enabled and sa.noise_multiplier > 0)
+    aggregation.resolve(t.aggregation, t.model, schema, sa.enabled, t.clip_norm, sa.enabled and sa.noise_multiplier > 0,
+                        t.model_params)
 
 
 def run_training(

@@ -183,11 +183,15 @@ def test_idle_connections_are_closed(pki):
         g.server.stop(0).wait()
 
 
-def test_a_flood_of_refused_calls_is_turned_away_at_the_door_and_others_are_served(pki):
+def test_a_flood_of_refused_calls_is_turned_away_at_the_door_and_others_are_served(pki, caplog):
     """alice asks again and again for a service the node does not have (NOT_FOUND, her fault): after her burst
     she is refused at admission with the reason, without a slot or a log line; bob is served throughout."""
     limits = replace(FAST, refusal_burst=5, refusals_per_owner_per_s=1.0)
     g = start(pki, limits)
+    taken: list[str] = []
+    take = g.guard.slots.take
+    g.guard.slots.take = lambda owner, streaming: (taken.append(owner), take(owner, streaming))[1]  # type: ignore
+    caplog.set_level("WARNING", logger="fedfhe.inference.limits")
     try:
         with g.channel("alice") as a, g.channel("bob") as b:
             stub = health_pb2_grpc.HealthStub(a)
@@ -199,6 +203,9 @@ def test_a_flood_of_refused_calls_is_turned_away_at_the_door_and_others_are_serv
             assert codes[:5] == [grpc.StatusCode.NOT_FOUND] * 5
             assert codes[5:] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3
             assert "too many refused calls" in info.value.details()
+            assert taken == ["alice"] * 5  # the three turned away at the door never took a slot
+            warnings = [r.getMessage() for r in caplog.records]
+            assert len(warnings) == 1 and "spent its refused-call burst" in warnings[0], warnings
             assert check(b) == health_pb2.HealthCheckResponse.SERVING
             assert g.guard.slots.in_use("alice") == (0, 0)
             # Her budget refills at 1 a second: a good call goes through again.

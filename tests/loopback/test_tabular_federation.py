@@ -177,8 +177,7 @@ def test_statistics_go_through_secure_aggregation_masked(fed):
     # Then one newton round through SecAgg+: each owner's terms scaled into the clipping range, masked.
     assert artifact.metrics["aggregation"]["used"] == "newton", artifact.metrics["aggregation"]
     family, p = artifact.family, newton.n_params(artifact.family, schema)
-    lo, hi = got.calibration_bounds()
-    run = NewtonRun(family, schema, {}, float(np.max(np.abs(np.concatenate([lo, hi])))), 0.0)
+    run = NewtonRun(family, schema, {}, got.largest_input())
     start = models.initial_parameters(family, schema)
     scales = run.round_scales(1, start, CLIPPING_RANGE)
     terms = {}

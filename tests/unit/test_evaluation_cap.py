@@ -41,3 +41,13 @@ def test_a_message_beyond_the_cap_is_refused_before_any_row_is_read(handler, kin
     count_evaluation(context)
     with pytest.raises(fc.InstructionRefused, match="privacy.max_evaluations_per_run"):
         handler(message(kind), context)
+
+
+def test_an_owner_that_keeps_newton_terms_secure_refuses_them_in_plain_mode():
+    context = owner_context(5)
+    context.node_config[fc.NODE_PLAIN_NEWTON] = False
+    msg = message(MessageType.TRAIN)
+    msg.content[fc.CONFIG][fc.PHASE] = fc.PHASE_NEWTON
+    with pytest.raises(fc.InstructionRefused, match="privacy.plain_newton"):
+        train(msg, context)
+    assert count_evaluation(context) == 1  # refused before anything was counted or read

@@ -227,8 +227,15 @@ def test_one_owners_share_of_the_weight_is_capped_against_the_median_of_the_othe
     from fedfhe_coordinator.server_app import cap_shares
 
     assert cap_shares([100, 100, 100, 100, 1000], 0.5) == [100, 100, 100, 100, 400]
-    assert cap_shares([100, 120, 90, 1000, 1000], 0.5) == [100, 120, 90, 440, 440]  # two colluding: median holds
     assert cap_shares([100, 100, 1000], 0.0) == [100, 100, 1000]  # off
+    # The order never inverts, and no owner ends above the share (a per-owner cap against the others' raw
+    # counts gave [47, 60, 50] here, the 60-row owner then holding 38%; and 49.6% each for [1000, 1000, 10]).
+    for counts, share in (([100, 60, 50], 0.34), ([1000, 1000, 10], 0.4), ([10**6] + [115] * 9, 0.5),
+                          ([100, 120, 90, 1000, 1000], 0.3)):
+        capped = cap_shares(counts, share)
+        assert max(capped) <= share * sum(capped) + 1e-9, (counts, capped)
+        pairs = [(i, j) for i in range(len(counts)) for j in range(len(counts)) if counts[i] > counts[j]]
+        assert all(capped[i] >= capped[j] for i, j in pairs), (counts, capped)
     hostile = content(coef(-40.0), **{"num-examples": 1000})
     nodes = [1, 2, 3, 4, 5]
     keys = {fc.owner_key_id(f"key-{n}".encode()): f"owner-{n}" for n in nodes}
@@ -247,7 +254,7 @@ def test_one_owners_share_of_the_weight_is_capped_against_the_median_of_the_othe
     assert row["capped"] == {"owner-5": [1000, 400]} and row["fit_rows"] == 800
 
 
-@pytest.mark.parametrize("share", [1.0, -0.1, 1.5])
+@pytest.mark.parametrize("share", [1.0, -0.1, 1.5, 0.2])  # 0.2: below 1 / min_nodes (2, the default)
 def test_a_max_owner_share_outside_0_1_is_refused_naming_the_key(tmp_path, share):
     with pytest.raises(ConfigError, match="training.max_owner_share"):
         coordinator(tmp_path, max_owner_share=share)

@@ -82,18 +82,22 @@ def _replies(sent: dict[int, Message], X, y, parts, family, schema, start) -> li
     out = []
     for node, rows in zip(sorted(sent)[:len(parts)], parts, strict=True):
         loss, grad, hess = newton.local_terms(family, start, X[rows], y[rows], schema)
+        scores = metrics(**{"num-examples": len(rows)})
+        if not schema.is_classifier:
+            scores["eval-r2"] = scores.pop("eval-accuracy")
         content = RecordDict({"arrays": to_arrays(fc.pack_newton(loss, grad, hess)),
-                              "metrics": MetricRecord(metrics(**{"num-examples": len(rows)}))})
+                              "metrics": MetricRecord(scores)})
         out.append(Message(content, reply_to=sent[node]))
     return out
 
 
-def newton_round(tmp_path, hostile: RecordDict | None):
-    X, y, schema = table("bc")
-    family = "LogisticRegression"
+def newton_round(tmp_path, hostile: RecordDict | None, weight: int | None = None, name: str = "bc"):
+    X, y, schema = table(name)
+    family = "LogisticRegression" if name == "bc" else "Ridge"
     nodes = [1, 2, 3, 4, 5]
     keys = {fc.owner_key_id(f"key-{n}".encode()): f"owner-{n}" for n in nodes}
-    s = make_strategy("newton", tmp_path / "progress.jsonl", ReplyPolicy(family, schema, 1000, newton_terms=True),
+    cap = 10**7 if weight else 1000
+    s = make_strategy("newton", tmp_path / "progress.jsonl", ReplyPolicy(family, schema, cap, newton_terms=True),
                       owner_keys=keys, node_wait=1.0, min_nodes=4)
     grid = Grid(nodes)
     start = models.initial_parameters(family, schema)
@@ -102,6 +106,8 @@ def newton_round(tmp_path, hostile: RecordDict | None):
     parts = label_sorted_owners(y, 4)
     replies = _replies(sent, X, y, parts, family, schema, start)
     if hostile is not None:
+        if weight:
+            hostile[fc.METRICS] = MetricRecord(metrics(**{"num-examples": weight}))
         replies.append(Message(hostile, reply_to=sent[5]))
     arrays, _ = s.aggregate_train(1, replies)
     s.flush(1)
@@ -118,10 +124,12 @@ def newton_round(tmp_path, hostile: RecordDict | None):
     return got, expected, row
 
 
-def test_a_round_steps_on_the_honest_owners_terms(tmp_path):
-    got, expected, row = newton_round(tmp_path, None)
-    assert np.allclose(got, expected, atol=1e-9)
-    assert row["fit_rows"] == 569 and row["newton"]["accepted"] is True
+@pytest.mark.parametrize(("name", "rows"), [("bc", 569), ("diabetes", 442)])
+def test_a_round_steps_on_the_honest_owners_terms(tmp_path, name, rows):
+    """A classifier's and a regressor's (a scalar intercept, one value on the wire) round through the strategy."""
+    got, expected, row = newton_round(tmp_path, None, name=name)
+    assert np.allclose(got, expected, atol=1e-9) and np.abs(got).max() > 0.1
+    assert row["fit_rows"] == rows and row["newton"]["accepted"] is True and row["failures"] == []
 
 
 P = 31  # breast cancer, binary: 30 coefficients and an intercept
@@ -134,12 +142,15 @@ def terms_record(grad: np.ndarray, upper: np.ndarray, loss: float) -> RecordDict
 
 @pytest.mark.parametrize(("hostile", "reason"), [
     (terms_record(np.zeros(P), np.full(P * (P + 1) // 2, np.nan), 0.5), "hessian has non-finite values"),
-    (terms_record(np.zeros(P), -np.ones(P * (P + 1) // 2), 0.5), "not the terms of a convex loss"),
-    (terms_record(np.zeros(P), np.zeros(P * (P + 1) // 2), -1.0), "not the terms of a convex loss"),
+    (terms_record(np.zeros(P), -np.ones(P * (P + 1) // 2), 0.5), "not a convex loss's"),
+    (terms_record(np.zeros(P), np.zeros(P * (P + 1) // 2), -1.0), "a negative loss"),
+    # int64's minimum: np.abs leaves it negative, so a bound checked on integers would let it through
+    (terms_record(np.full(P, np.iinfo(np.int64).min), np.zeros(P * (P + 1) // 2, dtype=np.int64), 0.5),
+     "gradient has values beyond"),
     (terms_record(np.zeros(P), np.zeros(P * P), 0.5), f"hessian has shape ({P * P},)"),
     (RecordDict({"arrays": to_arrays(models.initial_parameters("LogisticRegression", table("bc")[2])),
                  "metrics": MetricRecord(metrics())}), "expected 3 arrays (gradient, hessian, loss), got 2"),
-], ids=["nan", "negative-diagonal", "negative-loss", "full-square", "parameters-not-terms"])
+], ids=["nan", "negative-diagonal", "negative-loss", "int64-min", "full-square", "parameters-not-terms"])
 def test_hostile_terms_are_their_owners_failure(tmp_path, hostile, reason):
     got, expected, row = newton_round(tmp_path, hostile)
     assert np.allclose(got, expected, atol=1e-9)
@@ -147,15 +158,30 @@ def test_hostile_terms_are_their_owners_failure(tmp_path, hostile, reason):
     assert failure["owner"] == "owner-5" and reason in failure["reason"]
 
 
-def test_an_average_no_convex_loss_has_is_dropped_and_the_model_stays(tmp_path):
+def test_an_indefinite_hessian_with_a_positive_diagonal_is_its_owners_failure(tmp_path):
+    """Each diagonal entry passes, but the matrix could cancel the others' curvature: every reply's
+    eigenvalues are checked, so the owner is named and the step is the honest owners'."""
     upper = np.zeros((P, P))
     upper[0, 1] = 1e6  # a positive diagonal, an off-diagonal no Gram matrix of these rows can have
     np.fill_diagonal(upper, 1.0)
     hostile = terms_record(np.zeros(P), upper[np.triu_indices(P)], 0.5)
-    got, _, row = newton_round(tmp_path, hostile)
-    assert np.allclose(got, 0.0)
+    got, expected, row = newton_round(tmp_path, hostile)
+    assert np.allclose(got, expected, atol=1e-9)
     (failure,) = row["failures"]
-    assert failure["owner"] == "(average)" and "negative eigenvalue" in failure["reason"]
+    assert failure["owner"] == "owner-5" and "negative eigenvalue" in failure["reason"]
+
+
+def test_a_step_beyond_the_contract_is_dropped_and_the_model_stays(tmp_path):
+    """A convex but nearly flat Hessian with a large gradient: the step would leave every parameter bound."""
+    hostile = terms_record(np.full(P, -1e9), np.zeros(P * (P + 1) // 2), 0.5)
+    X, y, schema = table("bc")
+    stepper = newton.Stepper(schema.n_features)
+    w = np.zeros(P)
+    stepped = stepper.step(w, 0.5, np.full(P, -1e9), np.zeros((P, P)), 1e-6)
+    assert np.max(np.abs(stepped)) > fc.MAX_ABS_PARAM  # what the strategy must not let through
+    got, _, row = newton_round(tmp_path, hostile, weight=10**6)
+    assert np.allclose(got, 0.0)
+    assert any(f["owner"] == "(average)" and "beyond" in f["reason"] for f in row["failures"])
 
 
 def test_auto_picks_newton_where_it_applies_and_says_why_elsewhere():
@@ -194,7 +220,7 @@ def test_scaled_and_quantised_as_secagg_does_the_steps_still_reach_the_optimum(n
 
     X, y, schema = table(name)
     clip, qrange, max_weight = 8.0, 2**22, 10000.0
-    run = NewtonRun(family, schema, {}, float(np.max(np.abs(X))), 0.0)
+    run = NewtonRun(family, schema, {}, float(np.max(np.abs(X))))
     params = models.initial_parameters(family, schema)
     parts = label_sorted_owners(y)
     for r in range(1, 9):
@@ -218,3 +244,20 @@ def test_scaled_and_quantised_as_secagg_does_the_steps_still_reach_the_optimum(n
     pooled = models.set_parameters(models.build(family), newton.unflatten(ref, family, schema), schema)
     assert np.array_equal(ours.predict(X), pooled.predict(X))
     assert np.max(np.abs(ours.predict_proba(X) - pooled.predict_proba(X))) < 0.05
+
+
+@pytest.mark.parametrize(("family", "params", "message"), [
+    ("LogisticRegression", {"penalty": "l1", "solver": "saga"}, "penalty"),
+    ("LogisticRegression", {"class_weight": "balanced"}, "class_weight"),
+    ("LogisticRegression", {"solver": "liblinear"}, "solver"),
+    ("LogisticRegression", {"fit_intercept": False}, "fit_intercept"),
+    ("LogisticRegression", {"C": 0}, "C: 0: must be a finite number > 0"),
+    ("Ridge", {"positive": True}, "positive"),
+])
+def test_estimator_parameters_newton_would_not_reproduce_keep_auto_on_fedavg(family, params, message):
+    schema = table("bc" if family == "LogisticRegression" else "diabetes")[2]
+    used, why = resolve("auto", family, schema, False, 0.0, model_params=params)
+    assert used == "fedavg" and message in why
+    with pytest.raises(ConfigError, match=message):
+        resolve("newton", family, schema, False, 0.0, model_params=params)
+    assert resolve("auto", family, schema, False, 0.0, model_params={"max_iter": 50})[0] == "newton"
