@@ -177,6 +177,8 @@ def secure_run_config(sa: SecureAggregationConfig) -> dict[str, Any]:
 
 
 def write_run_config(cfg: CoordinatorConfig, overrides: dict[str, Any]) -> Path:
+    # Every key written here must be declared in flower_app/pyproject.toml [tool.flwr.app.config]: `flwr run`
+    # refuses an undeclared one ("Invalid run configuration", code 15) and no run starts.
     t = cfg.training
     default_cap, per_owner = t.caps()
     values: dict[str, Any] = {
