@@ -163,21 +163,24 @@ def check_params(arrays: list[np.ndarray], family: str, schema: DatasetSchema) -
     expected = wire_shapes(family, schema)
     if len(arrays) != len(expected):
         raise ReplyRejected(f"expected {len(expected)} parameter arrays (coef, intercept), got {len(arrays)}")
-    out = []
-    for name, arr, wire, shape in zip(("coef", "intercept"), arrays, expected,
-                                      models.param_shapes(family, schema), strict=True):
-        arr = np.asarray(arr)
-        if tuple(arr.shape) != wire:
-            raise ReplyRejected(f"{name} has shape {tuple(arr.shape)}, the run needs {wire}")
-        if arr.dtype.kind not in "fiu":
-            raise ReplyRejected(f"{name} has dtype {arr.dtype}, the run needs numbers")
-        arr = arr.astype(np.float64)  # before any bound: np.abs of int64's minimum is still negative
-        if not np.all(np.isfinite(arr)):
-            raise ReplyRejected(f"{name} has non-finite values (NaN or infinity)")
-        if arr.size and float(np.max(np.abs(arr))) > MAX_ABS_PARAM:
-            raise ReplyRejected(f"{name} has values beyond +-{MAX_ABS_PARAM:g}")
-        out.append(arr.reshape(shape))
-    return out
+    return [_checked_array(name, arr, wire, MAX_ABS_PARAM).reshape(shape)
+            for name, arr, wire, shape in zip(("coef", "intercept"), arrays, expected,
+                                              models.param_shapes(family, schema), strict=True)]
+
+
+def _checked_array(name: str, arr: Any, shape: tuple[int, ...], bound: float) -> np.ndarray:
+    """One array of a reply: exactly ``shape``, numbers, finite, within +-bound; float64 back."""
+    arr = np.asarray(arr)
+    if tuple(arr.shape) != shape:
+        raise ReplyRejected(f"{name} has shape {tuple(arr.shape)}, the run needs {shape}")
+    if arr.dtype.kind not in "fiu":
+        raise ReplyRejected(f"{name} has dtype {arr.dtype}, the run needs numbers")
+    arr = arr.astype(np.float64)  # before any bound: np.abs of int64's minimum is still negative
+    if not np.all(np.isfinite(arr)):
+        raise ReplyRejected(f"{name} has non-finite values (NaN or infinity)")
+    if arr.size and float(np.max(np.abs(arr))) > bound:
+        raise ReplyRejected(f"{name} has values beyond +-{bound:g}")
+    return arr
 
 
 # Largest |entry| of a reply's Newton terms: standardised rows keep gradients and Hessians far below it.
@@ -207,7 +210,7 @@ def unpack_newton(arrays: list[np.ndarray]) -> tuple[float, np.ndarray, np.ndarr
 
 def check_newton_terms(arrays: list[np.ndarray], family: str, schema: DatasetSchema,
                        convex: bool = True) -> list[np.ndarray]:
-    """Exactly the three arrays of newton_shapes, finite, bounded, with a loss and Hessian diagonal >= 0.
+    """Exactly the three arrays of newton_shapes, finite, bounded, a loss >= 0 and a Hessian with none < 0.
 
     A convex loss's Hessian is positive semi-definite and its loss not negative:
     an owner's indefinite Hessian could cancel the others' curvature and send
@@ -218,19 +221,8 @@ def check_newton_terms(arrays: list[np.ndarray], family: str, schema: DatasetSch
     expected = newton_shapes(family, schema)
     if len(arrays) != len(expected):
         raise ReplyRejected(f"expected {len(expected)} arrays (gradient, hessian, loss), got {len(arrays)}")
-    out = []
-    for name, arr, shape in zip(("gradient", "hessian", "loss"), arrays, expected, strict=True):
-        arr = np.asarray(arr)
-        if tuple(arr.shape) != shape:
-            raise ReplyRejected(f"{name} has shape {tuple(arr.shape)}, the run needs {shape}")
-        if arr.dtype.kind not in "fiu":
-            raise ReplyRejected(f"{name} has dtype {arr.dtype}, the run needs numbers")
-        arr = arr.astype(np.float64)  # before any bound: np.abs of int64's minimum is still negative
-        if not np.all(np.isfinite(arr)):
-            raise ReplyRejected(f"{name} has non-finite values (NaN or infinity)")
-        if arr.size and float(np.max(np.abs(arr))) > MAX_ABS_TERM:
-            raise ReplyRejected(f"{name} has values beyond +-{MAX_ABS_TERM:g}")
-        out.append(arr)
+    out = [_checked_array(name, arr, shape, MAX_ABS_TERM)
+           for name, arr, shape in zip(("gradient", "hessian", "loss"), arrays, expected, strict=True)]
     if convex:
         if out[2][0] < 0:
             raise ReplyRejected("a negative loss: not the terms of a convex loss")
