@@ -21,7 +21,10 @@ from fedfhe_demo.inference_node import InferenceNode, write_config
 from fedfhe_owner.config import InferenceEndpoint
 
 OWNERS = ("alice", "bob", "carol", "dave")
-LIMITS = {"max_batch_rows": 32, "max_keys_per_owner": 4, "max_key_bytes": 100 << 20, "max_chunk_bytes": 2 << 20}
+# refusal_burst: the bad-input, fuzz and traversal tests send thousands of bad calls and check each one's own
+# status; the refused-call budget that would turn them away at the door has its own test (test_inference_guard).
+LIMITS = {"max_batch_rows": 32, "max_keys_per_owner": 4, "max_key_bytes": 100 << 20, "max_chunk_bytes": 2 << 20,
+          "refusal_burst": 1_000_000}
 
 
 @dataclass
