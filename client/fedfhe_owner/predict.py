@@ -59,7 +59,16 @@ class PredictResult:
         s = self.seconds
         return (s.get("encrypt", 0) + s.get("rpc", 0) + s.get("decrypt", 0)) / max(1, self.rows)
 
-    def accuracy(self, y: np.ndarray) -> float:
+    @property
+    def metric(self) -> str:
+        """What ``score`` measures: accuracy for a classifier (it has classes), R² for a regressor."""
+        return "accuracy" if self.classes else "r2"
+
+    def score(self, y: np.ndarray) -> float:
+        if not self.classes:
+            from sklearn.metrics import r2_score
+
+            return float(r2_score(np.asarray(y, dtype=np.float64), np.asarray(self.predictions, dtype=np.float64)))
         return float(np.mean(self.predictions == np.asarray(y)))
 
     def summary(self) -> dict[str, Any]:

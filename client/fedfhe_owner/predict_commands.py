@@ -45,8 +45,8 @@ def _predict(args: argparse.Namespace) -> int:
     write_predictions(args.out, result, y)
     if wants_json(args):
         summary = {**result.summary(), "out": str(args.out), "state_dir": str(cfg.state_dir)}
-        if y is not None and info.schema.task != "regression":
-            summary["accuracy"] = result.accuracy(y)
+        if y is not None:
+            summary[result.metric] = result.score(y)
         print_json(summary)
         return 0
     s, b = result.seconds, result.bytes
@@ -56,8 +56,9 @@ def _predict(args: argparse.Namespace) -> int:
     print(f"  {result.latency_per_row_s * 1000:.1f} ms/row (encrypt {s['encrypt']:.2f}s, round trips {s['rpc']:.2f}s, "
           f"server FHE {s['server']:.2f}s, decrypt {s['decrypt']:.2f}s), "
           f"{b['ciphertexts'] / 1e6:.2f} MB sent, {b['results'] / 1e6:.2f} MB received")
-    if y is not None and info.schema.task != "regression":
-        print(f"  accuracy against the labels in {args.input}: {100 * result.accuracy(y):.2f}%")
+    if y is not None:
+        shown = f"{100 * result.score(y):.2f}%" if result.metric == "accuracy" else f"R² {result.score(y):.4f}"
+        print(f"  {result.metric} against the labels in {args.input}: {shown}")
     return 0
 
 

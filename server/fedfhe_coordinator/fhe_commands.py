@@ -62,8 +62,11 @@ def _progress(cmd: str) -> Callable[[str], None]:
     return say
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
+def _fmt(value: float | None, metric: str = "accuracy") -> str:
+    """An accuracy as a percentage; R² as the number it is (it can be negative and is no share)."""
+    if value is None:
+        return "-"
+    return f"{100 * value:.2f}%" if metric == "accuracy" else f"{value:.4f}"
 
 
 def _compile(args: argparse.Namespace) -> int:
@@ -96,8 +99,8 @@ def _compile(args: argparse.Namespace) -> int:
     metrics = result.meta.get("metrics")
     if metrics:
         m = metrics["metric"]
-        print(f"{m} on {metrics['eval_rows']} public rows: clear {_fmt(metrics[f'clear_{m}'])}, "
-              f"simulated FHE {_fmt(metrics[f'fhe_simulated_{m}'])}")
+        print(f"{m} on {metrics['eval_rows']} public rows: clear {_fmt(metrics[f'clear_{m}'], m)}, "
+              f"simulated FHE {_fmt(metrics[f'fhe_simulated_{m}'], m)}")
     return 0
 
 
@@ -116,23 +119,24 @@ def _choose(args: argparse.Namespace) -> int:
     eval_set = (artifact.prep.transform(eval_set[0], args.eval), eval_set[1])
     estimator = artifact.to_estimator()
     say = _progress("choose-n-bits")
+    metric = "accuracy" if artifact.schema.is_classifier else "r2"
     say(f"{artifact.family}: one circuit per n_bits in {args.min_bits}..{args.max_bits}, simulated on "
         f"{len(eval_set[1])} rows")
     choice = choose_n_bits(
         estimator, artifact.family, artifact.schema, *eval_set,
         candidates=range(args.min_bits, args.max_bits + 1), tolerance_points=args.tolerance,
         calibration_set=calibration_set(artifact.schema, estimator, prep=artifact.prep),
-        on_trial=lambda t: say(f"n_bits {t.n_bits}: simulated {_fmt(t.simulated)} ({t.seconds:.1f} s)"
+        on_trial=lambda t: say(f"n_bits {t.n_bits}: simulated {_fmt(t.simulated, metric)} ({t.seconds:.1f} s)"
                                + (f", FHE {t.fhe_ms_per_row:.1f} ms/row" if t.fhe_ms_per_row is not None else "")),
         latency_rows=args.latency_rows,
     )
     if wants_json(args):
         print_json(choice.to_dict())
     else:
-        print(f"clear {choice.metric}: {_fmt(choice.clear)}")
+        print(f"clear {choice.metric}: {_fmt(choice.clear, choice.metric)}")
         for t in choice.trials:
             latency = f", FHE {t.fhe_ms_per_row:.1f} ms/row" if t.fhe_ms_per_row is not None else ""
-            print(f"  n_bits {t.n_bits:2d}: simulated {_fmt(t.simulated)} ({t.seconds:.1f}s{latency})")
+            print(f"  n_bits {t.n_bits:2d}: simulated {_fmt(t.simulated, choice.metric)} ({t.seconds:.1f}s{latency})")
     if args.json:
         args.json.write_text(json.dumps(choice.to_dict(), indent=2) + "\n")
     if choice.chosen is None:

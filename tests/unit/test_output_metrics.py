@@ -1,0 +1,36 @@
+"""Outputs speak a regressor's metric: R² as a number, never "accuracy": 0.0 or a percentage (issue 28)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fedfhe_coordinator.fhe_commands import _fmt
+from fedfhe_owner.predict import PredictResult
+from fedfhe_owner.predict_io import write_predictions
+
+
+def result(predictions: list, classes: list) -> PredictResult:
+    scores = np.asarray(predictions, dtype=np.float64).reshape(-1, 1)
+    return PredictResult(model_id="m", version="1", bundle_sha256="0" * 64, key_id="k", keys_uploaded=False,
+                         predictions=np.asarray(predictions), scores=scores, probabilities=False, classes=classes)
+
+
+def test_a_regressors_predictions_file_carries_r2(tmp_path):
+    out = tmp_path / "p.json"
+    write_predictions(out, result([1.0, 2.0, 3.0, 4.0], []), np.array([1.0, 2.0, 3.0, 5.0]))
+    doc = json.loads(out.read_text())
+    assert "accuracy" not in doc and doc["r2"] == pytest.approx(1 - 1 / 8.75)  # residual 1 over 8.75 around 2.75
+
+
+def test_a_classifiers_file_keeps_accuracy(tmp_path):
+    out = tmp_path / "p.json"
+    write_predictions(out, result([0, 1, 1, 0], [0, 1]), np.array([0, 1, 0, 0]))
+    assert json.loads(out.read_text())["accuracy"] == 0.75
+
+
+def test_compile_prints_r2_as_a_number_and_accuracy_as_a_percentage():
+    assert _fmt(0.4567, "r2") == "0.4567" and _fmt(-0.25, "r2") == "-0.2500"
+    assert _fmt(0.9512, "accuracy") == "95.12%" and _fmt(None, "r2") == "-"
