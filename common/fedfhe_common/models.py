@@ -138,9 +138,17 @@ def build(family: str, params: dict[str, Any] | None = None) -> Any:
     cls = _class(family)
     merged = {**default_params(family), **(params or {})}
     try:
-        return cls(**merged)
+        model = cls(**merged)
     except TypeError as exc:
         raise ConfigError(f"model {family}: bad parameter: {exc}") from None
+    # scikit-learn's own checks (else only at fit time, as a traceback); XGBoost has no constraints table.
+    validate = getattr(model, "_validate_params", None) if hasattr(model, "_parameter_constraints") else None
+    if validate is not None:
+        try:
+            validate()
+        except (ValueError, TypeError) as exc:  # InvalidParameterError is both
+            raise ConfigError(f"model {family}: bad parameter: {' '.join(str(exc).split())}") from None
+    return model
 
 
 def param_shapes(family: str, schema: DatasetSchema) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -89,6 +89,7 @@ def preflight(cfg: CoordinatorConfig) -> None:
         return
     t = cfg.training
     models.check_family(t.model, schema)
+    models.build(t.model, t.model_params)  # a bad parameter here, not as a traceback in every owner's fit
     sa = t.secure_aggregation
     aggregation.resolve(t.aggregation, t.model, schema, sa.enabled, t.clip_norm, sa.enabled and sa.noise_multiplier > 0,
                         t.model_params)

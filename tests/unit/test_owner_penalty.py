@@ -80,3 +80,14 @@ def test_an_owner_refuses_a_coordinators_bad_federation_rows(total, error):
     with pytest.raises(FedfheError, match=error):
         _run_params(config, "LogisticRegression", 100)
     assert _run_params(ConfigRecord({fc.MODEL_PARAMS: "{}"}), "LogisticRegression", 100) == {}
+
+
+@pytest.mark.parametrize(("family", "params", "message"), [
+    ("LogisticRegression", {"C": "x"}, "The 'C' parameter of LogisticRegression must be a float"),
+    ("Ridge", {"alpha": -1}, "The 'alpha' parameter of Ridge"),
+    ("LogisticRegression", {"bogus": 1}, "unexpected keyword argument 'bogus'"),
+])
+def test_a_bad_model_parameter_is_a_config_error_naming_it_not_a_traceback_at_fit(family, params, message):
+    with pytest.raises(ConfigError, match=message):
+        models.build(family, params)
+    assert models.build("XGBClassifier", {"max_depth": 2}).max_depth == 2  # no constraints table: built as before
