@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedfhe_common import bundle, models
 from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.errors import ConfigError
+from fedfhe_common.errors import ConfigError, FedfheError
 from fedfhe_common.manifest import MANIFEST, sha256_file
 from fedfhe_common.preprocessing import Preprocessing
 from fedfhe_common.schema import DatasetSchema
@@ -201,11 +201,14 @@ def compile_artifact(
     simulated-FHE accuracy to the manifest; ``n_bits="auto"`` chooses on it
     (``nbits.resolve_n_bits``) with the same calibration rows, from the one read
     of the artifact; for a tree family among 2..TREE_AUTO_MAX_N_BITS only. ``None``:
-    the family's default (8 for linear, 6 for trees). The artifact must carry the release key's signature
+    compile's default (models.default_n_bits: 10 for a linear model on a typed schema, 8 on the pixel
+    schemas, 6 for trees). The artifact must carry the release key's signature
     (``train`` / ``train-local`` sign it): a folder is loaded and verified here, a
     TrainingArtifact must come from ``TrainingArtifact.load`` with that key. The
     bundle is signed too.
     """
+    if Path(out_dir).exists() and not force:  # before minutes of compiling, not after (bundle.write checks again)
+        raise FedfheError(f"{out_dir}: already exists; choose another --out or pass --force")
     if not isinstance(artifact, TrainingArtifact):
         artifact = TrainingArtifact.load(Path(artifact), signing_key.public_key())
     schema = artifact.schema

@@ -34,3 +34,14 @@ def test_a_classifiers_file_keeps_accuracy(tmp_path):
 def test_compile_prints_r2_as_a_number_and_accuracy_as_a_percentage():
     assert _fmt(0.4567, "r2") == "0.4567" and _fmt(-0.25, "r2") == "-0.2500"
     assert _fmt(0.9512, "accuracy") == "95.12%" and _fmt(None, "r2") == "-"
+
+
+def test_compile_refuses_an_existing_out_before_reading_or_compiling_anything(tmp_path):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from fedfhe_common.errors import FedfheError
+    from fedfhe_coordinator.compile import compile_artifact
+
+    (tmp_path / "bundle").mkdir()
+    with pytest.raises(FedfheError, match="bundle: already exists; choose another --out or pass --force"):
+        compile_artifact(tmp_path / "no-such-artifact", tmp_path / "bundle", signing_key=Ed25519PrivateKey.generate())
