@@ -149,9 +149,10 @@ def run_training(
         head = f"training failed: {reason}\n" if reason else ""
         runs.record(cfg.state_dir, run_id, event="failed", status=status.get("status", "unknown"),
                     error=reason or "no artifact")
+        # With the reason found, the log's traceback tail would only bury it: the log's path is enough.
         raise FedfheError(
             f"{head}the federated run {run_id} produced no artifact (Flower status "
-            f"{status.get('status', 'unknown')}); log {log_path}:\n{tail}"
+            f"{status.get('status', 'unknown')}); log {log_path}" + ("" if reason else f":\n{tail}")
         )
     from fedfhe_common.release import load_signing_key
 

@@ -123,6 +123,7 @@ def test_too_few_nodes_mid_run_fails_with_a_clear_message(fed):
     first = str(err.value).splitlines()[0]
     expected = "training failed: round 2: 2 SuperNode(s) trained, the run needs 3; no reply from owner-1 (see "
     assert first.startswith(expected), str(err.value)
+    assert len(str(err.value).splitlines()) == 2 and "Traceback" not in str(err.value)  # the reason, then the log
     rows = [json.loads(x) for x in (fed["cfg"].training.output_dir / "progress.jsonl").read_text().splitlines()]
     assert rows[-1]["round"] == 2 and "owner-1" in rows[-1]["error"]
 
