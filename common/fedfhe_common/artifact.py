@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from . import models, release, tree_artifact
 from .errors import IntegrityError
-from .fileio import write_dir_atomic
+from .fileio import open_dir, read_plain, write_dir_atomic
 from .manifest import MANIFEST, verify_manifest, write_manifest
 from .preprocessing import Preprocessing
 from .schema import DatasetSchema
 
 KIND = "fedfhe-training-artifact"
 FILES = ("params.npz", "model.json", "metrics.json")
+MAX_MEMBER_BYTES = tree_artifact.MAX_XGB_JSON_BYTES + (1 << 20)  # the largest member: a forest's xgboost.json
 
 
 def files_for(family: str) -> tuple[str, ...]:
@@ -95,6 +97,50 @@ class TrainingArtifact:
         """Sign an artifact in place once its manifest verifies (after a federated run)."""
         verify_manifest(Path(directory), KIND)
         release.sign_manifest(Path(directory), signing_key)
+
+    @classmethod
+    def adopt(cls, source: Path, dest: Path, signing_key: Ed25519PrivateKey) -> TrainingArtifact:
+        """Copy the ServerApp's unsigned artifact out of a directory another user writes, check the copy, sign it.
+
+        The release user signs only bytes it read once into a directory it alone writes: the service
+        user cannot swap a member between the check and the signature (a signing oracle), nor steer
+        the read through a link to a file only the release user may read. Links, hard links, FIFOs,
+        extra or missing members are refused. ``source`` may equal ``dest`` (one user runs both).
+        """
+        source = Path(source)
+        try:
+            dfd = open_dir(source)
+        except FileNotFoundError:
+            raise IntegrityError(f"{source}: no artifact (the ServerApp wrote none)") from None
+        try:
+            try:
+                raw = read_plain(MANIFEST, MAX_MEMBER_BYTES, dfd, source / MANIFEST)
+                named = json.loads(raw).get("family")
+            except FileNotFoundError:
+                raise IntegrityError(f"{source / MANIFEST}: missing manifest") from None
+            except (ValueError, AttributeError):
+                raise IntegrityError(f"{source / MANIFEST}: not a JSON object naming the family") from None
+            names = files_for(named) if isinstance(named, str) and named in models.LOCAL_FAMILIES else FILES
+            data = {MANIFEST: raw}
+            for name in names:
+                try:
+                    data[name] = read_plain(name, MAX_MEMBER_BYTES, dfd, source / name)
+                except FileNotFoundError:
+                    raise IntegrityError(f"{source}: missing {name}") from None
+            extra = sorted(set(os.listdir(dfd)) - set(data) - {release.SIGNATURE})
+        finally:
+            os.close(dfd)
+        if extra:
+            raise IntegrityError(f"{source}: unexpected files {extra[:5]} (an artifact holds {', '.join(data)})")
+
+        def produce(tmp: Path) -> None:
+            for name, content in data.items():
+                (tmp / name).write_bytes(content)
+            TrainingArtifact.sign(tmp, signing_key)
+            cls.load(tmp, signing_key.public_key())  # every content check, on the copy, before it takes dest's place
+
+        write_dir_atomic(Path(dest), produce)
+        return cls.load(Path(dest), signing_key.public_key())
 
     @classmethod
     def load(cls, directory: Path, verify_key: Ed25519PublicKey | None = None) -> TrainingArtifact:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from .errors import IntegrityError
 
 
 def fsync_dir(path: Path) -> None:
@@ -62,3 +66,43 @@ def write_dir_atomic(directory: Path, produce: Callable[[Path], None], mode: int
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def read_plain(path: Path | str, limit: int, dir_fd: int | None = None, where: Path | str | None = None) -> bytes:
+    """The bytes of a plain file another user can write to, at most ``limit`` of them.
+
+    A link (symbolic or hard), a FIFO or a device is refused before a byte is read: a process that
+    reads files out of a directory another user writes (the release user reading what the ServerApp
+    left) must not be steered into reading a file it alone may read, or block on a FIFO. With
+    ``dir_fd`` (from ``open_dir``) ``path`` is a name inside that very directory; errors name ``where``.
+    """
+    where = where or path
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # ELOOP: the last component is a symbolic link
+        what = "a symbolic link" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
+        raise IntegrityError(f"{where}: refused: {what}") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise IntegrityError(f"{where}: refused: not a plain file")
+        if st.st_nlink != 1:
+            raise IntegrityError(f"{where}: refused: {st.st_nlink} hard links to it (a plain file has one)")
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise IntegrityError(f"{where}: refused: larger than {limit} bytes")
+    return data
+
+
+def open_dir(path: Path) -> int:
+    """A descriptor of the directory ``path`` itself, not of what a link there points to (close it)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        what = "a symbolic link" if exc.errno in (errno.ELOOP, errno.ENOTDIR) and Path(path).is_symlink() \
+            else (exc.strerror or str(exc))
+        raise IntegrityError(f"{path}: refused: {what}") from None

@@ -65,14 +65,14 @@ def _train(args: argparse.Namespace) -> int:
         artifact = run_training(cfg, overrides, on_round=table.add,
                                 on_start=lambda run_id: started.update(run_id=run_id))
     run_id = started.get("run_id")
-    status = runs.records(cfg.state_dir).get(run_id or -1, {}).get("status", "") if run_id else ""
+    status = runs.records(cfg.release_home).get(run_id or -1, {}).get("status", "") if run_id else ""
     report = training_report(artifact, run_id=run_id, status=status, owners=cfg.owner_names(),
                              seconds=time.monotonic() - t0)
-    paths = write_training_report(report, cfg.training.output_dir)
+    paths = write_training_report(report, cfg.report_dir)
     if "png" not in paths:
         print("fedfhe-coordinator train: accuracy.png skipped: matplotlib is not installed "
               "(pip install 'fedfhe-coordinator[report]')", file=sys.stderr)
-    artifact_dir = cfg.training.output_dir / "artifact"
+    artifact_dir = cfg.report_dir / "artifact"
     if wants_json(args):
         print_json({**report, "artifact": str(artifact_dir), "report": {k: str(v) for k, v in paths.items()}})
     else:
@@ -90,7 +90,7 @@ def _runs(args: argparse.Namespace) -> int:
     from .flwr_cli import list_runs
 
     cfg = coord_config.load(args.config)
-    rows = runs.joined(list_runs(cfg), runs.records(cfg.state_dir))
+    rows = runs.joined(list_runs(cfg), runs.records(cfg.release_home))
     if args.limit:
         rows = rows[: args.limit]
     if wants_json(args):

@@ -155,6 +155,23 @@ class CoordinatorConfig:
     # Training progress as Prometheus metrics, served by `superlink` (metrics.py): plain HTTP, no auth,
     # so localhost or a scrape-only network; "" = off.
     metrics_address: Annotated[str, HostPort(allow_empty=True)] = "127.0.0.1:9465"
+    # Where train, register and `runs` keep what they write (flwr's FLWR_HOME, run-config.toml, flwr-run.log,
+    # runs.jsonl) and train the signed artifact and the report (release_dir/training); unset: state_dir and
+    # training.output_dir, for one user running everything (the demo). Where the services run as another
+    # user (Ansible's release user), set it to a directory only this user writes: train then copies the
+    # ServerApp's artifact out of the service-writable training.output_dir (links, hard links, FIFOs
+    # refused), checks the copy and signs it, so nothing the service user can swap is ever signed.
+    release_dir: Path | None = None
+
+    @property
+    def release_home(self) -> Path:
+        """Where this process's own records live (never a directory the services write)."""
+        return self.release_dir or self.state_dir
+
+    @property
+    def report_dir(self) -> Path:
+        """Where train writes the signed artifact (``artifact/``) and the run report."""
+        return self.release_dir / "training" if self.release_dir else self.training.output_dir
 
     def owner_names(self) -> list[str]:
         """Owners as their SuperNode key files name them (``<owner>.supernode.pub``)."""

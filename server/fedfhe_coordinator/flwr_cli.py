@@ -1,8 +1,8 @@
 """Drive Flower's own CLI (`flwr run`, `flwr supernode register`) against our SuperLink.
 
 flwr 1.39 reads SuperLink connections from ``$FLWR_HOME/config.toml``; we keep
-a private FLWR_HOME under the coordinator's state dir so an operator's own
-Flower config is never touched.
+a private FLWR_HOME under the coordinator's ``release_dir`` (else its state dir) so an
+operator's own Flower config is never touched.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def flower_app_dir() -> Path:
 
 
 def flwr_env(cfg: CoordinatorConfig) -> dict[str, str]:
-    home = (cfg.state_dir / "flwr").resolve()
+    home = (cfg.release_home / "flwr").resolve()
     home.mkdir(parents=True, exist_ok=True)
     config = {
         "superlink": {
@@ -206,7 +206,7 @@ def write_run_config(cfg: CoordinatorConfig, overrides: dict[str, Any]) -> Path:
         **secure_run_config(t.secure_aggregation),
     }
     values.update(overrides)
-    path = cfg.state_dir / "run-config.toml"
+    path = cfg.release_home / "run-config.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(tomli_w.dumps(values))
     return path

@@ -4,7 +4,7 @@ The ServerApp that knows each round lives only as long as its run (Flower starts
 ``flwr-serverapp`` per run), so the long-running ``superlink`` wrapper serves what the runs leave
 behind, read at each scrape: ``progress.jsonl`` (one line per finished round, under
 ``training.output_dir``, rewritten by each run) and ``runs.jsonl`` (how each ``train`` ended, under
-``state_dir``). Nothing is kept twice and the numbers survive a restart of the wrapper.
+``release_dir``, else ``state_dir``). Nothing is kept twice and the numbers survive a restart of the wrapper.
 
 The endpoint is plain HTTP without authentication (the Prometheus convention): keep it on localhost
 (the default, ``metrics_address`` in coordinator.yaml) or on a scrape-only network; ``""`` switches it off.
@@ -115,7 +115,7 @@ class Metrics:
 
     def __init__(self, cfg: CoordinatorConfig) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(TrainingCollector(cfg.training.output_dir / "progress.jsonl", cfg.state_dir))
+        self.registry.register(TrainingCollector(cfg.training.output_dir / "progress.jsonl", cfg.release_home))
         self._server: Any = None
 
     def serve(self, address: str) -> int:

@@ -16,18 +16,38 @@ from typing import Any
 
 from fedfhe_common import models
 from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.errors import ConfigError, FedfheError, Terminated
+from fedfhe_common.errors import ConfigError, FedfheError, IntegrityError, Terminated
+from fedfhe_common.fileio import read_plain, write_atomic
 from fedfhe_common.schema import resolve_schema
 
 from . import aggregation, flwr_cli, runs
 from .config import CoordinatorConfig
 
+MAX_PROGRESS_BYTES = 64 << 20
 
-def read_progress(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def read_progress(path: Path, stale: tuple[int, int, int] | None = None) -> list[dict[str, Any]]:
+    """progress.jsonl's rows; none while the file is still the one ``stale`` stamped (an older run's).
+
+    The file lies in the ServerApp's directory, which the release user may not write (so not delete
+    either): it is read as a plain file only, never through a link or from a FIFO.
+    """
+    if stale is not None and _stamp(path) == stale:
+        return []
+    try:
+        text = read_plain(path, MAX_PROGRESS_BYTES).decode("utf-8", errors="replace")
+    except FileNotFoundError:
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
@@ -112,11 +132,15 @@ def run_training(
     preflight(cfg)
     out = cfg.training.output_dir
     progress = out / "progress.jsonl"
-    progress.unlink(missing_ok=True)
+    try:
+        progress.unlink(missing_ok=True)
+    except PermissionError:  # the ServerApp's directory, not the release user's: ignore the old rows instead
+        pass
+    stale = _stamp(progress)
     started = time.time()
     flwr_cli.register_supernodes(cfg)
     run_config = flwr_cli.write_run_config(cfg, overrides or {})
-    log_path = cfg.state_dir / "flwr-run.log"
+    log_path = cfg.release_home / "flwr-run.log"
     log_path.unlink(missing_ok=True)
     rounds = int((overrides or {}).get("num-server-rounds", cfg.training.rounds))
     limit = timeout or (cfg.training.wait_for_nodes_s + cfg.training.round_timeout_s * 2 * rounds + 120)
@@ -124,13 +148,13 @@ def run_training(
     # held until the id is known, then delivered inside the try below, which stops the run.
     with _sigterm_interrupts(), _interrupts_held() as release:
         run_id = flwr_cli.start_run(cfg, run_config)
-        runs.record(cfg.state_dir, run_id, event="submitted", model=cfg.training.model, rounds=rounds,
+        runs.record(cfg.release_home, run_id, event="submitted", model=cfg.training.model, rounds=rounds,
                     output_dir=str(out))
         if on_start:
             on_start(run_id)
         try:
             release()
-            status = _follow(cfg, run_id, log_path, progress, on_round, started + limit)
+            status = _follow(cfg, run_id, log_path, progress, stale, on_round, started + limit)
         except KeyboardInterrupt as exc:
             interrupted: KeyboardInterrupt | None = exc
         else:
@@ -138,16 +162,16 @@ def run_training(
     if interrupted is not None:
         with _sigterm_ignored():  # a second SIGTERM must not cut `flwr stop` short
             final = stop_and_wait(cfg, run_id)
-        runs.record(cfg.state_dir, run_id,
+        runs.record(cfg.release_home, run_id,
                     event="terminated" if isinstance(interrupted, Terminated) else "interrupted", status=final)
         raise interrupted
-    artifact_dir = out / "artifact"
-    if not (artifact_dir / "manifest.json").exists() or (artifact_dir / "manifest.json").stat().st_mtime < started:
+    produced = out / "artifact"
+    if not (produced / "manifest.json").exists() or (produced / "manifest.json").stat().st_mtime < started:
         text = log_path.read_text(errors="replace") if log_path.exists() else ""
         tail = "\n".join(ANSI.sub("", line) for line in text.splitlines()[-15:])
         reason = failure_reason(text) or status.get("status-details") or status.get("error", "")
         head = f"training failed: {reason}\n" if reason else ""
-        runs.record(cfg.state_dir, run_id, event="failed", status=status.get("status", "unknown"),
+        runs.record(cfg.release_home, run_id, event="failed", status=status.get("status", "unknown"),
                     error=reason or "no artifact")
         # With the reason found, the log's traceback tail would only bury it: the log's path is enough.
         raise FedfheError(
@@ -156,10 +180,17 @@ def run_training(
         )
     from fedfhe_common.release import load_signing_key
 
-    key = load_signing_key(cfg.release_key)
-    TrainingArtifact.sign(artifact_dir, key)
-    artifact = TrainingArtifact.load(artifact_dir, key.public_key())
-    runs.record(cfg.state_dir, run_id, event="completed", status=status.get("status"), artifact=str(artifact_dir))
+    artifact_dir = cfg.report_dir / "artifact"
+    try:
+        artifact = TrainingArtifact.adopt(produced, artifact_dir, load_signing_key(cfg.release_key))
+    except IntegrityError as exc:
+        runs.record(cfg.release_home, run_id, event="failed", status=status.get("status", "unknown"), error=str(exc))
+        raise FedfheError(f"training run {run_id}: the ServerApp's artifact was refused, nothing signed: "
+                          f"{exc}") from None
+    if cfg.release_dir is not None:  # the run's rounds beside its report, out of the service's directory
+        rows = read_progress(progress)
+        write_atomic(cfg.report_dir / "progress.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    runs.record(cfg.release_home, run_id, event="completed", status=status.get("status"), artifact=str(artifact_dir))
     return artifact
 
 
@@ -234,7 +265,7 @@ def _sigterm_ignored() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _follow(cfg: CoordinatorConfig, run_id: int, log_path: Path, progress: Path,
+def _follow(cfg: CoordinatorConfig, run_id: int, log_path: Path, progress: Path, stale: tuple[int, int, int] | None,
             on_round: Callable[[dict[str, Any]], None] | None, deadline: float) -> dict[str, Any]:
     """Report rounds as progress.jsonl grows until the run is finished; Flower's final status of it.
 
@@ -246,7 +277,7 @@ def _follow(cfg: CoordinatorConfig, run_id: int, log_path: Path, progress: Path,
 
     def report() -> None:
         nonlocal seen
-        rows = read_progress(progress)
+        rows = read_progress(progress, stale)
         for row in rows[seen:]:
             if on_round:
                 on_round(row)

@@ -311,13 +311,16 @@ def test_each_host_holds_only_its_own_keys_and_data(deployed: Deployment) -> Non
 def test_release_key_on_the_coordinator_only_and_its_public_half_everywhere(deployed: Deployment) -> None:
     pki = deployed.work / "control" / "pki"
     # The private half signs bundles and training artifacts where they are made: the coordinator,
-    # readable by root only (train and compile sign as root; the services never need it).
+    # readable by the release user only (train and compile sign as it; the services never need it).
     coord = deployed.hosts.hosts["coordinator"].path("/etc/fedfhe/pki/release.key")
     assert coord.read_bytes() == (pki / "release.key").read_bytes()
     owner_mode = deployed.ssh("coordinator", "stat -c '%U:%G %a' /etc/fedfhe/pki/release.key").stdout.split()
-    assert owner_mode == ["root:root", "600"], owner_mode
+    assert owner_mode == ["fedfhe-release:root", "400"], owner_mode
     refused = deployed.ssh("coordinator", "runuser -u fedfhe -- cat /etc/fedfhe/pki/release.key", check=False)
     assert refused.returncode != 0, "the fedfhe service user can read the release key"
+    # The release user's directory: the services may read it (runs.jsonl for the metrics), not write it.
+    release_dir = deployed.ssh("coordinator", "stat -c '%U:%G %a' /var/lib/fedfhe-release").stdout.split()
+    assert release_dir == ["fedfhe-release:fedfhe", "750"], release_dir
     for host in SERVICES:
         files = _tree(deployed, host, "/etc/fedfhe")
         if host != "coordinator":
@@ -421,11 +424,30 @@ def test_a_failed_install_leaves_the_venv_services_run_from(deployed: Deployment
 
 
 # ---- train.yml ------------------------------------------------------------------------------
+# Where root or the release user once wrote inside the service user's directories (issue 24): the service
+# user plants a link at each; train, now the release user's and in its own directory, follows none.
+PLANTED = ["/var/lib/fedfhe/coordinator/run-config.toml", "/var/lib/fedfhe/coordinator/flwr-run.log",
+           "/var/lib/fedfhe/coordinator/runs.jsonl", "/var/lib/fedfhe/coordinator/training/report.md",
+           "/var/lib/fedfhe/coordinator/training/report.json"]
+CANARY = "/root/fedfhe-canary"
+
+
 def test_train_runs_federated_training_on_each_hosts_own_file(deployed: Deployment) -> None:
     from fedfhe_common.artifact import TrainingArtifact
 
+    deployed.ssh("coordinator", f"printf canary > {CANARY} && chmod 600 {CANARY}")
+    plant = " && ".join(f"rm -f {p} && ln -s {CANARY} {p}" for p in PLANTED)
+    deployed.ssh("coordinator", f"runuser -u fedfhe -- /bin/sh -c '{plant}'")
     res = deployed.play("train.yml")
     _expect_ok(res, "train.yml")
+    # train ran as the release user: its records and the signed copy are that user's, in its directory,
+    # and no planted link was followed (the canary, root's, is as it was; the links are still links).
+    owners = deployed.ssh("coordinator", "stat -c '%U %n' /var/lib/fedfhe-release/runs.jsonl "
+                          "/var/lib/fedfhe-release/training/artifact/manifest.sig").stdout.split("\n")
+    assert [o.split()[0] for o in owners if o] == ["fedfhe-release", "fedfhe-release"], owners
+    assert deployed.ssh("coordinator", f"cat {CANARY}").stdout == "canary"
+    links = deployed.ssh("coordinator", " && ".join(f"test -L {p}" for p in PLANTED), check=False)
+    assert links.returncode == 0, "a planted link was replaced or followed"
     from fedfhe_common.release import load_verify_key
 
     run = deployed.work / "control" / "artifacts" / "training" / "latest"
@@ -532,6 +554,12 @@ def test_publish_and_predict_match_the_clear_model(deployed: Deployment) -> None
         assert (bundle / "manifest.sig").is_file(), f"{bundle}: no manifest.sig ({sorted(os.listdir(bundle))})"
         verify(release_pub, (bundle / "manifest.json").read_bytes(), read_signature(bundle), str(bundle))
     assert (served / "manifest.sig").read_bytes() == (control_copy / "manifest.sig").read_bytes()
+    # compile ran as the release user, in its directory; the bundle reached the node through root's
+    # incoming directory, not one inside the service's state where a planted link would steer root.
+    made = deployed.ssh("coordinator", "stat -c %U /var/lib/fedfhe-release/bundles/mh1/manifest.sig").stdout.strip()
+    assert made == "fedfhe-release", made
+    incoming = deployed.ssh("inference-1", "stat -c '%U:%G %a' /opt/fedfhe/incoming").stdout.split()
+    assert incoming == ["root:root", "700"], incoming
     if not _have_cli("fedfhe-owner", "predict"):
         pytest.xfail("fedfhe-owner predict is not wired into fedfhe-owner's CLI yet "
                      "(client/fedfhe_owner/predict_commands.py register() is not called from cli.py)")
