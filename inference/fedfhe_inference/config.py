@@ -10,7 +10,7 @@ Example::
     bundles_dir: /var/lib/fedfhe/bundles
     keys_dir: /var/lib/fedfhe/keys
     release_public_key: pki/release.pub   # bundles must be signed by the release key (no unsigned default)
-    workers: 0                       # FHE worker threads; 0 = one per core
+    workers: 0                       # FHE worker processes; 0 = one per core
     metrics_address: 127.0.0.1:9464  # Prometheus metrics (plain HTTP, GET /metrics); "" = off
     limits: {max_batch_rows: 64, max_keys_per_owner: 8}
     deadlines: {predict_s: 300}
