@@ -3,9 +3,10 @@
 A passphrase comes from a file (``--passphrase-file``, its first line), an interactive
 prompt (``--prompt-passphrase``) or the environment (``FEDFHE_PKI_PASSPHRASE`` for
 ``fedfhe-pki``, ``FEDFHE_RELEASE_PASSPHRASE`` where the release key signs: compile, train).
-Keys are written with ``BestAvailableEncryption`` (PKCS#8, AES-256-CBC and a scrypt/PBKDF2
-derived key, as ``cryptography`` chooses). An unencrypted key keeps loading as before,
-with or without a passphrase.
+Keys are written with ``BestAvailableEncryption``: PKCS#8 PBES2, AES-256-CBC under a key that
+``cryptography`` 46 derives with PBKDF2-HMAC-SHA256 and only 2048 rounds, which slows a guesser
+little: the passphrase must be long and random (a generated one in a file, not a word). An
+unencrypted key keeps loading as before, with or without a passphrase.
 """
 
 from __future__ import annotations
