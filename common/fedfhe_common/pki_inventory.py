@@ -3,6 +3,8 @@
 Certificates with their role, names, validity and revocation (checked against the
 CA-signed ``crl.pem``, not the plain ``revoked.txt``), SuperNode key pairs, the release
 key and the CRL's next update: the facts needed before a certificate expires unnoticed.
+A certificate within ``RENEW_WITHIN_DAYS`` (30) of its end is flagged (``expiring``, and
+``EXPIRES in N days`` in the text form) without failing the listing.
 """
 
 from __future__ import annotations
@@ -12,38 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import PKIError
-from .pki import CRL_FILE, revoked_serials
-
-
-def _cn(name: x509.Name) -> str:
-    attrs = name.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(attrs[0].value) if attrs else ""
-
-
-def _role(cert: x509.Certificate) -> str:
-    try:
-        if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
-            return "ca"
-    except x509.ExtensionNotFound:
-        pass
-    try:
-        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        return "unknown"
-    return "server" if ExtendedKeyUsageOID.SERVER_AUTH in usages else (
-        "client" if ExtendedKeyUsageOID.CLIENT_AUTH in usages else "unknown")
-
-
-def _sans(cert: x509.Certificate) -> list[str]:
-    try:
-        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return [str(v) for v in ext.get_values_for_type(x509.DNSName)] + [
-        str(v) for v in ext.get_values_for_type(x509.IPAddress)]
+from .pki import CRL_FILE, RENEW_WITHIN_DAYS, cert_hosts, cert_role, name_cn, revoked_serials
 
 
 def inventory(directory: Path, now: dt.datetime | None = None) -> dict[str, Any]:
@@ -62,7 +35,7 @@ def inventory(directory: Path, now: dt.datetime | None = None) -> dict[str, Any]
     crl: dict[str, Any] | None = None
     crl_path = directory / CRL_FILE
     if crl_path.exists():
-        cas = [c for c in certs.values() if _role(c) == "ca"]
+        cas = [c for c in certs.values() if cert_role(c) == "ca"]
         try:
             revoked = revoked_serials(crl_path.read_bytes(), cas)
             parsed = x509.load_pem_x509_crl(crl_path.read_bytes())
@@ -73,10 +46,12 @@ def inventory(directory: Path, now: dt.datetime | None = None) -> dict[str, Any]
     rows = []
     for name, cert in certs.items():
         left = cert.not_valid_after_utc - now
+        expired = left.total_seconds() <= 0
         rows.append({
-            "name": name, "role": _role(cert), "common_name": _cn(cert.subject), "sans": _sans(cert),
+            "name": name, "role": cert_role(cert), "common_name": name_cn(cert.subject), "sans": cert_hosts(cert),
             "serial": f"{cert.serial_number:x}", "not_after": cert.not_valid_after_utc.isoformat(),
-            "days_left": left.days, "expired": left.total_seconds() <= 0,
+            "days_left": left.days, "expired": expired,
+            "expiring": not expired and left < dt.timedelta(days=RENEW_WITHIN_DAYS),
             "revoked": cert.serial_number in revoked, "key": (directory / f"{name}.key").exists(),
         })
     supernodes = sorted({p.name.removesuffix(".supernode.pub").removesuffix(".supernode.key")
@@ -93,11 +68,19 @@ def inventory(directory: Path, now: dt.datetime | None = None) -> dict[str, Any]
     }
 
 
+def _renew_hint(cert: dict[str, Any]) -> str:
+    if cert["role"] == "ca":
+        return "make a new CA and re-issue every certificate"
+    return f"renew it (fedfhe-pki renew {cert['name']})"
+
+
 def render(inv: dict[str, Any]) -> list[str]:
     """The text form: one line per certificate and key."""
     lines = []
     for c in inv["certificates"]:
-        state = "REVOKED" if c["revoked"] else "EXPIRED" if c["expired"] else f"{c['days_left']} days left"
+        state = ("REVOKED" if c["revoked"] else "EXPIRED" if c["expired"]
+                 else f"EXPIRES in {c['days_left']} days: {_renew_hint(c)}" if c.get("expiring")
+                 else f"{c['days_left']} days left")
         sans = f" [{', '.join(c['sans'])}]" if c["sans"] else ""
         lines.append(f"{c['name']}.crt: {c['role']} CN={c['common_name']}{sans} serial {c['serial']}, {state}")
     for k in inv["supernode_keys"]:

@@ -4,7 +4,9 @@ A manifest's SHA-256 list proves that files are intact, not who made them. The
 release key (Ed25519) signs the exact manifest bytes; every host that receives a
 release holds the public half (``release.pub``, distributed with the CA) and
 refuses what it does not verify. The private half (``release.key``, 0600) lives
-where models are compiled: the coordinator.
+where models are compiled: the coordinator. It may be encrypted at rest: ``fedfhe-pki
+release-key`` with a passphrase; compile and train then read it from
+``FEDFHE_RELEASE_PASSPHRASE`` (``pki_passphrase``).
 
 Layout next to a manifest: ``manifest.json`` and its detached signature
 ``manifest.sig`` (the 64 raw Ed25519 signature bytes, base64, one line).
@@ -22,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from .errors import IntegrityError, PKIError
 from .fileio import write_atomic
+from .pki_passphrase import RELEASE_ENV, RELEASE_HINT, PassphraseNeeded, encryption, from_env, load_private_key
 
 KEY_FILE = "release.key"
 PUB_FILE = "release.pub"
@@ -29,15 +32,22 @@ SIGNATURE = "manifest.sig"
 _MAX_SIG_BYTES = 256
 
 
-def make_release_key(directory: Path, force: bool = False) -> tuple[Path, Path]:
-    """``release.key`` (PKCS#8 PEM, 0600) and ``release.pub`` (SubjectPublicKeyInfo PEM); kept unless ``force``."""
+def make_release_key(
+    directory: Path, force: bool = False, passphrase: bytes | None = None, hint: str = RELEASE_HINT
+) -> tuple[Path, Path]:
+    """``release.key`` (PKCS#8 PEM, 0600, encrypted under ``passphrase`` when given) and ``release.pub``
+    (SubjectPublicKeyInfo PEM); kept unless ``force`` (an encrypted one is checked only with its passphrase)."""
     key_path, pub_path = Path(directory) / KEY_FILE, Path(directory) / PUB_FILE
     if key_path.exists() and pub_path.exists() and not force:
-        load_signing_key(key_path)
+        try:
+            load_signing_key(key_path, passphrase, hint)
+        except PassphraseNeeded:
+            load_verify_key(pub_path)
         return key_path, pub_path
+    how = encryption(passphrase, KEY_FILE)
     key = Ed25519PrivateKey.generate()
-    write_atomic(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                             serialization.NoEncryption()), 0o600)
+    write_atomic(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, how),
+                 0o600)
     write_atomic(pub_path, public_pem(key.public_key()))
     return key_path, pub_path
 
@@ -46,9 +56,10 @@ def public_pem(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def load_signing_key(path: Path) -> Ed25519PrivateKey:
+def load_signing_key(path: Path, passphrase: bytes | None = None, hint: str = RELEASE_HINT) -> Ed25519PrivateKey:
+    """The release key; an encrypted one opens with ``passphrase``, else ``$FEDFHE_RELEASE_PASSPHRASE``."""
     try:
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+        key = load_private_key(Path(path), passphrase or from_env(RELEASE_ENV), hint)
     except FileNotFoundError:
         raise PKIError(f"{path}: release key missing; create it with 'fedfhe-pki --dir DIR release-key'") from None
     except (OSError, ValueError, TypeError) as exc:
