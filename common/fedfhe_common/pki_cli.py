@@ -77,7 +77,8 @@ def _report(args: argparse.Namespace, doc: dict, lines: list[str]) -> None:
 def _request(args: argparse.Namespace) -> int:
     from .pki_request import make_request
 
-    req = make_request(_dir(args, "--out"), args.role, args.name, args.san, new_key=args.new_key)
+    req = make_request(_dir(args, "--out"), args.role, args.name, args.san, new_key=args.new_key,
+                       file_name=args.file_name or "")
     key_note = "new, 0600" if req.new_key else "kept"
     _report(args, {"key": str(req.key), "new_key": req.new_key, "csr": str(req.csr), **req.summary.as_dict()},
             [*req.summary.lines(), f"key: {req.key} ({key_note}; it stays on this host)",
@@ -206,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                                                   "repeat; a client has none")
     p.add_argument("--out", type=Path, help="where NAME.key and NAME.csr go (default: --dir)")
     p.add_argument("--new-key", action="store_true", help="replace an existing NAME.key (else it is kept and reused)")
+    p.add_argument("--file-name", metavar="STEM", help="write STEM.key and STEM.csr instead of NAME.* (the CN stays "
+                                                        "NAME), e.g. superlink for the file a config names")
     add_format(p)
     p = sub.add_parser("sign", help="beside the CA: show and check a certificate request, write NAME.crt "
                                     "(NAME = its CN)")

@@ -344,8 +344,12 @@ def _load_own_key(path: Path) -> PrivateKeyTypes:
     return key
 
 
-def make_request(out: Path, role: str, name: str, sans: list[str] | None = None, *, new_key: bool = False) -> Request:
-    """``out/NAME.key`` (kept when it exists, unless ``new_key``) and ``out/NAME.csr`` for ``role``."""
+def make_request(out: Path, role: str, name: str, sans: list[str] | None = None, *, new_key: bool = False,
+                 file_name: str = "") -> Request:
+    """``out/NAME.key`` (kept when it exists, unless ``new_key``) and ``out/NAME.csr`` for ``role``.
+
+    ``file_name`` names the two files instead of NAME (a host's configs name its key by role:
+    ``superlink.key``, ``client.key``), the certificate's CN stays NAME."""
     kind = _kind(role)
     (check_owner_name if kind == _CLIENT else check_name)(name)
     sans = list(dict.fromkeys(sans or []))
@@ -354,7 +358,9 @@ def make_request(out: Path, role: str, name: str, sans: list[str] | None = None,
             raise PKIError(f"{name}: a client certificate has no SANs (the owner is its CN): drop --san")
     elif not sans:
         raise PKIError(f"{name}: a {role} certificate names its hosts: give them with --san (repeat)")
-    key_path, csr_path = out / f"{name}.key", out / f"{name}{CSR_SUFFIX}"
+    stem = file_name or name
+    check_name(stem)
+    key_path, csr_path = out / f"{stem}.key", out / f"{stem}{CSR_SUFFIX}"
     made = new_key or not key_path.exists()
     key: Any = ec.generate_private_key(ec.SECP256R1()) if made else _load_own_key(key_path)
     builder = (

@@ -260,8 +260,9 @@ def test_every_link_crosses_the_bridge_with_tls(deployed: Deployment) -> None:
     assert not fleet_probe["wrong_ca"]["ok"] and "CERTIFICATE_VERIFY_FAILED" in fleet_probe["wrong_ca"]["error"]
     assert fleet_probe["plaintext_h2_settings"] is False, fleet_probe
     # Inference service: mutual TLS (an owner's client certificate is required).
+    owner_pki = deployed.hosts.hosts["owner-1"].path("/etc/fedfhe/pki")  # its key exists on its host only
     inf_probe = _probe(deployed, "owner-1", TLS_PROBE, ips["inference-1"], "50051", str(pki / "ca.crt"),
-                       str(pki / "owner-1.crt"), str(pki / "owner-1.key"))
+                       str(owner_pki / "client.crt"), str(owner_pki / "client.key"))
     assert inf_probe["tls"]["ok"] and inf_probe["tls"]["cn"] == "inference-1-inference", inf_probe
     assert not inf_probe["no_client_cert"]["ok"], f"accepted a client without a certificate: {inf_probe}"
     assert not inf_probe["wrong_ca"]["ok"], inf_probe
@@ -273,17 +274,42 @@ def _tree(deployed: Deployment, host: str, inside: str) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} if root.exists() else set()
 
 
+def _public_key_of(path: Path) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    data = path.read_bytes()
+    if b"CERTIFICATE" in data:
+        key = x509.load_pem_x509_certificate(data).public_key()
+    else:
+        key = serialization.load_pem_private_key(data, password=None).public_key()
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 def test_each_host_holds_only_its_own_keys_and_data(deployed: Deployment) -> None:
+    """Issue 26: every private key was made on the host that uses it; only certificate requests and
+    public keys reached the control node, which holds no private key but the CA's."""
     pki = deployed.work / "control" / "pki"
     assert (pki / "ca.key").exists()
+    control_keys = sorted(p.relative_to(pki).as_posix() for p in pki.rglob("*.key"))
+    assert control_keys == ["ca.key"], f"private keys on the control node: {control_keys}"
+    assert sorted(p.name for p in (pki / "requests").iterdir()) == sorted(
+        ["coordinator-superlink.csr", "inference-1-inference.csr", *(f"{o}.csr" for o in OWNERS)])
     for host in SERVICES:
         files = _tree(deployed, host, "/etc/fedfhe/pki")
         assert "ca.key" not in files and not any(f.endswith("ca.key") for f in files), (host, files)
     assert _tree(deployed, "coordinator", "/etc/fedfhe/pki") == {
-        "ca.crt", "release.pub", "release.key", "superlink.crt", "superlink.key",
+        "ca.crt", "release.pub", "release.key", "superlink.crt", "superlink.key", "superlink.csr", "superlink.names",
         *(f"supernodes/{o}.pub" for o in OWNERS)}
     assert _tree(deployed, "inference-1", "/etc/fedfhe/pki") == {"ca.crt", "release.pub", "inference.crt",
-                                                                 "inference.key", "crl.pem"}
+                                                                 "inference.key", "inference.csr", "inference.names",
+                                                                 "crl.pem"}
+    # Each certificate the CA signed certifies the key its host made (the key's public half, nothing more, travelled).
+    for host, stem in (("coordinator", "superlink"), ("inference-1", "inference"), *((o, "client") for o in OWNERS)):
+        h = deployed.hosts.hosts[host]
+        assert _public_key_of(h.path(f"/etc/fedfhe/pki/{stem}.crt")) == _public_key_of(
+            h.path(f"/etc/fedfhe/pki/{stem}.key")), host
+        assert h.path(f"/etc/fedfhe/pki/{stem}.key").stat().st_mode & 0o077 == 0o040, host  # 0640 root:fedfhe
     # The CRL (fedfhe-pki revoke on the control node) is copied as made, and the node's config names it.
     assert deployed.hosts.hosts["inference-1"].path("/etc/fedfhe/pki/crl.pem").read_bytes() == (
         pki / "crl.pem").read_bytes()
@@ -292,14 +318,15 @@ def test_each_host_holds_only_its_own_keys_and_data(deployed: Deployment) -> Non
     digests = {}
     for owner in OWNERS:
         h = deployed.hosts.hosts[owner]
-        assert _tree(deployed, owner, "/etc/fedfhe/pki") == {"ca.crt", "release.pub", "supernode.key", "client.crt",
-                                                             "client.key", "crl.pem"}
+        assert _tree(deployed, owner, "/etc/fedfhe/pki") == {
+            "ca.crt", "release.pub", f"{owner}.supernode.key", f"{owner}.supernode.pub", "client.crt", "client.key",
+            "client.csr", "client.names", "crl.pem"}
         # Owners check the SuperLink's and the inference node's certificates against the same CRL.
         assert h.path("/etc/fedfhe/pki/crl.pem").read_bytes() == (pki / "crl.pem").read_bytes()
         assert "crl_file: /etc/fedfhe/pki/crl.pem" in h.path("/etc/fedfhe/owner.yaml").read_text()
-        assert h.path("/etc/fedfhe/pki/supernode.key").read_bytes() == (pki / f"{owner}.supernode.key").read_bytes()
-        assert h.path("/etc/fedfhe/pki/client.key").read_bytes() == (pki / f"{owner}.key").read_bytes()
-        assert h.path("/etc/fedfhe/pki/client.key").stat().st_mode & 0o077 == 0o040  # 0640 root:fedfhe
+        # The coordinator registers the public half its owner made.
+        assert deployed.hosts.hosts["coordinator"].path(f"/etc/fedfhe/pki/supernodes/{owner}.pub").read_bytes() == (
+            h.path(f"/etc/fedfhe/pki/{owner}.supernode.pub").read_bytes())
         # The same path on every owner host, a different file on each, visible only there.
         out = deployed.ssh(owner, f"sha256sum {DATA_PATH}").stdout.split()[0]
         digests[owner] = out
@@ -312,8 +339,10 @@ def test_release_key_on_the_coordinator_only_and_its_public_half_everywhere(depl
     pki = deployed.work / "control" / "pki"
     # The private half signs bundles and training artifacts where they are made: the coordinator,
     # readable by the release user only (train and compile sign as it; the services never need it).
+    # Made there (issue 26): the control node holds only its public half, as every host does.
+    assert not (pki / "release.key").exists()
     coord = deployed.hosts.hosts["coordinator"].path("/etc/fedfhe/pki/release.key")
-    assert coord.read_bytes() == (pki / "release.key").read_bytes()
+    assert _public_key_of(coord) == (pki / "release.pub").read_bytes()
     owner_mode = deployed.ssh("coordinator", "stat -c '%U:%G %a' /etc/fedfhe/pki/release.key").stdout.split()
     assert owner_mode == ["fedfhe-release:root", "400"], owner_mode
     refused = deployed.ssh("coordinator", "runuser -u fedfhe -- cat /etc/fedfhe/pki/release.key", check=False)

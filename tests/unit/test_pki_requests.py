@@ -157,6 +157,19 @@ def test_request_keeps_the_hosts_key_unless_asked_and_follows_the_naming_rules(t
     assert not (out / "_owner.key").exists() and not (out / "owner-9.key").exists()
 
 
+def test_file_name_names_the_files_a_hosts_config_names_and_the_cn_stays(tmp_path, ca, capsys):
+    out = tmp_path / "h"
+    assert pki_main(["request", "superlink", "h1-superlink", "--san", "10.0.0.1", "--out", str(out),
+                     "--file-name", "superlink"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["superlink.csr", "superlink.key"]
+    assert pki_main(["--dir", str(ca), "sign", str(out / "superlink.csr"), "--role", "superlink",
+                     "--san", "10.0.0.1"]) == 0
+    assert (ca / "h1-superlink.crt").exists()  # the CA names it by its CN
+    capsys.readouterr()
+    assert pki_main(["request", "client", "owner-3", "--out", str(out), "--file-name", "../x"]) == 1
+    assert "names may use" in capsys.readouterr().err
+
+
 def test_supernode_key_runs_on_the_owners_host_without_a_ca(tmp_path):
     host = tmp_path / "owner-host"
     assert pki_main(["supernode-key", "owner-3", "--out", str(host)]) == 0
