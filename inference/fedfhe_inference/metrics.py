@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from fedfhe_common.cert_metrics import CertificateExpiry
 from fedfhe_common.errors import ConfigError
 
 log = logging.getLogger("fedfhe.inference.metrics")
@@ -78,7 +80,7 @@ class _State(Collector):
 class Metrics:
     """The node's metrics in a registry of its own (several nodes can live in one test process)."""
 
-    def __init__(self) -> None:
+    def __init__(self, certfile: Path | None = None) -> None:
         disable_created_metrics()  # no *_created series: a timestamp per label set, twice the lines for nothing
         self.registry = CollectorRegistry()
         r = self.registry
@@ -99,6 +101,8 @@ class Metrics:
                                 registry=r)
         self.state = _State()
         r.register(self.state)
+        if certfile is not None:
+            r.register(CertificateExpiry(PREFIX, {"server": certfile}))
         self._server: Any = None
         self._thread: threading.Thread | None = None
 

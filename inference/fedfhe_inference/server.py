@@ -121,7 +121,7 @@ def build(cfg: InferenceConfig) -> Node:
             log.warning("confine_workers is false: FHE workers run with the node's network and can read its files, "
                         "the TLS key included")
     runner = FheRunner(cfg.fhe_workers, pool, job_s=cfg.job_cpu_s)
-    metrics = Metrics()
+    metrics = Metrics(cfg.certfile)
     metrics.source("key_store", keys.usage)
     metrics.source("bundles", registry.counts)
     metrics.source("workers", lambda: (cfg.fhe_workers, pool.replaced if pool is not None else 0))

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from fedfhe_common.cert_metrics import CertificateExpiry
 from fedfhe_common.errors import ConfigError
 
 from . import runs
@@ -116,6 +117,7 @@ class Metrics:
     def __init__(self, cfg: CoordinatorConfig) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(TrainingCollector(cfg.training.output_dir / "progress.jsonl", cfg.release_home))
+        self.registry.register(CertificateExpiry(PREFIX, {"superlink": cfg.superlink.certfile}))
         self._server: Any = None
 
     def serve(self, address: str) -> int:

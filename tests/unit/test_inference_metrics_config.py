@@ -6,6 +6,7 @@ import json
 import logging
 import socket
 import sys
+import time
 import urllib.request
 
 import grpc
@@ -84,3 +85,31 @@ def test_json_log_lines_are_one_object_per_record():
     assert out["level"] == "ERROR" and out["logger"] == "fedfhe.inference.rpc"
     assert out["message"] == "owner=mallory\nforged line" and "ValueError: boom" in out["exception"]
     assert out["time"].endswith("Z")
+
+
+def test_the_certificate_end_date_is_read_at_each_scrape(tmp_path):
+    """Issue 26: certificates last 90 days; the gauge shows a renewed one at once, NaN for an unreadable file."""
+    import math
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from fedfhe_common.cert_metrics import CertificateExpiry
+    from fedfhe_common.pki import init_ca, issue
+
+    init_ca(tmp_path)
+    issue(tmp_path, "inference", server_hosts=["127.0.0.1"], days=10)
+    registry = CollectorRegistry()
+    registry.register(CertificateExpiry("fedfhe_inference", {"server": tmp_path / "inference.crt"}))
+
+    def value() -> float:
+        for line in generate_latest(registry).decode().splitlines():
+            if line.startswith('fedfhe_inference_certificate_expiry_timestamp_seconds{certificate="server"}'):
+                return float(line.rsplit(" ", 1)[1])
+        raise AssertionError("no gauge")
+
+    first = value()
+    assert 9 * 86400 < first - time.time() < 11 * 86400
+    issue(tmp_path, "inference", server_hosts=["127.0.0.1"], days=90, force=True)  # renewed
+    assert 89 * 86400 < value() - time.time() < 91 * 86400
+    (tmp_path / "inference.crt").unlink()
+    assert math.isnan(value())
