@@ -383,6 +383,37 @@ def test_second_site_run_changes_nothing(deployed: Deployment) -> None:
         line for line in res.output.splitlines() if line.startswith("changed:") or line.startswith("TASK"))[-6000:]
 
 
+def _not_after(pem: bytes) -> float:
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(pem).not_valid_after_utc.timestamp()
+
+
+def test_renew_yml_renews_an_expiring_certificate_restarting_only_its_owner(deployed: Deployment) -> None:
+    """Issue 26: certificates last 90 days. owner-0's ends in 10 (re-issued so on the control node);
+    renew.yml renews it for the same key and delivers it with site.yml: owner-0's SuperNode restarts
+    on its new certificate, the other owners' and the servers' services keep running."""
+    pki, owner = deployed.work / "control" / "pki", "owner-0"
+    subprocess.run([str(VENV_BIN / "fedfhe-pki"), "--dir", str(pki), "renew", owner, "--days", "10"],
+                   check=True, capture_output=True, text=True)
+    assert _not_after((pki / f"{owner}.crt").read_bytes()) - time.time() < 11 * 86400
+    host_crt = deployed.hosts.hosts[owner].path("/etc/fedfhe/pki/client.crt")
+    key_before = _public_key_of(deployed.hosts.hosts[owner].path("/etc/fedfhe/pki/client.key"))
+    others = {h: f"/run/fedfhe/{s}.pid" for h, s in SERVICES.items() if h != owner}
+    before = {h: deployed.ssh(h, f"cat {pid}").stdout.strip() for h, pid in others.items()}
+    res = deployed.play("renew.yml")
+    _expect_ok(res, "renew.yml")
+    renewed = [line for line in res.output.splitlines() if line.startswith("changed:") and "-fedfhe-pki" not in line]
+    assert any(owner in line for line in res.output.split("Renew the ones that end soon", 1)[1].split("TASK [", 1)[0]
+               .splitlines() if line.startswith("changed:")), res.tail(80)
+    assert 89 * 86400 < _not_after(host_crt.read_bytes()) - time.time() < 91 * 86400, renewed
+    assert _public_key_of(host_crt) == key_before  # the same key: nothing private moved
+    assert {h: deployed.ssh(h, f"cat {pid}").stdout.strip() for h, pid in others.items()} == before
+    for other in OWNERS[1:]:  # theirs were not due: not renewed
+        crt = deployed.hosts.hosts[other].path("/etc/fedfhe/pki/client.crt").read_bytes()
+        assert crt == (pki / f"{other}.crt").read_bytes()
+
+
 def test_check_mode_runs_clean_before_the_first_deploy(deployed: Deployment) -> None:
     _expect_ok(deployed.fresh_check, "site.yml --check on new hosts")
     assert "fedfhe is not deployed here yet" in deployed.fresh_check.output
