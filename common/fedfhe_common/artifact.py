@@ -64,11 +64,12 @@ class TrainingArtifact:
         model = models.build(self.family, self.model_params)
         return models.set_parameters(model, [self.coef, self.intercept], self.schema)
 
-    def save(self, directory: Path, signing_key: Ed25519PrivateKey | None = None) -> Path:
+    def save(self, directory: Path, signing_key: Ed25519PrivateKey | None = None, mode: int | None = None) -> Path:
         """Write atomically: a reader sees the old artifact or the new one, never half.
 
         Without ``signing_key`` (the ServerApp, which holds no key) the artifact is
-        unsigned until ``sign`` runs; ``compile`` refuses it until then.
+        unsigned until ``sign`` runs; ``compile`` refuses it until then. ``mode``: the
+        directory's (else 0700, mkdtemp's), e.g. 0750 for a release user in the group to read.
         """
 
         if models.is_tree(self.family) != (self.tree is not None):
@@ -90,7 +91,7 @@ class TrainingArtifact:
             if signing_key is not None:
                 release.sign_manifest(tmp, signing_key)
 
-        return write_dir_atomic(Path(directory), produce)
+        return write_dir_atomic(Path(directory), produce, mode)
 
     @staticmethod
     def sign(directory: Path, signing_key: Ed25519PrivateKey) -> None:

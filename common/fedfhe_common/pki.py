@@ -437,10 +437,16 @@ def supernode_keypair(directory: Path, name: str, force: bool = False) -> tuple[
     return priv, pub
 
 
+# Names of the CA's own files: a certificate named so would overwrite ca.crt (a request with CN=ca).
+RESERVED_NAMES = frozenset({"ca", "crl", "release", "issued", "revoked"})
+
+
 def check_name(name: str) -> None:
     """A certificate or key name: it becomes a file name in the PKI directory."""
     if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
         raise PKIError(f"{name!r}: names may use letters, digits, '-', '_' and '.' only")
+    if name.lower() in RESERVED_NAMES:
+        raise PKIError(f"{name!r}: reserved for the CA's own files ({', '.join(sorted(RESERVED_NAMES))})")
 
 
 def check_owner_name(name: str) -> None:

@@ -4,7 +4,7 @@ Keys are made where they are used: on a host, `request` makes its key and a cert
 (and `supernode-key` its SuperNode key pair); only the request and the .pub travel. Beside the CA,
 `sign` shows and checks a request and writes the certificate; `renew` re-issues one before it
 ends. ca.key and release.key may be encrypted: a passphrase from --passphrase-file, the prompt
-(--prompt-passphrase) or $FEDFHE_PKI_PASSPHRASE (release.key: also $FEDFHE_RELEASE_PASSPHRASE,
+(--prompt-passphrase) or $FEDFHE_PKI_PASSPHRASE (release.key: $FEDFHE_RELEASE_PASSPHRASE,
 the variable compile and train read).
 """
 
@@ -51,7 +51,9 @@ def _dir(args: argparse.Namespace, option: str = "--dir") -> Path:
 
 def _passphrase(args: argparse.Namespace, *, new: bool = False) -> bytes | None:
     """The passphrase of the key this command opens (or, ``new``, makes)."""
-    env = (RELEASE_ENV, PKI_ENV) if args.cmd == "release-key" else (PKI_ENV,)
+    # release.key never falls back to the CA's variable: a CA passphrase exported to sign would
+    # otherwise encrypt release.key too, and then have to travel to the coordinator.
+    env = (RELEASE_ENV,) if args.cmd == "release-key" else (PKI_ENV,)
     what = "release.key" if args.cmd == "release-key" else "ca.key"
     return resolve(args.passphrase_file, args.prompt_passphrase, env, what=what, confirm=new)
 
@@ -94,7 +96,7 @@ def _sign(args: argparse.Namespace) -> int:
             print("\n".join(summary.lines()), flush=True)
 
     signed = sign_request(_dir(args), args.request, args.role, sans=args.san, days=args.days, force=args.force,
-                          passphrase=_passphrase(args), review=review)
+                          passphrase=_passphrase(args), review=review, name=args.name)
     for note in signed.notes:
         _note(note)
     _report(args, {"certificate": str(signed.crt), **signed.summary.as_dict(), "notes": signed.notes},
@@ -152,7 +154,7 @@ def _command(args: argparse.Namespace) -> int | None:
         exists = (_dir(args) / "release.key").exists() and not args.force
         passphrase = _passphrase(args, new=not exists)
         print(*make_release_key(_dir(args), force=args.force, passphrase=passphrase,
-                                hint=f"--passphrase-file, --prompt-passphrase, {RELEASE_ENV} or {PKI_ENV}"))
+                                hint=f"--passphrase-file, --prompt-passphrase or {RELEASE_ENV}"))
     elif args.cmd == "request":
         return _request(args)
     elif args.cmd == "sign":
@@ -214,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                                     "(NAME = its CN)")
     p.add_argument("request", type=Path, help="the NAME.csr a host made with 'request'")
     p.add_argument("--role", required=True, choices=ROLES, help="the role the CA approves for this request")
+    p.add_argument("--name", help="the CN the request must carry (the host's own name; automation always sets it: "
+                                  "a host must not get or replace another's certificate)")
     p.add_argument("--san", action="append", help="a host name or IP the CA approves for a server role (repeat); "
                                                   "the request may ask for these or fewer, nothing else")
     p.add_argument("--force", action="store_true",

@@ -24,7 +24,7 @@ from .errors import PKIError
 PKI_ENV = "FEDFHE_PKI_PASSPHRASE"
 RELEASE_ENV = "FEDFHE_RELEASE_PASSPHRASE"
 PKI_HINT = f"--passphrase-file or {PKI_ENV} (or --prompt-passphrase)"
-RELEASE_HINT = f"{RELEASE_ENV} (fedfhe-pki: --passphrase-file, --prompt-passphrase or {PKI_ENV})"
+RELEASE_HINT = f"{RELEASE_ENV} (fedfhe-pki: --passphrase-file or --prompt-passphrase)"
 MIN_LENGTH = 8  # for a new key; a key made elsewhere is opened with whatever passphrase it has
 _MAX_FILE_BYTES = 4096
 

@@ -266,7 +266,7 @@ def _subject_problems(subject: x509.Name, kind: str, expected_cn: str | None) ->
         except PKIError as exc:
             problems.append(f"its CN: {exc}")
         if expected_cn is not None and cn != expected_cn:
-            problems.append(f"its CN {cn!r} is not {expected_cn!r}, the name being renewed")
+            problems.append(f"its CN {cn!r} is not {expected_cn!r}, the name expected for it")
     return problems
 
 
@@ -400,8 +400,12 @@ def sign_request(
     passphrase: bytes | None = None,
     ca_dir: Path | None = None,
     review: Callable[[Summary], None] | None = None,
+    name: str | None = None,
 ) -> Signed:
     """Check ``csr_path`` as a ``role`` request and write ``directory/NAME.crt`` (NAME = its CN).
+
+    ``name``: the CN the request must carry (automation passes the host's own name: a host must not
+    obtain, or with ``force`` replace, another host's certificate).
 
     ``review(summary)`` is called with what the request asks before anything is decided (the CLI
     prints it). Nothing is written when the request is refused; no private key is ever written."""
@@ -412,7 +416,7 @@ def sign_request(
     summary = summarize(csr, str(csr_path), role)
     if review is not None:
         review(summary)
-    problems = check_request(csr, role, sans if kind == _SERVER else None)
+    problems = check_request(csr, role, sans if kind == _SERVER else None, common_name=name)
     if problems:
         raise PKIError(f"{csr_path.name} refused for role {role}: " + "; ".join(problems))
     name = summary.common_name

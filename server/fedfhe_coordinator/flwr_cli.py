@@ -49,7 +49,11 @@ def flwr_env(cfg: CoordinatorConfig) -> dict[str, str]:
             },
         }
     }
-    (home / "config.toml").write_text(tomli_w.dumps(config))
+    text, path = tomli_w.dumps(config), home / "config.toml"
+    # Written only when it changes: root running `runs` or `register` must not leave a root-owned file
+    # in the release user's directory that the release user could then not rewrite.
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
     return {**flower_env(), "FLWR_HOME": str(home)}
 
 

@@ -602,7 +602,7 @@ def main(grid: Grid, context: Context) -> None:
                  "privacy": privacy_summary(cfg, len(connected), threshold), "statistics": prep_summary},
         origin="federated",
         preprocessing=prep,
-    ).save(out_dir / "artifact")
+    ).save(out_dir / "artifact", mode=0o750)  # the release user (the service's group) copies it out to sign
 
 
 def newton_run(aggregation: str, family: str, schema: DatasetSchema, prep: Preprocessing,

@@ -24,6 +24,7 @@ from . import aggregation, flwr_cli, runs
 from .config import CoordinatorConfig
 
 MAX_PROGRESS_BYTES = 64 << 20
+_REFUSED: set[str] = set()  # progress files already reported as refused (read every 0.2 s)
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:
@@ -45,6 +46,11 @@ def read_progress(path: Path, stale: tuple[int, int, int] | None = None) -> list
     try:
         text = read_plain(path, MAX_PROGRESS_BYTES).decode("utf-8", errors="replace")
     except FileNotFoundError:
+        return []
+    except IntegrityError as exc:  # a link or FIFO planted there: no rows (the artifact is checked on its own)
+        if str(path) not in _REFUSED:
+            _REFUSED.add(str(path))
+            print(f"fedfhe-coordinator: round progress not shown: {exc}", file=sys.stderr, flush=True)
         return []
     rows = []
     for line in text.splitlines():
@@ -166,7 +172,13 @@ def run_training(
                     event="terminated" if isinstance(interrupted, Terminated) else "interrupted", status=final)
         raise interrupted
     produced = out / "artifact"
-    if not (produced / "manifest.json").exists() or (produced / "manifest.json").stat().st_mtime < started:
+    try:
+        fresh = (produced / "manifest.json").stat().st_mtime >= started
+    except FileNotFoundError:
+        fresh = False
+    except OSError:  # there, but not readable by this user: adopt below refuses it, naming why
+        fresh = True
+    if not fresh:
         text = log_path.read_text(errors="replace") if log_path.exists() else ""
         tail = "\n".join(ANSI.sub("", line) for line in text.splitlines()[-15:])
         reason = failure_reason(text) or status.get("status-details") or status.get("error", "")

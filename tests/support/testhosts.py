@@ -48,6 +48,7 @@ PRIVATE_DIRS = {
     "/opt": "opt",
     "/srv": "srv",
     "/var/lib/fedfhe": "var-lib-fedfhe",
+    "/var/lib/fedfhe-release": "var-lib-fedfhe-release",
     "/var/log/fedfhe": "var-log-fedfhe",
     "/run/fedfhe": "run-fedfhe",
 }

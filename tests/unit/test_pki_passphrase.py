@@ -152,6 +152,14 @@ def test_release_key_encrypted_at_rest_and_opened_by_the_coordinators_variable(t
     wrong.write_text("wrong passphrase\n")
     assert pki_main(["--dir", str(d), "release-key", "--passphrase-file", str(wrong)]) == 1
     assert "release.key: wrong passphrase" in capsys.readouterr().err
-    monkeypatch.setenv("FEDFHE_PKI_PASSPHRASE", PASS)  # fedfhe-pki's own variable works for it too
+    monkeypatch.setenv("FEDFHE_RELEASE_PASSPHRASE", PASS)
     assert pki_main(["--dir", str(d), "release-key"]) == 0
     assert _files(d) == before
+    # The CA's variable never reaches release.key: a new release key made while it is exported stays
+    # unencrypted rather than encrypted under the CA's passphrase (which would then travel with it).
+    monkeypatch.delenv("FEDFHE_RELEASE_PASSPHRASE")
+    monkeypatch.setenv("FEDFHE_PKI_PASSPHRASE", PASS)
+    other = tmp_path / "other"
+    assert pki_main(["--dir", str(other), "release-key"]) == 0
+    monkeypatch.delenv("FEDFHE_PKI_PASSPHRASE")
+    load_signing_key(other / "release.key")  # opens without any passphrase

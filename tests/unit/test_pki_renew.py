@@ -155,7 +155,7 @@ def test_renew_refuses_what_it_cannot_renew(tmp_path, ca, capsys):
     assert pki_main(["--dir", str(ca), "renew", "owner-0"]) == 1
     assert "is not the key of" in capsys.readouterr().err
     assert pki_main(["--dir", str(ca), "renew", "ca"]) == 1
-    assert "a ca certificate is not renewed here" in capsys.readouterr().err
+    assert "reserved for the CA's own files" in capsys.readouterr().err  # the CA is never renewed here
 
 
 def test_a_certificate_issued_before_issued_txt_is_still_revoked_after_renewal(ca):

@@ -157,6 +157,21 @@ def test_request_keeps_the_hosts_key_unless_asked_and_follows_the_naming_rules(t
     assert not (out / "_owner.key").exists() and not (out / "owner-9.key").exists()
 
 
+def test_sign_name_binds_the_request_to_the_host_and_ca_files_are_reserved(tmp_path, ca, capsys):
+    """A host asking for another's name (or for CN=ca, which would overwrite ca.crt) is refused."""
+    out = tmp_path / "h"
+    assert pki_main(["request", "client", "owner-1", "--out", str(out)]) == 0  # owner-0's host, lying
+    capsys.readouterr()
+    assert pki_main(["--dir", str(ca), "sign", str(out / "owner-1.csr"), "--role", "client", "--name", "owner-0",
+                     "--force"]) == 1
+    assert "its CN 'owner-1' is not 'owner-0'" in capsys.readouterr().err
+    assert not (ca / "owner-1.crt").exists()
+    ca_crt = (ca / "ca.crt").read_bytes()
+    assert pki_main(["request", "client", "ca", "--out", str(out)]) == 1
+    assert "reserved for the CA's own files" in capsys.readouterr().err
+    assert (ca / "ca.crt").read_bytes() == ca_crt
+
+
 def test_file_name_names_the_files_a_hosts_config_names_and_the_cn_stays(tmp_path, ca, capsys):
     out = tmp_path / "h"
     assert pki_main(["request", "superlink", "h1-superlink", "--san", "10.0.0.1", "--out", str(out),

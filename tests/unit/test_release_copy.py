@@ -134,5 +134,4 @@ def test_progress_through_a_link_is_refused(tmp_path):
     secret = tmp_path / "secret"
     secret.write_text('{"round": 1}\n')
     (tmp_path / "progress.jsonl").symlink_to(secret)
-    with pytest.raises(IntegrityError, match="progress.jsonl: refused: a symbolic link"):
-        read_progress(tmp_path / "progress.jsonl")
+    assert read_progress(tmp_path / "progress.jsonl") == []  # train goes on (and says so once); rows not shown
