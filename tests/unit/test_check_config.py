@@ -35,12 +35,14 @@ def test_each_shipped_example_validates(role, capsys):
     assert f"{example}: ok" in out and f"{SCHEMA_EXAMPLE}: ok" in out
 
 
-def test_examples_are_commented_and_the_readme_points_to_them():
-    readme = (ROOT / "README.md").read_text()
+def test_examples_are_commented_and_the_docs_point_to_them():
+    checkout = Path(__file__).resolve().parents[2]  # the docs beside this test (ROOT is the installed code's)
+    docs = "\n".join(p.read_text() for p in [checkout / "README.md", *sorted((checkout / "docs").glob("*.md"))])
     for _, example in [*EXAMPLES.values(), (None, SCHEMA_EXAMPLE)]:
         text = example.read_text()
         assert sum(line.lstrip().startswith("#") or " # " in line for line in text.splitlines()) >= 5, example
-        assert str(example.relative_to(ROOT)) in readme, f"README does not point to {example.relative_to(ROOT)}"
+        name = str(example.relative_to(ROOT))
+        assert name in docs, f"README.md and docs/ do not point to {name}"
 
 
 def test_a_bad_coordinator_file_names_every_problem_at_once(tmp_path, capsys):
