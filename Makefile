@@ -26,8 +26,12 @@ install: sysdeps $(STAMP)
 demo: install
 	$(BIN)/python -m fedfhe_demo $(DEMO_ARGS)
 
+# Two workers, one test file each at a time (module fixtures stay in one process): on CI's 2 cores the
+# multihost deployment (scheduled first, tests/conftest.py) runs beside the loopback and unit files.
+# TEST_WORKERS=0 runs everything in this process, in file order.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

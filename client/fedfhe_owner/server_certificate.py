@@ -8,7 +8,7 @@ CA-signed CRL (``crl_file`` in owner.yaml). This stops a decommissioned or
 stolen server certificate still answering at the server's address. It does not
 stop a party that sits on the path, relays this one check to the genuine server
 and then answers gRPC itself with the revoked key: that needs CRL checking inside
-gRPC's own handshake. The README's "Revoking a server" says what to do then
+gRPC's own handshake. docs/operator-guide.md's "Revoking a server" says what to do then
 (re-key the CA).
 """
 

@@ -58,7 +58,7 @@ def run(
 ) -> int:
     """Parse ``argv``, call ``args.fn(args)`` and return its exit code (``None`` counts as 0).
 
-    Exit codes, the same for every script (README, "Exit codes"): 0 done, 1
+    Exit codes, the same for every script (docs/operator-guide.md, "Versions, exit codes"): 0 done, 1
     failed (a FedfheError, or one of ``errors``, printed as one line on stderr,
     ``PROG CMD: error: MESSAGE``; ``PROG: error: MESSAGE`` when the parser has no
     ``cmd`` subcommand or ``name_command`` is false), 2 usage (argparse), 130

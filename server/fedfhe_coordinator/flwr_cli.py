@@ -235,7 +235,7 @@ def start_run(cfg: CoordinatorConfig, run_config: Path) -> int:
     """Submit the Flower App with `flwr run --format json` and return Flower's run id (from its JSON, not its text).
 
     Stock `flwr run` finds the ClientApp's module too, so the coordinator installs fedfhe-owner
-    (README, "Things learned the hard way"); fedfhe does not replace Flower's functions to avoid it.
+    (docs/flower-notes.md, "Things learned the hard way"); fedfhe does not replace Flower's functions to avoid it.
     """
     res = _flwr(cfg, "run", str(flower_app_dir()), CONNECTION, "--format", "json", "--run-config", str(run_config))
     return int(_json_out(res, "flwr run")["run-id"])

@@ -42,7 +42,7 @@ from fedfhe_demo.tabular import write_tabular_partitions
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 OWNERS = ["owner-0", "owner-1", "owner-2"]
-# max_weight near the owners' rows (about 75 each), as the README advises: each owner's values travel times
+# max_weight near the owners' rows (about 75 each), as docs/security.md advises: each owner's values travel times
 # rows / max_weight, so a larger one costs newton's terms precision (10000: the first step off by 3%).
 CLIPPING_RANGE, QUANTIZATION_RANGE, MAX_WEIGHT = 8.0, 2**22, 200.0
 

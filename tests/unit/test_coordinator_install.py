@@ -1,6 +1,6 @@
 """Why the coordinator installs fedfhe-owner: stock ``flwr run`` finds the ClientApp's module too.
 
-README ("Things learned the hard way"): fedfhe does not replace Flower's functions at
+docs/flower-notes.md ("Things learned the hard way"): fedfhe does not replace Flower's functions at
 run time, so the coordinator installs the owners' package only for this check. When a
 Flower release stops checking the clientapp on the submitting host, the second test
 fails and the coordinator's install of fedfhe-owner can go.

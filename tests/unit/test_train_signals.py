@@ -11,6 +11,15 @@ from fedfhe_common.errors import FedfheError, Terminated
 from fedfhe_coordinator.training import _interrupts_held, _sigterm_interrupts
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_as_in_a_terminal():
+    """Python's own SIGINT handler, as in an operator's terminal, whatever this process inherited (a
+    pytest-xdist worker, a background job: SIGINT ignored); restored afterwards."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize(("sig", "raised"), [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])
 def test_a_signal_during_submission_is_delivered_at_release(sig, raised):
     with _sigterm_interrupts(), _interrupts_held() as release:
