@@ -261,8 +261,9 @@ class Issued:
     not_after: dt.datetime
 
 
-def read_issued(ca_home: Path) -> list[Issued]:
-    path = ca_home / ISSUED_FILE
+def _read_records(path: Path, fields: str, date_at: int) -> list[tuple[int, str, list[str], dt.datetime]]:
+    """The lines of one of the CA's tab-separated records (issued.txt, revoked.txt): serial (hex), name,
+    all four fields, and the date in field ``date_at``; ``fields`` names them for the error."""
     if not path.exists():
         return []
     out = []
@@ -270,11 +271,18 @@ def read_issued(ca_home: Path) -> list[Issued]:
         if not line.strip() or line.startswith("#"):
             continue
         try:
-            serial, name, fingerprint, not_after = line.split("\t")
-            out.append(Issued(int(serial, 16), name, fingerprint, dt.datetime.fromisoformat(not_after)))
+            parts = line.split("\t")
+            if len(parts) != 4:
+                raise ValueError(line)
+            out.append((int(parts[0], 16), parts[1], parts, dt.datetime.fromisoformat(parts[date_at])))
         except ValueError:
-            raise PKIError(f"{path}:{n}: expected 'serial<TAB>name<TAB>key sha256<TAB>not after'") from None
+            raise PKIError(f"{path}:{n}: expected '{fields}'") from None
     return out
+
+
+def read_issued(ca_home: Path) -> list[Issued]:
+    return [Issued(serial, name, parts[2], when) for serial, name, parts, when in
+            _read_records(ca_home / ISSUED_FILE, "serial<TAB>name<TAB>key sha256<TAB>not after", 3)]
 
 
 def record_issued(ca_home: Path, name: str, cert: x509.Certificate) -> None:
@@ -294,19 +302,8 @@ _REASONS = {r.value: r for r in x509.ReasonFlags}
 
 
 def _read_revoked(directory: Path) -> list[tuple[int, str, dt.datetime, str]]:
-    path = directory / REVOKED_FILE
-    if not path.exists():
-        return []
-    out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        try:
-            serial, name, when, reason = line.split("\t")
-            out.append((int(serial, 16), name, dt.datetime.fromisoformat(when), reason))
-        except ValueError:
-            raise PKIError(f"{path}:{n}: expected 'serial<TAB>name<TAB>date<TAB>reason'") from None
-    return out
+    return [(serial, name, when, parts[3]) for serial, name, parts, when in
+            _read_records(directory / REVOKED_FILE, "serial<TAB>name<TAB>date<TAB>reason", 2)]
 
 
 def is_revoked(ca_home: Path, serial: int) -> bool:

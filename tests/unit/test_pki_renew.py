@@ -10,20 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-import pytest
 from cryptography import x509
 
 from fedfhe_common.pki import init_ca, issue, key_fingerprint, revoked_serials
 from fedfhe_common.pki_cli import main as pki_main
 from fedfhe_common.pki_request import renew
-
-
-@pytest.fixture()
-def ca(tmp_path):
-    d = tmp_path / "ca"
-    d.mkdir()
-    init_ca(d)
-    return d
 
 
 def _cert(path) -> x509.Certificate:

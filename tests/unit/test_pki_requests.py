@@ -16,19 +16,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedfhe_common.pki import LEAF_DAYS, init_ca, issue, key_fingerprint
+from fedfhe_common.pki import LEAF_DAYS, issue, key_fingerprint
 from fedfhe_common.pki_cli import main as pki_main
 
 SERVER = ExtendedKeyUsageOID.SERVER_AUTH
 CLIENT = ExtendedKeyUsageOID.CLIENT_AUTH
-
-
-@pytest.fixture()
-def ca(tmp_path):
-    d = tmp_path / "ca"
-    d.mkdir()
-    init_ca(d)
-    return d
 
 
 def _cert(path) -> x509.Certificate:
