@@ -27,11 +27,12 @@ demo: install
 	$(BIN)/python -m fedfhe_demo $(DEMO_ARGS)
 
 # Two workers, one test file each at a time (module fixtures stay in one process): on CI's 2 cores the
-# multihost deployment (scheduled first, tests/conftest.py) runs beside the loopback and unit files.
+# multihost deployment (collected first, tests/conftest.py; --no-loadscope-reorder keeps that order instead
+# of xdist's largest-file-first) runs beside the loopback and unit files.
 # TEST_WORKERS=0 runs everything in this process, in file order.
 TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder) $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
