@@ -25,10 +25,27 @@ from fedfhe_common.scoring import score_model
 from fedfhe_common.transport import from_arrays, to_arrays
 
 from .holdout import split_holdout
-from .run_ledger import count_evaluation
+from .run_ledger import count_evaluation, refuse_replayed_model
 from .secure_client import bound_update, is_secure, legacy_reply, privacy_mod, record_true_update
 
 app = ClientApp()
+
+
+def _run_schema(context: Context, config: ConfigRecord) -> DatasetSchema:
+    """This owner's schema, checked to be the run's exactly; reads no row."""
+    node = context.node_config
+    where = node.get("data-path", "node-config")
+    schema = resolve_schema(str(node.get("schema", "digits")))
+    if schema.name != config[fc.SCHEMA_NAME] or schema.n_features != int(config[fc.N_FEATURES]):
+        raise DataError(
+            where,
+            f"this owner's schema {schema.name!r} ({schema.n_features} features) differs from the run's "
+            f"{config[fc.SCHEMA_NAME]!r} ({config[fc.N_FEATURES]} features)",
+        )
+    if fc.SCHEMA_SHA256 in config and str(config[fc.SCHEMA_SHA256]) != fc.schema_sha256(schema):
+        raise DataError(where, f"this owner's schema {schema.name!r} is not the run's exactly (columns, "
+                               "bounds, categories or classes differ): align the schema files")
+    return schema
 
 
 def _local_data(context: Context, config: ConfigRecord) -> tuple[DatasetSchema, tuple[np.ndarray, ...]]:
@@ -36,16 +53,7 @@ def _local_data(context: Context, config: ConfigRecord) -> tuple[DatasetSchema, 
     node = context.node_config
     if "data-path" not in node:
         raise DataError("node-config", "no data-path set: start the SuperNode with --node-config 'data-path=\"...\"'")
-    schema = resolve_schema(str(node.get("schema", "digits")))
-    if schema.name != config[fc.SCHEMA_NAME] or schema.n_features != int(config[fc.N_FEATURES]):
-        raise DataError(
-            node["data-path"],
-            f"this owner's schema {schema.name!r} ({schema.n_features} features) differs from the run's "
-            f"{config[fc.SCHEMA_NAME]!r} ({config[fc.N_FEATURES]} features)",
-        )
-    if fc.SCHEMA_SHA256 in config and str(config[fc.SCHEMA_SHA256]) != fc.schema_sha256(schema):
-        raise DataError(node["data-path"], f"this owner's schema {schema.name!r} is not the run's exactly (columns, "
-                                           "bounds, categories or classes differ): align the schema files")
+    schema = _run_schema(context, config)
     labels = str(node["labels-path"]) if node.get("labels-path") else None
     X, y = load_table(str(node["data-path"]), schema, labels)
     return schema, split_holdout(X, y, float(node.get("holdout-fraction", 0.2)), int(node.get("seed", 0)))
@@ -113,11 +121,20 @@ def _run_params(config: ConfigRecord, family: str, rows: int | None = None) -> d
     return models.owner_params(family, params, rows, total)
 
 
-def _global_model(msg: Message, schema: DatasetSchema, rows: int | None = None) -> tuple[str, Any]:
-    config = msg.content[fc.CONFIG]
+def _global_model(config: ConfigRecord, received: list[np.ndarray], schema: DatasetSchema,
+                  rows: int | None = None) -> tuple[str, Any]:
+    """The run's model holding ``received`` (parameters already checked: fl_contract.check_params)."""
     family = str(config[fc.MODEL])
     model = models.build(family, _run_params(config, family, rows))
-    return family, models.set_parameters(model, from_arrays(msg.content[fc.ARRAYS], family, schema), schema)
+    return family, models.set_parameters(model, received, schema)
+
+
+def _model_to_train(context: Context, config: ConfigRecord, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """A train message's global model, checked (fl_contract.check_params), and refused if this owner trained on
+    it before in this run (run_ledger.refuse_replayed_model); reads no row."""
+    params = fc.check_params(arrays, str(config[fc.MODEL]), _run_schema(context, config))
+    refuse_replayed_model(context, params, config)
+    return params
 
 
 def _evaluate(model: Any, schema: DatasetSchema, split: tuple[np.ndarray, ...]) -> dict[str, float]:
@@ -158,14 +175,14 @@ def train(msg: Message, context: Context) -> Message:
     if str(config.get(fc.PHASE, "")) == fc.PHASE_NEWTON and context.node_config.get(fc.NODE_PLAIN_NEWTON) is False:
         raise fc.InstructionRefused("this owner sends newton's gradient and Hessian only through secure aggregation "
                                     "(owner.yaml privacy.plain_newton: false); the run asked for them in the clear")
-    if str(config.get(fc.PHASE, "")) != fc.PHASE_STATISTICS:
-        count_evaluation(context)  # the incoming global model is scored on the held-out rows below
-    schema, split = _local_data(context, config)
-    if str(config.get(fc.PHASE, "")) == fc.PHASE_STATISTICS:
-        vectors, rows = _statistics(schema, split)
+    if str(config.get(fc.PHASE, "")) == fc.PHASE_STATISTICS:  # no model: fractions over the training rows
+        vectors, rows = _statistics(*_local_data(context, config))
         return _reply(msg, context, ArrayRecord(vectors), {fc.NUM_EXAMPLES: rows})
+    count_evaluation(context)  # the incoming global model is scored on the held-out rows below
+    received = _model_to_train(context, config, msg.content[fc.ARRAYS].to_numpy_ndarrays())
+    schema, split = _local_data(context, config)
     split = _preprocessed(schema, split, config, context.node_config["data-path"])
-    family, model = _global_model(msg, schema, len(split[2]))
+    family, model = _global_model(config, received, schema, len(split[2]))
     if str(config.get(fc.PHASE, "")) == fc.PHASE_NEWTON:
         terms, metrics = _newton_terms(model, family, schema, split)
         return _reply(msg, context, to_arrays(terms), metrics)
@@ -201,20 +218,17 @@ def _secure_train(msg: Message, context: Context) -> Message:
 
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
     config = ConfigRecord(dict(fitins.config))
-    if str(config.get(fc.PHASE, "")) != fc.PHASE_STATISTICS:
-        count_evaluation(context)
-    schema, split = _local_data(context, config)
     if str(config.get(fc.PHASE, "")) == fc.PHASE_STATISTICS:
         # Through SecAgg+ like an update: the coordinator learns only the row-weighted average.
-        vectors, rows = _statistics(schema, split)
+        vectors, rows = _statistics(*_local_data(context, config))
         vectors, weight = bound_update(vectors, rows, context)
         record_true_update(context, str(context.node_config.get("owner-id", "owner")), 0, vectors, weight)
         return legacy_reply(msg, vectors, weight, {fc.NUM_EXAMPLES: weight})
+    count_evaluation(context)
+    received = _model_to_train(context, config, parameters_to_ndarrays(fitins.parameters))
+    schema, split = _local_data(context, config)
     split = _preprocessed(schema, split, config, context.node_config["data-path"])
-    family = str(config[fc.MODEL])
-    model = models.build(family, _run_params(config, family, len(split[2])))
-    received = fc.check_params(parameters_to_ndarrays(fitins.parameters), family, schema)
-    model = models.set_parameters(model, received, schema)
+    family, model = _global_model(config, received, schema, len(split[2]))
     if str(config.get(fc.PHASE, "")) == fc.PHASE_NEWTON:
         # Each array scaled into the clipping range by factors this owner computes itself from the model it
         # received (the coordinator computes the same ones, never sends them), then bounded as any update.
@@ -240,8 +254,9 @@ def _secure_train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the final global model on this owner's held-out rows."""
     count_evaluation(context)
-    schema, split = _local_data(context, msg.content[fc.CONFIG])
-    split = _preprocessed(schema, split, msg.content[fc.CONFIG], context.node_config["data-path"])
-    _, model = _global_model(msg, schema)
+    config = msg.content[fc.CONFIG]
+    schema, split = _local_data(context, config)
+    split = _preprocessed(schema, split, config, context.node_config["data-path"])
+    _, model = _global_model(config, from_arrays(msg.content[fc.ARRAYS], str(config[fc.MODEL]), schema), schema)
     metrics = _evaluate(model, schema, split)
     return _reply(msg, context, None, metrics | {fc.NUM_EXAMPLES: metrics[fc.EVAL_EXAMPLES]})

@@ -168,6 +168,19 @@ def check_params(arrays: list[np.ndarray], family: str, schema: DatasetSchema) -
                                               models.param_shapes(family, schema), strict=True)]
 
 
+def model_digest(params: list[np.ndarray]) -> str:
+    """sha256 of a model's arrays in order: each one's shape, then its values as float64 (the same model whichever
+    dtype it travelled in). -0.0 counts as 0.0: numerically the same model, so flipping a zero's sign is no new
+    model; any other difference, one ulp included, is. Owners refuse a digest they trained on (run_ledger), and
+    the coordinator never sends one twice in a run (server_app.Recording.note_model)."""
+    digest = hashlib.sha256()
+    for arr in params:
+        values = np.ascontiguousarray(arr, dtype=np.float64) + 0.0  # -0.0 + 0.0 is +0.0
+        digest.update(repr(tuple(values.shape)).encode())
+        digest.update(values.tobytes())
+    return digest.hexdigest()
+
+
 def _checked_array(name: str, arr: Any, shape: tuple[int, ...], bound: float) -> np.ndarray:
     """One array of a reply: exactly ``shape``, numbers, finite, within +-bound; float64 back."""
     arr = np.asarray(arr)

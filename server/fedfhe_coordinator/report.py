@@ -67,7 +67,8 @@ def _score(metric: str, v: float | None) -> str:
 def _failures(row: dict[str, Any]) -> list[dict[str, str]]:
     out = [{"owner": owner_text(f.get("owner", "?")), "reason": owner_text(f.get("reason", ""))}
            for f in row.get("failures") or [] if isinstance(f, dict)]
-    return out + [{"owner": owner_text(o), "reason": "no reply"} for o in row.get("missing") or []]
+    out += [{"owner": owner_text(o), "reason": "no reply"} for o in row.get("missing") or []]
+    return out + ([{"owner": "(coordinator)", "reason": owner_text(row["stopped"])}] if row.get("stopped") else [])
 
 
 def training_report(artifact: Any, *, run_id: int | None, status: str, owners: list[str],

@@ -49,7 +49,7 @@ from fedfhe_common import fl_contract as fc
 from fedfhe_common import newton
 from fedfhe_common.transport import to_arrays
 
-from .server_app import NodesLost, Recording, ReplyPolicy
+from .server_app import NodesLost, Recording, ReplyPolicy, TrainingStopped
 from .wire_bytes import CountingGrid
 
 STAGES = (Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED_VECTORS, Stage.UNMASK)
@@ -207,15 +207,11 @@ class SecureRecorder(Recording, Strategy):
 
     def configure_fit(self, server_round: int, parameters: Parameters,
                       client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+        self.note_model(server_round, parameters_to_ndarrays(parameters))
         self.entry(server_round)["started"] = time.time()
         self.count_round(server_round)
         if self.grid is not None:
             self.learn_names(self.grid)
-        try:
-            self.global_params[server_round] = fc.check_params(
-                parameters_to_ndarrays(parameters), self.policy.family, self.policy.schema)
-        except fc.ReplyRejected:
-            self.global_params.pop(server_round, None)
         deadline = time.monotonic() + self.node_wait
         while client_manager.num_available() < self.min_available_nodes:
             if time.monotonic() > deadline:
@@ -442,6 +438,9 @@ def run_secure(
     )
     legacy = LegacyContext(context, config=ServerConfig(num_rounds=rounds, round_timeout=timeout),
                            strategy=recorder, client_manager=SimpleClientManager())
-    DefaultWorkflow(fit_workflow=CheckedSecAgg(workflow, recorder))(stage_grid, legacy)
+    try:
+        DefaultWorkflow(fit_workflow=CheckedSecAgg(workflow, recorder))(stage_grid, legacy)
+    except TrainingStopped:
+        pass  # recorder.stopped says where; Flower's state holds the model the last round made
     return legacy.state.array_records[MAIN_PARAMS_RECORD], recorder, stage_grid
 

@@ -63,6 +63,25 @@ class NodesLost(RuntimeError):
     """Too few SuperNodes left for the run's minimum: the run stops with this message."""
 
 
+class TrainingStopped(Exception):
+    """Round ``server_round`` would send the global model an earlier round of this run sent: training ends there.
+
+    Owners refuse to train on one model twice in a run (fedfhe_owner.run_ledger.refuse_replayed_model: a model
+    sent twice to owner sets that differ by one owner gives away that owner's update), so the round could not
+    run. Honest runs get here two ways. The model is a fixed point of the rounds: LinearRegression, Ridge and
+    LinearSVC refit from scratch whatever model they get, so FedAvg soon repeats one (round 3 repeats round 2
+    when the replies arrive in the same order), and more rounds would only repeat it. Or the last round failed
+    and left the model as it was (newton's step dropped, a secure round's sum dropped): a retry of the same
+    model is what owners refuse, so the run ends with the model it has. ``arrays``: that model (plain runs; a
+    secure run reads it from Flower's state).
+    """
+
+    def __init__(self, server_round: int, earlier: int, arrays: ArrayRecord | None = None) -> None:
+        super().__init__(f"round {server_round} would send round {earlier}'s global model again, which owners refuse "
+                         f"(issue 25): training ended after round {server_round - 1}")
+        self.server_round, self.earlier, self.arrays = server_round, earlier, arrays
+
+
 class BoundedGrid:
     """The grid as Flower's node sampler sees it: one stable node list, and a deadline.
 
@@ -195,6 +214,8 @@ class Recording:
         self.owners: dict[int, str] = {}  # node id -> owner name, from the SuperNode registration
         self.sent: dict[tuple[int, str], list[Message]] = {}
         self.global_params: dict[int, list[np.ndarray]] = {}
+        self.sent_models: dict[str, int] = {}  # fl_contract.model_digest -> the round that sent it
+        self.stopped: TrainingStopped | None = None
         self.flushed: set[int] = set()
         self.counter: CountingGrid | None = None  # bytes per owner and round, when the grid counts them
 
@@ -220,15 +241,25 @@ class Recording:
         if self.counter is not None:
             self.counter.round = server_round
 
+    def note_model(self, server_round: int, params: list[np.ndarray], arrays: ArrayRecord | None = None) -> None:
+        """The model this round sends, checked (``global_params``: what clipping and newton's step start from);
+        TrainingStopped, before anything is sent, when an earlier round of this run sent the same model."""
+        try:
+            checked = fc.check_params(params, self.policy.family, self.policy.schema)
+        except fc.ReplyRejected:
+            self.global_params.pop(server_round, None)  # owners refuse it anyway: their check is the same
+            return
+        earlier = self.sent_models.setdefault(fc.model_digest(checked), server_round)
+        if earlier != server_round:
+            self.stopped = TrainingStopped(server_round, earlier, arrays)
+            raise self.stopped
+        self.global_params[server_round] = checked
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        self.note_model(server_round, arrays.to_numpy_ndarrays(), arrays)
         self.entry(server_round)["started"] = time.time()
         self.count_round(server_round)
         self.learn_names(grid)
-        try:
-            self.global_params[server_round] = fc.check_params(
-                arrays.to_numpy_ndarrays(), self.policy.family, self.policy.schema)
-        except fc.ReplyRejected:
-            self.global_params.pop(server_round, None)
         messages = list(super().configure_train(server_round, arrays, config, self.bounded(grid)))  # type: ignore[misc]
         self.sent[(server_round, "fit")] = messages
         return messages
@@ -571,15 +602,25 @@ def main(grid: Grid, context: Context) -> None:
                 entry["server"] = metrics
             return MetricRecord(metrics) if metrics else None
 
-        result = strategy.start(
-            grid=grid,
-            initial_arrays=initial,
-            num_rounds=rounds,
-            timeout=timeout,
-            train_config=config,
-            evaluate_fn=on_round,
-        )
-        final_arrays = result.arrays
+        try:
+            final_arrays = strategy.start(
+                grid=grid,
+                initial_arrays=initial,
+                num_rounds=rounds,
+                timeout=timeout,
+                train_config=config,
+                evaluate_fn=on_round,
+            ).arrays
+        except TrainingStopped as stop:
+            assert stop.arrays is not None
+            final_arrays = stop.arrays
+    stopped = strategy.stopped
+    if stopped is not None:
+        rounds = stopped.server_round - 1  # the final evaluation scores the model that round made
+        strategy.entry(rounds)["stopped"] = str(stopped)
+        if stopped.earlier == 1:
+            strategy.flush(rounds)
+            raise RuntimeError(f"{stopped}; the model it ended with is the initial one (see {progress})")
     if not len(final_arrays):
         raise RuntimeError("no round produced aggregated parameters: every node failed (see progress.jsonl)")
     strategy.learn_names(grid)
@@ -597,7 +638,8 @@ def main(grid: Grid, context: Context) -> None:
         coef=coef,
         intercept=intercept,
         model_params=model_params,
-        metrics={"rounds": rounds, "aggregation": {"used": aggregation, "why": why}, "per_round": per_round,
+        metrics={"rounds": rounds, **({"stopped": str(stopped)} if stopped is not None else {}),
+                 "aggregation": {"used": aggregation, "why": why}, "per_round": per_round,
                  "seconds": time.time() - started,
                  "privacy": privacy_summary(cfg, len(connected), threshold), "statistics": prep_summary},
         origin="federated",

@@ -81,7 +81,9 @@ def strategy(tmp_path, min_nodes: int = 2, node_wait: float = 0.3) -> RecordingF
 
 
 def send(s: RecordingFedAvg, grid: FakeGrid, server_round: int) -> list[Message]:
-    arrays = to_arrays(models.initial_parameters("LogisticRegression", SCHEMA))
+    """Each round's own global model: the coordinator never sends one twice (test_replay_refusal.py)."""
+    coef, intercept = models.initial_parameters("LogisticRegression", SCHEMA)
+    arrays = to_arrays([coef + 0.01 * server_round, intercept])
     return grid.push(s.configure_train(server_round, arrays, ConfigRecord({}), grid))
 
 
