@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -10,6 +11,39 @@ from typing import Annotated, Literal
 from fedfhe_common.app_approval import CONFIG_KEY, normalize_digest
 from fedfhe_common.config import HostPort, Range, load_config
 from fedfhe_common.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class LocalDp:
+    """Local differential privacy: Flower's LocalDpMod clips each model update and adds Gaussian noise on this host."""
+
+    # Each round's update (the parameters this owner fitted minus the global model it received) is scaled down to
+    # at most this L2 norm before the noise is added.
+    clipping_norm: Annotated[float, Range(0, low_open=True)]
+    # The budget of one round's release (smaller: more noise). The noise is the classic Gaussian mechanism's,
+    # standard deviation sensitivity x sqrt(2 ln(1.25 / delta)) / epsilon per coordinate, whose (epsilon, delta)
+    # guarantee is proven for epsilon < 1; rounds compose (R rounds: at most R x epsilon and R x delta).
+    epsilon: Annotated[float, Range(0, low_open=True)]
+    delta: Annotated[float, Range(0, 1, low_open=True, high_open=True)]
+    # How far apart two of this owner's releases can be without the noise: unset, 2 x clipping_norm (any two
+    # clipped updates, i.e. the owner's whole data set is protected); a smaller value is the owner's own claim.
+    sensitivity: Annotated[float, Range(0, low_open=True)] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("clipping_norm", "epsilon", "delta", "sensitivity"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ConfigError(f"privacy.local_dp.{name}: must be finite, got {value}")
+
+    @property
+    def noise_sensitivity(self) -> float:
+        """The sensitivity the noise is calibrated to (LocalDpMod's ``sensitivity``)."""
+        return 2.0 * self.clipping_norm if self.sensitivity is None else self.sensitivity
+
+    @property
+    def noise_stddev(self) -> float:
+        """The standard deviation LocalDpMod adds to every coordinate of every update."""
+        return self.noise_sensitivity * math.sqrt(2.0 * math.log(1.25 / self.delta)) / self.epsilon
 
 
 @dataclass(frozen=True)
@@ -26,6 +60,10 @@ class PrivacyPolicy:
     # Send newton's mean gradient and Hessian (second moments of the owner's standardised rows) to the
     # coordinator in the clear; false: only through SecAgg+ (aggregation newton or auto under secure runs).
     plain_newton: bool = True
+    # Local differential privacy on this owner's model updates (absent: off), in plain and secure runs alike:
+    # the noise is added here, before the update leaves (before SecAgg+ masks it), so it protects the update
+    # from the coordinator too. Statistics (fractions) travel without it; newton rounds are refused under it.
+    local_dp: LocalDp | None = None
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,26 @@
-"""The data owner's side of secure aggregation: Flower's secaggplus_mod (and DP clipping) when the run asks for it.
+"""The data owner's side of privacy: Flower's secaggplus_mod (and DP clipping) when the run asks for it, and
+Flower's LocalDpMod when the owner does.
 
 The coordinator's run config says whether a run is secure (fl_contract.RUN_SECURE).
 In a secure run every train message goes through Flower's own ``secaggplus_mod``
 (four exchanges: keys, key shares, the masked update, unmasking shares), and,
-when the run adds differential privacy, through Flower's ``fixedclipping_mod``
+when the run adds central differential privacy, through Flower's ``fixedclipping_mod``
 first. fedfhe writes no masking or secret sharing: it only checks the setup the
 coordinator proposes and bounds its own update before Flower masks it.
+
+Local differential privacy is the owner's choice (owner.yaml ``privacy.local_dp``,
+node config ``fl_contract.NODE_LOCAL_DP``), so no run config turns it off. Flower
+1.39 ships two ``LocalDpMod`` classes with one mechanism (the update relative to
+the received model clipped to ``clipping_norm``, then Gaussian noise of standard
+deviation ``sensitivity * sqrt(2 ln(1.25 / delta)) / epsilon`` on every
+parameter): ``flwr.clientapp.mod.LocalDpMod`` reads the Message API (exactly one
+ArrayRecord in the instruction and in the reply, with the same keys), which is a
+plain run's train message; ``flwr.client.mod.LocalDpMod`` reads legacy FitIns and
+FitRes, which is what a secure run's handler sees inside ``secaggplus_mod``: there
+it runs in the mod's inner call, so the noise is added before the update is masked.
+Each applies to model updates only: the statistics phase's fractions are not a
+model (a plain statistics instruction carries no ArrayRecord at all), and newton's
+gradient and Hessian are refused (``refuse_newton_under_local_dp``).
 
 The ClientApp's train handler turns into a legacy one (FitIns in, FitRes out)
 because that is the format the 1.39 SecAgg+ mod reads and writes.
@@ -18,12 +33,15 @@ from pathlib import Path
 
 import numpy as np
 from flwr.app import Context, Message
-from flwr.client.mod import fixedclipping_mod, secaggplus_mod
+from flwr.client.mod import LocalDpMod as LegacyLocalDpMod
+from flwr.client.mod import fixedclipping_mod, make_ffn, secaggplus_mod
 from flwr.client.mod.secure_aggregation.secaggplus_mod import SecAggPlusState
+from flwr.clientapp.mod import LocalDpMod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
 
 from fedfhe_common import fl_contract as fc
+from fedfhe_common.errors import ConfigError
 
 Handler = Callable[[Message, Context], Message]
 
@@ -56,31 +74,91 @@ def _checked_stage(msg: Message, context: Context) -> None:
                                set(state.rd_seed_share_dict) & set(state.sk1_share_dict), int(state.threshold))
 
 
+def local_dp(context: Context) -> dict[str, float] | None:
+    """The owner's local DP settings from its node config (LocalDpMod's arguments), or None when it is off.
+
+    All four keys or none: a node config that sets some is refused rather than run without the noise.
+    """
+    node = context.node_config
+    given = [key for key in fc.NODE_LOCAL_DP if key in node]
+    if not given:
+        return None
+    if len(given) < len(fc.NODE_LOCAL_DP):
+        missing = ", ".join(key for key in fc.NODE_LOCAL_DP if key not in node)
+        raise ConfigError(f"this owner's node config sets local DP without {missing}: start the SuperNode with "
+                          "`fedfhe-owner supernode` from owner.yaml privacy.local_dp")
+    values = {}
+    for key, arg in zip(fc.NODE_LOCAL_DP, ("clipping_norm", "epsilon", "delta", "sensitivity"), strict=True):
+        value = node[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"node config {key} must be a number, got {value!r}")
+        values[arg] = float(value)
+    if not (values["clipping_norm"] > 0 and values["epsilon"] > 0 and 0 < values["delta"] < 1
+            and values["sensitivity"] > 0):
+        raise ConfigError(f"node config local DP out of range: {values} (owner.yaml privacy.local_dp)")
+    return values
+
+
+def refuse_newton_under_local_dp() -> fc.InstructionRefused:
+    """Newton's reply is this owner's mean gradient, Hessian and loss at the received model, not a model update.
+
+    LocalDpMod clips "the update relative to the received model", which these terms are not (not even of its
+    shapes), and its noise on a Hessian breaks what the step needs: a sum of noisy Hessians is indefinite
+    whenever the noise outweighs the curvature, the coordinator refuses an indefinite Hessian in a plain run
+    and an indefinite average in a secure one, and a noisy positive one still steps the wrong way. A DP Newton
+    would need its own calibration (a gradient's and a Hessian's sensitivity per row), not Flower's mod, so
+    an owner with local DP takes part in FedAvg-style rounds only.
+    """
+    return fc.InstructionRefused(
+        "this owner adds local differential-privacy noise to its model updates (owner.yaml privacy.local_dp); "
+        "newton's gradient and Hessian are not a model update and do not survive the noise: run with "
+        "training.aggregation fedavg (or fedavgm)")
+
+
+def _plain_phase(msg: Message) -> str:
+    config = msg.content.config_records.get(fc.CONFIG)
+    return str(config.get(fc.PHASE, "")) if config is not None else ""
+
+
+def _fitins_phase(msg: Message) -> str:
+    from flwr.compat.common.recorddict_compat import recorddict_to_fitins
+
+    try:
+        return str(recorddict_to_fitins(msg.content, keep_input=True).config.get(fc.PHASE, ""))
+    except Exception:  # noqa: BLE001 - not a FitIns: the train handler refuses it
+        return ""
+
+
 def privacy_mod(msg: Message, context: Context, call_next: Handler) -> Message:
-    """A Flower mod: SecAgg+ (and DP clipping) around the train handler in a secure run, nothing otherwise."""
+    """A Flower mod: SecAgg+ (and DP clipping) around the train handler in a secure run, and the owner's local DP."""
+    dp = local_dp(context) if msg.metadata.message_type == "train" else None
     if not is_secure(context):
         if msg.metadata.message_type == "train" and context.node_config.get(fc.NODE_REQUIRE_SECURE, False) is True:
             raise fc.InstructionRefused("this owner trains only under secure aggregation (owner.yaml "
                                         "privacy.require_secure_aggregation); the run asked for plain mode")
-        return call_next(msg, context)
+        if dp is None or _plain_phase(msg) == fc.PHASE_STATISTICS:  # fractions in [0, 1], not a model update
+            return call_next(msg, context)
+        if _plain_phase(msg) == fc.PHASE_NEWTON:
+            raise refuse_newton_under_local_dp()
+        return LocalDpMod(**dp)(msg, context, call_next)
     _checked_stage(msg, context)
-    inner = call_next
+    mods = []
+    if dp is not None:  # outermost of the two: the last to touch the parameters before secaggplus_mod masks them
+        mods.append(LegacyLocalDpMod(**dp))
     if uses_dp(context):
+        mods.append(fixedclipping_mod)
+    inner = call_next
+    if mods:
+        clipped = make_ffn(call_next, mods)
+
         def inner(m: Message, c: Context) -> Message:
-            if _statistics_phase(m):  # fractions in [0, 1], not a model update: no clipping relative to a model
+            phase = _fitins_phase(m)
+            if phase == fc.PHASE_STATISTICS:  # fractions in [0, 1], not a model update: no clipping, no noise
                 return call_next(m, c)
-            return fixedclipping_mod(m, c, call_next)
+            if dp is not None and phase == fc.PHASE_NEWTON:
+                raise refuse_newton_under_local_dp()
+            return clipped(m, c)
     return secaggplus_mod(msg, context, inner)
-
-
-def _statistics_phase(msg: Message) -> bool:
-    from flwr.compat.common.recorddict_compat import recorddict_to_fitins
-
-    try:
-        return str(recorddict_to_fitins(msg.content, keep_input=True).config.get(fc.PHASE, "")) == \
-            fc.PHASE_STATISTICS
-    except Exception:  # noqa: BLE001 - not a FitIns: the train handler refuses it
-        return False
 
 
 def bound_update(params: list[np.ndarray], n_rows: int, context: Context) -> tuple[list[np.ndarray], int]:

@@ -53,6 +53,10 @@ def node_config(cfg: OwnerConfig) -> str:
         fc.NODE_MAX_EVALUATIONS: cfg.privacy.max_evaluations_per_run,
         fc.NODE_PLAIN_NEWTON: cfg.privacy.plain_newton,
     }
+    dp = cfg.privacy.local_dp
+    if dp is not None:  # the sensitivity resolved here: the ClientApp applies exactly what the owner's file says
+        items |= {fc.NODE_LOCAL_DP_CLIPPING_NORM: dp.clipping_norm, fc.NODE_LOCAL_DP_EPSILON: dp.epsilon,
+                  fc.NODE_LOCAL_DP_DELTA: dp.delta, fc.NODE_LOCAL_DP_SENSITIVITY: dp.noise_sensitivity}
     if cfg.labels:
         items["labels-path"] = str(cfg.labels.resolve())
     if cfg.test_hostile_reply:
@@ -215,6 +219,11 @@ def run_supernode(cfg: OwnerConfig, config_path: Path, log_format: str = "text")
     except FedfheError as exc:
         # Stay up: the owner can fix the file before the next run; each run reports the problem.
         log.warning("%s", exc)
+    dp = cfg.privacy.local_dp
+    if dp is not None:
+        log.info("local differential privacy on (privacy.local_dp): each update clipped to L2 norm %g, then Gaussian "
+                 "noise of standard deviation %.4g per coordinate (per round: epsilon %g, delta %g; sensitivity %g)",
+                 dp.clipping_norm, dp.noise_stddev, dp.epsilon, dp.delta, dp.noise_sensitivity)
     if cfg.crl_file is not None:
         from .server_certificate import wait_and_refuse_if_revoked
 

@@ -55,6 +55,12 @@ NODE_REQUIRE_SECURE = "privacy-require-secure-aggregation"
 NODE_MIN_OWNERS = "privacy-min-owners-per-round"
 NODE_MAX_EVALUATIONS = "privacy-max-evaluations-per-run"
 NODE_PLAIN_NEWTON = "privacy-plain-newton"
+# privacy.local_dp (all four or none; none: off): Flower's LocalDpMod on each model update (secure_client).
+NODE_LOCAL_DP_CLIPPING_NORM = "privacy-local-dp-clipping-norm"
+NODE_LOCAL_DP_EPSILON = "privacy-local-dp-epsilon"
+NODE_LOCAL_DP_DELTA = "privacy-local-dp-delta"
+NODE_LOCAL_DP_SENSITIVITY = "privacy-local-dp-sensitivity"
+NODE_LOCAL_DP = (NODE_LOCAL_DP_CLIPPING_NORM, NODE_LOCAL_DP_EPSILON, NODE_LOCAL_DP_DELTA, NODE_LOCAL_DP_SENSITIVITY)
 # Node config key a test federation sets to make one owner's ClientApp misbehave (never set in production).
 TEST_HOSTILE_REPLY = "test-hostile-reply"
 # Node config key of test federations: a folder where the ClientApp writes each true update it masks.
