@@ -69,8 +69,10 @@ SERVICES = [("coordinator", "fedfhe-superlink"), (INFERENCE, "fedfhe-inference")
 HOSTS = list(dict.fromkeys(h for h, _ in SERVICES))
 USERS = {"fedfhe-superlink": "fedfhe", "fedfhe-inference": "fedfhe-inference", "fedfhe-supernode": "fedfhe-owner"}
 # Hosts that get the wheelhouse copied over SSH, as real hosts do by default; the others
-# read the control node's wheelhouse where it lies (the test hosts share this disk).
-COPY_WHEELHOUSE = ["owner-1"]
+# read the control node's wheelhouse where it lies (the test hosts share this disk). The inference
+# node's host must be one: the others' venvs link into the shared uv cache outside /opt, which the
+# confined FHE workers (Landlock: the venv's own paths) may not read.
+COPY_WHEELHOUSE = [INFERENCE]
 PREDICT_INPUT = "/srv/fedfhe/predict.npz"
 PREDICT_OUTPUT = "/var/lib/fedfhe/owner/predictions/multihost.json"
 PREDICT_ROWS = 12
