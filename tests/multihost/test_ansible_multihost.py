@@ -168,7 +168,7 @@ def test_site_brings_every_service_up(deployed: Deployment) -> None:
         res = deployed.ssh(host, f"/opt/fedfhe/bin/fedfhe-service status {service}", check=False)
         assert res.returncode == 0, f"{service} not running on {host}: {res.stdout}{res.stderr}"
         # The supervisor runs as root; the service it starts runs as its own user.
-        ps = deployed.ssh(host, f"ps -o user=,comm= --ppid $(cat /run/fedfhe/{service}.pid)").stdout.split()
+        ps = deployed.ssh(host, f"ps -o user:32=,comm= --ppid $(cat /run/fedfhe/{service}.pid)").stdout.split()
         assert ps[:1] == [USERS[service]], f"{service} on {host}: {ps}"
     # Services run from each host's own venv, installed offline from the wheelhouse.
     for host in HOSTS:
