@@ -9,7 +9,7 @@ DEMO_ARGS = $(if $(DATASET),--dataset $(DATASET)) $(if $(OWNERS),--owners $(OWNE
             $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(MODEL),--model $(MODEL)) \
             $(if $(SPLIT),--split $(SPLIT)) $(if $(WORK_DIR),--work-dir $(WORK_DIR))
 
-.PHONY: demo test install sysdeps lint proto clean
+.PHONY: demo test test-fast install sysdeps lint proto clean
 
 sysdeps:
 	@bash scripts/sysdeps.sh
@@ -33,6 +33,11 @@ demo: install
 TEST_WORKERS ?= 2
 test: install
 	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder) $(PYTEST_ARGS)
+
+# The unit tests only (about 2 minutes on 2 cores): no SuperLink, no netns hosts, no Concrete compile
+# beyond a few small circuits. For the edit-test loop; `make test` is what CI runs.
+test-fast: install
+	$(BIN)/python -m pytest tests/unit $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS)) $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

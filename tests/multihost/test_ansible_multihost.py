@@ -1,7 +1,9 @@
 """deploy/ansible on separate hosts: real ansible-playbook over SSH to network+mount namespaces.
 
-Five hosts (coordinator, three data owners, an inference node), each with its own
-address on a bridge, its own sshd, /etc, /opt, /srv and fedfhe state (see testhosts.py).
+Four hosts (a coordinator that also runs the inference node, as the example inventory does, and
+three data owners), each with its own address on a bridge, its own sshd, /etc, /opt, /srv and
+fedfhe state (see testhosts.py). Each service runs as its own user: on the shared host neither the
+SuperLink nor the inference node can read the other's key, config or state.
 The tests run in order on one deployment:
 
   site.yml brings every service up; links cross the bridge with TLS; each host holds only
@@ -60,11 +62,17 @@ from testhosts import HostsUnavailable, TestHosts, check_capable, wait_until
 
 pytestmark = [pytest.mark.multihost, pytest.mark.timeout(1500)]
 
-SERVICES = {"coordinator": "fedfhe-superlink", "inference-1": "fedfhe-inference",
-            **{o: "fedfhe-supernode" for o in OWNERS}}
+INFERENCE = "coordinator"  # the inference node shares the coordinator's host (its own user, key and state)
+# (host, service): each service's own user and group, whatever else its host runs.
+SERVICES = [("coordinator", "fedfhe-superlink"), (INFERENCE, "fedfhe-inference"),
+            *((o, "fedfhe-supernode") for o in OWNERS)]
+HOSTS = list(dict.fromkeys(h for h, _ in SERVICES))
+USERS = {"fedfhe-superlink": "fedfhe", "fedfhe-inference": "fedfhe-inference", "fedfhe-supernode": "fedfhe-owner"}
 # Hosts that get the wheelhouse copied over SSH, as real hosts do by default; the others
-# read the control node's wheelhouse where it lies (the test hosts share this disk).
-COPY_WHEELHOUSE = ["inference-1"]
+# read the control node's wheelhouse where it lies (the test hosts share this disk). The inference
+# node's host must be one: the others' venvs link into the shared uv cache outside /opt, which the
+# confined FHE workers (Landlock: the venv's own paths) may not read.
+COPY_WHEELHOUSE = [INFERENCE]
 PREDICT_INPUT = "/srv/fedfhe/predict.npz"
 PREDICT_OUTPUT = "/var/lib/fedfhe/owner/predictions/multihost.json"
 PREDICT_ROWS = 12
@@ -156,14 +164,14 @@ def deployed(hosts: TestHosts) -> Deployment:
 # ---- site.yml ------------------------------------------------------------------------
 def test_site_brings_every_service_up(deployed: Deployment) -> None:
     _expect_ok(deployed.site, "site.yml")
-    for host, service in SERVICES.items():
+    for host, service in SERVICES:
         res = deployed.ssh(host, f"/opt/fedfhe/bin/fedfhe-service status {service}", check=False)
         assert res.returncode == 0, f"{service} not running on {host}: {res.stdout}{res.stderr}"
-        # The supervisor runs as root; the service it starts runs as the fedfhe user.
-        ps = deployed.ssh(host, f"ps -o user=,comm= --ppid $(cat /run/fedfhe/{service}.pid)").stdout.split()
-        assert ps[:1] == ["fedfhe"], f"{service} on {host}: {ps}"
+        # The supervisor runs as root; the service it starts runs as its own user.
+        ps = deployed.ssh(host, f"ps -o user:32=,comm= --ppid $(cat /run/fedfhe/{service}.pid)").stdout.split()
+        assert ps[:1] == [USERS[service]], f"{service} on {host}: {ps}"
     # Services run from each host's own venv, installed offline from the wheelhouse.
-    for host in SERVICES:
+    for host in HOSTS:
         venv = deployed.hosts.hosts[host].path("/opt/fedfhe/venv")
         assert (venv / ".fedfhe-installed").exists()
         # A symlink to the install it switched to once that was complete (roles/fedfhe_install).
@@ -245,8 +253,8 @@ def test_every_link_crosses_the_bridge_with_tls(deployed: Deployment) -> None:
     listen = deployed.ssh("coordinator", "ss -Htln").stdout
     assert f"{coord}:9092" in listen.replace("[::ffff:", "").replace("]", "") and "127.0.0.1:9093" in listen, listen
     assert "0.0.0.0:9092" not in listen and "*:9092" not in listen, listen
-    inf = deployed.ssh("inference-1", "ss -Htln").stdout
-    assert f"{ips['inference-1']}:50051" in inf.replace("[::ffff:", "").replace("]", ""), inf
+    inf = deployed.ssh(INFERENCE, "ss -Htln").stdout
+    assert f"{ips[INFERENCE]}:50051" in inf.replace("[::ffff:", "").replace("]", ""), inf
     res = deployed.hosts.netns_exec("owner-0", [sys.executable, "-c",
                                                 f"import socket; socket.create_connection(('{coord}', 9093), 3)"],
                                     check=False)
@@ -261,12 +269,17 @@ def test_every_link_crosses_the_bridge_with_tls(deployed: Deployment) -> None:
     assert fleet_probe["plaintext_h2_settings"] is False, fleet_probe
     # Inference service: mutual TLS (an owner's client certificate is required).
     owner_pki = deployed.hosts.hosts["owner-1"].path("/etc/fedfhe/pki")  # its key exists on its host only
-    inf_probe = _probe(deployed, "owner-1", TLS_PROBE, ips["inference-1"], "50051", str(pki / "ca.crt"),
+    inf_probe = _probe(deployed, "owner-1", TLS_PROBE, ips[INFERENCE], "50051", str(pki / "ca.crt"),
                        str(owner_pki / "client.crt"), str(owner_pki / "client.key"))
-    assert inf_probe["tls"]["ok"] and inf_probe["tls"]["cn"] == "inference-1-inference", inf_probe
+    assert inf_probe["tls"]["ok"] and inf_probe["tls"]["cn"] == f"{INFERENCE}-inference", inf_probe
     assert not inf_probe["no_client_cert"]["ok"], f"accepted a client without a certificate: {inf_probe}"
     assert not inf_probe["wrong_ca"]["ok"], inf_probe
     assert inf_probe["plaintext_h2_settings"] is False, inf_probe
+
+
+def _pids(deployed: Deployment, services: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """(host, service) -> the pid its supervisor started: the same pid later means it was not restarted."""
+    return {(h, s): deployed.ssh(h, f"cat /run/fedfhe/{s}.pid").stdout.strip() for h, s in services}
 
 
 def _tree(deployed: Deployment, host: str, inside: str) -> set[str]:
@@ -294,26 +307,28 @@ def test_each_host_holds_only_its_own_keys_and_data(deployed: Deployment) -> Non
     control_keys = sorted(p.relative_to(pki).as_posix() for p in pki.rglob("*.key"))
     assert control_keys == ["ca.key"], f"private keys on the control node: {control_keys}"
     assert sorted(p.name for p in (pki / "requests").iterdir()) == sorted(
-        ["coordinator-superlink.csr", "inference-1-inference.csr", *(f"{o}.csr" for o in OWNERS)])
-    for host in SERVICES:
+        ["coordinator-superlink.csr", f"{INFERENCE}-inference.csr", *(f"{o}.csr" for o in OWNERS)])
+    for host in HOSTS:
         files = _tree(deployed, host, "/etc/fedfhe/pki")
         assert "ca.key" not in files and not any(f.endswith("ca.key") for f in files), (host, files)
+    # The coordinator's host holds the SuperLink's and the inference node's keys, each its own.
     assert _tree(deployed, "coordinator", "/etc/fedfhe/pki") == {
         "ca.crt", "release.pub", "release.key", "superlink.crt", "superlink.key", "superlink.csr", "superlink.names",
+        "inference.crt", "inference.key", "inference.csr", "inference.names", "crl.pem",
         *(f"supernodes/{o}.pub" for o in OWNERS)}
-    assert _tree(deployed, "inference-1", "/etc/fedfhe/pki") == {"ca.crt", "release.pub", "inference.crt",
-                                                                 "inference.key", "inference.csr", "inference.names",
-                                                                 "crl.pem"}
-    # Each certificate the CA signed certifies the key its host made (the key's public half, nothing more, travelled).
-    for host, stem in (("coordinator", "superlink"), ("inference-1", "inference"), *((o, "client") for o in OWNERS)):
+    # Each certificate the CA signed certifies the key its host made (the key's public half, nothing more, travelled),
+    # readable by its own service's group only (0640 root:<group>).
+    for host, stem, group in (("coordinator", "superlink", "fedfhe"), (INFERENCE, "inference", "fedfhe-inference"),
+                              *((o, "client", "fedfhe-owner") for o in OWNERS)):
         h = deployed.hosts.hosts[host]
         assert _public_key_of(h.path(f"/etc/fedfhe/pki/{stem}.crt")) == _public_key_of(
             h.path(f"/etc/fedfhe/pki/{stem}.key")), host
-        assert h.path(f"/etc/fedfhe/pki/{stem}.key").stat().st_mode & 0o077 == 0o040, host  # 0640 root:fedfhe
+        mode = deployed.ssh(host, f"stat -c '%U:%G %a' /etc/fedfhe/pki/{stem}.key").stdout.split()
+        assert mode == [f"root:{group}", "640"], (host, stem, mode)
     # The CRL (fedfhe-pki revoke on the control node) is copied as made, and the node's config names it.
-    assert deployed.hosts.hosts["inference-1"].path("/etc/fedfhe/pki/crl.pem").read_bytes() == (
+    assert deployed.hosts.hosts[INFERENCE].path("/etc/fedfhe/pki/crl.pem").read_bytes() == (
         pki / "crl.pem").read_bytes()
-    assert "crl_file: /etc/fedfhe/pki/crl.pem" in deployed.hosts.hosts["inference-1"].path(
+    assert "crl_file: /etc/fedfhe/pki/crl.pem" in deployed.hosts.hosts[INFERENCE].path(
         "/etc/fedfhe/inference.yaml").read_text()
     digests = {}
     for owner in OWNERS:
@@ -331,8 +346,31 @@ def test_each_host_holds_only_its_own_keys_and_data(deployed: Deployment) -> Non
         out = deployed.ssh(owner, f"sha256sum {DATA_PATH}").stdout.split()[0]
         digests[owner] = out
     assert len(set(digests.values())) == len(OWNERS), digests
-    for host in ("coordinator", "inference-1"):
+    for host in ("coordinator", INFERENCE):
         assert deployed.ssh(host, f"test -e {DATA_PATH}", check=False).returncode != 0, f"{DATA_PATH} seen on {host}"
+
+
+def test_co_located_services_cannot_read_each_other(deployed: Deployment) -> None:
+    """Issue 24: the SuperLink and the inference node share the coordinator's host, each as its own user:
+    neither reads the other's key, config or state; each reads its own."""
+    host = "coordinator"
+    assert host == INFERENCE, "this deployment no longer co-locates the inference node"
+    own = {"fedfhe": ["/etc/fedfhe/pki/superlink.key", "/etc/fedfhe/coordinator.yaml",
+                      "/var/lib/fedfhe/coordinator/."],
+           "fedfhe-inference": ["/etc/fedfhe/pki/inference.key", "/etc/fedfhe/inference.yaml",
+                                "/var/lib/fedfhe/inference/keys/."]}
+    for user, paths in own.items():
+        other = next(u for u in own if u != user)
+        for path in paths:
+            mine = deployed.ssh(host, f"runuser -u {user} -- test -r {path}", check=False)
+            assert mine.returncode == 0, f"{user} cannot read its own {path}"
+        for path in own[other]:
+            read = "ls" if path.endswith("/.") else "cat"
+            theirs = deployed.ssh(host, f"runuser -u {user} -- {read} {path}", check=False)
+            assert theirs.returncode != 0 and "Permission denied" in theirs.stderr, (
+                f"{user} read {other}'s {path}: {theirs.stdout[:200]}{theirs.stderr}")
+    ids = {u: deployed.ssh(host, f"id -G {u}").stdout.split() for u in own}
+    assert not set(ids["fedfhe"]) & set(ids["fedfhe-inference"]), ids  # no group in common
 
 
 def test_release_key_on_the_coordinator_only_and_its_public_half_everywhere(deployed: Deployment) -> None:
@@ -350,7 +388,7 @@ def test_release_key_on_the_coordinator_only_and_its_public_half_everywhere(depl
     # The release user's directory: the services may read it (runs.jsonl for the metrics), not write it.
     release_dir = deployed.ssh("coordinator", "stat -c '%U:%G %a' /var/lib/fedfhe-release").stdout.split()
     assert release_dir == ["fedfhe-release:fedfhe", "750"], release_dir
-    for host in SERVICES:
+    for host in HOSTS:
         files = _tree(deployed, host, "/etc/fedfhe")
         if host != "coordinator":
             assert not any(f.endswith("release.key") for f in files), (host, files)
@@ -360,7 +398,7 @@ def test_release_key_on_the_coordinator_only_and_its_public_half_everywhere(depl
     # Each config names the key it needs.
     coordinator_yaml = deployed.hosts.hosts["coordinator"].path("/etc/fedfhe/coordinator.yaml").read_text()
     assert "release_key: /etc/fedfhe/pki/release.key" in coordinator_yaml
-    inference_yaml = deployed.hosts.hosts["inference-1"].path("/etc/fedfhe/inference.yaml").read_text()
+    inference_yaml = deployed.hosts.hosts[INFERENCE].path("/etc/fedfhe/inference.yaml").read_text()
     assert "release_public_key: /etc/fedfhe/pki/release.pub" in inference_yaml
     # Owners pin the Flower App that the deployed sources ship (hashed on the control node).
     from fedfhe_common.app_approval import app_dir_digest
@@ -404,8 +442,8 @@ def test_renew_yml_renews_an_expiring_certificate_and_changes_nothing_else(deplo
     assert _not_after((pki / f"{owner}.crt").read_bytes()) - time.time() < 11 * 86400
     host_crt = deployed.hosts.hosts[owner].path("/etc/fedfhe/pki/client.crt")
     key_before = _public_key_of(deployed.hosts.hosts[owner].path("/etc/fedfhe/pki/client.key"))
-    others = {h: f"/run/fedfhe/{s}.pid" for h, s in SERVICES.items() if h != owner}
-    before = {h: deployed.ssh(h, f"cat {pid}").stdout.strip() for h, pid in others.items()}
+    others = [(h, s) for h, s in SERVICES if h != owner]
+    before = _pids(deployed, others)
     res = deployed.play("renew.yml")
     _expect_ok(res, "renew.yml")
     changed = _changed_tasks(res.output)
@@ -418,7 +456,7 @@ def test_renew_yml_renews_an_expiring_certificate_and_changes_nothing_else(deplo
     assert rest and all(t.startswith("fedfhe_service : Restart") for t in rest), changed[owner]
     assert 89 * 86400 < _not_after(host_crt.read_bytes()) - time.time() < 91 * 86400
     assert _public_key_of(host_crt) == key_before  # the same key: nothing private moved
-    assert {h: deployed.ssh(h, f"cat {pid}").stdout.strip() for h, pid in others.items()} == before
+    assert _pids(deployed, others) == before
     for other in OWNERS[1:]:  # theirs were not due: not renewed
         crt = deployed.hosts.hosts[other].path("/etc/fedfhe/pki/client.crt").read_bytes()
         assert crt == (pki / f"{other}.crt").read_bytes()
@@ -443,28 +481,29 @@ def test_a_tagged_run_restarts_through_the_shared_handler(deployed: Deployment) 
     for spec in ("Validating arguments against arg spec 'main' - Shared settings",
                  "Validating arguments against arg spec 'run' - Define a service"):
         assert spec in deployed.site.output, spec
-    pids = {h: f"/run/fedfhe/{s}.pid" for h, s in SERVICES.items()}
-    before = {h: deployed.ssh(h, f"cat {pid}").stdout.strip() for h, pid in pids.items()}
-    conf = deployed.hosts.hosts["inference-1"].path("/etc/fedfhe/inference.yaml")
+    before = _pids(deployed, SERVICES)
+    conf = deployed.hosts.hosts[INFERENCE].path("/etc/fedfhe/inference.yaml")
     conf.write_text(conf.read_text() + "# drift\n")
     res = deployed.play("site.yml", "--tags", "inference")
     _expect_ok(res, "site.yml --tags inference")
     assert "# drift" not in conf.read_text()
     assert "RUNNING HANDLER [fedfhe_service : Restart fedfhe-inference]" in res.output, res.tail(60)
     restarted = res.output.split("Restart under the fedfhe-service supervisor - fedfhe-inference", 1)[-1]
-    assert "changed: [inference-1]" in restarted.split("TASK [", 1)[0], res.tail(60)
+    assert f"changed: [{INFERENCE}]" in restarted.split("TASK [", 1)[0], res.tail(60)
     changed = {h for h, c in res.recap().items() if c["changed"]}
-    assert changed == {"inference-1"}, res.recap()
+    assert changed == {INFERENCE}, res.recap()
     # Only the inference node's part ran (plus argument checks and the install's build id, tagged always).
     ran = [t for t in re.findall(r"^TASK \[(.*?)\]", res.output, re.M) if " : Validating arguments " not in t]
     assert ran[:2] == ["fedfhe_install : Read the wheelhouse manifest on the control node",
                        "fedfhe_install : Work out the wanted install"], ran
     assert not [t for t in ran[2:] if not t.startswith(("Gathering Facts", "fedfhe_base :", "fedfhe_service :",
                                                         "fedfhe_inference :", "Define, start and wait"))], ran
-    after = {h: deployed.ssh(h, f"cat {pid}").stdout.strip() for h, pid in pids.items()}
-    assert after["inference-1"] != before["inference-1"], "fedfhe-inference was not restarted"
-    assert {h: p for h, p in after.items() if h != "inference-1"} == {
-        h: p for h, p in before.items() if h != "inference-1"}, (before, after)
+    after = _pids(deployed, SERVICES)
+    node = (INFERENCE, "fedfhe-inference")
+    assert after[node] != before[node], "fedfhe-inference was not restarted"
+    # The other services, the SuperLink on the same host too, kept running.
+    assert {k: p for k, p in after.items() if k != node} == {k: p for k, p in before.items() if k != node}, (
+        before, after)
     again = deployed.play("site.yml", "--tags", "inference")
     _expect_ok(again, "second site.yml --tags inference")
     assert not {h: c["changed"] for h, c in again.recap().items() if c["changed"]}, again.tail(60)
@@ -565,8 +604,7 @@ def test_train_once_in_secure_mode_on_the_same_federation(deployed: Deployment) 
     conf = deployed.hosts.hosts["coordinator"].path("/etc/fedfhe/coordinator.yaml")
     conf_before = conf.read_text()
     assert yaml.safe_load(conf_before)["training"]["secure_aggregation"].get("enabled") is False
-    pids = {h: f"/run/fedfhe/{s}.pid" for h, s in SERVICES.items() if h != "inference-1"}
-    before = {h: deployed.ssh(h, f"cat {pid}").stdout.strip() for h, pid in pids.items()}
+    before = _pids(deployed, SERVICES)
 
     res = deployed.play("train.yml", "-e", "fedfhe_train_secure_aggregation=true",
                         "-e", f"fedfhe_train_rounds={SECURE_ROUNDS}")
@@ -590,7 +628,7 @@ def test_train_once_in_secure_mode_on_the_same_federation(deployed: Deployment) 
     assert secure_acc >= 0.9 * plain_acc, (secure_acc, plain_acc)
     # A run-level switch: the config on the coordinator is as it was, and no service restarted.
     assert conf.read_text() == conf_before
-    assert {h: deployed.ssh(h, f"cat {pid}").stdout.strip() for h, pid in pids.items()} == before
+    assert _pids(deployed, SERVICES) == before
 
     seconds = [round(float(r.get("seconds", "nan")), 1) for r in rounds]
     deployed.times["train-secure-seconds-per-round"] = round(sum(seconds) / len(seconds), 1)
@@ -611,7 +649,7 @@ def test_publish_and_predict_match_the_clear_model(deployed: Deployment) -> None
         pytest.xfail("fedfhe-coordinator compile is not available yet")
     res = deployed.play("publish.yml", "-e", "fedfhe_publish_version=mh1", "-e", f"fedfhe_publish_eval={PUBLIC_TEST}")
     _expect_ok(res, "publish.yml")
-    log = deployed.hosts.hosts["inference-1"].path("/var/log/fedfhe/fedfhe-inference.log").read_text(errors="replace")
+    log = deployed.hosts.hosts[INFERENCE].path("/var/log/fedfhe/fedfhe-inference.log").read_text(errors="replace")
     assert "serving digits-logisticregression/mh1" in log
     # The coordinator signed the bundle; the signature travelled with it to the control node's
     # copy and to the bundle the inference node serves, and it verifies with the release key.
@@ -619,7 +657,7 @@ def test_publish_and_predict_match_the_clear_model(deployed: Deployment) -> None
 
     release_pub = load_verify_key(deployed.work / "control" / "pki" / "release.pub")
     control_copy = deployed.work / "control" / "artifacts" / "bundles" / "digits-logisticregression" / "mh1"
-    served = deployed.hosts.hosts["inference-1"].path("/var/lib/fedfhe/inference/bundles/digits-logisticregression/mh1")
+    served = deployed.hosts.hosts[INFERENCE].path("/var/lib/fedfhe/inference/bundles/digits-logisticregression/mh1")
     for bundle in (control_copy, served):
         assert (bundle / "manifest.sig").is_file(), f"{bundle}: no manifest.sig ({sorted(os.listdir(bundle))})"
         verify(release_pub, (bundle / "manifest.json").read_bytes(), read_signature(bundle), str(bundle))
@@ -628,7 +666,7 @@ def test_publish_and_predict_match_the_clear_model(deployed: Deployment) -> None
     # incoming directory, not one inside the service's state where a planted link would steer root.
     made = deployed.ssh("coordinator", "stat -c %U /var/lib/fedfhe-release/bundles/mh1/manifest.sig").stdout.strip()
     assert made == "fedfhe-release", made
-    incoming = deployed.ssh("inference-1", "stat -c '%U:%G %a' /opt/fedfhe/incoming").stdout.split()
+    incoming = deployed.ssh(INFERENCE, "stat -c '%U:%G %a' /opt/fedfhe/incoming").stdout.split()
     assert incoming == ["root:root", "700"], incoming
     if not _have_cli("fedfhe-owner", "predict"):
         pytest.xfail("fedfhe-owner predict is not wired into fedfhe-owner's CLI yet "
@@ -655,8 +693,8 @@ def test_publish_and_predict_match_the_clear_model(deployed: Deployment) -> None
     assert mode == 0o600, oct(mode)
     # predict.yml ran the client as the owner's service user (the SuperNode's), not root.
     owners = deployed.ssh("owner-0", f"stat -c %U /var/lib/fedfhe/owner/{private[0]} {PREDICT_OUTPUT}").stdout.split()
-    assert owners == ["fedfhe", "fedfhe"], owners
-    inference_files = _tree(deployed, "inference-1", "/var/lib/fedfhe/inference")
+    assert owners == ["fedfhe-owner", "fedfhe-owner"], owners
+    inference_files = _tree(deployed, INFERENCE, "/var/lib/fedfhe/inference")
     assert any(f.endswith(".evk") for f in inference_files), inference_files
     assert not any(f.endswith("keyset.bin") for f in inference_files), inference_files
 
@@ -690,8 +728,9 @@ def test_systemd_units_are_sandboxed(tmp_path: Path) -> None:
         keys = [line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#")]
         service = {k: v for k, v in keys}
         assert service["ExecStart"].startswith("/opt/fedfhe/venv/bin/fedfhe-"), unit
-        for key, value in {"User": "fedfhe", "NoNewPrivileges": "true", "ProtectSystem": "strict",
-                           "ProtectHome": "true", "PrivateTmp": "true", "CapabilityBoundingSet": "",
+        for key, value in {"User": USERS[name], "Group": USERS[name], "NoNewPrivileges": "true",
+                           "ProtectSystem": "strict", "ProtectHome": "true", "PrivateTmp": "true",
+                           "CapabilityBoundingSet": "",
                            "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6", "MemoryMax": memory,
                            "StandardOutput": "journal", "SyslogIdentifier": name, "ProtectProc": "invisible",
                            "PrivateDevices": "true", "ProtectKernelTunables": "true", "ProtectKernelModules": "true",
@@ -749,7 +788,7 @@ def _supernodes(deployed: Deployment) -> dict[str, str]:
 
 
 def test_a_revoked_owner_is_refused_on_both_links(deployed: Deployment) -> None:
-    served = deployed.hosts.hosts["inference-1"].path("/var/lib/fedfhe/inference/bundles/digits-logisticregression/mh1")
+    served = deployed.hosts.hosts[INFERENCE].path("/var/lib/fedfhe/inference/bundles/digits-logisticregression/mh1")
     if not served.is_dir():
         pytest.skip("no bundle published (test_publish_and_predict_match_the_clear_model did not run)")
     started = time.monotonic()
@@ -767,7 +806,7 @@ def test_a_revoked_owner_is_refused_on_both_links(deployed: Deployment) -> None:
     deployed.inventory.write_text(yaml.safe_dump(inventory, sort_keys=False))
     res = deployed.play("site.yml", "-l", "superlink:inference")
     _expect_ok(res, "site.yml after revoking " + REVOKED)
-    assert deployed.hosts.hosts["inference-1"].path("/etc/fedfhe/pki/crl.pem").read_bytes() == (
+    assert deployed.hosts.hosts[INFERENCE].path("/etc/fedfhe/pki/crl.pem").read_bytes() == (
         pki / "crl.pem").read_bytes()
     assert f"/{REVOKED}.pub" not in deployed.hosts.hosts["coordinator"].path("/etc/fedfhe/coordinator.yaml").read_text()
 
@@ -788,7 +827,7 @@ def test_a_revoked_owner_is_refused_on_both_links(deployed: Deployment) -> None:
     for owner in (REVOKED, SERVED):
         np.savez_compressed(deployed.hosts.hosts[owner].path(PREDICT_INPUT), X=X, y=y)
     after_output = "/var/lib/fedfhe/owner/predictions/after-revocation.json"
-    refused = deployed.ssh(REVOKED, "runuser -u fedfhe -- /opt/fedfhe/venv/bin/fedfhe-owner predict "
+    refused = deployed.ssh(REVOKED, "runuser -u fedfhe-owner -- /opt/fedfhe/venv/bin/fedfhe-owner predict "
                            f"--config /etc/fedfhe/owner.yaml --input {PREDICT_INPUT} --out {after_output} "
                            "--no-progress", check=False)
     said = refused.stdout + refused.stderr

@@ -183,7 +183,8 @@ def write_inventory(hosts: TestHosts, work: Path, copy_wheelhouse: list[str] | N
                     "coordinator", fedfhe_training_rounds=ROUNDS, fedfhe_training_public_test=PUBLIC_TEST,
                     fedfhe_training_round_timeout_s=120, fedfhe_training_wait_for_nodes_s=120)}},
                 "supernodes": {"hosts": {o: host(o, fedfhe_owner_data=DATA_PATH) for o in OWNERS}},
-                "inference": {"hosts": {"inference-1": host("inference-1")}},
+                # The inference node on the coordinator's host, as the example inventory: co-located, own users.
+                "inference": {"hosts": {"coordinator": {}}},
             },
         }
     }
