@@ -246,13 +246,24 @@ def _secure_train(msg: Message, context: Context) -> Message:
     params, weight = bound_update(params, int(metrics[fc.NUM_EXAMPLES]), context)
     metrics[fc.NUM_EXAMPLES] = weight
     record_true_update(context, str(context.node_config.get("owner-id", "owner")),
-                       int(config.get(fc.SERVER_ROUND, 0)), params, weight)
+                       int(config.get(fc.SERVER_ROUND, 0)), params, weight, metrics)
+    # The scores are still in the metrics here: secure_client.seal_scores, the last layer before
+    # secaggplus_mod, moves them into the masked vector, so no clear per-owner score leaves.
     return legacy_reply(msg, params, weight, metrics)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Score the final global model on this owner's held-out rows."""
+    """Score the final global model on this owner's held-out rows (plain runs only).
+
+    In a secure run this owner's scores leave it only inside a SecAgg+ sum (secure_client.seal_scores);
+    an evaluate message would report them in the clear, one owner at a time, so it is refused before
+    anything is counted or read. The honest secure coordinator sends none.
+    """
+    if is_secure(context):
+        raise fc.InstructionRefused(
+            "this is a secure run: this owner's held-out scores leave it only inside the SecAgg+ sum of a "
+            "train round, never in the clear one owner at a time (issue 25); evaluate messages are refused")
     count_evaluation(context)
     config = msg.content[fc.CONFIG]
     schema, split = _local_data(context, config)

@@ -24,10 +24,17 @@ gradient and Hessian are refused (``refuse_newton_under_local_dp``).
 
 The ClientApp's train handler turns into a legacy one (FitIns in, FitRes out)
 because that is the format the 1.39 SecAgg+ mod reads and writes.
+
+Held-out scores in a secure run leave the owner only inside the masked sum
+(``seal_scores``, layout and scaling in ``fedfhe_common.score_sums``): the last
+layer before ``secaggplus_mod`` moves them from the FitRes's clear metrics into
+one array appended to its parameters, after the DP mods (their clipping and
+noise are for the model update, and the appended array is no update).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,10 +44,11 @@ from flwr.client.mod import LocalDpMod as LegacyLocalDpMod
 from flwr.client.mod import fixedclipping_mod, make_ffn, secaggplus_mod
 from flwr.client.mod.secure_aggregation.secaggplus_mod import SecAggPlusState
 from flwr.clientapp.mod import LocalDpMod
-from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
 
 from fedfhe_common import fl_contract as fc
+from fedfhe_common import score_sums
 from fedfhe_common.errors import ConfigError
 
 Handler = Callable[[Message, Context], Message]
@@ -158,7 +166,57 @@ def privacy_mod(msg: Message, context: Context, call_next: Handler) -> Message:
             if dp is not None and phase == fc.PHASE_NEWTON:
                 raise refuse_newton_under_local_dp()
             return clipped(m, c)
-    return secaggplus_mod(msg, context, inner)
+    return secaggplus_mod(msg, context, _sealing(inner))
+
+
+def _sealing(call_next: Handler) -> Handler:
+    """``call_next`` (the handler, inside the DP mods) with its held-out scores moved into the masked vector."""
+
+    def sealed(msg: Message, context: Context) -> Message:
+        reply = call_next(msg, context)
+        if reply.has_error() or _fitins_phase(msg) == fc.PHASE_STATISTICS:  # fractions and a weight: no score
+            return reply
+        return seal_scores(reply, context)
+
+    return sealed
+
+
+def seal_scores(reply: Message, context: Context) -> Message:
+    """The FitRes that secaggplus_mod masks, with this owner's held-out scores inside its parameters only.
+
+    Its clear metrics keep the weight (num-examples, already capped at max_weight and needed by Flower to
+    weigh the sum) and fit-seconds: the time of the local fit depends on the training rows, whose count
+    is the clear weight, and the owner's hardware, and the coordinator times each reply's arrival anyway;
+    eval-seconds would time the held-out rows, so it goes. The scores and their row count become one
+    array (score_sums.pack) divided by the factor Flower multiplies parameters by, so that the masked
+    vector carries the array itself. The factors are the ones of this round's SecAgg+ setup, refused
+    unless they are the run config's (a setup with another max_weight or clipping range for this owner
+    would scale its array apart from the others').
+    """
+    from flwr.compat.common import recorddict_compat as compat
+
+    record = context.state.config_records.get(RECORD_KEY_STATE)
+    if record is None:
+        raise fc.InstructionRefused("SecAgg+ masked vector before this owner's setup")
+    state = SecAggPlusState(**record)
+    run = context.run_config
+    for name, used, key in (("max_weight", state.max_weight, fc.RUN_SECAGG_MAX_WEIGHT),
+                            ("clipping range", state.clipping_range, fc.RUN_SECAGG_CLIPPING_RANGE)):
+        if key in run and float(run[key]) != float(used):
+            raise fc.InstructionRefused(f"SecAgg+ setup: {name} {used} differs from the run config's {run[key]}")
+    fitres = compat.recorddict_to_fitres(reply.content, keep_input=True)
+    metrics = dict(fitres.metrics)
+    scores = {k[len(fc.EVAL_PREFIX):]: float(v) for k, v in metrics.items()
+              if k.startswith(fc.EVAL_PREFIX) and k not in (fc.EVAL_EXAMPLES, fc.EVAL_SECONDS)}
+    names = fc.CLASSIFIER_SCORES if set(scores) == set(fc.CLASSIFIER_SCORES) else fc.REGRESSOR_SCORES
+    array = score_sums.pack(scores, names, int(metrics[fc.EVAL_EXAMPLES]), state.max_weight, state.clipping_range)
+    factor = score_sums.weight_factor(int(fitres.num_examples), state.max_weight, state.target_range)
+    sent = array / factor if factor > 0 else np.zeros_like(array)  # a zero factor weighs nothing, scores neither
+    clear = {k: metrics[k] for k in (fc.NUM_EXAMPLES, fc.FIT_SECONDS) if k in metrics}
+    res = FitRes(fitres.status, ndarrays_to_parameters([*parameters_to_ndarrays(fitres.parameters), sent]),
+                 fitres.num_examples, clear)
+    reply.content = compat.fitres_to_recorddict(res, keep_input=True)
+    return reply
 
 
 def bound_update(params: list[np.ndarray], n_rows: int, context: Context) -> tuple[list[np.ndarray], int]:
@@ -184,12 +242,14 @@ def legacy_reply(msg: Message, params: list[np.ndarray], weight: int, metrics: d
 
 
 def record_true_update(context: Context, owner: str, server_round: int, params: list[np.ndarray],
-                       weight: int) -> None:
-    """Test federations only (node config ``test-record-updates``): keep what this owner masks, on its host."""
+                       weight: int, metrics: dict[str, float] | None = None) -> None:
+    """Test federations only (node config ``test-record-updates``): keep what this owner masks, on its host
+    (``metrics``: its true reply metrics, held-out scores included, as JSON)."""
     folder = str(context.node_config.get(fc.TEST_RECORD_UPDATES, ""))
     if not folder:
         return
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / f"{owner}-round{server_round}.npz", weight=np.array(weight),
+    extra = {"metrics": np.array(json.dumps(metrics))} if metrics is not None else {}
+    np.savez(out / f"{owner}-round{server_round}.npz", weight=np.array(weight), **extra,
              **{f"p{i}": np.asarray(p, dtype=np.float64) for i, p in enumerate(params)})

@@ -74,7 +74,8 @@ RUN_DP_NOISE_MULTIPLIER = "dp-noise-multiplier"  # > 0: Flower's client-side fix
 # The config key Flower's DifferentialPrivacyClientSideFixedClipping adds to each train instruction.
 DP_CLIPPING_NORM = "clipping_norm"
 
-Phase = Literal["train", "evaluate"]
+# "secure-train": a secure run's FitRes, whose held-out scores travel inside the masked sum (score_sums).
+Phase = Literal["train", "evaluate", "secure-train"]
 
 DEFAULT_MAX_EXAMPLES = 1_000_000
 # Largest |parameter| a reply may carry: far beyond any fitted linear model, and small enough
@@ -82,13 +83,23 @@ DEFAULT_MAX_EXAMPLES = 1_000_000
 MAX_ABS_PARAM = 1e12
 
 
+CLASSIFIER_SCORES = ("loss", "accuracy")
+REGRESSOR_SCORES = ("loss", "r2")
+
+
 def score_names(schema: DatasetSchema) -> tuple[str, ...]:
     """The scores ``scoring.score_model`` produces for this schema's kind of model."""
-    return ("loss", "accuracy") if schema.is_classifier else ("loss", "r2")
+    return CLASSIFIER_SCORES if schema.is_classifier else REGRESSOR_SCORES
 
 
 def metric_types(phase: Phase, schema: DatasetSchema) -> dict[str, type]:
-    """Every metric a reply of ``phase`` carries, with its type: no more, no fewer."""
+    """Every metric a reply of ``phase`` carries, with its type: no more, no fewer.
+
+    A secure run's train reply carries its weight and fit seconds only: its held-out scores and their row
+    count are inside the masked sum (score_sums), and so is nothing else of the owner's held-out rows.
+    """
+    if phase == "secure-train":
+        return {NUM_EXAMPLES: int, FIT_SECONDS: float}
     out: dict[str, type] = {f"{EVAL_PREFIX}{name}": float for name in score_names(schema)}
     out |= {EVAL_EXAMPLES: int, EVAL_SECONDS: float, NUM_EXAMPLES: int}
     if phase == "train":
@@ -172,6 +183,24 @@ def check_params(arrays: list[np.ndarray], family: str, schema: DatasetSchema) -
     return [_checked_array(name, arr, wire, MAX_ABS_PARAM).reshape(shape)
             for name, arr, wire, shape in zip(("coef", "intercept"), arrays, expected,
                                               models.param_shapes(family, schema), strict=True)]
+
+
+def split_score_sums(arrays: list[np.ndarray], model_arrays: int,
+                     schema: DatasetSchema) -> tuple[list[np.ndarray], np.ndarray]:
+    """A secure run's unmasked aggregate: (the model's or newton's arrays, the held-out score sums).
+
+    Only a secure run's aggregate carries the extra array (score_sums: each owner appends it before
+    Flower masks); a plain reply with one is refused by ``check_params`` as any wrong shape is.
+    """
+    from .score_sums import layout_length
+
+    if len(arrays) != model_arrays + 1:
+        raise ReplyRejected(f"a secure aggregate holds {model_arrays} arrays and the score sums, got {len(arrays)}")
+    sums = np.asarray(arrays[-1])
+    if sums.shape != (layout_length(score_names(schema)),):
+        raise ReplyRejected(f"the score sums have shape {sums.shape}, the run needs "
+                            f"({layout_length(score_names(schema))},)")
+    return list(arrays[:-1]), sums
 
 
 def model_digest(params: list[np.ndarray]) -> str:

@@ -26,6 +26,9 @@ AGGREGATIONS: tuple[str, ...] = ("auto", "newton", "fedavg", "fedavgm", "fedmedi
 # and take no such term; added outside the solver (one proximal step after the local fit) it becomes
 # w_local + mu * w_global over 1 + mu, the same damping FedAvgM's server_learning_rate 1 / (1 + mu) gives.
 SERVER_OPTIMISED = ("fedavgm",)
+# What can aggregate SecAgg+'s sum: rules that need only the average. FedAvgM's server step acts on the average
+# (secure_training.SecureRecorder feeds it to Flower's FedAvgM); the robust rules need every single update.
+SECURE_AGGREGATIONS = ("auto", "newton", "fedavg", "fedavgm")
 
 
 def strategy_kwargs(

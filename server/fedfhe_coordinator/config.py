@@ -10,7 +10,7 @@ from fedfhe_common.config import HostPort, Range, _combined, load_config
 from fedfhe_common.errors import ConfigError
 from fedfhe_common.fl_contract import DEFAULT_MAX_EXAMPLES, owner_name_from_key_file
 
-from .aggregation import Aggregation, strategy_keys_unused, strategy_kwargs
+from .aggregation import SECURE_AGGREGATIONS, Aggregation, strategy_keys_unused, strategy_kwargs
 
 
 @dataclass(frozen=True)
@@ -179,9 +179,10 @@ class CoordinatorConfig:
 
     def __post_init__(self) -> None:
         secure = self.training.secure_aggregation.problems(len(self.supernode_public_keys))
-        if self.training.secure_aggregation.enabled and self.training.aggregation not in ("fedavg", "auto", "newton"):
-            secure.append(f"training.secure_aggregation.enabled: SecAgg+ sums masked updates, so only fedavg or "
-                          f"newton can aggregate them, not training.aggregation {self.training.aggregation}")
+        if self.training.secure_aggregation.enabled and self.training.aggregation not in SECURE_AGGREGATIONS:
+            secure.append(f"training.secure_aggregation.enabled: SecAgg+ sums masked updates, so only fedavg, "
+                          f"fedavgm or newton can aggregate them, not training.aggregation "
+                          f"{self.training.aggregation}")
         if secure:
             raise _combined(secure)
         caps = self.training.max_examples_per_owner

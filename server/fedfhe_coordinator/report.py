@@ -119,6 +119,15 @@ def _aggregation_line(aggregation: dict[str, Any]) -> str:
     return line
 
 
+def _secure_scores_note(report: dict[str, Any]) -> str:
+    """Why a secure run's report has no owners' score for its final model."""
+    if not (report.get("privacy") or {}).get("secure_aggregation") or report["accuracy"]["federated_clients"]:
+        return ""
+    return (" Under secure aggregation each owner's held-out scores reach the coordinator only as a sum inside "
+            "the next round's SecAgg+ vector, and owners refuse a clear evaluation, so the final model has none; "
+            "the table gives every earlier round's.")
+
+
 def markdown(report: dict[str, Any], plot: bool) -> str:
     m = report["metric"]
     label = LABEL.get(m, m)
@@ -135,7 +144,7 @@ def markdown(report: dict[str, Any], plot: bool) -> str:
         _aggregation_line(report.get("aggregation") or {}),
         "",
         f"Final {label}: {_score(m, acc['federated_clear'])} on the public test rows, "
-        f"{_score(m, acc['federated_clients'])} on the owners' held-out rows.",
+        f"{_score(m, acc['federated_clients'])} on the owners' held-out rows." + _secure_scores_note(report),
         "",
         f"| round | {label} (public test) | {label} (owners) | loss | owners | seconds | failed or missing (reason) |",
         "| --- | --- | --- | --- | --- | --- | --- |",

@@ -8,12 +8,19 @@ registered keys), and hands the unmasked sum to Flower's legacy FedAvg, wrapped
 in Flower's ``DifferentialPrivacyClientSideFixedClipping`` when the run adds DP.
 
 What the coordinator can no longer check: one owner's parameters (it only ever
-holds them masked). What it still checks: each reply's metrics and weight
-against the contract, and the unmasked average's shapes and values.
+holds them masked). What it still checks: each reply's clear metrics (its weight
+and fit seconds, nothing else) and weight against the contract, and the unmasked
+average's shapes and values.
+
+Held-out scores: each owner appends its scores to the vector it masks
+(fedfhe_common.score_sums); the recorder splits them off the unmasked aggregate
+and records only the federation's row-weighted scores. ``training.aggregation:
+fedavgm`` takes Flower's FedAvgM server step on the (DP-noised, if any) average.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,12 +30,14 @@ from typing import Any, cast
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.common import (
+    Code,
     EvaluateIns,
     EvaluateRes,
     FitIns,
     FitRes,
     Parameters,
     Scalar,
+    Status,
     bytes_to_ndarray,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
@@ -39,14 +48,14 @@ from flwr.server import ServerConfig
 from flwr.server.client_manager import ClientManager, SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.compat import LegacyContext
-from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg, Strategy
+from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg, FedAvgM, Strategy
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
 from fedfhe_common import fl_contract as fc
-from fedfhe_common import newton
+from fedfhe_common import newton, score_sums
 from fedfhe_common.transport import to_arrays
 
 from .server_app import NodesLost, Recording, ReplyPolicy, TrainingStopped
@@ -160,26 +169,16 @@ class NewtonRun:
         return to_arrays(newton.unflatten(stepped, self.family, self.schema)).to_numpy_ndarrays()
 
 
-def weighted_scores(metrics: list[dict[str, Any]]) -> dict[str, float]:
-    """Held-out scores weighted by held-out rows, as the plain run's client_scores."""
-    total = sum(float(m[fc.EVAL_EXAMPLES]) for m in metrics)
-    if not metrics or total <= 0:
-        return {}
-    keys = [k for k in metrics[0] if k.startswith(fc.EVAL_PREFIX) and k not in (fc.EVAL_EXAMPLES, fc.EVAL_SECONDS)]
-    out = {k[len(fc.EVAL_PREFIX):]: sum(float(m[k]) * float(m[fc.EVAL_EXAMPLES]) for m in metrics) / total
-           for k in keys}
-    out["examples"] = total
-    return out
-
-
 class SecureRecorder(Recording, Strategy):
     """The legacy strategy SecAgg+ reports to: fedfhe's round table around Flower's FedAvg (or its DP wrapper).
 
     ``configure_fit`` waits (with a deadline) for ``min_nodes`` owners and samples
     them all; ``aggregate_fit`` receives the unmasked average (Flower hands the
     same aggregate as every owner's parameters), checks each owner's clear metrics
-    and weight, and passes it on without the workflow's anonymous failures (the
-    round table names them; Flower's DP wrapper would drop the round for any).
+    and weight, splits the held-out score sums off it, and passes the rest on
+    without the workflow's anonymous failures (the round table names them;
+    Flower's DP wrapper would drop the round for any). ``server_opt`` (aggregation
+    fedavgm): Flower's FedAvgM, fed the one averaged result to take its server step.
     """
 
     def __init__(
@@ -187,6 +186,7 @@ class SecureRecorder(Recording, Strategy):
         inner: Strategy, min_nodes: int, max_weight: float, threshold: int,
         score: Callable[[list[np.ndarray]], dict[str, float]], record_dir: str = "",
         newton_run: NewtonRun | None = None, clipping_range: float = 0.0, quantization_range: int = 0,
+        server_opt: FedAvgM | None = None,
     ) -> None:
         super().__init__(progress, policy, owner_keys=owner_keys, node_wait=node_wait)
         self.inner = inner
@@ -200,6 +200,7 @@ class SecureRecorder(Recording, Strategy):
         self.newton = newton_run
         self.clipping_range = clipping_range
         self.quantization_range = quantization_range
+        self.server_opt = server_opt
 
     # ---- Flower's legacy Strategy ------------------------------------------
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
@@ -235,24 +236,28 @@ class SecureRecorder(Recording, Strategy):
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         entry = self.note_stages(server_round)
-        good: list[dict[str, Any]] = []
         refused = False
+        seconds: list[float] = []
         for proxy, res in results:
             owner = self.owner_of(proxy.node_id)
             try:
-                metrics = fc.check_metrics(dict(res.metrics), "train", self.policy.schema,
+                # A secure reply's clear metrics are its weight and fit seconds: a held-out score here is refused.
+                metrics = fc.check_metrics(dict(res.metrics), "secure-train", self.policy.schema,
                                            min(self.policy.cap(owner), int(self.max_weight)))
                 if int(res.num_examples) != metrics[fc.NUM_EXAMPLES]:
                     raise fc.ReplyRejected(f"weight {res.num_examples} differs from num-examples "
                                            f"{metrics[fc.NUM_EXAMPLES]}")
-                good.append(metrics)
+                seconds.append(float(metrics[fc.FIT_SECONDS]))
             except fc.ReplyRejected as exc:
                 refused = True
                 entry["failures"].append({"phase": "fit", "node_id": int(proxy.node_id), "owner": owner,
                                           "reason": f"reply refused: {fc.owner_text(exc)}; its masked update is "
                                                     "inside the sum, so this round's sum is dropped"})
-        self._record_received(server_round, results)
-        self.entry(server_round - 1)["clients"] = weighted_scores(good)
+        entry["fit_seconds_max"] = max(seconds, default=0.0)
+        split, broken = self._split(results)
+        self._record_received(server_round, results, split)
+        self.entry(server_round - 1)["clients"] = {} if refused or split is None else self._scores(
+            server_round, results, split[1])
         self.flush(server_round - 1)
         if len(entry["fit_owners"]) < self.min_train_nodes:
             entry["error"] = self.shortfall(server_round)
@@ -261,6 +266,13 @@ class SecureRecorder(Recording, Strategy):
         entry["aggregated"] = True
         if refused:
             return None, {}
+        if split is None:
+            entry["failures"].append({"phase": "fit", "node_id": 0, "owner": "(sum)",
+                                      "reason": f"the unmasked sum broke the contract and was dropped: {broken}"})
+            return None, {}
+        model = ndarrays_to_parameters(split[0])
+        for _, res in results:  # Flower's FedAvg (or DP wrapper) averages the model part only
+            res.parameters = model
         params, metrics = self.inner.aggregate_fit(server_round, results, [])
         if params is None:
             return None, {}
@@ -268,12 +280,67 @@ class SecureRecorder(Recording, Strategy):
             if self.newton is not None:
                 params = ndarrays_to_parameters(self._newton_step(server_round, parameters_to_ndarrays(params),
                                                                   results))
+            elif self.server_opt is not None:
+                params = self._server_step(server_round, params, results[0][0])
             fc.check_params(parameters_to_ndarrays(params), self.policy.family, self.policy.schema)
         except (fc.ReplyRejected, newton.NotConvex) as exc:
             entry["failures"].append({"phase": "fit", "node_id": 0, "owner": "(sum)",
                                       "reason": f"the unmasked sum broke the contract and was dropped: {exc}"})
             return None, {}
         return params, metrics
+
+    def _split(self, results: list[tuple[ClientProxy, FitRes]]
+               ) -> tuple[tuple[list[np.ndarray], np.ndarray] | None, str]:
+        """(model or newton arrays, score sums) of the unmasked aggregate, or None and why it breaks the contract."""
+        if not results:
+            return None, "no result"
+        arrays = 3 if self.newton is not None else len(fc.wire_shapes(self.policy.family, self.policy.schema))
+        try:
+            return fc.split_score_sums(parameters_to_ndarrays(results[0][1].parameters), arrays,
+                                       self.policy.schema), ""
+        except fc.ReplyRejected as exc:
+            return None, str(exc)
+
+    def _scores(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
+                average: np.ndarray) -> dict[str, float]:
+        """The federation's held-out scores of the model the previous round made, from the unmasked average.
+
+        SecAggPlusWorkflow divided the sum by the owners' weight factors added up; multiplying that
+        back gives the sum of the owners' arrays (fedfhe_common.score_sums). A sum no honest owners
+        make is this round's failure, and the scores are left out (the model is not affected).
+        """
+        weights = [int(res.num_examples) for _, res in results]
+        total = score_sums.total_factor(weights, self.max_weight, self.quantization_range)
+        try:
+            return score_sums.unpack(average * total, fc.score_names(self.policy.schema), len(results),
+                                     self.max_weight, self.clipping_range, self.quantization_range)
+        except ValueError as exc:
+            self.entry(server_round)["failures"].append(
+                {"phase": "fit", "node_id": 0, "owner": "(score sums)",
+                 "reason": f"the held-out score sums were not recorded: {exc}"})
+            return {}
+
+    def _server_step(self, server_round: int, averaged: Parameters, proxy: ClientProxy) -> Parameters:
+        """Flower's FedAvgM on the secure average: its server step (learning rate, momentum) from the model sent.
+
+        FedAvgM acts on the average only, so it is fed that one result (weight 1: FedAvg of one is itself),
+        after the DP wrapper's noise when the run has central DP (the step is then post-processing of the
+        noisy average). Its ``initial_parameters`` (its current model) is set to the model this round sent,
+        and its momentum starts at zero if no earlier round made one (Flower creates it in round 1 only).
+        """
+        assert self.server_opt is not None
+        sent = self.global_params.get(server_round)
+        if sent is None:
+            raise fc.ReplyRejected("this round's global model broke the contract: no server step from it")
+        wire = to_arrays(sent).to_numpy_ndarrays()
+        self.server_opt.initial_parameters = ndarrays_to_parameters(wire)
+        if self.server_opt.server_momentum > 0 and self.server_opt.momentum_vector is None:
+            self.server_opt.momentum_vector = [np.zeros_like(a) for a in wire]
+        stepped, _ = self.server_opt.aggregate_fit(server_round, [(proxy, FitRes(Status(Code.OK, ""), averaged, 1,
+                                                                                 {}))], [])
+        if stepped is None:
+            raise fc.ReplyRejected("FedAvgM made no model from the average")
+        return stepped
 
     def _newton_step(self, server_round: int, averaged: list[np.ndarray],
                      results: list[tuple[ClientProxy, FitRes]]) -> list[np.ndarray]:
@@ -362,15 +429,18 @@ class SecureRecorder(Recording, Strategy):
             parts.append("no owner was lost (see the ServerApp log)")
         return "; ".join(parts) + f" (see {self.progress})"
 
-    def _record_received(self, server_round: int, results: list[tuple[ClientProxy, FitRes]]) -> None:
-        """Test runs only: what this strategy received as each owner's parameters."""
+    def _record_received(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
+                         split: tuple[list[np.ndarray], np.ndarray] | None) -> None:
+        """Test runs only: what this strategy received as each owner's parameters (the model part as ``p*``,
+        the score sums as ``scores``) and clear metrics (``metrics``, JSON)."""
         if self.record_dir is None:
             return
         self.record_dir.mkdir(parents=True, exist_ok=True)
         for proxy, res in results:
-            arrays = parameters_to_ndarrays(res.parameters)
+            arrays, sums = split if split is not None else (parameters_to_ndarrays(res.parameters), np.zeros(0))
             np.savez(self.record_dir / f"strategy-{self.owner_of(proxy.node_id)}-round{server_round}.npz",
-                     weight=np.array(res.num_examples), **{f"p{i}": a for i, a in enumerate(arrays)})
+                     weight=np.array(res.num_examples), scores=sums, metrics=np.array(json.dumps(dict(res.metrics))),
+                     **{f"p{i}": a for i, a in enumerate(arrays)})
 
 
 class CheckedSecAgg:
@@ -400,9 +470,13 @@ def run_secure(
     grid: Grid, context: Context, *, policy: ReplyPolicy, progress: Path, owner_keys: dict[str, str],
     node_wait: float, min_nodes: int, rounds: int, timeout: float, config: ConfigRecord,
     initial: ArrayRecord, connected: int, score: Callable[[list[np.ndarray]], dict[str, float]],
-    newton_run: NewtonRun | None = None,
+    newton_run: NewtonRun | None = None, server_step: tuple[float, float] | None = None,
 ) -> tuple[ArrayRecord, SecureRecorder, Grid]:
-    """Run ``rounds`` SecAgg+ rounds; the final global parameters, the recorder and the grid used."""
+    """Run ``rounds`` SecAgg+ rounds; the final global parameters, the recorder and the grid used.
+
+    ``server_step``: (server_learning_rate, server_momentum) of aggregation fedavgm, taken by Flower's
+    FedAvgM on each round's secure average.
+    """
     cfg = context.run_config
     record_dir = str(cfg.get("test-record-dir", ""))
     shares, threshold = resolve_shares(int(cfg["secagg-num-shares"]), int(cfg["secagg-reconstruction-threshold"]),
@@ -423,11 +497,15 @@ def run_secure(
             inner, noise_multiplier=noise, clipping_norm=float(cfg["dp-clipping-norm"]),
             num_sampled_clients=connected,
         )
+    server_opt = None
+    if server_step is not None:
+        server_opt = FedAvgM(server_learning_rate=server_step[0], server_momentum=server_step[1],
+                             fit_metrics_aggregation_fn=lambda metrics: {})
     max_weight = float(cfg[fc.RUN_SECAGG_MAX_WEIGHT])
     recorder = SecureRecorder(progress, policy, owner_keys, node_wait, inner=inner, min_nodes=min_nodes,
                               max_weight=max_weight, threshold=threshold, score=score, record_dir=record_dir,
                               newton_run=newton_run, clipping_range=float(cfg[fc.RUN_SECAGG_CLIPPING_RANGE]),
-                              quantization_range=int(cfg["secagg-quantization-range"]))
+                              quantization_range=int(cfg["secagg-quantization-range"]), server_opt=server_opt)
     stage_grid = StageGrid(grid, recorder.owner_of, record_dir)
     recorder.grid = recorder.counter = stage_grid
     recorder.learn_names(stage_grid)

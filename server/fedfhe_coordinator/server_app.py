@@ -8,8 +8,10 @@ run config (set by ``fedfhe-coordinator train`` through ``flwr run``) says what 
 
 Clients score the global model they receive on their held-out rows inside the
 train message, so round r's client accuracy arrives with round r+1's replies
-(and with one final evaluate message for the last round). A round's progress
-line is written once both its server-side and client-side scores are known.
+(and, in plain runs, with one final evaluate message for the last round; a
+secure run's owners send only the sum of their scores, inside SecAgg+, so its
+last round has no owners' score). A round's progress line is written once both
+its server-side and client-side scores are known.
 """
 
 from __future__ import annotations
@@ -577,6 +579,8 @@ def main(grid: Grid, context: Context) -> None:
             node_wait=float(cfg["wait-for-nodes"]), min_nodes=min_nodes, rounds=rounds, timeout=timeout,
             config=config, initial=initial, connected=len(connected), score=score,
             newton_run=newton_run(aggregation, family, schema, prep, model_params),
+            server_step=(float(cfg.get("server-learning-rate", 1.0)), float(cfg.get("server-momentum", 0.0)))
+            if aggregation == "fedavgm" else None,
         )
         threshold = strategy.threshold
     else:
@@ -624,10 +628,14 @@ def main(grid: Grid, context: Context) -> None:
     if not len(final_arrays):
         raise RuntimeError("no round produced aggregated parameters: every node failed (see progress.jsonl)")
     strategy.learn_names(grid)
-    sent, replies = final_evaluation(grid, final_arrays, config, timeout)
-    replies, rejected = strategy.screen(rounds, replies, "eval", sent)
-    strategy.note_replies(rounds, replies, "eval", sent, rejected)
-    strategy.entry(rounds)["clients"] = client_scores([m for m in replies if id(m) not in rejected])
+    if not secure:
+        # A secure run sends no evaluate message: its replies would carry each owner's held-out scores in the
+        # clear, which owners refuse in secure runs (fedfhe_owner.client_app.evaluate). Its rounds' scores come
+        # from the score sums inside the next round's SecAgg+ vector; the final model's would need one more.
+        sent, replies = final_evaluation(grid, final_arrays, config, timeout)
+        replies, rejected = strategy.screen(rounds, replies, "eval", sent)
+        strategy.note_replies(rounds, replies, "eval", sent, rejected)
+        strategy.entry(rounds)["clients"] = client_scores([m for m in replies if id(m) not in rejected])
     strategy.flush(rounds)
 
     coef, intercept = from_arrays(final_arrays, family, schema)

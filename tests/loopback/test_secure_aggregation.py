@@ -6,16 +6,23 @@ Each owner keeps, on its own side (owner.yaml ``test_record_updates``), the true
 update it hands to Flower's secaggplus_mod; the coordinator's ServerApp keeps
 (run config ``test-record-dir``) what it received from each owner. The tests
 compare the two. The last two tests kill SuperNodes mid-round, so they run last.
+
+Held-out scores (issue 25): each owner's travel only inside its masked vector, as
+one array after the model's (fedfhe_common.score_sums); the coordinator receives
+no owner's score in the clear and sends no final evaluate message.
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 from flwr.common.secure_aggregation.quantization import quantize
 from reliability_helpers import Background, kill_on_nth_train_message, log_size, supernode_id
 
-from fedfhe_common import models
+from fedfhe_common import fl_contract as fc
+from fedfhe_common import models, score_sums
 from fedfhe_common.errors import FedfheError
 from fedfhe_common.procs import wait_until
 from fedfhe_common.schema import DIGITS
@@ -78,19 +85,22 @@ def weighted_mean(updates: dict[str, tuple[list[np.ndarray], float]]) -> list[np
 
 def test_coordinator_holds_masked_updates_and_unmasks_only_the_true_sum(fed):
     record = fed["work"] / "coordinator-saw"
-    rows: list[dict] = []
-    artifact = run_training(fed["cfg"], {"test-record-dir": str(record)}, on_round=rows.append)
-    assert rows[0]["fit_owners"] == OWNERS and rows[0]["missing"] == [] and rows[0]["failures"] == []
-    assert all(rows[0]["bytes"][o] > 0 for o in OWNERS), rows[0]
+    rows_seen: list[dict] = []
+    artifact = run_training(fed["cfg"], {"test-record-dir": str(record)}, on_round=rows_seen.append)
+    assert rows_seen[0]["fit_owners"] == OWNERS and rows_seen[0]["missing"] == [] and rows_seen[0]["failures"] == []
+    assert all(rows_seen[0]["bytes"][o] > 0 for o in OWNERS), rows_seen[0]
     updates = {o: owner_update(fed, o) for o in OWNERS}
     ratios = {o: w / MAX_WEIGHT for o, (_, w) in updates.items()}
     # Stochastic rounding moves each value by < 1 step of 2c/Q; the sum is divided by the total weight ratio.
     tol = 2 * len(OWNERS) * (2 * CLIPPING_RANGE / QUANTIZATION_RANGE) / sum(ratios.values())
     true_sum = weighted_mean(updates)
+    names = fc.score_names(DIGITS)
     for owner, (params, _) in updates.items():
-        # The masked vector the coordinator received from this owner: [weight, coef, intercept], masked mod 2**32.
+        # The masked vector the coordinator received from this owner: [weight, coef, intercept, held-out score
+        # sums], masked mod 2**32.
         masked = seen(record, f"masked-{owner}-round1.npz")
-        assert [m.shape for m in masked[1:]] == [p.shape for p in params]
+        assert [m.shape for m in masked[1:3]] == [p.shape for p in params]
+        assert masked[3].shape == (score_sums.layout_length(names),)
         quantized = quantize([p * ratios[owner] for p in params], CLIPPING_RANGE, QUANTIZATION_RANGE)
         close = np.mean(np.abs(masked[1].astype(np.int64) - quantized[0].astype(np.int64)) <= 1)
         assert close < 0.01, f"{owner}'s masked vector matches its quantised update in {close:.1%} of values"
@@ -100,6 +110,23 @@ def test_coordinator_holds_masked_updates_and_unmasks_only_the_true_sum(fed):
         # ... and that average equals the weighted average of the true updates up to quantisation.
         for got, want in zip(received, true_sum, strict=True):
             np.testing.assert_allclose(got, want, rtol=0, atol=tol)
+        # In the clear it got this owner's weight and fit seconds, no held-out score.
+        clear = json.loads(str(np.load(record / f"strategy-{owner}-round1.npz")["metrics"]))
+        assert set(clear) == {fc.NUM_EXAMPLES, fc.FIT_SECONDS}, clear
+    # The score sums it unmasked give the owners' row-weighted held-out scores (of the initial model), within
+    # SecAgg+'s quantisation: under one step of 2 x max_weight / levels rows x score per owner.
+    true = [json.loads(str(np.load(fed["work"] / "owners" / o / f"{o}-round1.npz")["metrics"])) for o in OWNERS]
+    rows = sum(m[fc.EVAL_EXAMPLES] for m in true)
+    sums = np.load(record / f"strategy-{OWNERS[0]}-round1.npz")["scores"]
+    total = score_sums.total_factor([w for _, w in updates.values()], MAX_WEIGHT, QUANTIZATION_RANGE)
+    got = score_sums.unpack(sums * total, names, len(OWNERS), MAX_WEIGHT, CLIPPING_RANGE, QUANTIZATION_RANGE)
+    assert got["examples"] == rows
+    step = 2 * len(OWNERS) * 2 * MAX_WEIGHT / (QUANTIZATION_RANGE * rows)
+    for name, bound in (("accuracy", 1.0), ("loss", 10.0)):
+        want = sum(m[f"{fc.EVAL_PREFIX}{name}"] * m[fc.EVAL_EXAMPLES] for m in true) / rows
+        assert got[name] == pytest.approx(want, abs=step * bound), (name, got, want)
+    # No final evaluate message in a secure run: the last round has no owners' score, and no eval phase.
+    assert "clients" not in rows_seen[0] and "eval_nodes" not in rows_seen[0], rows_seen[0]
     # The signed artifact carries the same model, and says how it was trained.
     np.testing.assert_allclose(artifact.coef.ravel(), true_sum[0].ravel(), rtol=0, atol=tol)
     assert artifact.metrics["privacy"]["secure_aggregation"] is True

@@ -79,7 +79,7 @@ def test_turning_it_off_under_dp_is_refused_naming_the_key(tmp_path):
 
 @pytest.mark.parametrize(("flag", "section", "aggregation", "message"), [
     ("--secure-aggregation", {}, "fedtrimmedavg",
-     "only fedavg or newton can aggregate them, not training.aggregation fedtrimmedavg"),
+     "only fedavg, fedavgm or newton can aggregate them, not training.aggregation fedtrimmedavg"),
     ("--no-secure-aggregation", {"enabled": True, "noise_multiplier": 1.0}, "fedavg",
      "training.secure_aggregation.noise_multiplier"),
 ])
