@@ -51,7 +51,8 @@ class PrivacyPolicy:
     """What this owner insists on whatever the coordinator's run config says (checked in its ClientApp)."""
 
     # Refuse every training message outside SecAgg+ (the coordinator would see this owner's update in the clear).
-    require_secure_aggregation: bool = False
+    # On by default (issue 25): plain mode, and any federation of two owners, needs each owner's explicit false.
+    require_secure_aggregation: bool = True
     # A SecAgg+ round with fewer owners is refused: with two, the other owner's update is the sum minus one's own.
     min_owners_per_round: Annotated[int, Range(2)] = 3
     # Global models this owner scores on its held-out rows in one run (each round's and the final one): each

@@ -8,7 +8,8 @@ chooses (one model per class gives their label histogram), so owner.yaml's
 ``privacy.max_evaluations_per_run`` caps them, and the message beyond the cap is
 refused before a row is read. It also keeps a digest of every global model this
 owner trained on (or computed newton's terms at), and refuses the same model a
-second time (``refuse_replayed_model``).
+second time (``refuse_replayed_model``), and the owners of this run's first SecAgg+ sum, so that every later
+sum must be over the same owners (``check_fixed_membership``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fedfhe_common import fl_contract as fc
 LEDGER = "fedfhe-owner-ledger"
 EVALUATIONS = "evaluations"
 TRAINED_MODELS = "trained-models"  # fl_contract.model_digest of each model trained on in this run, in order
+MEMBERS = "secure-members"  # SuperNode ids of the owners in this run's first SecAgg+ sum this owner unmasked
 
 
 def _ledger(context: Context) -> ConfigRecord:
@@ -72,3 +74,46 @@ def refuse_replayed_model(context: Context, params: list[np.ndarray], config: Co
     record[TRAINED_MODELS] = [*seen, digest]
     context.state[LEDGER] = record
     return digest
+
+
+def check_fixed_membership(context: Context, active: list[int], min_owners: int) -> None:
+    """At SecAgg+'s unmask stage: the sum must be over at least ``min_owners`` owners, and over exactly the owners
+    of this run's first sum this owner helped unmask (recorded here); InstructionRefused otherwise, before any
+    share leaves.
+
+    The rule, and why it suffices against isolation within a run: if every honest owner enforces it, any two
+    sums the coordinator can unmask that share an honest owner are over the same owners. So the honest owners
+    fall into disjoint groups, each summed only as a whole, and no combination of sums (differences of rounds
+    whose owners differ by one, or three rounds A - B - C with B and C inside A) separates one honest owner
+    from its group, whatever models were sent. It needs the complete SecAgg+ graph (every owner holds a share
+    of every other's secrets: ``check_secagg_setup`` refuses less), so that the active list an owner is given
+    is the whole sum's, not only its neighbours'. Weaker rules leave a gap: "no round may drop exactly one
+    owner" allows A - B - C = {v} with B and C disjoint halves of A without v, which no single owner sees.
+
+    The price: an owner lost mid-run ends the training (every later sum is refused, the failed round's model
+    would then be sent again, and the coordinator stops there, keeping the last model); an owner lost in the
+    first round only shrinks the group. Sampling fewer than every owner per round is refused the same way.
+    What it does not cover: two runs. A second run over the owners minus one, started from the same initial
+    model, gives that owner's first update by difference; the consortium's operators (who register the
+    SuperNodes and approve the app) start runs, not the coordinator alone, and docs/security.md says so.
+    """
+    members = sorted(int(n) for n in active)
+    if len(members) < min_owners:
+        raise fc.InstructionRefused(
+            f"SecAgg+ unmask: the sum would be over {len(members)} owner(s); this owner takes part only in sums of "
+            f"at least {min_owners} owners (owner.yaml privacy.min_owners_per_round)")
+    record = _ledger(context)
+    first = sorted(int(n) for n in record.get(MEMBERS, []))
+    if not first:
+        record[MEMBERS] = members
+        context.state[LEDGER] = record
+        return
+    if members != first:
+        gone, new = sorted(set(first) - set(members)), sorted(set(members) - set(first))
+        change = "; ".join(part for part in (
+            f"without {len(gone)} owner(s) of the first ({', '.join(map(str, gone[:5]))})" if gone else "",
+            f"with {len(new)} owner(s) not in it ({', '.join(map(str, new[:5]))})" if new else "") if part)
+        raise fc.InstructionRefused(
+            f"SecAgg+ unmask: this sum is over other owners than this run's first secure sum ({change}); sums over "
+            "sets that differ would let the coordinator separate one owner's update, so every sum of a run must be "
+            "over the same owners")

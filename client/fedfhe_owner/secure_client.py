@@ -50,6 +50,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from fedfhe_common import fl_contract as fc
 from fedfhe_common import score_sums
 from fedfhe_common.errors import ConfigError
+from fedfhe_owner import run_ledger
 
 Handler = Callable[[Message, Context], Message]
 
@@ -64,7 +65,8 @@ def uses_dp(context: Context) -> bool:
 
 def _checked_stage(msg: Message, context: Context) -> None:
     """Refuse a SecAgg+ setup or unmask request that would let the coordinator unmask one owner
-    (fl_contract.check_secagg_setup, check_secagg_unmask), before Flower's mod acts on it."""
+    (fl_contract.check_secagg_setup, check_secagg_unmask) or separate it by differencing sums
+    (run_ledger.check_fixed_membership), before Flower's mod acts on it."""
     try:
         configs = msg.content.config_records[RECORD_KEY_CONFIGS]
     except KeyError:
@@ -78,8 +80,10 @@ def _checked_stage(msg: Message, context: Context) -> None:
         if record is None:
             raise fc.InstructionRefused("SecAgg+ unmask before this owner's setup")
         state = SecAggPlusState(**record)
-        fc.check_secagg_unmask(configs.get(Key.ACTIVE_NODE_ID_LIST), configs.get(Key.DEAD_NODE_ID_LIST),
+        active = configs.get(Key.ACTIVE_NODE_ID_LIST)
+        fc.check_secagg_unmask(active, configs.get(Key.DEAD_NODE_ID_LIST),
                                set(state.rd_seed_share_dict) & set(state.sk1_share_dict), int(state.threshold))
+        run_ledger.check_fixed_membership(context, active, int(context.node_config.get(fc.NODE_MIN_OWNERS, 2)))
 
 
 def local_dp(context: Context) -> dict[str, float] | None:
@@ -141,7 +145,7 @@ def privacy_mod(msg: Message, context: Context, call_next: Handler) -> Message:
     """A Flower mod: SecAgg+ (and DP clipping) around the train handler in a secure run, and the owner's local DP."""
     dp = local_dp(context) if msg.metadata.message_type == "train" else None
     if not is_secure(context):
-        if msg.metadata.message_type == "train" and context.node_config.get(fc.NODE_REQUIRE_SECURE, False) is True:
+        if msg.metadata.message_type == "train" and context.node_config.get(fc.NODE_REQUIRE_SECURE, True) is not False:
             raise fc.InstructionRefused("this owner trains only under secure aggregation (owner.yaml "
                                         "privacy.require_secure_aggregation); the run asked for plain mode")
         if dp is None or _plain_phase(msg) == fc.PHASE_STATISTICS:  # fractions in [0, 1], not a model update

@@ -367,7 +367,9 @@ def check_secagg_setup(share_num: object, threshold: object, sample_num: object,
     A coordinator may ask some neighbours for an owner's mask seed share and others
     for its key share (claiming the owner dropped out); it can unmask that owner
     alone only if it gets ``threshold`` of each, i.e. when ``2 * threshold <= shares``.
-    A strict majority threshold rules that out, so anything lower is refused.
+    A strict majority threshold rules that out, so anything lower is refused. Fewer shares than
+    owners (a partial graph) is refused too: the owner would see only its neighbours' part of the
+    active list at unmask, which the fixed-membership rule (fedfhe_owner.run_ledger) needs whole.
     """
     for name, value in (("share number", share_num), ("threshold", threshold), ("sample number", sample_num)):
         if isinstance(value, bool) or not isinstance(value, int):
@@ -377,6 +379,11 @@ def check_secagg_setup(share_num: object, threshold: object, sample_num: object,
         raise InstructionRefused(f"SecAgg+ setup: {sample_num} owners and {share_num} shares; this owner takes part "
                                  f"in rounds of at least {max(2, min_owners)} owners (owner.yaml "
                                  "privacy.min_owners_per_round)")
+    if share_num < sample_num:
+        raise InstructionRefused(
+            f"SecAgg+ setup: {share_num} shares for {sample_num} owners; this owner takes part only where every "
+            "owner holds a share of every other's secrets, so that it sees which owners each sum is over "
+            "(coordinator.yaml training.secure_aggregation.num_shares: 0)")
     if threshold < 2 or 2 * threshold <= min(share_num, sample_num):
         raise InstructionRefused(
             f"SecAgg+ setup: reconstruction threshold {threshold} of {min(share_num, sample_num)} shares is not a "

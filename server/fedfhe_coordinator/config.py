@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fedfhe_common.config import HostPort, Range, _combined, load_config
 from fedfhe_common.errors import ConfigError
@@ -31,6 +31,10 @@ class SuperLinkConfig:
         return self.control_address or f"{self.control_host}:{self.control_port}"
 
 
+# secure_aggregation.enabled auto turns SecAgg+ on from this many owners: owner.yaml's default
+# privacy.min_owners_per_round (with two, each owner learns the other's update from the sum).
+SECURE_BY_DEFAULT_OWNERS = 3
+
 # SecAgg+ sums integers modulo 2**32 (Flower's default modulus_range): N owners' quantised values must fit.
 SECAGG_MODULUS = 2**32
 
@@ -46,7 +50,9 @@ class SecureAggregationConfig:
     majority (fedfhe_common.fl_contract.check_secagg_setup).
     """
 
-    enabled: bool = False
+    # auto: on with SECURE_BY_DEFAULT_OWNERS registered owners or more (owners refuse smaller SecAgg+ rounds by
+    # default), off below; resolved when the config loads, so the rest of the coordinator sees true or false.
+    enabled: bool | Literal["auto"] = "auto"
     num_shares: Annotated[int, Range(0)] = 0
     reconstruction_threshold: Annotated[int, Range(0)] = 0
     # Each parameter an owner sends is clipped to [-clipping_range, clipping_range] before it is quantised.
@@ -67,6 +73,9 @@ class SecureAggregationConfig:
         out = []
         if self.num_shares in (1, 2):
             out.append(f"{key}.num_shares: must be 0 (every owner) or at least 3, got {self.num_shares}")
+        elif owners and 3 <= self.num_shares < owners:
+            out.append(f"{key}.num_shares: {self.num_shares} of {owners} owners: owners take part only where each "
+                       "holds a share of every other's secrets (they must see which owners a sum is over); use 0")
         t = self.reconstruction_threshold
         if t == 1:
             out.append(f"{key}.reconstruction_threshold: must be 0 (a strict majority) or at least 2, got 1")
@@ -178,6 +187,7 @@ class CoordinatorConfig:
         return [owner_name_from_key_file(p.name) for p in self.supernode_public_keys]
 
     def __post_init__(self) -> None:
+        self._resolve_secure_default()
         secure = self.training.secure_aggregation.problems(len(self.supernode_public_keys))
         if self.training.secure_aggregation.enabled and self.training.aggregation not in SECURE_AGGREGATIONS:
             secure.append(f"training.secure_aggregation.enabled: SecAgg+ sums masked updates, so only fedavg, "
@@ -193,6 +203,21 @@ class CoordinatorConfig:
                     f"training.max_examples_per_owner: {', '.join(unknown)} not among the owners of "
                     f"supernode_public_keys ({', '.join(self.owner_names()) or 'none'})"
                 )
+
+
+    def _resolve_secure_default(self) -> None:
+        """``enabled: auto`` made true or false; a robust aggregation with auto on is refused, not run plain."""
+        sa = self.training.secure_aggregation
+        if sa.enabled != "auto":
+            return
+        owners = len(self.supernode_public_keys)
+        on = owners >= SECURE_BY_DEFAULT_OWNERS
+        if on and self.training.aggregation not in SECURE_AGGREGATIONS:
+            raise ConfigError(
+                f"training.aggregation {self.training.aggregation} needs each owner's update in the clear, and "
+                f"training.secure_aggregation.enabled is auto (on with {owners} owners): set enabled: false for "
+                "plain mode, which owners accept only with privacy.require_secure_aggregation: false")
+        object.__setattr__(self, "training", replace(self.training, secure_aggregation=replace(sa, enabled=on)))
 
 
 def load(path: str | Path) -> CoordinatorConfig:

@@ -64,7 +64,8 @@ def rows(tmp_path_factory) -> Path:
 
 
 def owner(rows: Path, dp: dict[str, float] | None = None, secure: bool = False, **run: object) -> Context:
-    node = {"owner-id": "owner-0", "data-path": str(rows), "schema": "digits", "holdout-fraction": 0.2, "seed": 0}
+    node = {"owner-id": "owner-0", "data-path": str(rows), "schema": "digits", "holdout-fraction": 0.2, "seed": 0,
+            fc.NODE_REQUIRE_SECURE: False}  # the plain runs here are this owner's choice
     if dp is not None:
         dp = {"sensitivity": 2 * dp["clipping_norm"], **dp}
         node |= {fc.NODE_LOCAL_DP_CLIPPING_NORM: dp["clipping_norm"], fc.NODE_LOCAL_DP_EPSILON: dp["epsilon"],

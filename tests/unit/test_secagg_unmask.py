@@ -28,14 +28,21 @@ def _identity(monkeypatch):
         monkeypatch.setattr(TaskIdentity, name, value)
 
 
-def _owner_after_masking() -> Context:
+def _owner_after_masking(node_config: dict | None = None) -> Context:
     """Owner 11 as Flower's mod leaves it after the masked-vector stage: one share of each kind per neighbour."""
     state = SecAggPlusState(current_stage=Stage.COLLECT_MASKED_VECTORS, nid=11, sample_num=3, share_num=3,
                             threshold=2)
     state.rd_seed_share_dict = {n: f"seed-share-of-{n}".encode() for n in NEIGHBOURS}
     state.sk1_share_dict = {n: f"key-share-of-{n}".encode() for n in NEIGHBOURS}
-    context = Context(run_id=1, node_id=11, node_config={}, state=RecordDict(), run_config={fc.RUN_SECURE: True})
+    context = Context(run_id=1, node_id=11, node_config=node_config or {}, state=RecordDict(),
+                      run_config={fc.RUN_SECURE: True})
     context.state.config_records[RECORD_KEY_STATE] = ConfigRecord(state.to_dict())
+    return context
+
+
+def _next_round(context: Context) -> Context:
+    """The same owner's context in the run's next round, after masking again: its ledger kept."""
+    context.state.config_records[RECORD_KEY_STATE] = _owner_after_masking().state.config_records[RECORD_KEY_STATE]
     return context
 
 
@@ -119,3 +126,43 @@ def test_owner_yaml_privacy_section_reaches_the_clientapp(tmp_path):
     text = node_config(cfg)
     assert f"{fc.NODE_REQUIRE_SECURE}=true" in text and f"{fc.NODE_MIN_OWNERS}=5" in text
     assert f"{fc.NODE_MAX_EVALUATIONS}=100" in text  # the default
+
+
+@pytest.mark.parametrize("first,later", [
+    ([11, 22, VICTIM], [11, 22]),  # a round without the victim: its update is the difference of the two sums
+    ([11, 22], [11, 22, VICTIM]),  # the victim joins later: the same difference, in the other order
+    ([11, 22, VICTIM], [11, VICTIM]),  # another owner dropped
+])
+def test_a_sum_over_other_owners_than_the_runs_first_is_refused(first, later):
+    """The fixed-membership rule (run_ledger.check_fixed_membership): every sum of a run is over the same owners."""
+    context = _owner_after_masking()
+    dead = sorted(set(NEIGHBOURS) - set(first))
+    privacy_mod(_unmask(first, dead), context, _never)  # the run's first sum fixes the owners
+    privacy_mod(_unmask(first, dead), _next_round(context), _never)  # the same owners again: served
+    _next_round(context)
+    before = dict(context.state.config_records[RECORD_KEY_STATE])
+    with pytest.raises(fc.InstructionRefused, match="over other owners than this run's first secure sum"):
+        privacy_mod(_unmask(later, sorted(set(NEIGHBOURS) - set(later))), context, _never)
+    assert dict(context.state.config_records[RECORD_KEY_STATE]) == before  # no share left: Flower's mod never ran
+
+
+def test_a_new_run_starts_a_new_membership():
+    """Flower starts context.state empty for each run, so the ledger is per run (two runs: docs/security.md)."""
+    privacy_mod(_unmask([11, 22, VICTIM], []), _owner_after_masking(), _never)
+    privacy_mod(_unmask([11, 22], [VICTIM]), _owner_after_masking(), _never)
+
+
+def test_a_sum_over_fewer_than_the_owners_minimum_is_refused():
+    """Three owners set up the round, one is declared dead: a sum of two, below the owner's minimum of 3."""
+    context = _owner_after_masking({fc.NODE_MIN_OWNERS: 3})
+    with pytest.raises(fc.InstructionRefused, match="sum would be over 2 owner.*at least 3 owners"):
+        privacy_mod(_unmask([11, 22], [VICTIM]), context, _never)
+    privacy_mod(_unmask([11, 22, VICTIM], []), _owner_after_masking({fc.NODE_MIN_OWNERS: 3}), _never)
+
+
+def test_a_partial_share_graph_is_refused_at_setup():
+    """With fewer shares than owners an owner sees only its neighbours' part of the active list."""
+    setup = _setup(5, 3)
+    setup.content.config_records[RECORD_KEY_CONFIGS][Key.SHARE_NUMBER] = 3
+    with pytest.raises(fc.InstructionRefused, match="3 shares for 5 owners.*num_shares: 0"):
+        privacy_mod(setup, _owner(True), _never)

@@ -47,9 +47,11 @@ def write(tmp_path: Path, owners: int, **section: object) -> Path:
     (10, {"enabled": True, "reconstruction_threshold": 5},
      "training.secure_aggregation.reconstruction_threshold: 5 is not a strict majority of the 10 shares"),
     (3, {"num_shares": 2}, "training.secure_aggregation.num_shares: must be 0 (every owner) or at least 3, got 2"),
+    (10, {"enabled": True, "num_shares": 5},
+     "training.secure_aggregation.num_shares: 5 of 10 owners: owners take part only where each holds a share"),
     (100, {"enabled": True, "quantization_range": 2**26},
      "training.secure_aggregation.quantization_range: 100 owners' sum of 67108864 levels overflows"),
-    (3, {"noise_multiplier": 1.0}, "training.secure_aggregation.noise_multiplier: differential privacy runs on "
+    (3, {"enabled": False, "noise_multiplier": 1.0}, "training.secure_aggregation.noise_multiplier: differential privacy runs on "
                                    "the secure sum; set enabled: true"),
     (3, {"enabled": True, "noise_multiplier": -0.5},
      "training.secure_aggregation.noise_multiplier: must be >= 0, got -0.5"),
@@ -68,6 +70,27 @@ def test_a_robust_aggregation_cannot_run_on_masked_updates(tmp_path):
     with pytest.raises(ConfigError) as err:
         coord.load(path)
     assert "training.secure_aggregation.enabled: SecAgg+ sums masked updates, so only fedavg" in str(err.value)
+
+
+@pytest.mark.parametrize(("owners", "on"), [(0, False), (2, False), (3, True), (10, True)])
+def test_auto_is_secure_from_three_owners(tmp_path, owners, on):
+    """The default (enabled: auto): SecAgg+ wherever owners' default policy (three or more per sum) allows it."""
+    cfg = coord.load(write(tmp_path, owners))
+    assert cfg.training.secure_aggregation.enabled is on
+    assert secure_run_config(cfg.training.secure_aggregation)[fc.RUN_SECURE] is on
+
+
+def test_auto_with_a_robust_aggregation_is_refused_not_run_plain(tmp_path):
+    path = write(tmp_path, 3)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["training"] |= {"aggregation": "fedmedian"}
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="training.aggregation fedmedian needs each owner's update in the clear, and "
+                                          r"training.secure_aggregation.enabled is auto \(on with 3 owners\)"):
+        coord.load(path)
+    cfg["training"]["secure_aggregation"] = {"enabled": False}
+    path.write_text(yaml.safe_dump(cfg))
+    assert coord.load(path).training.secure_aggregation.enabled is False
 
 
 def test_every_problem_of_the_section_at_once(tmp_path):

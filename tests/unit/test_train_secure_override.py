@@ -35,7 +35,7 @@ def write(tmp_path: Path, owners: int = 3, aggregation: str = "fedavg", **sectio
         "supernode_public_keys": keys,
         "superlink": {"certfile": "a.crt", "keyfile": "a.key", "ca_certfile": "ca.crt"},
         "training": {"output_dir": str(tmp_path / "out"), "min_nodes": 2, "aggregation": aggregation,
-                     "secure_aggregation": section},
+                     "secure_aggregation": {"enabled": False, **section}},
     }
     path = tmp_path / "coordinator.yaml"
     path.write_text(yaml.safe_dump(cfg))
