@@ -108,7 +108,7 @@ def one_run(dataset: str, owners: int, scheme: str, rounds: int, max_rows: int |
         saved = {k: os.environ.get(k) for k in VARIANTS[variant]}
         os.environ.update(VARIANTS[variant])  # inherited by the SuperNodes Cluster starts
         try:
-            with Cluster(work) as c:
+            with Cluster(work, secure=False) as c:
                 c.make_pki(names)
                 # 10 SuperNodes on 2 cores can starve one past Flower's heartbeat: let a round
                 # complete with 80% of the owners and record how many answered.
@@ -181,7 +181,7 @@ def poll_cost(out: Path, intervals: tuple[float, ...] = (1.0, 0.5, 0.2, 0.1, 0.0
             saved = os.environ.get("FLWR_SUPEREXEC_TASK_POLL_INTERVAL")
             os.environ["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(interval)
             try:
-                with Cluster(work) as c:
+                with Cluster(work, secure=False) as c:
                     c.make_pki(["owner-0"])
                     cfg_path = c.coordinator_config(["owner-0"], rounds=1, min_nodes=1)
                     c.start_superlink(cfg_path)

@@ -152,7 +152,7 @@ def federate(work: Path, summary: dict[str, Any], family: str, training: dict[st
     """One loopback federation on the partition; its per-round rows, seconds and the artifact."""
     files = [o["path"] for o in summary["owners"]]
     names = [f"owner-{i}" for i in range(len(files))]
-    with Cluster(work) as c:
+    with Cluster(work, secure=False) as c:
         c.make_pki(names)
         # 10 SuperNodes on 2 cores can starve one past Flower's heartbeat (bench/federated.py): a round
         # completes with 80% of the owners; nodes_per_round says how many answered.

@@ -46,6 +46,10 @@ class Cluster:
     work: Path
     host: str = "127.0.0.1"
     procs: list[Proc] = field(default_factory=list)
+    # False pins plain mode on both sides (the coordinator's secure_aggregation.enabled false, each owner's
+    # privacy.require_secure_aggregation false) unless a config call sets it; None keeps the defaults (SecAgg+
+    # from three owners). Tests that are not about privacy pin plain mode: a SecAgg+ round costs ~15 s.
+    secure: bool | None = None
 
     def __post_init__(self) -> None:
         self.work = self.work.resolve()
@@ -84,6 +88,8 @@ class Cluster:
             },
             "training": {"output_dir": str(self.work / "training"), **training},
         }
+        if self.secure is not None and "secure_aggregation" not in training:
+            cfg["training"]["secure_aggregation"] = {"enabled": self.secure}
         path = self.work / "coordinator.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         return path
@@ -102,6 +108,8 @@ class Cluster:
             "crl_file": str(self.pki / "crl.pem"),
             **extra,
         }
+        if self.secure is False:
+            cfg["privacy"] = {"require_secure_aggregation": False, **dict(extra.get("privacy") or {})}
         path = self.work / f"{owner}.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         return path

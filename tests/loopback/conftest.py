@@ -31,7 +31,7 @@ def fed(tmp_path_factory):
     data = work / "data"
     write_partitions("digits", 3, data, scheme="iid", seed=0)
     (data / "bad.csv").write_text("f0,label\n1,0\n")  # wrong column count for digits
-    with Cluster(work) as c:
+    with Cluster(work, secure=False) as c:
         c.make_pki(OWNERS + ["owner-bad", "intruder"])
         cfg_path = c.coordinator_config(
             OWNERS + ["owner-bad"], rounds=3, min_nodes=3, public_test=str(data / "public-test.npz"),

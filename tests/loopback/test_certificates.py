@@ -171,7 +171,7 @@ def federation(tmp_path_factory, foreign):
     """
     work = tmp_path_factory.mktemp("flower-certs")
     write_partitions("digits", 1, work / "data", scheme="iid", seed=0)
-    with Cluster(work) as c:
+    with Cluster(work, secure=False) as c:
         c.make_pki([OWNER])
         cfg_path = c.coordinator_config([OWNER])
         owner_cfg = owner_config.load(c.owner_config(OWNER, work / "data" / "owner-0.npz"))

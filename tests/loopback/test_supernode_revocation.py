@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
 def test_register_unregisters_a_key_no_longer_listed(tmp_path):
-    with Cluster(tmp_path) as c:
+    with Cluster(tmp_path, secure=False) as c:
         c.make_pki(["owner-0", "owner-1"])
         both = c.coordinator_config(["owner-0", "owner-1"])
         superlink = c.start_superlink(both)
@@ -50,7 +50,7 @@ def test_register_unregisters_a_key_no_longer_listed(tmp_path):
 def test_a_supernode_refuses_a_superlink_whose_certificate_is_revoked(tmp_path):
     """owner.yaml's crl_file: `fedfhe-owner supernode` checks the SuperLink's certificate before Flower
     connects, and refuses to start when it is revoked (a stolen SuperLink key answering at its address)."""
-    with Cluster(tmp_path) as c:
+    with Cluster(tmp_path, secure=False) as c:
         c.make_pki(["owner-0"])
         write_crl(c.pki)
         both = c.coordinator_config(["owner-0"])

@@ -52,7 +52,7 @@ def fed(tmp_path_factory):
     work = tmp_path_factory.mktemp("tabular")
     data = work / "data"
     summary = write_tabular_partitions("penguins", len(OWNERS), data, "iid", 0.5, 0, 0.2)
-    with Cluster(work) as c:
+    with Cluster(work, secure=False) as c:
         c.make_pki(OWNERS)
         cfg_path = c.coordinator_config(
             OWNERS, rounds=3, min_nodes=3, round_timeout_s=30.0, wait_for_nodes_s=60.0,

@@ -116,7 +116,7 @@ def digits_federation(work: Path, owners: list[str], **training: Any) -> Iterato
 
     data = work / "data"
     write_partitions("digits", len(owners), data, scheme="iid", seed=0)
-    with Cluster(work) as c:
+    with Cluster(work, secure=False) as c:
         try:
             c.make_pki(owners)
             cfg_path = c.coordinator_config(owners, **training)

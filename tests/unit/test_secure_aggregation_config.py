@@ -51,8 +51,8 @@ def write(tmp_path: Path, owners: int, **section: object) -> Path:
      "training.secure_aggregation.num_shares: 5 of 10 owners: owners take part only where each holds a share"),
     (100, {"enabled": True, "quantization_range": 2**26},
      "training.secure_aggregation.quantization_range: 100 owners' sum of 67108864 levels overflows"),
-    (3, {"enabled": False, "noise_multiplier": 1.0}, "training.secure_aggregation.noise_multiplier: differential privacy runs on "
-                                   "the secure sum; set enabled: true"),
+    (3, {"enabled": False, "noise_multiplier": 1.0},
+     "training.secure_aggregation.noise_multiplier: differential privacy runs on the secure sum; set enabled: true"),
     (3, {"enabled": True, "noise_multiplier": -0.5},
      "training.secure_aggregation.noise_multiplier: must be >= 0, got -0.5"),
 ])
