@@ -103,7 +103,8 @@ def owner_name(node: int) -> str:
 
 def federation(tmp_path: Path, server_step: tuple[float, float] | None = None, *, family: str = FAMILY,
                schema: DatasetSchema = SCHEMA, schema_ref: str = "digits", table: tuple | None = None,
-               rows: tuple = ROWS, newton_run: NewtonRun | None = None) -> dict:
+               rows: tuple = ROWS, newton_run: NewtonRun | None = None, grid_class: type = LocalGrid,
+               min_owners: int = 3) -> dict:
     """``ROUNDS`` secure rounds; the owners keep their true updates and metrics (node config test-record-updates)."""
     X, y = table if table is not None else load_digits(return_X_y=True)
     owners = {}
@@ -111,7 +112,7 @@ def federation(tmp_path: Path, server_step: tuple[float, float] | None = None, *
         path = tmp_path / f"{owner_name(node)}.csv"
         save_csv(path, X[a:b], y[a:b], schema)
         node_config = {"owner-id": owner_name(node), "data-path": str(path), "schema": schema_ref,
-                       "holdout-fraction": 0.2, "seed": 0, fc.NODE_MIN_OWNERS: 3, fc.NODE_MAX_EVALUATIONS: 100,
+                       "holdout-fraction": 0.2, "seed": 0, fc.NODE_MIN_OWNERS: min_owners, fc.NODE_MAX_EVALUATIONS: 100,
                        fc.TEST_RECORD_UPDATES: str(tmp_path / "owners")}
         owners[node] = Context(run_id=1, node_id=node, node_config=node_config, state=RecordDict(),
                                run_config={fc.RUN_SECURE: True, fc.RUN_SECAGG_CLIPPING_RANGE: CLIPPING_RANGE,
@@ -126,7 +127,7 @@ def federation(tmp_path: Path, server_step: tuple[float, float] | None = None, *
     if newton_run is not None:
         config[fc.PHASE] = fc.PHASE_NEWTON
     keys = {fc.owner_key_id(f"key-{n}".encode()): owner_name(n) for n in NODES}
-    grid = LocalGrid(owners)
+    grid = grid_class(owners)
     initial = to_arrays(models.initial_parameters(family, schema))
     final, recorder, _ = run_secure(
         grid, coordinator, policy=ReplyPolicy(family, schema, newton_terms=newton_run is not None),
