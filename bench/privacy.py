@@ -194,6 +194,7 @@ def main() -> None:
     ap.add_argument("--skewed-rows", type=int, default=10000, help="rows of Fashion-MNIST for the skewed runs")
     ap.add_argument("--quick", action="store_true", help="digits with 3 owners only")
     ap.add_argument("--only", choices=["skewed", "local-dp"], help="run one section only (writes the same keys)")
+    ap.add_argument("--variants", nargs="+", help="run only these variants (e.g. secagg-fedavgm-m0.5) of the plans")
     args = ap.parse_args()
     started = time.time()
     # (dataset, owners, variants, rows, scheme, rounds, local DP levels, reference)
@@ -218,6 +219,11 @@ def main() -> None:
     elif args.only == "local-dp":
         plans = [(d, n, {k: v for k, v in runs.items() if k in ("plain", "secagg")}, rows, sch, r, dp, ref)
                  for d, n, runs, rows, sch, r, dp, ref in plans if dp]
+    if args.variants:
+        plans = [(d, n, {k: v for k, v in runs.items() if k in args.variants}, rows, sch, r,
+                  tuple(e for e in dp if f"secagg-local-dp-eps{e:g}" in args.variants), ref)
+                 for d, n, runs, rows, sch, r, dp, ref in plans]
+        plans = [p for p in plans if p[2] or p[6]]
     results: list[dict[str, Any]] = []
     for i, (dataset, owners, runs, max_rows, scheme, rounds, dp, ref) in enumerate(plans):
         results += federation(dataset, owners, rounds, max_rows, runs, round_timeout=300.0, scheme=scheme,

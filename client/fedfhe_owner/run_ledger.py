@@ -90,8 +90,8 @@ def check_fixed_membership(context: Context, active: list[int], min_owners: int)
     is the whole sum's, not only its neighbours'. Weaker rules leave a gap: "no round may drop exactly one
     owner" allows A - B - C = {v} with B and C disjoint halves of A without v, which no single owner sees.
 
-    The price: an owner lost mid-run ends the training (every later sum is refused, the failed round's model
-    would then be sent again, and the coordinator stops there, keeping the last model); an owner lost in the
+    The price: an owner lost mid-run ends the training (that round's sum is refused by every owner, and the
+    coordinator ends the run with the model it has: secure_training.CheckedSecAgg); an owner lost in the
     first round only shrinks the group. Sampling fewer than every owner per round is refused the same way.
     What it does not cover: two runs. A second run over the owners minus one, started from the same initial
     model, gives that owner's first update by difference; the consortium's operators (who register the
@@ -100,8 +100,8 @@ def check_fixed_membership(context: Context, active: list[int], min_owners: int)
     members = sorted(int(n) for n in active)
     if len(members) < min_owners:
         raise fc.InstructionRefused(
-            f"SecAgg+ unmask: the sum would be over {len(members)} owner(s); this owner takes part only in sums of "
-            f"at least {min_owners} owners (owner.yaml privacy.min_owners_per_round)")
+            f"SecAgg+ unmask: the sum would be over {len(members)} owner(s); {fc.REFUSED_FEW_OWNERS} "
+            f"{min_owners} owners (owner.yaml privacy.min_owners_per_round)")
     record = _ledger(context)
     first = sorted(int(n) for n in record.get(MEMBERS, []))
     if not first:
@@ -114,6 +114,6 @@ def check_fixed_membership(context: Context, active: list[int], min_owners: int)
             f"without {len(gone)} owner(s) of the first ({', '.join(map(str, gone[:5]))})" if gone else "",
             f"with {len(new)} owner(s) not in it ({', '.join(map(str, new[:5]))})" if new else "") if part)
         raise fc.InstructionRefused(
-            f"SecAgg+ unmask: this sum is over other owners than this run's first secure sum ({change}); sums over "
+            f"SecAgg+ unmask: this sum {fc.REFUSED_OTHER_OWNERS} ({change}); sums over "
             "sets that differ would let the coordinator separate one owner's update, so every sum of a run must be "
             "over the same owners")

@@ -357,6 +357,13 @@ def check_reply(content: Any, phase: Phase, family: str, schema: DatasetSchema, 
     return Reply(params, metrics)
 
 
+# Owners' refusals of a SecAgg+ sum over other owners than the run's first, or over too few
+# (fedfhe_owner.run_ledger.check_fixed_membership): the coordinator reads either in a halted round as an owner
+# lost mid-run, and ends the training with the model it has (secure_training.CheckedSecAgg).
+REFUSED_OTHER_OWNERS = "is over other owners than this run's first secure sum"
+REFUSED_FEW_OWNERS = "this owner takes part only in sums of at least"
+
+
 class InstructionRefused(ValueError):
     """What the coordinator sent does not fit the contract: the owner refuses the message with this reason."""
 

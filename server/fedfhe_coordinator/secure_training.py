@@ -58,7 +58,7 @@ from fedfhe_common import fl_contract as fc
 from fedfhe_common import newton, score_sums
 from fedfhe_common.transport import to_arrays
 
-from .server_app import NodesLost, Recording, ReplyPolicy, TrainingStopped
+from .server_app import NodesLost, OwnersChanged, Recording, ReplyPolicy, TrainingStopped
 from .wire_bytes import CountingGrid
 
 STAGES = (Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED_VECTORS, Stage.UNMASK)
@@ -463,6 +463,12 @@ class CheckedSecAgg:
             entry["error"] = self.recorder.halted(server_round)
             self.recorder.flush(server_round - 1)
             self.recorder.flush(server_round)
+            refused = [f for f in entry["failures"]
+                       if fc.REFUSED_OTHER_OWNERS in f["reason"] or fc.REFUSED_FEW_OWNERS in f["reason"]]
+            if refused and server_round > 1:
+                lost = sorted({m["owner"] for m in entry["missing"]}) or ["see the round's failures"]
+                self.recorder.stopped = OwnersChanged(server_round, f"lost: {', '.join(lost)}")
+                raise self.recorder.stopped
             raise NodesLost(entry["error"])
 
 

@@ -84,6 +84,19 @@ class TrainingStopped(Exception):
         self.server_round, self.earlier, self.arrays = server_round, earlier, arrays
 
 
+class OwnersChanged(TrainingStopped):
+    """Round ``server_round``'s SecAgg+ sum was refused by owners because an owner of the run was lost: owners
+    sum only over the run's first set of owners (fedfhe_owner.run_ledger.check_fixed_membership), so no later
+    round can complete, and training ends with the model this round was sent (``earlier`` is this round: the
+    initial model when it is round 1)."""
+
+    def __init__(self, server_round: int, why: str) -> None:
+        Exception.__init__(self, f"round {server_round}: owners refused a sum over other owners than the run's "
+                                 f"({why}); owners sum only over the run's first set of owners (issue 25), so "
+                                 f"training ended after round {server_round - 1}")
+        self.server_round, self.earlier, self.arrays = server_round, server_round, None
+
+
 class BoundedGrid:
     """The grid as Flower's node sampler sees it: one stable node list, and a deadline.
 

@@ -10,6 +10,7 @@ the tests assert on what actually left each owner.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from flwr.app import Message
 from flwr.common.constant import SUPERLINK_NODE_ID
@@ -17,7 +18,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.supercore.task_identity import TaskIdentity
 from test_secure_metrics import NODES, LocalGrid, federation
 
-from fedfhe_coordinator.server_app import NodesLost
+from fedfhe_coordinator.server_app import NodesLost, OwnersChanged
 
 VICTIM = NODES[-1]
 
@@ -99,17 +100,25 @@ def test_the_victim_on_both_lists_every_owner_refuses_and_no_share_leaves(tmp_pa
 
 
 @pytest.mark.parametrize(("min_owners", "reason"), [
-    (2, "over other owners than this run's first secure sum (without 1 owner(s) of the first ({victim}))"),
+    (2, "is over other owners than this run's first secure sum (without 1 owner(s) of the first ({victim}))"),
     (3, "the sum would be over 2 owner(s); this owner takes part only in sums of at least 3 owners"),
 ], ids=["fixed-membership", "min-owners"])
 def test_a_round_that_leaves_one_owner_out_is_refused_by_every_owner(tmp_path, min_owners, reason):
-    """Owners who accept sums of two still refuse round 2: it is over other owners than round 1."""
+    """Owners who accept sums of two still refuse round 2: it is over other owners than round 1. The honest
+    coordinator's reading of the same refusals (an owner lost mid-run): training ends with round 1's model."""
     reason = reason.format(victim=VICTIM)
-    message, grid = run_refused(tmp_path, VictimLeftOutOfRound2, min_owners)
+    fed = federation(tmp_path, grid_class=VictimLeftOutOfRound2, min_owners=min_owners)
+    grid = RewritingGrid.made[-1]
     first = unmask_replies(grid, 1)
     assert len(first) == len(NODES) and not any(m.has_error() for m in first)  # round 1 fixed the run's owners
     second = unmask_replies(grid, 2)
     assert len(second) == len(NODES) and all(reason in m.error.reason for m in second), \
         [m.error.reason for m in second]
     assert shares_sent(second) == []
-    assert message.startswith("round 2: secure aggregation stopped") and reason in message, message
+    recorder = fed["recorder"]
+    assert isinstance(recorder.stopped, OwnersChanged), recorder.stopped
+    assert str(recorder.stopped).startswith("round 2: owners refused a sum over other owners than the run's"), \
+        recorder.stopped
+    assert "training ended after round 1" in str(recorder.stopped)
+    assert reason in recorder.entry(2)["error"], recorder.entry(2)
+    assert any(not np.array_equal(a, b) for a, b in zip(fed["final"], fed["initial"], strict=True))  # round 1's
