@@ -3,6 +3,7 @@ the JSON Schema export matches what the loader accepts, and Ansible validates ev
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -152,3 +153,16 @@ def test_a_key_given_twice_is_a_problem(tmp_path, capsys):
     last = len(text.splitlines())
     assert f"o.yaml:{last}: duplicate key 'seed' (also on line {first}; the later one would win)" in \
         capsys.readouterr().err
+
+
+def test_test_only_keys_stay_out_of_the_exported_json_schema_but_load(tmp_path, capsys):
+    """Issue 28: test_hostile_reply in owner.yaml's JSON Schema offered every editor a hostile-reply switch."""
+    from fedfhe_owner.config import OwnerConfig
+
+    assert client_cli.main(["check-config", "--json-schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert not [k for k in schema["properties"] if k.startswith("test_")], sorted(schema["properties"])
+    assert "test_hostile_reply" in {f.name for f in dataclasses.fields(OwnerConfig)}
+    owner = yaml.safe_load((ROOT / "client" / "owner.example.yaml").read_text())
+    (tmp_path / "o.yaml").write_text(yaml.safe_dump({**owner, "test_hostile_reply": "nan"}))
+    assert client_cli.main(["check-config", "--config", str(tmp_path / "o.yaml")]) == 0
