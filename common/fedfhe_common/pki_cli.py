@@ -181,11 +181,22 @@ def _add_days(p: argparse.ArgumentParser) -> None:
                    help=f"the certificate's lifetime in days (default {LEAF_DAYS}; renew before it ends)")
 
 
+DIR_HELP = ("PKI directory (holds ca.crt, ca.key); every command but request, supernode-key (or their --out) "
+            "and show needs it")
+
+
+def _add_dir(p: argparse.ArgumentParser) -> None:
+    """--dir after the subcommand too (``fedfhe-pki list --dir pki``), as every other fedfhe command takes options.
+
+    SUPPRESS as default: a subcommand that was not given --dir keeps the one given before it.
+    """
+    p.add_argument("--dir", type=Path, default=argparse.SUPPRESS, help=DIR_HELP)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="fedfhe-pki", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dir", type=Path, help="PKI directory (holds ca.crt, ca.key); every command but request, "
-                                             "supernode-key (or their --out) and show needs it")
+    ap.add_argument("--dir", type=Path, help=DIR_HELP)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("init", help="create a new CA")
     p.add_argument("--exist-ok", action="store_true", help="keep an existing CA instead of failing")
@@ -264,5 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("crl", help="re-sign crl.pem from revoked.txt (refresh its next update)")
     p.add_argument("--days", type=int, default=CRL_DAYS, help=f"days until the next update (default {CRL_DAYS})")
     _add_passphrase(p)
+    for p in sub.choices.values():
+        _add_dir(p)
     ap.set_defaults(fn=_command)
     return run(ap, argv, name_command=False)
