@@ -52,6 +52,32 @@ def configure(log_format: str = "text", level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
+# torch.utils.cpp_extension (Concrete ML imports it) prints this to stderr on a host with a CUDA toolkit and no GPU.
+CUDA_NOTICE = "No CUDA runtime is found"
+
+
+def import_torch_quietly() -> list[str]:
+    """Import torch's C++-extension helper with stderr captured; the lines it printed.
+
+    Importing it prints "No CUDA runtime is found, using CUDA_HOME=..." straight to stderr on a host with a
+    CUDA toolkit but no GPU: a bare line among ``--log-format json`` records that log shippers cannot parse.
+    Imported once here, later imports (Concrete ML's) print nothing; the caller decides what the lines become.
+    Without torch there is nothing to import and nothing printed.
+    """
+    import contextlib
+    import io
+
+    if "torch.utils.cpp_extension" in sys.modules:
+        return []
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            import torch.utils.cpp_extension  # noqa: F401
+    except ImportError:
+        pass
+    return captured.getvalue().splitlines()
+
+
 def add_log_format(parser: argparse.ArgumentParser) -> None:
     """``--log-format text|json`` on a service's subcommand."""
     parser.add_argument("--log-format", choices=FORMATS, default="text",

@@ -29,6 +29,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     cfg = inference_config.load(args.config)
     configure(args.log_format)
+    if args.log_format == "json":  # torch's CUDA notice as a record, not a bare line among the records
+        import logging
+
+        from fedfhe_common.logs import import_torch_quietly
+
+        for line in import_torch_quietly():
+            logging.getLogger("torch").info(line)
     return serve(cfg)
 
 
