@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import HostPort, Range, from_dict, load_yaml
+from .config import HostPort, Range, from_dict, load_yaml, salvage
 from .errors import ConfigError, FedfheError
 from .output import add_format, print_json
 
@@ -71,7 +71,13 @@ def check_file(cls: type, path: Path, extra: Extra | None = None) -> list[str]:
     try:
         cfg = from_dict(cls, data, base=path.resolve().parent)
     except ConfigError as exc:
-        return problems + [f"{path}: {p}" for p in problems_of(exc)]
+        # The key errors, then what the whole-config checks say of the file with those keys at their defaults.
+        found = problems_of(exc)
+        salvaged, more = salvage(cls, data, base=path.resolve().parent)
+        if salvaged is not None and extra:
+            more += extra(salvaged)
+        found += [p for p in dict.fromkeys(more) if p not in found]
+        return problems + [f"{path}: {p}" for p in found]
     return problems + [f"{path}: {p}" for p in (extra(cfg) if extra else [])]
 
 

@@ -166,3 +166,20 @@ def test_test_only_keys_stay_out_of_the_exported_json_schema_but_load(tmp_path, 
     owner = yaml.safe_load((ROOT / "client" / "owner.example.yaml").read_text())
     (tmp_path / "o.yaml").write_text(yaml.safe_dump({**owner, "test_hostile_reply": "nan"}))
     assert client_cli.main(["check-config", "--config", str(tmp_path / "o.yaml")]) == 0
+
+
+def test_key_errors_and_whole_config_checks_are_reported_together(tmp_path, capsys):
+    """Issue 28: the family and SecAgg+ checks ran only once every key error was fixed: two rounds of edits."""
+    coord = yaml.safe_load((ROOT / "server" / "coordinator.example.yaml").read_text())
+    coord["training"]["bogus"] = 1  # a key error
+    coord["superlink"]["control_port"] = 0  # a key error in another section
+    keys = ("unknown key training.bogus", "superlink.control_port: must be >= 1")
+    family = {**coord, "training": {**coord["training"], "model": "Ridge"}}  # checked on the loaded config
+    secure = {**coord, "training": {**coord["training"], "secure_aggregation": {"num_shares": 1}}}  # __post_init__
+    for data, needle in ((family, "training.model: model 'Ridge' does not fit"),
+                         (secure, "training.secure_aggregation.num_shares: must be 0")):
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+        assert server_cli.main(["check-config", "--config", str(tmp_path / "c.yaml")]) == 1
+        err = capsys.readouterr().err
+        for text in (*keys, needle):
+            assert err.count(text) == 1, err
