@@ -128,8 +128,10 @@ def coordinator_problems(cfg: coord_config.CoordinatorConfig) -> list[str]:
         schema = resolve_schema(t.schema)
         try:
             models.check_family(t.model, schema)
+            models.check_params(t.model, t.model_params, "training.model_params")
         except ConfigError as exc:
-            problems += [f"training.model: {p}" for p in problems_of(exc)]
+            problems += [p if p.startswith("training.model_params") else f"training.model: {p}"
+                         for p in problems_of(exc)]
         try:
             sa = t.secure_aggregation
             resolve(t.aggregation, t.model, schema, sa.enabled, t.clip_norm, sa.enabled and sa.noise_multiplier > 0,

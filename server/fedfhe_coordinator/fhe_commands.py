@@ -148,11 +148,13 @@ def _choose(args: argparse.Namespace) -> int:
 
 
 def _train_local(args: argparse.Namespace) -> int:
+    from fedfhe_common import models
     from fedfhe_common.release import load_signing_key
     from fedfhe_common.schema import resolve_schema
 
     from .local_training import train_local_file
 
+    models.check_params(args.model, args.model_params, "--model-params")
     key = load_signing_key(args.release_key)
     schema = resolve_schema(args.schema)
     eval_set = _load_eval(args.eval, args.eval_labels, schema)
