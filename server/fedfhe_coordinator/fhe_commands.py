@@ -73,8 +73,9 @@ def _compile(args: argparse.Namespace) -> int:
     from fedfhe_common.artifact import TrainingArtifact
     from fedfhe_common.release import load_signing_key
 
-    from .compile import compile_artifact
+    from .compile import check_out, compile_artifact
 
+    check_out(args.out, args.force)  # before the release key's passphrase prompt and the artifact's check
     key = load_signing_key(args.release_key)
     # Signature and manifest are checked before anything heavy (the --eval file, Concrete ML).
     artifact = TrainingArtifact.load(args.artifact, key.public_key())

@@ -45,3 +45,13 @@ def test_compile_refuses_an_existing_out_before_reading_or_compiling_anything(tm
     (tmp_path / "bundle").mkdir()
     with pytest.raises(FedfheError, match="bundle: already exists; choose another --out or pass --force"):
         compile_artifact(tmp_path / "no-such-artifact", tmp_path / "bundle", signing_key=Ed25519PrivateKey.generate())
+
+
+def test_compile_command_refuses_an_existing_out_before_opening_the_release_key(tmp_path, capsys):
+    """An encrypted release.key prompts for its passphrase: not for a command that then refuses its --out."""
+    from fedfhe_coordinator import cli as server_cli
+
+    (tmp_path / "bundle").mkdir()
+    assert server_cli.main(["compile", "--artifact", str(tmp_path / "no-artifact"), "--out", str(tmp_path / "bundle"),
+                            "--release-key", str(tmp_path / "no-release.key")]) == 1
+    assert "bundle: already exists; choose another --out or pass --force" in capsys.readouterr().err
