@@ -23,6 +23,7 @@ def test_a_regressors_predictions_file_carries_r2(tmp_path):
     write_predictions(out, result([1.0, 2.0, 3.0, 4.0], []), np.array([1.0, 2.0, 3.0, 5.0]))
     doc = json.loads(out.read_text())
     assert "accuracy" not in doc and doc["r2"] == pytest.approx(1 - 1 / 8.75)  # residual 1 over 8.75 around 2.75
+    assert doc["mae"] == pytest.approx(0.25)  # the error in the target's unit too (issue 28: "r2/mae")
 
 
 def test_a_classifiers_file_keeps_accuracy(tmp_path):
