@@ -94,7 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(fn=_predict)
 
     p = sub.add_parser("delete-keys", help="make the inference node forget this owner's keys for a model version")
-    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--config", type=Path, required=True, help="owner.yaml (with an 'inference' section)")
     p.add_argument("--model", help="model id (default: inference.model_id, or the only model served)")
     p.add_argument("--version", help="model version (default: the latest)")
     p.set_defaults(fn=_delete_keys)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedfhe_common.config_check import add_check_config
-from fedfhe_common.console import add_command, command_parser, run
+from fedfhe_common.console import add_command, add_examples, command_parser, run
 from fedfhe_common.errors import ConfigError, FedfheError
 from fedfhe_common.logs import add_log_format
 from fedfhe_common.output import add_format, print_json, wants_json
@@ -164,4 +164,10 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--reload", action="store_true", help="send SIGHUP to the running server (pid_file)")
         else:
             add_format(p)
+    add_examples(ap, {
+        "serve": "--config /etc/fedfhe/inference.yaml --log-format json",
+        "check-config": "--config /etc/fedfhe/inference.yaml",
+        "publish": "--config /etc/fedfhe/inference.yaml bundles/digits-lr-1 --reload",
+        "list": "--config /etc/fedfhe/inference.yaml --format json",
+    })
     return run(ap, argv, errors=(FileNotFoundError,))
