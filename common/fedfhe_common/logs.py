@@ -56,23 +56,24 @@ def configure(log_format: str = "text", level: int = logging.INFO) -> None:
 CUDA_NOTICE = "No CUDA runtime is found"
 
 
-def import_torch_quietly() -> list[str]:
-    """Import torch's C++-extension helper with stderr captured; the lines it printed.
+def import_quietly(module: str) -> list[str]:
+    """Import ``module`` (Concrete ML) with stderr captured; the lines its import printed.
 
-    Importing it prints "No CUDA runtime is found, using CUDA_HOME=..." straight to stderr on a host with a
-    CUDA toolkit but no GPU: a bare line among ``--log-format json`` records that log shippers cannot parse.
-    Imported once here, later imports (Concrete ML's) print nothing; the caller decides what the lines become.
-    Without torch there is nothing to import and nothing printed.
+    Concrete ML imports torch.utils.cpp_extension, which prints "No CUDA runtime is found, using CUDA_HOME=..."
+    straight to stderr on a host with a CUDA toolkit but no GPU: a bare line among ``--log-format json``
+    records that log shippers cannot parse. Imported once here, later imports print nothing; the caller decides
+    what the lines become. A module that is not installed is left for its user to report.
     """
     import contextlib
+    import importlib
     import io
 
-    if "torch.utils.cpp_extension" in sys.modules:
+    if module in sys.modules:
         return []
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
-            import torch.utils.cpp_extension  # noqa: F401
+            importlib.import_module(module)
     except ImportError:
         pass
     return captured.getvalue().splitlines()

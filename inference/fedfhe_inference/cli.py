@@ -32,10 +32,10 @@ def _serve(args: argparse.Namespace) -> int:
     if args.log_format == "json":  # torch's CUDA notice as a record, not a bare line among the records
         import logging
 
-        from fedfhe_common.logs import import_torch_quietly
+        from fedfhe_common.logs import import_quietly
 
-        for line in import_torch_quietly():
-            logging.getLogger("torch").info(line)
+        for line in import_quietly("concrete.ml.deployment"):
+            logging.getLogger("concrete").info(line)
     return serve(cfg)
 
 

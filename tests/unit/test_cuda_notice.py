@@ -21,8 +21,8 @@ pytestmark = pytest.mark.timeout(300)
 
 def test_torch_is_imported_with_its_notice_captured_not_printed(tmp_path):
     code = ("import json, torch.cuda\n"
-            "from fedfhe_common.logs import import_torch_quietly\n"
-            "lines = import_torch_quietly()\n"
+            "from fedfhe_common.logs import import_quietly\n"
+            "lines = import_quietly('torch.utils.cpp_extension')\n"
             "import torch.utils.cpp_extension\n"
             "print(json.dumps({'lines': lines, 'gpu': torch.cuda.is_available()}))\n")
     env = {**os.environ, "CUDA_HOME": str(tmp_path)}  # a toolkit here: torch prints its notice unless a GPU runs
