@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from fedfhe_common.config_check import add_check_config
-from fedfhe_common.console import add_command, command_parser, run
+from fedfhe_common.console import add_command, add_examples, command_parser, run
 from fedfhe_common.errors import FedfheError
 from fedfhe_common.logs import add_log_format
 
@@ -81,14 +81,26 @@ def owner_problems(cfg: owner_config.OwnerConfig) -> list[str]:
     return schema_problems(cfg.schema)
 
 
+# One command line per subcommand, ending its --help (tests/unit/test_cli_help.py parses each).
+EXAMPLES = {
+    "supernode": "--config /etc/fedfhe/owner.yaml --log-format json",
+    "check-config": "--config /etc/fedfhe/owner.yaml",
+    "check-data": "--config /etc/fedfhe/owner.yaml",
+    "draft-schema": "--data patients.csv --label outcome --out schema.yaml",
+    "app-hash": "--fab fedfhe-app.fab",
+    "predict": "--config /etc/fedfhe/owner.yaml --input rows.csv --out predictions.json",
+    "delete-keys": "--config /etc/fedfhe/owner.yaml --model digits-lr --version 1",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap, sub = command_parser("fedfhe-owner", __doc__)
     p = add_command(sub, "supernode", _supernode, "run flower-supernode (TLS, SuperNode auth) in the foreground",
-                    config=True)
+                    config="owner.yaml")
     add_log_format(p)
     add_check_config(sub, owner_config.OwnerConfig, "owner.yaml", owner_problems)
     add_command(sub, "check-data", _check_data, "validate this owner's data file against the schema (every bad "
-                "cell listed)", config=True)
+                "cell listed)", config="owner.yaml")
     p = add_command(sub, "draft-schema", _draft_schema, "print a draft typed schema read off a local CSV or Parquet "
                     "file, for review before sharing")
     p.add_argument("--data", type=Path, required=True, help="a CSV (with a header) or Parquet file on this host")
@@ -103,4 +115,5 @@ def main(argv: list[str] | None = None) -> int:
     from .predict_commands import register as register_predict  # predict, delete-keys
 
     register_predict(sub)
+    add_examples(ap, EXAMPLES)
     return run(ap, argv, errors=(FileNotFoundError,))

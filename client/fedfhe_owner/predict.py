@@ -71,6 +71,16 @@ class PredictResult:
             return float(r2_score(np.asarray(y, dtype=np.float64), np.asarray(self.predictions, dtype=np.float64)))
         return float(np.mean(self.predictions == np.asarray(y)))
 
+    def metrics(self, y: np.ndarray) -> dict[str, float]:
+        """Scores against labels: accuracy for a classifier; R² and mean absolute error (the target's unit) for a
+        regressor, since R² alone says nothing of how far off a prediction is."""
+        if self.classes:
+            return {"accuracy": self.score(y)}
+        from fedfhe_common.scoring import mean_abs_error
+
+        return {"r2": self.score(y), "mae": mean_abs_error(np.asarray(self.predictions, dtype=np.float64),
+                                                           np.asarray(y, dtype=np.float64))}
+
     def summary(self) -> dict[str, Any]:
         return {
             "model_id": self.model_id, "version": self.version, "bundle_sha256": self.bundle_sha256,

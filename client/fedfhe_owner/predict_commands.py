@@ -46,7 +46,7 @@ def _predict(args: argparse.Namespace) -> int:
     if wants_json(args):
         summary = {**result.summary(), "out": str(args.out), "state_dir": str(cfg.state_dir)}
         if y is not None:
-            summary[result.metric] = result.score(y)
+            summary.update(result.metrics(y))
         print_json(summary)
         return 0
     s, b = result.seconds, result.bytes
@@ -57,7 +57,8 @@ def _predict(args: argparse.Namespace) -> int:
           f"server FHE {s['server']:.2f}s, decrypt {s['decrypt']:.2f}s), "
           f"{b['ciphertexts'] / 1e6:.2f} MB sent, {b['results'] / 1e6:.2f} MB received")
     if y is not None:
-        shown = f"{100 * result.score(y):.2f}%" if result.metric == "accuracy" else f"R² {result.score(y):.4f}"
+        m = result.metrics(y)
+        shown = f"{100 * m['accuracy']:.2f}%" if "accuracy" in m else f"R² {m['r2']:.4f}, MAE {m['mae']:.4g}"
         print(f"  {result.metric} against the labels in {args.input}: {shown}")
     return 0
 
@@ -93,7 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(fn=_predict)
 
     p = sub.add_parser("delete-keys", help="make the inference node forget this owner's keys for a model version")
-    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--config", type=Path, required=True, help="owner.yaml (with an 'inference' section)")
     p.add_argument("--model", help="model id (default: inference.model_id, or the only model served)")
     p.add_argument("--version", help="model version (default: the latest)")
     p.set_defaults(fn=_delete_keys)

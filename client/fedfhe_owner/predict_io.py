@@ -104,7 +104,7 @@ def write_predictions(path: Path, result: PredictResult, y: np.ndarray | None = 
             rows.append(row)
         doc = {**result.summary(), "classes": result.classes, "predictions": rows}
         if y is not None:
-            doc[result.metric] = result.score(y)  # a regressor's is R², never an accuracy of 0
+            doc.update(result.metrics(y))  # a regressor's are R² and MAE, never an accuracy of 0
         write_atomic(path, (json.dumps(doc, indent=2) + "\n").encode())
         return
     lines = [",".join(["row", "prediction"] + (["label"] if y is not None else []) + prob_cols)]

@@ -222,6 +222,53 @@ def from_dict(cls: type[T], data: Any, prefix: str = "", base: Path | None = Non
     return cls(**kwargs)
 
 
+def _dataclass_of(tp: Any) -> type | None:
+    """The dataclass a field holds (``Annotated`` and ``| None`` unwrapped), or None."""
+    if typing.get_origin(tp) is typing.Annotated:
+        return _dataclass_of(typing.get_args(tp)[0])
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _dataclass_of(inner[0]) if len(inner) == 1 else None
+    return tp if dataclasses.is_dataclass(tp) else None
+
+
+def salvage(cls: type[T], data: Any, prefix: str = "", base: Path | None = None) -> tuple[T | None, list[str]]:
+    """``cls`` from ``data`` with every bad or unknown key left at its default, and the problems building it found.
+
+    ``from_dict`` stops before the checks that need a whole section (``__post_init__``) and check-config's
+    checks of a loaded config once one key is wrong; with this they run anyway, so one check-config names
+    both kinds of problem. None when a required key is missing or bad (nothing to check then).
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        return None, []
+    hints = typing.get_type_hints(cls, include_extras=True)
+    kwargs: dict[str, Any] = {}
+    problems: list[str] = []
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in data:
+            continue
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        inner = _dataclass_of(hints[f.name])
+        if inner is not None and isinstance(data[f.name], dict):
+            value, found = salvage(inner, data[f.name], key, base)
+            problems += found
+            if value is not None:
+                kwargs[f.name] = value
+            continue
+        try:
+            kwargs[f.name] = _coerce(data[f.name], hints[f.name], key, base)
+        except ConfigError:
+            pass  # from_dict reported it
+    try:
+        return cls(**kwargs), problems
+    except TypeError:  # a required key missing or bad
+        return None, problems
+    except ConfigError as exc:
+        return None, problems + (getattr(exc, "problems", None) or [str(exc)])
+
+
 def _combined(problems: list[str]) -> ConfigError:
     """One problem as itself; several as ``N problems: a; b; c`` (``.problems`` keeps the list)."""
     exc = ConfigError(problems[0] if len(problems) == 1 else f"{len(problems)} problems: " + "; ".join(problems))

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import HostPort, Range, from_dict, load_yaml
+from .config import HostPort, Range, from_dict, load_yaml, salvage
 from .errors import ConfigError, FedfheError
 from .output import add_format, print_json
 
@@ -27,6 +27,9 @@ Extra = Callable[[Any], list[str]]
 
 # What HostPort accepts, for editors: host:port or [v6]:port, port 1-65535 (the loader checks the range).
 HOST_PORT_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):[0-9]{1,5}$"
+# Keys only test federations set (owner.yaml's test_hostile_reply, ...): the loader accepts them, the exported
+# JSON Schema leaves them out, so an editor offers no one a hostile-reply switch and flags one in a real config.
+TEST_ONLY_PREFIX = "test_"
 
 
 def problems_of(exc: ConfigError) -> list[str]:
@@ -68,7 +71,13 @@ def check_file(cls: type, path: Path, extra: Extra | None = None) -> list[str]:
     try:
         cfg = from_dict(cls, data, base=path.resolve().parent)
     except ConfigError as exc:
-        return problems + [f"{path}: {p}" for p in problems_of(exc)]
+        # The key errors, then what the whole-config checks say of the file with those keys at their defaults.
+        found = problems_of(exc)
+        salvaged, more = salvage(cls, data, base=path.resolve().parent)
+        if salvaged is not None and extra:
+            more += extra(salvaged)
+        found += [p for p in dict.fromkeys(more) if p not in found]
+        return problems + [f"{path}: {p}" for p in found]
     return problems + [f"{path}: {p}" for p in (extra(cfg) if extra else [])]
 
 
@@ -137,11 +146,14 @@ def type_schema(tp: Any) -> dict[str, Any]:
 
 
 def dataclass_schema(cls: type) -> dict[str, Any]:
-    """An object schema: known keys only (as the loader), required keys, defaults, the class docstring."""
+    """An object schema: known keys only (as the loader, less the test-only ones), required keys, defaults, the
+    class docstring."""
     hints = typing.get_type_hints(cls, include_extras=True)
     props: dict[str, Any] = {}
     required = []
     for f in dataclasses.fields(cls):
+        if f.name.startswith(TEST_ONLY_PREFIX):
+            continue
         prop = type_schema(hints[f.name])
         if f.default is not dataclasses.MISSING:
             prop["default"] = _default(f.default)

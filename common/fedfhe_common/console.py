@@ -40,13 +40,30 @@ def command_parser(prog: str, description: str | None) -> tuple[argparse.Argumen
 
 
 def add_command(sub: Any, name: str, fn: Callable[[argparse.Namespace], int | None], help: str, *,
-                config: bool = False) -> argparse.ArgumentParser:
-    """Subcommand ``name`` running ``fn(args)``; ``config`` adds the required ``--config FILE``."""
+                config: bool | str = False) -> argparse.ArgumentParser:
+    """Subcommand ``name`` running ``fn(args)``; ``config`` adds the required ``--config FILE`` (a string: the file's
+    usual name, for its help)."""
     p = sub.add_parser(name, help=help)
     if config:
-        p.add_argument("--config", type=Path, required=True)
+        what = config if isinstance(config, str) else "the role's YAML config file"
+        p.add_argument("--config", type=Path, required=True, help=f"{what} (see check-config)")
     p.set_defaults(fn=fn)
     return p
+
+
+def set_example(parser: argparse.ArgumentParser, example: str) -> None:
+    """End ``parser``'s --help with one example command line: the quickest answer to "how is this called"."""
+    parser.epilog = f"example:\n  {example}"
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the example on its own line
+
+
+def add_examples(parser: argparse.ArgumentParser, examples: dict[str, str]) -> None:
+    """``set_example`` on each subcommand of ``parser``: ``examples`` maps its name to the arguments after it."""
+    for action in parser._actions:  # noqa: SLF001 - argparse keeps its subparsers only here
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for name, sub in action.choices.items():
+                if name in examples:
+                    set_example(sub, f"{parser.prog} {name} {examples[name]}".rstrip())
 
 
 def run(

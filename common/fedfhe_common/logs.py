@@ -52,6 +52,33 @@ def configure(log_format: str = "text", level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
+# torch.utils.cpp_extension (Concrete ML imports it) prints this to stderr on a host with a CUDA toolkit and no GPU.
+CUDA_NOTICE = "No CUDA runtime is found"
+
+
+def import_quietly(module: str) -> list[str]:
+    """Import ``module`` (Concrete ML) with stderr captured; the lines its import printed.
+
+    Concrete ML imports torch.utils.cpp_extension, which prints "No CUDA runtime is found, using CUDA_HOME=..."
+    straight to stderr on a host with a CUDA toolkit but no GPU: a bare line among ``--log-format json``
+    records that log shippers cannot parse. Imported once here, later imports print nothing; the caller decides
+    what the lines become. A module that is not installed is left for its user to report.
+    """
+    import contextlib
+    import importlib
+    import io
+
+    if module in sys.modules:
+        return []
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            importlib.import_module(module)
+    except ImportError:
+        pass
+    return captured.getvalue().splitlines()
+
+
 def add_log_format(parser: argparse.ArgumentParser) -> None:
     """``--log-format text|json`` on a service's subcommand."""
     parser.add_argument("--log-format", choices=FORMATS, default="text",

@@ -148,7 +148,22 @@ def build(family: str, params: dict[str, Any] | None = None) -> Any:
             validate()
         except (ValueError, TypeError) as exc:  # InvalidParameterError is both
             raise ConfigError(f"model {family}: bad parameter: {' '.join(str(exc).split())}") from None
+    else:  # XGBoost takes any name (**kwargs), warns at fit time and trains without it: refuse a typo here
+        unknown = sorted(set(params or {}) - set(cls().get_params()))
+        if unknown:
+            raise ConfigError(f"model {family}: unknown parameter {', '.join(map(repr, unknown))} (its scikit-learn "
+                              f"parameters: {', '.join(sorted(cls().get_params()))})")
     return model
+
+
+def check_params(family: str, params: dict[str, Any] | None, where: str) -> None:
+    """Refuse a bad estimator parameter naming where it was given (``--model-params``, ``training.model_params``),
+    before any data is read or any process started: the fit would fail later, as a traceback."""
+    _class(family)  # an unknown family is the family's error, not the parameters'
+    try:
+        build(family, params)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def param_shapes(family: str, schema: DatasetSchema) -> tuple[tuple[int, ...], tuple[int, ...]]:

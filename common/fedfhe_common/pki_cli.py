@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .console import run
+from .console import add_examples, run
 from .errors import PKIError
 from .output import add_format, print_json, wants_json
 from .pki import (
@@ -181,24 +181,50 @@ def _add_days(p: argparse.ArgumentParser) -> None:
                    help=f"the certificate's lifetime in days (default {LEAF_DAYS}; renew before it ends)")
 
 
+# One command line per subcommand, ending its --help (tests/unit/test_cli_help.py parses each).
+EXAMPLES = {
+    "init": "--dir pki --prompt-passphrase",
+    "server": "--dir pki h1-superlink --host superlink.example.org --host 10.0.0.1",
+    "client": "--dir pki owner-1",
+    "request": "client owner-1 --out /etc/fedfhe/tls",
+    "sign": "--dir pki owner-1.csr --role client --name owner-1",
+    "renew": "--dir pki owner-1 --within 30",
+    "show": "owner-1.crt --key owner-1.key --ca ca.crt",
+    "supernode-key": "owner-1 --out /etc/fedfhe/keys",
+    "release-key": "--dir pki --prompt-passphrase",
+    "revoke": "--dir pki owner-1 --reason keyCompromise",
+    "list": "--dir pki",
+    "crl": "--dir pki --days 30",
+}
+DIR_HELP = ("PKI directory (holds ca.crt, ca.key); every command but request, supernode-key (or their --out) "
+            "and show needs it")
+
+
+def _add_dir(p: argparse.ArgumentParser) -> None:
+    """--dir after the subcommand too (``fedfhe-pki list --dir pki``), as every other fedfhe command takes options.
+
+    SUPPRESS as default: a subcommand that was not given --dir keeps the one given before it.
+    """
+    p.add_argument("--dir", type=Path, default=argparse.SUPPRESS, help=DIR_HELP)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="fedfhe-pki", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dir", type=Path, help="PKI directory (holds ca.crt, ca.key); every command but request, "
-                                             "supernode-key (or their --out) and show needs it")
+    ap.add_argument("--dir", type=Path, help=DIR_HELP)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("init", help="create a new CA")
     p.add_argument("--exist-ok", action="store_true", help="keep an existing CA instead of failing")
     _add_passphrase(p)
     p = sub.add_parser("server", help="issue a server certificate and its key here (SuperLink, inference node)")
-    p.add_argument("name")
+    p.add_argument("name", help="the certificate's CN and file name (NAME.crt, NAME.key)")
     p.add_argument("--host", action="append", required=True, help="DNS name or IP for the SAN (repeat)")
     p.add_argument("--force", action="store_true", help="re-issue even if the certificate exists")
     _add_days(p)
     _add_passphrase(p)
     p = sub.add_parser("client", help="issue a data owner's client certificate and its key here (CN = owner id)")
-    p.add_argument("name")
-    p.add_argument("--force", action="store_true")
+    p.add_argument("name", help="the owner id: the certificate's CN and file name (NAME.crt, NAME.key)")
+    p.add_argument("--force", action="store_true", help="re-issue even if the certificate exists")
     _add_days(p)
     _add_passphrase(p)
     p = sub.add_parser("request", help="on the host that will use it: make NAME.key (0600, stays here) and NAME.csr "
@@ -227,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     add_format(p)
     p = sub.add_parser("renew", help="re-issue NAME.crt for a new lifetime, same subject and SANs, same key unless "
                                      "--new-key or --csr")
-    p.add_argument("name")
+    p.add_argument("name", help="the certificate to renew: NAME.crt in --dir")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--new-key", action="store_true",
                      help="make a new NAME.key here (only where NAME.key lives beside the CA); the old certificate "
@@ -242,20 +268,20 @@ def main(argv: list[str] | None = None) -> int:
     add_format(p)
     p = sub.add_parser("show", help="show a certificate request or certificate as sign does (subject, SANs, usage, "
                                     "key SHA256); with --key/--ca check a received certificate")
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, help="a certificate request (.csr) or certificate (.crt), PEM")
     p.add_argument("--key", type=Path, help="the certificate must be for this private key (exit 1 if not)")
     p.add_argument("--ca", type=Path, help="the certificate must be issued by this ca.crt (exit 1 if not)")
     add_format(p)
     p = sub.add_parser("supernode-key", help="create a SuperNode authentication key pair (no CA needed: run it on "
                                              "the owner's host, only NAME.supernode.pub travels)")
-    p.add_argument("name")
+    p.add_argument("name", help="the owner id: writes NAME.supernode.key and NAME.supernode.pub")
     p.add_argument("--out", type=Path, help="where the key pair goes (default: --dir)")
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--force", action="store_true", help="replace an existing key pair")
     p = sub.add_parser("release-key", help="create the Ed25519 release key pair (release.key 0600, release.pub)")
     p.add_argument("--force", action="store_true", help="replace an existing release key (old releases stop verifying)")
     _add_passphrase(p, "release.key")
     p = sub.add_parser("revoke", help="revoke NAME's certificate (NAME.crt and its renewals) and re-sign crl.pem")
-    p.add_argument("name")
+    p.add_argument("name", help="the certificate's CN (NAME.crt in --dir)")
     p.add_argument("--reason", default="unspecified",
                    help="CRL reason, e.g. keyCompromise, cessationOfOperation, superseded (default: unspecified)")
     _add_passphrase(p)
@@ -264,5 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("crl", help="re-sign crl.pem from revoked.txt (refresh its next update)")
     p.add_argument("--days", type=int, default=CRL_DAYS, help=f"days until the next update (default {CRL_DAYS})")
     _add_passphrase(p)
+    for p in sub.choices.values():
+        _add_dir(p)
+    add_examples(ap, EXAMPLES)
     ap.set_defaults(fn=_command)
     return run(ap, argv, name_command=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedfhe_common.console import run
+from fedfhe_common.console import run, set_example
 from fedfhe_common.data import save_csv
 
 from .datasets import BUILTIN, is_tabular, load_builtin
@@ -79,14 +79,18 @@ def _partition(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="fedfhe-partition", description=__doc__)
-    ap.add_argument("--dataset", default="digits", choices=list(BUILTIN))
-    ap.add_argument("--owners", type=int, default=3)
-    ap.add_argument("--scheme", default="iid", choices=["iid", "dirichlet"])
+    ap.add_argument("--dataset", default="digits", choices=list(BUILTIN), help="built-in dataset (default digits)")
+    ap.add_argument("--owners", type=int, default=3, help="number of data owners (default 3)")
+    ap.add_argument("--scheme", default="iid", choices=["iid", "dirichlet"],
+                    help="iid: even label mix; dirichlet: skewed per owner by --alpha (default iid)")
     ap.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (smaller = more skew)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--test-fraction", type=float, default=0.2)
-    ap.add_argument("--format", default="npz", choices=["npz", "csv"])
-    ap.add_argument("--max-rows", type=int, default=None)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    ap.add_argument("--test-fraction", type=float, default=0.2,
+                    help="share of the rows kept as the public test set (default 0.2)")
+    ap.add_argument("--format", default="npz", choices=["npz", "csv"], help="owner files' format (default npz)")
+    ap.add_argument("--max-rows", type=int, default=None, help="use at most this many rows (default: all)")
+    ap.add_argument("--out", type=Path, required=True, help="directory for owner-<i> files, public-test.npz and "
+                                                            "partition.json")
+    set_example(ap, "fedfhe-partition --dataset digits --owners 3 --scheme dirichlet --alpha 0.5 --out data")
     ap.set_defaults(fn=_partition)
     return run(ap, argv, errors=(ValueError,))

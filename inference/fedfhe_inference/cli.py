@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedfhe_common.config_check import add_check_config
-from fedfhe_common.console import add_command, command_parser, run
+from fedfhe_common.console import add_command, add_examples, command_parser, run
 from fedfhe_common.errors import ConfigError, FedfheError
 from fedfhe_common.logs import add_log_format
 from fedfhe_common.output import add_format, print_json, wants_json
@@ -29,6 +29,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     cfg = inference_config.load(args.config)
     configure(args.log_format)
+    if args.log_format == "json":  # torch's CUDA notice as a record, not a bare line among the records
+        import logging
+
+        from fedfhe_common.logs import import_quietly
+
+        for line in import_quietly("concrete.ml.deployment"):
+            logging.getLogger("concrete").info(line)
     return serve(cfg)
 
 
@@ -157,4 +164,10 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--reload", action="store_true", help="send SIGHUP to the running server (pid_file)")
         else:
             add_format(p)
+    add_examples(ap, {
+        "serve": "--config /etc/fedfhe/inference.yaml --log-format json",
+        "check-config": "--config /etc/fedfhe/inference.yaml",
+        "publish": "--config /etc/fedfhe/inference.yaml bundles/digits-lr-1 --reload",
+        "list": "--config /etc/fedfhe/inference.yaml --format json",
+    })
     return run(ap, argv, errors=(FileNotFoundError,))

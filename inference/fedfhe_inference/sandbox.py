@@ -215,7 +215,13 @@ def worker_main(argv: list[str]) -> int:
     if memory > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     from fedfhe_common.fhe_wire import WireError
+    from fedfhe_common.logs import CUDA_NOTICE, import_quietly
 
+    # The node's stderr is this worker's: torch's CUDA notice (meaningless for CPU-only FHE) must not land among
+    # the node's --log-format json records; anything else the import says still goes there.
+    for line in import_quietly("concrete.ml.deployment"):
+        if not line.startswith(CUDA_NOTICE):
+            print(line, file=sys.stderr)
     worker = _Worker(cache_bytes, job_cpu_s)
     _write_all(wfd, encode_frame([b"ready"]))
     while True:

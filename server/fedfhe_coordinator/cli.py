@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from fedfhe_common.config_check import add_check_config
-from fedfhe_common.console import add_command, command_parser, run
+from fedfhe_common.console import add_command, add_examples, command_parser, run
 from fedfhe_common.logs import add_log_format
 from fedfhe_common.output import add_format, print_json, wants_json
 
@@ -128,8 +128,10 @@ def coordinator_problems(cfg: coord_config.CoordinatorConfig) -> list[str]:
         schema = resolve_schema(t.schema)
         try:
             models.check_family(t.model, schema)
+            models.check_params(t.model, t.model_params, "training.model_params")
         except ConfigError as exc:
-            problems += [f"training.model: {p}" for p in problems_of(exc)]
+            problems += [p if p.startswith("training.model_params") else f"training.model: {p}"
+                         for p in problems_of(exc)]
         try:
             sa = t.secure_aggregation
             resolve(t.aggregation, t.model, schema, sa.enabled, t.clip_norm, sa.enabled and sa.noise_multiplier > 0,
@@ -139,25 +141,45 @@ def coordinator_problems(cfg: coord_config.CoordinatorConfig) -> list[str]:
     return problems
 
 
+CONFIG = "coordinator.yaml"
+# One command line per subcommand, ending its --help (tests/unit/test_cli_help.py parses each).
+EXAMPLES = {
+    "superlink": "--config /etc/fedfhe/coordinator.yaml --log-format json",
+    "register": "--config /etc/fedfhe/coordinator.yaml --plan",
+    "train": "--config /etc/fedfhe/coordinator.yaml --rounds 5",
+    "runs": "--config /etc/fedfhe/coordinator.yaml --limit 10",
+    "check-config": "--config /etc/fedfhe/coordinator.yaml --schema schema.yaml",
+    "app-hash": "",
+    "compile": "--artifact training/artifact --out bundles/digits-lr-1 --release-key release.key "
+               "--eval public-test.npz",
+    "choose-n-bits": "--artifact training/artifact --eval public-test.npz --min 4 --max 10",
+    "tune": "--data train.csv --schema schema.yaml --model LogisticRegression --grid '{\"C\": [0.1, 1]}' "
+            "--eval public-test.csv",
+    "train-local": "--data train.csv --schema schema.yaml --model DecisionTreeClassifier "
+                   "--model-params '{\"max_depth\": 3}' --out training/artifact --release-key release.key",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap, sub = command_parser("fedfhe-coordinator", __doc__)
     p = add_command(sub, "superlink", _superlink, "run flower-superlink (TLS, SuperNode auth) in the foreground",
-                    config=True)
+                    config=CONFIG)
     add_log_format(p)
-    p = add_command(sub, "register", _register, "register SuperNode public keys with the SuperLink", config=True)
+    p = add_command(sub, "register", _register, "register SuperNode public keys with the SuperLink", config=CONFIG)
     p.add_argument("--key", action="append", default=[], help="public key file (default: all in the config)")
     p.add_argument("--plan", action="store_true",
                    help="only show what would change (keys to register, nodes to unregister) and each node's status")
     add_format(p)
     p = add_command(sub, "train", _train, "submit a federated run with flwr run and write the training artifact",
-                    config=True)
-    p.add_argument("--rounds", type=int, default=0)
+                    config=CONFIG)
+    p.add_argument("--rounds", type=int, default=0,
+                   help="federated rounds of this run (default: training.rounds of the config)")
     p.add_argument("--secure-aggregation", action=argparse.BooleanOptionalAction, default=None,
                    help="run this training with SecAgg+ on (or off), whatever training.secure_aggregation.enabled "
                         "says; the section's other keys apply and are checked (default: as configured)")
     add_format(p)
     p = add_command(sub, "runs", _runs, "list the SuperLink's runs and their status (flwr ls), with fedfhe's record",
-                    config=True)
+                    config=CONFIG)
     p.add_argument("--limit", type=int, default=0, help="show only the newest N runs")
     add_format(p)
     add_check_config(sub, coord_config.CoordinatorConfig, "coordinator.yaml", coordinator_problems)
@@ -165,4 +187,5 @@ def main(argv: list[str] | None = None) -> int:
     from .fhe_commands import register as register_fhe_commands  # compile, choose-n-bits, train-local
 
     register_fhe_commands(sub)
+    add_examples(ap, EXAMPLES)
     return run(ap, argv, errors=(FileNotFoundError, TimeoutError))

@@ -180,6 +180,12 @@ def compile_concrete_bundle(
     )
 
 
+def check_out(out_dir: Path, force: bool) -> None:
+    """Refuse an existing bundle directory up front: compiling takes minutes, and refusing after it wastes them."""
+    if Path(out_dir).exists() and not force:
+        raise FedfheError(f"{out_dir}: already exists; choose another --out or pass --force")
+
+
 def compile_artifact(
     artifact: Path | TrainingArtifact,
     out_dir: Path,
@@ -207,8 +213,7 @@ def compile_artifact(
     TrainingArtifact must come from ``TrainingArtifact.load`` with that key. The
     bundle is signed too.
     """
-    if Path(out_dir).exists() and not force:  # before minutes of compiling, not after (bundle.write checks again)
-        raise FedfheError(f"{out_dir}: already exists; choose another --out or pass --force")
+    check_out(out_dir, force)  # before minutes of compiling, not after (bundle.write checks again)
     if not isinstance(artifact, TrainingArtifact):
         artifact = TrainingArtifact.load(Path(artifact), signing_key.public_key())
     schema = artifact.schema

@@ -73,8 +73,9 @@ def _compile(args: argparse.Namespace) -> int:
     from fedfhe_common.artifact import TrainingArtifact
     from fedfhe_common.release import load_signing_key
 
-    from .compile import compile_artifact
+    from .compile import check_out, compile_artifact
 
+    check_out(args.out, args.force)  # before the release key's passphrase prompt and the artifact's check
     key = load_signing_key(args.release_key)
     # Signature and manifest are checked before anything heavy (the --eval file, Concrete ML).
     artifact = TrainingArtifact.load(args.artifact, key.public_key())
@@ -148,11 +149,13 @@ def _choose(args: argparse.Namespace) -> int:
 
 
 def _train_local(args: argparse.Namespace) -> int:
+    from fedfhe_common import models
     from fedfhe_common.release import load_signing_key
     from fedfhe_common.schema import resolve_schema
 
     from .local_training import train_local_file
 
+    models.check_params(args.model, args.model_params, "--model-params")
     key = load_signing_key(args.release_key)
     schema = resolve_schema(args.schema)
     eval_set = _load_eval(args.eval, args.eval_labels, schema)
@@ -225,6 +228,9 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+EVAL_LABELS = "labels file for an IDX --eval"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add compile, choose-n-bits and train-local to fedfhe-coordinator's subcommands."""
     p = sub.add_parser("compile", help="compile a training artifact into an FHE deployment bundle")
@@ -238,7 +244,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-labels", type=Path, help="labels file for an IDX --eval")
     p.add_argument("--tolerance", type=float, default=0.5, help="accuracy points allowed for --n-bits auto")
     p.add_argument("--calibration-rows", type=int, default=200, help="uniform rows drawn from the schema bounds")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration rows (default 0)")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
     p.add_argument("--release-key", type=Path, required=True,
                    help="release signing key (release.key): verifies the artifact, signs the bundle")
@@ -246,11 +252,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(fn=_compile)
 
     p = sub.add_parser("choose-n-bits", help="smallest n_bits whose simulated accuracy is within tolerance")
-    p.add_argument("--artifact", type=Path, required=True)
+    p.add_argument("--artifact", type=Path, required=True, help="training artifact directory")
     p.add_argument("--eval", type=Path, required=True, help="public evaluation file")
-    p.add_argument("--eval-labels", type=Path)
-    p.add_argument("--min", dest="min_bits", type=int, default=2)
-    p.add_argument("--max", dest="max_bits", type=int, default=12)
+    p.add_argument("--eval-labels", type=Path, help=EVAL_LABELS)
+    p.add_argument("--min", dest="min_bits", type=int, default=2, help="smallest n_bits tried (default 2)")
+    p.add_argument("--max", dest="max_bits", type=int, default=12, help="largest n_bits tried (default 12)")
     p.add_argument("--tolerance", type=float, default=0.5, help="accuracy points (default 0.5)")
     p.add_argument("--json", type=Path, help="also write the trials as JSON here")
     p.add_argument("--latency-rows", type=int, default=0,
@@ -267,7 +273,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", type=_grid, default={}, help='JSON object: parameter -> values, e.g. \'{"C": [0.1, 1]}\'')
     p.add_argument("--n-bits", type=_bits_list, default=[4, 6, 8], help="comma-separated n_bits (default 4,6,8)")
     p.add_argument("--eval", type=Path, required=True, help="public evaluation rows (scored clear and simulated)")
-    p.add_argument("--eval-labels", type=Path)
+    p.add_argument("--eval-labels", type=Path, help=EVAL_LABELS)
     p.add_argument("--cv", type=int, default=3, help="GridSearchCV folds (default 3)")
     p.add_argument("--tolerance", type=float, default=0.5,
                    help="points of simulated accuracy (R² x 100) the pick may lose against the best (default 0.5)")
@@ -286,7 +292,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-params", type=_json_object, default={}, help="JSON object of estimator parameters")
     p.add_argument("--epochs", type=int, default=10, help="warm-started fits (linear families; a tree fits once)")
     p.add_argument("--eval", type=Path, help="public evaluation file")
-    p.add_argument("--eval-labels", type=Path)
+    p.add_argument("--eval-labels", type=Path, help=EVAL_LABELS)
     p.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     p.add_argument("--release-key", type=Path, required=True, help="release signing key (release.key)")
     p.set_defaults(fn=_train_local)

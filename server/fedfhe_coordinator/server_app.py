@@ -494,16 +494,28 @@ def make_strategy(
     )
 
 
-def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
-    """Flower's own sampler waits forever; fail with a clear message instead."""
+def missing_owners(grid: Grid, owner_keys: dict[str, str], nodes: list[int]) -> list[str]:
+    """Registered owners (``owner_keys``: key id -> name) with no SuperNode among ``nodes``, by name."""
+    connected = {name for node, name in node_owners(grid, owner_keys).items() if node in set(nodes)}
+    return sorted(set(owner_keys.values()) - connected)
+
+
+def wait_for_nodes(grid: Grid, minimum: int, timeout: float, owner_keys: dict[str, str] | None = None) -> list[int]:
+    """Flower's own sampler waits forever; fail with a clear message instead, naming the owners missing.
+
+    The names let an operator see which owners' flower-supernode to start, not only how many are absent.
+    """
     deadline = time.monotonic() + timeout
     while True:
         nodes = list(grid.get_node_ids())
         if len(nodes) >= minimum:
             return nodes
         if time.monotonic() > deadline:
+            missing = missing_owners(grid, owner_keys or {}, nodes)
+            named = (f" (not connected: {', '.join(missing)}, of the {len(set((owner_keys or {}).values()))} "
+                     "registered owners)" if missing else "")
             raise RuntimeError(
-                f"only {len(nodes)} SuperNode(s) connected after {timeout:.0f}s, the run needs {minimum}; "
+                f"only {len(nodes)} SuperNode(s) connected after {timeout:.0f}s, the run needs {minimum}{named}; "
                 "check that every data owner's flower-supernode is running and registered"
             )
         time.sleep(0.5)
@@ -558,7 +570,8 @@ def main(grid: Grid, context: Context) -> None:
     )
     started = time.time()
 
-    connected = wait_for_nodes(grid, min_nodes, float(cfg["wait-for-nodes"]))
+    owner_keys = {str(k): str(v) for k, v in json.loads(str(cfg["owner-keys"])).items()}
+    connected = wait_for_nodes(grid, min_nodes, float(cfg["wait-for-nodes"]), owner_keys)
     config = ConfigRecord(
         {
             fc.MODEL: family,
@@ -572,7 +585,6 @@ def main(grid: Grid, context: Context) -> None:
     if aggregation == "newton":
         config[fc.PHASE] = fc.PHASE_NEWTON
     initial = to_arrays(models.initial_parameters(family, schema))
-    owner_keys = {str(k): str(v) for k, v in json.loads(str(cfg["owner-keys"])).items()}
     prep, prep_summary = statistics(grid, context, schema, config, policy, owner_keys, min_nodes, timeout,
                                     len(connected))
     config[fc.PREPROCESSING] = json.dumps(prep.to_dict())

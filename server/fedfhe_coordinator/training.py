@@ -115,7 +115,7 @@ def preflight(cfg: CoordinatorConfig) -> None:
         return
     t = cfg.training
     models.check_family(t.model, schema)
-    models.build(t.model, t.model_params)  # a bad parameter here, not as a traceback in every owner's fit
+    models.check_params(t.model, t.model_params, "training.model_params")  # not a traceback in each owner's fit
     sa = t.secure_aggregation
     aggregation.resolve(t.aggregation, t.model, schema, sa.enabled, t.clip_norm, sa.enabled and sa.noise_multiplier > 0,
                         t.model_params)

@@ -3,6 +3,7 @@ the JSON Schema export matches what the loader accepts, and Ansible validates ev
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -152,3 +153,33 @@ def test_a_key_given_twice_is_a_problem(tmp_path, capsys):
     last = len(text.splitlines())
     assert f"o.yaml:{last}: duplicate key 'seed' (also on line {first}; the later one would win)" in \
         capsys.readouterr().err
+
+
+def test_test_only_keys_stay_out_of_the_exported_json_schema_but_load(tmp_path, capsys):
+    """Issue 28: test_hostile_reply in owner.yaml's JSON Schema offered every editor a hostile-reply switch."""
+    from fedfhe_owner.config import OwnerConfig
+
+    assert client_cli.main(["check-config", "--json-schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert not [k for k in schema["properties"] if k.startswith("test_")], sorted(schema["properties"])
+    assert "test_hostile_reply" in {f.name for f in dataclasses.fields(OwnerConfig)}
+    owner = yaml.safe_load((ROOT / "client" / "owner.example.yaml").read_text())
+    (tmp_path / "o.yaml").write_text(yaml.safe_dump({**owner, "test_hostile_reply": "nan"}))
+    assert client_cli.main(["check-config", "--config", str(tmp_path / "o.yaml")]) == 0
+
+
+def test_key_errors_and_whole_config_checks_are_reported_together(tmp_path, capsys):
+    """Issue 28: the family and SecAgg+ checks ran only once every key error was fixed: two rounds of edits."""
+    coord = yaml.safe_load((ROOT / "server" / "coordinator.example.yaml").read_text())
+    coord["training"]["bogus"] = 1  # a key error
+    coord["superlink"]["control_port"] = 0  # a key error in another section
+    keys = ("unknown key training.bogus", "superlink.control_port: must be >= 1")
+    family = {**coord, "training": {**coord["training"], "model": "Ridge"}}  # checked on the loaded config
+    secure = {**coord, "training": {**coord["training"], "secure_aggregation": {"num_shares": 1}}}  # __post_init__
+    for data, needle in ((family, "training.model: model 'Ridge' does not fit"),
+                         (secure, "training.secure_aggregation.num_shares: must be 0")):
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+        assert server_cli.main(["check-config", "--config", str(tmp_path / "c.yaml")]) == 1
+        err = capsys.readouterr().err
+        for text in (*keys, needle):
+            assert err.count(text) == 1, err

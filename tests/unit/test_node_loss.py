@@ -180,3 +180,16 @@ def test_an_owner_reason_with_newlines_and_escape_codes_shows_escaped_on_one_lin
     artifact = SimpleNamespace(schema=SCHEMA, family="LogisticRegression", metrics={"rounds": 1, "per_round": [raw]})
     text = markdown(training_report(artifact, run_id=1, status="finished", owners=[], seconds=1.0), plot=False)
     assert "\x1b" not in text and "owner-13\\x1b[31m" in text
+
+
+def test_waiting_for_nodes_names_the_registered_owners_that_never_connected():
+    """Issue 28: "0 SuperNode(s) connected" alone left the operator to find out which owners were offline."""
+    from fedfhe_coordinator.server_app import wait_for_nodes
+
+    keys = {owner_key_id(f"key-{n}".encode()): f"owner-{n}" for n in (1, 2, 3)}
+    with pytest.raises(RuntimeError, match=r"only 1 SuperNode\(s\) connected after -1s, the run needs 2 "
+                                           r"\(not connected: owner-2, owner-3, of the 3 registered owners\); check"):
+        wait_for_nodes(FakeGrid([1]), 2, -1.0, keys)
+    with pytest.raises(RuntimeError, match=r"only 0 SuperNode\(s\) connected after -1s, the run needs 2 "
+                                           r"\(not connected: owner-1, owner-2, owner-3,"):
+        wait_for_nodes(FakeGrid([]), 2, -1.0, keys)

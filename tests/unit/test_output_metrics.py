@@ -23,6 +23,7 @@ def test_a_regressors_predictions_file_carries_r2(tmp_path):
     write_predictions(out, result([1.0, 2.0, 3.0, 4.0], []), np.array([1.0, 2.0, 3.0, 5.0]))
     doc = json.loads(out.read_text())
     assert "accuracy" not in doc and doc["r2"] == pytest.approx(1 - 1 / 8.75)  # residual 1 over 8.75 around 2.75
+    assert doc["mae"] == pytest.approx(0.25)  # the error in the target's unit too (issue 28: "r2/mae")
 
 
 def test_a_classifiers_file_keeps_accuracy(tmp_path):
@@ -45,3 +46,13 @@ def test_compile_refuses_an_existing_out_before_reading_or_compiling_anything(tm
     (tmp_path / "bundle").mkdir()
     with pytest.raises(FedfheError, match="bundle: already exists; choose another --out or pass --force"):
         compile_artifact(tmp_path / "no-such-artifact", tmp_path / "bundle", signing_key=Ed25519PrivateKey.generate())
+
+
+def test_compile_command_refuses_an_existing_out_before_opening_the_release_key(tmp_path, capsys):
+    """An encrypted release.key prompts for its passphrase: not for a command that then refuses its --out."""
+    from fedfhe_coordinator import cli as server_cli
+
+    (tmp_path / "bundle").mkdir()
+    assert server_cli.main(["compile", "--artifact", str(tmp_path / "no-artifact"), "--out", str(tmp_path / "bundle"),
+                            "--release-key", str(tmp_path / "no-release.key")]) == 1
+    assert "bundle: already exists; choose another --out or pass --force" in capsys.readouterr().err

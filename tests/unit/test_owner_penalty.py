@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,3 +92,34 @@ def test_a_bad_model_parameter_is_a_config_error_naming_it_not_a_traceback_at_fi
     with pytest.raises(ConfigError, match=message):
         models.build(family, params)
     assert models.build("XGBClassifier", {"max_depth": 2}).max_depth == 2  # no constraints table: built as before
+
+
+def test_a_bad_model_parameter_is_one_line_naming_the_option(tmp_path, capsys):
+    """Issue 28: the message named the family, not the option to fix; XGBoost trained on with a typo."""
+    from fedfhe_coordinator import cli as server_cli
+
+    argv = ["train-local", "--data", str(tmp_path / "never-read.npz"), "--schema", "diabetes", "--out",
+            str(tmp_path / "art"), "--release-key", str(tmp_path / "never-read.key")]
+    for family, params, message in (("Ridge", '{"foo": 1}', "unexpected keyword argument 'foo'"),
+                                    ("XGBRegressor", '{"max_dept": 2}', "unknown parameter 'max_dept'")):
+        assert server_cli.main([*argv, "--model", family, "--model-params", params]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"fedfhe-coordinator train-local: error: --model-params: model {family}: "), err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    with pytest.raises(SystemExit):  # not JSON: argparse's usage error, naming the option
+        server_cli.main([*argv, "--model-params", "{C: 1"])
+    assert "argument --model-params: not JSON" in capsys.readouterr().err
+
+
+def test_check_config_names_a_bad_training_model_params(tmp_path, capsys):
+    import yaml
+
+    from fedfhe_coordinator import cli as server_cli
+
+    root = Path(server_cli.__file__).resolve().parents[2]
+    coord = yaml.safe_load((root / "server" / "coordinator.example.yaml").read_text())
+    coord["training"]["model_params"] = {"C": -1}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(coord))
+    assert server_cli.main(["check-config", "--config", str(tmp_path / "c.yaml")]) == 1
+    assert "training.model_params: model LogisticRegression: bad parameter: The 'C' parameter" in \
+        capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import stat
 
 import pytest
@@ -111,3 +112,15 @@ def test_force_reissue_revokes_beside_the_issuing_ca_and_survives_a_broken_old_f
     (own / "x.crt").write_text("broken")
     issue(own, "x", client=True, force=True)  # nothing readable to revoke: re-issued all the same
     assert x509.load_pem_x509_certificate((own / "x.crt").read_bytes())
+
+
+def test_dir_may_follow_the_subcommand(tmp_path, capsys):
+    """Issue 28: `fedfhe-pki release-key --dir D` was a usage error; every other fedfhe option follows its command."""
+    assert pki_main(["release-key", "--dir", str(tmp_path / "after")]) == 0
+    assert (tmp_path / "after" / "release.key").exists()
+    assert pki_main(["--dir", str(tmp_path / "before"), "release-key"]) == 0  # the old place still works
+    assert (tmp_path / "before" / "release.key").exists()
+    capsys.readouterr()
+    assert pki_main(["--dir", str(tmp_path / "before"), "list", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["directory"] == str(tmp_path / "before") and doc["release_key"]["private"] is True
