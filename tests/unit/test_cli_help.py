@@ -7,31 +7,20 @@ The examples are parsed by the command's own parser, so one that goes stale with
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shlex
-import sys
 from functools import cache
 from pathlib import Path
 
 import pytest
+from test_docs import _cli_reference  # the one loader of scripts/cli_reference.py
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @cache
-def _reference():  # scripts/ is not a package: load the generator of docs/cli.md the way it runs
-    spec = importlib.util.spec_from_file_location("cli_reference", ROOT / "scripts" / "cli_reference.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("cli_reference", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-@cache
 def _commands() -> list[tuple[list[str], argparse.ArgumentParser, argparse.ArgumentParser]]:
     """(words of the command line, its parser, the program's parser) of every command that runs something."""
-    ref = _reference()
+    ref = _cli_reference()
     return [(words, p, top) for name, top in ref.programs() for words, _, p in ref.walk([name], top)
             if not ref.subcommands(p)]
 
