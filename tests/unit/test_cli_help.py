@@ -9,12 +9,9 @@ from __future__ import annotations
 import argparse
 import shlex
 from functools import cache
-from pathlib import Path
 
 import pytest
 from test_docs import _cli_reference  # the one loader of scripts/cli_reference.py
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @cache
