@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from fedfhe_common.config import HostPort, Range, _combined, load_config
 from fedfhe_common.errors import ConfigError
 from fedfhe_common.fl_contract import DEFAULT_MAX_EXAMPLES, owner_name_from_key_file
+from fedfhe_common.models import REGRESSORS
 
 from .aggregation import SECURE_AGGREGATIONS, Aggregation, strategy_keys_unused, strategy_kwargs
 
@@ -51,7 +52,8 @@ class SecureAggregationConfig:
     """
 
     # auto: on with SECURE_BY_DEFAULT_OWNERS registered owners or more (owners refuse smaller SecAgg+ rounds by
-    # default), off below; resolved when the config loads, so the rest of the coordinator sees true or false.
+    # default) for the classifier families, off below and for regressors (see _resolve_secure_default);
+    # resolved when the config loads, so the rest of the coordinator sees true or false.
     enabled: bool | Literal["auto"] = "auto"
     num_shares: Annotated[int, Range(0)] = 0
     reconstruction_threshold: Annotated[int, Range(0)] = 0
@@ -211,7 +213,10 @@ class CoordinatorConfig:
         if sa.enabled != "auto":
             return
         owners = len(self.supernode_public_keys)
-        on = owners >= SECURE_BY_DEFAULT_OWNERS
+        # Regressors stay plain under auto: SecAgg+ clips every value it sums at +-clipping_range (8), and a
+        # regressor's coefficients and newton terms are in its target's units (diabetes with Ridge: R^2 -4.14
+        # with SecAgg+ on, 0.31 centralised). Secure regression needs a standardised target first.
+        on = owners >= SECURE_BY_DEFAULT_OWNERS and self.training.model not in REGRESSORS
         if on and self.training.aggregation not in SECURE_AGGREGATIONS:
             raise ConfigError(
                 f"training.aggregation {self.training.aggregation} needs each owner's update in the clear, and "

@@ -80,6 +80,15 @@ def test_auto_is_secure_from_three_owners(tmp_path, owners, on):
     assert secure_run_config(cfg.training.secure_aggregation)[fc.RUN_SECURE] is on
 
 
+def test_auto_leaves_a_regressor_plain(tmp_path):
+    """A regressor's coefficients and newton terms are in its target's units, beyond SecAgg+'s clipping range."""
+    path = write(tmp_path, 3)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["training"] |= {"model": "Ridge", "schema": "diabetes"}
+    path.write_text(yaml.safe_dump(cfg))
+    assert coord.load(path).training.secure_aggregation.enabled is False
+
+
 def test_auto_with_a_robust_aggregation_is_refused_not_run_plain(tmp_path):
     path = write(tmp_path, 3)
     cfg = yaml.safe_load(path.read_text())
