@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedfhe_common import fl_contract as fc
-from fedfhe_common import models, newton
+from fedfhe_common import models, newton, secure_target
 from fedfhe_common.data import load_table
 from fedfhe_common.errors import DataError, IntegrityError
 from fedfhe_common.preprocessing import Preprocessing, moments
@@ -228,8 +228,13 @@ def _secure_train(msg: Message, context: Context) -> Message:
     received = _model_to_train(context, config, parameters_to_ndarrays(fitins.parameters))
     schema, split = _local_data(context, config)
     split = _preprocessed(schema, split, config, context.node_config["data-path"])
-    family, model = _global_model(config, received, schema, len(split[2]))
-    if str(config.get(fc.PHASE, "")) == fc.PHASE_NEWTON:
+    newton_phase = str(config.get(fc.PHASE, "")) == fc.PHASE_NEWTON
+    try:  # a regressor's parameters travel in units of its target's declared range (secure_target)
+        real = received if newton_phase else secure_target.from_wire(schema, received)
+    except ValueError as exc:
+        raise fc.InstructionRefused(str(exc)) from None
+    family, model = _global_model(config, real, schema, len(split[2]))
+    if newton_phase:
         # Each array scaled into the clipping range by factors this owner computes itself from the model it
         # received (the coordinator computes the same ones, never sends them), then bounded as any update.
         try:
@@ -242,7 +247,8 @@ def _secure_train(msg: Message, context: Context) -> Message:
         params = [t * s for t, s in zip(terms, scales, strict=True)]
     else:
         metrics = _fit(model, family, schema, split, config)
-        params = to_arrays(models.get_parameters(model, family, schema)).to_numpy_ndarrays()
+        params = models.get_parameters(model, family, schema)
+        params = to_arrays(secure_target.to_wire(schema, params)).to_numpy_ndarrays()
     params, weight = bound_update(params, int(metrics[fc.NUM_EXAMPLES]), context)
     metrics[fc.NUM_EXAMPLES] = weight
     record_true_update(context, str(context.node_config.get("owner-id", "owner")),

@@ -256,8 +256,10 @@ FASHION_MNIST = DatasetSchema(
     name="fashion-mnist", n_features=784, feature_min=0.0, feature_max=255.0, classes=list(range(10))
 )
 # scikit-learn's bundled diabetes data (442 rows, nothing downloaded): ten features, mean-centred and
-# scaled by std * sqrt(n_rows) (every value lies in [-0.14, 0.2]), and a disease-progression target (25-346).
-DIABETES = DatasetSchema(name="diabetes", n_features=10, feature_min=-0.2, feature_max=0.2, task="regression")
+# scaled by std * sqrt(n_rows) (every value lies in [-0.14, 0.2]), and a disease-progression target (25-346:
+# declared, so SecAgg+ can carry a regressor's parameters, fedfhe_common.secure_target).
+DIABETES = DatasetSchema(name="diabetes", n_features=10, feature_min=-0.2, feature_max=0.2, task="regression",
+                         target_min=25.0, target_max=346.0)
 BUILTIN_SCHEMAS = {s.name: s for s in (DIGITS, FASHION_MNIST, DIABETES)}
 
 

@@ -46,7 +46,7 @@ def run_phases(opts: Options, work: Path, steps: Steps, console: Console) -> dic
     }
     # SecAgg+ by default (three owners or more), but not for a regressor: its values exceed SecAgg+'s clipping
     # range (fedfhe_coordinator.config, _resolve_secure_default), so its owners allow plain mode here.
-    with Cluster(work, secure=None if schema.is_classifier else False) as cluster:
+    with Cluster(work) as cluster:
         with steps("pki"):
             cluster.make_pki(owners)
             console.print(f"CA, SuperLink and inference certificates, {len(owners)} owner certificates and "

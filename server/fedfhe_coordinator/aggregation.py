@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fedfhe_common import newton
+from fedfhe_common import newton, secure_target
 from fedfhe_common.errors import ConfigError
 from fedfhe_common.schema import DatasetSchema
 
@@ -84,10 +84,9 @@ def strategy_kwargs(
 def resolve(name: str, family: str, schema: DatasetSchema, secure: bool, clip_norm: float,
             dp: bool = False, model_params: dict[str, Any] | None = None) -> tuple[str, str]:
     """The aggregation a run uses for ``name`` and why; ConfigError when ``newton`` cannot train this run."""
-    reasons = [newton.unsupported(family, schema) or newton.params_reason(family, model_params or {})]
     if secure and not schema.is_classifier and schema.target_max is None:
-        reasons.append("under secure aggregation newton scales each owner's terms by bounds on the target: "
-                       "declare target_min and target_max in the schema")
+        raise ConfigError(f"training.secure_aggregation.enabled: schema {schema.name}: {secure_target.NEEDS_BOUNDS}")
+    reasons = [newton.unsupported(family, schema) or newton.params_reason(family, model_params or {})]
     if dp:
         reasons.append("differential privacy clips and noises model updates, and newton's replies are gradients "
                        "and Hessians")

@@ -52,7 +52,7 @@ class SecureAggregationConfig:
     """
 
     # auto: on with SECURE_BY_DEFAULT_OWNERS registered owners or more (owners refuse smaller SecAgg+ rounds by
-    # default) for the classifier families, off below and for regressors (see _resolve_secure_default);
+    # default), off below and for a regressor whose schema declares no target bounds (_resolve_secure_default);
     # resolved when the config loads, so the rest of the coordinator sees true or false.
     enabled: bool | Literal["auto"] = "auto"
     num_shares: Annotated[int, Range(0)] = 0
@@ -213,16 +213,29 @@ class CoordinatorConfig:
         if sa.enabled != "auto":
             return
         owners = len(self.supernode_public_keys)
-        # Regressors stay plain under auto: SecAgg+ clips every value it sums at +-clipping_range (8), and a
-        # regressor's coefficients and newton terms are in its target's units (diabetes with Ridge: R^2 -4.14
-        # with SecAgg+ on, 0.31 centralised). Secure regression needs a standardised target first.
-        on = owners >= SECURE_BY_DEFAULT_OWNERS and self.training.model not in REGRESSORS
+        on = owners >= SECURE_BY_DEFAULT_OWNERS and (self.training.model not in REGRESSORS
+                                                     or _declares_target_bounds(self.training.schema))
         if on and self.training.aggregation not in SECURE_AGGREGATIONS:
             raise ConfigError(
                 f"training.aggregation {self.training.aggregation} needs each owner's update in the clear, and "
                 f"training.secure_aggregation.enabled is auto (on with {owners} owners): set enabled: false for "
                 "plain mode, which owners accept only with privacy.require_secure_aggregation: false")
         object.__setattr__(self, "training", replace(self.training, secure_aggregation=replace(sa, enabled=on)))
+
+
+def _declares_target_bounds(schema_ref: str) -> bool:
+    """Whether a regressor's schema lets SecAgg+ carry its parameters (fedfhe_common.secure_target).
+
+    SecAgg+ clips every value at +-clipping_range, so a regressor's parameters travel in units of its target's
+    declared range; without target_min/target_max, ``auto`` stays plain (and ``true`` is refused by
+    aggregation.resolve). A schema this process cannot resolve counts as none: the run will say why.
+    """
+    from fedfhe_common.schema import resolve_schema
+
+    try:
+        return resolve_schema(schema_ref).target_max is not None
+    except (ConfigError, OSError, ValueError):
+        return False
 
 
 def load(path: str | Path) -> CoordinatorConfig:

@@ -55,7 +55,7 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
 from fedfhe_common import fl_contract as fc
-from fedfhe_common import newton, score_sums
+from fedfhe_common import newton, score_sums, secure_target
 from fedfhe_common.transport import to_arrays
 
 from .server_app import NodesLost, OwnersChanged, Recording, ReplyPolicy, TrainingStopped
@@ -484,6 +484,12 @@ def run_secure(
     FedAvgM on each round's secure average.
     """
     cfg = context.run_config
+    if newton_run is None:  # a regressor's parameters travel in units of its target's range (secure_target)
+        initial = to_arrays(secure_target.to_wire(policy.schema, initial.to_numpy_ndarrays()))
+        real_score = score
+
+        def score(params: list[np.ndarray]) -> dict[str, float]:
+            return real_score(secure_target.from_wire(policy.schema, params))
     record_dir = str(cfg.get("test-record-dir", ""))
     shares, threshold = resolve_shares(int(cfg["secagg-num-shares"]), int(cfg["secagg-reconstruction-threshold"]),
                                        connected)
@@ -526,5 +532,8 @@ def run_secure(
         DefaultWorkflow(fit_workflow=CheckedSecAgg(workflow, recorder))(stage_grid, legacy)
     except TrainingStopped:
         pass  # recorder.stopped says where; Flower's state holds the model the last round made
-    return legacy.state.array_records[MAIN_PARAMS_RECORD], recorder, stage_grid
+    final = legacy.state.array_records[MAIN_PARAMS_RECORD]
+    if newton_run is None and len(final):
+        final = to_arrays(secure_target.from_wire(policy.schema, final.to_numpy_ndarrays()))
+    return final, recorder, stage_grid
 

@@ -194,8 +194,10 @@ def test_auto_picks_newton_where_it_applies_and_says_why_elsewhere():
     assert resolve("auto", "LogisticRegression", bc, True, 0.0, dp=True)[0] == "fedavg"
     diabetes = table("diabetes")[2]
     assert resolve("auto", "Ridge", diabetes, False, 0.0)[0] == "newton"
-    used, why = resolve("auto", "Ridge", diabetes, True, 0.0)
-    assert used == "fedavg" and "target_min and target_max" in why
+    with pytest.raises(ConfigError, match="declare target_min and target_max"):  # SecAgg+ would clip it
+        resolve("auto", "Ridge", diabetes, True, 0.0)
+    assert resolve("auto", "Ridge", resolve_schema("diabetes"), True, 0.0)[0] == "newton"  # bounds declared
+    assert resolve("auto", "Lasso", resolve_schema("diabetes"), True, 0.0)[0] == "fedavg"  # secure_target
     assert resolve("krum", "LogisticRegression", bc, False, 0.0) == ("krum", "as configured")
 
 

@@ -17,6 +17,7 @@ from fedfhe_common.procs import venv_bin
 from fedfhe_coordinator import config as coord
 from fedfhe_coordinator.flwr_cli import secure_run_config
 from fedfhe_coordinator.secure_training import resolve_shares
+from fedfhe_coordinator.training import preflight
 
 
 def write(tmp_path: Path, owners: int, **section: object) -> Path:
@@ -80,13 +81,34 @@ def test_auto_is_secure_from_three_owners(tmp_path, owners, on):
     assert secure_run_config(cfg.training.secure_aggregation)[fc.RUN_SECURE] is on
 
 
-def test_auto_leaves_a_regressor_plain(tmp_path):
-    """A regressor's coefficients and newton terms are in its target's units, beyond SecAgg+'s clipping range."""
-    path = write(tmp_path, 3)
+def regressor_config(tmp_path: Path, schema: str, **section: object) -> Path:
+    path = write(tmp_path, 3, **section)
     cfg = yaml.safe_load(path.read_text())
-    cfg["training"] |= {"model": "Ridge", "schema": "diabetes"}
+    cfg["training"] |= {"model": "Lasso", "schema": schema}
     path.write_text(yaml.safe_dump(cfg))
-    assert coord.load(path).training.secure_aggregation.enabled is False
+    return path
+
+
+def unbounded_regression_schema(tmp_path: Path) -> str:
+    schema = tmp_path / "schema.yaml"
+    schema.write_text(yaml.safe_dump({"name": "unbounded", "task": "regression", "label_column": "y",
+                                      "columns": [{"name": "x", "kind": "numeric", "min": 0, "max": 1}]}))
+    return str(schema)
+
+
+def test_auto_makes_a_regressor_secure_when_its_schema_bounds_the_target(tmp_path):
+    """SecAgg+ carries a regressor's parameters in units of the declared target range (secure_target)."""
+    assert coord.load(regressor_config(tmp_path, "diabetes")).training.secure_aggregation.enabled is True
+
+
+def test_auto_leaves_a_regressor_plain_without_target_bounds_and_true_is_refused(tmp_path):
+    schema = unbounded_regression_schema(tmp_path)
+    assert coord.load(regressor_config(tmp_path, schema)).training.secure_aggregation.enabled is False
+    cfg = coord.load(regressor_config(tmp_path, schema, enabled=True))
+    with pytest.raises(ConfigError, match="training.secure_aggregation.enabled: schema unbounded: under secure "
+                                          "aggregation a regressor's parameters travel in units of its target's "
+                                          "declared range"):
+        preflight(cfg)
 
 
 def test_auto_with_a_robust_aggregation_is_refused_not_run_plain(tmp_path):
