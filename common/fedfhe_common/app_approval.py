@@ -132,12 +132,16 @@ def approved_from_env(env: Mapping[str, str]) -> frozenset[str]:
     return frozenset(out)
 
 
-def app_dir_digest(app: Path) -> str:
-    """The app digest of the FAB that `flwr run APP` builds (Flower's own builder, same rules)."""
+def app_dir_fab(app: Path) -> bytes:
+    """The FAB that `flwr run APP` builds (Flower's own builder, same rules)."""
     from flwr.cli.build import build_fab_from_disk
 
     try:
-        fab = build_fab_from_disk(Path(app))
+        return build_fab_from_disk(Path(app))
     except (ValueError, OSError) as exc:
         raise FedfheError(f"{app}: cannot build a Flower App from this folder: {exc}") from None
-    return fab_digest(fab)
+
+
+def app_dir_digest(app: Path) -> str:
+    """The app digest of the FAB that `flwr run APP` builds."""
+    return fab_digest(app_dir_fab(app))

@@ -104,12 +104,17 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _app_hash(args: argparse.Namespace) -> int:
-    """The digest owners pin (approved_flower_apps): the Flower App `train` submits."""
-    from fedfhe_common.app_approval import app_dir_digest
+    """The digest owners pin (approved_flower_apps): the Flower App `train` submits; with --fab-out, that FAB
+    written to a file, for an owner organisation to review and hash itself (`fedfhe-owner app-hash --fab`)."""
+    from fedfhe_common.app_approval import app_dir_fab, fab_digest
+    from fedfhe_common.fileio import write_atomic
 
     from .flwr_cli import flower_app_dir
 
-    print(app_dir_digest(flower_app_dir()))
+    fab = app_dir_fab(flower_app_dir())
+    if args.fab_out is not None:
+        write_atomic(args.fab_out, fab, mode=0o644)
+    print(fab_digest(fab))
     return 0
 
 
@@ -149,7 +154,7 @@ EXAMPLES = {
     "train": "--config /etc/fedfhe/coordinator.yaml --rounds 5",
     "runs": "--config /etc/fedfhe/coordinator.yaml --limit 10",
     "check-config": "--config /etc/fedfhe/coordinator.yaml --schema schema.yaml",
-    "app-hash": "",
+    "app-hash": "--fab-out fedfhe-app.fab",
     "compile": "--artifact training/artifact --out bundles/digits-lr-1 --release-key release.key "
                "--eval public-test.npz",
     "choose-n-bits": "--artifact training/artifact --eval public-test.npz --min 4 --max 10",
@@ -183,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=0, help="show only the newest N runs")
     add_format(p)
     add_check_config(sub, coord_config.CoordinatorConfig, "coordinator.yaml", coordinator_problems)
-    add_command(sub, "app-hash", _app_hash, "print the digest of the Flower App that `train` submits (owners pin it)")
+    p = add_command(sub, "app-hash", _app_hash,
+                    "print the digest of the Flower App that `train` submits (owners pin it)")
+    p.add_argument("--fab-out", type=Path, default=None, metavar="FILE",
+                   help="also write that app as a FAB file, for owner organisations to review and hash themselves")
     from .fhe_commands import register as register_fhe_commands  # compile, choose-n-bits, train-local
 
     register_fhe_commands(sub)

@@ -4,9 +4,17 @@ Four hosts (a coordinator that also runs the inference node, as the example inve
 three data owners), each with its own address on a bridge, its own sshd, /etc, /opt, /srv and
 fedfhe state (see testhosts.py). Each service runs as its own user: on the shared host neither the
 SuperLink nor the inference node can read the other's key, config or state.
+Both ways to deploy run (issue 26): the consortium's control node deploys the coordinator, the
+inference node, owner-0 and owner-1 with site.yml (mode 1); owner-2's organisation deploys owner-2
+with owner.yml from a control context of its own (mode 2). Neither context's SSH key opens the other's
+hosts; they exchange only public files: owner-2's certificate request and SuperNode public key go to
+the consortium, whose CA signs the request (fedfhe-pki sign); ca.crt, the certificate, the CRL,
+release.pub, the addresses and the FAB (which the owner hashes and pins itself) come back.
 The tests run in order on one deployment:
 
-  site.yml brings every service up; links cross the bridge with TLS; each host holds only
+  owner.yml (twice: before and after the exchange) and site.yml bring every service up; each control
+  context opens only its own hosts; owner.yml refuses a certificate for another key; links cross the
+  bridge with TLS; each host holds only
   its own keys and data (the release signing key on the coordinator only, root-only; its
   public half everywhere; owners pin the shipped Flower App); a second site.yml changes
   nothing; --check runs clean; --tags inference with a drifted inference.yaml restarts that service
@@ -58,12 +66,17 @@ from deployment import (
     play,
     trim_uv_cache,
     write_inventory,
+    write_owner_inventory,
 )
 from testhosts import HostsUnavailable, TestHosts, check_capable, wait_until
 
 pytestmark = [pytest.mark.multihost, pytest.mark.timeout(1500)]
 
 INFERENCE = "coordinator"  # the inference node shares the coordinator's host (its own user, key and state)
+EXTERNAL = "owner-2"  # deployed by its own organisation (owner.yml, mode 2), from its own control context
+ORG = f"{EXTERNAL}-org"
+# Control contexts -> the hosts their SSH key opens (the test's own key opens all, for its checks).
+CONTEXTS = {"consortium": ["coordinator", *(o for o in OWNERS if o != EXTERNAL)], ORG: [EXTERNAL]}
 # (host, service): each service's own user and group, whatever else its host runs.
 SERVICES = [("coordinator", "fedfhe-superlink"), (INFERENCE, "fedfhe-inference"),
             *((o, "fedfhe-supernode") for o in OWNERS)]
@@ -90,7 +103,22 @@ class Deployment:
     rows: dict[str, int]
     site: PlayResult
     fresh_check: PlayResult
+    owner_inventory: Path  # owner-2's organisation's (mode 2)
     times: dict[str, float] = field(default_factory=lambda: TIMES)
+
+    @property
+    def exchange(self) -> Path:
+        """owner-2's organisation's exchange folder (outbox/, inbox/) on its control node."""
+        return self.work / ORG / "control" / "exchange"
+
+    def owner_play(self, playbook: str, *args: str) -> PlayResult:
+        """A playbook run by owner-2's organisation, with its own inventory and SSH key."""
+        res = play(playbook, self.owner_inventory, self.logs / ORG, *args)
+        key, n = f"{ORG}-{Path(playbook).stem}", 1
+        while key in self.times:
+            key, n = f"{ORG}-{Path(playbook).stem}-{n + 1}", n + 1
+        self.times[key] = round(res.seconds, 1)
+        return res
 
     @property
     def logs(self) -> Path:
@@ -129,7 +157,7 @@ def hosts(request: pytest.FixtureRequest):
         check_capable()
     except HostsUnavailable as exc:
         pytest.skip(f"multihost: {exc}")
-    th = TestHosts()
+    th = TestHosts(contexts=CONTEXTS)
     started = time.monotonic()
     try:
         th.up()  # also removes what a crashed earlier run left behind
@@ -154,12 +182,89 @@ def deployed(hosts: TestHosts) -> Deployment:
     work = hosts.run_dir / "work"
     trim_uv_cache()
     rows = place_data(hosts, work)
-    inventory = write_inventory(hosts, work, copy_wheelhouse=COPY_WHEELHOUSE)
-    fresh_check = play("site.yml", inventory, work / "logs", "--check")  # before anything exists
-    site = play("site.yml", inventory, work / "logs")
+    inventory = write_inventory(hosts, work, copy_wheelhouse=COPY_WHEELHOUSE, context="consortium",
+                                external_owners=[EXTERNAL])
+    # The consortium ships its Flower App as a FAB; owner-2's organisation hashes that file itself and pins it.
+    fab = work / "consortium-outbox" / "fedfhe-app.fab"
+    subprocess.run([str(VENV_BIN / "fedfhe-coordinator"), "app-hash", "--fab-out", str(fab)], check=True,
+                   capture_output=True, text=True)
+    digest = subprocess.run([str(VENV_BIN / "fedfhe-owner"), "app-hash", "--fab", str(fab)], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    coordinator_ip = hosts.hosts["coordinator"].ip
+    owner_inventory = write_owner_inventory(hosts, work, EXTERNAL, ORG, f"{coordinator_ip}:9092",
+                                            f"{coordinator_ip}:50051", digest)
+    logs = work / "logs"
+    # Mode 2, first run: owner-2's organisation installs its host, which makes its keys; the outbox fills.
+    first = play("owner.yml", owner_inventory, logs / ORG)
+    _expect_ok(first, "owner.yml (before the exchange)")
+    assert "waiting for the consortium" in first.output, first.tail(40)
+    outbox = work / ORG / "control" / "exchange" / "outbox"
+    assert sorted(p.name for p in outbox.iterdir()) == [f"{EXTERNAL}.csr", f"{EXTERNAL}.supernode.pub"]
+    # The consortium's operator files what the owner sent: the request to sign, the key to register.
+    pki = work / "control" / "pki"
+    (pki / "requests").mkdir(parents=True, mode=0o700)
+    shutil.copy(outbox / f"{EXTERNAL}.csr", pki / "requests" / f"{EXTERNAL}.csr")
+    shutil.copy(outbox / f"{EXTERNAL}.supernode.pub", pki / f"{EXTERNAL}.supernode.pub")
+    fresh_check = play("site.yml", inventory, logs, "--check")  # before anything exists
+    site = play("site.yml", inventory, logs)
+    _expect_ok(site, "site.yml")
+    # The CA signs owner-2's request (sign shows and checks it); the public files go back to the owner.
+    subprocess.run([str(VENV_BIN / "fedfhe-pki"), "--dir", str(pki), "sign", str(pki / "requests" / f"{EXTERNAL}.csr"),
+                    "--role", "client", "--name", EXTERNAL], check=True, capture_output=True, text=True)
+    inbox = outbox.parent / "inbox"
+    inbox.mkdir()
+    for name in ("ca.crt", f"{EXTERNAL}.crt", "crl.pem", "release.pub"):
+        shutil.copy(pki / name, inbox / name)
+    second = play("owner.yml", owner_inventory, logs / ORG)
+    _expect_ok(second, "owner.yml (after the exchange)")
     TIMES.update({"site-check-fresh": round(fresh_check.seconds, 1), "site": round(site.seconds, 1),
-                  "install-play": _play_seconds(site, "Install fedfhe")})
-    return Deployment(hosts, work, inventory, rows, site, fresh_check)
+                  "install-play": _play_seconds(site, "Install fedfhe"), f"{ORG}-first": round(first.seconds, 1),
+                  f"{ORG}-second": round(second.seconds, 1)})
+    return Deployment(hosts, work, inventory, rows, site, fresh_check, owner_inventory)
+
+
+def test_each_control_context_reaches_only_its_own_organisations_hosts(deployed: Deployment) -> None:
+    """Mode 2: the consortium's control node cannot log in to owner-2's host, nor owner-2's organisation to
+    any of the consortium's; each opens its own (the playbooks above ran with these keys)."""
+    for context, own in CONTEXTS.items():
+        for host in deployed.hosts.hosts:
+            res = deployed.hosts.ssh(host, "true", check=False, timeout=30, context=context)
+            if host in own:
+                assert res.returncode == 0, (context, host, res.stderr)
+            else:
+                assert res.returncode == 255 and "Permission denied" in res.stderr, (context, host, res.stderr)
+    # Only public files crossed: the owner organisation's control node holds no private key at all,
+    # and the consortium's none of owner-2's.
+    assert not [p for p in (deployed.work / ORG).rglob("*.key")]
+    assert not [p for p in (deployed.work / "control").rglob(f"*{EXTERNAL}*.key")]
+    # The owner checked what came back and pinned the app it hashed itself; its SuperNode dials the addresses given.
+    owner_yaml = yaml.safe_load(deployed.hosts.hosts[EXTERNAL].path("/etc/fedfhe/owner.yaml").read_text())
+    assert owner_yaml["superlink"] == deployed.hosts.hosts["coordinator"].ip + ":9092", owner_yaml
+
+
+def test_owner_yml_refuses_a_certificate_for_another_key(deployed: Deployment) -> None:
+    """What the owner checks: a certificate from the consortium's CA, but for another key (a request the
+    owner did not make), is refused before the SuperNode uses it; the one it had stays in place."""
+    inbox = deployed.exchange / "inbox"
+    good = (inbox / f"{EXTERNAL}.crt").read_bytes()
+    stranger = deployed.work / "stranger"
+    subprocess.run([str(VENV_BIN / "fedfhe-pki"), "request", "client", EXTERNAL, "--out", str(stranger)],
+                   check=True, capture_output=True, text=True)
+    pki = deployed.work / "control" / "pki"
+    forged = deployed.work / "forged-pki"
+    shutil.copytree(pki, forged)
+    subprocess.run([str(VENV_BIN / "fedfhe-pki"), "--dir", str(forged), "sign", str(stranger / f"{EXTERNAL}.csr"),
+                    "--role", "client", "--name", EXTERNAL, "--force"], check=True, capture_output=True, text=True)
+    host_crt = deployed.hosts.hosts[EXTERNAL].path("/etc/fedfhe/pki/client.crt")
+    before = host_crt.read_bytes()
+    try:
+        (inbox / f"{EXTERNAL}.crt").write_bytes((forged / f"{EXTERNAL}.crt").read_bytes())
+        res = deployed.owner_play("owner.yml", "--tags", "pki")
+        assert res.rc != 0 and "does not fit" in res.output, res.tail(40)
+        assert host_crt.read_bytes() == before
+    finally:
+        (inbox / f"{EXTERNAL}.crt").write_bytes(good)
+        shutil.rmtree(forged, ignore_errors=True)
 
 
 # ---- site.yml ------------------------------------------------------------------------
@@ -514,7 +619,7 @@ def test_a_failed_install_leaves_the_venv_services_run_from(deployed: Deployment
     """An install that fails part way (here the bytecode step, after uv installed a different package
     set, as a disk filling up or a Ctrl-C would) went into a venv of its own: the one the services run
     from stays as it was. Installing in place would have left fedfhe-inference in it, unrecorded."""
-    host = "owner-2"
+    host = "owner-1"
     venv = deployed.hosts.hosts[host].path("/opt/fedfhe/venv")
     before = (os.readlink(venv), (venv / ".fedfhe-installed").read_text())
     pid = deployed.ssh(host, "cat /run/fedfhe/fedfhe-supernode.pid").stdout.strip()
@@ -670,6 +775,13 @@ def test_publish_and_predict_match_the_clear_model(deployed: Deployment) -> None
     clear = TrainingArtifact.load(deployed.work / "control" / "artifacts" / "training" / "latest" / "artifact")
     expected = clear.to_estimator().predict(X).tolist()
     assert encrypted == expected, f"FHE {encrypted} != clear {expected}"
+    # Mode 2: owner-2's organisation predicts from its own control node, through the address it was given.
+    np.savez_compressed(deployed.hosts.hosts[EXTERNAL].path(PREDICT_INPUT), X=X, y=y)
+    res = deployed.owner_play("predict.yml", "-e", f"fedfhe_predict_input={PREDICT_INPUT}",
+                              "-e", f"fedfhe_predict_output={PREDICT_OUTPUT}")
+    _expect_ok(res, f"predict.yml by {ORG}")
+    doc = json.loads(deployed.hosts.hosts[EXTERNAL].path(PREDICT_OUTPUT).read_text())
+    assert [row["prediction"] for row in doc["predictions"]] == expected
     # The owner's private FHE keys stay on its host (0600); the inference node holds only
     # evaluation keys.
     owner_state = _tree(deployed, "owner-0", "/var/lib/fedfhe/owner")
@@ -788,7 +900,7 @@ def test_a_revoked_owner_is_refused_on_both_links(deployed: Deployment) -> None:
     subprocess.run([str(VENV_BIN / "fedfhe-pki"), "--dir", str(pki), "revoke", REVOKED, "--reason", "keyCompromise"],
                    check=True, capture_output=True, text=True)
     inventory = yaml.safe_load(deployed.inventory.read_text())
-    del inventory["all"]["children"]["supernodes"]["hosts"][REVOKED]
+    inventory["all"]["vars"]["fedfhe_external_owners"].remove(REVOKED)  # owner-2 deploys its own host (mode 2)
     deployed.inventory.write_text(yaml.safe_dump(inventory, sort_keys=False))
     res = deployed.play("site.yml", "-l", "superlink:inference")
     _expect_ok(res, "site.yml after revoking " + REVOKED)

@@ -142,16 +142,58 @@ def snapshot_sources(work: Path) -> Path:
     return dest
 
 
-def write_inventory(hosts: TestHosts, work: Path, copy_wheelhouse: list[str] | None = None) -> Path:
+def _common_vars(hosts: TestHosts, source: Path, control: Path, context: str | None) -> dict:
+    """The settings every control context's inventory has: its SSH key, its control dir, the caches."""
+    return {
+        "ansible_user": "root",
+        "ansible_python_interpreter": "/usr/bin/python3",
+        "ansible_ssh_private_key_file": str(hosts.key if context is None else hosts.context_key(context)),
+        "ansible_ssh_common_args": " ".join(hosts.ssh_args(context)),
+        "fedfhe_control_dir": str(control),
+        "fedfhe_source_dir": str(source),
+        "fedfhe_wheelhouse_dir": str(CACHE / "wheelhouse"),
+        "fedfhe_wheelhouse_copy": False,
+        "fedfhe_wheelhouse_remote_dir": str(CACHE / "wheelhouse"),
+        # One uv cache for all test hosts (they share this disk); symlinks, since
+        # hardlinks cannot cross the hosts' private mounts.
+        "fedfhe_uv_cache_dir": str(CACHE / "uv-cache"),
+        "fedfhe_uv_link_mode": "symlink",
+        "fedfhe_schema": "digits",
+    }
+
+
+def write_owner_inventory(hosts: TestHosts, work: Path, owner: str, context: str, superlink: str, inference: str,
+                          approved_app: str) -> Path:
+    """Mode 2 (owner.yml): the owner organisation's own inventory, control dir and SSH key; its host only.
+
+    The consortium's addresses and the app digest the owner computed itself are its group vars."""
+    control = work / f"{owner}-org"
+    inventory = {"all": {
+        "vars": {**_common_vars(hosts, work / "src", control / "control", context),  # write_inventory's snapshot
+                 "fedfhe_owner_superlink_address": superlink, "fedfhe_owner_inference_address": inference,
+                 "fedfhe_owner_approve_shipped_app": False, "fedfhe_owner_approved_flower_apps": [approved_app]},
+        "children": {"supernodes": {"hosts": {owner: {"ansible_host": hosts.hosts[owner].ip,
+                                                      "fedfhe_owner_data": DATA_PATH}}}},
+    }}
+    path = control / "inventory" / "hosts.yml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(inventory, sort_keys=False))
+    return path
+
+
+def write_inventory(hosts: TestHosts, work: Path, copy_wheelhouse: list[str] | None = None,
+                    context: str | None = None, external_owners: list[str] | None = None) -> Path:
     """An inventory like an operator's, plus the test's SSH settings and cache locations.
 
     ``copy_wheelhouse`` names hosts that get the wheelhouse copied over SSH (the default for
     real hosts, with uv's cache private to the host); the others read the control node's
     wheelhouse where it lies, as hosts would from a shared disk, and share one uv cache, since
-    the test hosts share this machine's /var/tmp.
+    the test hosts share this machine's /var/tmp. ``context``: the control context whose SSH key
+    the inventory uses (testhosts.TestHosts.contexts; None: the test's own). ``external_owners``:
+    owners that deploy their own hosts (owner.yml), so in no group here (fedfhe_external_owners).
     """
-    ssh_args = " ".join(hosts.ssh_args())
     copy_wheelhouse = copy_wheelhouse or []
+    external = external_owners or []
 
     def host(name: str, **extra: object) -> dict:
         h = {"ansible_host": hosts.hosts[name].ip, **extra}
@@ -162,27 +204,13 @@ def write_inventory(hosts: TestHosts, work: Path, copy_wheelhouse: list[str] | N
 
     inventory = {
         "all": {
-            "vars": {
-                "ansible_user": "root",
-                "ansible_python_interpreter": "/usr/bin/python3",
-                "ansible_ssh_private_key_file": str(hosts.key),
-                "ansible_ssh_common_args": ssh_args,
-                "fedfhe_control_dir": str(work / "control"),
-                "fedfhe_source_dir": str(snapshot_sources(work)),
-                "fedfhe_wheelhouse_dir": str(CACHE / "wheelhouse"),
-                "fedfhe_wheelhouse_copy": False,
-                "fedfhe_wheelhouse_remote_dir": str(CACHE / "wheelhouse"),
-                # One uv cache for all test hosts (they share this disk); symlinks, since
-                # hardlinks cannot cross the hosts' private mounts.
-                "fedfhe_uv_cache_dir": str(CACHE / "uv-cache"),
-                "fedfhe_uv_link_mode": "symlink",
-                "fedfhe_schema": "digits",
-            },
+            "vars": {**_common_vars(hosts, snapshot_sources(work), work / "control", context),
+                     **({"fedfhe_external_owners": external} if external else {})},
             "children": {
                 "superlink": {"hosts": {"coordinator": host(
                     "coordinator", fedfhe_training_rounds=ROUNDS, fedfhe_training_public_test=PUBLIC_TEST,
                     fedfhe_training_round_timeout_s=120, fedfhe_training_wait_for_nodes_s=120)}},
-                "supernodes": {"hosts": {o: host(o, fedfhe_owner_data=DATA_PATH) for o in OWNERS}},
+                "supernodes": {"hosts": {o: host(o, fedfhe_owner_data=DATA_PATH) for o in OWNERS if o not in external}},
                 # The inference node on the coordinator's host, as the example inventory: co-located, own users.
                 "inference": {"hosts": {"coordinator": {}}},
             },

@@ -127,6 +127,9 @@ class TestHosts:
     base: Path = DEFAULT_BASE
     names: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_HOSTS))
     hosts: dict[str, Host] = field(default_factory=dict)
+    # Control contexts (a control node each: its own SSH key) -> the hosts that key may log in to. The test's
+    # own key (``key``, for its checks) logs in everywhere; with none given, so does everyone's.
+    contexts: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.base = Path(self.base)
@@ -202,9 +205,15 @@ class TestHosts:
         _run(["ip", "addr", "add", f"{CONTROL_IP}/24", "dev", BRIDGE])
         _run(["ip", "link", "set", BRIDGE, "up"])
 
+    def context_key(self, context: str) -> Path:
+        return self.ssh_dir / f"id_{context}"
+
     def _make_ssh_client_key(self) -> None:
         self.ssh_dir.mkdir(parents=True, exist_ok=True)
         _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fedfhe-multihost-control", "-f", str(self.key)])
+        for context in self.contexts:
+            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"fedfhe-multihost-{context}", "-f",
+                  str(self.context_key(context))])
 
     def _make_netns(self, host: Host) -> None:
         veth = f"{PREFIX}-v{host.ip.rsplit('.', 1)[1]}"
@@ -241,7 +250,8 @@ class TestHosts:
         for old in ssh.glob("ssh_host_*"):
             old.unlink()
         _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", str(ssh / "ssh_host_ed25519_key")])
-        (ssh / "authorized_keys_root").write_text(self.key.with_suffix(".pub").read_text())
+        keys = [self.key] + [self.context_key(c) for c, names in self.contexts.items() if host.name in names]
+        (ssh / "authorized_keys_root").write_text("".join(k.with_suffix(".pub").read_text() for k in keys))
         os.chmod(ssh / "authorized_keys_root", 0o600)
         (ssh / "sshd_config").write_text(
             "\n".join([
@@ -285,18 +295,20 @@ class TestHosts:
         return self.ssh(host.name, "true", check=False, timeout=5).returncode == 0
 
     # ---- using -------------------------------------------------------------
-    def ssh_args(self) -> list[str]:
+    def ssh_args(self, context: str | None = None) -> list[str]:
+        """ssh's options with the test's key, or with a control context's (``contexts``)."""
+        key = self.key if context is None else self.context_key(context)
         return [
-            "-i", str(self.key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+            "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
             "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
             "-o", "ConnectTimeout=5",
         ]
 
-    def ssh(self, name: str, command: str, check: bool = True,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def ssh(self, name: str, command: str, check: bool = True, timeout: float = 120,
+            context: str | None = None) -> subprocess.CompletedProcess[str]:
         host = self.hosts[name]
         try:
-            return _run(["ssh", *self.ssh_args(), f"root@{host.ip}", command], check=check, timeout=timeout)
+            return _run(["ssh", *self.ssh_args(context), f"root@{host.ip}", command], check=check, timeout=timeout)
         except subprocess.TimeoutExpired:
             if check:
                 raise
