@@ -101,7 +101,11 @@ class RunConfig:
         out: dict[str, FlowerValue] = {}
         for f in dataclasses.fields(self):
             value, kind = getattr(self, f.name), _types()[f.name]
-            out[flower_key(f.name)] = json.dumps(value, sort_keys=True) if _is_json(kind) else kind(value)
+            if _is_json(kind):
+                value = json.dumps(value, sort_keys=True)
+            elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)  # TOML keeps 300 and 300.0 apart; the pyproject declares floats
+            out[flower_key(f.name)] = value
         return out
 
     @classmethod
