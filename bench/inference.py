@@ -51,7 +51,9 @@ from typing import Any
 
 import numpy as np
 
+from fedfhe_common.bundle import CLIENT_ZIP, SIGNATURE
 from fedfhe_common.exit_status import exit_with
+from fedfhe_common.manifest import MANIFEST
 from fedfhe_common.procs import free_port
 from fedfhe_common.release import load_signing_key, load_verify_key
 from fedfhe_demo.datasets import load_builtin
@@ -360,8 +362,7 @@ def tls_copy_seconds(pki: Path, data: bytes) -> float:
 def tree_keys(bundle: Any, state: Path, owner: str) -> tuple[ModelKeys, bytes]:
     keys = ModelKeys(state / owner, bundle.model_id, bundle.version)
     d = bundle.directory
-    keys.install_client_specs((d / "client.zip").read_bytes(), (d / "manifest.json").read_bytes(),
-                              (d / "manifest.sig").read_bytes(),
+    keys.install_client_specs((d / CLIENT_ZIP).read_bytes(), (d / MANIFEST).read_bytes(), (d / SIGNATURE).read_bytes(),
                               load_verify_key(d.parent / "pki" / "release.pub"), "bench")
     fhe_client, _ = keys.fhe_client()
     return keys, fhe_client.get_serialized_evaluation_keys()

@@ -42,9 +42,9 @@ def verify_client_specs(client_zip: bytes, manifest: bytes, signature: bytes, ke
     if (meta["model_id"], meta["version"]) != (model_id, version):
         raise IntegrityError(f"{where}: the signed manifest is for {meta['model_id']} {meta['version']}, "
                              f"not {model_id} {version}")
-    if hashlib.sha256(client_zip).hexdigest() != meta["files"]["client.zip"]:
-        raise IntegrityError(f"{where}: client.zip does not match the SHA-256 in the signed manifest")
-    bundle_content.check_client_zip(client_zip, f"{where}: client.zip")
+    if hashlib.sha256(client_zip).hexdigest() != meta["files"][bundle.CLIENT_ZIP]:
+        raise IntegrityError(f"{where}: {bundle.CLIENT_ZIP} does not match the SHA-256 in the signed manifest")
+    bundle_content.check_client_zip(client_zip, f"{where}: {bundle.CLIENT_ZIP}")
     return meta
 
 
@@ -73,7 +73,7 @@ class ModelKeys:
 
     @property
     def client_zip(self) -> Path:
-        return self.dir / "client.zip"
+        return self.dir / bundle.CLIENT_ZIP
 
     @property
     def keyset_path(self) -> Path:

@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from fedfhe_common.bundle import preprocessing_of, version_key
+from fedfhe_common.bundle import CLIENT_ZIP, preprocessing_of, version_key
 from fedfhe_common.errors import ConfigError, FedfheError, IntegrityError
 from fedfhe_common.fhe_wire import CircuitSpec, WireError
 from fedfhe_common.release import load_verify_key
@@ -169,7 +169,7 @@ def _decode(scores: np.ndarray, schema: DatasetSchema) -> tuple[np.ndarray, bool
 def _result_spec(fhe: Any) -> CircuitSpec:
     """The circuit's output layout from the client specs this owner verified (never from the node)."""
     try:
-        return CircuitSpec.from_client_zip((Path(fhe.path_dir) / "client.zip").read_bytes())
+        return CircuitSpec.from_client_zip((Path(fhe.path_dir) / CLIENT_ZIP).read_bytes())
     except (OSError, WireError) as exc:
         raise FedfheError(f"client specs in {fhe.path_dir}: {exc}") from None
 

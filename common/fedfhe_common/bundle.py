@@ -31,8 +31,13 @@ from .preprocessing import Preprocessing
 from .schema import DatasetSchema
 
 KIND = "fedfhe-fhe-bundle"
-FILES = ("client.zip", "server.zip")
-MEMBERS = (*FILES, MANIFEST, release.SIGNATURE)
+# The bundle's member names: every other module takes them from here (issue 28). The signature's
+# name is release.SIGNATURE, shared with signed training artifacts.
+CLIENT_ZIP = "client.zip"  # Concrete ML's FHEModelDev names its two zips so; FHEModelClient/Server read them so
+SERVER_ZIP = "server.zip"
+SIGNATURE = release.SIGNATURE
+FILES = (CLIENT_ZIP, SERVER_ZIP)
+MEMBERS = (*FILES, MANIFEST, SIGNATURE)
 MAX_MANIFEST_BYTES = 1 << 20
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -53,6 +58,17 @@ def check_name(value: str, what: str) -> str:
             f"{what} {str(value)[:80]!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return value
+
+
+def read_members(directory: Path) -> dict[str, bytes]:
+    """The two zips of a bundle directory, by member name."""
+    return {name: (Path(directory) / name).read_bytes() for name in FILES}
+
+
+def check_zips(data: dict[str, bytes], where: str) -> None:
+    """Both zips hold nothing but what ``FHEModelDev`` writes (``bundle_content``); IntegrityError naming the zip."""
+    bundle_content.check_client_zip(data[CLIENT_ZIP], f"{where}/{CLIENT_ZIP}")
+    bundle_content.check_server_zip(data[SERVER_ZIP], f"{where}/{SERVER_ZIP}")
 
 
 def check_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
@@ -97,8 +113,7 @@ def write(
 
     def build(tmp: Path) -> None:
         produce(tmp)
-        bundle_content.check_client_zip((tmp / "client.zip").read_bytes(), f"{out_dir}/client.zip")
-        bundle_content.check_server_zip((tmp / "server.zip").read_bytes(), f"{out_dir}/server.zip")
+        check_zips(read_members(tmp), str(out_dir))
         write_manifest(tmp, KIND, list(FILES), meta)
         release.sign_manifest(tmp, signing_key)
 
@@ -145,8 +160,7 @@ def read(directory: Path, key: Ed25519PublicKey) -> dict[str, Any]:
         raise IntegrityError(f"{where}: cannot read {MANIFEST}: {exc.strerror or exc}") from None
     meta = verify_signed_manifest(raw, release.read_signature(directory), key, where)
     verify_manifest(directory, KIND, raw)  # every member's hash, no links
-    bundle_content.check_client_zip((directory / "client.zip").read_bytes(), f"{where}/client.zip")
-    bundle_content.check_server_zip((directory / "server.zip").read_bytes(), f"{where}/server.zip")
+    check_zips(read_members(directory), where)
     return meta
 
 
@@ -174,7 +188,7 @@ def read_verified(directory: Path, key: Ed25519PublicKey) -> tuple[dict[str, Any
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
-            if name == release.SIGNATURE:  # verify_signed_manifest says "not signed"
+            if name == SIGNATURE:  # verify_signed_manifest says "not signed"
                 data[name] = b""
                 continue
             raise IntegrityError(f"{where}: missing {name}") from None
@@ -186,12 +200,11 @@ def read_verified(directory: Path, key: Ed25519PublicKey) -> tuple[dict[str, Any
             data[name] = fh.read(MAX_ZIP_FILE_BYTES + 1)
         if len(data[name]) > MAX_ZIP_FILE_BYTES:
             raise IntegrityError(f"{where}: {name} is larger than {MAX_ZIP_FILE_BYTES} bytes")
-    meta = verify_signed_manifest(data[MANIFEST], data[release.SIGNATURE], key, where)
+    meta = verify_signed_manifest(data[MANIFEST], data[SIGNATURE], key, where)
     for name in FILES:
         if hashlib.sha256(data[name]).hexdigest() != meta["files"][name]:
             raise IntegrityError(f"{where}/{name}: SHA-256 does not match the signed manifest (tampered or corrupt)")
-    bundle_content.check_client_zip(data["client.zip"], f"{where}/client.zip")
-    bundle_content.check_server_zip(data["server.zip"], f"{where}/server.zip")
+    check_zips(data, where)
     return meta, data
 
 

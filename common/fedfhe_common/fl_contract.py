@@ -66,7 +66,8 @@ TEST_HOSTILE_REPLY = "test-hostile-reply"
 # Node config key of test federations: a folder where the ClientApp writes each true update it masks.
 TEST_RECORD_UPDATES = "test-record-updates"
 
-# Run config keys both apps read (coordinator.yaml training.secure_aggregation, via `flwr run --run-config`).
+# Run config keys both apps read (coordinator.yaml training.secure_aggregation, via `flwr run --run-config`);
+# the coordinator's side types every key in fedfhe_coordinator.run_config.RunConfig.
 RUN_SECURE = "secure-aggregation"  # true: SecAgg+ (Flower's SecAggPlusWorkflow / secaggplus_mod)
 RUN_SECAGG_CLIPPING_RANGE = "secagg-clipping-range"
 RUN_SECAGG_MAX_WEIGHT = "secagg-max-weight"

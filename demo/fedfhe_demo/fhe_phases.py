@@ -13,6 +13,7 @@ import numpy as np
 from rich.console import Console
 
 from fedfhe_common.artifact import TrainingArtifact
+from fedfhe_common.bundle import FILES
 from fedfhe_common.data import load_table
 from fedfhe_common.procs import free_port, venv_bin
 from fedfhe_common.scoring import mean_abs_error, prediction_score
@@ -62,9 +63,8 @@ def run_fhe_phases(
             signing_key=load_signing_key(cluster.pki / "release.key"),
         )
         report["n_bits"] = n_bits = bundle.meta["n_bits"]
-        sizes = {name: (bundle.directory / name).stat().st_size for name in ("client.zip", "server.zip")}
-        console.print(f"bundle {bundle.directory}: client.zip {sizes['client.zip']:,} B, "
-                      f"server.zip {sizes['server.zip']:,} B, n_bits={n_bits}")
+        sizes = ", ".join(f"{name} {(bundle.directory / name).stat().st_size:,} B" for name in FILES)
+        console.print(f"bundle {bundle.directory}: {sizes}, n_bits={n_bits}")
     with steps("inference", cluster.logs / "inference.log"):
         cfg_path = inference_config(cluster, work)
         res = _run([venv_bin("fedfhe-inference"), "publish", "--config", str(cfg_path), str(bundle.directory)])

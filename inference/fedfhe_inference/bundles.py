@@ -22,7 +22,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedfhe_common import bundle as bundle_format
-from fedfhe_common.bundle import valid_name, version_key
+from fedfhe_common.bundle import CLIENT_ZIP, SERVER_ZIP, SIGNATURE, valid_name, version_key
 from fedfhe_common.errors import FedfheError, IntegrityError
 from fedfhe_common.fileio import fsync_dir
 from fedfhe_common.manifest import MANIFEST, sha256_file
@@ -133,12 +133,12 @@ def load_bundle(directory: Path, key: Ed25519PublicKey, verified_root: Path) -> 
     try:
         server = FHEModelServer(str(private))
     except Exception as exc:  # noqa: BLE001 - any load failure (versions, corrupt circuit) refuses this bundle only
-        raise IntegrityError(f"{directory}: Concrete ML cannot load server.zip: {exc}") from None
+        raise IntegrityError(f"{directory}: Concrete ML cannot load {SERVER_ZIP}: {exc}") from None
     return LoadedBundle(
         model_id=meta["model_id"], version=meta["version"], directory=private, meta=meta,
         schema=DatasetSchema.from_mapping(meta["schema"]), bundle_sha256=hashlib.sha256(data[MANIFEST]).hexdigest(),
-        client_zip=data["client.zip"], client_zip_sha256=hashlib.sha256(data["client.zip"]).hexdigest(),
-        server=server, manifest=data[MANIFEST], signature=data["manifest.sig"],
+        client_zip=data[CLIENT_ZIP], client_zip_sha256=hashlib.sha256(data[CLIENT_ZIP]).hexdigest(),
+        server=server, manifest=data[MANIFEST], signature=data[SIGNATURE],
     )
 
 

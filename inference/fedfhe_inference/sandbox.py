@@ -105,9 +105,10 @@ class _Worker:
         from concrete import fhe
         from concrete.ml.deployment import FHEModelServer
 
+        from fedfhe_common.bundle import CLIENT_ZIP
         from fedfhe_common.fhe_wire import CircuitSpec
 
-        self.fhe, self.server_cls, self.spec_cls = fhe, FHEModelServer, CircuitSpec
+        self.fhe, self.server_cls, self.spec_cls, self.client_zip = fhe, FHEModelServer, CircuitSpec, CLIENT_ZIP
         self.cache_bytes, self.job_cpu_s = cache_bytes, job_cpu_s
         self.servers: dict[str, Any] = {}
         self.specs: dict[str, Any] = {}
@@ -117,7 +118,7 @@ class _Worker:
     def spec(self, directory: str) -> Any:
         """The circuit's specs (milliseconds): all a key check needs."""
         if directory not in self.specs:
-            self.specs[directory] = self.spec_cls.from_client_zip((Path(directory) / "client.zip").read_bytes())
+            self.specs[directory] = self.spec_cls.from_client_zip((Path(directory) / self.client_zip).read_bytes())
         return self.specs[directory]
 
     def server(self, directory: str) -> Any:

@@ -17,17 +17,11 @@ from typing import Any
 import tomli_w
 
 from fedfhe_common.errors import FedfheError
-from fedfhe_common.fl_contract import (
-    RUN_DP_NOISE_MULTIPLIER,
-    RUN_SECAGG_CLIPPING_RANGE,
-    RUN_SECAGG_MAX_WEIGHT,
-    RUN_SECURE,
-    owner_key_id,
-    owner_name_from_key_file,
-)
+from fedfhe_common.fl_contract import owner_key_id
 from fedfhe_common.procs import flower_env, venv_bin
 
-from .config import CoordinatorConfig, SecureAggregationConfig
+from .config import CoordinatorConfig
+from .run_config import RunConfig, owner_keys
 
 CONNECTION = "fedfhe"
 
@@ -147,72 +141,11 @@ def register_supernodes(cfg: CoordinatorConfig, keys: list[Path] | None = None) 
     return done
 
 
-def owner_keys(keys: list[Path]) -> dict[str, str]:
-    """Registered key id -> owner name, as the ServerApp will see the keys (Flower stores them as PEM).
-
-    The ServerApp names each reply's owner from this map and the node's registered
-    public key, never from what the reply says about itself.
-    """
-    from cryptography.hazmat.primitives import serialization
-
-    out = {}
-    for path in keys:
-        try:
-            key = serialization.load_ssh_public_key(path.read_bytes())
-        except (OSError, ValueError, TypeError) as exc:
-            raise FedfheError(f"{path}: cannot read the SuperNode public key: {exc}") from None
-        pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        out[owner_key_id(pem)] = owner_name_from_key_file(path.name)
-    return out
-
-
-def secure_run_config(sa: SecureAggregationConfig) -> dict[str, Any]:
-    """training.secure_aggregation as run config keys (read by both apps; names in fl_contract)."""
-    return {
-        RUN_SECURE: sa.enabled,
-        "secagg-num-shares": sa.num_shares,
-        "secagg-reconstruction-threshold": sa.reconstruction_threshold,
-        RUN_SECAGG_CLIPPING_RANGE: float(sa.clipping_range),
-        "secagg-quantization-range": sa.quantization_range,
-        RUN_SECAGG_MAX_WEIGHT: float(sa.max_weight),
-        RUN_DP_NOISE_MULTIPLIER: float(sa.noise_multiplier),
-        "dp-clipping-norm": float(sa.clipping_norm),
-    }
-
-
-def write_run_config(cfg: CoordinatorConfig, overrides: dict[str, Any]) -> Path:
-    # Every key written here must be declared in flower_app/pyproject.toml [tool.flwr.app.config]: `flwr run`
-    # refuses an undeclared one ("Invalid run configuration", code 15) and no run starts.
-    t = cfg.training
-    default_cap, per_owner = t.caps()
-    values: dict[str, Any] = {
-        "num-server-rounds": t.rounds,
-        "model": t.model,
-        "model-params": json.dumps(t.model_params),
-        "schema": t.schema,
-        "min-nodes": t.min_nodes,
-        "local-epochs": t.local_epochs,
-        "public-test": str(t.public_test.resolve()) if t.public_test else "",
-        "output-dir": str(t.output_dir.resolve()),
-        "round-timeout": float(t.round_timeout_s),
-        "wait-for-nodes": float(t.wait_for_nodes_s),
-        "owner-keys": json.dumps(owner_keys(cfg.supernode_public_keys)),
-        "max-examples": int(default_cap),
-        "max-examples-per-owner": json.dumps(per_owner),
-        "aggregation": t.aggregation,
-        "num-malicious-nodes": t.num_malicious_nodes,
-        "trimmed-fraction": float(t.trimmed_fraction),
-        "multikrum-select": t.multikrum_select,
-        "server-learning-rate": float(t.server_learning_rate),
-        "server-momentum": float(t.server_momentum),
-        "clip-norm": float(t.clip_norm),
-        "max-owner-share": float(t.max_owner_share),
-        **secure_run_config(t.secure_aggregation),
-    }
-    values.update(overrides)
+def write_run_config(cfg: CoordinatorConfig, run: RunConfig) -> Path:
+    """``run`` as the TOML file `flwr run --run-config` reads, in the release home (kept for the operator)."""
     path = cfg.release_home / "run-config.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(tomli_w.dumps(values))
+    path.write_text(tomli_w.dumps(run.to_flower()))
     return path
 
 

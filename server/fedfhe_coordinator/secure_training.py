@@ -58,6 +58,7 @@ from fedfhe_common import fl_contract as fc
 from fedfhe_common import newton, score_sums, secure_target
 from fedfhe_common.transport import to_arrays
 
+from .run_config import RunConfig
 from .server_app import NodesLost, OwnersChanged, Recording, ReplyPolicy, TrainingStopped
 from .wire_bytes import CountingGrid
 
@@ -472,27 +473,33 @@ class CheckedSecAgg:
             raise NodesLost(entry["error"])
 
 
+def secagg_workflow(run: RunConfig, shares: int | float, threshold: int) -> SecAggPlusWorkflow:
+    """Flower's SecAgg+ workflow with the run's clipping, quantisation and weight bounds (owners check the same)."""
+    return SecAggPlusWorkflow(
+        num_shares=shares, reconstruction_threshold=threshold, max_weight=run.secagg_max_weight,
+        clipping_range=run.secagg_clipping_range, quantization_range=run.secagg_quantization_range,
+        timeout=run.round_timeout,
+    )
+
+
 def run_secure(
-    grid: Grid, context: Context, *, policy: ReplyPolicy, progress: Path, owner_keys: dict[str, str],
-    node_wait: float, min_nodes: int, rounds: int, timeout: float, config: ConfigRecord,
+    grid: Grid, context: Context, run: RunConfig, *, policy: ReplyPolicy, progress: Path, config: ConfigRecord,
     initial: ArrayRecord, connected: int, score: Callable[[list[np.ndarray]], dict[str, float]],
     newton_run: NewtonRun | None = None, server_step: tuple[float, float] | None = None,
 ) -> tuple[ArrayRecord, SecureRecorder, Grid]:
-    """Run ``rounds`` SecAgg+ rounds; the final global parameters, the recorder and the grid used.
+    """Run ``run.num_server_rounds`` SecAgg+ rounds; the final global parameters, the recorder and the grid used.
 
     ``server_step``: (server_learning_rate, server_momentum) of aggregation fedavgm, taken by Flower's
     FedAvgM on each round's secure average.
     """
-    cfg = context.run_config
     if newton_run is None:  # a regressor's parameters travel in units of its target's range (secure_target)
         initial = to_arrays(secure_target.to_wire(policy.schema, initial.to_numpy_ndarrays()))
         real_score = score
 
         def score(params: list[np.ndarray]) -> dict[str, float]:
             return real_score(secure_target.from_wire(policy.schema, params))
-    record_dir = str(cfg.get("test-record-dir", ""))
-    shares, threshold = resolve_shares(int(cfg["secagg-num-shares"]), int(cfg["secagg-reconstruction-threshold"]),
-                                       connected)
+    record_dir, min_nodes = run.test_record_dir, run.min_nodes
+    shares, threshold = resolve_shares(run.secagg_num_shares, run.secagg_reconstruction_threshold, connected)
     train_config = {k: v for k, v in dict(config).items()}
 
     def fit_config(server_round: int) -> dict[str, Scalar]:
@@ -503,30 +510,24 @@ def run_secure(
         min_available_clients=min_nodes, on_fit_config_fn=fit_config,
         initial_parameters=ndarrays_to_parameters(initial.to_numpy_ndarrays()),
     )
-    noise = float(cfg[fc.RUN_DP_NOISE_MULTIPLIER])
-    if noise > 0:
+    if run.dp_noise_multiplier > 0:
         inner = DifferentialPrivacyClientSideFixedClipping(
-            inner, noise_multiplier=noise, clipping_norm=float(cfg["dp-clipping-norm"]),
+            inner, noise_multiplier=run.dp_noise_multiplier, clipping_norm=run.dp_clipping_norm,
             num_sampled_clients=connected,
         )
     server_opt = None
     if server_step is not None:
         server_opt = FedAvgM(server_learning_rate=server_step[0], server_momentum=server_step[1],
                              fit_metrics_aggregation_fn=lambda metrics: {})
-    max_weight = float(cfg[fc.RUN_SECAGG_MAX_WEIGHT])
-    recorder = SecureRecorder(progress, policy, owner_keys, node_wait, inner=inner, min_nodes=min_nodes,
-                              max_weight=max_weight, threshold=threshold, score=score, record_dir=record_dir,
-                              newton_run=newton_run, clipping_range=float(cfg[fc.RUN_SECAGG_CLIPPING_RANGE]),
-                              quantization_range=int(cfg["secagg-quantization-range"]), server_opt=server_opt)
+    recorder = SecureRecorder(progress, policy, run.owner_keys, run.wait_for_nodes, inner=inner, min_nodes=min_nodes,
+                              max_weight=run.secagg_max_weight, threshold=threshold, score=score,
+                              record_dir=record_dir, newton_run=newton_run, clipping_range=run.secagg_clipping_range,
+                              quantization_range=run.secagg_quantization_range, server_opt=server_opt)
     stage_grid = StageGrid(grid, recorder.owner_of, record_dir)
     recorder.grid = recorder.counter = stage_grid
     recorder.learn_names(stage_grid)
-    workflow = SecAggPlusWorkflow(
-        num_shares=shares, reconstruction_threshold=threshold, max_weight=max_weight,
-        clipping_range=float(cfg[fc.RUN_SECAGG_CLIPPING_RANGE]),
-        quantization_range=int(cfg["secagg-quantization-range"]), timeout=timeout,
-    )
-    legacy = LegacyContext(context, config=ServerConfig(num_rounds=rounds, round_timeout=timeout),
+    workflow = secagg_workflow(run, shares, threshold)
+    legacy = LegacyContext(context, ServerConfig(num_rounds=run.num_server_rounds, round_timeout=run.round_timeout),
                            strategy=recorder, client_manager=SimpleClientManager())
     try:
         DefaultWorkflow(fit_workflow=CheckedSecAgg(workflow, recorder))(stage_grid, legacy)

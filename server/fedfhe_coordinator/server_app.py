@@ -42,6 +42,7 @@ from fedfhe_common.transport import from_arrays, to_arrays
 
 from .aggregation import resolve, strategy_class, strategy_kwargs
 from .privacy import privacy_summary
+from .run_config import RunConfig
 from .wire_bytes import CountingGrid
 
 app = ServerApp()
@@ -542,36 +543,30 @@ def final_evaluation(
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     grid = CountingGrid(grid)
-    cfg = context.run_config
-    schema = resolve_schema(str(cfg["schema"]))
-    family = str(cfg["model"])
+    run = RunConfig.from_flower(context.run_config)
+    schema = resolve_schema(run.schema)
+    family = run.model
     models.check_family(family, schema)
-    model_params = json.loads(str(cfg["model-params"]))
-    rounds = int(cfg["num-server-rounds"])
-    min_nodes = int(cfg["min-nodes"])
-    timeout = float(cfg["round-timeout"])
-    out_dir = Path(str(cfg["output-dir"]) or "fedfhe-training")
+    model_params = run.model_params
+    rounds, min_nodes, timeout = run.num_server_rounds, run.min_nodes, run.round_timeout
+    out_dir = Path(run.output_dir or "fedfhe-training")
     out_dir.mkdir(parents=True, exist_ok=True)
     progress = out_dir / "progress.jsonl"
     progress.write_text("")
 
-    raw_public: tuple[np.ndarray, np.ndarray] | None = None
-    if str(cfg["public-test"]):
-        raw_public = load_table(str(cfg["public-test"]), schema)
+    raw_public = load_table(run.public_test, schema) if run.public_test else None
 
-    secure = bool(cfg.get(fc.RUN_SECURE, False))
-    aggregation, why = resolve(str(cfg["aggregation"]), family, schema, secure, float(cfg["clip-norm"]),
-                               secure and float(cfg[fc.RUN_DP_NOISE_MULTIPLIER]) > 0, model_params)
+    secure = run.secure_aggregation
+    aggregation, why = resolve(run.aggregation, family, schema, secure, run.clip_norm,
+                               secure and run.dp_noise_multiplier > 0, model_params)
     policy = ReplyPolicy(
-        family, schema, max_examples=int(cfg["max-examples"]),
-        per_owner={str(k): int(v) for k, v in json.loads(str(cfg["max-examples-per-owner"])).items()},
-        clip_norm=float(cfg["clip-norm"]), newton_terms=aggregation == "newton",
-        max_share=float(cfg.get("max-owner-share", 0.0)),
+        family, schema, max_examples=run.max_examples, per_owner=run.max_examples_per_owner,
+        clip_norm=run.clip_norm, newton_terms=aggregation == "newton", max_share=run.max_owner_share,
     )
     started = time.time()
 
-    owner_keys = {str(k): str(v) for k, v in json.loads(str(cfg["owner-keys"])).items()}
-    connected = wait_for_nodes(grid, min_nodes, float(cfg["wait-for-nodes"]), owner_keys)
+    owner_keys = run.owner_keys
+    connected = wait_for_nodes(grid, min_nodes, run.wait_for_nodes, owner_keys)
     config = ConfigRecord(
         {
             fc.MODEL: family,
@@ -579,18 +574,17 @@ def main(grid: Grid, context: Context) -> None:
             fc.SCHEMA_NAME: schema.name,
             fc.N_FEATURES: schema.n_features,
             fc.SCHEMA_SHA256: fc.schema_sha256(schema),
-            fc.LOCAL_EPOCHS: int(cfg["local-epochs"]),
+            fc.LOCAL_EPOCHS: run.local_epochs,
         }
     )
     if aggregation == "newton":
         config[fc.PHASE] = fc.PHASE_NEWTON
     initial = to_arrays(models.initial_parameters(family, schema))
-    prep, prep_summary = statistics(grid, context, schema, config, policy, owner_keys, min_nodes, timeout,
-                                    len(connected))
+    prep, prep_summary = statistics(grid, context, run, schema, config, policy, len(connected))
     config[fc.PREPROCESSING] = json.dumps(prep.to_dict())
     if prep_summary.get("rows"):
         config[fc.FEDERATION_ROWS] = int(prep_summary["rows"])
-    public = None if raw_public is None else (prep.transform(raw_public[0], cfg["public-test"]), raw_public[1])
+    public = None if raw_public is None else (prep.transform(raw_public[0], run.public_test), raw_public[1])
 
     def score(params: list[np.ndarray]) -> dict[str, float]:
         return score_params(family, model_params, params, schema, *public) if public else {}
@@ -600,25 +594,23 @@ def main(grid: Grid, context: Context) -> None:
         from .secure_training import run_secure  # the legacy API's imports only where a run needs them
 
         final_arrays, strategy, grid = run_secure(
-            grid, context, policy=policy, progress=progress, owner_keys=owner_keys,
-            node_wait=float(cfg["wait-for-nodes"]), min_nodes=min_nodes, rounds=rounds, timeout=timeout,
-            config=config, initial=initial, connected=len(connected), score=score,
+            grid, context, run, policy=policy, progress=progress, config=config, initial=initial,
+            connected=len(connected), score=score,
             newton_run=newton_run(aggregation, family, schema, prep, model_params),
-            server_step=(float(cfg.get("server-learning-rate", 1.0)), float(cfg.get("server-momentum", 0.0)))
-            if aggregation == "fedavgm" else None,
+            server_step=(run.server_learning_rate, run.server_momentum) if aggregation == "fedavgm" else None,
         )
         threshold = strategy.threshold
     else:
         strategy = make_strategy(
             aggregation, progress, policy,
             owner_keys=owner_keys,
-            node_wait=float(cfg["wait-for-nodes"]),
+            node_wait=run.wait_for_nodes,
             min_nodes=min_nodes,
-            num_malicious_nodes=int(cfg["num-malicious-nodes"]),
-            trimmed_fraction=float(cfg["trimmed-fraction"]),
-            multikrum_select=int(cfg["multikrum-select"]),
-            server_learning_rate=float(cfg.get("server-learning-rate", 1.0)),
-            server_momentum=float(cfg.get("server-momentum", 0.0)),
+            num_malicious_nodes=run.num_malicious_nodes,
+            trimmed_fraction=run.trimmed_fraction,
+            multikrum_select=run.multikrum_select,
+            server_learning_rate=run.server_learning_rate,
+            server_momentum=run.server_momentum,
             model_params=model_params,
         )
         strategy.counter = grid
@@ -674,7 +666,7 @@ def main(grid: Grid, context: Context) -> None:
         metrics={"rounds": rounds, **({"stopped": str(stopped)} if stopped is not None else {}),
                  "aggregation": {"used": aggregation, "why": why}, "per_round": per_round,
                  "seconds": time.time() - started,
-                 "privacy": privacy_summary(cfg, len(connected), threshold), "statistics": prep_summary},
+                 "privacy": privacy_summary(run, len(connected), threshold), "statistics": prep_summary},
         origin="federated",
         preprocessing=prep,
     ).save(out_dir / "artifact", mode=0o750)  # the release user (the service's group) copies it out to sign
@@ -690,30 +682,26 @@ def newton_run(aggregation: str, family: str, schema: DatasetSchema, prep: Prepr
     return NewtonRun(family, schema, model_params, prep.largest_input())
 
 
-def statistics(grid: Grid, context: Context, schema: DatasetSchema, config: ConfigRecord, policy: ReplyPolicy,
-               owner_keys: dict[str, str], min_nodes: int, timeout: float,
-               connected: int) -> tuple[Preprocessing, dict[str, Any]]:
+def statistics(grid: Grid, context: Context, run: RunConfig, schema: DatasetSchema, config: ConfigRecord,
+               policy: ReplyPolicy, connected: int) -> tuple[Preprocessing, dict[str, Any]]:
     """The preprocessing's statistics from the federation (``statistics_round``), or the identity (legacy schemas)."""
     if not needs_statistics(schema):
         return Preprocessing.identity(schema), {"mode": "none (legacy schema: rows go to the model as they are)"}
     from . import statistics_round as sr
 
-    cfg = context.run_config
-    names = node_owners(grid, owner_keys)
+    names = node_owners(grid, run.owner_keys)
 
     def owner_of(node: int) -> str:
         return names.get(int(node), f"node-{int(node)}")
 
     try:
-        if bool(cfg.get(fc.RUN_SECURE, False)):
+        if run.secure_aggregation:
             from .secure_training import resolve_shares
 
-            shares, threshold = resolve_shares(int(cfg["secagg-num-shares"]),
-                                               int(cfg["secagg-reconstruction-threshold"]), connected)
-            return sr.secure_statistics(grid, context, schema, config, min_nodes=min_nodes,
-                                        node_wait=float(cfg["wait-for-nodes"]), timeout=timeout, shares=shares,
-                                        threshold=threshold, owner_of=owner_of)
-        return sr.plain_statistics(grid, schema, config, min_nodes=min_nodes, timeout=timeout, cap=policy.cap,
-                                   owner_of=owner_of)
+            shares, threshold = resolve_shares(run.secagg_num_shares, run.secagg_reconstruction_threshold, connected)
+            return sr.secure_statistics(grid, context, run, schema, config, shares=shares, threshold=threshold,
+                                        owner_of=owner_of)
+        return sr.plain_statistics(grid, schema, config, min_nodes=run.min_nodes, timeout=run.round_timeout,
+                                   cap=policy.cap, owner_of=owner_of)
     except sr.StatisticsFailed as exc:
         raise NodesLost(str(exc)) from None

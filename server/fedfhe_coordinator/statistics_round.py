@@ -31,12 +31,14 @@ from flwr.server.client_manager import ClientManager, SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.compat import LegacyContext
 from flwr.server.strategy import Strategy
-from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.server.workflow import DefaultWorkflow
 from flwr.serverapp import Grid
 
 from fedfhe_common import fl_contract as fc
 from fedfhe_common.preprocessing import SECURE_SUM_TOLERANCE, Preprocessing, check_moments
 from fedfhe_common.schema import DatasetSchema
+
+from .run_config import RunConfig
 
 
 class StatisticsFailed(RuntimeError):
@@ -146,26 +148,19 @@ class StatisticsStrategy(Strategy):
         return None
 
 
-def secure_statistics(grid: Grid, context: Context, schema: DatasetSchema, config: ConfigRecord, *,
-                      min_nodes: int, node_wait: float, timeout: float, shares: int | float,
-                      threshold: int, owner_of: Any) -> tuple[Preprocessing, dict[str, Any]]:
+def secure_statistics(grid: Grid, context: Context, run: RunConfig, schema: DatasetSchema, config: ConfigRecord, *,
+                      shares: int | float, threshold: int, owner_of: Any) -> tuple[Preprocessing, dict[str, Any]]:
     """One SecAgg+ round whose 'update' is each owner's statistics vector (every entry in [0, 1]).
 
     Test runs (run config ``test-record-dir``) keep each masked vector the coordinator
     received under ``statistics/``, as the training rounds keep theirs.
     """
-    from .secure_training import StageGrid
+    from .secure_training import StageGrid, secagg_workflow
 
-    cfg = context.run_config
-    record_dir = str(cfg.get("test-record-dir", ""))
+    record_dir, timeout = run.test_record_dir, run.round_timeout
     grid = StageGrid(grid, owner_of, str(Path(record_dir) / "statistics") if record_dir else "")
-    max_weight = float(cfg[fc.RUN_SECAGG_MAX_WEIGHT])
-    strategy = StatisticsStrategy(schema, config, min_nodes, node_wait, max_weight)
-    workflow = SecAggPlusWorkflow(
-        num_shares=shares, reconstruction_threshold=threshold, max_weight=max_weight,
-        clipping_range=float(cfg[fc.RUN_SECAGG_CLIPPING_RANGE]),
-        quantization_range=int(cfg["secagg-quantization-range"]), timeout=timeout,
-    )
+    strategy = StatisticsStrategy(schema, config, run.min_nodes, run.wait_for_nodes, run.secagg_max_weight)
+    workflow = secagg_workflow(run, shares, threshold)
     legacy = LegacyContext(context, config=ServerConfig(num_rounds=1, round_timeout=timeout),
                            strategy=strategy, client_manager=SimpleClientManager())
     DefaultWorkflow(fit_workflow=workflow)(grid, legacy)

@@ -22,6 +22,7 @@ from fedfhe_common.schema import resolve_schema
 
 from . import aggregation, flwr_cli, runs
 from .config import CoordinatorConfig
+from .run_config import RunConfig
 
 MAX_PROGRESS_BYTES = 64 << 20
 _REFUSED: set[str] = set()  # progress files already reported as refused (read every 0.2 s)
@@ -145,10 +146,11 @@ def run_training(
     stale = _stamp(progress)
     started = time.time()
     flwr_cli.register_supernodes(cfg)
-    run_config = flwr_cli.write_run_config(cfg, overrides or {})
+    run = RunConfig.from_coordinator(cfg, overrides)
+    run_config = flwr_cli.write_run_config(cfg, run)
     log_path = cfg.release_home / "flwr-run.log"
     log_path.unlink(missing_ok=True)
-    rounds = int((overrides or {}).get("num-server-rounds", cfg.training.rounds))
+    rounds = run.num_server_rounds
     limit = timeout or (cfg.training.wait_for_nodes_s + cfg.training.round_timeout_s * 2 * rounds + 120)
     # Ctrl-C or SIGTERM while `flwr run` submits would leave a run no one knows the id of: both are
     # held until the id is known, then delivered inside the try below, which stops the run.

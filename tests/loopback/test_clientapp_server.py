@@ -24,6 +24,7 @@ import pytest
 from fedfhe_common.app_approval import app_dir_digest
 from fedfhe_common.procs import venv_bin, wait_until
 from fedfhe_coordinator import flwr_cli
+from fedfhe_coordinator.run_config import RunConfig
 from fedfhe_coordinator.training import read_progress
 from fedfhe_owner.clientapp_server import FORKED
 from fedfhe_owner.supernode import write_clientapp_shim
@@ -58,7 +59,7 @@ def test_an_unapproved_app_is_refused_inside_a_forked_child(fed, first_run, tmp_
     (app / "fedfhe_unapproved" / "__init__.py").write_text("# one more member: another app digest\n")
     digest = app_dir_digest(app)
     before = {o: len(FORK_LINE.findall(_log(fed, o))) for o in OWNERS}
-    run_config = flwr_cli.write_run_config(cfg, {"num-server-rounds": 1})
+    run_config = flwr_cli.write_run_config(cfg, RunConfig.from_coordinator(cfg, {"num-server-rounds": 1}))
     res = subprocess.run(
         [venv_bin("flwr"), "run", str(app), flwr_cli.CONNECTION, "--stream", "--run-config", str(run_config)],
         env=flwr_cli.flwr_env(cfg), capture_output=True, text=True, timeout=300, check=False,

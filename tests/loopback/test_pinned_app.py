@@ -25,6 +25,7 @@ import pytest
 from fedfhe_common.app_approval import fab_digest
 from fedfhe_common.procs import venv_bin
 from fedfhe_coordinator import flwr_cli
+from fedfhe_coordinator.run_config import RunConfig
 from fedfhe_coordinator.training import failure_reason, read_progress
 from fedfhe_demo.cluster import fedfhe_app_digest
 
@@ -95,7 +96,7 @@ def hostile_app(folder: Path, marker_dir: Path, data_files: list[Path]) -> Path:
 
 def submit(cfg, app: Path, log: Path, timeout: float = 300) -> int:
     """`flwr run APP` against the coordinator, as `fedfhe-coordinator train` does for fedfhe's own app."""
-    run_config = flwr_cli.write_run_config(cfg, {"num-server-rounds": 1})
+    run_config = flwr_cli.write_run_config(cfg, RunConfig.from_coordinator(cfg, {"num-server-rounds": 1}))
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
             [venv_bin("flwr"), "run", str(app), flwr_cli.CONNECTION, "--stream", "--run-config", str(run_config)],

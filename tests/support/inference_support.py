@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from inference_harness import LIMITS, Node, write_node_config  # noqa: F401  (re-exported for the tests)
 
+from fedfhe_common.bundle import CLIENT_ZIP
 from fedfhe_common.pki import init_ca, issue
 
 MODEL_ID, VERSION = "digits-lr", "1"
@@ -97,7 +98,7 @@ def tree_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
         out = tmp_path_factory.mktemp("tree-bundle") / "bundle"
         bundle = compile_concrete_bundle(model, out, model_id=TREE_ID, version=VERSION, schema=schema,
                                          calibration=X[:100], signing_key=signing_key())
-        size = CircuitSpec.from_client_zip((bundle.directory / "client.zip").read_bytes()).max_key_bytes
+        size = CircuitSpec.from_client_zip((bundle.directory / CLIENT_ZIP).read_bytes()).max_key_bytes
         _cache["tree"] = (bundle.directory, size)
     return _cache["tree"]
 

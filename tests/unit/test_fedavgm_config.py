@@ -26,6 +26,7 @@ from fedfhe_common.transport import to_arrays
 from fedfhe_coordinator import cli as server_cli
 from fedfhe_coordinator.config import CoordinatorConfig
 from fedfhe_coordinator.flwr_cli import write_run_config
+from fedfhe_coordinator.run_config import RunConfig
 from fedfhe_coordinator.server_app import ReplyPolicy, make_strategy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +59,7 @@ def test_bad_fedavgm_settings_are_refused_naming_the_key(tmp_path, training, mes
 
 def test_fedavgm_settings_reach_the_run_config(tmp_path):
     cfg = coordinator(tmp_path, (), aggregation="fedavgm", server_learning_rate=0.5, server_momentum=0.9)
-    run_config = (write_run_config(cfg, {})).read_text()
+    run_config = write_run_config(cfg, RunConfig.from_coordinator(cfg)).read_text()
     assert 'aggregation = "fedavgm"' in run_config
     assert "server-learning-rate = 0.5" in run_config and "server-momentum = 0.9" in run_config
 

@@ -213,7 +213,7 @@ def test_owner_keys_match_the_key_flower_registers(tmp_path):
     from flwr.cli.supernode.register import try_load_public_key
 
     from fedfhe_common.pki import init_ca, supernode_keypair
-    from fedfhe_coordinator.flwr_cli import owner_keys
+    from fedfhe_coordinator.run_config import owner_keys
 
     init_ca(tmp_path)
     supernode_keypair(tmp_path, "alice")

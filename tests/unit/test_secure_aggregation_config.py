@@ -15,7 +15,7 @@ from fedfhe_common import fl_contract as fc
 from fedfhe_common.errors import ConfigError
 from fedfhe_common.procs import venv_bin
 from fedfhe_coordinator import config as coord
-from fedfhe_coordinator.flwr_cli import secure_run_config
+from fedfhe_coordinator.run_config import RunConfig
 from fedfhe_coordinator.secure_training import resolve_shares
 from fedfhe_coordinator.training import preflight
 
@@ -78,7 +78,7 @@ def test_auto_is_secure_from_three_owners(tmp_path, owners, on):
     """The default (enabled: auto): SecAgg+ wherever owners' default policy (three or more per sum) allows it."""
     cfg = coord.load(write(tmp_path, owners))
     assert cfg.training.secure_aggregation.enabled is on
-    assert secure_run_config(cfg.training.secure_aggregation)[fc.RUN_SECURE] is on
+    assert RunConfig.from_training(cfg.training).to_flower()[fc.RUN_SECURE] is on
 
 
 def regressor_config(tmp_path: Path, schema: str, **section: object) -> Path:
@@ -133,12 +133,13 @@ def test_every_problem_of_the_section_at_once(tmp_path):
 
 def test_defaults_suit_3_to_100_owners(tmp_path):
     for owners in (3, 10, 100):
-        cfg = coord.load(write(tmp_path, owners, enabled=True)).training.secure_aggregation
+        training = coord.load(write(tmp_path, owners, enabled=True)).training
+        cfg = training.secure_aggregation
         shares, threshold = resolve_shares(cfg.num_shares, cfg.reconstruction_threshold, owners)
         assert shares == 1.0 and threshold == owners // 2 + 1  # every owner holds a share; a strict majority
         fc.check_secagg_setup(owners, threshold, owners)  # what the owners accept
         assert (owners + 1) * cfg.quantization_range <= coord.SECAGG_MODULUS
-    run = secure_run_config(cfg)
+    run = RunConfig.from_training(training).to_flower()
     assert run[fc.RUN_SECURE] is True and run[fc.RUN_DP_NOISE_MULTIPLIER] == 0.0  # DP off by default
 
 

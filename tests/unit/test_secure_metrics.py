@@ -45,6 +45,7 @@ from fedfhe_common.preprocessing import Preprocessing
 from fedfhe_common.schema import DatasetSchema, resolve_schema
 from fedfhe_common.transport import to_arrays
 from fedfhe_coordinator.config import CoordinatorConfig
+from fedfhe_coordinator.run_config import RunConfig
 from fedfhe_coordinator.secure_training import NewtonRun, SecureRecorder, run_secure
 from fedfhe_coordinator.server_app import ReplyPolicy
 from fedfhe_owner.client_app import app
@@ -117,23 +118,22 @@ def federation(tmp_path: Path, server_step: tuple[float, float] | None = None, *
         owners[node] = Context(run_id=1, node_id=node, node_config=node_config, state=RecordDict(),
                                run_config={fc.RUN_SECURE: True, fc.RUN_SECAGG_CLIPPING_RANGE: CLIPPING_RANGE,
                                            fc.RUN_SECAGG_MAX_WEIGHT: MAX_WEIGHT})
-    run_config = {"secagg-num-shares": 0, "secagg-reconstruction-threshold": 0, fc.RUN_DP_NOISE_MULTIPLIER: 0.0,
-                  fc.RUN_SECAGG_MAX_WEIGHT: MAX_WEIGHT, fc.RUN_SECAGG_CLIPPING_RANGE: CLIPPING_RANGE,
-                  "secagg-quantization-range": LEVELS}
-    coordinator = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
+    keys = {fc.owner_key_id(f"key-{n}".encode()): owner_name(n) for n in NODES}
+    run = RunConfig(num_server_rounds=ROUNDS, min_nodes=3, round_timeout=60.0, wait_for_nodes=10.0, owner_keys=keys,
+                    secure_aggregation=True, secagg_max_weight=MAX_WEIGHT, secagg_clipping_range=CLIPPING_RANGE,
+                    secagg_quantization_range=LEVELS)
+    coordinator = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run.to_flower())
     config = ConfigRecord({fc.MODEL: family, fc.MODEL_PARAMS: "{}", fc.SCHEMA_NAME: schema.name,
                            fc.N_FEATURES: schema.n_features, fc.SCHEMA_SHA256: fc.schema_sha256(schema),
                            fc.LOCAL_EPOCHS: 1})
     if newton_run is not None:
         config[fc.PHASE] = fc.PHASE_NEWTON
-    keys = {fc.owner_key_id(f"key-{n}".encode()): owner_name(n) for n in NODES}
     grid = grid_class(owners)
     initial = to_arrays(models.initial_parameters(family, schema))
     final, recorder, _ = run_secure(
-        grid, coordinator, policy=ReplyPolicy(family, schema, newton_terms=newton_run is not None),
-        progress=tmp_path / "progress.jsonl", owner_keys=keys, node_wait=10.0, min_nodes=3, rounds=ROUNDS,
-        timeout=60.0, config=config, initial=initial, connected=len(NODES), score=lambda params: {},
-        newton_run=newton_run, server_step=server_step)
+        grid, coordinator, run, policy=ReplyPolicy(family, schema, newton_terms=newton_run is not None),
+        progress=tmp_path / "progress.jsonl", config=config, initial=initial, connected=len(NODES),
+        score=lambda params: {}, newton_run=newton_run, server_step=server_step)
     recorder.flush(ROUNDS)
     return {"grid": grid, "recorder": recorder, "final": final.to_numpy_ndarrays(), "work": tmp_path,
             "initial": initial.to_numpy_ndarrays()}

@@ -19,6 +19,7 @@ from fedfhe_common.errors import ConfigError
 from fedfhe_coordinator import cli
 from fedfhe_coordinator import config as coord
 from fedfhe_coordinator.flwr_cli import write_run_config
+from fedfhe_coordinator.run_config import RunConfig
 from fedfhe_coordinator.training import with_secure_aggregation
 
 
@@ -52,7 +53,7 @@ def test_the_flag_turns_secure_aggregation_on_and_keeps_the_sections_other_keys(
     assert (sa.clipping_range, sa.max_weight, sa.reconstruction_threshold) == (4.0, 500.0, 3)
     assert on.training.output_dir == cfg.training.output_dir and on.state_dir == cfg.state_dir
     # What the run carries to the ServerApp and the owners (the SuperLink keeps running as it is).
-    run = tomllib.loads(write_run_config(on, {"num-server-rounds": 2}).read_text())
+    run = tomllib.loads(write_run_config(on, RunConfig.from_coordinator(on, {"num-server-rounds": 2})).read_text())
     assert run[fc.RUN_SECURE] is True and run[fc.RUN_SECAGG_CLIPPING_RANGE] == 4.0
     assert run[fc.RUN_SECAGG_MAX_WEIGHT] == 500.0 and run["secagg-reconstruction-threshold"] == 3
     assert run["num-server-rounds"] == 2
