@@ -10,38 +10,20 @@ import argparse
 import sys
 from pathlib import Path
 
-from fedfhe_common.errors import ConfigError
 from fedfhe_common.output import add_format, print_json, wants_json
 
 from . import config as owner_config
 
 
-def _endpoint(cfg: owner_config.OwnerConfig, path: Path) -> owner_config.InferenceEndpoint:
-    if cfg.inference is None:
-        raise ConfigError(f"{path}: no 'inference' section (address, certfile, keyfile, ca_certfile)")
-    return cfg.inference
-
-
 def _predict(args: argparse.Namespace) -> int:
-    from fedfhe_common.schema import resolve_schema
-
-    from .inference_client import InferenceClient
-    from .predict import check_own_schema, predict_rows, resolve_for_predict, signed_schema
+    from .api import Predictor
     from .predict_io import load_rows, write_predictions
 
-    cfg = owner_config.load(args.config)
-    endpoint = _endpoint(cfg, args.config)
-    with InferenceClient(endpoint) as client:
-        info = resolve_for_predict(client, cfg.state_dir, args.model or endpoint.model_id, args.version or "")
-        schema = signed_schema(endpoint, cfg.state_dir, client, info)
-        own = resolve_schema(cfg.schema)
-        if own.typed or schema.typed:
-            check_own_schema(own, schema, f"{info.model_id} {info.version}")
-        X, y = load_rows(args.input, schema, args.labels)
-        result = predict_rows(
-            endpoint, cfg.state_dir, X, model_id=info.model_id, version=info.version, batch_size=args.batch_size,
-            progress=not args.no_progress, client=client,
-        )
+    with Predictor(args.config, model=args.model or "", version=args.version or "", progress=not args.no_progress,
+                   batch_size=args.batch_size) as predictor:
+        X, y = load_rows(args.input, predictor.schema, args.labels)
+        result = predictor.predict_result(X)
+        cfg = predictor.config
     write_predictions(args.out, result, y)
     if wants_json(args):
         summary = {**result.summary(), "out": str(args.out), "state_dir": str(cfg.state_dir)}
@@ -64,11 +46,12 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _delete_keys(args: argparse.Namespace) -> int:
+    from .api import endpoint_of
     from .inference_client import InferenceClient
     from .predict import delete_keys, resolve_model
 
     cfg = owner_config.load(args.config)
-    endpoint = _endpoint(cfg, args.config)
+    endpoint = endpoint_of(cfg, args.config)
     with InferenceClient(endpoint) as client:
         info = resolve_model(client, args.model or endpoint.model_id, args.version or "")
         key_id = delete_keys(endpoint, cfg.state_dir, info.model_id, info.version, client=client)

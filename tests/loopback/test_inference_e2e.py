@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,16 +65,37 @@ def test_private_key_stays_local_and_keys_are_reused(node, digits, tmp_path):
     assert stat.S_IMODE((node.keys_dir / f"{first.key_id}.evk").stat().st_mode) == 0o600
 
 
-def test_predict_command_writes_csv_and_json(node, digits, tmp_path):
+def write_owner_yaml(node, owner: str, digits, tmp_path: Path) -> Path:
+    """An owner.yaml that predicts only (no SuperNode runs here: superlink and auth_key are never used)."""
     owner_yaml = tmp_path / "owner.yaml"
-    ep = node.endpoint("carol")
+    ep = node.endpoint(owner)
     owner_yaml.write_text(json.dumps({
-        "owner_id": "carol", "superlink": "127.0.0.1:1", "root_certificates": str(ep.ca_certfile),
+        "owner_id": owner, "superlink": "127.0.0.1:1", "root_certificates": str(ep.ca_certfile),
         "auth_key": "unused", "data": str(digits.train_csv), "state_dir": str(tmp_path / "state"),
         "release_public_key": str(ep.release_public_key),
         "inference": {"address": ep.address, "certfile": str(ep.certfile), "keyfile": str(ep.keyfile),
                       "ca_certfile": str(ep.ca_certfile), "model_id": "digits-lr", "batch_size": 4},
     }))
+    return owner_yaml
+
+
+def test_the_python_api_predicts_like_the_cli(node, lr_bundles, digits, tmp_path):
+    """Issue 28: ``from fedfhe_owner import Predictor`` gives an application the CLI's encrypted predictions."""
+    from fedfhe_owner import Predictor
+
+    X = digits.X_test[:8]
+    with Predictor(write_owner_yaml(node, "dave", digits, tmp_path), version="1") as predictor:
+        assert predictor.model == ("digits-lr", "1")
+        first = predictor.predict_result(X[:5])
+        again = predictor.predict(X[5:])
+    assert first.keys_uploaded and len(first.predictions) == 5  # uploaded once, on first use
+    np.testing.assert_array_equal(np.concatenate([first.predictions, again]),
+                                  lr_bundles["model_1"].predict(X, fhe="simulate"))
+    assert list((tmp_path / "state").rglob("*keyset*")), "the private keys are not where the CLI keeps them"
+
+
+def test_predict_command_writes_csv_and_json(node, digits, tmp_path):
+    owner_yaml = write_owner_yaml(node, "carol", digits, tmp_path)
     rows = tmp_path / "rows.csv"  # no label column: labels are optional
     header = ",".join(f"f{i}" for i in range(64))
     rows.write_text(header + "\n" + "\n".join(",".join(f"{v:g}" for v in r) for r in digits.X_test[:6]) + "\n")
