@@ -29,6 +29,7 @@ from fedfhe_common.schema import DatasetSchema
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
 from .config import InferenceEndpoint
+from .decode import Decrypted, decides_on_raw_scores, decode, decrypt
 from .inference_client import InferenceClient, InferenceError
 from .keys import ModelKeys, newest_seen_version
 
@@ -155,15 +156,6 @@ def _progress(enabled: bool) -> Any:
         TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled,
         transient=False,
     )
-
-
-def _decode(scores: np.ndarray, schema: DatasetSchema) -> tuple[np.ndarray, bool]:
-    if not schema.is_classifier:
-        return scores[:, 0], False
-    classes = np.asarray(schema.classes)
-    index = np.argmax(scores, axis=1) if scores.shape[1] > 1 else (scores[:, 0] > 0.5).astype(int)
-    probs = bool(scores.shape[1] > 1 and (scores >= -1e-6).all() and np.allclose(scores.sum(axis=1), 1, atol=1e-3))
-    return classes[index], probs
 
 
 def _result_spec(fhe: Any) -> CircuitSpec:
@@ -294,7 +286,7 @@ def predict_rows(
         X = prep.transform(X, f"rows for {info.model_id} {info.version}")  # exactly the model's training transform
         fhe, seconds["keygen"] = keys.fhe_client()
         bar = _progress(progress)
-        outputs: list[np.ndarray] = []
+        decrypted: list[Decrypted] = []
         with bar, cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict-rpc") as pool:
             session = _Session(conn, info, keys, fhe, bar)
             spec = _result_spec(fhe)
@@ -309,7 +301,7 @@ def predict_rows(
                 for i, r in enumerate(resp.results):
                     sizes["results"] += len(r)
                     _check_result(spec, r, i, conn.endpoint.address)
-                    outputs.append(np.asarray(fhe.deserialize_decrypt_dequantize(r)).reshape(1, -1))
+                    decrypted.append(decrypt(fhe, r))
                 seconds["decrypt"] += time.perf_counter() - t
                 bar.advance(task, len(resp.results))
 
@@ -325,8 +317,9 @@ def predict_rows(
             if pending is not None:
                 collect(pending)
         seconds["upload"] = session.upload_seconds
-    scores = np.vstack(outputs)
-    predictions, probabilities = _decode(scores, schema)
+    scores = np.vstack([d.outputs for d in decrypted])
+    raw = np.vstack([d.raw for d in decrypted])
+    predictions, probabilities = decode(raw, scores, schema, decides_on_raw_scores(fhe.model))
     seconds["total"] = time.perf_counter() - started
     return PredictResult(
         model_id=info.model_id, version=info.version, bundle_sha256=info.bundle_sha256, key_id=session.key_id or "",
