@@ -20,7 +20,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedfhe_common import bundle, bundle_content, release
+from fedfhe_common import bundle, bundle_content, key_params, release
 from fedfhe_common.errors import FedfheError, IntegrityError
 from fedfhe_common.fileio import write_atomic
 from fedfhe_common.manifest import MANIFEST
@@ -44,7 +44,8 @@ def verify_client_specs(client_zip: bytes, manifest: bytes, signature: bytes, ke
                              f"not {model_id} {version}")
     if hashlib.sha256(client_zip).hexdigest() != meta["files"]["client.zip"]:
         raise IntegrityError(f"{where}: client.zip does not match the SHA-256 in the signed manifest")
-    bundle_content.check_client_zip(client_zip, f"{where}: client.zip")
+    specs = bundle_content.check_client_zip(client_zip, f"{where}: client.zip")
+    key_params.check_recorded(meta, specs, where)  # the key-reuse fingerprint is that of these very specs
     return meta
 
 

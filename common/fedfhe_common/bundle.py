@@ -23,7 +23,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from . import bundle_content, release
+from . import bundle_content, key_params, release
 from .errors import ConfigError, FedfheError, IntegrityError
 from .fileio import write_dir_atomic
 from .manifest import MANIFEST, canonical_body, verify_manifest, write_manifest
@@ -87,7 +87,8 @@ def write(
     """``produce(tmp)`` writes client.zip and server.zip; check, manifest, sign, then one rename.
 
     A bundle that fails the content checks is never signed: compile stops here
-    instead of handing the node something it would refuse.
+    instead of handing the node something it would refuse. The manifest records the
+    fingerprint of the key set the circuit needs (``key_params``): owners reuse keys on it.
     """
     check_name(meta.get("model_id", ""), "model id")
     check_name(meta.get("version", ""), "version")
@@ -97,9 +98,9 @@ def write(
 
     def build(tmp: Path) -> None:
         produce(tmp)
-        bundle_content.check_client_zip((tmp / "client.zip").read_bytes(), f"{out_dir}/client.zip")
+        specs = bundle_content.check_client_zip((tmp / "client.zip").read_bytes(), f"{out_dir}/client.zip")
         bundle_content.check_server_zip((tmp / "server.zip").read_bytes(), f"{out_dir}/server.zip")
-        write_manifest(tmp, KIND, list(FILES), meta)
+        write_manifest(tmp, KIND, list(FILES), {**meta, key_params.FIELD: key_params.fingerprint(specs)})
         release.sign_manifest(tmp, signing_key)
 
     write_dir_atomic(out_dir, build, mode=0o755)
@@ -145,7 +146,8 @@ def read(directory: Path, key: Ed25519PublicKey) -> dict[str, Any]:
         raise IntegrityError(f"{where}: cannot read {MANIFEST}: {exc.strerror or exc}") from None
     meta = verify_signed_manifest(raw, release.read_signature(directory), key, where)
     verify_manifest(directory, KIND, raw)  # every member's hash, no links
-    bundle_content.check_client_zip((directory / "client.zip").read_bytes(), f"{where}/client.zip")
+    specs = bundle_content.check_client_zip((directory / "client.zip").read_bytes(), f"{where}/client.zip")
+    key_params.check_recorded(meta, specs, where)
     bundle_content.check_server_zip((directory / "server.zip").read_bytes(), f"{where}/server.zip")
     return meta
 
@@ -190,7 +192,8 @@ def read_verified(directory: Path, key: Ed25519PublicKey) -> tuple[dict[str, Any
     for name in FILES:
         if hashlib.sha256(data[name]).hexdigest() != meta["files"][name]:
             raise IntegrityError(f"{where}/{name}: SHA-256 does not match the signed manifest (tampered or corrupt)")
-    bundle_content.check_client_zip(data["client.zip"], f"{where}/client.zip")
+    specs = bundle_content.check_client_zip(data["client.zip"], f"{where}/client.zip")
+    key_params.check_recorded(meta, specs, where)
     bundle_content.check_server_zip(data["server.zip"], f"{where}/server.zip")
     return meta, data
 
