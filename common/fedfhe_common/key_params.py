@@ -18,8 +18,10 @@ from the verified client.zip and refuses a manifest that records another value.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
+import zipfile
 from typing import Any
 
 from .errors import IntegrityError
@@ -35,6 +37,15 @@ def keyset(specs: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise IntegrityError("client.specs.json: no keyset")
     return value
+
+
+def keyset_of_client_zip(client_zip: bytes) -> dict[str, Any]:
+    """The keyset of a client.zip that already passed ``bundle_content.check_client_zip``."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(client_zip)) as zf:
+            return keyset(json.loads(zf.read("client.specs.json")))
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+        raise IntegrityError(f"client.zip: no readable client.specs.json ({str(exc)[:200]})") from None
 
 
 def fingerprint(specs: dict[str, Any]) -> str:

@@ -166,7 +166,7 @@ def _list_keys(node, owner: str):
 
     out = []
     for meta in node.keys_dir.glob("*.json"):
-        record = KeyRecord(**json.loads(meta.read_text()))
+        record = KeyRecord.from_dict(json.loads(meta.read_text()))
         if record.owner == owner:
             out.append(record)
     return out
