@@ -5,8 +5,10 @@ Layout under ``<state_dir>/inference/<model_id>/<version>/``::
     client.zip      public client specs from the inference node (signature-, hash- and content-checked)
     manifest.json   the bundle manifest the release key signed, pinned for this version
     manifest.sig    its release signature
-    keyset.bin      private + evaluation keys (0600, atomic); only the evaluation part is uploaded
-    key_ids.json    key id the node gave for our evaluation keys, per node address
+    keyset.bin      private + evaluation keys (0600, atomic); only the evaluation part is uploaded; a hard
+                    link to another version's keyset.bin when both circuits take the same key set (key_reuse.py)
+    key_ids.json    key id the node gave for our evaluation keys, per node address (and the version they
+                    were attached from, when the node reuses another version's upload)
 """
 
 from __future__ import annotations
@@ -138,6 +140,19 @@ class ModelKeys:
         self._fhe = client
         return client, seconds
 
+    def link_keyset(self, source: ModelKeys) -> None:
+        """Use ``source``'s keyset (same key parameters): a hard link, so deleting either version's directory
+        leaves the other's keys whole; a copy where the file system has no hard links."""
+        self._ensure_dir()
+        try:
+            os.link(source.keyset_path, self.keyset_path)
+        except FileExistsError:
+            raise FedfheError(f"{self.keyset_path}: already holds keys; not replacing them") from None
+        except OSError:
+            write_atomic(self.keyset_path, source.keyset_path.read_bytes(), 0o600)
+        os.chmod(self.keyset_path, 0o600)
+        self._fhe = None
+
     # ---- key ids the node handed out --------------------------------------
     def _ids(self) -> dict[str, Any]:
         try:
@@ -152,9 +167,16 @@ class ModelKeys:
             return str(entry.get("key_id") or "") or None
         return None
 
-    def remember_key_id(self, address: str, key_id: str, evaluation_sha256: str) -> None:
+    def recorded_key_id(self, address: str) -> str | None:
+        """The key id recorded for ``address``, whatever keys it was for."""
+        entry = self._ids().get(address)
+        return str(entry.get("key_id") or "") or None if isinstance(entry, dict) else None
+
+    def remember_key_id(self, address: str, key_id: str, evaluation_sha256: str, attached_from: str = "") -> None:
         ids = self._ids()
         ids[address] = {"key_id": key_id, "evaluation_keys_sha256": evaluation_sha256, "uploaded_at": time.time()}
+        if attached_from:
+            ids[address]["attached_from"] = attached_from
         self._ensure_dir()
         write_atomic(self.dir / "key_ids.json", (json.dumps(ids, indent=2) + "\n").encode(), 0o600)
 

@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from fedfhe_common import key_params
 from fedfhe_common.bundle import preprocessing_of, version_key
 from fedfhe_common.errors import ConfigError, FedfheError, IntegrityError
 from fedfhe_common.fhe_wire import CircuitSpec, WireError
@@ -28,6 +29,7 @@ from fedfhe_common.release import load_verify_key
 from fedfhe_common.schema import DatasetSchema
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
+from . import key_reuse
 from .config import InferenceEndpoint
 from .decode import Decrypted, decides_on_raw_scores, decode, decrypt
 from .inference_client import InferenceClient, InferenceError
@@ -49,6 +51,8 @@ class PredictResult:
     classes: list[int]
     bytes: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    keys_reused_from: str = ""  # version whose keyset this one took (same key parameters): no keygen
+    keys_attached_from: str = ""  # version whose upload the node attached to this one: no upload
 
     @property
     def rows(self) -> int:
@@ -85,7 +89,8 @@ class PredictResult:
     def summary(self) -> dict[str, Any]:
         return {
             "model_id": self.model_id, "version": self.version, "bundle_sha256": self.bundle_sha256,
-            "key_id": self.key_id, "keys_uploaded": self.keys_uploaded, "rows": self.rows,
+            "key_id": self.key_id, "keys_uploaded": self.keys_uploaded, "keys_reused_from": self.keys_reused_from,
+            "keys_attached_from": self.keys_attached_from, "rows": self.rows,
             "latency_per_row_s": self.latency_per_row_s, "bytes": dict(self.bytes), "seconds": dict(self.seconds),
         }
 
@@ -175,19 +180,47 @@ def _check_result(spec: CircuitSpec, data: bytes, i: int, address: str) -> None:
 
 
 class _Session:
-    """One owner, one model version, one node: keys uploaded at most once (again only if the node lost them)."""
+    """One owner, one model version, one node: keys uploaded at most once (again only if the node lost them).
 
-    def __init__(self, client: InferenceClient, info: pb.ModelInfo, keys: ModelKeys, fhe: Any, progress: Any) -> None:
+    ``shared``: (key id, version) of these very evaluation keys already on the node for another version
+    whose circuit takes the same key set (``key_reuse``); the node is asked to attach them first, and
+    refusing (an older node, keys it lost or judges unfit) only means uploading them as before.
+    """
+
+    def __init__(self, client: InferenceClient, info: pb.ModelInfo, keys: ModelKeys, fhe: Any, progress: Any,
+                 fingerprint: str | None = None, candidates: list[ModelKeys] | None = None) -> None:
         self.client, self.info, self.keys, self.fhe, self.progress = client, info, keys, fhe, progress
+        self.fingerprint = fingerprint or ""
         self.lock = threading.Lock()
         self.evaluation_keys = fhe.get_serialized_evaluation_keys()
         self.sha256 = hashlib.sha256(self.evaluation_keys).hexdigest()
         self.key_id = keys.key_id(client.endpoint.address, self.sha256)
+        self.shared = None if self.key_id else key_reuse.shared_key_id(candidates or [], client.endpoint.address,
+                                                                       self.sha256)
         self.uploaded = False
+        self.attached_from = ""
+        self.uploaded_bytes = 0
         self.upload_seconds = 0.0
+
+    def _attach(self) -> bool:
+        """Ask the node to use the keys it holds for another version; False: upload them instead."""
+        assert self.shared is not None
+        key_id, version = self.shared
+        self.shared = None  # one try
+        try:
+            self.client.attach_keys(key_id, self.info, self.fingerprint)
+        except InferenceError as exc:
+            if exc.code not in _ATTACH_FALLBACK:
+                raise
+            return False
+        self.key_id, self.attached_from = key_id, version
+        self.keys.remember_key_id(self.client.endpoint.address, key_id, self.sha256, attached_from=version)
+        return True
 
     def ensure_uploaded(self, stale: str | None = None) -> str:
         with self.lock:
+            if self.key_id is None and self.shared is not None and self._attach():
+                return self.key_id  # type: ignore[return-value]
             if self.key_id is None or self.key_id == stale:
                 started = time.perf_counter()
                 task = self.progress.add_task("upload keys", total=len(self.evaluation_keys),
@@ -197,6 +230,7 @@ class _Session:
                 self.key_id = resp.key_id
                 self.keys.remember_key_id(self.client.endpoint.address, resp.key_id, self.sha256)
                 self.uploaded = True
+                self.uploaded_bytes += len(self.evaluation_keys)
                 self.upload_seconds += time.perf_counter() - started
             return self.key_id
 
@@ -213,6 +247,13 @@ class _Session:
             started = time.perf_counter()
             resp = self.client.predict(key_id, self.info, ciphertexts)
         return resp, time.perf_counter() - started
+
+
+# AttachKeys refusals that leave uploading as before: a node without the RPC, keys it no longer has or no
+# longer lets this certificate use, keys it judges unfit for the version (its upload check then has the word).
+_ATTACH_FALLBACK = frozenset({grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.NOT_FOUND,
+                              grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT,
+                              grpc.StatusCode.FAILED_PRECONDITION})
 
 
 def _install_specs(conn: InferenceClient, info: pb.ModelInfo, keys: ModelKeys, release_key: Any) -> int:
@@ -269,7 +310,7 @@ def predict_rows(
     if batch < 1:
         raise FedfheError(f"batch size must be >= 1, got {batch}")
     seconds = {k: 0.0 for k in ("specs", "keygen", "upload", "encrypt", "rpc", "server", "decrypt")}
-    sizes = {"client_specs": 0, "evaluation_keys": 0, "ciphertexts": 0, "results": 0}
+    sizes = {"client_specs": 0, "evaluation_keys": 0, "uploaded_keys": 0, "ciphertexts": 0, "results": 0}
     with _client(endpoint, client) as conn:
         info = resolve_for_predict(conn, state_dir, model_id or endpoint.model_id, version)
         keys = ModelKeys(state_dir, info.model_id, info.version)
@@ -284,11 +325,14 @@ def predict_rows(
             raise FedfheError(f"model {info.model_id} {info.version} needs rows of {schema.n_features} features, "
                               f"got an array of shape {X.shape}")
         X = prep.transform(X, f"rows for {info.model_id} {info.version}")  # exactly the model's training transform
+        fingerprint = key_params.recorded(meta)  # None for a manifest of before: no reuse
+        candidates = key_reuse.siblings(state_dir, info.model_id, info.version, fingerprint, release_key)
+        reused_from = key_reuse.adopt_keyset(keys, candidates)  # same key set: no key generation
         fhe, seconds["keygen"] = keys.fhe_client()
         bar = _progress(progress)
         decrypted: list[Decrypted] = []
         with bar, cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict-rpc") as pool:
-            session = _Session(conn, info, keys, fhe, bar)
+            session = _Session(conn, info, keys, fhe, bar, fingerprint, candidates)
             spec = _result_spec(fhe)
             sizes["evaluation_keys"] = len(session.evaluation_keys)
             task = bar.add_task(f"encrypted predict {info.model_id} {info.version}", total=len(X), extra="rows")
@@ -317,27 +361,46 @@ def predict_rows(
             if pending is not None:
                 collect(pending)
         seconds["upload"] = session.upload_seconds
+        sizes["uploaded_keys"] = session.uploaded_bytes
     scores = np.vstack([d.outputs for d in decrypted])
     raw = np.vstack([d.raw for d in decrypted])
     predictions, probabilities = decode(raw, scores, schema, decides_on_raw_scores(fhe.model))
     seconds["total"] = time.perf_counter() - started
     return PredictResult(
         model_id=info.model_id, version=info.version, bundle_sha256=info.bundle_sha256, key_id=session.key_id or "",
-        keys_uploaded=session.uploaded, predictions=predictions, scores=scores, probabilities=probabilities,
+        keys_uploaded=session.uploaded, keys_reused_from=reused_from or "", keys_attached_from=session.attached_from,
+        predictions=predictions, scores=scores, probabilities=probabilities,
         classes=list(schema.classes), bytes=sizes, seconds=seconds,
     )
 
 
+@dataclass(frozen=True)
+class DeletedKeys:
+    """What delete-keys did on the node: the key id, and the versions the key set still serves (none: deleted)."""
+
+    key_id: str
+    versions_left: tuple[str, ...] = ()
+
+
 def delete_keys(endpoint: InferenceEndpoint, state_dir: Path, model_id: str, version: str,
-                client: InferenceClient | None = None) -> str | None:
-    """Ask the node to forget this owner's evaluation keys for one model version; returns the key id."""
+                client: InferenceClient | None = None) -> DeletedKeys | None:
+    """Ask the node to forget this owner's evaluation keys for one model version (None: none recorded).
+
+    A key set shared with other versions (AttachKeys) is only detached from this one; the node deletes
+    it with the last version it serves. Once it is gone (or a node of before key sharing deleted it
+    whole), the other versions here forget its id too, and their next predict uploads again.
+    """
     keys = ModelKeys(state_dir, model_id, version)
     key_id = keys.forget_key_id(endpoint.address)
-    if key_id:
-        with _client(endpoint, client) as conn:
-            try:
-                conn.delete_keys(key_id)
-            except InferenceError as exc:
-                if exc.code != grpc.StatusCode.NOT_FOUND:
-                    raise
-    return key_id
+    if not key_id:
+        return None
+    left: tuple[str, ...] = ()
+    with _client(endpoint, client) as conn:
+        try:
+            left = tuple(conn.delete_keys(key_id, model_id, version).versions_left)
+        except InferenceError as exc:
+            if exc.code != grpc.StatusCode.NOT_FOUND:
+                raise
+    if not left:
+        key_reuse.forget_everywhere(state_dir, model_id, endpoint.address, key_id)
+    return DeletedKeys(key_id, left)

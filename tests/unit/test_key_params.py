@@ -124,3 +124,38 @@ def test_readers_recheck_the_signed_fingerprint_and_accept_manifests_without_one
     for read in (bundle.read, lambda d, k: bundle.read_verified(d, k)[0]):
         with pytest.raises(IntegrityError, match="records key parameters"):
             read(wrong, public)
+
+
+def test_an_owner_takes_the_keys_of_a_version_with_the_same_fingerprint_only(trees, tmp_path):
+    from fedfhe_owner import key_reuse
+    from fedfhe_owner.keys import ModelKeys
+
+    public, state = trees["key"].public_key(), tmp_path / "state"
+    keys = {}
+    for name in ("v1", "v2", "bits4"):
+        d = trees[name].directory
+        keys[name] = ModelKeys(state, "t", name)
+        keys[name].install_client_specs((d / "client.zip").read_bytes(), (d / MANIFEST).read_bytes(),
+                                        release.read_signature(d), public, f"test {name}")
+    keys["v1"].keyset_path.write_bytes(b"v1 keyset")  # stands for the keys generated for version v1
+    keys["v1"].remember_key_id("node:1", "a" * 32, "sha-of-v1-evaluation-keys")
+    fingerprint = {name: key_params.recorded(keys[name].verified_specs(public)) for name in keys}
+
+    assert key_reuse.siblings(state, "t", "bits4", fingerprint["bits4"], public) == []  # other n_bits: new keys
+    assert key_reuse.siblings(state, "t", "v2", None, public) == []  # a manifest of before: new keys
+    found = key_reuse.siblings(state, "t", "v2", fingerprint["v2"], public)
+    assert [k.version for k in found] == ["v1"]
+    assert key_reuse.adopt_keyset(keys["v2"], found) == "v1"
+    v1, v2 = keys["v1"].keyset_path.stat(), keys["v2"].keyset_path.stat()
+    assert (v2.st_ino, v2.st_mode & 0o777) == (v1.st_ino, 0o600)  # the same file: no second copy of the keys
+    assert key_reuse.adopt_keyset(keys["v2"], found) is None  # it has keys now
+    assert key_reuse.shared_key_id(found, "node:1", "sha-of-v1-evaluation-keys") == ("a" * 32, "v1")
+    assert key_reuse.shared_key_id(found, "node:1", "other evaluation keys") is None
+    assert key_reuse.shared_key_id(found, "node:2", "sha-of-v1-evaluation-keys") is None
+
+    keys["v2"].remember_key_id("node:1", "a" * 32, "sha-of-v1-evaluation-keys", attached_from="v1")
+    assert key_reuse.forget_everywhere(state, "t", "node:1", "a" * 32) == ["v1", "v2"]
+    assert keys["v1"].recorded_key_id("node:1") is None and keys["v2"].recorded_key_id("node:1") is None
+
+    (keys["v1"].dir / release.SIGNATURE).write_bytes(b"\0" * 64)  # a stored manifest no longer verifies
+    assert [k.version for k in key_reuse.siblings(state, "t", "bits4", fingerprint["v2"], public)] == ["v2"]
