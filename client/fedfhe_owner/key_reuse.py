@@ -10,6 +10,7 @@ A manifest without the field, or another fingerprint, means new keys, as before.
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -23,40 +24,51 @@ from .keys import ModelKeys
 MAX_CANDIDATES = 8  # newest versions with keys looked at: each costs a signature and content check
 
 
-def siblings(state_dir: Path, model_id: str, version: str, fingerprint: str | None,
-             release_key: Ed25519PublicKey) -> list[ModelKeys]:
-    """Other versions of ``model_id`` holding keys whose verified manifest records ``fingerprint``, newest first."""
-    if not fingerprint:
-        return []
-    root = Path(state_dir) / "inference" / model_id
-    try:
-        names = [d.name for d in root.iterdir() if bundle.valid_name(d.name) and d.name != version
-                 and (d / MANIFEST).is_file() and (d / "keyset.bin").is_file()]
-    except OSError:
-        return []
-    found = []
-    for name in sorted(names, key=bundle.version_key, reverse=True)[:MAX_CANDIDATES]:
-        keys = ModelKeys(state_dir, model_id, name)
+class Siblings:
+    """Other versions of a model holding keys whose verified manifest records the same fingerprint, newest first.
+
+    Looked up only when needed (a version without keys yet, or keys without a key id at a node): each
+    candidate costs a signature and content check of its stored specs.
+    """
+
+    def __init__(self, state_dir: Path, model_id: str, version: str, fingerprint: str | None,
+                 release_key: Ed25519PublicKey) -> None:
+        self.state_dir, self.model_id, self.version = Path(state_dir), model_id, version
+        self.fingerprint, self.release_key = fingerprint, release_key
+
+    @functools.cached_property
+    def keys(self) -> list[ModelKeys]:
+        if not self.fingerprint:
+            return []
+        root = self.state_dir / "inference" / self.model_id
         try:
-            meta = keys.verified_specs(release_key)  # the fingerprint is trusted only from a verified manifest
-        except FedfheError:
-            continue
-        if key_params.recorded(meta) == fingerprint:
-            found.append(keys)
-    return found
+            names = [d.name for d in root.iterdir() if bundle.valid_name(d.name) and d.name != self.version
+                     and (d / MANIFEST).is_file() and (d / "keyset.bin").is_file()]
+        except OSError:
+            return []
+        found = []
+        for name in sorted(names, key=bundle.version_key, reverse=True)[:MAX_CANDIDATES]:
+            keys = ModelKeys(self.state_dir, self.model_id, name)
+            try:
+                meta = keys.verified_specs(self.release_key)  # the fingerprint is trusted from a verified manifest
+            except FedfheError:
+                continue
+            if key_params.recorded(meta) == self.fingerprint:
+                found.append(keys)
+        return found
 
 
-def adopt_keyset(keys: ModelKeys, candidates: list[ModelKeys]) -> str | None:
-    """Give ``keys`` the newest candidate's keyset unless it has one; returns that version (None: nothing reused)."""
-    if keys.keyset_path.is_file() or not candidates:
+def adopt_keyset(keys: ModelKeys, siblings: Siblings) -> str | None:
+    """Give ``keys`` the newest sibling's keyset unless it has one; returns that version (None: nothing reused)."""
+    if keys.keyset_path.is_file() or not siblings.keys:
         return None
-    keys.link_keyset(candidates[0])
-    return candidates[0].version
+    keys.link_keyset(siblings.keys[0])
+    return siblings.keys[0].version
 
 
-def shared_key_id(candidates: list[ModelKeys], address: str, evaluation_sha256: str) -> tuple[str, str] | None:
+def shared_key_id(siblings: Siblings, address: str, evaluation_sha256: str) -> tuple[str, str] | None:
     """(key id, version) of these very evaluation keys already on the node at ``address``, under another version."""
-    for keys in candidates:
+    for keys in siblings.keys:
         key_id = keys.key_id(address, evaluation_sha256)
         if key_id:
             return key_id, keys.version

@@ -188,15 +188,16 @@ class _Session:
     """
 
     def __init__(self, client: InferenceClient, info: pb.ModelInfo, keys: ModelKeys, fhe: Any, progress: Any,
-                 fingerprint: str | None = None, candidates: list[ModelKeys] | None = None) -> None:
+                 siblings: key_reuse.Siblings | None = None) -> None:
         self.client, self.info, self.keys, self.fhe, self.progress = client, info, keys, fhe, progress
-        self.fingerprint = fingerprint or ""
+        self.fingerprint = (siblings.fingerprint if siblings is not None else None) or ""
         self.lock = threading.Lock()
         self.evaluation_keys = fhe.get_serialized_evaluation_keys()
         self.sha256 = hashlib.sha256(self.evaluation_keys).hexdigest()
         self.key_id = keys.key_id(client.endpoint.address, self.sha256)
-        self.shared = None if self.key_id else key_reuse.shared_key_id(candidates or [], client.endpoint.address,
-                                                                       self.sha256)
+        self.shared = None
+        if self.key_id is None and siblings is not None:
+            self.shared = key_reuse.shared_key_id(siblings, client.endpoint.address, self.sha256)
         self.uploaded = False
         self.attached_from = ""
         self.uploaded_bytes = 0
@@ -240,8 +241,11 @@ class _Session:
         try:
             resp = self.client.predict(key_id, self.info, ciphertexts)
         except InferenceError as exc:
-            # The node may have lost or deleted our keys (e.g. a wiped keys_dir): upload again, once.
-            if exc.code != grpc.StatusCode.NOT_FOUND or "evaluation keys" not in exc.details:
+            # The node may have lost or deleted our keys (e.g. a wiped keys_dir), or they no longer serve this
+            # version (detached elsewhere): upload again, once.
+            lost = exc.code == grpc.StatusCode.NOT_FOUND and "evaluation keys" in exc.details
+            detached = exc.code == grpc.StatusCode.FAILED_PRECONDITION and "(AttachKeys)" in exc.details
+            if not (lost or detached):
                 raise
             key_id = self.ensure_uploaded(stale=key_id)
             started = time.perf_counter()
@@ -325,14 +329,14 @@ def predict_rows(
             raise FedfheError(f"model {info.model_id} {info.version} needs rows of {schema.n_features} features, "
                               f"got an array of shape {X.shape}")
         X = prep.transform(X, f"rows for {info.model_id} {info.version}")  # exactly the model's training transform
-        fingerprint = key_params.recorded(meta)  # None for a manifest of before: no reuse
-        candidates = key_reuse.siblings(state_dir, info.model_id, info.version, fingerprint, release_key)
-        reused_from = key_reuse.adopt_keyset(keys, candidates)  # same key set: no key generation
+        # key_params_sha256 (None in a manifest of before: no reuse): another version's keys fit if it is equal
+        siblings = key_reuse.Siblings(state_dir, info.model_id, info.version, key_params.recorded(meta), release_key)
+        reused_from = key_reuse.adopt_keyset(keys, siblings)  # same key set: no key generation
         fhe, seconds["keygen"] = keys.fhe_client()
         bar = _progress(progress)
         decrypted: list[Decrypted] = []
         with bar, cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict-rpc") as pool:
-            session = _Session(conn, info, keys, fhe, bar, fingerprint, candidates)
+            session = _Session(conn, info, keys, fhe, bar, siblings)
             spec = _result_spec(fhe)
             sizes["evaluation_keys"] = len(session.evaluation_keys)
             task = bar.add_task(f"encrypted predict {info.model_id} {info.version}", total=len(X), extra="rows")

@@ -437,12 +437,12 @@ class KeyStore:
             return updated
 
     def detach(self, key_id: str, owner: str, model_id: str, version: str) -> tuple[KeyRecord, bool]:
-        """Stop serving one version; the keys are deleted with the last. Returns (record, deleted)."""
+        """Stop serving one version (nothing to do if they do not); the keys are deleted with the last.
+        Returns (record, deleted)."""
         with self._meta_lock:
             record = self.get(key_id, owner, usable=False)
-            if not record.serves(model_id, version):
-                raise invalid(f"evaluation keys {key_id} do not serve {model_id} version {version} (they serve "
-                              f"{record.model_id} versions {', '.join(record.versions)})")
+            if not record.serves(model_id, version):  # detached already (say, from another of its hosts)
+                return record, False
             left = tuple(v for v in record.versions if v != version)
             if not left:
                 return self.delete(key_id, owner), True

@@ -141,10 +141,10 @@ def test_an_owner_takes_the_keys_of_a_version_with_the_same_fingerprint_only(tre
     keys["v1"].remember_key_id("node:1", "a" * 32, "sha-of-v1-evaluation-keys")
     fingerprint = {name: key_params.recorded(keys[name].verified_specs(public)) for name in keys}
 
-    assert key_reuse.siblings(state, "t", "bits4", fingerprint["bits4"], public) == []  # other n_bits: new keys
-    assert key_reuse.siblings(state, "t", "v2", None, public) == []  # a manifest of before: new keys
-    found = key_reuse.siblings(state, "t", "v2", fingerprint["v2"], public)
-    assert [k.version for k in found] == ["v1"]
+    assert key_reuse.Siblings(state, "t", "bits4", fingerprint["bits4"], public).keys == []  # other n_bits
+    assert key_reuse.Siblings(state, "t", "v2", None, public).keys == []  # a manifest of before: new keys
+    found = key_reuse.Siblings(state, "t", "v2", fingerprint["v2"], public)
+    assert [k.version for k in found.keys] == ["v1"]
     assert key_reuse.adopt_keyset(keys["v2"], found) == "v1"
     v1, v2 = keys["v1"].keyset_path.stat(), keys["v2"].keyset_path.stat()
     assert (v2.st_ino, v2.st_mode & 0o777) == (v1.st_ino, 0o600)  # the same file: no second copy of the keys
@@ -158,4 +158,4 @@ def test_an_owner_takes_the_keys_of_a_version_with_the_same_fingerprint_only(tre
     assert keys["v1"].recorded_key_id("node:1") is None and keys["v2"].recorded_key_id("node:1") is None
 
     (keys["v1"].dir / release.SIGNATURE).write_bytes(b"\0" * 64)  # a stored manifest no longer verifies
-    assert [k.version for k in key_reuse.siblings(state, "t", "bits4", fingerprint["v2"], public)] == ["v2"]
+    assert [k.version for k in key_reuse.Siblings(state, "t", "bits4", fingerprint["v2"], public).keys] == ["v2"]
