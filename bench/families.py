@@ -45,6 +45,7 @@ from fedfhe_common.scoring import mean_abs_error, prediction_score
 from fedfhe_coordinator.compile import compile_artifact
 from fedfhe_coordinator.local_training import train_local
 from fedfhe_demo.datasets import load_builtin
+from fedfhe_owner.decode import decides_on_raw_scores, decode, decrypt
 
 BASELINE = "LogisticRegression"
 DATASETS = {"digits": models.CLASSIFIERS + models.TREE_CLASSIFIERS,
@@ -62,13 +63,10 @@ def split(name: str) -> tuple[Any, ...]:
     return X[train], y[train], X[test], y[test], schema
 
 
-def decode(scores: np.ndarray, schema: Any) -> np.ndarray:
-    """What the owner's client reads from a decrypted result: a class (argmax) or a value."""
-    scores = np.asarray(scores).reshape(1, -1)
-    if not schema.is_classifier:
-        return scores[:, 0]
-    index = np.argmax(scores, axis=1) if scores.shape[1] > 1 else (scores[:, 0] > 0.5).astype(int)
-    return np.asarray(schema.classes)[index]
+def owner_prediction(client: Any, encrypted_result: bytes, schema: Any) -> Any:
+    """What the owner's client reads from a decrypted result (fedfhe_owner.decode): a class or a value."""
+    d = decrypt(client, encrypted_result)
+    return decode(d.raw, d.outputs, schema, decides_on_raw_scores(client.model))[0][0]
 
 
 def finite(value: float) -> float | None:
@@ -111,7 +109,7 @@ def run_family(family: str, data: tuple[Any, ...], work: Path, key: Any, rows: i
         s = time.perf_counter()
         encrypted_result = server.run(ciphertext, evaluation_keys)
         server_runs.append(time.perf_counter() - s)
-        predictions.append(decode(client.deserialize_decrypt_dequantize(encrypted_result), schema)[0])
+        predictions.append(owner_prediction(client, encrypted_result, schema))
         latencies.append(time.perf_counter() - t)
     encrypted = np.asarray(predictions)
     simulated = np.asarray(fhe_model.predict(X_rows, fhe="simulate")).reshape(rows, -1)[:, 0]

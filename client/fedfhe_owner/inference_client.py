@@ -127,9 +127,20 @@ class InferenceClient:
         return self._call("Predict", self.stub.Predict, req,  # type: ignore[return-value]
                           timeout=timeout or self.endpoint.timeout_s)
 
-    def delete_keys(self, key_id: str) -> pb.DeleteKeysResponse:
-        return self._call("DeleteKeys", self.stub.DeleteKeys, pb.DeleteKeysRequest(key_id=key_id),  # type: ignore[return-value]
-                          timeout=self.info_timeout)
+    def delete_keys(self, key_id: str, model_id: str = "", version: str = "") -> pb.DeleteKeysResponse:
+        """Forget ``key_id``; with a version, detach only that one (the node deletes the keys with the last)."""
+        req = pb.DeleteKeysRequest(key_id=key_id)
+        if version:
+            req.model.CopyFrom(pb.ModelRef(model_id=model_id, version=version))
+        return self._call("DeleteKeys", self.stub.DeleteKeys, req, timeout=self.info_timeout)  # type: ignore[return-value]
+
+    def attach_keys(self, key_id: str, info: pb.ModelInfo, key_params_sha256: str = "",
+                    timeout: float | None = None) -> pb.AttachKeysResponse:
+        """Have the node use keys uploaded for another version for ``info``'s version too (same key set)."""
+        req = pb.AttachKeysRequest(key_id=key_id, model=pb.ModelRef(model_id=info.model_id, version=info.version),
+                                   key_params_sha256=key_params_sha256)
+        return self._call("AttachKeys", self.stub.AttachKeys, req,  # type: ignore[return-value]
+                          timeout=timeout or self.endpoint.upload_timeout_s)
 
     def close(self) -> None:
         self.channel.close()

@@ -5,8 +5,10 @@ Layout under ``<state_dir>/inference/<model_id>/<version>/``::
     client.zip      public client specs from the inference node (signature-, hash- and content-checked)
     manifest.json   the bundle manifest the release key signed, pinned for this version
     manifest.sig    its release signature
-    keyset.bin      private + evaluation keys (0600, atomic); only the evaluation part is uploaded
-    key_ids.json    key id the node gave for our evaluation keys, per node address
+    keyset.bin      private + evaluation keys (0600, atomic); only the evaluation part is uploaded; a hard
+                    link to another version's keyset.bin when both circuits take the same key set (key_reuse.py)
+    key_ids.json    key id the node gave for our evaluation keys, per node address (and the version they
+                    were attached from, when the node reuses another version's upload)
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedfhe_common import bundle, bundle_content, release
+from fedfhe_common import bundle, bundle_content, key_params, release
 from fedfhe_common.errors import FedfheError, IntegrityError
 from fedfhe_common.fileio import write_atomic
 from fedfhe_common.manifest import MANIFEST
@@ -44,7 +46,8 @@ def verify_client_specs(client_zip: bytes, manifest: bytes, signature: bytes, ke
                              f"not {model_id} {version}")
     if hashlib.sha256(client_zip).hexdigest() != meta["files"][bundle.CLIENT_ZIP]:
         raise IntegrityError(f"{where}: {bundle.CLIENT_ZIP} does not match the SHA-256 in the signed manifest")
-    bundle_content.check_client_zip(client_zip, f"{where}: {bundle.CLIENT_ZIP}")
+    specs = bundle_content.check_client_zip(client_zip, f"{where}: {bundle.CLIENT_ZIP}")
+    key_params.check_recorded(meta, specs, where)  # the key-reuse fingerprint is that of these very specs
     return meta
 
 
@@ -137,6 +140,19 @@ class ModelKeys:
         self._fhe = client
         return client, seconds
 
+    def link_keyset(self, source: ModelKeys) -> None:
+        """Use ``source``'s keyset (same key parameters): a hard link, so deleting either version's directory
+        leaves the other's keys whole; a copy where the file system has no hard links."""
+        self._ensure_dir()
+        try:
+            os.link(source.keyset_path, self.keyset_path)
+        except FileExistsError:
+            raise FedfheError(f"{self.keyset_path}: already holds keys; not replacing them") from None
+        except OSError:
+            write_atomic(self.keyset_path, source.keyset_path.read_bytes(), 0o600)
+        os.chmod(self.keyset_path, 0o600)
+        self._fhe = None
+
     # ---- key ids the node handed out --------------------------------------
     def _ids(self) -> dict[str, Any]:
         try:
@@ -151,9 +167,16 @@ class ModelKeys:
             return str(entry.get("key_id") or "") or None
         return None
 
-    def remember_key_id(self, address: str, key_id: str, evaluation_sha256: str) -> None:
+    def recorded_key_id(self, address: str) -> str | None:
+        """The key id recorded for ``address``, whatever keys it was for."""
+        entry = self._ids().get(address)
+        return str(entry.get("key_id") or "") or None if isinstance(entry, dict) else None
+
+    def remember_key_id(self, address: str, key_id: str, evaluation_sha256: str, attached_from: str = "") -> None:
         ids = self._ids()
         ids[address] = {"key_id": key_id, "evaluation_keys_sha256": evaluation_sha256, "uploaded_at": time.time()}
+        if attached_from:
+            ids[address]["attached_from"] = attached_from
         self._ensure_dir()
         write_atomic(self.dir / "key_ids.json", (json.dumps(ids, indent=2) + "\n").encode(), 0o600)
 

@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from fedfhe_common import key_params
 from fedfhe_common.bundle import CLIENT_ZIP, preprocessing_of, version_key
 from fedfhe_common.errors import ConfigError, FedfheError, IntegrityError
 from fedfhe_common.fhe_wire import CircuitSpec, WireError
@@ -28,7 +29,9 @@ from fedfhe_common.release import load_verify_key
 from fedfhe_common.schema import DatasetSchema
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
+from . import key_reuse
 from .config import InferenceEndpoint
+from .decode import Decrypted, decides_on_raw_scores, decode, decrypt
 from .inference_client import InferenceClient, InferenceError
 from .keys import ModelKeys, newest_seen_version
 
@@ -48,6 +51,8 @@ class PredictResult:
     classes: list[int]
     bytes: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    keys_reused_from: str = ""  # version whose keyset this one took (same key parameters): no keygen
+    keys_attached_from: str = ""  # version whose upload the node attached to this one: no upload
 
     @property
     def rows(self) -> int:
@@ -84,7 +89,8 @@ class PredictResult:
     def summary(self) -> dict[str, Any]:
         return {
             "model_id": self.model_id, "version": self.version, "bundle_sha256": self.bundle_sha256,
-            "key_id": self.key_id, "keys_uploaded": self.keys_uploaded, "rows": self.rows,
+            "key_id": self.key_id, "keys_uploaded": self.keys_uploaded, "keys_reused_from": self.keys_reused_from,
+            "keys_attached_from": self.keys_attached_from, "rows": self.rows,
             "latency_per_row_s": self.latency_per_row_s, "bytes": dict(self.bytes), "seconds": dict(self.seconds),
         }
 
@@ -157,15 +163,6 @@ def _progress(enabled: bool) -> Any:
     )
 
 
-def _decode(scores: np.ndarray, schema: DatasetSchema) -> tuple[np.ndarray, bool]:
-    if not schema.is_classifier:
-        return scores[:, 0], False
-    classes = np.asarray(schema.classes)
-    index = np.argmax(scores, axis=1) if scores.shape[1] > 1 else (scores[:, 0] > 0.5).astype(int)
-    probs = bool(scores.shape[1] > 1 and (scores >= -1e-6).all() and np.allclose(scores.sum(axis=1), 1, atol=1e-3))
-    return classes[index], probs
-
-
 def _result_spec(fhe: Any) -> CircuitSpec:
     """The circuit's output layout from the client specs this owner verified (never from the node)."""
     try:
@@ -183,19 +180,48 @@ def _check_result(spec: CircuitSpec, data: bytes, i: int, address: str) -> None:
 
 
 class _Session:
-    """One owner, one model version, one node: keys uploaded at most once (again only if the node lost them)."""
+    """One owner, one model version, one node: keys uploaded at most once (again only if the node lost them).
 
-    def __init__(self, client: InferenceClient, info: pb.ModelInfo, keys: ModelKeys, fhe: Any, progress: Any) -> None:
+    ``shared``: (key id, version) of these very evaluation keys already on the node for another version
+    whose circuit takes the same key set (``key_reuse``); the node is asked to attach them first, and
+    refusing (an older node, keys it lost or judges unfit) only means uploading them as before.
+    """
+
+    def __init__(self, client: InferenceClient, info: pb.ModelInfo, keys: ModelKeys, fhe: Any, progress: Any,
+                 siblings: key_reuse.Siblings | None = None) -> None:
         self.client, self.info, self.keys, self.fhe, self.progress = client, info, keys, fhe, progress
+        self.fingerprint = (siblings.fingerprint if siblings is not None else None) or ""
         self.lock = threading.Lock()
         self.evaluation_keys = fhe.get_serialized_evaluation_keys()
         self.sha256 = hashlib.sha256(self.evaluation_keys).hexdigest()
         self.key_id = keys.key_id(client.endpoint.address, self.sha256)
+        self.shared = None
+        if self.key_id is None and siblings is not None:
+            self.shared = key_reuse.shared_key_id(siblings, client.endpoint.address, self.sha256)
         self.uploaded = False
+        self.attached_from = ""
+        self.uploaded_bytes = 0
         self.upload_seconds = 0.0
+
+    def _attach(self) -> bool:
+        """Ask the node to use the keys it holds for another version; False: upload them instead."""
+        assert self.shared is not None
+        key_id, version = self.shared
+        self.shared = None  # one try
+        try:
+            self.client.attach_keys(key_id, self.info, self.fingerprint)
+        except InferenceError as exc:
+            if exc.code not in _ATTACH_FALLBACK:
+                raise
+            return False
+        self.key_id, self.attached_from = key_id, version
+        self.keys.remember_key_id(self.client.endpoint.address, key_id, self.sha256, attached_from=version)
+        return True
 
     def ensure_uploaded(self, stale: str | None = None) -> str:
         with self.lock:
+            if self.key_id is None and self.shared is not None and self._attach():
+                return self.key_id  # type: ignore[return-value]
             if self.key_id is None or self.key_id == stale:
                 started = time.perf_counter()
                 task = self.progress.add_task("upload keys", total=len(self.evaluation_keys),
@@ -205,6 +231,7 @@ class _Session:
                 self.key_id = resp.key_id
                 self.keys.remember_key_id(self.client.endpoint.address, resp.key_id, self.sha256)
                 self.uploaded = True
+                self.uploaded_bytes += len(self.evaluation_keys)
                 self.upload_seconds += time.perf_counter() - started
             return self.key_id
 
@@ -214,13 +241,23 @@ class _Session:
         try:
             resp = self.client.predict(key_id, self.info, ciphertexts)
         except InferenceError as exc:
-            # The node may have lost or deleted our keys (e.g. a wiped keys_dir): upload again, once.
-            if exc.code != grpc.StatusCode.NOT_FOUND or "evaluation keys" not in exc.details:
+            # The node may have lost or deleted our keys (e.g. a wiped keys_dir), or they no longer serve this
+            # version (detached elsewhere): upload again, once.
+            lost = exc.code == grpc.StatusCode.NOT_FOUND and "evaluation keys" in exc.details
+            detached = exc.code == grpc.StatusCode.FAILED_PRECONDITION and "(AttachKeys)" in exc.details
+            if not (lost or detached):
                 raise
             key_id = self.ensure_uploaded(stale=key_id)
             started = time.perf_counter()
             resp = self.client.predict(key_id, self.info, ciphertexts)
         return resp, time.perf_counter() - started
+
+
+# AttachKeys refusals that leave uploading as before: a node without the RPC, keys it no longer has or no
+# longer lets this certificate use, keys it judges unfit for the version (its upload check then has the word).
+_ATTACH_FALLBACK = frozenset({grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.NOT_FOUND,
+                              grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT,
+                              grpc.StatusCode.FAILED_PRECONDITION})
 
 
 def _install_specs(conn: InferenceClient, info: pb.ModelInfo, keys: ModelKeys, release_key: Any) -> int:
@@ -277,7 +314,7 @@ def predict_rows(
     if batch < 1:
         raise FedfheError(f"batch size must be >= 1, got {batch}")
     seconds = {k: 0.0 for k in ("specs", "keygen", "upload", "encrypt", "rpc", "server", "decrypt")}
-    sizes = {"client_specs": 0, "evaluation_keys": 0, "ciphertexts": 0, "results": 0}
+    sizes = {"client_specs": 0, "evaluation_keys": 0, "uploaded_keys": 0, "ciphertexts": 0, "results": 0}
     with _client(endpoint, client) as conn:
         info = resolve_for_predict(conn, state_dir, model_id or endpoint.model_id, version)
         keys = ModelKeys(state_dir, info.model_id, info.version)
@@ -292,11 +329,14 @@ def predict_rows(
             raise FedfheError(f"model {info.model_id} {info.version} needs rows of {schema.n_features} features, "
                               f"got an array of shape {X.shape}")
         X = prep.transform(X, f"rows for {info.model_id} {info.version}")  # exactly the model's training transform
+        # key_params_sha256 (None in a manifest of before: no reuse): another version's keys fit if it is equal
+        siblings = key_reuse.Siblings(state_dir, info.model_id, info.version, key_params.recorded(meta), release_key)
+        reused_from = key_reuse.adopt_keyset(keys, siblings)  # same key set: no key generation
         fhe, seconds["keygen"] = keys.fhe_client()
         bar = _progress(progress)
-        outputs: list[np.ndarray] = []
+        decrypted: list[Decrypted] = []
         with bar, cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict-rpc") as pool:
-            session = _Session(conn, info, keys, fhe, bar)
+            session = _Session(conn, info, keys, fhe, bar, siblings)
             spec = _result_spec(fhe)
             sizes["evaluation_keys"] = len(session.evaluation_keys)
             task = bar.add_task(f"encrypted predict {info.model_id} {info.version}", total=len(X), extra="rows")
@@ -309,7 +349,7 @@ def predict_rows(
                 for i, r in enumerate(resp.results):
                     sizes["results"] += len(r)
                     _check_result(spec, r, i, conn.endpoint.address)
-                    outputs.append(np.asarray(fhe.deserialize_decrypt_dequantize(r)).reshape(1, -1))
+                    decrypted.append(decrypt(fhe, r))
                 seconds["decrypt"] += time.perf_counter() - t
                 bar.advance(task, len(resp.results))
 
@@ -325,26 +365,46 @@ def predict_rows(
             if pending is not None:
                 collect(pending)
         seconds["upload"] = session.upload_seconds
-    scores = np.vstack(outputs)
-    predictions, probabilities = _decode(scores, schema)
+        sizes["uploaded_keys"] = session.uploaded_bytes
+    scores = np.vstack([d.outputs for d in decrypted])
+    raw = np.vstack([d.raw for d in decrypted])
+    predictions, probabilities = decode(raw, scores, schema, decides_on_raw_scores(fhe.model))
     seconds["total"] = time.perf_counter() - started
     return PredictResult(
         model_id=info.model_id, version=info.version, bundle_sha256=info.bundle_sha256, key_id=session.key_id or "",
-        keys_uploaded=session.uploaded, predictions=predictions, scores=scores, probabilities=probabilities,
+        keys_uploaded=session.uploaded, keys_reused_from=reused_from or "", keys_attached_from=session.attached_from,
+        predictions=predictions, scores=scores, probabilities=probabilities,
         classes=list(schema.classes), bytes=sizes, seconds=seconds,
     )
 
 
+@dataclass(frozen=True)
+class DeletedKeys:
+    """What delete-keys did on the node: the key id, and the versions the key set still serves (none: deleted)."""
+
+    key_id: str
+    versions_left: tuple[str, ...] = ()
+
+
 def delete_keys(endpoint: InferenceEndpoint, state_dir: Path, model_id: str, version: str,
-                client: InferenceClient | None = None) -> str | None:
-    """Ask the node to forget this owner's evaluation keys for one model version; returns the key id."""
+                client: InferenceClient | None = None) -> DeletedKeys | None:
+    """Ask the node to forget this owner's evaluation keys for one model version (None: none recorded).
+
+    A key set shared with other versions (AttachKeys) is only detached from this one; the node deletes
+    it with the last version it serves. Once it is gone (or a node of before key sharing deleted it
+    whole), the other versions here forget its id too, and their next predict uploads again.
+    """
     keys = ModelKeys(state_dir, model_id, version)
     key_id = keys.forget_key_id(endpoint.address)
-    if key_id:
-        with _client(endpoint, client) as conn:
-            try:
-                conn.delete_keys(key_id)
-            except InferenceError as exc:
-                if exc.code != grpc.StatusCode.NOT_FOUND:
-                    raise
-    return key_id
+    if not key_id:
+        return None
+    left: tuple[str, ...] = ()
+    with _client(endpoint, client) as conn:
+        try:
+            left = tuple(conn.delete_keys(key_id, model_id, version).versions_left)
+        except InferenceError as exc:
+            if exc.code != grpc.StatusCode.NOT_FOUND:
+                raise
+    if not left:
+        key_reuse.forget_everywhere(state_dir, model_id, endpoint.address, key_id)
+    return DeletedKeys(key_id, left)

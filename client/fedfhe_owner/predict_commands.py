@@ -33,8 +33,14 @@ def _predict(args: argparse.Namespace) -> int:
         return 0
     s, b = result.seconds, result.bytes
     print(f"{result.rows} encrypted predictions from {result.model_id} {result.version} -> {args.out}")
-    print(f"  keys: {'uploaded' if result.keys_uploaded else 'cached'} id {result.key_id} "
-          f"({b['evaluation_keys'] / 1e6:.2f} MB evaluation keys; private key stays in {cfg.state_dir})")
+    how = "cached"
+    if result.keys_uploaded:
+        how = "uploaded"
+    elif result.keys_attached_from:
+        how = f"attached (uploaded for version {result.keys_attached_from})"
+    reused = f", generated for version {result.keys_reused_from}" if result.keys_reused_from else ""
+    print(f"  keys: {how} id {result.key_id} ({b['evaluation_keys'] / 1e6:.2f} MB evaluation keys, "
+          f"{b['uploaded_keys'] / 1e6:.2f} MB uploaded{reused}; private key stays in {cfg.state_dir})")
     print(f"  {result.latency_per_row_s * 1000:.1f} ms/row (encrypt {s['encrypt']:.2f}s, round trips {s['rpc']:.2f}s, "
           f"server FHE {s['server']:.2f}s, decrypt {s['decrypt']:.2f}s), "
           f"{b['ciphertexts'] / 1e6:.2f} MB sent, {b['results'] / 1e6:.2f} MB received")
@@ -54,9 +60,12 @@ def _delete_keys(args: argparse.Namespace) -> int:
     endpoint = endpoint_of(cfg, args.config)
     with InferenceClient(endpoint) as client:
         info = resolve_model(client, args.model or endpoint.model_id, args.version or "")
-        key_id = delete_keys(endpoint, cfg.state_dir, info.model_id, info.version, client=client)
-    if key_id:
-        print(f"deleted evaluation keys {key_id} of {info.model_id} {info.version} from {endpoint.address}")
+        deleted = delete_keys(endpoint, cfg.state_dir, info.model_id, info.version, client=client)
+    if deleted and deleted.versions_left:
+        print(f"detached evaluation keys {deleted.key_id} from {info.model_id} {info.version} on {endpoint.address}; "
+              f"they still serve version(s) {', '.join(deleted.versions_left)}")
+    elif deleted:
+        print(f"deleted evaluation keys {deleted.key_id} of {info.model_id} {info.version} from {endpoint.address}")
     else:
         print(f"no evaluation keys of {info.model_id} {info.version} recorded for {endpoint.address}", file=sys.stderr)
     return 0
@@ -76,7 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_format(p)
     p.set_defaults(fn=_predict)
 
-    p = sub.add_parser("delete-keys", help="make the inference node forget this owner's keys for a model version")
+    p = sub.add_parser("delete-keys", help="make the inference node forget this owner's keys for a model version "
+                       "(keys shared with other versions stay for those)")
     p.add_argument("--config", type=Path, required=True, help="owner.yaml (with an 'inference' section)")
     p.add_argument("--model", help="model id (default: inference.model_id, or the only model served)")
     p.add_argument("--version", help="model version (default: the latest)")

@@ -23,7 +23,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from . import bundle_content, release
+from . import bundle_content, key_params, release
 from .errors import ConfigError, FedfheError, IntegrityError
 from .fileio import write_dir_atomic
 from .manifest import MANIFEST, canonical_body, verify_manifest, write_manifest
@@ -65,10 +65,12 @@ def read_members(directory: Path) -> dict[str, bytes]:
     return {name: (Path(directory) / name).read_bytes() for name in FILES}
 
 
-def check_zips(data: dict[str, bytes], where: str) -> None:
-    """Both zips hold nothing but what ``FHEModelDev`` writes (``bundle_content``); IntegrityError naming the zip."""
-    bundle_content.check_client_zip(data[CLIENT_ZIP], f"{where}/{CLIENT_ZIP}")
+def check_zips(data: dict[str, bytes], where: str) -> Any:
+    """Both zips hold nothing but what ``FHEModelDev`` writes (``bundle_content``); IntegrityError naming the zip.
+    Returns the client specs ``check_client_zip`` read (their key parameters are fingerprinted: key_params)."""
+    specs = bundle_content.check_client_zip(data[CLIENT_ZIP], f"{where}/{CLIENT_ZIP}")
     bundle_content.check_server_zip(data[SERVER_ZIP], f"{where}/{SERVER_ZIP}")
+    return specs
 
 
 def check_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
@@ -103,7 +105,8 @@ def write(
     """``produce(tmp)`` writes client.zip and server.zip; check, manifest, sign, then one rename.
 
     A bundle that fails the content checks is never signed: compile stops here
-    instead of handing the node something it would refuse.
+    instead of handing the node something it would refuse. The manifest records the
+    fingerprint of the key set the circuit needs (``key_params``): owners reuse keys on it.
     """
     check_name(meta.get("model_id", ""), "model id")
     check_name(meta.get("version", ""), "version")
@@ -113,8 +116,8 @@ def write(
 
     def build(tmp: Path) -> None:
         produce(tmp)
-        check_zips(read_members(tmp), str(out_dir))
-        write_manifest(tmp, KIND, list(FILES), meta)
+        specs = check_zips(read_members(tmp), str(out_dir))
+        write_manifest(tmp, KIND, list(FILES), {**meta, key_params.FIELD: key_params.fingerprint(specs)})
         release.sign_manifest(tmp, signing_key)
 
     write_dir_atomic(out_dir, build, mode=0o755)
@@ -160,7 +163,7 @@ def read(directory: Path, key: Ed25519PublicKey) -> dict[str, Any]:
         raise IntegrityError(f"{where}: cannot read {MANIFEST}: {exc.strerror or exc}") from None
     meta = verify_signed_manifest(raw, release.read_signature(directory), key, where)
     verify_manifest(directory, KIND, raw)  # every member's hash, no links
-    check_zips(read_members(directory), where)
+    key_params.check_recorded(meta, check_zips(read_members(directory), where), where)
     return meta
 
 
@@ -204,7 +207,7 @@ def read_verified(directory: Path, key: Ed25519PublicKey) -> tuple[dict[str, Any
     for name in FILES:
         if hashlib.sha256(data[name]).hexdigest() != meta["files"][name]:
             raise IntegrityError(f"{where}/{name}: SHA-256 does not match the signed manifest (tampered or corrupt)")
-    check_zips(data, where)
+    key_params.check_recorded(meta, check_zips(data, where), where)
     return meta, data
 
 

@@ -15,13 +15,14 @@ import os
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedfhe_common import bundle as bundle_format
+from fedfhe_common import key_params
 from fedfhe_common.bundle import CLIENT_ZIP, SERVER_ZIP, SIGNATURE, valid_name, version_key
 from fedfhe_common.errors import FedfheError, IntegrityError
 from fedfhe_common.fileio import fsync_dir
@@ -88,6 +89,8 @@ class LoadedBundle:
     server: Any  # concrete.ml.deployment.FHEModelServer
     manifest: bytes = b""  # the signed manifest.json, served to owners with its signature
     signature: bytes = b""
+    key_set: dict[str, Any] = field(default_factory=dict)  # client.specs.json's keyset: the keys the circuit takes
+    key_params_sha256: str = ""  # its fingerprint (fedfhe_common.key_params), also for bundles that do not sign it
 
     @property
     def family(self) -> str:
@@ -129,6 +132,7 @@ def load_bundle(directory: Path, key: Ed25519PublicKey, verified_root: Path) -> 
             f"{directory}: manifest names {meta['model_id']}/{meta['version']}, "
             "but the bundle sits elsewhere; publish it with 'fedfhe-inference publish'"
         )
+    key_set = key_params.keyset_of_client_zip(data[CLIENT_ZIP])
     private = private_copy(verified_root, meta["model_id"], meta["version"], data)
     try:
         server = FHEModelServer(str(private))
@@ -139,6 +143,7 @@ def load_bundle(directory: Path, key: Ed25519PublicKey, verified_root: Path) -> 
         schema=DatasetSchema.from_mapping(meta["schema"]), bundle_sha256=hashlib.sha256(data[MANIFEST]).hexdigest(),
         client_zip=data[CLIENT_ZIP], client_zip_sha256=hashlib.sha256(data[CLIENT_ZIP]).hexdigest(),
         server=server, manifest=data[MANIFEST], signature=data[SIGNATURE],
+        key_set=key_set, key_params_sha256=key_params.fingerprint({"keyset": key_set}),
     )
 
 

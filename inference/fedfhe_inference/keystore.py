@@ -1,7 +1,9 @@
 """Uploaded evaluation keys: on disk atomically, owned by one certificate CN, surviving restarts.
 
 Layout: ``keys_dir/<key_id>.evk`` (the serialized evaluation keys) and
-``keys_dir/<key_id>.json`` (owner, model version, size, SHA-256). Key ids are
+``keys_dir/<key_id>.json`` (owner, model versions served, size, SHA-256). One key set serves
+every version of its model it was attached to (``attach``: circuits that need the same key
+set; a tree's keys are tens of MB) and goes with the last one (``detach``). Key ids are
 server-generated uuid4 hex and checked against that pattern before they touch
 a path. An upload streams into a temp file (fsync, rename), so a crash never
 leaves a half key under a valid id; leftovers are swept at start-up.
@@ -22,7 +24,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,7 @@ KEY_ID = re.compile(r"^[0-9a-f]{32}$")
 # (measured: a tree's 77 MB of keys hold ~480 MB after the first run). The cache budget counts that.
 MEMORY_PER_KEY_BYTE = 6.5
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_HEX = re.compile(r"[0-9a-f]{1,64}")
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 
@@ -73,11 +76,45 @@ class KeyRecord:
     key_id: str
     owner: str
     model_id: str
-    version: str
+    version: str  # the version they were uploaded for
     size: int
     sha256: str
     created_at: float
     serial: str = ""  # hex serial of the client certificate that uploaded them: revoking it deletes them
+    key_params_sha256: str = ""  # fingerprint of the key set they were checked against (fedfhe_common.key_params)
+    served: tuple[str, ...] = ()  # versions of model_id they serve; () before key sharing: (version,)
+    attach_serials: tuple[str, ...] = ()  # certificates that attached versions: revoking one deletes them too
+
+    @classmethod
+    def from_dict(cls, data: Any) -> KeyRecord:
+        """A record as ``to_json`` wrote it (or as nodes before key sharing did); TypeError/ValueError otherwise."""
+        if not isinstance(data, dict):
+            raise TypeError("not a JSON object")
+        fields = {**data}
+        for name in ("served", "attach_serials"):
+            value = fields.get(name, [])
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"{name} is not a list of strings")
+            fields[name] = tuple(value)
+        serials = [*fields["attach_serials"], *([fields["serial"]] if fields.get("serial") else [])]
+        if not all(isinstance(s, str) and _HEX.fullmatch(s) for s in serials):
+            raise ValueError("a certificate serial is not hex")
+        return cls(**fields)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @property
+    def versions(self) -> tuple[str, ...]:
+        return self.served or (self.version,)
+
+    def serves(self, model_id: str, version: str) -> bool:
+        return model_id == self.model_id and version in self.versions
+
+    @property
+    def serials(self) -> tuple[str, ...]:
+        """Every certificate that uploaded or attached these keys (those of before serials were kept: none)."""
+        return tuple(s for s in (self.serial, *self.attach_serials) if s)
 
 
 def _deserialize(data: bytes) -> Any:
@@ -90,8 +127,9 @@ class _Upload:
     """One in-flight key stream: bytes go straight to a temp file, hashed on the way."""
 
     def __init__(self, store: KeyStore, owner: str, model_id: str, version: str, total: int, sha256: str,
-                 serial: str = "") -> None:
+                 serial: str = "", key_params_sha256: str = "") -> None:
         self.store, self.owner, self.model_id, self.version, self.serial = store, owner, model_id, version, serial
+        self.key_params_sha256 = key_params_sha256
         self.total, self.expected_sha256 = total, sha256
         self.received = 0
         self.hash = hashlib.sha256()
@@ -160,7 +198,7 @@ class _Upload:
                 raise synced[0]
             self.fh.close()
         record = KeyRecord(key_id, self.owner, self.model_id, self.version, self.received, digest, time.time(),
-                           self.serial)
+                           self.serial, self.key_params_sha256, (self.version,))
         self.store._install(record, self.path, keys)
         return record
 
@@ -211,6 +249,7 @@ class KeyStore:
         self._used: dict[str, float] = {}  # key id -> last use (wall clock); the .evk's mtime across restarts
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
+        self._meta_lock = threading.RLock()  # a record's read-modify-write (attach, detach) against its delete
         self._load_index()
 
     # ---- start-up -------------------------------------------------------
@@ -219,7 +258,7 @@ class KeyStore:
             part.unlink(missing_ok=True)  # an upload interrupted by a crash or restart
         for meta in self.root.glob("*.json"):
             try:
-                record = KeyRecord(**json.loads(meta.read_text()))
+                record = KeyRecord.from_dict(json.loads(meta.read_text()))
                 check_key_id(record.key_id)
                 if meta.stem != record.key_id or not (self.root / f"{record.key_id}.evk").is_file():
                     raise ValueError("metadata and key file do not match")
@@ -281,7 +320,7 @@ class KeyStore:
     # ---- upload ---------------------------------------------------------
     @contextlib.contextmanager
     def upload(self, owner: str, model_id: str, version: str, total: int, sha256: str,
-               serial: str = "") -> Iterator[_Upload]:
+               serial: str = "", key_params_sha256: str = "") -> Iterator[_Upload]:
         """Reserve a quota slot for the stream; the temp file is removed unless commit() succeeded."""
         if total < 1:
             raise invalid("UploadHeader.total_bytes must be > 0")
@@ -299,7 +338,7 @@ class KeyStore:
             self._pending[owner] = self._pending.get(owner, 0) + 1
             self._pending_bytes[owner] = self._pending_bytes.get(owner, 0) + total
         try:
-            up = _Upload(self, owner, model_id, version, total, sha256, serial)
+            up = _Upload(self, owner, model_id, version, total, sha256, serial, key_params_sha256)
             try:
                 yield up
             finally:
@@ -334,7 +373,7 @@ class KeyStore:
         try:
             with _disk_space("storing evaluation keys"):
                 os.replace(part, final)
-                write_atomic(meta, json.dumps(asdict(record)).encode(), 0o600)
+                write_atomic(meta, record.to_json(), 0o600)
                 fd = os.open(self.root, os.O_RDONLY)
                 try:
                     os.fsync(fd)
@@ -368,8 +407,10 @@ class KeyStore:
             records = list(self._records.values())
             used = dict(self._used)
         for record in records:
-            if record.serial and int(record.serial, 16) in revoked:
-                why = f"the certificate that uploaded them (serial {record.serial}) is revoked"
+            gone_serial = next((s for s in record.serials if int(s, 16) in revoked), None)
+            if gone_serial is not None:
+                why = (f"the certificate that {'uploaded' if gone_serial == record.serial else 'attached'} them "
+                       f"(serial {gone_serial}) is revoked")
             elif idle_s > 0 and now - used.get(record.key_id, record.created_at) > idle_s:
                 why = f"unused for more than {idle_s:.0f} s"
             else:
@@ -381,7 +422,46 @@ class KeyStore:
             gone.append((record, why))
         return gone
 
+    def attach(self, key_id: str, owner: str, model_id: str, version: str, serial: str = "") -> KeyRecord:
+        """Let the keys serve one more version of their model (the caller checked they fit its circuit)."""
+        with self._meta_lock:
+            record = self.get(key_id, owner)
+            if model_id != record.model_id:
+                raise invalid(f"evaluation keys {key_id} belong to model {record.model_id}, not {model_id}: keys are "
+                              "shared between versions of one model only")
+            if version in record.versions:
+                return record
+            serials = record.attach_serials + ((serial,) if serial and serial not in record.serials else ())
+            updated = replace(record, served=(*record.versions, version), attach_serials=serials)
+            self._rewrite(updated)
+            return updated
+
+    def detach(self, key_id: str, owner: str, model_id: str, version: str) -> tuple[KeyRecord, bool]:
+        """Stop serving one version (nothing to do if they do not); the keys are deleted with the last.
+        Returns (record, deleted)."""
+        with self._meta_lock:
+            record = self.get(key_id, owner, usable=False)
+            if not record.serves(model_id, version):  # detached already (say, from another of its hosts)
+                return record, False
+            left = tuple(v for v in record.versions if v != version)
+            if not left:
+                return self.delete(key_id, owner), True
+            updated = replace(record, served=left)
+            self._rewrite(updated)
+            return updated, False
+
+    def _rewrite(self, record: KeyRecord) -> None:
+        """Replace a record's metadata on disk, then in memory (caller holds ``_meta_lock``)."""
+        with _disk_space("updating evaluation key metadata"):
+            write_atomic(self.root / f"{record.key_id}.json", record.to_json(), 0o600)
+        with self._lock:
+            self._records[record.key_id] = record
+
     def delete(self, key_id: str, owner: str) -> KeyRecord:
+        with self._meta_lock:
+            return self._delete(key_id, owner)
+
+    def _delete(self, key_id: str, owner: str) -> KeyRecord:
         record = self.get(key_id, owner, usable=False)
         with self._lock:
             self._used.pop(key_id, None)

@@ -19,6 +19,7 @@ import grpc
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
 
+from . import key_sharing
 from .auth import owner_of
 from .bundles import BundleRegistry, LoadedBundle
 from .config import InferenceConfig
@@ -131,7 +132,7 @@ class InferenceService(pb_grpc.InferenceServicer):
                           f"{bundle.version} takes at most {most} bytes of evaluation keys")
         receiving = time.perf_counter()
         with self.keys.upload(owner, bundle.model_id, bundle.version, header.total_bytes, header.sha256,
-                              Identity.caller_serial(context)) as up:
+                              Identity.caller_serial(context), bundle.key_params_sha256) as up:
             for msg in request_iterator:
                 if msg.WhichOneof("part") != "chunk":
                     raise invalid("UploadKeys: only one UploadHeader, at the start of the stream")
@@ -163,11 +164,12 @@ class InferenceService(pb_grpc.InferenceServicer):
             if len(ct) > limits.max_ciphertext_bytes:
                 raise exhausted(f"row {i}: ciphertext of {len(ct)} bytes exceeds {limits.max_ciphertext_bytes}")
         bundle = self.registry.get(request.model.model_id, request.model.version)
-        if (bundle.model_id, bundle.version) != (record.model_id, record.version):
+        if not record.serves(bundle.model_id, bundle.version):
             raise ServiceError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"key {record.key_id} was uploaded for {record.model_id} version {record.version}, not "
-                f"{bundle.model_id} version {bundle.version}: generate and upload keys for that version",
+                f"key {record.key_id} serves {record.model_id} version(s) {', '.join(record.versions)}, not "
+                f"{bundle.model_id} version {bundle.version}: attach them to it (AttachKeys) if its circuit takes "
+                "the same key set, or generate and upload keys for that version",
             )
         check_rows(circuit_spec(bundle), rows)  # exactly the circuit's input layout, before Concrete sees a byte
         queued = time.monotonic()
@@ -205,7 +207,27 @@ class InferenceService(pb_grpc.InferenceServicer):
 
     @_rpc
     def DeleteKeys(self, request: pb.DeleteKeysRequest, context: grpc.ServicerContext, owner: str) -> Any:
-        record = self.keys.delete(check_key_id(request.key_id), owner)
+        key_id = check_key_id(request.key_id)
+        if request.HasField("model") and request.model.version:  # detach one version; the last takes the keys
+            record, deleted = self.keys.detach(key_id, owner, request.model.model_id, request.model.version)
+            if not deleted:
+                log.info("owner=%s detached keys %s from %s/%s (still serving %s)", owner, key_id,
+                         request.model.model_id, request.model.version, ",".join(record.versions))
+                return pb.DeleteKeysResponse(key_id=key_id, bytes_freed=0, versions_left=list(record.versions))
+        elif request.HasField("model"):
+            raise invalid("DeleteKeysRequest.model.version must name the version to detach (or leave model unset)")
+        else:
+            record = self.keys.delete(key_id, owner)
         self.runner.forget(record.key_id)
         log.info("owner=%s deleted keys %s", owner, record.key_id)
         return pb.DeleteKeysResponse(key_id=record.key_id, bytes_freed=record.size)
+
+    @_rpc
+    def AttachKeys(self, request: pb.AttachKeysRequest, context: grpc.ServicerContext, owner: str) -> Any:
+        deadline = time.monotonic() + self._budget(context, self.cfg.deadlines.upload_s)
+        record = key_sharing.attach(self.keys, self.registry, self.runner.validate_keys, owner,
+                                    Identity.caller_serial(context), request.key_id, request.model.model_id,
+                                    request.model.version, request.key_params_sha256, deadline)
+        log.info("owner=%s attached keys %s to %s/%s (serving %s)", owner, record.key_id, record.model_id,
+                 request.model.version, ",".join(record.versions))
+        return pb.AttachKeysResponse(key_id=record.key_id, versions=list(record.versions))

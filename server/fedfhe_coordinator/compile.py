@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedfhe_common import bundle, models
+from fedfhe_common import bundle, key_params, models
 from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.errors import ConfigError, FedfheError
 from fedfhe_common.manifest import MANIFEST, sha256_file
@@ -143,6 +143,8 @@ def write_bundle(
         **(extra_meta or {}),
     }
     out_dir = bundle.write(Path(out_dir), produce, meta, signing_key, force=force)
+    signed = json.loads((out_dir / MANIFEST).read_bytes())  # bundle.write adds the key-parameter fingerprint
+    meta[key_params.FIELD] = signed[key_params.FIELD]
     return BundleResult(out_dir, model_id, version, sha256_file(out_dir / MANIFEST), meta)
 
 

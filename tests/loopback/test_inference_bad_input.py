@@ -69,7 +69,7 @@ def test_predict_bad_inputs(node, alice, digits, good):
         ("ciphertext for another model version", pb.PredictRequest(key_id=key2, model=V2, ciphertexts=ct1),
          grpc.StatusCode.INVALID_ARGUMENT, "row 0: not a ciphertext of this model's input"),
         ("keys of another model version", pb.PredictRequest(key_id=key1, model=V2, ciphertexts=ct1),
-         grpc.StatusCode.FAILED_PRECONDITION, "uploaded for digits-lr version 1"),
+         grpc.StatusCode.FAILED_PRECONDITION, "serves digits-lr version(s) 1, not digits-lr version 2"),
         ("empty batch", pb.PredictRequest(key_id=key1, model=V1, ciphertexts=[]),
          grpc.StatusCode.INVALID_ARGUMENT, "empty batch"),
         ("batch over limit", pb.PredictRequest(key_id=key1, model=V1, ciphertexts=[ct1[0]] * 33),
@@ -166,7 +166,7 @@ def _list_keys(node, owner: str):
 
     out = []
     for meta in node.keys_dir.glob("*.json"):
-        record = KeyRecord(**json.loads(meta.read_text()))
+        record = KeyRecord.from_dict(json.loads(meta.read_text()))
         if record.owner == owner:
             out.append(record)
     return out

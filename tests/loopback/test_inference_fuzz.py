@@ -3,7 +3,7 @@
 A real `fedfhe-inference serve` process serves the digits LR bundle. A "fuzzer"
 owner (its own certificate, its own uploaded keys) sends random and mutated
 messages to every RPC: random bytes and mutated real ciphertexts, random key
-ids/model ids/versions (path traversal included), random UploadKeys part
+ids/model ids/versions (path traversal included; AttachKeys and DeleteKeys with them), random UploadKeys part
 sequences (headers and chunks in any order, sizes and hashes that do or do not
 match, mutated real keys), and random bytes sent as the raw request message.
 
@@ -43,7 +43,7 @@ SERVICE_CODES = {
 UNPARSABLE = (grpc.StatusCode.INTERNAL, "Exception deserializing request!")
 METHODS = {
     "ListModels": "unary", "GetModelInfo": "unary", "GetClientSpecs": "unary", "UploadKeys": "stream",
-    "Predict": "unary", "DeleteKeys": "unary",
+    "Predict": "unary", "DeleteKeys": "unary", "AttachKeys": "unary",
 }
 HOSTILE = ["../victim", "../../etc/passwd", "/etc/passwd", "..", ".", "a/../b", "..\\x", "x\x00y", "%2e%2e%2f",
            "x" * 300, "digits-lr\n", "digits-lr/../digits-lr", " digits-lr"]
@@ -169,16 +169,24 @@ def test_info_specs_list_delete(target):
     @fuzz_settings(200)
     @given(st.data())
     def run(data):
-        method = data.draw(st.sampled_from(["ListModels", "GetModelInfo", "GetClientSpecs", "DeleteKeys"]))
+        method = data.draw(st.sampled_from(["ListModels", "GetModelInfo", "GetClientSpecs", "DeleteKeys",
+                                            "AttachKeys"]))
         if method == "ListModels":
             clean(target, target.stub.ListModels, pb.ListModelsRequest(model_id=data.draw(names)))
         elif method == "GetModelInfo":
             clean(target, target.stub.GetModelInfo, pb.GetModelInfoRequest(model=data.draw(model_refs)))
         elif method == "GetClientSpecs":
             clean(target, target.stub.GetClientSpecs, pb.GetClientSpecsRequest(model=data.draw(model_refs)))
-        else:  # never the fuzzer's own key (that would be a legitimate delete)
+        elif method == "DeleteKeys":  # never the fuzzer's own key (that would be a legitimate delete)
             key_id = data.draw(st.one_of(st.just(target.good.key_id), hex32, text, st.sampled_from(HOSTILE)))
-            clean(target, target.stub.DeleteKeys, pb.DeleteKeysRequest(key_id=key_id))
+            model = data.draw(st.one_of(st.none(), model_refs))
+            clean(target, target.stub.DeleteKeys, pb.DeleteKeysRequest(key_id=key_id, model=model))
+        else:  # the fuzzer's own keys too: attaching them to their own (only) version changes nothing
+            key_id = data.draw(st.one_of(st.just(target.fuzzer.key_id), st.just(target.good.key_id), hex32, text,
+                                         st.sampled_from(HOSTILE)))
+            claimed = data.draw(st.one_of(st.just(""), hex32, text, st.just("0" * 64)))
+            clean(target, target.stub.AttachKeys, pb.AttachKeysRequest(key_id=key_id, model=data.draw(model_refs),
+                                                                       key_params_sha256=claimed))
 
     run()
 
@@ -194,6 +202,7 @@ def _seed_messages(target: Target) -> dict[str, bytes]:
                                      ciphertexts=target.ciphertexts[:1]).SerializeToString(),
         # a key id that does not exist: a mutation must not delete the fuzzer's real keys by chance
         "DeleteKeys": pb.DeleteKeysRequest(key_id="0" * 32).SerializeToString(),
+        "AttachKeys": pb.AttachKeysRequest(key_id="0" * 32, model=MODEL).SerializeToString(),
     }
 
 

@@ -142,15 +142,37 @@ class PredictResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[bytes]] = ..., server_seconds: _Optional[float] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class DeleteKeysRequest(_message.Message):
-    __slots__ = ("key_id",)
+    __slots__ = ("key_id", "model")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     key_id: str
-    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+    model: ModelRef
+    def __init__(self, key_id: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
 
 class DeleteKeysResponse(_message.Message):
-    __slots__ = ("key_id", "bytes_freed")
+    __slots__ = ("key_id", "bytes_freed", "versions_left")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     BYTES_FREED_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_LEFT_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     bytes_freed: int
-    def __init__(self, key_id: _Optional[str] = ..., bytes_freed: _Optional[int] = ...) -> None: ...
+    versions_left: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, key_id: _Optional[str] = ..., bytes_freed: _Optional[int] = ..., versions_left: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AttachKeysRequest(_message.Message):
+    __slots__ = ("key_id", "model", "key_params_sha256")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    KEY_PARAMS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    model: ModelRef
+    key_params_sha256: str
+    def __init__(self, key_id: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., key_params_sha256: _Optional[str] = ...) -> None: ...
+
+class AttachKeysResponse(_message.Message):
+    __slots__ = ("key_id", "versions")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    versions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, key_id: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ...) -> None: ...

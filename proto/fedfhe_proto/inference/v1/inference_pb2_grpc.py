@@ -64,6 +64,11 @@ class InferenceStub(object):
                 request_serializer=fedfhe__proto_dot_inference_dot_v1_dot_inference__pb2.DeleteKeysRequest.SerializeToString,
                 response_deserializer=fedfhe__proto_dot_inference_dot_v1_dot_inference__pb2.DeleteKeysResponse.FromString,
                 _registered_method=True)
+        self.AttachKeys = channel.unary_unary(
+                '/fedfhe.inference.v1.Inference/AttachKeys',
+                request_serializer=fedfhe__proto_dot_inference_dot_v1_dot_inference__pb2.AttachKeysRequest.SerializeToString,
+                response_deserializer=fedfhe__proto_dot_inference_dot_v1_dot_inference__pb2.AttachKeysResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer(object):
@@ -106,7 +111,16 @@ class InferenceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def DeleteKeys(self, request, context):
-        """Forget evaluation keys (only their owner may).
+        """Forget evaluation keys (only their owner may), or detach one model version from them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AttachKeys(self, request, context):
+        """Use evaluation keys this owner already uploaded (for another version of the same model)
+        for one more version whose circuit needs exactly the same key set: nothing is uploaded.
+        The node checks the key set against that version's circuit as an upload would.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,6 +158,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.DeleteKeys,
                     request_deserializer=fedfhe__proto_dot_inference_dot_v1_dot_inference__pb2.DeleteKeysRequest.FromString,
                     response_serializer=fedfhe__proto_dot_inference_dot_v1_dot_inference__pb2.DeleteKeysResponse.SerializeToString,
+            ),
+            'AttachKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.AttachKeys,
+                    request_deserializer=fedfhe__proto_dot_inference_dot_v1_dot_inference__pb2.AttachKeysRequest.FromString,
+                    response_serializer=fedfhe__proto_dot_inference_dot_v1_dot_inference__pb2.AttachKeysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -308,6 +327,33 @@ class Inference(object):
             '/fedfhe.inference.v1.Inference/DeleteKeys',
             fedfhe__proto_dot_inference_dot_v1_dot_inference__pb2.DeleteKeysRequest.SerializeToString,
             fedfhe__proto_dot_inference_dot_v1_dot_inference__pb2.DeleteKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttachKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedfhe.inference.v1.Inference/AttachKeys',
+            fedfhe__proto_dot_inference_dot_v1_dot_inference__pb2.AttachKeysRequest.SerializeToString,
+            fedfhe__proto_dot_inference_dot_v1_dot_inference__pb2.AttachKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,
