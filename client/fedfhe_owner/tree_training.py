@@ -1,0 +1,100 @@
+"""An owner's federated boosting step: check the global booster, boost on the local rows, reply with JSON.
+
+The global model comes from the coordinator, which may be hostile: it is checked
+with ``booster_json`` (size, structure, limits derived from the run and the schema)
+before XGBoost parses it. Training uses xgboost 1.6.2, the version concrete-ml
+1.9.0 pins and every host runs, with base_score fixed at 0.5. The reply is
+JSON bytes (never a pickle), in the dialect Flower's FedXgbBagging reads
+(``iteration_indptr`` added): bagging replies carry only the new trees, as
+Flower's XGBoost example does; cyclic replies carry the whole model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedfhe_common import booster_json, fedxgb
+from fedfhe_common.errors import ConfigError
+from fedfhe_common.schema import DatasetSchema
+
+
+@dataclass(frozen=True)
+class OwnerUpdate:
+    """One owner's reply for a round: the booster's JSON bytes and what the reply's metrics need."""
+
+    booster: bytes
+    new_trees: int
+    rows: int
+    seconds: float
+
+
+def check_global(raw: bytes, schema: DatasetSchema, params: fedxgb.BoostParams, max_trees: int
+                 ) -> booster_json.Booster | None:
+    """The coordinator's global model, checked; None for round 1's empty model. BoosterRefused names a problem."""
+    if len(raw) == 0:
+        return None
+    return booster_json.parse(raw, fedxgb.global_limits(schema, params, max_trees))
+
+
+def load(booster: booster_json.Booster | None, params: dict[str, Any]) -> Any:
+    """An xgboost.Booster from a checked model (1.6.2 reads the checked re-serialisation, not the received bytes)."""
+    import xgboost as xgb
+
+    if booster is None:
+        return None
+    out = xgb.Booster(params=params)
+    out.load_model(bytearray(booster.to_bytes(indptr=False)))
+    return out
+
+
+def _labels(y: np.ndarray, schema: DatasetSchema) -> np.ndarray:
+    y = np.asarray(y)
+    if schema.is_classifier:
+        codes = np.asarray(y, dtype=np.int64)
+        if not np.array_equal(codes, y) or codes.min(initial=0) < 0 or codes.max(initial=0) >= len(schema.classes):
+            raise ConfigError(f"labels must be the class codes 0..{len(schema.classes) - 1} of schema {schema.name!r}")
+        return codes.astype(np.float32)
+    return y.astype(np.float32)
+
+
+def train_round(global_raw: bytes, X: np.ndarray, y: np.ndarray, schema: DatasetSchema,
+                params: fedxgb.BoostParams, mode: fedxgb.Mode, max_trees: int) -> OwnerUpdate:
+    """Boost ``params.local_rounds`` rounds on the owner's (preprocessed) rows, starting from the global model.
+
+    An owner may lack some classes: XGBoost's native API boosts with ``num_class`` from the
+    schema regardless (the class's trees then only learn "not this class" here).
+    """
+    import xgboost as xgb
+
+    if len(y) == 0 or X.shape != (len(y), schema.n_features):
+        raise ConfigError(f"training rows must be (n > 0, {schema.n_features}), got {X.shape}")
+    glob = check_global(global_raw, schema, params, max_trees)
+    global_trees = glob.n_trees if glob is not None else 0
+    reply = fedxgb.reply_limits(schema, params, mode, max_trees, global_trees)
+    xgb_params = params.xgb_params(reply)
+    started = time.perf_counter()
+    dtrain = xgb.DMatrix(np.asarray(X, dtype=np.float32), label=_labels(y, schema), nthread=params.nthread)
+    bst = xgb.train(xgb_params, dtrain, num_boost_round=params.local_rounds, xgb_model=load(glob, xgb_params))
+    done = bst.num_boosted_rounds()
+    if mode == "bagging":
+        bst = bst[done - params.local_rounds:done]  # the new trees only (Flower's XGBoost bagging example)
+    seconds = time.perf_counter() - started
+    # Checked as the coordinator will check it: a mismatch of run and schema fails here, with the reason.
+    out = booster_json.parse(bytes(bst.save_raw("json")), reply)
+    return OwnerUpdate(out.to_bytes(indptr=True), reply.max_trees - (0 if mode == "bagging" else global_trees),
+                       len(y), seconds)
+
+
+def predict(booster: booster_json.Booster, X: np.ndarray, schema: DatasetSchema) -> np.ndarray:
+    """Class codes (classifier) or values (regressor) of a checked model, for an owner's held-out scores."""
+    import xgboost as xgb
+
+    model = load(booster, {"nthread": 1})
+    out = model.predict(xgb.DMatrix(np.asarray(X, dtype=np.float32)))
+    if not schema.is_classifier:
+        return out
+    return out.argmax(axis=1) if out.ndim == 2 else (out > 0.5).astype(np.int64)

@@ -1,0 +1,132 @@
+"""The federated XGBoost contract both apps share: the run's boosting parameters and the limits of each booster.
+
+The coordinator and every owner derive the same ``booster_json.Limits`` from the
+run's parameters and the schema, so a reply is refused by the coordinator, and a
+global model by an owner, by one rule. Bagging (Flower's FedXgbBagging): every
+owner boosts ``local_rounds`` rounds on the global model and replies with those new
+trees only; the coordinator appends them all. Cyclic (FedXgbCyclic): one owner per
+server round boosts on the global model and replies with the whole model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from . import booster_json, tree_artifact
+from .errors import ConfigError
+from .schema import DatasetSchema
+
+Mode = Literal["bagging", "cyclic"]
+MODES: tuple[Mode, ...] = ("bagging", "cyclic")
+FAMILIES = {"XGBClassifier", "XGBRegressor"}
+
+# Run config keys (coordinator.yaml -> `flwr run --run-config`); the parameters travel as one JSON string.
+RUN_XGB_MODE = "xgb-mode"
+RUN_XGB_PARAMS = "xgb-params"  # json.dumps(BoostParams.to_dict())
+RUN_XGB_MAX_TREES = "xgb-max-trees"  # the global model's tree budget (TreeBudget.max_trees)
+
+
+@dataclass(frozen=True)
+class BoostParams:
+    """The boosting hyper-parameters every owner trains with (XGBoost's native names)."""
+
+    max_depth: int = 3
+    eta: float = 0.3
+    local_rounds: int = 1
+    min_child_weight: float = 1.0
+    reg_lambda: float = 1.0
+    subsample: float = 1.0
+    colsample_bytree: float = 1.0
+    max_abs_leaf: float = 1e4
+    seed: int = 0
+    nthread: int = 1
+
+    def __post_init__(self) -> None:
+        checks = {
+            "max_depth": 1 <= self.max_depth <= tree_artifact.MAX_DEPTH,
+            "eta": 0 < self.eta <= 1,
+            "local_rounds": 1 <= self.local_rounds <= 100,
+            "min_child_weight": 0 <= self.min_child_weight < 1e6,
+            "reg_lambda": 0 <= self.reg_lambda < 1e6,
+            "subsample": 0 < self.subsample <= 1,
+            "colsample_bytree": 0 < self.colsample_bytree <= 1,
+            "max_abs_leaf": 0 < self.max_abs_leaf <= 1e12,
+            "seed": 0 <= self.seed < 2**31,
+            "nthread": 1 <= self.nthread <= 256,
+        }
+        bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"xgboost parameters out of range: {', '.join(bad)}")
+
+    @classmethod
+    def from_mapping(cls, data: Any, where: str = "xgboost parameters") -> BoostParams:
+        """From a run config or YAML mapping: unknown names and wrong types are refused, naming them."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: must be a mapping")
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"{where}: unknown parameter {', '.join(map(repr, unknown))} "
+                              f"(known: {', '.join(sorted(known))})")
+        out: dict[str, Any] = {}
+        for name, value in data.items():
+            want = int if known[name] == "int" else float
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (want is int and
+                                                                                   not isinstance(value, int)):
+                raise ConfigError(f"{where}: {name} must be {'an integer' if want is int else 'a number'}, "
+                                  f"got {value!r}")
+            out[name] = want(value)
+        try:
+            return cls(**out)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def xgb_params(self, limits: booster_json.Limits) -> dict[str, Any]:
+        """``xgboost.train``'s params: the objective from the schema, base_score fixed (booster_json.BASE_SCORE)."""
+        params: dict[str, Any] = {
+            "objective": limits.objective, "base_score": booster_json.BASE_SCORE, "max_depth": self.max_depth,
+            "eta": self.eta, "min_child_weight": self.min_child_weight, "lambda": self.reg_lambda,
+            "subsample": self.subsample, "colsample_bytree": self.colsample_bytree, "seed": self.seed,
+            "nthread": self.nthread, "tree_method": "exact", "verbosity": 0,
+        }
+        if limits.num_class:
+            params["num_class"] = limits.num_class
+        return params
+
+
+def n_classes(schema: DatasetSchema) -> int:
+    return len(schema.classes) if schema.is_classifier else 0
+
+
+def check_schema(family: str, schema: DatasetSchema) -> None:
+    """XGBoost learns label codes 0..k-1; a schema whose codes are other integers cannot be federated as is."""
+    if family not in FAMILIES:
+        raise ConfigError(f"model {family!r}: federated boosting trains XGBClassifier or XGBRegressor")
+    if (family == "XGBClassifier") != schema.is_classifier:
+        raise ConfigError(f"model {family} does not fit schema {schema.name!r} (task {schema.task})")
+    if schema.is_classifier and list(schema.label_codes) != list(range(len(schema.classes))):
+        raise ConfigError(f"model XGBClassifier needs classes 0..{len(schema.classes) - 1}; schema "
+                          f"{schema.name!r} has {schema.classes}")
+
+
+def global_limits(schema: DatasetSchema, params: BoostParams, max_trees: int, max_bytes: int = 64 << 20
+                  ) -> booster_json.Limits:
+    """What a global model may hold (an owner's check of what the coordinator sends; the final model)."""
+    return booster_json.Limits(schema.n_features, n_classes(schema), max_trees, params.max_depth, max_bytes,
+                               params.max_abs_leaf)
+
+
+def reply_limits(schema: DatasetSchema, params: BoostParams, mode: Mode, max_trees: int,
+                 global_trees: int = 0, max_bytes: int = 16 << 20) -> booster_json.Limits:
+    """What one owner's reply may hold: bagging, exactly its new trees; cyclic, the global model plus them."""
+    per_round = max(1, n_classes(schema) if n_classes(schema) > 2 else 1)
+    new = params.local_rounds * per_round
+    trees = new if mode == "bagging" else global_trees + new
+    if trees > max_trees:
+        raise ConfigError(f"a reply of {trees} trees would exceed the run's budget of {max_trees} trees")
+    return booster_json.Limits(schema.n_features, n_classes(schema), trees, params.max_depth, max_bytes,
+                               params.max_abs_leaf, min_trees=trees)
