@@ -113,20 +113,25 @@ def check_schema(family: str, schema: DatasetSchema) -> None:
                           f"{schema.name!r} has {schema.classes}")
 
 
-def global_limits(schema: DatasetSchema, params: BoostParams, max_trees: int, max_bytes: int = 64 << 20
-                  ) -> booster_json.Limits:
+def max_json_bytes(trees: int, depth: int) -> int:
+    """Bytes a booster of ``trees`` trees of ``depth`` may take as JSON: about 55-90 bytes a node are measured
+    (1.6.2, depths 3-10); 256 a node, 4 kB a tree and 16 kB of the rest leave room for any float's digits."""
+    return min(tree_artifact.MAX_XGB_JSON_BYTES, 16384 + trees * (4096 + 256 * (2 ** (depth + 1) - 1)))
+
+
+def global_limits(schema: DatasetSchema, params: BoostParams, max_trees: int) -> booster_json.Limits:
     """What a global model may hold (an owner's check of what the coordinator sends; the final model)."""
-    return booster_json.Limits(schema.n_features, n_classes(schema), max_trees, params.max_depth, max_bytes,
-                               params.max_abs_leaf)
+    return booster_json.Limits(schema.n_features, n_classes(schema), max_trees, params.max_depth,
+                               max_json_bytes(max_trees, params.max_depth), params.max_abs_leaf)
 
 
 def reply_limits(schema: DatasetSchema, params: BoostParams, mode: Mode, max_trees: int,
-                 global_trees: int = 0, max_bytes: int = 16 << 20) -> booster_json.Limits:
+                 global_trees: int = 0) -> booster_json.Limits:
     """What one owner's reply may hold: bagging, exactly its new trees; cyclic, the global model plus them."""
     per_round = max(1, n_classes(schema) if n_classes(schema) > 2 else 1)
     new = params.local_rounds * per_round
     trees = new if mode == "bagging" else global_trees + new
     if trees > max_trees:
         raise ConfigError(f"a reply of {trees} trees would exceed the run's budget of {max_trees} trees")
-    return booster_json.Limits(schema.n_features, n_classes(schema), trees, params.max_depth, max_bytes,
-                               params.max_abs_leaf, min_trees=trees)
+    return booster_json.Limits(schema.n_features, n_classes(schema), trees, params.max_depth,
+                               max_json_bytes(trees, params.max_depth), params.max_abs_leaf, min_trees=trees)

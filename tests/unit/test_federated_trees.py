@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fedxgb_harness import federate, split
 from flwr.supercore.task_identity import TaskIdentity
 from sklearn.metrics import r2_score
 from sklearn.preprocessing import StandardScaler
@@ -20,9 +20,6 @@ from fedfhe_common.errors import ConfigError
 from fedfhe_common.schema import DatasetSchema
 from fedfhe_coordinator import federated_trees
 from fedfhe_owner import tree_training
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_fedxgb_federation import federate, split  # noqa: E402 - the in-process federation of three owners
 
 FAMILY = {"breast-cancer": "XGBClassifier", "wine": "XGBClassifier", "diabetes": "XGBRegressor"}
 

@@ -1,0 +1,83 @@
+"""Three data owners and fedfhe's checked FedXgb strategy in one process: Flower's configure_train and
+aggregate_train, each owner's tree_training.train_round on a third of the rows, no servers (tests of issue 27)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import xgboost as xgb
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
+from sklearn.metrics import accuracy_score, r2_score
+from sklearn.model_selection import train_test_split
+
+from fedfhe_common import booster_json, fedxgb
+from fedfhe_common import fl_contract as fc
+from fedfhe_common.schema import DIABETES, DatasetSchema
+from fedfhe_coordinator import tree_strategy
+from fedfhe_coordinator.tree_strategy import booster_record
+from fedfhe_owner import tree_training
+
+NODES = (11, 12, 13)
+BREAST = DatasetSchema(name="breast-cancer", n_features=30, feature_min=0.0, feature_max=5000.0, classes=[0, 1])
+WINE = DatasetSchema(name="wine", n_features=13, feature_min=0.0, feature_max=1700.0, classes=[0, 1, 2])
+LOADERS = {"breast-cancer": (load_breast_cancer, BREAST), "wine": (load_wine, WINE), "diabetes": (load_diabetes,
+                                                                                                 DIABETES)}
+Tamper = Callable[[int, int, bytes], bytes]
+
+
+class Grid:
+    """Just what Flower's sampling reads: the connected nodes."""
+
+    def get_node_ids(self) -> list[int]:
+        return list(NODES)
+
+
+def split(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, DatasetSchema]:
+    load, schema = LOADERS[name]
+    X, y = load(return_X_y=True)
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.25, random_state=0,
+                                              stratify=y if schema.is_classifier else None)
+    return X_tr, X_te, y_tr, y_te, schema
+
+
+def reply(raw: bytes, rows: int, to: Message, schema: DatasetSchema) -> Message:
+    metrics = {name: 0.0 for name in fc.metric_types("train", schema)}
+    metrics |= {fc.NUM_EXAMPLES: rows, fc.EVAL_EXAMPLES: 1}
+    return Message(RecordDict({fc.ARRAYS: ArrayRecord([np.frombuffer(raw, dtype=np.uint8)]),
+                               fc.METRICS: MetricRecord(metrics)}), reply_to=to)
+
+
+def federate(mode: fedxgb.Mode, X: np.ndarray, y: np.ndarray, schema: DatasetSchema, params: fedxgb.BoostParams,
+             rounds: int, max_trees: int, tamper: Tamper | None = None) -> tree_strategy.BoosterScreen:
+    """``rounds`` server rounds of Flower's strategy loop with three owners holding a third of the rows each."""
+    extra = {"min_train_nodes": 3} if mode == "bagging" else {}
+    strategy = tree_strategy.strategy(mode, schema, params, max_trees, min_available_nodes=3, **extra)
+    parts = dict(zip(NODES, np.array_split(np.random.default_rng(1).permutation(len(y)), 3), strict=True))
+    arrays = booster_record(None)
+    for server_round in range(1, rounds + 1):
+        sent = list(strategy.configure_train(server_round, arrays, ConfigRecord({}), Grid()))
+        replies = []
+        for m in sent:
+            m.metadata.__dict__["_message_id"] = m.object_id  # what the grid's push sets
+            node = int(m.metadata.dst_node_id)
+            update = tree_training.train_round(m.content[fc.ARRAYS]["0"].numpy().tobytes(), X[parts[node]],
+                                               y[parts[node]], schema, params, mode, max_trees)
+            raw = tamper(server_round, node, update.booster) if tamper else update.booster
+            replies.append(reply(raw, update.rows, m, schema))
+        new, _ = strategy.aggregate_train(server_round, replies)
+        arrays = new if new is not None else arrays
+    return strategy
+
+
+def score(booster: booster_json.Booster, X: np.ndarray, y: np.ndarray, schema: DatasetSchema) -> float:
+    pred = tree_training.predict(booster, X, schema)
+    return accuracy_score(y, pred) if schema.is_classifier else r2_score(y, pred)
+
+
+def centralised(X: np.ndarray, y: np.ndarray, schema: DatasetSchema, params: fedxgb.BoostParams, trees: int
+                ) -> booster_json.Booster:
+    limits = fedxgb.global_limits(schema, params, trees)
+    bst = xgb.train(params.xgb_params(limits), xgb.DMatrix(X, label=y), trees // limits.per_round)
+    return booster_json.parse(bytes(bst.save_raw("json")), limits)
