@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from fedfhe_common import booster_json, fedxgb
+from fedfhe_common import fl_contract as fc
 from fedfhe_common.errors import ConfigError
 from fedfhe_common.schema import DatasetSchema
 
@@ -89,12 +90,56 @@ def train_round(global_raw: bytes, X: np.ndarray, y: np.ndarray, schema: Dataset
                        len(y), seconds)
 
 
-def predict(booster: booster_json.Booster, X: np.ndarray, schema: DatasetSchema) -> np.ndarray:
-    """Class codes (classifier) or values (regressor) of a checked model, for an owner's held-out scores."""
+def _raw_predictions(booster: booster_json.Booster | None, X: np.ndarray, schema: DatasetSchema) -> np.ndarray:
+    """Class probabilities (n, k) or values (n,); round 1's empty model predicts its base_score alone."""
     import xgboost as xgb
 
-    model = load(booster, {"nthread": 1})
-    out = model.predict(xgb.DMatrix(np.asarray(X, dtype=np.float32)))
+    k = len(schema.classes)
+    if booster is None:
+        if not schema.is_classifier:
+            return np.full(len(X), booster_json.BASE_SCORE)
+        return np.full((len(X), k), 1.0 / k)
+    out = load(booster, {"nthread": 1}).predict(xgb.DMatrix(np.asarray(X, dtype=np.float32)))
+    if schema.is_classifier and out.ndim == 1:
+        out = np.column_stack([1.0 - out, out])
+    return out
+
+
+def predict(booster: booster_json.Booster | None, X: np.ndarray, schema: DatasetSchema) -> np.ndarray:
+    """Class codes (classifier) or values (regressor) of a checked model, for an owner's held-out scores."""
+    out = _raw_predictions(booster, X, schema)
+    return out.argmax(axis=1) if schema.is_classifier else out
+
+
+def scores(booster: booster_json.Booster | None, X: np.ndarray, y: np.ndarray, schema: DatasetSchema
+           ) -> dict[str, float]:
+    """The scores fl_contract expects (scoring.score_model's): loss and accuracy, or loss (MSE) and R²."""
+    from sklearn import metrics
+
+    out = _raw_predictions(booster, X, schema)
     if not schema.is_classifier:
-        return out
-    return out.argmax(axis=1) if out.ndim == 2 else (out > 0.5).astype(np.int64)
+        return {"loss": float(metrics.mean_squared_error(y, out)), "r2": float(metrics.r2_score(y, out))}
+    return {"loss": float(metrics.log_loss(y, out, labels=list(range(len(schema.classes))))),
+            "accuracy": float(np.mean(out.argmax(axis=1) == y))}
+
+
+def train_reply(config: Any, record: Any, split: tuple[np.ndarray, ...], schema: DatasetSchema
+                ) -> tuple[bytes, dict[str, int | float]]:
+    """A train message's whole owner step: check the instruction and the global model (ConfigError /
+    BoosterRefused), score the global model on the held-out rows, boost on the training rows.
+
+    ``record``: the message's ArrayRecord; ``split``: (X_train, X_test, y_train, y_test) after the run's
+    preprocessing. Returns the reply's booster bytes and its metrics (fl_contract.metric_types "train").
+    """
+    mode, params, max_trees = fedxgb.read_instruction(config)
+    raw = fedxgb.record_bytes(record, fedxgb.global_limits(schema, params, max_trees).max_bytes)
+    X_train, X_test, y_train, y_test = split
+    if len(y_test) == 0:
+        X_test, y_test = X_train, y_train
+    started = time.perf_counter()
+    held_out = scores(check_global(raw, schema, params, max_trees), X_test, y_test, schema)
+    eval_seconds = time.perf_counter() - started
+    update = train_round(raw, X_train, y_train, schema, params, mode, max_trees)
+    out: dict[str, int | float] = {f"{fc.EVAL_PREFIX}{k}": v for k, v in held_out.items()}
+    return update.booster, out | {fc.EVAL_EXAMPLES: int(len(y_test)), fc.EVAL_SECONDS: eval_seconds,
+                                  fc.NUM_EXAMPLES: update.rows, fc.FIT_SECONDS: update.seconds}

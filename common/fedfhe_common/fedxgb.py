@@ -10,6 +10,7 @@ server round boosts on the global model and replies with the whole model.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -21,10 +22,12 @@ Mode = Literal["bagging", "cyclic"]
 MODES: tuple[Mode, ...] = ("bagging", "cyclic")
 FAMILIES = {"XGBClassifier", "XGBRegressor"}
 
-# Run config keys (coordinator.yaml -> `flwr run --run-config`); the parameters travel as one JSON string.
-RUN_XGB_MODE = "xgb-mode"
-RUN_XGB_PARAMS = "xgb-params"  # json.dumps(BoostParams.to_dict())
-RUN_XGB_MAX_TREES = "xgb-max-trees"  # the global model's tree budget (TreeBudget.max_trees)
+# Keys of a train/evaluate instruction's ConfigRecord (beside fl_contract.MODEL, the family), set by the ServerApp
+# from the run config; every owner checks them (read_instruction) before it reads a row.
+XGB_MODE = "xgb-mode"
+XGB_PARAMS = "xgb-params"  # json.dumps(BoostParams.to_dict())
+XGB_MAX_TREES = "xgb-max-trees"  # the global model's tree budget (the run's planned trees, TreeBudget.check_run)
+MAX_INSTRUCTION_PARAMS_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -135,3 +138,41 @@ def reply_limits(schema: DatasetSchema, params: BoostParams, mode: Mode, max_tre
         raise ConfigError(f"a reply of {trees} trees would exceed the run's budget of {max_trees} trees")
     return booster_json.Limits(schema.n_features, n_classes(schema), trees, params.max_depth,
                                max_json_bytes(trees, params.max_depth), params.max_abs_leaf, min_trees=trees)
+
+
+def instruction(mode: Mode, params: BoostParams, max_trees: int) -> dict[str, str | int]:
+    """The ConfigRecord entries a ServerApp adds to each train and evaluate message of a boosting run."""
+    return {XGB_MODE: mode, XGB_PARAMS: json.dumps(params.to_dict(), sort_keys=True), XGB_MAX_TREES: max_trees}
+
+
+def read_instruction(config: Any) -> tuple[Mode, BoostParams, int]:
+    """An owner's check of a boosting instruction (ConfigError naming the key): mode, parameters, tree budget."""
+    mode, raw, max_trees = config.get(XGB_MODE), config.get(XGB_PARAMS), config.get(XGB_MAX_TREES)
+    if mode not in MODES:
+        raise ConfigError(f"instruction {XGB_MODE} {str(mode)[:40]!r} is not one of {', '.join(MODES)}")
+    if not isinstance(raw, str) or len(raw) > MAX_INSTRUCTION_PARAMS_BYTES:
+        raise ConfigError(f"instruction {XGB_PARAMS} must be a JSON string of at most "
+                          f"{MAX_INSTRUCTION_PARAMS_BYTES} characters")
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise ConfigError(f"instruction {XGB_PARAMS} is not JSON") from None
+    params = BoostParams.from_mapping(data, f"instruction {XGB_PARAMS}")
+    if isinstance(max_trees, bool) or not isinstance(max_trees, int) or not 1 <= max_trees <= tree_artifact.MAX_TREES:
+        raise ConfigError(f"instruction {XGB_MAX_TREES} must be an integer in 1..{tree_artifact.MAX_TREES}")
+    return mode, params, max_trees
+
+
+def record_bytes(record: Any, max_bytes: int) -> bytes:
+    """A booster's bytes from the ArrayRecord it travels in (one uint8 array '0'), sized before numpy reads it.
+
+    Duck-typed on Flower's ArrayRecord/Array (this module imports no Flower); BoosterRefused names a fault.
+    """
+    if list(record.keys()) != ["0"]:
+        raise booster_json.BoosterRefused("a booster travels as one ArrayRecord with one array '0'")
+    array = record["0"]
+    if len(array.data) > max_bytes + 256:  # the npy header's few bytes on top of the JSON
+        raise booster_json.BoosterRefused(f"{len(array.data)} bytes, above the limit of {max_bytes}")
+    if array.stype != "numpy.ndarray" or array.dtype != "uint8" or len(array.shape) != 1:
+        raise booster_json.BoosterRefused(f"the booster must be a 1-D uint8 array, got {array.dtype} {array.shape}")
+    return array.numpy().tobytes()  # np.load(allow_pickle=False) inside Flower

@@ -98,19 +98,6 @@ class Refusal:
     reason: str
 
 
-def reply_bytes(content: RecordDict, max_bytes: int) -> bytes:
-    """The one uint8 array of a reply's one ArrayRecord, its size checked before numpy reads it."""
-    arrays = list(content.array_records.values())
-    if len(arrays) != 1 or list(arrays[0].keys()) != ["0"]:
-        raise booster_json.BoosterRefused("a reply carries one ArrayRecord with one array '0' (the booster)")
-    array = arrays[0]["0"]
-    if len(array.data) > max_bytes + 256:  # the npy header's few bytes on top of the JSON
-        raise booster_json.BoosterRefused(f"{len(array.data)} bytes, above the limit of {max_bytes}")
-    if array.stype != "numpy.ndarray" or array.dtype != "uint8" or len(array.shape) != 1:
-        raise booster_json.BoosterRefused(f"the booster must be a 1-D uint8 array, got {array.dtype} {array.shape}")
-    return array.numpy().tobytes()  # np.load(allow_pickle=False) inside Flower
-
-
 class BoosterScreen:
     """Mixed into a FedXgb strategy: checks each reply's booster and metrics; refused replies never aggregate."""
 
@@ -127,13 +114,15 @@ class BoosterScreen:
     def check_content(self, content: RecordDict) -> tuple[booster_json.Booster, dict[str, Any]]:
         """A reply's booster (checked) and metrics (fl_contract's train metrics); BoosterRefused names a fault."""
         limits = self.reply_limits()
-        if set(content.keys()) != {fc.ARRAYS, fc.METRICS} or fc.METRICS not in content.metric_records:
+        if set(content.keys()) != {fc.ARRAYS, fc.METRICS} or fc.METRICS not in content.metric_records or \
+                fc.ARRAYS not in content.array_records:
             raise booster_json.BoosterRefused(f"a reply holds exactly {fc.ARRAYS!r} and {fc.METRICS!r}")
         try:
             metrics = fc.check_metrics(dict(content.metric_records[fc.METRICS]), "train", self.schema, self.max_rows)
         except fc.ReplyRejected as exc:
             raise booster_json.BoosterRefused(str(exc)) from None
-        return booster_json.parse(reply_bytes(content, limits.max_bytes), limits), metrics
+        return booster_json.parse(fedxgb.record_bytes(content.array_records[fc.ARRAYS], limits.max_bytes),
+                                  limits), metrics
 
     def screen(self, server_round: int, replies: Iterable[Message]) -> list[tuple[Message, booster_json.Booster]]:
         """The replies that pass, each with its checked booster; the others go to ``refusals``."""

@@ -42,30 +42,35 @@ def split(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Da
     return X_tr, X_te, y_tr, y_te, schema
 
 
-def reply(raw: bytes, rows: int, to: Message, schema: DatasetSchema) -> Message:
-    metrics = {name: 0.0 for name in fc.metric_types("train", schema)}
-    metrics |= {fc.NUM_EXAMPLES: rows, fc.EVAL_EXAMPLES: 1}
+def reply(raw: bytes, rows: int, to: Message, schema: DatasetSchema,
+          metrics: dict[str, int | float] | None = None) -> Message:
+    if metrics is None:
+        metrics = {name: 0.0 for name in fc.metric_types("train", schema)}
+        metrics |= {fc.NUM_EXAMPLES: rows, fc.EVAL_EXAMPLES: 1}
     return Message(RecordDict({fc.ARRAYS: ArrayRecord([np.frombuffer(raw, dtype=np.uint8)]),
                                fc.METRICS: MetricRecord(metrics)}), reply_to=to)
 
 
 def federate(mode: fedxgb.Mode, X: np.ndarray, y: np.ndarray, schema: DatasetSchema, params: fedxgb.BoostParams,
              rounds: int, max_trees: int, tamper: Tamper | None = None) -> tree_strategy.BoosterScreen:
-    """``rounds`` server rounds of Flower's strategy loop with three owners holding a third of the rows each."""
+    """``rounds`` server rounds of Flower's strategy loop with three owners holding a third of the rows each;
+    each owner runs tree_training.train_reply on the instruction and global model it was sent."""
     extra = {"min_train_nodes": 3} if mode == "bagging" else {}
     strategy = tree_strategy.strategy(mode, schema, params, max_trees, min_available_nodes=3, **extra)
     parts = dict(zip(NODES, np.array_split(np.random.default_rng(1).permutation(len(y)), 3), strict=True))
     arrays = booster_record(None)
     for server_round in range(1, rounds + 1):
-        sent = list(strategy.configure_train(server_round, arrays, ConfigRecord({}), Grid()))
+        config = ConfigRecord(fedxgb.instruction(mode, params, max_trees))
+        sent = list(strategy.configure_train(server_round, arrays, config, Grid()))
         replies = []
         for m in sent:
             m.metadata.__dict__["_message_id"] = m.object_id  # what the grid's push sets
             node = int(m.metadata.dst_node_id)
-            update = tree_training.train_round(m.content[fc.ARRAYS]["0"].numpy().tobytes(), X[parts[node]],
-                                               y[parts[node]], schema, params, mode, max_trees)
-            raw = tamper(server_round, node, update.booster) if tamper else update.booster
-            replies.append(reply(raw, update.rows, m, schema))
+            Xp, yp = X[parts[node]], y[parts[node]]
+            raw, metrics = tree_training.train_reply(m.content[fc.CONFIG], m.content[fc.ARRAYS],
+                                                     (Xp, Xp[:0], yp, yp[:0]), schema)  # scored on its own rows
+            raw = tamper(server_round, node, raw) if tamper else raw
+            replies.append(reply(raw, len(yp), m, schema, metrics))
         new, _ = strategy.aggregate_train(server_round, replies)
         arrays = new if new is not None else arrays
     return strategy

@@ -171,3 +171,31 @@ def test_the_budget_refuses_a_run_that_would_outgrow_it():
     with pytest.raises(ConfigError, match=r"max_depth must be an integer, got 2.5"):
         fedxgb.BoostParams.from_mapping({"max_depth": 2.5})
     assert fedxgb.BoostParams.from_mapping({"eta": 1, "max_depth": 2}) == fedxgb.BoostParams(eta=1.0, max_depth=2)
+
+
+def test_an_owner_checks_the_instruction_and_scores_the_model_it_was_sent():
+    X_tr, _, y_tr, _, schema = split("breast-cancer")
+    params = fedxgb.BoostParams(max_depth=3)
+    split4 = (X_tr, X_tr[:50], y_tr, y_tr[:50])
+    good = fedxgb.instruction("bagging", params, 9)
+    raw, metrics = tree_training.train_reply(good, booster_record(None), split4, schema)
+    assert fc.check_metrics(metrics, "train", schema, 10**6) == metrics  # the contract's train metrics exactly
+    # Round 1's empty model predicts base_score 0.5: a log-loss of log 2 on the 50 held-out rows.
+    assert metrics[fc.EVAL_EXAMPLES] == 50 and metrics["eval-loss"] == pytest.approx(np.log(2))
+    grown = booster_json.parse(raw, fedxgb.reply_limits(schema, params, "bagging", 9))
+    _, later = tree_training.train_reply(good, booster_record(grown), split4, schema)
+    assert later["eval-loss"] < 0.6 and later["eval-accuracy"] > 0.9
+    hostile = {"mode": ({**good, fedxgb.XGB_MODE: "boost"}, r"xgb-mode 'boost' is not one of bagging, cyclic"),
+               "params": ({**good, fedxgb.XGB_PARAMS: '{"max_depth": 3, "booster": "dart"}'},
+                          r"unknown parameter 'booster'"),
+               "long": ({**good, fedxgb.XGB_PARAMS: " " * 5000}, r"at most 4096 characters"),
+               "budget": ({**good, fedxgb.XGB_MAX_TREES: 10_000}, r"xgb-max-trees must be an integer in 1..500"),
+               "bool": ({**good, fedxgb.XGB_MAX_TREES: True}, r"xgb-max-trees must be an integer")}
+    for config, reason in hostile.values():
+        with pytest.raises(ConfigError, match=reason):
+            tree_training.train_reply(config, booster_record(None), split4, schema)
+    floats = ArrayRecord([np.frombuffer(raw, dtype=np.uint8).astype(np.float32)])
+    with pytest.raises(booster_json.BoosterRefused, match=r"1-D uint8 array, got float32"):
+        tree_training.train_reply(good, floats, split4, schema)
+    with pytest.raises(booster_json.BoosterRefused, match=r"one array '0'"):
+        tree_training.train_reply(good, ArrayRecord([np.zeros(3, np.uint8), np.zeros(3, np.uint8)]), split4, schema)
