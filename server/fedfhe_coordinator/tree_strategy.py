@@ -124,7 +124,8 @@ class BoosterScreen:
         return booster_json.parse(fedxgb.record_bytes(content.array_records[fc.ARRAYS], limits.max_bytes),
                                   limits), metrics
 
-    def screen(self, server_round: int, replies: Iterable[Message]) -> list[tuple[Message, booster_json.Booster]]:
+    def screen_boosters(self, server_round: int, replies: Iterable[Message]
+                        ) -> list[tuple[Message, booster_json.Booster]]:
         """The replies that pass, each with its checked booster; the others go to ``refusals``."""
         kept = []
         for msg in replies:
@@ -169,7 +170,7 @@ class CheckedFedXgbBagging(BoosterScreen, FedXgbBagging):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        kept = self.screen(server_round, replies)
+        kept = self.screen_boosters(server_round, replies)
         self._check_and_log_replies([m for m, _ in kept], is_train=True)  # Flower's consistency checks and log
         if not kept:
             return None, None
@@ -206,7 +207,7 @@ class CheckedFedXgbCyclic(BoosterScreen, FedXgbCyclic):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        kept = self.screen(server_round, replies)
+        kept = self.screen_boosters(server_round, replies)
         if not kept:
             return None, None
         arrays, metrics = super().aggregate_train(server_round, [kept[0][0]])

@@ -33,6 +33,9 @@ class Grid:
     def get_node_ids(self) -> list[int]:
         return list(NODES)
 
+    def get_nodes(self) -> list[object]:  # server_app.node_owners: no registered keys here, so node-<id>
+        return []
+
 
 def split(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, DatasetSchema]:
     load, schema = LOADERS[name]
@@ -52,16 +55,18 @@ def reply(raw: bytes, rows: int, to: Message, schema: DatasetSchema,
 
 
 def federate(mode: fedxgb.Mode, X: np.ndarray, y: np.ndarray, schema: DatasetSchema, params: fedxgb.BoostParams,
-             rounds: int, max_trees: int, tamper: Tamper | None = None) -> tree_strategy.BoosterScreen:
+             rounds: int, max_trees: int, tamper: Tamper | None = None,
+             strategy: tree_strategy.BoosterScreen | None = None) -> tree_strategy.BoosterScreen:
     """``rounds`` server rounds of Flower's strategy loop with three owners holding a third of the rows each;
     each owner runs tree_training.train_reply on the instruction and global model it was sent."""
     extra = {"min_train_nodes": 3} if mode == "bagging" else {}
-    strategy = tree_strategy.strategy(mode, schema, params, max_trees, min_available_nodes=3, **extra)
+    if strategy is None:
+        strategy = tree_strategy.strategy(mode, schema, params, max_trees, min_available_nodes=3, **extra)
     parts = dict(zip(NODES, np.array_split(np.random.default_rng(1).permutation(len(y)), 3), strict=True))
     arrays = booster_record(None)
     for server_round in range(1, rounds + 1):
         config = ConfigRecord(fedxgb.instruction(mode, params, max_trees))
-        sent = list(strategy.configure_train(server_round, arrays, config, Grid()))
+        sent = list(strategy.configure_train(server_round, arrays, config, Grid()))  # type: ignore[attr-defined]
         replies = []
         for m in sent:
             m.metadata.__dict__["_message_id"] = m.object_id  # what the grid's push sets
@@ -71,7 +76,7 @@ def federate(mode: fedxgb.Mode, X: np.ndarray, y: np.ndarray, schema: DatasetSch
                                                      (Xp, Xp[:0], yp, yp[:0]), schema)  # scored on its own rows
             raw = tamper(server_round, node, raw) if tamper else raw
             replies.append(reply(raw, len(yp), m, schema, metrics))
-        new, _ = strategy.aggregate_train(server_round, replies)
+        new, _ = strategy.aggregate_train(server_round, replies)  # type: ignore[attr-defined]
         arrays = new if new is not None else arrays
     return strategy
 

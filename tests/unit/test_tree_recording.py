@@ -1,0 +1,61 @@
+"""The ServerApp's round table over the checked FedXgb strategies: a refused booster is its owner's failure for the
+round, with the reason, in the progress file; a cyclic round of one owner is a full round, not a lost node."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+from fedxgb_harness import federate, split
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedfhe_common import fedxgb
+from fedfhe_coordinator.server_app import ReplyPolicy
+from fedfhe_coordinator.tree_recording import RecordingXgbBagging, RecordingXgbCyclic, make_tree_strategy
+
+
+@pytest.fixture(autouse=True)
+def task_identity(monkeypatch):
+    random.seed(0)
+    monkeypatch.setattr(TaskIdentity, "_run_id", 7)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+def test_a_refused_booster_is_in_the_round_table_and_the_rest_aggregate(tmp_path):
+    X_tr, _, y_tr, _, schema = split("breast-cancer")
+    params = fedxgb.BoostParams(max_depth=3)
+    progress = tmp_path / "progress.jsonl"
+    # min_nodes 2 of 3: a round keeps going with one owner refused (with 3, Recording stops the run: NodesLost).
+    strategy = make_tree_strategy("bagging", progress, ReplyPolicy("XGBClassifier", schema), {}, 1.0, 2, params, 9)
+    assert isinstance(strategy, RecordingXgbBagging)
+
+    def deeper(server_round: int, node: int, raw: bytes) -> bytes:
+        return raw.replace(b'"split_indices":[', b'"split_indices":[99,', 1) if server_round == 2 and node == 13 \
+            else raw
+
+    federate("bagging", X_tr, y_tr, schema, params, 3, 9, deeper, strategy=strategy)
+    assert strategy.global_model is not None and strategy.global_model.n_trees == 8
+    rounds = [json.loads(line) for line in progress.read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2]  # round 3 is flushed once the next round's scores arrive
+    assert rounds[1]["fit_owners"] == ["node-11", "node-12"]
+    [failure] = rounds[1]["failures"]
+    assert {k: failure[k] for k in ("phase", "node_id", "owner")} == {"phase": "fit", "node_id": 13, "owner": "node-13"}
+    assert re.fullmatch(r"booster refused: tree 0.split_indices must list \d+ integers", failure["reason"])
+    assert rounds[1]["clients"]["accuracy"] > 0.9  # the owners' scores of round 2's model, from round 3's replies
+
+
+def test_a_cyclic_round_of_one_owner_is_a_full_round(tmp_path):
+    X_tr, _, y_tr, _, schema = split("breast-cancer")
+    params = fedxgb.BoostParams(max_depth=3)
+    progress = tmp_path / "progress.jsonl"
+    strategy = make_tree_strategy("cyclic", progress, ReplyPolicy("XGBClassifier", schema), {}, 1.0, 3, params, 4)
+    assert isinstance(strategy, RecordingXgbCyclic)
+    federate("cyclic", X_tr, y_tr, schema, params, 4, 4, strategy=strategy)
+    assert strategy.global_model is not None and strategy.global_model.n_trees == 4
+    rounds = [json.loads(line) for line in progress.read_text().splitlines()]
+    owners = [r["fit_owners"] for r in rounds]
+    assert all(len(o) == 1 for o in owners) and sorted(o[0] for o in owners) == ["node-11", "node-12", "node-13"]
+    assert all(r["failures"] == [] and r["missing"] == [] for r in rounds)
