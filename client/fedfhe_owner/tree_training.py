@@ -143,3 +143,20 @@ def train_reply(config: Any, record: Any, split: tuple[np.ndarray, ...], schema:
     out: dict[str, int | float] = {f"{fc.EVAL_PREFIX}{k}": v for k, v in held_out.items()}
     return update.booster, out | {fc.EVAL_EXAMPLES: int(len(y_test)), fc.EVAL_SECONDS: eval_seconds,
                                   fc.NUM_EXAMPLES: update.rows, fc.FIT_SECONDS: update.seconds}
+
+
+def evaluate_reply(config: Any, record: Any, split: tuple[np.ndarray, ...], schema: DatasetSchema
+                   ) -> dict[str, int | float]:
+    """An evaluate message's owner step: the instruction and model checked, scored on the held-out rows;
+    the metrics are fl_contract's evaluate metrics (num-examples = the held-out rows)."""
+    _, params, max_trees = fedxgb.read_instruction(config)
+    raw = fedxgb.record_bytes(record, fedxgb.global_limits(schema, params, max_trees).max_bytes)
+    booster = check_global(raw, schema, params, max_trees)
+    X_train, X_test, y_train, y_test = split
+    if len(y_test) == 0:
+        X_test, y_test = X_train, y_train
+    started = time.perf_counter()
+    held_out = scores(booster, X_test, y_test, schema)
+    return {f"{fc.EVAL_PREFIX}{k}": v for k, v in held_out.items()} | {
+        fc.EVAL_EXAMPLES: int(len(y_test)), fc.EVAL_SECONDS: time.perf_counter() - started,
+        fc.NUM_EXAMPLES: int(len(y_test))}

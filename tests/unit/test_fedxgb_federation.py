@@ -194,6 +194,9 @@ def test_an_owner_checks_the_instruction_and_scores_the_model_it_was_sent():
     for config, reason in hostile.values():
         with pytest.raises(ConfigError, match=reason):
             tree_training.train_reply(config, booster_record(None), split4, schema)
+    final = tree_training.evaluate_reply(good, booster_record(grown), split4, schema)
+    assert fc.check_metrics(final, "evaluate", schema, 10**6) == final
+    assert final["eval-accuracy"] == later["eval-accuracy"] and final[fc.NUM_EXAMPLES] == 50
     floats = ArrayRecord([np.frombuffer(raw, dtype=np.uint8).astype(np.float32)])
     with pytest.raises(booster_json.BoosterRefused, match=r"1-D uint8 array, got float32"):
         tree_training.train_reply(good, floats, split4, schema)
