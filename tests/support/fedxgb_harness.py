@@ -3,11 +3,11 @@ aggregate_train, each owner's tree_training.train_round on a third of the rows, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import xgboost as xgb
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
@@ -91,3 +91,27 @@ def centralised(X: np.ndarray, y: np.ndarray, schema: DatasetSchema, params: fed
     limits = fedxgb.global_limits(schema, params, trees)
     bst = xgb.train(params.xgb_params(limits), xgb.DMatrix(X, label=y), trees // limits.per_round)
     return booster_json.parse(bytes(bst.save_raw("json")), limits)
+
+
+class LoopGrid(Grid):
+    """A grid whose send_and_receive runs each owner's ClientApp step in process (for Flower's Strategy.start)."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, schema: DatasetSchema) -> None:
+        self.schema = schema
+        parts = np.array_split(np.random.default_rng(1).permutation(len(y)), 3)
+        self.rows = {node: (X[p], y[p]) for node, p in zip(NODES, parts, strict=True)}
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        out = []
+        for m in messages:
+            m.metadata.__dict__["_message_id"] = m.object_id
+            X, y = self.rows[int(m.metadata.dst_node_id)]
+            split = (X, X[:0], y, y[:0])
+            if m.metadata.message_type == MessageType.TRAIN:
+                raw, metrics = tree_training.train_reply(m.content[fc.CONFIG], m.content[fc.ARRAYS], split,
+                                                         self.schema)
+                out.append(reply(raw, len(y), m, self.schema, metrics))
+            else:
+                metrics = tree_training.evaluate_reply(m.content[fc.CONFIG], m.content[fc.ARRAYS], split, self.schema)
+                out.append(Message(RecordDict({fc.METRICS: MetricRecord(metrics)}), reply_to=m))
+        return out

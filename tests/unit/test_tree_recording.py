@@ -8,12 +8,15 @@ import random
 import re
 
 import pytest
-from fedxgb_harness import federate, split
+from fedxgb_harness import LoopGrid, federate, split
+from flwr.app import ConfigRecord
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedfhe_common import fedxgb
+from fedfhe_coordinator import federated_trees
 from fedfhe_coordinator.server_app import ReplyPolicy
 from fedfhe_coordinator.tree_recording import RecordingXgbBagging, RecordingXgbCyclic, make_tree_strategy
+from fedfhe_coordinator.tree_strategy import TreeBudget, booster_record
 
 
 @pytest.fixture(autouse=True)
@@ -59,3 +62,26 @@ def test_a_cyclic_round_of_one_owner_is_a_full_round(tmp_path):
     owners = [r["fit_owners"] for r in rounds]
     assert all(len(o) == 1 for o in owners) and sorted(o[0] for o in owners) == ["node-11", "node-12", "node-13"]
     assert all(r["failures"] == [] and r["missing"] == [] for r in rounds)
+
+
+@pytest.mark.parametrize("mode", ["bagging", "cyclic"])
+def test_flowers_own_loop_trains_a_booster_the_artifact_takes(tmp_path, mode):
+    """Strategy.start (what the ServerApp calls) with the owners' train_reply / evaluate_reply behind the grid:
+    its Result holds the final booster, which federated_trees turns into the training artifact."""
+    X_tr, X_te, y_tr, y_te, schema = split("breast-cancer")
+    params = fedxgb.BoostParams(max_depth=3)
+    rounds = 3
+    trees = TreeBudget(max_trees=60, max_depth=3).check_run(schema, params, mode, rounds, owners=3)
+    strategy = make_tree_strategy(mode, tmp_path / "progress.jsonl", ReplyPolicy("XGBClassifier", schema), {}, 1.0,
+                                  3, params, trees)
+    strategy.fraction_evaluate = 1.0  # one final evaluate round by the owners (a plain run's last scores)
+    config = ConfigRecord(fedxgb.instruction(mode, params, trees))
+    result = strategy.start(LoopGrid(X_tr, y_tr, schema), booster_record(None), num_rounds=rounds,
+                            train_config=config, evaluate_config=config)
+    raw = result.arrays["0"].numpy().tobytes()
+    artifact = federated_trees.to_artifact(raw, "XGBClassifier", schema, params, trees, mode=mode, rounds=rounds)
+    assert artifact.metrics["tree"]["trees"] == trees
+    accuracy = float((artifact.to_estimator().predict(X_te) == y_te).mean())
+    evaluated = result.evaluate_metrics_clientapp[rounds]["eval-accuracy"]
+    print(f"{mode}: Strategy.start, {trees} trees, held-out accuracy {accuracy:.4f}, owners' own {evaluated:.4f}")
+    assert accuracy > 0.9 and evaluated > 0.9
