@@ -123,15 +123,16 @@ def scores(booster: booster_json.Booster | None, X: np.ndarray, y: np.ndarray, s
             "accuracy": float(np.mean(out.argmax(axis=1) == y))}
 
 
-def train_reply(config: Any, record: Any, split: tuple[np.ndarray, ...], schema: DatasetSchema
-                ) -> tuple[bytes, dict[str, int | float]]:
+def train_reply(config: Any, record: Any, split: tuple[np.ndarray, ...], schema: DatasetSchema,
+                policy: fedxgb.OwnerTreePolicy | None = None) -> tuple[bytes, dict[str, int | float]]:
     """A train message's whole owner step: check the instruction and the global model (ConfigError /
     BoosterRefused), score the global model on the held-out rows, boost on the training rows.
 
     ``record``: the message's ArrayRecord; ``split``: (X_train, X_test, y_train, y_test) after the run's
-    preprocessing. Returns the reply's booster bytes and its metrics (fl_contract.metric_types "train").
+    preprocessing; ``policy``: the owner's own bounds. Returns the reply's booster bytes and its metrics
+    (fl_contract.metric_types "train").
     """
-    mode, params, max_trees = fedxgb.read_instruction(config)
+    mode, params, max_trees = fedxgb.read_instruction(config, policy)
     raw = fedxgb.record_bytes(record, fedxgb.global_limits(schema, params, max_trees).max_bytes)
     X_train, X_test, y_train, y_test = split
     if len(y_test) == 0:
@@ -145,11 +146,11 @@ def train_reply(config: Any, record: Any, split: tuple[np.ndarray, ...], schema:
                                   fc.NUM_EXAMPLES: update.rows, fc.FIT_SECONDS: update.seconds}
 
 
-def evaluate_reply(config: Any, record: Any, split: tuple[np.ndarray, ...], schema: DatasetSchema
-                   ) -> dict[str, int | float]:
+def evaluate_reply(config: Any, record: Any, split: tuple[np.ndarray, ...], schema: DatasetSchema,
+                   policy: fedxgb.OwnerTreePolicy | None = None) -> dict[str, int | float]:
     """An evaluate message's owner step: the instruction and model checked, scored on the held-out rows;
     the metrics are fl_contract's evaluate metrics (num-examples = the held-out rows)."""
-    _, params, max_trees = fedxgb.read_instruction(config)
+    _, params, max_trees = fedxgb.read_instruction(config, policy)
     raw = fedxgb.record_bytes(record, fedxgb.global_limits(schema, params, max_trees).max_bytes)
     booster = check_global(raw, schema, params, max_trees)
     X_train, X_test, y_train, y_test = split

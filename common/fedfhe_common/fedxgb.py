@@ -101,6 +101,35 @@ class BoostParams:
         return params
 
 
+@dataclass(frozen=True)
+class OwnerTreePolicy:
+    """An owner's own bounds on what a boosting run may ask of it, checked before it reads a row.
+
+    A booster's leaves and thresholds come from the owner's rows: a leaf is the mean gradient of the
+    rows that reach it (with squared error, their mean residual), and a split threshold lies between
+    two of the owner's feature values. Few rows per leaf and many, deep trees tell more about single
+    rows; ``min_child_weight`` is the Hessian mass a leaf needs (rows for squared error, at least 4x
+    the rows for logistic loss), so its floor bounds how few rows any leaf speaks for.
+    """
+
+    max_depth: int = 6
+    max_trees: int = 200
+    min_child_weight: float = 1.0
+
+    def check(self, params: BoostParams, max_trees: int) -> None:
+        """ConfigError naming each bound the run's instruction exceeds."""
+        bad = []
+        if params.max_depth > self.max_depth:
+            bad.append(f"max_depth {params.max_depth} above this owner's {self.max_depth}")
+        if max_trees > self.max_trees:
+            bad.append(f"{max_trees} trees above this owner's {self.max_trees}")
+        if params.min_child_weight < self.min_child_weight:
+            bad.append(f"min_child_weight {params.min_child_weight:g} below this owner's floor "
+                       f"{self.min_child_weight:g}")
+        if bad:
+            raise ConfigError(f"the run's boosting asks more than this owner allows: {'; '.join(bad)}")
+
+
 def n_classes(schema: DatasetSchema) -> int:
     return len(schema.classes) if schema.is_classifier else 0
 
@@ -145,8 +174,9 @@ def instruction(mode: Mode, params: BoostParams, max_trees: int) -> dict[str, st
     return {XGB_MODE: mode, XGB_PARAMS: json.dumps(params.to_dict(), sort_keys=True), XGB_MAX_TREES: max_trees}
 
 
-def read_instruction(config: Any) -> tuple[Mode, BoostParams, int]:
-    """An owner's check of a boosting instruction (ConfigError naming the key): mode, parameters, tree budget."""
+def read_instruction(config: Any, policy: OwnerTreePolicy | None = None) -> tuple[Mode, BoostParams, int]:
+    """An owner's check of a boosting instruction (ConfigError naming the key): mode, parameters, tree budget,
+    within the owner's ``policy`` (default: OwnerTreePolicy())."""
     mode, raw, max_trees = config.get(XGB_MODE), config.get(XGB_PARAMS), config.get(XGB_MAX_TREES)
     if mode not in MODES:
         raise ConfigError(f"instruction {XGB_MODE} {str(mode)[:40]!r} is not one of {', '.join(MODES)}")
@@ -160,6 +190,7 @@ def read_instruction(config: Any) -> tuple[Mode, BoostParams, int]:
     params = BoostParams.from_mapping(data, f"instruction {XGB_PARAMS}")
     if isinstance(max_trees, bool) or not isinstance(max_trees, int) or not 1 <= max_trees <= tree_artifact.MAX_TREES:
         raise ConfigError(f"instruction {XGB_MAX_TREES} must be an integer in 1..{tree_artifact.MAX_TREES}")
+    (policy or OwnerTreePolicy()).check(params, max_trees)
     return mode, params, max_trees
 
 

@@ -197,6 +197,11 @@ def test_an_owner_checks_the_instruction_and_scores_the_model_it_was_sent():
     final = tree_training.evaluate_reply(good, booster_record(grown), split4, schema)
     assert fc.check_metrics(final, "evaluate", schema, 10**6) == final
     assert final["eval-accuracy"] == later["eval-accuracy"] and final[fc.NUM_EXAMPLES] == 50
+    strict = fedxgb.OwnerTreePolicy(max_depth=2, max_trees=8, min_child_weight=5.0)
+    with pytest.raises(ConfigError, match=r"asks more than this owner allows: max_depth 3 above this owner's 2; "
+                                          r"9 trees above this owner's 8; min_child_weight 1 below this owner's "
+                                          r"floor 5"):
+        tree_training.train_reply(good, booster_record(None), split4, schema, strict)
     floats = ArrayRecord([np.frombuffer(raw, dtype=np.uint8).astype(np.float32)])
     with pytest.raises(booster_json.BoosterRefused, match=r"1-D uint8 array, got float32"):
         tree_training.train_reply(good, floats, split4, schema)
