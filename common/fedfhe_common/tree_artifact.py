@@ -71,8 +71,11 @@ class _Bad(Exception):
     """A reason the tree part is refused; load turns it into an IntegrityError naming the file."""
 
 
+TreeRefused = _Bad  # what check_structure and check_xgb_tree raise (fedfhe_common.booster_json catches it)
+
+
 def check_structure(left: np.ndarray, right: np.ndarray, feature: np.ndarray, n_features: int,
-                    where: str) -> int:
+                    where: str, max_depth: int = MAX_DEPTH) -> int:
     """Check one tree's links and split features; return its depth (a lone leaf has depth 0)."""
     n = len(left)
     if n < 1 or len(right) != n or len(feature) != n:
@@ -104,8 +107,8 @@ def check_structure(left: np.ndarray, right: np.ndarray, feature: np.ndarray, n_
             raise _Bad(f"{where}: node {node} is reached twice from the root (a cycle or a shared node)")
         seen[children] = True
         frontier, depth = children, depth + 1
-        if depth > MAX_DEPTH:
-            raise _Bad(f"{where}: deeper than {MAX_DEPTH} levels")
+        if depth > max_depth:
+            raise _Bad(f"{where}: deeper than {max_depth} levels")
     if not seen.all():
         raise _Bad(f"{where}: node {int(np.flatnonzero(~seen)[0])} is not reachable from the root")
     return depth
@@ -264,7 +267,8 @@ def _numbers(value: Any, n: int, where: str, integer: bool) -> np.ndarray:
     return arr
 
 
-def _check_xgb_tree(tree: Any, index: int, n_features: int) -> None:
+def check_xgb_tree(tree: Any, index: int, n_features: int, max_depth: int = MAX_DEPTH) -> int:
+    """Check one tree of XGBoost's JSON model (links, split features, finite numbers); return its depth."""
     where = f"tree {index}"
     fields = {"left_children", "right_children", "parents", "split_indices", "split_conditions", "split_type",
               "default_left", "base_weights", "loss_changes", "sum_hessian", "categories", "categories_nodes",
@@ -285,7 +289,7 @@ def _check_xgb_tree(tree: Any, index: int, n_features: int) -> None:
     left = _numbers(tree["left_children"], n, f"{where}.left_children", True)
     right = _numbers(tree["right_children"], n, f"{where}.right_children", True)
     feature = _numbers(tree["split_indices"], n, f"{where}.split_indices", True)
-    check_structure(left, right, np.where(left == -1, 0, feature), n_features, where)
+    depth = check_structure(left, right, np.where(left == -1, 0, feature), n_features, where, max_depth)
     parents = _numbers(tree["parents"], n, f"{where}.parents", True)
     inner = np.flatnonzero(left != -1)
     if parents[0] != XGB_ROOT_PARENT or (parents[left[inner]] != inner).any() or \
@@ -299,6 +303,7 @@ def _check_xgb_tree(tree: Any, index: int, n_features: int) -> None:
         raise _Bad(f"{where}: default_left must be 0 or 1")
     if any(tree[k] != [] for k in ("categories", "categories_nodes", "categories_segments", "categories_sizes")):
         raise _Bad(f"{where}: categorical splits are not supported")
+    return depth
 
 
 def _check_xgb(doc: Any, family: str, schema: DatasetSchema) -> XGBoostModel:
@@ -350,9 +355,12 @@ def _check_xgb(doc: Any, family: str, schema: DatasetSchema) -> XGBoostModel:
     info = _numbers(model["tree_info"], len(trees), "tree_info", True)
     if ((info < 0) | (info >= max(1, num_class))).any():
         raise _Bad(f"tree_info names a class outside 0..{max(1, num_class) - 1}")
+    if (info != np.arange(len(trees)) % max(1, num_class)).any():
+        # Concrete ML (hummingbird) reads tree i as class i % num_class: any other order is another model in FHE.
+        raise _Bad("tree_info is not one tree per class per round in class order (0, 1, .., num_class - 1)")
     total = 0
     for i, tree in enumerate(trees):
-        _check_xgb_tree(tree, i, schema.n_features)
+        check_xgb_tree(tree, i, schema.n_features)
         total += len(tree["left_children"])
     if total > MAX_NODES:
         raise _Bad(f"all trees together hold {total} nodes, above {MAX_NODES}")
@@ -390,6 +398,14 @@ def from_estimator(estimator: Any, family: str, schema: DatasetSchema) -> TreeMo
         return _sklearn_from_estimator(estimator, family, schema)
     except _Bad as exc:
         raise IntegrityError(f"{family}: the fitted model cannot be stored: {exc}") from None
+
+
+def from_booster_json(raw: bytes, family: str, schema: DatasetSchema) -> XGBoostModel:
+    """The checked tree part of a federated booster's JSON (the same checks ``read`` applies to the artifact)."""
+    try:
+        return _parse_xgb(raw, family, schema)
+    except _Bad as exc:
+        raise IntegrityError(f"{family}: the federated booster cannot be stored: {exc}") from None
 
 
 def write(model: TreeModel, directory: Path) -> str:

@@ -1,0 +1,209 @@
+"""The federated XGBoost contract both apps share: the run's boosting parameters and the limits of each booster.
+
+The coordinator and every owner derive the same ``booster_json.Limits`` from the
+run's parameters and the schema, so a reply is refused by the coordinator, and a
+global model by an owner, by one rule. Bagging (Flower's FedXgbBagging): every
+owner boosts ``local_rounds`` rounds on the global model and replies with those new
+trees only; the coordinator appends them all. Cyclic (FedXgbCyclic): one owner per
+server round boosts on the global model and replies with the whole model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from . import booster_json, tree_artifact
+from .errors import ConfigError
+from .schema import DatasetSchema
+
+Mode = Literal["bagging", "cyclic"]
+MODES: tuple[Mode, ...] = ("bagging", "cyclic")
+FAMILIES = {"XGBClassifier", "XGBRegressor"}
+
+# Keys of a train/evaluate instruction's ConfigRecord (beside fl_contract.MODEL, the family), set by the ServerApp
+# from the run config; every owner checks them (read_instruction) before it reads a row.
+XGB_MODE = "xgb-mode"
+XGB_PARAMS = "xgb-params"  # json.dumps(BoostParams.to_dict())
+XGB_MAX_TREES = "xgb-max-trees"  # the global model's tree budget (the run's planned trees, TreeBudget.check_run)
+MAX_INSTRUCTION_PARAMS_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class BoostParams:
+    """The boosting hyper-parameters every owner trains with (XGBoost's native names)."""
+
+    max_depth: int = 3
+    eta: float = 0.3
+    local_rounds: int = 1
+    min_child_weight: float = 1.0
+    reg_lambda: float = 1.0
+    subsample: float = 1.0
+    colsample_bytree: float = 1.0
+    max_abs_leaf: float = 1e4
+    seed: int = 0
+    nthread: int = 1
+
+    def __post_init__(self) -> None:
+        checks = {
+            "max_depth": 1 <= self.max_depth <= tree_artifact.MAX_DEPTH,
+            "eta": 0 < self.eta <= 1,
+            "local_rounds": 1 <= self.local_rounds <= 100,
+            "min_child_weight": 0 <= self.min_child_weight < 1e6,
+            "reg_lambda": 0 <= self.reg_lambda < 1e6,
+            "subsample": 0 < self.subsample <= 1,
+            "colsample_bytree": 0 < self.colsample_bytree <= 1,
+            "max_abs_leaf": 0 < self.max_abs_leaf <= 1e12,
+            "seed": 0 <= self.seed < 2**31,
+            "nthread": 1 <= self.nthread <= 256,
+        }
+        bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"xgboost parameters out of range: {', '.join(bad)}")
+
+    @classmethod
+    def from_mapping(cls, data: Any, where: str = "xgboost parameters") -> BoostParams:
+        """From a run config or YAML mapping: unknown names and wrong types are refused, naming them."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: must be a mapping")
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"{where}: unknown parameter {', '.join(map(repr, unknown))} "
+                              f"(known: {', '.join(sorted(known))})")
+        out: dict[str, Any] = {}
+        for name, value in data.items():
+            want = int if known[name] == "int" else float
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (want is int and
+                                                                                   not isinstance(value, int)):
+                raise ConfigError(f"{where}: {name} must be {'an integer' if want is int else 'a number'}, "
+                                  f"got {value!r}")
+            out[name] = want(value)
+        try:
+            return cls(**out)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def xgb_params(self, limits: booster_json.Limits) -> dict[str, Any]:
+        """``xgboost.train``'s params: the objective from the schema, base_score fixed (booster_json.BASE_SCORE)."""
+        params: dict[str, Any] = {
+            "objective": limits.objective, "base_score": booster_json.BASE_SCORE, "max_depth": self.max_depth,
+            "eta": self.eta, "min_child_weight": self.min_child_weight, "lambda": self.reg_lambda,
+            "subsample": self.subsample, "colsample_bytree": self.colsample_bytree, "seed": self.seed,
+            "nthread": self.nthread, "tree_method": "exact", "verbosity": 0,
+        }
+        if limits.num_class:
+            params["num_class"] = limits.num_class
+        return params
+
+
+@dataclass(frozen=True)
+class OwnerTreePolicy:
+    """An owner's own bounds on what a boosting run may ask of it, checked before it reads a row.
+
+    A booster's leaves and thresholds come from the owner's rows: a leaf is the mean gradient of the
+    rows that reach it (with squared error, their mean residual), and a split threshold lies between
+    two of the owner's feature values. Few rows per leaf and many, deep trees tell more about single
+    rows; ``min_child_weight`` is the Hessian mass a leaf needs (rows for squared error, at least 4x
+    the rows for logistic loss), so its floor bounds how few rows any leaf speaks for.
+    """
+
+    max_depth: int = 6
+    max_trees: int = 200
+    min_child_weight: float = 1.0
+
+    def check(self, params: BoostParams, max_trees: int) -> None:
+        """ConfigError naming each bound the run's instruction exceeds."""
+        bad = []
+        if params.max_depth > self.max_depth:
+            bad.append(f"max_depth {params.max_depth} above this owner's {self.max_depth}")
+        if max_trees > self.max_trees:
+            bad.append(f"{max_trees} trees above this owner's {self.max_trees}")
+        if params.min_child_weight < self.min_child_weight:
+            bad.append(f"min_child_weight {params.min_child_weight:g} below this owner's floor "
+                       f"{self.min_child_weight:g}")
+        if bad:
+            raise ConfigError(f"the run's boosting asks more than this owner allows: {'; '.join(bad)}")
+
+
+def n_classes(schema: DatasetSchema) -> int:
+    return len(schema.classes) if schema.is_classifier else 0
+
+
+def check_schema(family: str, schema: DatasetSchema) -> None:
+    """XGBoost learns label codes 0..k-1; a schema whose codes are other integers cannot be federated as is."""
+    if family not in FAMILIES:
+        raise ConfigError(f"model {family!r}: federated boosting trains XGBClassifier or XGBRegressor")
+    if (family == "XGBClassifier") != schema.is_classifier:
+        raise ConfigError(f"model {family} does not fit schema {schema.name!r} (task {schema.task})")
+    if schema.is_classifier and list(schema.label_codes) != list(range(len(schema.classes))):
+        raise ConfigError(f"model XGBClassifier needs classes 0..{len(schema.classes) - 1}; schema "
+                          f"{schema.name!r} has {schema.classes}")
+
+
+def max_json_bytes(trees: int, depth: int) -> int:
+    """Bytes a booster of ``trees`` trees of ``depth`` may take as JSON: about 55-90 bytes a node are measured
+    (1.6.2, depths 3-10); 256 a node, 4 kB a tree and 16 kB of the rest leave room for any float's digits."""
+    return min(tree_artifact.MAX_XGB_JSON_BYTES, 16384 + trees * (4096 + 256 * (2 ** (depth + 1) - 1)))
+
+
+def global_limits(schema: DatasetSchema, params: BoostParams, max_trees: int) -> booster_json.Limits:
+    """What a global model may hold (an owner's check of what the coordinator sends; the final model)."""
+    return booster_json.Limits(schema.n_features, n_classes(schema), max_trees, params.max_depth,
+                               max_json_bytes(max_trees, params.max_depth), params.max_abs_leaf)
+
+
+def reply_limits(schema: DatasetSchema, params: BoostParams, mode: Mode, max_trees: int,
+                 global_trees: int = 0) -> booster_json.Limits:
+    """What one owner's reply may hold: bagging, exactly its new trees; cyclic, the global model plus them."""
+    per_round = max(1, n_classes(schema) if n_classes(schema) > 2 else 1)
+    new = params.local_rounds * per_round
+    trees = new if mode == "bagging" else global_trees + new
+    if trees > max_trees:
+        raise ConfigError(f"a reply of {trees} trees would exceed the run's budget of {max_trees} trees")
+    return booster_json.Limits(schema.n_features, n_classes(schema), trees, params.max_depth,
+                               max_json_bytes(trees, params.max_depth), params.max_abs_leaf, min_trees=trees)
+
+
+def instruction(mode: Mode, params: BoostParams, max_trees: int) -> dict[str, str | int]:
+    """The ConfigRecord entries a ServerApp adds to each train and evaluate message of a boosting run."""
+    return {XGB_MODE: mode, XGB_PARAMS: json.dumps(params.to_dict(), sort_keys=True), XGB_MAX_TREES: max_trees}
+
+
+def read_instruction(config: Any, policy: OwnerTreePolicy | None = None) -> tuple[Mode, BoostParams, int]:
+    """An owner's check of a boosting instruction (ConfigError naming the key): mode, parameters, tree budget,
+    within the owner's ``policy`` (default: OwnerTreePolicy())."""
+    mode, raw, max_trees = config.get(XGB_MODE), config.get(XGB_PARAMS), config.get(XGB_MAX_TREES)
+    if mode not in MODES:
+        raise ConfigError(f"instruction {XGB_MODE} {str(mode)[:40]!r} is not one of {', '.join(MODES)}")
+    if not isinstance(raw, str) or len(raw) > MAX_INSTRUCTION_PARAMS_BYTES:
+        raise ConfigError(f"instruction {XGB_PARAMS} must be a JSON string of at most "
+                          f"{MAX_INSTRUCTION_PARAMS_BYTES} characters")
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise ConfigError(f"instruction {XGB_PARAMS} is not JSON") from None
+    params = BoostParams.from_mapping(data, f"instruction {XGB_PARAMS}")
+    if isinstance(max_trees, bool) or not isinstance(max_trees, int) or not 1 <= max_trees <= tree_artifact.MAX_TREES:
+        raise ConfigError(f"instruction {XGB_MAX_TREES} must be an integer in 1..{tree_artifact.MAX_TREES}")
+    (policy or OwnerTreePolicy()).check(params, max_trees)
+    return mode, params, max_trees
+
+
+def record_bytes(record: Any, max_bytes: int) -> bytes:
+    """A booster's bytes from the ArrayRecord it travels in (one uint8 array '0'), sized before numpy reads it.
+
+    Duck-typed on Flower's ArrayRecord/Array (this module imports no Flower); BoosterRefused names a fault.
+    """
+    if list(record.keys()) != ["0"]:
+        raise booster_json.BoosterRefused("a booster travels as one ArrayRecord with one array '0'")
+    array = record["0"]
+    if len(array.data) > max_bytes + 256:  # the npy header's few bytes on top of the JSON
+        raise booster_json.BoosterRefused(f"{len(array.data)} bytes, above the limit of {max_bytes}")
+    if array.stype != "numpy.ndarray" or array.dtype != "uint8" or len(array.shape) != 1:
+        raise booster_json.BoosterRefused(f"the booster must be a 1-D uint8 array, got {array.dtype} {array.shape}")
+    return array.numpy().tobytes()  # np.load(allow_pickle=False) inside Flower
