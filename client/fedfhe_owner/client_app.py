@@ -138,15 +138,7 @@ def _model_to_train(context: Context, config: ConfigRecord, arrays: list[np.ndar
 
 
 def _evaluate(model: Any, schema: DatasetSchema, split: tuple[np.ndarray, ...]) -> dict[str, float]:
-    X_train, X_test, y_train, y_test = split
-    if len(y_test) == 0:
-        X_test, y_test = X_train, y_train
-    start = time.perf_counter()
-    scores = score_model(model, schema, X_test, y_test)
-    return {f"{fc.EVAL_PREFIX}{k}": v for k, v in scores.items()} | {
-        fc.EVAL_EXAMPLES: int(len(y_test)),
-        fc.EVAL_SECONDS: time.perf_counter() - start,
-    }
+    return fc.held_out_metrics(lambda X, y: score_model(model, schema, X, y), split)
 
 
 def _fit(model: Any, family: str, schema: DatasetSchema, split: tuple[np.ndarray, ...],

@@ -134,16 +134,10 @@ def train_reply(config: Any, record: Any, split: tuple[np.ndarray, ...], schema:
     """
     mode, params, max_trees = fedxgb.read_instruction(config, policy)
     raw = fedxgb.record_bytes(record, fedxgb.global_limits(schema, params, max_trees).max_bytes)
-    X_train, X_test, y_train, y_test = split
-    if len(y_test) == 0:
-        X_test, y_test = X_train, y_train
-    started = time.perf_counter()
-    held_out = scores(check_global(raw, schema, params, max_trees), X_test, y_test, schema)
-    eval_seconds = time.perf_counter() - started
-    update = train_round(raw, X_train, y_train, schema, params, mode, max_trees)
-    out: dict[str, int | float] = {f"{fc.EVAL_PREFIX}{k}": v for k, v in held_out.items()}
-    return update.booster, out | {fc.EVAL_EXAMPLES: int(len(y_test)), fc.EVAL_SECONDS: eval_seconds,
-                                  fc.NUM_EXAMPLES: update.rows, fc.FIT_SECONDS: update.seconds}
+    booster = check_global(raw, schema, params, max_trees)
+    held_out = fc.held_out_metrics(lambda X, y: scores(booster, X, y, schema), split)
+    update = train_round(raw, split[0], split[2], schema, params, mode, max_trees)
+    return update.booster, held_out | {fc.NUM_EXAMPLES: update.rows, fc.FIT_SECONDS: update.seconds}
 
 
 def evaluate_reply(config: Any, record: Any, split: tuple[np.ndarray, ...], schema: DatasetSchema,
@@ -153,11 +147,5 @@ def evaluate_reply(config: Any, record: Any, split: tuple[np.ndarray, ...], sche
     _, params, max_trees = fedxgb.read_instruction(config, policy)
     raw = fedxgb.record_bytes(record, fedxgb.global_limits(schema, params, max_trees).max_bytes)
     booster = check_global(raw, schema, params, max_trees)
-    X_train, X_test, y_train, y_test = split
-    if len(y_test) == 0:
-        X_test, y_test = X_train, y_train
-    started = time.perf_counter()
-    held_out = scores(booster, X_test, y_test, schema)
-    return {f"{fc.EVAL_PREFIX}{k}": v for k, v in held_out.items()} | {
-        fc.EVAL_EXAMPLES: int(len(y_test)), fc.EVAL_SECONDS: time.perf_counter() - started,
-        fc.NUM_EXAMPLES: int(len(y_test))}
+    held_out = fc.held_out_metrics(lambda X, y: scores(booster, X, y, schema), split)
+    return held_out | {fc.NUM_EXAMPLES: held_out[fc.EVAL_EXAMPLES]}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 import unicodedata
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -49,6 +50,18 @@ FIT_SECONDS = "fit-seconds"
 EVAL_EXAMPLES = "eval-examples"  # held-out rows the eval-* scores were measured on
 EVAL_SECONDS = "eval-seconds"
 EVAL_PREFIX = "eval-"
+
+def held_out_metrics(score: Any, split: tuple[np.ndarray, ...]) -> dict[str, Any]:
+    """An owner's scores of a model on its held-out rows (its training rows when it holds none back), as the
+    reply's eval-* metrics. ``score(X, y)`` -> {name: value}; ``split``: (X_train, X_test, y_train, y_test)."""
+    X_train, X_test, y_train, y_test = split
+    if len(y_test) == 0:
+        X_test, y_test = X_train, y_train
+    started = time.perf_counter()
+    scores = score(X_test, y_test)
+    return {f"{EVAL_PREFIX}{k}": v for k, v in scores.items()} | {
+        EVAL_EXAMPLES: int(len(y_test)), EVAL_SECONDS: time.perf_counter() - started}
+
 
 # Node config keys of the owner's privacy policy (owner.yaml privacy: fedfhe_owner.config.PrivacyPolicy).
 NODE_REQUIRE_SECURE = "privacy-require-secure-aggregation"
