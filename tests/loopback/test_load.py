@@ -32,6 +32,17 @@ BATCH = 5
 RSS_GROWTH_LIMIT = 50 << 20
 
 
+def _served(stub) -> bool:
+    """True once a cheap call is answered; False while the node still refuses for capacity."""
+    try:
+        stub.ListModels(pb.ListModelsRequest(), timeout=30)
+    except grpc.RpcError as error:
+        if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+            raise
+        return False
+    return True
+
+
 def _rows(lr, i: int) -> np.ndarray:
     """Owner i's rows: its own slice of the held-out digits (wrapping round)."""
     idx = (np.arange(ROWS_PER_OWNER) + i * ROWS_PER_OWNER) % len(lr.X_test)
@@ -123,6 +134,8 @@ def test_calls_beyond_capacity_are_refused_at_once(tmp_path_factory, lr, pki):
         release.set()
         key_ids = [u.result(120) for u in uploads]
         pool.shutdown()
+        # grpc frees a server slot after the client has its reply, so the slots come back a moment later
+        wait_until(lambda: _served(stub), 30, "the node to free the upload slots")
         resp = stub.Predict(request, timeout=120)  # capacity is back
         np.testing.assert_allclose(caller.decrypt(resp.results), lr.model.predict_proba(lr.X_test[:2], fhe="simulate"),
                                    atol=1e-9)
