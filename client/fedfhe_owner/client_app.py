@@ -15,8 +15,8 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedfhe_common import fedxgb, models, newton, secure_target
 from fedfhe_common import fl_contract as fc
-from fedfhe_common import models, newton, secure_target
 from fedfhe_common.data import load_table
 from fedfhe_common.errors import DataError, IntegrityError
 from fedfhe_common.preprocessing import Preprocessing, moments
@@ -24,6 +24,7 @@ from fedfhe_common.schema import DatasetSchema, resolve_schema
 from fedfhe_common.scoring import score_model
 from fedfhe_common.transport import from_arrays, to_arrays
 
+from . import tree_training
 from .holdout import split_holdout
 from .run_ledger import count_evaluation, refuse_replayed_model
 from .secure_client import bound_update, is_secure, legacy_reply, privacy_mod, record_true_update
@@ -170,6 +171,8 @@ def train(msg: Message, context: Context) -> Message:
     if str(config.get(fc.PHASE, "")) == fc.PHASE_STATISTICS:  # no model: fractions over the training rows
         vectors, rows = _statistics(*_local_data(context, config))
         return _reply(msg, context, ArrayRecord(vectors), {fc.NUM_EXAMPLES: rows})
+    if str(config.get(fc.MODEL, "")) in fedxgb.FAMILIES:
+        return _boost(msg, context, config)
     count_evaluation(context)  # the incoming global model is scored on the held-out rows below
     received = _model_to_train(context, config, msg.content[fc.ARRAYS].to_numpy_ndarrays())
     schema, split = _local_data(context, config)
@@ -180,6 +183,34 @@ def train(msg: Message, context: Context) -> Message:
         return _reply(msg, context, to_arrays(terms), metrics)
     metrics = _fit(model, family, schema, split, config)
     return _reply(msg, context, to_arrays(models.get_parameters(model, family, schema)), metrics)
+
+
+def _tree_instruction(context: Context, config: ConfigRecord, record: ArrayRecord
+                      ) -> tuple[DatasetSchema, fedxgb.OwnerTreePolicy, bytes]:
+    """A boosting message's schema, this owner's tree policy and the global booster's bytes, each checked
+    (ConfigError / BoosterRefused naming the fault) before a row is read."""
+    schema = _run_schema(context, config)
+    fedxgb.check_schema(str(config[fc.MODEL]), schema)
+    policy = fedxgb.OwnerTreePolicy.from_node_config(context.node_config)
+    _, params, max_trees = fedxgb.read_instruction(config, policy)
+    raw = fedxgb.record_bytes(record, fedxgb.global_limits(schema, params, max_trees).max_bytes)
+    tree_training.check_global(raw, schema, params, max_trees)
+    return schema, policy, raw
+
+
+def _boost(msg: Message, context: Context, config: ConfigRecord) -> Message:
+    """A federated XGBoost round (Flower's FedXgbBagging / FedXgbCyclic): score the global booster on the
+    held-out rows, boost on the training rows, reply with the booster's JSON bytes (never a pickle).
+
+    Plain runs only (privacy_mod has already applied require_secure_aggregation): a booster's trees are not
+    a vector SecAgg+ could sum. Each global booster is trained on once per run, like a linear model."""
+    record = msg.content[fc.ARRAYS]
+    schema, policy, raw = _tree_instruction(context, config, record)
+    refuse_replayed_model(context, [np.frombuffer(raw, dtype=np.uint8)], config)
+    count_evaluation(context)
+    split = _preprocessed(schema, _local_data(context, config)[1], config, context.node_config["data-path"])
+    booster, metrics = tree_training.train_reply(config, record, split, schema, policy)
+    return _reply(msg, context, ArrayRecord([np.frombuffer(booster, dtype=np.uint8)]), metrics)
 
 
 def _newton_terms(model: Any, family: str, schema: DatasetSchema,
@@ -210,6 +241,9 @@ def _secure_train(msg: Message, context: Context) -> Message:
 
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
     config = ConfigRecord(dict(fitins.config))
+    if str(config.get(fc.MODEL, "")) in fedxgb.FAMILIES:
+        raise fc.InstructionRefused("a federated booster is trained in plain runs only: its trees are not a vector "
+                                    "SecAgg+ can sum; the run asked for one under secure aggregation")
     if str(config.get(fc.PHASE, "")) == fc.PHASE_STATISTICS:
         # Through SecAgg+ like an update: the coordinator learns only the row-weighted average.
         vectors, rows = _statistics(*_local_data(context, config))
@@ -262,8 +296,14 @@ def evaluate(msg: Message, context: Context) -> Message:
         raise fc.InstructionRefused(
             "this is a secure run: this owner's held-out scores leave it only inside the SecAgg+ sum of a "
             "train round, never in the clear one owner at a time (issue 25); evaluate messages are refused")
-    count_evaluation(context)
     config = msg.content[fc.CONFIG]
+    if str(config.get(fc.MODEL, "")) in fedxgb.FAMILIES:
+        schema, policy, _ = _tree_instruction(context, config, msg.content[fc.ARRAYS])
+        count_evaluation(context)
+        split = _preprocessed(schema, _local_data(context, config)[1], config, context.node_config["data-path"])
+        return _reply(msg, context, None, tree_training.evaluate_reply(config, msg.content[fc.ARRAYS], split,
+                                                                       schema, policy))
+    count_evaluation(context)
     schema, split = _local_data(context, config)
     split = _preprocessed(schema, split, config, context.node_config["data-path"])
     _, model = _global_model(config, from_arrays(msg.content[fc.ARRAYS], str(config[fc.MODEL]), schema), schema)

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from fedfhe_common.app_approval import CONFIG_KEY, normalize_digest
 from fedfhe_common.config import HostPort, Range, load_config
 from fedfhe_common.errors import ConfigError
+from fedfhe_common.fedxgb import OwnerTreePolicy
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,10 @@ class PrivacyPolicy:
     # the noise is added here, before the update leaves (before SecAgg+ masks it), so it protects the update
     # from the coordinator too. Statistics (fractions) travel without it; newton rounds are refused under it.
     local_dp: LocalDp | None = None
+    # Federated XGBoost (plain runs only: a booster cannot go through SecAgg+, so require_secure_aggregation must
+    # be false to take part): the deepest trees, the most trees and the smallest min_child_weight (Hessian mass a
+    # leaf needs: rows, for squared error) this owner boosts with. A leaf is an average over the rows reaching it.
+    trees: OwnerTreePolicy = field(default_factory=OwnerTreePolicy)
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from fedfhe_common import fl_contract as fc
 from fedfhe_common import score_sums
 from fedfhe_common.errors import ConfigError
+from fedfhe_common.models import FEDERATED_TREES
 from fedfhe_owner import run_ledger
 
 Handler = Callable[[Message, Context], Message]
@@ -132,6 +133,11 @@ def _plain_phase(msg: Message) -> str:
     return str(config.get(fc.PHASE, "")) if config is not None else ""
 
 
+def _plain_model(msg: Message) -> str:
+    config = msg.content.config_records.get(fc.CONFIG)
+    return str(config.get(fc.MODEL, "")) if config is not None else ""
+
+
 def _fitins_phase(msg: Message) -> str:
     from flwr.compat.common.recorddict_compat import recorddict_to_fitins
 
@@ -152,6 +158,10 @@ def privacy_mod(msg: Message, context: Context, call_next: Handler) -> Message:
             return call_next(msg, context)
         if _plain_phase(msg) == fc.PHASE_NEWTON:
             raise refuse_newton_under_local_dp()
+        if _plain_model(msg) in FEDERATED_TREES:
+            raise fc.InstructionRefused(
+                "this owner adds local differential-privacy noise to its model updates (owner.yaml "
+                "privacy.local_dp); a booster's JSON trees cannot carry that noise, so a boosting run is refused")
         return LocalDpMod(**dp)(msg, context, call_next)
     _checked_stage(msg, context)
     mods = []

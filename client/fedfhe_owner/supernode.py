@@ -52,6 +52,7 @@ def node_config(cfg: OwnerConfig) -> str:
         fc.NODE_MIN_OWNERS: cfg.privacy.min_owners_per_round,
         fc.NODE_MAX_EVALUATIONS: cfg.privacy.max_evaluations_per_run,
         fc.NODE_PLAIN_NEWTON: cfg.privacy.plain_newton,
+        **cfg.privacy.trees.node_config(),
     }
     dp = cfg.privacy.local_dp
     if dp is not None:  # the sensitivity resolved here: the ClientApp applies exactly what the owner's file says

@@ -19,6 +19,7 @@ import numpy as np
 
 from fedfhe_common import booster_json, fedxgb
 from fedfhe_common import fl_contract as fc
+from fedfhe_common.booster_eval import load, predict, scores  # noqa: F401 - predict: the tests' import
 from fedfhe_common.errors import ConfigError
 from fedfhe_common.schema import DatasetSchema
 
@@ -39,17 +40,6 @@ def check_global(raw: bytes, schema: DatasetSchema, params: fedxgb.BoostParams, 
     if len(raw) == 0:
         return None
     return booster_json.parse(raw, fedxgb.global_limits(schema, params, max_trees))
-
-
-def load(booster: booster_json.Booster | None, params: dict[str, Any]) -> Any:
-    """An xgboost.Booster from a checked model (1.6.2 reads the checked re-serialisation, not the received bytes)."""
-    import xgboost as xgb
-
-    if booster is None:
-        return None
-    out = xgb.Booster(params=params)
-    out.load_model(bytearray(booster.to_bytes(indptr=False)))
-    return out
 
 
 def _labels(y: np.ndarray, schema: DatasetSchema) -> np.ndarray:
@@ -88,39 +78,6 @@ def train_round(global_raw: bytes, X: np.ndarray, y: np.ndarray, schema: Dataset
     out = booster_json.parse(bytes(bst.save_raw("json")), reply)
     return OwnerUpdate(out.to_bytes(indptr=True), reply.max_trees - (0 if mode == "bagging" else global_trees),
                        len(y), seconds)
-
-
-def _raw_predictions(booster: booster_json.Booster | None, X: np.ndarray, schema: DatasetSchema) -> np.ndarray:
-    """Class probabilities (n, k) or values (n,); round 1's empty model predicts its base_score alone."""
-    import xgboost as xgb
-
-    k = len(schema.classes)
-    if booster is None:
-        if not schema.is_classifier:
-            return np.full(len(X), booster_json.BASE_SCORE)
-        return np.full((len(X), k), 1.0 / k)
-    out = load(booster, {"nthread": 1}).predict(xgb.DMatrix(np.asarray(X, dtype=np.float32)))
-    if schema.is_classifier and out.ndim == 1:
-        out = np.column_stack([1.0 - out, out])
-    return out
-
-
-def predict(booster: booster_json.Booster | None, X: np.ndarray, schema: DatasetSchema) -> np.ndarray:
-    """Class codes (classifier) or values (regressor) of a checked model, for an owner's held-out scores."""
-    out = _raw_predictions(booster, X, schema)
-    return out.argmax(axis=1) if schema.is_classifier else out
-
-
-def scores(booster: booster_json.Booster | None, X: np.ndarray, y: np.ndarray, schema: DatasetSchema
-           ) -> dict[str, float]:
-    """The scores fl_contract expects (scoring.score_model's): loss and accuracy, or loss (MSE) and R²."""
-    from sklearn import metrics
-
-    out = _raw_predictions(booster, X, schema)
-    if not schema.is_classifier:
-        return {"loss": float(metrics.mean_squared_error(y, out)), "r2": float(metrics.r2_score(y, out))}
-    return {"loss": float(metrics.log_loss(y, out, labels=list(range(len(schema.classes))))),
-            "accuracy": float(np.mean(out.argmax(axis=1) == y))}
 
 
 def train_reply(config: Any, record: Any, split: tuple[np.ndarray, ...], schema: DatasetSchema,

@@ -29,6 +29,11 @@ XGB_PARAMS = "xgb-params"  # json.dumps(BoostParams.to_dict())
 XGB_MAX_TREES = "xgb-max-trees"  # the global model's tree budget (the run's planned trees, TreeBudget.check_run)
 MAX_INSTRUCTION_PARAMS_BYTES = 4096
 
+# Node config keys (owner.yaml privacy.trees, set by `fedfhe-owner supernode`): the owner's OwnerTreePolicy.
+NODE_MAX_DEPTH = "privacy-trees-max-depth"
+NODE_MAX_TREES = "privacy-trees-max-trees"
+NODE_MIN_CHILD_WEIGHT = "privacy-trees-min-child-weight"
+
 
 @dataclass(frozen=True)
 class BoostParams:
@@ -116,6 +121,29 @@ class OwnerTreePolicy:
     max_trees: int = 200
     min_child_weight: float = 1.0
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_depth <= tree_artifact.MAX_DEPTH:
+            raise ConfigError(f"privacy.trees.max_depth: {self.max_depth} not within 1..{tree_artifact.MAX_DEPTH}")
+        if not 1 <= self.max_trees <= tree_artifact.MAX_TREES:
+            raise ConfigError(f"privacy.trees.max_trees: {self.max_trees} not within 1..{tree_artifact.MAX_TREES}")
+        if not 0 <= self.min_child_weight < 1e6:
+            raise ConfigError(f"privacy.trees.min_child_weight: {self.min_child_weight} not within [0, 1e6)")
+
+    def node_config(self) -> dict[str, int | float]:
+        return {NODE_MAX_DEPTH: self.max_depth, NODE_MAX_TREES: self.max_trees,
+                NODE_MIN_CHILD_WEIGHT: float(self.min_child_weight)}
+
+    @classmethod
+    def from_node_config(cls, node: Any) -> OwnerTreePolicy:
+        """The policy `fedfhe-owner supernode` wrote into the node config (the defaults where a key is absent)."""
+        default = cls()
+        try:
+            return cls(int(node.get(NODE_MAX_DEPTH, default.max_depth)),
+                       int(node.get(NODE_MAX_TREES, default.max_trees)),
+                       float(node.get(NODE_MIN_CHILD_WEIGHT, default.min_child_weight)))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"node config privacy-trees-*: {exc}") from None
+
     def check(self, params: BoostParams, max_trees: int) -> None:
         """ConfigError naming each bound the run's instruction exceeds."""
         bad = []
@@ -128,6 +156,67 @@ class OwnerTreePolicy:
                        f"{self.min_child_weight:g}")
         if bad:
             raise ConfigError(f"the run's boosting asks more than this owner allows: {'; '.join(bad)}")
+
+
+MAX_N_BITS = 8  # compile's TREE_AUTO_MAX_N_BITS: keys grow with n_bits (a depth-3 tree: 38 MB at 4 bits, 59 at 6)
+
+
+@dataclass(frozen=True)
+class TreeBudget:
+    """coordinator.yaml's bounds on a federated booster: what the FHE circuit (time, keys) can afford."""
+
+    max_trees: int = 60
+    max_depth: int = 4
+    max_n_bits: int = 6
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_trees <= tree_artifact.MAX_TREES:
+            raise ConfigError(f"xgboost budget: max_trees {self.max_trees} not within 1..{tree_artifact.MAX_TREES}")
+        if not 1 <= self.max_depth <= tree_artifact.MAX_DEPTH:
+            raise ConfigError(f"xgboost budget: max_depth {self.max_depth} not within 1..{tree_artifact.MAX_DEPTH}")
+        if not 2 <= self.max_n_bits <= MAX_N_BITS:
+            raise ConfigError(f"xgboost budget: max_n_bits {self.max_n_bits} not within 2..{MAX_N_BITS}")
+
+    @classmethod
+    def from_mapping(cls, data: Any, where: str = "training.xgboost_budget") -> TreeBudget:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: must be a mapping of max_trees, max_depth, max_n_bits")
+        unknown = sorted(set(data) - {"max_trees", "max_depth", "max_n_bits"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}")
+        bad = [k for k, v in data.items() if isinstance(v, bool) or not isinstance(v, int)]
+        if bad:
+            raise ConfigError(f"{where}: {', '.join(bad)} must be integers")
+        try:
+            return cls(**data)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    def planned_trees(self, schema: DatasetSchema, params: BoostParams, mode: Mode, rounds: int,
+                      owners: int) -> int:
+        """The trees a run will build (bagging: every owner every round; cyclic: one owner per round)."""
+        k = n_classes(schema)
+        per_round = k if k > 2 else 1
+        return rounds * (owners if mode == "bagging" else 1) * params.local_rounds * per_round
+
+    def check_run(self, schema: DatasetSchema, params: BoostParams, mode: Mode, rounds: int,
+                  owners: int, n_bits: int | None = None) -> int:
+        """Refuse (ConfigError, naming the figures) a run whose model would exceed the budget; return its trees."""
+        if mode not in MODES:
+            raise ConfigError(f"xgboost mode {mode!r}: one of {', '.join(MODES)}")
+        if rounds < 1 or owners < 1:
+            raise ConfigError(f"a federated booster needs rounds >= 1 and owners >= 1, got {rounds} and {owners}")
+        if params.max_depth > self.max_depth:
+            raise ConfigError(f"xgboost max_depth {params.max_depth} exceeds the budget's {self.max_depth}")
+        if n_bits is not None and not 2 <= n_bits <= self.max_n_bits:
+            raise ConfigError(f"n_bits {n_bits} exceeds the budget's {self.max_n_bits} (or is below 2)")
+        trees = self.planned_trees(schema, params, mode, rounds, owners)
+        if trees > self.max_trees:
+            per_round = self.planned_trees(schema, params, mode, 1, 1) // params.local_rounds
+            raise ConfigError(f"{mode}: {rounds} rounds x {owners if mode == 'bagging' else 1} owner(s) x "
+                              f"{params.local_rounds} local round(s) x {per_round} tree(s) = {trees} trees, above "
+                              f"the budget's max_trees {self.max_trees}")
+        return trees
 
 
 def n_classes(schema: DatasetSchema) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedfhe_common import bundle, key_params, models
+from fedfhe_common import bundle, fedxgb, key_params, models
 from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.errors import ConfigError, FedfheError
 from fedfhe_common.manifest import MANIFEST, sha256_file
@@ -30,7 +30,7 @@ from fedfhe_common.scoring import prediction_score
 CALIBRATION_ROWS = 200
 # --n-bits auto for trees stops here: a tree's lookup tables, hence its evaluation keys, grow with n_bits
 # (depth-3 regressor on diabetes: 38 MB of keys at 4 bits, 59 MB at 6).
-TREE_AUTO_MAX_N_BITS = 8
+TREE_AUTO_MAX_N_BITS = fedxgb.MAX_N_BITS
 
 
 @dataclass(frozen=True)
@@ -188,6 +188,13 @@ def check_out(out_dir: Path, force: bool) -> None:
         raise FedfheError(f"{out_dir}: already exists; choose another --out or pass --force")
 
 
+def budget_n_bits(artifact: TrainingArtifact) -> int:
+    """The largest n_bits a federated booster's run allows (training.xgboost_budget, signed in its metrics); 0: none."""
+    budget = artifact.metrics.get("xgboost_budget")
+    cap = budget.get("max_n_bits", 0) if isinstance(budget, dict) else 0
+    return cap if isinstance(cap, int) and not isinstance(cap, bool) and 2 <= cap <= TREE_AUTO_MAX_N_BITS else 0
+
+
 def compile_artifact(
     artifact: Path | TrainingArtifact,
     out_dir: Path,
@@ -233,9 +240,13 @@ def compile_artifact(
 
     if n_bits == "auto":
         say(f"choosing n_bits on {len(eval_set[1]) if eval_set else 0} public rows (one circuit per candidate)")
+    cap = budget_n_bits(artifact)
     if n_bits is None:
-        n_bits = models.default_n_bits(artifact.family, schema)
-    candidates = range(2, TREE_AUTO_MAX_N_BITS + 1) if models.is_tree(artifact.family) else None
+        n_bits = min(models.default_n_bits(artifact.family, schema), cap or 99)
+    if cap and isinstance(n_bits, int) and n_bits > cap:
+        raise ConfigError(f"n_bits {n_bits} is above the run's training.xgboost_budget.max_n_bits {cap}, signed "
+                          "into the training artifact (a tree's latency and keys grow with n_bits)")
+    candidates = range(2, (cap or TREE_AUTO_MAX_N_BITS) + 1) if models.is_tree(artifact.family) else None
     n_bits, choice = resolve_n_bits(n_bits, estimator, artifact.family, schema, eval_set,
                                     tolerance_points=tolerance_points, calibration_set=calibration, on_trial=trial,
                                     candidates=candidates)

@@ -6,10 +6,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from fedfhe_common import fedxgb
 from fedfhe_common.config import HostPort, Range, _combined, load_config
 from fedfhe_common.errors import ConfigError
 from fedfhe_common.fl_contract import DEFAULT_MAX_EXAMPLES, owner_name_from_key_file
-from fedfhe_common.models import REGRESSORS
+from fedfhe_common.models import FEDERATED_TREES, REGRESSORS
 
 from .aggregation import SECURE_AGGREGATIONS, Aggregation, strategy_keys_unused, strategy_kwargs
 
@@ -98,6 +99,16 @@ class SecureAggregationConfig:
 
 
 @dataclass(frozen=True)
+class Boosting:
+    """A federated XGBoost run's plan: Flower's strategy, the owners' parameters, the budget and its trees."""
+
+    mode: fedxgb.Mode = "bagging"
+    params: fedxgb.BoostParams = field(default_factory=fedxgb.BoostParams)
+    budget: fedxgb.TreeBudget = field(default_factory=fedxgb.TreeBudget)
+    max_trees: int = 0  # the trees the run builds (TreeBudget.check_run); 0: not a boosting run
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     output_dir: Path
     rounds: Annotated[int, Range(1)] = 3
@@ -127,6 +138,34 @@ class TrainingConfig:
     # their own counts at secure_aggregation.max_weight.
     max_owner_share: float = 0.0
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
+    # model XGBClassifier / XGBRegressor: ``mode`` (bagging: Flower's FedXgbBagging, every owner adds trees each
+    # round; cyclic: FedXgbCyclic, one owner per round) and fedxgb.BoostParams (max_depth, eta, local_rounds, ...).
+    xgboost: dict[str, Any] = field(default_factory=dict)
+    # What the FHE circuit can afford: max_trees, max_depth, max_n_bits (a tree's latency and keys grow with each).
+    xgboost_budget: dict[str, int] = field(default_factory=dict)
+
+    def boosting(self, owners: int) -> Boosting:
+        """The boosting plan for ``owners`` registered owners (bagging sends to every connected one), checked
+        against the budget; ConfigError naming the figures. Not a boosting model: an empty plan."""
+        from fedfhe_common.schema import resolve_schema  # the classes decide the trees a round adds
+
+        if self.model not in FEDERATED_TREES:
+            if self.xgboost or self.xgboost_budget:
+                raise ConfigError(f"training.xgboost and training.xgboost_budget apply to "
+                                  f"{' and '.join(FEDERATED_TREES)} only, not model {self.model}")
+            return Boosting()
+        settings = dict(self.xgboost)
+        mode = settings.pop("mode", "bagging")
+        if mode not in fedxgb.MODES:
+            raise ConfigError(f"training.xgboost.mode: {mode!r} is not one of {', '.join(fedxgb.MODES)}")
+        params = fedxgb.BoostParams.from_mapping(settings, "training.xgboost")
+        budget = fedxgb.TreeBudget.from_mapping(self.xgboost_budget)
+        try:
+            trees = budget.check_run(resolve_schema(self.schema), params, mode, self.rounds,
+                                     max(owners, self.min_nodes))
+        except ConfigError as exc:
+            raise ConfigError(f"training.xgboost_budget: {exc}") from None
+        return Boosting(mode, params, budget, trees)
 
     def __post_init__(self) -> None:
         strategy_kwargs(self.aggregation, self.min_nodes, self.num_malicious_nodes, self.trimmed_fraction,
@@ -190,6 +229,7 @@ class CoordinatorConfig:
 
     def __post_init__(self) -> None:
         self._resolve_secure_default()
+        self._check_boosting()
         secure = self.training.secure_aggregation.problems(len(self.supernode_public_keys))
         if self.training.secure_aggregation.enabled and self.training.aggregation not in SECURE_AGGREGATIONS:
             secure.append(f"training.secure_aggregation.enabled: SecAgg+ sums masked updates, so only fedavg, "
@@ -207,14 +247,25 @@ class CoordinatorConfig:
                 )
 
 
+    def _check_boosting(self) -> None:
+        """A boosting run is plain: a booster's trees are not a vector SecAgg+ can sum (auto resolves to off)."""
+        self.training.boosting(len(self.supernode_public_keys))
+        if self.training.model in FEDERATED_TREES and self.training.aggregation != "auto":
+            raise ConfigError(f"training.aggregation {self.training.aggregation}: model {self.training.model} "
+                              f"aggregates with Flower's FedXgb strategies (training.xgboost.mode); leave it auto")
+        if self.training.model in FEDERATED_TREES and self.training.secure_aggregation.enabled is True:
+            raise ConfigError(f"training.secure_aggregation.enabled: model {self.training.model} trains in plain "
+                              "runs only (Flower's FedXgb strategies combine whole trees, which SecAgg+ cannot sum); "
+                              "set enabled: false, and each owner privacy.require_secure_aggregation: false")
+
     def _resolve_secure_default(self) -> None:
         """``enabled: auto`` made true or false; a robust aggregation with auto on is refused, not run plain."""
         sa = self.training.secure_aggregation
         if sa.enabled != "auto":
             return
         owners = len(self.supernode_public_keys)
-        on = owners >= SECURE_BY_DEFAULT_OWNERS and (self.training.model not in REGRESSORS
-                                                     or _declares_target_bounds(self.training.schema))
+        on = owners >= SECURE_BY_DEFAULT_OWNERS and self.training.model not in FEDERATED_TREES and (
+            self.training.model not in REGRESSORS or _declares_target_bounds(self.training.schema))
         if on and self.training.aggregation not in SECURE_AGGREGATIONS:
             raise ConfigError(
                 f"training.aggregation {self.training.aggregation} needs each owner's update in the clear, and "

@@ -66,6 +66,13 @@ class RunConfig:
     secagg_max_weight: float = 10000.0  # fl_contract.RUN_SECAGG_MAX_WEIGHT
     dp_noise_multiplier: float = 0.0  # fl_contract.RUN_DP_NOISE_MULTIPLIER
     dp_clipping_norm: float = 1.0
+    # Federated XGBoost (model XGBClassifier / XGBRegressor): Flower's FedXgb strategy, the boosting
+    # parameters every owner trains with (fedxgb.BoostParams), and the trees the final model may hold
+    # (training.xgboost_budget, checked against the run's plan when the config loads).
+    xgboost_mode: str = "bagging"
+    xgboost_params: dict[str, Any] = field(default_factory=dict)
+    xgboost_max_trees: int = 0
+    xgboost_max_n_bits: int = 0  # compile's cap, signed into the artifact
     test_record_dir: str = ""  # test runs only: where the coordinator keeps each masked vector it received
 
     @classmethod
@@ -73,6 +80,7 @@ class RunConfig:
         """``coordinator.yaml``'s training section (and the owners' registered keys) as a run config."""
         sa = t.secure_aggregation
         default_cap, per_owner = t.caps()
+        boosting = t.boosting(len(set((owner_keys or {}).values())))
         return cls(
             num_server_rounds=t.rounds, model=t.model, model_params=dict(t.model_params), schema=t.schema,
             min_nodes=t.min_nodes, local_epochs=t.local_epochs,
@@ -88,6 +96,9 @@ class RunConfig:
             secagg_clipping_range=float(sa.clipping_range), secagg_quantization_range=sa.quantization_range,
             secagg_max_weight=float(sa.max_weight), dp_noise_multiplier=float(sa.noise_multiplier),
             dp_clipping_norm=float(sa.clipping_norm),
+            xgboost_mode=boosting.mode, xgboost_params=boosting.params.to_dict() if boosting.max_trees else {},
+            xgboost_max_trees=boosting.max_trees, xgboost_max_n_bits=boosting.budget.max_n_bits if boosting.max_trees
+            else 0,
         )
 
     @classmethod

@@ -35,6 +35,8 @@ from fedfhe_common import fl_contract as fc
 from fedfhe_common import models, newton
 from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.data import load_table
+from fedfhe_common.errors import ConfigError
+from fedfhe_common.models import FEDERATED_TREES
 from fedfhe_common.preprocessing import Preprocessing, needs_statistics
 from fedfhe_common.schema import DatasetSchema, resolve_schema
 from fedfhe_common.scoring import score_params
@@ -557,8 +559,12 @@ def main(grid: Grid, context: Context) -> None:
     raw_public = load_table(run.public_test, schema) if run.public_test else None
 
     secure = run.secure_aggregation
-    aggregation, why = resolve(run.aggregation, family, schema, secure, run.clip_norm,
-                               secure and run.dp_noise_multiplier > 0, model_params)
+    boosting = family in FEDERATED_TREES
+    if boosting and (secure or run.aggregation != "auto"):
+        raise ConfigError(f"model {family} trains with Flower's FedXgb strategies in plain runs: "
+                          "training.aggregation must be auto and secure aggregation off")
+    aggregation, why = ("fedxgb", "boosted trees") if boosting else resolve(
+        run.aggregation, family, schema, secure, run.clip_norm, secure and run.dp_noise_multiplier > 0, model_params)
     policy = ReplyPolicy(
         family, schema, max_examples=run.max_examples, per_owner=run.max_examples_per_owner,
         clip_norm=run.clip_norm, newton_terms=aggregation == "newton", max_share=run.max_owner_share,
@@ -585,6 +591,13 @@ def main(grid: Grid, context: Context) -> None:
     if prep_summary.get("rows"):
         config[fc.FEDERATION_ROWS] = int(prep_summary["rows"])
     public = None if raw_public is None else (prep.transform(raw_public[0], run.public_test), raw_public[1])
+    if boosting:
+        from .boosting_run import run_boosting  # imports this module
+
+        run_boosting(grid, run, schema, config, policy, prep, public, progress, out_dir,
+                     {"started": started, "privacy": privacy_summary(run, len(connected), None),
+                      "statistics": prep_summary})
+        return
 
     def score(params: list[np.ndarray]) -> dict[str, float]:
         return score_params(family, model_params, params, schema, *public) if public else {}

@@ -24,69 +24,8 @@ from flwr.serverapp.strategy import FedXgbBagging, FedXgbCyclic
 from fedfhe_common import booster_json, fedxgb
 from fedfhe_common import fl_contract as fc
 from fedfhe_common.errors import ConfigError
+from fedfhe_common.fedxgb import TreeBudget  # noqa: F401 - where the tests and the ServerApp import it
 from fedfhe_common.schema import DatasetSchema
-
-MAX_N_BITS = 8  # compile's TREE_AUTO_MAX_N_BITS: keys grow with n_bits (a depth-3 tree: 38 MB at 4 bits, 59 at 6)
-
-
-@dataclass(frozen=True)
-class TreeBudget:
-    """coordinator.yaml's bounds on a federated booster: what the FHE circuit (time, keys) can afford."""
-
-    max_trees: int = 60
-    max_depth: int = 4
-    max_n_bits: int = 6
-
-    def __post_init__(self) -> None:
-        from fedfhe_common import tree_artifact
-
-        if not 1 <= self.max_trees <= tree_artifact.MAX_TREES:
-            raise ConfigError(f"xgboost budget: max_trees {self.max_trees} not within 1..{tree_artifact.MAX_TREES}")
-        if not 1 <= self.max_depth <= tree_artifact.MAX_DEPTH:
-            raise ConfigError(f"xgboost budget: max_depth {self.max_depth} not within 1..{tree_artifact.MAX_DEPTH}")
-        if not 2 <= self.max_n_bits <= MAX_N_BITS:
-            raise ConfigError(f"xgboost budget: max_n_bits {self.max_n_bits} not within 2..{MAX_N_BITS}")
-
-    @classmethod
-    def from_mapping(cls, data: Any, where: str = "training.xgboost_budget") -> TreeBudget:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{where}: must be a mapping of max_trees, max_depth, max_n_bits")
-        unknown = sorted(set(data) - {"max_trees", "max_depth", "max_n_bits"})
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}")
-        bad = [k for k, v in data.items() if isinstance(v, bool) or not isinstance(v, int)]
-        if bad:
-            raise ConfigError(f"{where}: {', '.join(bad)} must be integers")
-        try:
-            return cls(**data)
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-
-    def planned_trees(self, schema: DatasetSchema, params: fedxgb.BoostParams, mode: fedxgb.Mode, rounds: int,
-                      owners: int) -> int:
-        """The trees a run will build (bagging: every owner every round; cyclic: one owner per round)."""
-        k = fedxgb.n_classes(schema)
-        per_round = k if k > 2 else 1
-        return rounds * (owners if mode == "bagging" else 1) * params.local_rounds * per_round
-
-    def check_run(self, schema: DatasetSchema, params: fedxgb.BoostParams, mode: fedxgb.Mode, rounds: int,
-                  owners: int, n_bits: int | None = None) -> int:
-        """Refuse (ConfigError, naming the figures) a run whose model would exceed the budget; return its trees."""
-        if mode not in fedxgb.MODES:
-            raise ConfigError(f"xgboost mode {mode!r}: one of {', '.join(fedxgb.MODES)}")
-        if rounds < 1 or owners < 1:
-            raise ConfigError(f"a federated booster needs rounds >= 1 and owners >= 1, got {rounds} and {owners}")
-        if params.max_depth > self.max_depth:
-            raise ConfigError(f"xgboost max_depth {params.max_depth} exceeds the budget's {self.max_depth}")
-        if n_bits is not None and not 2 <= n_bits <= self.max_n_bits:
-            raise ConfigError(f"n_bits {n_bits} exceeds the budget's {self.max_n_bits} (or is below 2)")
-        trees = self.planned_trees(schema, params, mode, rounds, owners)
-        if trees > self.max_trees:
-            per_round = self.planned_trees(schema, params, mode, 1, 1) // params.local_rounds
-            raise ConfigError(f"{mode}: {rounds} rounds x {owners if mode == 'bagging' else 1} owner(s) x "
-                              f"{params.local_rounds} local round(s) x {per_round} tree(s) = {trees} trees, above "
-                              f"the budget's max_trees {self.max_trees}")
-        return trees
 
 
 @dataclass(frozen=True)

@@ -155,8 +155,10 @@ def test_tree_families_train_locally_but_not_federated():
     from fedfhe_common import models
 
     models.check_family("XGBClassifier", DIGITS, local=True)
-    with pytest.raises(ConfigError, match=r"'RandomForestRegressor' is a tree family: FedAvg averages linear "
-                                          r"parameters .* train-local.*: LinearRegression, Ridge, Lasso, ElasticNet"):
+    models.check_family("XGBRegressor", DIABETES)  # federated through Flower's FedXgb strategies
+    with pytest.raises(ConfigError, match=r"'RandomForestRegressor' is a tree family with no federated learner "
+                                          r".* train-local.*: LinearRegression, Ridge, Lasso, ElasticNet, "
+                                          r"XGBRegressor"):
         models.check_family("RandomForestRegressor", DIABETES)
     with pytest.raises(ConfigError, match=r"'XGBRegressor' does not fit schema 'digits' .*DecisionTreeClassifier"):
         models.check_family("XGBRegressor", DIGITS, local=True)
@@ -182,8 +184,9 @@ def test_federated_train_refuses_a_tree_before_registering_or_running(tmp_path):
 
     path = tmp_path / "coordinator.yaml"
     path.write_text("state_dir: s\nrelease_key: k\nsuperlink: {certfile: a, keyfile: b, ca_certfile: c}\n"
-                    "training: {output_dir: out, model: XGBClassifier, schema: digits}\n")
-    with pytest.raises(ConfigError, match=r"'XGBClassifier' is a tree family: .*fedfhe-coordinator train-local"):
+                    "training: {output_dir: out, model: DecisionTreeClassifier, schema: digits}\n")
+    with pytest.raises(ConfigError, match=r"'DecisionTreeClassifier' is a tree family with no federated learner"
+                                          r".*fedfhe-coordinator train-local"):
         preflight(coord.load(path))
 
 
