@@ -8,6 +8,9 @@ SuperLink and three SuperNodes (TLS, SuperNode auth) serve both tests:
   preprocessing; compile, publish, and encrypted predictions through the
   inference node from ``fedfhe-owner predict`` on rows with gaps, decrypted to
   species names, equal to the simulated ones;
+- a federated XGBoost run (Flower's FedXgbBagging, issue 27) on the same three owners: the booster is
+  compiled within the run's n_bits budget, published and predicted encrypted from ``fedfhe-owner
+  predict``, equal to the simulated classes;
 - a secure run: the statistics go through SecAgg+, so the coordinator holds
   each owner's statistics vector only masked, and the preprocessing it derives
   is the row-weighted average of the owners' true vectors; then one newton
@@ -17,8 +20,10 @@ SuperLink and three SuperNodes (TLS, SuperNode auth) serve both tests:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,6 +145,61 @@ def test_mixed_table_trains_federated_and_predicts_encrypted_names(fed, tmp_path
     assert res.returncode == 1 and "differs from this owner's schema" in res.stderr and "columns" in res.stderr, \
         res.stderr
     assert not (tmp_path / "p2.csv").exists()
+
+
+def test_federated_xgboost_compiles_publishes_and_predicts_encrypted(fed, tmp_path):
+    c, summary, work = fed["cluster"], fed["summary"], fed["work"]
+    cfg = fed["cfg"]
+    # Depth 2 and 4 bits keep a row's FHE cost to seconds on 2 cores: 3 owners x 2 rounds x 3 classes = 18 trees.
+    boosting = dataclasses.replace(cfg.training, model="XGBClassifier", rounds=2,
+                                   xgboost={"mode": "bagging", "max_depth": 2, "eta": 0.5},
+                                   xgboost_budget={"max_trees": 18, "max_depth": 2, "max_n_bits": 4})
+    rows: list[dict] = []
+    artifact = run_training(dataclasses.replace(cfg, training=boosting), on_round=rows.append)
+    assert [r["round"] for r in rows] == [1, 2] and all(r["fit_nodes"] == 3 and not r["failures"] for r in rows)
+    assert [r["trees"] for r in rows] == [9, 18]
+    assert artifact.family == "XGBClassifier" and artifact.tree is not None
+    assert artifact.metrics["aggregation"]["used"] == "fedxgb-bagging"
+    assert artifact.metrics["xgboost_budget"] == {"max_trees": 18, "max_n_bits": 4}
+    schema, prep = artifact.schema, artifact.prep
+    X_pub, y_pub = load_table(summary["public_test"]["path"], schema)
+    clear = prediction_score(artifact.to_estimator().predict(prep.transform(X_pub)), y_pub, schema)
+    assert clear >= 0.9, clear
+    assert rows[-1]["server"]["accuracy"] == pytest.approx(clear)  # the round table scored the same booster
+
+    from fedfhe_common.errors import ConfigError
+    from fedfhe_common.release import load_signing_key
+    from fedfhe_coordinator.compile import compile_artifact
+
+    key = load_signing_key(c.pki / "release.key")
+    with pytest.raises(ConfigError, match="above the run's training.xgboost_budget.max_n_bits 4"):
+        compile_artifact(work / "training" / "artifact", tmp_path / "too-fine", model_id="penguins-xgb", version="1",
+                         n_bits=6, signing_key=key)
+    bundle, fhe_model = compile_artifact(work / "training" / "artifact", tmp_path / "bundle",
+                                         model_id="penguins-xgb", version="1", signing_key=key)
+    assert bundle.meta["n_bits"] == 4  # the budget's cap, below the trees' default of 6
+    inference = inference_config(c, tmp_path)
+    res = subprocess.run([venv_bin("fedfhe-inference"), "publish", "--config", str(inference),
+                          str(bundle.directory)], capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 0, res.stderr
+    node = c.start_inference(inference, OWNERS[1])
+    ep = node.endpoint(OWNERS[1])
+    doc = yaml.safe_load(fed["owner_cfgs"][OWNERS[1]].read_text())
+    doc["inference"] = {"address": ep.address, "certfile": str(ep.certfile), "keyfile": str(ep.keyfile),
+                        "ca_certfile": str(ep.ca_certfile), "model_id": "penguins-xgb"}
+    doc["state_dir"] = str(tmp_path / "state")
+    owner_yaml = tmp_path / "owner.yaml"
+    owner_yaml.write_text(yaml.safe_dump(doc))
+    lines = Path(summary["public_test"]["path"]).read_text().splitlines()
+    (tmp_path / "rows.csv").write_text("\n".join(lines[:4]) + "\n")  # three rows: seconds each in FHE
+    out = tmp_path / "predictions.json"
+    res = subprocess.run([venv_bin("fedfhe-owner"), "predict", "--config", str(owner_yaml), "--input",
+                          str(tmp_path / "rows.csv"), "--out", str(out), "--no-progress", "--format", "json"],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stderr
+    predicted = [r["prediction"] for r in json.loads(out.read_text())["predictions"]]
+    simulated = schema.decode_labels(fhe_model.predict(prep.transform(X_pub[:3]), fhe="simulate"))
+    assert predicted == list(simulated)  # FHE equals simulated, decoded to the species names
 
 
 def test_statistics_go_through_secure_aggregation_masked(fed):
