@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fedfhe_common.errors import FedfheError
 from fedfhe_common.exit_status import exit_with
-from fedfhe_common.models import LOCAL_FAMILIES, check_family
+from fedfhe_common.models import FEDERATED_TREES, LOCAL_FAMILIES, check_family
 
 from .datasets import BUILTIN, demo_schema, is_tabular
 from .pipeline import main
@@ -39,6 +39,10 @@ def parse(argv: list[str] | None = None) -> Options:
         check_family(a.model, demo_schema(a.dataset))
     except FedfheError as exc:
         ap.error(str(exc))
+    if a.model in FEDERATED_TREES:  # the demo encrypts hundreds of held-out rows: seconds each for a tree
+        ap.error(f"the demo trains the linear families; {a.model} federates with coordinator.yaml's "
+                 "training.xgboost (docs/data-and-models.md, Federated XGBoost; tested in "
+                 "tests/loopback/test_tabular_federation.py)")
     return Options(a.dataset, a.owners, a.rounds, a.model, a.split, a.alpha, a.n_bits, a.work_dir, a.max_rows,
                    a.seed)
 

@@ -198,3 +198,6 @@ def test_make_demo_refuses_a_tree_family_naming_train_local(capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "'RandomForestRegressor' is a tree family" in err and "fedfhe-coordinator train-local" in err
+    with pytest.raises(SystemExit):
+        parse(["--dataset", "breast-cancer", "--model", "XGBClassifier"])
+    assert "XGBClassifier federates with coordinator.yaml's training.xgboost" in capsys.readouterr().err
