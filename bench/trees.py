@@ -13,7 +13,9 @@ trees (``TreeBudget.check_run``): rounds = 30 // (trees one round adds), so bagg
 federated model's tree count. Both are scored on the same test split.
 
 - ``federated_over_centralized``: dataset -> the worst federated / centralised accuracy over
-  its 8 runs (3 and 10 owners x IID and Dirichlet x bagging and cyclic);
+  its 8 runs (3 and 10 owners x IID and Dirichlet x bagging and cyclic); bagging combines the owners'
+  trees by their row-weighted average (``combine`` auto for a classifier), and each bagging run also
+  gives ``federated_accuracy_if_summed``, the same run with Flower's own sum of the owners' trees;
   ``federated_over_centralized_by_scheme`` splits it by IID / Dirichlet (goals: 0.98, 0.95);
   ``runs``: every configuration's figures.
 - ``models``: one federated booster per dataset (bagging, IID, 3 owners) made into a signed
@@ -125,13 +127,15 @@ class Grid:
 
 
 def federate(mode: fedxgb.Mode, parts: list[tuple[np.ndarray, np.ndarray]], schema: DatasetSchema,
-             params: fedxgb.BoostParams, rounds: int, max_trees: int) -> tree_strategy.BoosterScreen:
+             params: fedxgb.BoostParams, rounds: int, max_trees: int, combine: str = "auto"
+             ) -> tree_strategy.BoosterScreen:
     """``rounds`` server rounds of the checked strategy with one in-process owner per part (tests/support's
     fedxgb_harness, for N owners): each owner runs tree_training.train_reply on what it was sent."""
     random.seed(SEED)  # Flower samples nodes with random.sample: FedXgbCyclic's owner order
     nodes = [101 + i for i in range(len(parts))]
     rows = dict(zip(nodes, parts, strict=True))
-    extra = {"min_train_nodes": len(nodes)} if mode == "bagging" else {}
+    extra: dict[str, Any] = {"min_train_nodes": len(nodes),
+                             "combine": fedxgb.resolve_combine(combine, schema)} if mode == "bagging" else {}
     strategy = tree_strategy.strategy(mode, schema, params, max_trees, min_available_nodes=len(nodes), **extra)
     grid, arrays = Grid(nodes), tree_strategy.booster_record(None)
     for server_round in range(1, rounds + 1):
@@ -181,7 +185,15 @@ def one_run(data: tuple[Any, ...], mode: fedxgb.Mode, scheme: str, owners: int, 
     assert model is not None, f"{schema.name} {mode} {scheme} {owners}: no global model"
     fed = accuracy(model, X_te, y_te, schema)
     central = accuracy(centralised(X_tr, y_tr, schema, params, model.n_trees), X_te, y_te, schema)
+    if mode == "bagging":  # the same run with Flower's own sum of the owners' trees, for comparison
+        summed = federate(mode, [(X_tr[i], y_tr[i]) for i in idx], schema, params, rounds, trees, "sum")
+        assert summed.global_model is not None
+        sum_accuracy: float | None = accuracy(summed.global_model, X_te, y_te, schema)
+    else:
+        sum_accuracy = None
     run = {"dataset": schema.name, "mode": mode, "scheme": scheme, "owners": owners, "rounds": rounds,
+           "combine": fedxgb.resolve_combine("auto", schema) if mode == "bagging" else None,
+           "federated_accuracy_if_summed": sum_accuracy,
            "trees": model.n_trees, "planned_trees": trees, "owner_rows": [len(i) for i in idx],
            "federated_accuracy": fed, "centralised_accuracy": central, "ratio": fed / central,
            "refusals": [r.reason for r in strategy.refusals], "seconds": seconds}

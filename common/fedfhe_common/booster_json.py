@@ -268,6 +268,20 @@ def append_trees(base: Booster | None, new: Booster) -> Booster:
     return Booster(doc, len(model["trees"]), max(base.max_depth, new.max_depth), base.per_round)
 
 
+def scale_leaves(booster: Booster, factor: float) -> Booster:
+    """Every leaf value (and node weight) times ``factor``: one owner's share of a bagging round's average."""
+    if not 0 < factor <= 1:
+        raise ValueError(f"leaf scale {factor} not in (0, 1]")
+    doc = copy.deepcopy(booster.doc)
+    for tree in doc["learner"]["gradient_booster"]["model"]["trees"]:
+        conditions = tree["split_conditions"]
+        for node, left in enumerate(tree["left_children"]):
+            if left == -1:  # a leaf: xgboost keeps its value in split_conditions
+                conditions[node] = float(conditions[node]) * factor
+        tree["base_weights"] = [float(w) * factor for w in tree["base_weights"]]
+    return Booster(doc, booster.n_trees, booster.max_depth, booster.per_round)
+
+
 def extends(global_model: Booster | None, reply: Booster) -> bool:
     """Cyclic: does ``reply`` keep every tree of ``global_model`` unchanged, in place, and add after them?"""
     if global_model is None:

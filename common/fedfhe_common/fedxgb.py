@@ -20,6 +20,20 @@ from .schema import DatasetSchema
 
 Mode = Literal["bagging", "cyclic"]
 MODES: tuple[Mode, ...] = ("bagging", "cyclic")
+# How bagging adds a round's trees: "sum" as Flower's FedXgbBagging does (N owners move the model N boosting
+# steps), "average" each owner's leaves times its share of the round's rows (one row-weighted step); "auto":
+# average for a classifier, sum for a regressor (base_score is fixed at 0.5, so a regressor's first trees must
+# climb to its target's mean: averaged steps take N times as many rounds to get there).
+COMBINES = ("auto", "average", "sum")
+
+
+def resolve_combine(combine: str, schema: DatasetSchema) -> str:
+    """``auto`` made "average" or "sum" for the schema's task; ConfigError for another name."""
+    if combine not in COMBINES:
+        raise ConfigError(f"training.xgboost.combine: {combine!r} is not one of {', '.join(COMBINES)}")
+    if combine == "auto":
+        return "average" if schema.is_classifier else "sum"
+    return combine
 FAMILIES = {"XGBClassifier", "XGBRegressor"}
 
 # Keys of a train/evaluate instruction's ConfigRecord (beside fl_contract.MODEL, the family), set by the ServerApp

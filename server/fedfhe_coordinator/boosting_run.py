@@ -57,8 +57,10 @@ def run_boosting(grid: Grid, run: RunConfig, schema: DatasetSchema, config: Conf
     rounds, timeout = run.num_server_rounds, run.round_timeout
     for key, value in fedxgb.instruction(mode, params, max_trees).items():
         config[key] = value
+    if run.xgboost_combine not in ("average", "sum"):
+        raise ConfigError(f"run config xgboost-combine {run.xgboost_combine!r}: average or sum")
     strategy = make_tree_strategy(mode, progress, policy, run.owner_keys, run.wait_for_nodes, run.min_nodes, params,
-                                  max_trees)
+                                  max_trees, run.xgboost_combine)
     strategy.counter = grid  # type: ignore[assignment]
     started = summary["started"]
 
@@ -84,8 +86,9 @@ def run_boosting(grid: Grid, run: RunConfig, schema: DatasetSchema, config: Conf
     strategy.entry(rounds)["clients"] = client_scores([m for m in replies if id(m) not in rejected])
     strategy.flush(rounds)
     per_round = [json.loads(line) for line in progress.read_text().splitlines() if line.strip()]
+    how = f", owners' trees combined by {run.xgboost_combine}" if mode == "bagging" else ""
     metrics = {"aggregation": {"used": f"fedxgb-{mode}", "why": f"model {policy.family}: Flower's FedXgb"
-                                                                  f"{mode.capitalize()} over checked boosters"},
+                                                                  f"{mode.capitalize()} over checked boosters{how}"},
                "per_round": per_round, "seconds": time.time() - started, "privacy": summary["privacy"],
                "statistics": summary["statistics"],
                "xgboost_budget": {"max_trees": max_trees, "max_n_bits": run.xgboost_max_n_bits}}

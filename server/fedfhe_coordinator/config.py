@@ -103,6 +103,7 @@ class Boosting:
     """A federated XGBoost run's plan: Flower's strategy, the owners' parameters, the budget and its trees."""
 
     mode: fedxgb.Mode = "bagging"
+    combine: str = "average"  # bagging: "average" or "sum" (fedxgb.COMBINES, resolved)
     params: fedxgb.BoostParams = field(default_factory=fedxgb.BoostParams)
     budget: fedxgb.TreeBudget = field(default_factory=fedxgb.TreeBudget)
     max_trees: int = 0  # the trees the run builds (TreeBudget.check_run); 0: not a boosting run
@@ -158,14 +159,16 @@ class TrainingConfig:
         mode = settings.pop("mode", "bagging")
         if mode not in fedxgb.MODES:
             raise ConfigError(f"training.xgboost.mode: {mode!r} is not one of {', '.join(fedxgb.MODES)}")
+        schema = resolve_schema(self.schema)
+        combine = fedxgb.resolve_combine(settings.pop("combine", "auto"), schema)
         params = fedxgb.BoostParams.from_mapping(settings, "training.xgboost")
         budget = fedxgb.TreeBudget.from_mapping(self.xgboost_budget)
         try:
-            trees = budget.check_run(resolve_schema(self.schema), params, mode, self.rounds,
+            trees = budget.check_run(schema, params, mode, self.rounds,
                                      max(owners, self.min_nodes))
         except ConfigError as exc:
             raise ConfigError(f"training.xgboost_budget: {exc}") from None
-        return Boosting(mode, params, budget, trees)
+        return Boosting(mode, combine, params, budget, trees)
 
     def __post_init__(self) -> None:
         strategy_kwargs(self.aggregation, self.min_nodes, self.num_malicious_nodes, self.trimmed_fraction,

@@ -70,6 +70,7 @@ class RunConfig:
     # parameters every owner trains with (fedxgb.BoostParams), and the trees the final model may hold
     # (training.xgboost_budget, checked against the run's plan when the config loads).
     xgboost_mode: str = "bagging"
+    xgboost_combine: str = "average"  # bagging: fedxgb.COMBINES, resolved ("average" or "sum")
     xgboost_params: dict[str, Any] = field(default_factory=dict)
     xgboost_max_trees: int = 0
     xgboost_max_n_bits: int = 0  # compile's cap, signed into the artifact
@@ -96,7 +97,8 @@ class RunConfig:
             secagg_clipping_range=float(sa.clipping_range), secagg_quantization_range=sa.quantization_range,
             secagg_max_weight=float(sa.max_weight), dp_noise_multiplier=float(sa.noise_multiplier),
             dp_clipping_norm=float(sa.clipping_norm),
-            xgboost_mode=boosting.mode, xgboost_params=boosting.params.to_dict() if boosting.max_trees else {},
+            xgboost_mode=boosting.mode, xgboost_combine=boosting.combine,
+            xgboost_params=boosting.params.to_dict() if boosting.max_trees else {},
             xgboost_max_trees=boosting.max_trees, xgboost_max_n_bits=boosting.budget.max_n_bits if boosting.max_trees
             else 0,
         )

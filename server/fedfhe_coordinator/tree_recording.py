@@ -62,8 +62,8 @@ class RecordingXgbCyclic(RecordingXgb, CheckedFedXgbCyclic):
 
 
 def make_tree_strategy(mode: fedxgb.Mode, progress: Path, policy: ReplyPolicy, owner_keys: dict[str, str],
-                       node_wait: float, min_nodes: int, params: fedxgb.BoostParams, max_trees: int
-                       ) -> RecordingXgbBagging | RecordingXgbCyclic:
+                       node_wait: float, min_nodes: int, params: fedxgb.BoostParams, max_trees: int,
+                       combine: str = "sum") -> RecordingXgbBagging | RecordingXgbCyclic:
     """server_app.make_strategy's counterpart for a boosting run (``policy.family`` XGBClassifier/XGBRegressor)."""
     fedxgb.check_schema(policy.family, policy.schema)
     common = {"owner_keys": owner_keys, "node_wait": node_wait, "fraction_evaluate": 0.0,
@@ -71,7 +71,7 @@ def make_tree_strategy(mode: fedxgb.Mode, progress: Path, policy: ReplyPolicy, o
     if mode == "bagging":
         return RecordingXgbBagging(progress, policy, schema=policy.schema, params=params, max_trees=max_trees,
                                    max_rows=policy.max_examples, min_train_nodes=min_nodes, fraction_train=1.0,
-                                   **common)
+                                   combine=combine, **common)
     if mode == "cyclic":
         return RecordingXgbCyclic(progress, policy, schema=policy.schema, params=params, max_trees=max_trees,
                                   max_rows=policy.max_examples, **common)

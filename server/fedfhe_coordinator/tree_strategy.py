@@ -98,7 +98,20 @@ def booster_record(booster: booster_json.Booster | None) -> ArrayRecord:
 
 
 class CheckedFedXgbBagging(BoosterScreen, FedXgbBagging):
-    """FedXgbBagging over checked replies: each owner's new trees appended, classes kept."""
+    """FedXgbBagging over checked replies: each owner's new trees appended, classes kept.
+
+    Every owner boosts from the same global model, so each owner's new trees are a whole boosting step
+    computed on its rows. ``combine`` "sum" appends them as they are, as Flower does: N owners move the
+    model N steps at once. "average" scales each owner's leaves by its share of the round's rows
+    (num-examples, after the round's caps), so a round moves the model by the row-weighted average
+    step, FedAvg of the owners' steps (fedxgb.COMBINES says when each is the default).
+    """
+
+    def __init__(self, *args: Any, combine: str = "sum", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if combine not in ("average", "sum"):
+            raise ConfigError(f"bagging combine {combine!r}: average or sum")
+        self.combine = combine
 
     def reply_limits(self) -> booster_json.Limits:
         return fedxgb.reply_limits(self.schema, self.params, "bagging", self.max_trees)
@@ -114,11 +127,14 @@ class CheckedFedXgbBagging(BoosterScreen, FedXgbBagging):
         if not kept:
             return None, None
         model = self.global_model
+        rows = sum(int(msg.content[fc.METRICS][fc.NUM_EXAMPLES]) for msg, _ in kept)
         for msg, booster in kept:
             if model is not None and model.n_trees + booster.n_trees > self.max_trees:
                 self.refusals.append(Refusal(server_round, int(msg.metadata.src_node_id),
                                              f"booster refused: the run's budget of {self.max_trees} trees is spent"))
                 continue
+            if self.combine == "average":
+                booster = booster_json.scale_leaves(booster, int(msg.content[fc.METRICS][fc.NUM_EXAMPLES]) / rows)
             model = booster_json.append_trees(model, booster)
         self.global_model = model
         self.current_bst = None if model is None else model.to_bytes(indptr=True)

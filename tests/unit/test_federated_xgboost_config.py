@@ -49,6 +49,7 @@ def test_a_boosting_plan_reaches_the_run_config_plain(tmp_path):
     run = RunConfig.from_training(cfg.training, {f"k{i}": f"owner-{i}" for i in range(3)})
     # cyclic: one owner a round, 2 local rounds, 10 trees (digits' classes) each: 2 x 2 x 10 = 40
     assert (run.xgboost_mode, run.xgboost_max_trees, run.xgboost_max_n_bits) == ("cyclic", 40, 5)
+    assert run.xgboost_combine == "average"  # auto, for a classifier
     assert fedxgb.BoostParams.from_mapping(run.xgboost_params) == fedxgb.BoostParams(max_depth=3, eta=0.5,
                                                                                      local_rounds=2)
     assert RunConfig.from_flower(run.to_flower()) == run  # survives Flower's flat table
@@ -62,6 +63,8 @@ def test_a_boosting_plan_reaches_the_run_config_plain(tmp_path):
      r"xgboost max_depth 5 exceeds the budget's 4"),
     ({"model": "XGBClassifier", "xgboost": {"mode": "boosting"}}, r"training.xgboost.mode: 'boosting' is not one of"),
     ({"model": "XGBClassifier", "xgboost": {"depth": 3}}, r"training.xgboost: unknown parameter 'depth'"),
+    ({"model": "XGBClassifier", "xgboost": {"combine": "mean"}},
+     r"training.xgboost.combine: 'mean' is not one of auto, average, sum"),
     ({"model": "LogisticRegression", "xgboost": {"max_depth": 3}},
      r"training.xgboost and training.xgboost_budget apply to XGBClassifier and XGBRegressor only"),
     ({"model": "XGBClassifier", "rounds": 1, "secure_aggregation": {"enabled": True}},
@@ -72,6 +75,15 @@ def test_a_boosting_plan_reaches_the_run_config_plain(tmp_path):
 def test_a_bad_boosting_section_is_refused_naming_it(tmp_path, training, message):
     with pytest.raises(ConfigError, match=message):
         coord.load(write(tmp_path, **training))
+
+
+def test_a_regressor_sums_bagged_trees_unless_told_otherwise(tmp_path):
+    cfg = coord.load(write(tmp_path, model="XGBRegressor", schema="diabetes", rounds=2, xgboost={"max_depth": 2},
+                           secure_aggregation={"enabled": False}))
+    assert RunConfig.from_training(cfg.training).xgboost_combine == "sum"  # base_score 0.5: averaged steps crawl
+    cfg = coord.load(write(tmp_path, model="XGBRegressor", schema="diabetes", rounds=2,
+                           xgboost={"max_depth": 2, "combine": "average"}, secure_aggregation={"enabled": False}))
+    assert RunConfig.from_training(cfg.training).xgboost_combine == "average"
 
 
 def test_forests_still_refuse_federated_training(tmp_path):

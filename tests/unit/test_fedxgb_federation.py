@@ -207,3 +207,17 @@ def test_an_owner_checks_the_instruction_and_scores_the_model_it_was_sent():
         tree_training.train_reply(good, floats, split4, schema)
     with pytest.raises(booster_json.BoosterRefused, match=r"one array '0'"):
         tree_training.train_reply(good, ArrayRecord([np.zeros(3, np.uint8), np.zeros(3, np.uint8)]), split4, schema)
+
+
+def test_averaged_bagging_weights_each_owners_leaves_by_its_rows():
+    X_tr, _, y_tr, _, schema = split("breast-cancer")
+    params = fedxgb.BoostParams(max_depth=3)
+    summed = federate("bagging", X_tr, y_tr, schema, params, 1, 3)
+    averaged = federate("bagging", X_tr, y_tr, schema, params, 1, 3, strategy=tree_strategy.strategy(
+        "bagging", schema, params, 3, min_available_nodes=3, min_train_nodes=3, combine="average"))
+    assert summed.global_model is not None and averaged.global_model is not None
+    rows = [len(p) for p in np.array_split(np.arange(len(y_tr)), 3)]  # the harness's three owners' rows
+    for tree_sum, tree_avg, n in zip(summed.global_model.trees, averaged.global_model.trees, rows, strict=True):
+        leaves = [i for i, left in enumerate(tree_sum["left_children"]) if left == -1]
+        assert leaves and all(tree_avg["split_conditions"][i] == pytest.approx(tree_sum["split_conditions"][i] * n
+                                                                               / len(y_tr)) for i in leaves)
