@@ -282,6 +282,51 @@ def scale_leaves(booster: Booster, factor: float) -> Booster:
     return Booster(doc, booster.n_trees, booster.max_depth, booster.per_round)
 
 
+def _node_depths(tree: dict[str, Any]) -> list[int]:
+    depths = [0] * len(tree["left_children"])
+    for node, (left, right) in enumerate(zip(tree["left_children"], tree["right_children"], strict=True)):
+        if left != -1:  # xgboost numbers children after their parent
+            depths[left] = depths[right] = depths[node] + 1
+    return depths
+
+
+def pad_depth(booster: Booster, depth: int) -> Booster:
+    """The same predictions from a booster whose first tree reaches ``depth``: a deepest leaf of it becomes
+    splits whose two children both hold that leaf's value, down to ``depth``.
+
+    Why: Concrete ML's circuit, and so the evaluation keys an owner uploads, follow the depth the trees
+    reach, not the configured max_depth; a retrain whose trees happen to stop one level higher would cost
+    every owner a new key upload (bench/results/trees.json). Compiled at the configured depth, retrains
+    with unchanged parameters keep the key parameters, and owners reuse their keys (fedfhe_owner.key_reuse).
+    """
+    if booster.max_depth >= depth or not booster.trees:
+        return booster
+    doc = copy.deepcopy(booster.doc)
+    tree = doc["learner"]["gradient_booster"]["model"]["trees"][0]
+    depths = _node_depths(tree)
+    node = max((i for i, left in enumerate(tree["left_children"]) if left == -1), key=lambda i: depths[i])
+    for _ in range(depth - depths[node]):
+        first = len(tree["left_children"])
+        value, weight, hessian = tree["split_conditions"][node], tree["base_weights"][node], tree["sum_hessian"][node]
+        tree["left_children"][node], tree["right_children"][node] = first, first + 1
+        tree["split_indices"][node], tree["default_left"][node] = 0, 1
+        tree["split_conditions"][node] = 0.0  # either way: both children give the leaf's value
+        for _child in range(2):
+            tree["left_children"].append(-1)
+            tree["right_children"].append(-1)
+            tree["parents"].append(node)
+            tree["split_indices"].append(0)
+            tree["split_conditions"].append(value)
+            tree["split_type"].append(0)
+            tree["default_left"].append(0)
+            tree["base_weights"].append(weight)
+            tree["loss_changes"].append(0.0)
+            tree["sum_hessian"].append(hessian / 2)
+        node = first
+    tree["tree_param"]["num_nodes"] = str(len(tree["left_children"]))
+    return Booster(doc, booster.n_trees, depth, booster.per_round)
+
+
 def extends(global_model: Booster | None, reply: Booster) -> bool:
     """Cyclic: does ``reply`` keep every tree of ``global_model`` unchanged, in place, and add after them?"""
     if global_model is None:

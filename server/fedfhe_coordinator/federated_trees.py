@@ -2,7 +2,9 @@
 
 The run's last global model is checked once more (``booster_json``, the run's
 limits), written in xgboost 1.6.2's own dialect (no ``iteration_indptr``), and
-passes ``tree_artifact``'s checks as a locally trained XGBoost does. The
+passes ``tree_artifact``'s checks as a locally trained XGBoost does. Its first tree
+is padded to the run's max_depth (same predictions) so that the circuit, and the
+evaluation keys owners upload, follow the configured depth, not the one the trees reached. The
 estimator compile builds from it gets ``n_classes_`` and ``classes_`` from the
 schema (a booster restored from JSON has neither), and hyper-parameters that say
 what the booster holds (``n_estimators`` = boosting rounds, the objective,
@@ -38,7 +40,9 @@ def to_artifact(raw: bytes, family: str, schema: DatasetSchema, params: fedxgb.B
     """
     fedxgb.check_schema(family, schema)
     limits = fedxgb.global_limits(schema, params, max_trees)
-    booster = booster_json.parse(raw, limits)
+    # Compiled at the configured depth, so a retrain with unchanged parameters keeps its key parameters
+    # (booster_json.pad_depth: the predictions are unchanged).
+    booster = booster_json.pad_depth(booster_json.parse(raw, limits), params.max_depth)
     tree = tree_artifact.from_booster_json(booster.to_bytes(indptr=False), family, schema)
     out = dict(metrics or {})
     out |= {"rounds": rounds, "mode": mode, "tree": tree_artifact.describe(tree),

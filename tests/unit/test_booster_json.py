@@ -243,3 +243,15 @@ def test_a_cyclic_reply_must_keep_the_trees_it_was_sent(binary_raw):
         "split_conditions"].__setitem__(-1, 0.25)), Limits(30, 2, 3, 2))
     assert not booster_json.extends(first, rewritten)
     assert not booster_json.extends(first, booster_json.parse(more, Limits(30, 2, 3, 2)))  # the new tree alone
+
+
+def test_padding_to_the_configured_depth_keeps_every_prediction():
+    raw = train(WINE_X, WINE_Y, "multi:softprob", rounds=2, depth=2)
+    limits = Limits(13, 3, 6, 4)
+    booster = booster_json.parse(raw, limits)
+    assert booster.max_depth == 2
+    padded = booster_json.pad_depth(booster, 4)
+    again = booster_json.parse(padded.to_bytes(indptr=False), limits)  # still passes every check
+    assert again.max_depth == 4 and again.n_trees == booster.n_trees
+    np.testing.assert_array_equal(margins(again.to_bytes(indptr=False), WINE_X), margins(raw, WINE_X))
+    assert booster_json.pad_depth(booster, 2) is booster  # already there: unchanged
