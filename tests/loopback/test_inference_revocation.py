@@ -56,10 +56,9 @@ def rpki(tmp_path_factory: pytest.TempPathFactory, pki: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def crl_node(rpki: Path, tmp_path_factory: pytest.TempPathFactory, node_starter,
-             lr_bundles: dict) -> Iterator[object]:
-    n = node_starter(tmp_path_factory.mktemp("revocation-node"), rpki, (lr_bundles["1"].directory,),
-                     crl_file=str(rpki / "crl.pem"))
+def crl_node(rpki: Path, tmp_path_factory: pytest.TempPathFactory, lr_bundles: dict) -> Iterator[object]:
+    n = support.start_node(tmp_path_factory.mktemp("revocation-node"), rpki, (lr_bundles["1"].directory,),
+                           crl_file=str(rpki / "crl.pem"))
     yield n
     n.stop()
 
