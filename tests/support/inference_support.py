@@ -3,7 +3,8 @@
 - The node: ``Node`` (fedfhe_demo.inference_node's InferenceNode, the `fedfhe-inference serve`
   process) on a free loopback port with mutual TLS, its config (``write_node_config``, the tests'
   small ``LIMITS``) and ``start_node``; ``publish`` adds a bundle to a running node.
-- Its owners: ``Owner`` and ``make_owner`` (keys generated and uploaded through the real client path).
+- Its owners: ``Owner`` and ``make_owner`` (keys generated and uploaded through the real client path),
+  and ``write_owner_yaml`` (an owner.yaml that predicts through the node).
 - The suite-wide fixtures in tests/conftest.py (``pki`` with ``SESSION_OWNERS``, ``digits``,
   ``lr_bundles``) and tests/loopback/conftest.py (the session ``node``, ``alice``, ``bob``) use it.
 - The reliability tests (test_inference_*.py, test_load.py) that start nodes of their own use
@@ -16,6 +17,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import signal
 from collections.abc import Callable, Iterable
@@ -178,6 +180,24 @@ def make_owner(node: Node, name: str, state_dir: Path, X: np.ndarray, versions: 
     for v in versions:
         owner.fhe(v)  # the keys as they are now, before a test can touch state_dir
     return owner
+
+
+def write_owner_yaml(path: Path, owner: str, endpoint: InferenceEndpoint, state_dir: Path, data: Path,
+                     inference: dict[str, Any] | None = None, **top: Any) -> Path:
+    """An owner.yaml at ``path`` that predicts only through ``endpoint``, and ``path``.
+
+    No SuperNode runs from it: superlink and auth_key are never used. ``inference`` adds to its
+    ``inference`` section (model_id, batch_size), ``top`` sets top-level keys (crl_file, auth_key).
+    """
+    ep = endpoint
+    path.write_text(json.dumps({
+        "owner_id": owner, "superlink": "127.0.0.1:1", "root_certificates": str(ep.ca_certfile),
+        "auth_key": "unused", "data": str(data), "state_dir": str(state_dir),
+        "release_public_key": str(ep.release_public_key), **top,
+        "inference": {"address": ep.address, "certfile": str(ep.certfile), "keyfile": str(ep.keyfile),
+                      "ca_certfile": str(ep.ca_certfile), **(inference or {})},
+    }))
+    return path
 
 
 # --- the PKI and bundles of the reliability tests ----------------------------------------------------------------
