@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from inference_harness import OWNERS, Digits
+from inference_support import SESSION_OWNERS, Digits
 
 from fedfhe_common.data import save_csv
 from fedfhe_common.exit_status import keep_exit_status
@@ -85,7 +85,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("pki")
     init_ca(d)
     issue(d, "inference", server_hosts=["127.0.0.1", "localhost"])
-    for owner in OWNERS:
+    for owner in SESSION_OWNERS:
         issue(d, owner, client=True)
     past = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
     issue(d, "expired", client=True, not_before=past, days=1)

@@ -9,12 +9,11 @@ one unregistered and one without the CA.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from inference_harness import Digits, Node, Owner, make_owner, start_node
+from inference_support import Digits, Node, Owner, make_owner, start_node
 
 from fedfhe_common.pki import init_ca, supernode_keypair
 from fedfhe_coordinator import config as coord
@@ -63,12 +62,6 @@ def first_run(fed):
 
 
 @pytest.fixture(scope="session")
-def node_starter() -> Callable[..., Node]:
-    """start_node for test modules (a conftest is not importable by name); stop what it returns."""
-    return start_node
-
-
-@pytest.fixture(scope="session")
 def node(tmp_path_factory: pytest.TempPathFactory, pki: Path, lr_bundles: dict[str, Any]) -> Any:
     """One node for the session, serving digits-lr versions 1 and 2."""
     n = start_node(tmp_path_factory.mktemp("node"), pki, (lr_bundles["1"].directory, lr_bundles["2"].directory))
@@ -78,9 +71,11 @@ def node(tmp_path_factory: pytest.TempPathFactory, pki: Path, lr_bundles: dict[s
 
 @pytest.fixture(scope="session")
 def alice(node: Node, digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> Owner:
-    return make_owner(node, "alice", tmp_path_factory.mktemp("alice-state"), digits.X_test)
+    return make_owner(node, "alice", tmp_path_factory.mktemp("alice-state"), digits.X_test,
+                      versions=("1", "2"), rows=2)
 
 
 @pytest.fixture(scope="session")
 def bob(node: Node, digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> Owner:
-    return make_owner(node, "bob", tmp_path_factory.mktemp("bob-state"), digits.X_test)
+    return make_owner(node, "bob", tmp_path_factory.mktemp("bob-state"), digits.X_test,
+                      versions=("1", "2"), rows=2)

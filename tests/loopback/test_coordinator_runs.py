@@ -9,6 +9,7 @@ import json
 import signal
 import subprocess
 
+import inference_support as support
 import pytest
 
 from fedfhe_common.data import save_csv
@@ -100,15 +101,8 @@ def test_ctrl_c_or_sigterm_stops_the_flower_run(fed, trained, sig, code):
 
 
 def test_predict_json_summary(node, alice, digits, tmp_path):
-    ep = alice.endpoint
-    owner_yaml = tmp_path / "owner.yaml"
-    owner_yaml.write_text(json.dumps({
-        "owner_id": "alice", "superlink": "127.0.0.1:1", "root_certificates": str(ep.ca_certfile),
-        "auth_key": "unused", "data": str(digits.train_csv), "state_dir": str(alice.state_dir),
-        "release_public_key": str(ep.release_public_key),
-        "inference": {"address": ep.address, "certfile": str(ep.certfile), "keyfile": str(ep.keyfile),
-                      "ca_certfile": str(ep.ca_certfile), "model_id": "digits-lr"},
-    }))
+    owner_yaml = support.write_owner_yaml(tmp_path / "owner.yaml", "alice", alice.endpoint, alice.state_dir,
+                                          digits.train_csv, inference={"model_id": "digits-lr"})
     rows = tmp_path / "rows.csv"
     save_csv(rows, digits.X_test[:12], digits.y_test[:12], DIGITS)
     res = subprocess.run([venv_bin("fedfhe-owner"), "predict", "--config", str(owner_yaml), "--input",

@@ -27,7 +27,7 @@ def _code(call, *args, **kwargs) -> tuple[grpc.StatusCode, str]:
 def good(node, alice, digits):
     """A good request that must succeed after each bad one: the node is still serving."""
     stub = node.stub("alice")
-    ct = alice.encrypt("1", digits.X_test[:1])
+    ct = alice.encrypt(digits.X_test[:1], "1")
     expected = int(digits.y_test[0])
 
     def check() -> None:
@@ -56,7 +56,7 @@ def _header(data: bytes, model: pb.ModelRef = V1, total: int | None = None, sha:
 def test_predict_bad_inputs(node, alice, digits, good):
     stub = node.stub("alice")
     key1, key2 = alice.key_ids["1"], alice.key_ids["2"]
-    ct1 = alice.encrypt("1", digits.X_test[:2])
+    ct1 = alice.encrypt(digits.X_test[:2], "1")
     cases = [
         ("garbage ciphertext", pb.PredictRequest(key_id=key1, model=V1, ciphertexts=[b"\x00garbage" * 50]),
          grpc.StatusCode.INVALID_ARGUMENT, "row 0: not a ciphertext of this model's input"),

@@ -51,7 +51,8 @@ def setup(tmp_path_factory):
     try:
         lr = support.lr_bundle(tmp_path_factory)
         pki = support.make_pki(work / "pki", ("owner-0",))
-        node = support.start_node(work / "node", pki, lr, limits={**support.LIMITS, "max_key_bytes": 64 * MiB})
+        node = support.start_node(work / "node", pki, (lr.directory,),
+                                  limits={**support.LIMITS, "max_key_bytes": 64 * MiB})
         assert node.keys_dir == keys_dir
         owner = support.make_owner(node, "owner-0", work / "owner-0-state", lr.X_test)
         yield node, owner, lr

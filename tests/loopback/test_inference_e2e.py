@@ -13,6 +13,7 @@ import signal
 import stat
 from pathlib import Path
 
+import inference_support as support
 import numpy as np
 import pytest
 
@@ -66,17 +67,9 @@ def test_private_key_stays_local_and_keys_are_reused(node, digits, tmp_path):
 
 
 def write_owner_yaml(node, owner: str, digits, tmp_path: Path) -> Path:
-    """An owner.yaml that predicts only (no SuperNode runs here: superlink and auth_key are never used)."""
-    owner_yaml = tmp_path / "owner.yaml"
-    ep = node.endpoint(owner)
-    owner_yaml.write_text(json.dumps({
-        "owner_id": owner, "superlink": "127.0.0.1:1", "root_certificates": str(ep.ca_certfile),
-        "auth_key": "unused", "data": str(digits.train_csv), "state_dir": str(tmp_path / "state"),
-        "release_public_key": str(ep.release_public_key),
-        "inference": {"address": ep.address, "certfile": str(ep.certfile), "keyfile": str(ep.keyfile),
-                      "ca_certfile": str(ep.ca_certfile), "model_id": "digits-lr", "batch_size": 4},
-    }))
-    return owner_yaml
+    """``owner``'s predict-only owner.yaml for ``node``: digits-lr, batches of 4, state in ``tmp_path``."""
+    return support.write_owner_yaml(tmp_path / "owner.yaml", owner, node.endpoint(owner), tmp_path / "state",
+                                    digits.train_csv, inference={"model_id": "digits-lr", "batch_size": 4})
 
 
 def test_the_python_api_predicts_like_the_cli(node, lr_bundles, digits, tmp_path):

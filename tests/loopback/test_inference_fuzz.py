@@ -78,7 +78,7 @@ def target(tmp_path_factory):
     lr = support.lr_bundle(tmp_path_factory)
     work = tmp_path_factory.mktemp("fuzz-node")
     pki = support.make_pki(work / "pki", ("owner-0", "owner-1"))
-    node = support.start_node(work / "node", pki, lr)
+    node = support.start_node(work / "node", pki, (lr.directory,))
     good = support.make_owner(node, "owner-0", work / "owner-0-state", lr.X_test)
     fuzzer = support.make_owner(node, "owner-1", work / "owner-1-state", lr.X_test)
     channel = node.channel("owner-1")

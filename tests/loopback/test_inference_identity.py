@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from inference_support import start_node
 
 from fedfhe_common.pki import load_ca
 from fedfhe_common.procs import wait_until
@@ -81,9 +82,9 @@ def unusual(pki: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bare_node(pki: Path, tmp_path_factory: pytest.TempPathFactory, node_starter) -> Iterator[object]:
+def bare_node(pki: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A node with no bundle: identity is checked before any RPC needs one."""
-    n = node_starter(tmp_path_factory.mktemp("identity-node"), pki)
+    n = start_node(tmp_path_factory.mktemp("identity-node"), pki)
     yield n
     n.stop()
 

@@ -18,7 +18,7 @@ import grpc
 import psutil
 import pytest
 import yaml
-from inference_harness import Node, write_node_config
+from inference_support import Node, write_node_config
 from prometheus_client.parser import text_string_to_metric_families
 
 from fedfhe_common.procs import free_port, venv_bin, wait_until
@@ -78,7 +78,7 @@ def test_metrics_count_predictions_refusals_and_state(node, alice, digits):
     before = scrape(node)
     with InferenceClient(alice.endpoint) as client:
         info = client.model_info("digits-lr", "1")
-        resp = client.predict(alice.key_ids["1"], info, alice.encrypt("1", digits.X_test[:3]))
+        resp = client.predict(alice.key_ids["1"], info, alice.encrypt(digits.X_test[:3], "1"))
     assert len(resp.results) == 3
     stub = node.stub("alice")
     with pytest.raises(grpc.RpcError) as refused:  # a malformed key id: refused before any evaluation

@@ -42,7 +42,7 @@ MiB = 1 << 20
 def setup(tmp_path_factory, lr):
     work = tmp_path_factory.mktemp("restart")
     pki = support.make_pki(work / "pki", ("owner-0", "owner-1"))
-    node = support.start_node(work / "node", pki, lr)
+    node = support.start_node(work / "node", pki, (lr.directory,))
     # a second published bundle (the same circuit under another model id), picked up without a restart
     copy = work / "digits-lr-b"
     shutil.copytree(lr.directory, copy)

@@ -18,7 +18,6 @@ from pathlib import Path
 import grpc
 import inference_support as support
 import pytest
-import yaml
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -56,10 +55,9 @@ def rpki(tmp_path_factory: pytest.TempPathFactory, pki: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def crl_node(rpki: Path, tmp_path_factory: pytest.TempPathFactory, node_starter,
-             lr_bundles: dict) -> Iterator[object]:
-    n = node_starter(tmp_path_factory.mktemp("revocation-node"), rpki, (lr_bundles["1"].directory,),
-                     crl_file=str(rpki / "crl.pem"))
+def crl_node(rpki: Path, tmp_path_factory: pytest.TempPathFactory, lr_bundles: dict) -> Iterator[object]:
+    n = support.start_node(tmp_path_factory.mktemp("revocation-node"), rpki, (lr_bundles["1"].directory,),
+                           crl_file=str(rpki / "crl.pem"))
     yield n
     n.stop()
 
@@ -163,14 +161,9 @@ def test_an_owner_refuses_an_inference_node_whose_certificate_is_revoked(crl_nod
                                                  r"\(CN=inference, serial [0-9a-f]+\) is revoked"):
         InferenceClient(endpoint)
     # The owner's command line says so in one line and fails, through owner.yaml's top-level crl_file.
-    owner_yaml = tmp_path / "alice.yaml"
-    owner_yaml.write_text(yaml.safe_dump({
-        "owner_id": "alice", "superlink": "127.0.0.1:1", "root_certificates": str(rpki / "ca.crt"),
-        "auth_key": str(rpki / "alice.key"), "data": str(tmp_path / "none.csv"), "state_dir": str(tmp_path / "st"),
-        "crl_file": str(rpki / "crl.pem"), "release_public_key": str(rpki / "release.pub"),
-        "inference": {"address": endpoint.address, "certfile": str(endpoint.certfile),
-                      "keyfile": str(endpoint.keyfile), "ca_certfile": str(endpoint.ca_certfile)},
-    }))
+    owner_yaml = support.write_owner_yaml(tmp_path / "alice.yaml", "alice", endpoint, tmp_path / "st",
+                                          tmp_path / "none.csv", auth_key=str(rpki / "alice.key"),
+                                          crl_file=str(rpki / "crl.pem"))
     res = subprocess.run([venv_bin("fedfhe-owner"), "delete-keys", "--config", str(owner_yaml)],
                          capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode != 0 and "is revoked on the project CRL" in res.stderr, res.stderr

@@ -50,7 +50,7 @@ def test_a_server_certificate_cannot_act_as_an_owner(node):
 
 def test_owner_cannot_use_or_delete_another_owners_keys(node, alice, bob, digits):
     stolen = alice.key_ids["1"]
-    ct = bob.encrypt("1", digits.X_test[:1])
+    ct = bob.encrypt(digits.X_test[:1], "1")
     bob_stub = node.stub("bob")
     for call, request in (
         (bob_stub.Predict, pb.PredictRequest(key_id=stolen, model=V1, ciphertexts=ct)),
@@ -61,7 +61,7 @@ def test_owner_cannot_use_or_delete_another_owners_keys(node, alice, bob, digits
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "another owner" in info.value.details()
     # alice's keys are untouched and still hers
-    ct_a = alice.encrypt("1", digits.X_test[:1])
+    ct_a = alice.encrypt(digits.X_test[:1], "1")
     resp = node.stub("alice").Predict(pb.PredictRequest(key_id=stolen, model=V1, ciphertexts=ct_a), timeout=60)
     assert len(resp.results) == 1
     # bob cannot even decrypt what alice's request produced with his own key

@@ -24,7 +24,7 @@ import grpc
 import inference_support as support
 import numpy as np
 import pytest
-from inference_support import lr_fixture, pki_fixture  # noqa: F401 - the lr and pki fixtures
+from inference_support import lr_fixture, module_pki_fixture  # noqa: F401 - the lr and module_pki fixtures
 
 from fedfhe_common.procs import wait_until
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
@@ -48,9 +48,9 @@ def _predict(stub: Any, request: pb.PredictRequest) -> tuple[Any, float]:
     return resp, time.perf_counter() - started
 
 
-def test_silent_streams_leave_other_owners_served(tmp_path_factory, lr, pki, record_property):
+def test_silent_streams_leave_other_owners_served(tmp_path_factory, lr, module_pki, record_property):
     work = tmp_path_factory.mktemp("stalls")
-    node = support.start_node(work / "node", pki, lr, rpc_threads=RPC_THREADS,
+    node = support.start_node(work / "node", module_pki, (lr.directory,), rpc_threads=RPC_THREADS,
                               limits={**support.LIMITS, "message_idle_s": IDLE_S,
                                       "max_streams_per_owner": MAX_STREAMS})
     release = threading.Event()
@@ -122,16 +122,16 @@ def _upload(node: Any, owner: str, keys: bytes) -> str:
     return node.stub(owner).UploadKeys(iter(parts), timeout=60).key_id
 
 
-def test_stored_key_bytes_are_capped_per_owner_and_node_wide(tmp_path_factory, lr, pki):
+def test_stored_key_bytes_are_capped_per_owner_and_node_wide(tmp_path_factory, lr, module_pki):
     work = tmp_path_factory.mktemp("key-caps")
-    node = support.start_node(work / "node", pki, lr)
+    node = support.start_node(work / "node", module_pki, (lr.directory,))
     try:
         first = support.make_owner(node, "owner-0", work / "owner-0-state", lr.X_test)
         keys = first.evaluation_keys()
         size = len(keys)
         node.stop()
         # restart with caps: owner-0's stored keys count against them from the start
-        support.write_node_config(node.work, pki, node.port, limits={
+        support.write_node_config(node.work, module_pki, node.port, limits={
             **support.LIMITS, "max_owner_key_bytes": size * 3 // 2, "max_stored_key_bytes": size * 7 // 2})
         node.start()
 

@@ -44,7 +44,7 @@ def setup(tmp_path_factory):
     lr = support.lr_bundle(tmp_path_factory)
     work = tmp_path_factory.mktemp("traversal")
     pki = support.make_pki(work / "pki", ("owner-0",))
-    node = support.start_node(work / "node", pki, lr)
+    node = support.start_node(work / "node", pki, (lr.directory,))
     owner = support.make_owner(node, "owner-0", work / "owner-0-state", lr.X_test)
     # where "../victim" would land from keys_dir and from bundles_dir
     sentinels = [node.work / "victim.evk", node.work / "victim.json", node.work / "victim" / "1" / MANIFEST]

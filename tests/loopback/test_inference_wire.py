@@ -42,7 +42,7 @@ def spec(lr):
 def target(tmp_path_factory, lr):
     work = tmp_path_factory.mktemp("wire-node")
     pki = support.make_pki(work / "pki", ("owner-0", "owner-1"))
-    node = support.start_node(work / "node", pki, lr)
+    node = support.start_node(work / "node", pki, (lr.directory,))
     good = support.make_owner(node, "owner-0", work / "owner-0-state", lr.X_test)
     hostile = support.make_owner(node, "owner-1", work / "owner-1-state", lr.X_test)
     yield node, good, hostile

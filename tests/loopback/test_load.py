@@ -20,7 +20,7 @@ import inference_support as support
 import numpy as np
 import psutil
 import pytest
-from inference_support import lr_fixture, pki_fixture  # noqa: F401 - the lr and pki fixtures
+from inference_support import lr_fixture, module_pki_fixture  # noqa: F401 - the lr and module_pki fixtures
 
 from fedfhe_common.procs import wait_until
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
@@ -49,9 +49,9 @@ def _rows(lr, i: int) -> np.ndarray:
     return lr.X_test[idx]
 
 
-def test_eight_owners_at_once(tmp_path_factory, lr, pki):
+def test_eight_owners_at_once(tmp_path_factory, lr, module_pki):
     work = tmp_path_factory.mktemp("load")
-    node = support.start_node(work / "node", pki, lr)
+    node = support.start_node(work / "node", module_pki, (lr.directory,))
     try:
         owners = [support.make_owner(node, name, work / f"{name}-state", lr.X_test) for name in support.OWNERS]
         batches = []  # per owner: its ciphertext batches, encrypted up front
@@ -97,12 +97,12 @@ def test_eight_owners_at_once(tmp_path_factory, lr, pki):
         node.stop()
 
 
-def test_calls_beyond_capacity_are_refused_at_once(tmp_path_factory, lr, pki):
+def test_calls_beyond_capacity_are_refused_at_once(tmp_path_factory, lr, module_pki):
     work = tmp_path_factory.mktemp("capacity")
     limit = 3
     # message_idle_s: the held uploads wait between header and chunk longer than the default idle timeout may allow
-    node = support.start_node(work / "node", pki, lr, limits={**support.LIMITS, "max_concurrent_rpcs": limit,
-                                                              "message_idle_s": 300})
+    node = support.start_node(work / "node", module_pki, (lr.directory,),
+                              limits={**support.LIMITS, "max_concurrent_rpcs": limit, "message_idle_s": 300})
     release = threading.Event()
     try:
         holders = [support.make_owner(node, f"owner-{i}", work / f"owner-{i}-state", lr.X_test) for i in range(limit)]
