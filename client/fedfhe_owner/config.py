@@ -94,6 +94,32 @@ class InferenceEndpoint:
     # Set from owner.yaml (not a key of its own): the newest CRL number accepted, and whether an expired CRL is.
     crl_mark: Path | None = None
     allow_expired_crl: bool = False
+    # More inference nodes serving the same models, as IP:port (issue 29): calls spread over ``address`` and
+    # these with gRPC's round_robin, and a call refused UNAVAILABLE is retried (inference_client.RETRY_POLICY),
+    # on another node when one is down. Needs server_name, a SAN every node's certificate carries; the nodes
+    # need the owner's keys (a shared key registry).
+    more_addresses: list[Annotated[str, HostPort()]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.more_addresses:
+            return
+        if not self.server_name:
+            raise ConfigError("inference.more_addresses: set inference.server_name too, a name every inference "
+                              "node's certificate carries (the nodes have one address each, the owner one name)")
+        import ipaddress
+
+        for address in [self.address, *self.more_addresses]:
+            host = address.rpartition(":")[0].strip("[]")
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ConfigError(f"inference: {address!r}: with more_addresses every node is an IP:port (gRPC's "
+                                  "static ipv4:/ipv6: resolver); for names, one DNS name with several records "
+                                  "as inference.address") from None
+
+    @property
+    def addresses(self) -> list[str]:
+        return [self.address, *self.more_addresses]
 
 
 @dataclass(frozen=True)

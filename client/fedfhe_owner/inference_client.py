@@ -7,6 +7,7 @@ ciphertexts and encrypted results. Keys and encryption live in keys.py.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -36,15 +37,56 @@ def _read(path: Path, what: str) -> bytes:
         raise ConfigError(f"inference.{what} {path}: cannot read: {exc.strerror}") from None
 
 
+# gRPC's own retries (bounded attempts, exponential backoff) for a call the node refused UNAVAILABLE: a node
+# restarting or gone costs the owner a retry, on another node with several (round_robin), not an error. Every
+# RPC may be repeated: Predict and the reads change nothing, a repeated upload or delete is refused by name.
+# A streamed key upload is retried only while its first 256 kB are buffered (grpc.per_rpc_retry_buffer_size).
+RETRY_POLICY = {"maxAttempts": 5, "initialBackoff": "0.5s", "maxBackoff": "5s", "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"]}
+
+
+def service_config(balanced: bool) -> str:
+    """The channel's gRPC service config: the retry policy, and round_robin over several nodes."""
+    config: dict[str, object] = {"methodConfig": [{"name": [{"service": "fedfhe.inference.v1.Inference"}],
+                                                   "retryPolicy": RETRY_POLICY}]}
+    if balanced:
+        config["loadBalancingConfig"] = [{"round_robin": {}}]
+    return json.dumps(config)
+
+
+def channel_target(endpoint: InferenceEndpoint, addresses: list[str]) -> str:
+    """One address as it is; several as gRPC's static resolver target (``ipv4:a:1,b:2``, IPv6 ``ipv6:``)."""
+    if not endpoint.more_addresses:
+        return addresses[0]
+    scheme = "ipv6" if addresses[0].startswith("[") else "ipv4"
+    return f"{scheme}:{','.join(addresses)}"
+
+
+def checked_addresses(endpoint: InferenceEndpoint) -> list[str]:
+    """The nodes whose certificate the project CRL does not revoke (all, without a CRL); RevokedError for a
+    revoked one. With several nodes one that cannot be reached now is left out of this channel: it could not
+    be checked, so it is never used unchecked (the next channel checks it again)."""
+    if endpoint.crl_file is None:
+        return endpoint.addresses
+    out, unreachable = [], []
+    for address in endpoint.addresses:
+        try:
+            refuse_if_revoked(address, endpoint.ca_certfile, endpoint.crl_file, "inference node",
+                              client_cert=endpoint.certfile, client_key=endpoint.keyfile,
+                              mark=endpoint.crl_mark, allow_expired=endpoint.allow_expired_crl)
+        except ServerUnreachableError as exc:
+            unreachable.append((address, str(exc)))
+            continue
+        out.append(address)
+    if not out:
+        address, why = unreachable[0]
+        raise InferenceError(address, "connect", grpc.StatusCode.UNAVAILABLE, why)
+    return out
+
+
 def secure_channel(endpoint: InferenceEndpoint) -> grpc.Channel:
     """TLS with this owner's client certificate; the server is checked against the project CA (and CRL)."""
-    if endpoint.crl_file is not None:
-        try:
-            refuse_if_revoked(endpoint.address, endpoint.ca_certfile, endpoint.crl_file, "inference node",
-                              client_cert=endpoint.certfile, client_key=endpoint.keyfile, mark=endpoint.crl_mark,
-                              allow_expired=endpoint.allow_expired_crl)
-        except ServerUnreachableError as exc:
-            raise InferenceError(endpoint.address, "connect", grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+    addresses = checked_addresses(endpoint)
     creds = grpc.ssl_channel_credentials(
         root_certificates=_read(endpoint.ca_certfile, "ca_certfile"),
         private_key=_read(endpoint.keyfile, "keyfile"),
@@ -53,10 +95,12 @@ def secure_channel(endpoint: InferenceEndpoint) -> grpc.Channel:
     options = [
         ("grpc.max_receive_message_length", endpoint.max_message_bytes),
         ("grpc.max_send_message_length", endpoint.max_message_bytes),
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", service_config(bool(endpoint.more_addresses))),
     ]
     if endpoint.server_name:
         options.append(("grpc.ssl_target_name_override", endpoint.server_name))
-    return grpc.secure_channel(endpoint.address, creds, options=options)
+    return grpc.secure_channel(channel_target(endpoint, addresses), creds, options=options)
 
 
 class InferenceClient:
