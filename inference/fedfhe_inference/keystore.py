@@ -546,10 +546,10 @@ class KeyStore:
         else:
             self.registry_event("hit")
             if local.versions != remote.versions or local.attach_serials != remote.attach_serials:
-                with self._meta_lock, self._lock:
-                    present = key_id in self._records
-                if present:
-                    with self._meta_lock:
+                with self._meta_lock:  # not for a copy deleted meanwhile: no metadata without its keys
+                    with self._lock:
+                        present = key_id in self._records
+                    if present:
                         self._rewrite(replace(local, served=remote.versions, attach_serials=remote.attach_serials))
         return self.get(key_id, owner)
 
