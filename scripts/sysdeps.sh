@@ -5,6 +5,7 @@ need=()
 [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
 command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+[ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql)  # the key-registry loopback test's server
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "sysdeps: missing Debian packages ${need[*]}; run as root or: sudo apt-get install ${need[*]}" >&2

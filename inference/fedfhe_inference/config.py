@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fedfhe_common.config import HostPort, load_config
 from fedfhe_common.errors import ConfigError
@@ -88,6 +88,43 @@ class Deadlines:
 
 
 @dataclass(frozen=True)
+class KeyRegistryConfig:
+    """inference.yaml's ``key_registry``: where the registry is and the certificates of the TLS link."""
+
+    ca_certfile: Path
+    certfile: Path
+    keyfile: Path
+    dsn: str = ""  # a libpq connection string; host/port/dbname/user below fill what it leaves out
+    host: str = ""
+    port: int = 5432
+    dbname: str = "fedfhe"
+    user: str = ""
+    connect_timeout_s: int = 10
+
+    def __post_init__(self) -> None:
+        if not self.dsn and not (self.host and self.user):
+            raise ConfigError("key_registry: give dsn, or host and user (the CN of key_registry.certfile)")
+        if not 0 < self.port < 65536 or self.connect_timeout_s < 1:
+            raise ConfigError("key_registry: port must be 1-65535 and connect_timeout_s >= 1")
+
+    def conninfo(self) -> str:
+        from psycopg.conninfo import make_conninfo
+
+        parts: dict[str, Any] = {"host": self.host, "port": self.port, "dbname": self.dbname, "user": self.user}
+        if self.dsn:  # what the DSN names wins over the defaults here, never over the TLS settings below
+            from psycopg.conninfo import conninfo_to_dict
+
+            given = conninfo_to_dict(self.dsn)
+            parts = {k: v for k, v in parts.items() if k not in given and v}
+            parts.update(given)
+        parts = {k: v for k, v in parts.items() if v not in ("", None)}
+        parts.update(sslmode="verify-full", sslrootcert=str(self.ca_certfile), sslcert=str(self.certfile),
+                     sslkey=str(self.keyfile), connect_timeout=self.connect_timeout_s,
+                     application_name="fedfhe-inference")
+        return make_conninfo("", **parts)
+
+
+@dataclass(frozen=True)
 class InferenceConfig:
     listen: str
     certfile: Path
@@ -118,6 +155,8 @@ class InferenceConfig:
     metrics_address: Annotated[str, HostPort(allow_empty=True)] = "127.0.0.1:9464"
     limits: Limits = field(default_factory=Limits)
     deadlines: Deadlines = field(default_factory=Deadlines)
+    # The shared evaluation-key registry (key_registry.py); None (absent) = off, keys live in keys_dir only.
+    key_registry: KeyRegistryConfig | None = None
 
     def __post_init__(self) -> None:
         host, _, port = self.listen.rpartition(":")

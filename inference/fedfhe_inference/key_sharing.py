@@ -60,19 +60,20 @@ def check_fit(registry: BundleRegistry, record: KeyRecord, bundle: LoadedBundle,
 
 def attach(store: KeyStore, registry: BundleRegistry, validate: Callable[[LoadedBundle, Path, str], Any],
            owner: str, serial: str, key_id: str, model_id: str, version: str, claimed: str,
-           deadline: float) -> KeyRecord:
+           deadline: float, load: Callable[[KeyRecord, Path, str], Any] | None = None) -> KeyRecord:
     """Check, then record that ``key_id`` serves ``model_id`` ``version`` too; returns the updated record.
 
     ``validate(bundle, path, key_id)`` is the upload's check (``FheRunner.validate_keys``); it runs with
     an empty key id, so a worker checks the stored bytes afresh instead of trusting its cached parse.
-    ``deadline`` (time.monotonic) bounds the wait for a turn at the key-check gate.
+    ``deadline`` (time.monotonic) bounds the wait for a turn at the key-check gate. ``load``: how keys
+    fetched from the shared key registry are checked (``KeyStore.current``; unused without a registry).
     """
     check_key_id(key_id)
     if not version:
         raise invalid("AttachKeysRequest.model.version must name the version to use the keys for")
     if claimed and not key_params.recorded({key_params.FIELD: claimed}):
         raise invalid("AttachKeysRequest.key_params_sha256 must be 64 lowercase hex digits or empty")
-    record = store.get(key_id, owner)
+    record = store.current(key_id, owner, load, deadline)
     bundle = registry.get(model_id, version)
     if bundle.model_id != record.model_id:
         raise invalid(f"evaluation keys {key_id} belong to model {record.model_id}, not {bundle.model_id}: keys "

@@ -200,6 +200,7 @@ class _Upload:
         record = KeyRecord(key_id, self.owner, self.model_id, self.version, self.received, digest, time.time(),
                            self.serial, self.key_params_sha256, (self.version,))
         self.store._install(record, self.path, keys)
+        self.store._publish(record)
         return record
 
     def _parse(self) -> Any:
@@ -227,7 +228,8 @@ class KeyStore:
     """Key records by id, per-owner quotas, and an LRU of deserialized keys bounded in bytes."""
 
     def __init__(self, root: Path, *, max_keys_per_owner: int, max_key_bytes: int, max_chunk_bytes: int,
-                 cache_bytes: int, max_owner_bytes: int | None = None, max_total_bytes: int | None = None) -> None:
+                 cache_bytes: int, max_owner_bytes: int | None = None, max_total_bytes: int | None = None,
+                 registry: Any = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
@@ -250,6 +252,10 @@ class KeyStore:
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._meta_lock = threading.RLock()  # a record's read-modify-write (attach, detach) against its delete
+        # The shared key registry (key_registry.KeyRegistry) or None: keys_dir is then the only store. With one,
+        # the registry is the truth and keys_dir a checked local copy of what this node served (see current()).
+        self.registry = registry
+        self.registry_event: Callable[[str], None] = lambda event: None  # "hit", "miss", "load" (the metrics)
         self._load_index()
 
     # ---- start-up -------------------------------------------------------
@@ -328,13 +334,14 @@ class KeyStore:
             raise exhausted(f"evaluation keys of {total} bytes exceed this node's {self.max_key_bytes}-byte limit")
         if not SHA256_HEX.fullmatch(sha256 or ""):
             raise invalid("UploadHeader.sha256 must be 64 lowercase hex digits")
+        remote = self._remote(self.registry.owned, owner) if self.registry is not None else {}
         with self._lock:
-            used = sum(1 for r in self._records.values() if r.owner == owner) + self._pending.get(owner, 0)
+            used = len(self._owner_sets(owner, remote)) + self._pending.get(owner, 0)
             if used >= self.max_keys_per_owner:
                 raise exhausted(
                     f"owner {owner} already holds {used} key sets (limit {self.max_keys_per_owner}); delete unused ones"
                 )
-            self._check_space(owner, total)
+            self._check_space(owner, total, remote)
             self._pending[owner] = self._pending.get(owner, 0) + 1
             self._pending_bytes[owner] = self._pending_bytes.get(owner, 0) + total
         try:
@@ -348,13 +355,18 @@ class KeyStore:
                 self._pending[owner] -= 1
                 self._pending_bytes[owner] -= total
 
-    def _check_space(self, owner: str, total: int) -> None:
+    def _owner_sets(self, owner: str, remote: dict[str, int]) -> dict[str, int]:
+        """Key id -> bytes of the owner's key sets: here and (``remote``) in the registry (caller holds the lock)."""
+        return {**{r.key_id: r.size for r in self._records.values() if r.owner == owner}, **remote}
+
+    def _check_space(self, owner: str, total: int, remote: dict[str, int] | None = None) -> None:
         """Byte caps per owner and node-wide, counting uploads in progress (caller holds the lock).
 
-        Refusing here, before a byte is written, leaves everything already stored as it was.
+        Refusing here, before a byte is written, leaves everything already stored as it was. ``remote``: the
+        owner's key sets in the registry (id -> bytes), counted with those here for the per-owner cap.
         """
         if self.max_owner_bytes is not None:
-            mine = sum(r.size for r in self._records.values() if r.owner == owner) + self._pending_bytes.get(owner, 0)
+            mine = sum(self._owner_sets(owner, remote or {}).values()) + self._pending_bytes.get(owner, 0)
             if mine + total > self.max_owner_bytes:
                 raise exhausted(
                     f"owner {owner} holds {mine} bytes of evaluation keys; {total} more would exceed the per-owner "
@@ -416,8 +428,16 @@ class KeyStore:
             else:
                 continue
             try:
-                self.delete(record.key_id, record.owner)
-            except ServiceError:  # its owner deleted it meanwhile
+                if self.registry is None:
+                    self.delete(record.key_id, record.owner)
+                else:  # idle: only this node's copy; revoked: everywhere
+                    if gone_serial is not None:
+                        self._remote(self.registry.delete, record.key_id)
+                    with self._meta_lock:
+                        self._delete(record.key_id, record.owner)
+            except ServiceError as exc:  # its owner deleted it meanwhile, or the registry is away (next rescan)
+                if exc.code == grpc.StatusCode.UNAVAILABLE:
+                    log.error("evicting keys %s: %s", record.key_id, exc.message)
                 continue
             gone.append((record, why))
         return gone
@@ -431,6 +451,14 @@ class KeyStore:
                               "shared between versions of one model only")
             if version in record.versions:
                 return record
+            if self.registry is not None:  # one UPDATE there: attaches through two nodes at once both count
+                remote = self._remote(self.registry.attach, key_id, version, serial)
+                if remote is None:
+                    self._drop_local(key_id)
+                    raise not_found(f"evaluation keys {key_id} were deleted; upload them again (UploadKeys)")
+                updated = replace(record, served=remote.versions, attach_serials=remote.attach_serials)
+                self._rewrite(updated)
+                return updated
             serials = record.attach_serials + ((serial,) if serial and serial not in record.serials else ())
             updated = replace(record, served=(*record.versions, version), attach_serials=serials)
             self._rewrite(updated)
@@ -440,6 +468,8 @@ class KeyStore:
         """Stop serving one version (nothing to do if they do not); the keys are deleted with the last.
         Returns (record, deleted)."""
         with self._meta_lock:
+            if self.registry is not None:
+                return self._detach_shared(key_id, owner, model_id, version)
             record = self.get(key_id, owner, usable=False)
             if not record.serves(model_id, version):  # detached already (say, from another of its hosts)
                 return record, False
@@ -459,7 +489,134 @@ class KeyStore:
 
     def delete(self, key_id: str, owner: str) -> KeyRecord:
         with self._meta_lock:
-            return self._delete(key_id, owner)
+            if self.registry is None:
+                return self._delete(key_id, owner)
+            remote = self._shared(key_id, owner)
+            self._remote(self.registry.delete, key_id)
+            self._drop_local(key_id)
+            return remote
+
+    # ---- the shared key registry ------------------------------------------
+    def _remote(self, call: Callable[..., Any], *args: Any) -> Any:
+        """A registry call; a registry that cannot answer is UNAVAILABLE, never a fallback to the local copy."""
+        from .key_registry import RegistryError
+
+        try:
+            return call(*args)
+        except RegistryError as exc:
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, f"{exc}; retry later") from None
+
+    def _shared(self, key_id: str, owner: str) -> KeyRecord:
+        """The registry's record of ``key_id``, the caller's; a local copy of a key the registry lost goes."""
+        check_key_id(key_id)
+        remote = self._remote(self.registry.get, key_id)
+        if remote is None:
+            if self._drop_local(key_id) is not None:
+                log.info("evaluation keys %s are no longer in the key registry: local copy deleted", key_id)
+            raise not_found(f"no evaluation keys with id {key_id}; upload them again (UploadKeys)")
+        if remote.owner != owner:
+            raise denied(f"evaluation keys {key_id} belong to another owner")
+        return remote
+
+    def current(self, key_id: str, owner: str, load: Callable[[KeyRecord, Path, str], Any] | None = None,
+                deadline: float | None = None) -> KeyRecord:
+        """``get`` for Predict and AttachKeys; with a registry, its record first (one indexed SELECT per call).
+
+        Keys the registry no longer has are refused (and their copy here deleted): a DeleteKeys through any
+        node ends them on all. Keys it has and this node lacks are fetched to a temp file in keys_dir, checked
+        like an upload (size and SHA-256, then ``load(record, path, key_id)``: the circuit check and Concrete's
+        parse, in owners' turns at the key-check gate until ``deadline``), and installed as a local copy.
+        Versions attached or detached through other nodes are taken over from the registry's record.
+        """
+        if self.registry is None:
+            return self.get(key_id, owner)
+        remote = self._shared(key_id, owner)
+        with self._lock:
+            local = self._records.get(key_id)
+        if local is None:
+            self.registry_event("miss")
+            if load is None:
+                raise not_found(f"no evaluation keys with id {key_id} on this node")
+            with self._meta_lock:  # one load at a time: two calls for the same missing key fetch it once
+                with self._lock:
+                    local = self._records.get(key_id)
+                if local is None:
+                    self._load(remote, load, deadline)
+                    self.registry_event("load")
+        else:
+            self.registry_event("hit")
+            if local.versions != remote.versions or local.attach_serials != remote.attach_serials:
+                with self._meta_lock:  # not for a copy deleted meanwhile: no metadata without its keys
+                    with self._lock:
+                        present = key_id in self._records
+                    if present:
+                        self._rewrite(replace(local, served=remote.versions, attach_serials=remote.attach_serials))
+        return self.get(key_id, owner)
+
+    def _load(self, record: KeyRecord, load: Callable[[KeyRecord, Path, str], Any], deadline: float | None) -> None:
+        """Fetch ``record``'s bytes from the registry, check them as an upload is checked, install them here."""
+        with self._lock:
+            self._check_space(record.owner, record.size)
+        started = time.perf_counter()
+        with _disk_space("loading evaluation keys from the key registry"):
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".upload-", suffix=".part")
+        path = Path(tmp)
+        try:
+            os.fchmod(fd, 0o600)
+            with _disk_space("loading evaluation keys from the key registry"), os.fdopen(fd, "wb") as fh:
+                whole = self._remote(self.registry.fetch, record, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if not whole:
+                raise ServiceError(grpc.StatusCode.DATA_LOSS,
+                                   f"evaluation keys {record.key_id} in the key registry do not match their SHA-256 or "
+                                   "size (deleted meanwhile, or damaged): delete them and upload new keys")
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                with self.validation_gate.slot(record.owner, wait):
+                    keys = load(record, path, record.key_id)
+            except SlotTimeout:
+                raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   f"the keys could not be checked within the call's deadline ({wait:.1f} s): other "
+                                   "owners' keys are being checked; try again") from None
+            self._install(record, path, keys)
+        finally:
+            path.unlink(missing_ok=True)
+        log.info("owner=%s: loaded keys %s (%d bytes) from the key registry in %.3f s", record.owner, record.key_id,
+                 record.size, time.perf_counter() - started)
+
+    def _publish(self, record: KeyRecord) -> None:
+        """After an upload was installed here: into the registry too, or not at all (the upload fails)."""
+        if self.registry is None:
+            return
+        try:
+            self._remote(self.registry.put, record, self.key_path(record))
+        except BaseException:
+            self._drop_local(record.key_id)
+            raise
+
+    def _detach_shared(self, key_id: str, owner: str, model_id: str, version: str) -> tuple[KeyRecord, bool]:
+        remote = self._shared(key_id, owner)
+        if not remote.serves(model_id, version):
+            return remote, False
+        after, deleted = self._remote(self.registry.detach, key_id, version)
+        if after is None or deleted:
+            self._drop_local(key_id)
+            return remote, True
+        with self._lock:
+            local = self._records.get(key_id)
+        if local is not None:
+            self._rewrite(replace(local, served=after.versions, attach_serials=after.attach_serials))
+        return after, False
+
+    def _drop_local(self, key_id: str) -> KeyRecord | None:
+        """Delete this node's copy of ``key_id`` whoever owns it (the registry decided); None if there was none."""
+        with self._meta_lock, self._lock:
+            record = self._records.get(key_id)
+        if record is None:
+            return None
+        with self._meta_lock:
+            return self._delete(key_id, record.owner)
 
     def _delete(self, key_id: str, owner: str) -> KeyRecord:
         record = self.get(key_id, owner, usable=False)

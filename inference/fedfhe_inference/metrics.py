@@ -106,6 +106,26 @@ class Metrics:
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
+    def enable_key_registry(self) -> None:
+        """The shared key registry's counters (only on nodes that use one: others' metrics stay as they were)."""
+        r = self.registry
+        self.registry_counters = {
+            "hit": Counter(f"{PREFIX}_key_registry_hits",
+                           "Predict/AttachKeys calls whose keys the registry has and this node holds a copy of",
+                           registry=r),
+            "miss": Counter(f"{PREFIX}_key_registry_misses",
+                            "Predict/AttachKeys calls for keys the registry has and this node had no copy of",
+                            registry=r),
+            "load": Counter(f"{PREFIX}_key_registry_loads",
+                            "Key sets fetched from the registry, checked against the circuit and kept here",
+                            registry=r),
+        }
+
+    def registry_event(self, event: str) -> None:
+        counter = getattr(self, "registry_counters", {}).get(event)
+        if counter is not None:
+            counter.inc()
+
     # ---- recording ------------------------------------------------------------------------------
     def observe_call(self, method: str, code: grpc.StatusCode | None, seconds: float) -> None:
         service, name = split_method(method)

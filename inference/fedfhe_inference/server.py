@@ -105,10 +105,22 @@ def build(cfg: InferenceConfig) -> Node:
     registry = BundleRegistry(cfg.bundles_dir, load_verify_key(cfg.release_public_key))
     report = registry.rescan()
     log.info("bundles: %d loaded, %d refused", len(report.loaded), len(report.refused))
+    key_registry = None
+    if cfg.key_registry is not None:
+        from .key_registry import KeyRegistry, RegistryError
+
+        key_registry = KeyRegistry(cfg.key_registry)
+        try:
+            key_registry.ensure_schema()
+        except RegistryError as exc:
+            raise ConfigError(f"key_registry: {exc}") from None
+        log.info("shared key registry: %s (TLS verify-full, client certificate %s)",
+                 cfg.key_registry.host or "dsn", cfg.key_registry.certfile)
     keys = KeyStore(
         cfg.keys_dir, max_keys_per_owner=limits.max_keys_per_owner, max_key_bytes=limits.max_key_bytes,
         max_chunk_bytes=limits.max_chunk_bytes, cache_bytes=cfg.key_cache_bytes,
         max_owner_bytes=limits.max_owner_key_bytes, max_total_bytes=limits.max_stored_key_bytes,
+        registry=key_registry,
     )
     pool = None
     if cfg.sandbox:
@@ -123,6 +135,9 @@ def build(cfg: InferenceConfig) -> Node:
     runner = FheRunner(cfg.fhe_workers, pool, job_s=cfg.job_cpu_s)
     metrics = Metrics(cfg.certfile)
     metrics.source("key_store", keys.usage)
+    if key_registry is not None:
+        metrics.enable_key_registry()
+        keys.registry_event = metrics.registry_event
     metrics.source("bundles", registry.counts)
     metrics.source("workers", lambda: (cfg.fhe_workers, pool.replaced if pool is not None else 0))
     service = InferenceService(cfg, registry, keys, runner, metrics)

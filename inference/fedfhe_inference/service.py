@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,7 +27,7 @@ from .config import InferenceConfig
 from .display import status_text
 from .errors import ServiceError, exhausted, invalid
 from .identity import Identity
-from .keystore import KeyStore, check_key_id
+from .keystore import KeyRecord, KeyStore, check_key_id
 from .metrics import Metrics
 from .runner import FheRunner, KeyFault, check_rows, circuit_spec
 
@@ -152,7 +153,8 @@ class InferenceService(pb_grpc.InferenceServicer):
     @_rpc
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext, owner: str) -> Any:
         budget = self._budget(context, self.cfg.deadlines.predict_s)
-        record = self.keys.get(request.key_id, owner)
+        record = self.keys.current(request.key_id, owner, self.registry_check(request.model.model_id, ""),
+                                   time.monotonic() + budget)
         self.keys.touch(record)
         rows = list(request.ciphertexts)
         limits = self.cfg.limits
@@ -197,6 +199,34 @@ class InferenceService(pb_grpc.InferenceServicer):
         self.metrics.evaluation.labels(bundle.model_id).observe(seconds)
         return pb.PredictResponse(results=results, server_seconds=seconds, model_version=bundle.version)
 
+    def registry_check(self, model_id: str, version: str) -> Callable[[KeyRecord, Path, str], Any]:
+        """How keys loaded from the key registry are checked here: as an upload (``FheRunner.validate_keys``),
+        against the circuit of a version they serve that this node serves; for AttachKeys (``version``), against
+        the version they are being attached to when this node serves none of theirs."""
+
+        def check(record: KeyRecord, path: Path, key_id: str) -> Any:
+            bundle = None
+            for v in record.versions:
+                try:
+                    bundle = self.registry.get(record.model_id, v)
+                    break
+                except ServiceError:
+                    continue
+            if bundle is None and version and model_id == record.model_id:
+                bundle = self.registry.get(model_id, version)
+            if bundle is None:
+                raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
+                                   f"evaluation keys {record.key_id} serve {record.model_id} version(s) "
+                                   f"{', '.join(record.versions)}, none of which this node serves")
+            try:
+                return self.runner.validate_keys(bundle, path, key_id)
+            except ServiceError as exc:
+                raise ServiceError(exc.code, f"evaluation keys {record.key_id} from the key registry fail the "
+                                             f"check against {bundle.model_id} version {bundle.version}: "
+                                             f"{exc.message}") from None
+
+        return check
+
     def evict_keys(self, revoked: frozenset[int], idle_s: float) -> int:
         """Delete keys of revoked certificates and keys idle for ``idle_s`` (0: never), from disk and workers."""
         gone = self.keys.evict(revoked, idle_s)
@@ -227,7 +257,8 @@ class InferenceService(pb_grpc.InferenceServicer):
         deadline = time.monotonic() + self._budget(context, self.cfg.deadlines.upload_s)
         record = key_sharing.attach(self.keys, self.registry, self.runner.validate_keys, owner,
                                     Identity.caller_serial(context), request.key_id, request.model.model_id,
-                                    request.model.version, request.key_params_sha256, deadline)
+                                    request.model.version, request.key_params_sha256, deadline,
+                                    self.registry_check(request.model.model_id, request.model.version))
         log.info("owner=%s attached keys %s to %s/%s (serving %s)", owner, record.key_id, record.model_id,
                  request.model.version, ",".join(record.versions))
         return pb.AttachKeysResponse(key_id=record.key_id, versions=list(record.versions))
