@@ -139,7 +139,7 @@ def setup(tmp_path_factory):
                     "keyfile": str(pki / f"{DB_USER}.key")}
         lr = support.lr_bundle(tmp_path_factory)
         for name in ("a", "b"):
-            nodes.append(support.start_node(work / name, pki, lr, key_registry=registry))
+            nodes.append(support.start_node(work / name, pki, (lr.directory,), key_registry=registry))
         yield pg, pki, nodes[0], nodes[1], lr, work
     finally:
         for node in nodes:
