@@ -89,7 +89,7 @@ EXAMPLES = {
     "draft-schema": "--data patients.csv --label outcome --out schema.yaml",
     "app-hash": "--fab fedfhe-app.fab",
     "predict": "--config /etc/fedfhe/owner.yaml --input rows.csv --out predictions.json",
-    "delete-keys": "--config /etc/fedfhe/owner.yaml --model digits-lr --version 1",
+    "delete-keys": "--config /etc/fedfhe/owner.yaml --model digits-lr --model-version 1",
 }
 
 

@@ -84,7 +84,7 @@ def _compile(args: argparse.Namespace) -> int:
         raise ConfigError("--n-bits auto needs --eval FILE (public rows to measure accuracy on)")
     result, _ = compile_artifact(
         artifact, args.out, signing_key=key, n_bits=args.n_bits, tolerance_points=args.tolerance,
-        model_id=args.model_id, version=args.version, eval_set=eval_set, calibration_rows=args.calibration_rows,
+        model_id=args.model_id, version=args.model_version, eval_set=eval_set, calibration_rows=args.calibration_rows,
         seed=args.seed, force=args.force, progress=_progress("compile"),
     )
     n_bits = result.meta["n_bits"]
@@ -239,7 +239,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-bits", type=_n_bits, default=None,
                    help="quantisation bits (default 8 for linear families, 6 for trees), or 'auto' (needs --eval)")
     p.add_argument("--model-id", help="model id served by the inference node (default: <schema>-<family>)")
-    p.add_argument("--version", help="model version (default: UTC timestamp)")
+    p.add_argument("--model-version", help="model version (default: UTC timestamp)")
     p.add_argument("--eval", type=Path, help="public evaluation file (CSV/NPZ/IDX) to measure accuracy on")
     p.add_argument("--eval-labels", type=Path, help="labels file for an IDX --eval")
     p.add_argument("--tolerance", type=float, default=0.5, help="accuracy points allowed for --n-bits auto")

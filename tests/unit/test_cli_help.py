@@ -48,3 +48,17 @@ def test_every_command_help_ends_with_an_example_that_parses():
 def test_the_example_stays_on_its_own_line(name, capsys):
     words, p, _ = next(c for c in _commands() if c[0][0] == name and len(c[0]) > 1)
     assert p.format_help().rstrip().endswith(f"example:\n  {p.epilog.splitlines()[-1].strip()}")
+
+
+def test_version_is_the_programs_and_the_model_version_is_model_version():
+    """Issue 28: ``--version`` printed the program's version at the top but took a model version on
+    predict, delete-keys and compile. Now it is the program's everywhere; a model version is ``--model-version``."""
+    ref = _cli_reference()
+    for name, top in ref.programs():
+        assert any(isinstance(a, argparse._VersionAction) for a in top._actions), f"{name}: no --version"
+        for words, _, p in ref.walk([name], top):
+            if p is not top:
+                assert not any("--version" in a.option_strings for a in p._actions), f"{' '.join(words)}: --version"
+    options = {tuple(words): {o for a in p._actions for o in a.option_strings} for words, p, _ in _commands()}
+    for words in (("fedfhe-owner", "predict"), ("fedfhe-owner", "delete-keys"), ("fedfhe-coordinator", "compile")):
+        assert "--model-version" in options[words], words
