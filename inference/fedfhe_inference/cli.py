@@ -16,7 +16,7 @@ from typing import Any
 from fedfhe_common.config_check import add_check_config
 from fedfhe_common.console import add_command, add_examples, command_parser, run
 from fedfhe_common.errors import ConfigError, FedfheError
-from fedfhe_common.logs import add_log_format
+from fedfhe_common.logs import add_log_options
 from fedfhe_common.output import add_format, print_json, wants_json
 
 from . import config as inference_config
@@ -28,7 +28,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .server import serve
 
     cfg = inference_config.load(args.config)
-    configure(args.log_format)
+    configure(args.log_format, args.log_level)
     if args.log_format == "json":  # torch's CUDA notice as a record, not a bare line among the records
         import logging
 
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     ap, sub = command_parser("fedfhe-inference", __doc__)
     p = add_command(sub, "serve", _serve, "run the mutual-TLS gRPC inference service in the foreground")
     p.add_argument("--config", type=Path, required=True, help="inference.yaml")
-    add_log_format(p)
+    add_log_options(p)
     add_check_config(sub, inference_config.InferenceConfig, "inference.yaml")
     for name, fn, help_text in (
         ("publish", _publish, "verify a bundle directory and install it into the bundles directory"),
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             add_format(p)
     add_examples(ap, {
-        "serve": "--config /etc/fedfhe/inference.yaml --log-format json",
+        "serve": "--config /etc/fedfhe/inference.yaml --log-format json --log-level WARNING",
         "check-config": "--config /etc/fedfhe/inference.yaml",
         "publish": "--config /etc/fedfhe/inference.yaml bundles/digits-lr-1 --reload",
         "list": "--config /etc/fedfhe/inference.yaml --format json",
