@@ -23,9 +23,12 @@ def _commands() -> list[tuple[list[str], argparse.ArgumentParser, argparse.Argum
 
 
 def test_every_option_has_help_text():
+    """Every parser, the programs' own too (fedfhe-pki --dir, --version), not only the commands that run."""
+    ref = _cli_reference()
+    parsers = [(words, p) for name, top in ref.programs() for words, _, p in ref.walk([name], top)]
     missing = [f"{' '.join(words)} {a.option_strings[0] if a.option_strings else a.dest}"
-               for words, p, _ in _commands() for a in p._actions
-               if not a.help and not isinstance(a, argparse._SubParsersAction)]
+               for words, p in parsers for a in p._actions
+               if not (a.help or "").strip() and not isinstance(a, argparse._SubParsersAction)]
     assert not missing, f"options without help text: {missing}"
 
 
