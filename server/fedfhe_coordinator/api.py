@@ -82,7 +82,7 @@ def compile_bundle(
         rows = load_eval_rows(None if eval_set is None else Path(eval_set),
                               None if eval_labels is None else Path(eval_labels), artifact.schema)
     if n_bits == "auto" and rows is None:
-        raise ConfigError("n_bits auto needs public rows to measure accuracy on (--eval FILE, or eval_set)")
+        raise ConfigError("--n-bits auto needs --eval FILE (eval_set in Python): public rows to measure accuracy on")
     result, _ = compile_artifact(
         artifact, out, signing_key=key, n_bits=n_bits, tolerance_points=tolerance_points, model_id=model_id,
         version=model_version, eval_set=rows, calibration_rows=calibration_rows, seed=seed, force=force,

@@ -34,7 +34,7 @@ def test_compile_bundle_writes_a_signed_bundle_of_that_version(compiled, pki, di
 
 def test_compile_bundle_refuses_before_compiling(lr_artifact, pki, digits, tmp_path, compiled):
     common = {"model_id": None, "model_version": None, "release_key": pki / "release.key"}
-    with pytest.raises(ConfigError, match="n_bits auto needs public rows"):
+    with pytest.raises(ConfigError, match=r"--n-bits auto needs --eval FILE \(eval_set in Python\)"):
         compile_bundle(lr_artifact, tmp_path / "a", n_bits="auto", **common)
     with pytest.raises(ConfigError, match="eval_labels names the labels of an IDX eval_set file"):
         compile_bundle(lr_artifact, tmp_path / "b", eval_set=(digits.X_test, digits.y_test),
