@@ -11,7 +11,7 @@ import numpy as np
 from fedfhe_common.config_check import add_check_config
 from fedfhe_common.console import add_command, add_examples, command_parser, run
 from fedfhe_common.errors import FedfheError
-from fedfhe_common.logs import add_log_format
+from fedfhe_common.logs import add_log_options
 
 from . import config as owner_config
 
@@ -19,7 +19,7 @@ from . import config as owner_config
 def _supernode(args: argparse.Namespace) -> int:
     from .supernode import run_supernode
 
-    return run_supernode(owner_config.load(args.config), args.config, args.log_format)
+    return run_supernode(owner_config.load(args.config), args.config, args.log_format, args.log_level)
 
 
 def _check_data(args: argparse.Namespace) -> int:
@@ -83,13 +83,13 @@ def owner_problems(cfg: owner_config.OwnerConfig) -> list[str]:
 
 # One command line per subcommand, ending its --help (tests/unit/test_cli_help.py parses each).
 EXAMPLES = {
-    "supernode": "--config /etc/fedfhe/owner.yaml --log-format json",
+    "supernode": "--config /etc/fedfhe/owner.yaml --log-format json --log-level WARNING",
     "check-config": "--config /etc/fedfhe/owner.yaml",
     "check-data": "--config /etc/fedfhe/owner.yaml",
     "draft-schema": "--data patients.csv --label outcome --out schema.yaml",
     "app-hash": "--fab fedfhe-app.fab",
     "predict": "--config /etc/fedfhe/owner.yaml --input rows.csv --out predictions.json",
-    "delete-keys": "--config /etc/fedfhe/owner.yaml --model digits-lr --version 1",
+    "delete-keys": "--config /etc/fedfhe/owner.yaml --model digits-lr --model-version 1",
 }
 
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap, sub = command_parser("fedfhe-owner", __doc__)
     p = add_command(sub, "supernode", _supernode, "run flower-supernode (TLS, SuperNode auth) in the foreground",
                     config="owner.yaml")
-    add_log_format(p)
+    add_log_options(p)
     add_check_config(sub, owner_config.OwnerConfig, "owner.yaml", owner_problems)
     add_command(sub, "check-data", _check_data, "validate this owner's data file against the schema (every bad "
                 "cell listed)", config="owner.yaml")

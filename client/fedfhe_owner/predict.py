@@ -128,7 +128,8 @@ def resolve_for_predict(client: InferenceClient, state_dir: Path, model_id: str 
             raise IntegrityError(
                 f"inference node {client.endpoint.address} offers version {info.version} as the latest of model "
                 f"{info.model_id}, but this owner has already used version {newest}: a node may be rolling the model "
-                f"back; refusing (name --version {info.version} to use it deliberately)")
+                f"back; refusing (name --model-version {info.version}, or version={info.version!r} in Python, "
+                "to use it deliberately)")
     return info
 
 

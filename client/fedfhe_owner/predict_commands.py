@@ -19,7 +19,7 @@ def _predict(args: argparse.Namespace) -> int:
     from .api import Predictor
     from .predict_io import load_rows, write_predictions
 
-    with Predictor(args.config, model=args.model or "", version=args.version or "", progress=not args.no_progress,
+    with Predictor(args.config, model=args.model or "", version=args.model_version or "", progress=not args.no_progress,
                    batch_size=args.batch_size) as predictor:
         X, y = load_rows(args.input, predictor.schema, args.labels)
         result = predictor.predict_result(X)
@@ -59,7 +59,7 @@ def _delete_keys(args: argparse.Namespace) -> int:
     cfg = owner_config.load(args.config)
     endpoint = endpoint_of(cfg, args.config)
     with InferenceClient(endpoint) as client:
-        info = resolve_model(client, args.model or endpoint.model_id, args.version or "")
+        info = resolve_model(client, args.model or endpoint.model_id, args.model_version or "")
         deleted = delete_keys(endpoint, cfg.state_dir, info.model_id, info.version, client=client)
     if deleted and deleted.versions_left:
         print(f"detached evaluation keys {deleted.key_id} from {info.model_id} {info.version} on {endpoint.address}; "
@@ -79,7 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", type=Path, help="labels file for IDX input")
     p.add_argument("--out", type=Path, required=True, help="predictions file (.csv or .json)")
     p.add_argument("--model", help="model id (default: inference.model_id, or the only model served)")
-    p.add_argument("--version", help="model version (default: the latest)")
+    p.add_argument("--model-version", help="model version (default: the latest)")
     p.add_argument("--batch-size", type=int, help="rows per Predict call (default: inference.batch_size)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_format(p)
@@ -89,5 +89,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "(keys shared with other versions stay for those)")
     p.add_argument("--config", type=Path, required=True, help="owner.yaml (with an 'inference' section)")
     p.add_argument("--model", help="model id (default: inference.model_id, or the only model served)")
-    p.add_argument("--version", help="model version (default: the latest)")
+    p.add_argument("--model-version", help="model version (default: the latest)")
     p.set_defaults(fn=_delete_keys)

@@ -13,6 +13,7 @@ from fedfhe_common.app_approval import ENV_APPROVED, ENV_OWNER
 from fedfhe_common.errors import ConfigError, FedfheError
 from fedfhe_common.fileio import write_atomic
 from fedfhe_common.fl_contract import TEST_HOSTILE_REPLY, TEST_RECORD_UPDATES
+from fedfhe_common.logs import DEFAULT_LEVEL, flower_level_env
 from fedfhe_common.procs import exec_in_venv, flower_env, venv_bin
 
 from .config import OwnerConfig
@@ -196,18 +197,20 @@ def supernode_env(cfg: OwnerConfig, shim_dir: Path, base: dict[str, str] | None 
     return env
 
 
-def run_supernode(cfg: OwnerConfig, config_path: Path, log_format: str = "text") -> int:
+def run_supernode(cfg: OwnerConfig, config_path: Path, log_format: str = "text",
+                  log_level: str = DEFAULT_LEVEL) -> int:
     """``fedfhe-owner supernode``: check what can be checked, then flower-supernode in the foreground.
 
     Text logs: this process becomes flower-supernode (exec), as before. ``log_format`` json: its own
     lines are JSON records and it stays flower-supernode's parent, relaying each line Flower (and the
-    ClientApps it starts) print as a JSON record with ``"source": "flower-supernode"``.
+    ClientApps it starts) print as a JSON record with ``"source": "flower-supernode"``. ``log_level`` applies to
+    this process and, through FLWR_LOG_LEVEL, to flower-supernode and its ClientApps.
     """
     from fedfhe_common.data import load_table
     from fedfhe_common.logs import configure
     from fedfhe_common.schema import resolve_schema
 
-    configure(log_format)
+    configure(log_format, log_level)
     if log_format == "text":
         for handler in logging.getLogger().handlers:
             handler.setFormatter(OwnerLines())
@@ -233,7 +236,7 @@ def run_supernode(cfg: OwnerConfig, config_path: Path, log_format: str = "text")
         log.info("SuperLink %s: certificate serial %x is not on %s", cfg.superlink, cert.serial_number, cfg.crl_file)
     cmd = supernode_command(cfg)
     fresh_tmp_dir(cfg)
-    env = supernode_env(cfg, write_clientapp_shim(cfg))
+    env = flower_level_env(supernode_env(cfg, write_clientapp_shim(cfg)), log_level)
     if log_format == "text":
         logging.shutdown()
         exec_in_venv(cmd, env)

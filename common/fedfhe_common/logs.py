@@ -4,7 +4,9 @@
 writes ``{"time", "level", "logger", "message"}`` per record (and ``"exception"`` with the traceback), so
 journald, Loki or Elasticsearch take fields without a parsing rule. Lines a Flower child process prints
 (flower-superlink, flower-supernode and what they start) become records too (:func:`wrap_line`), with
-``"source"`` naming the command. One home for the format: every service imports it from here.
+``"source"`` naming the command. ``--log-level`` sets the level of fedfhe's records and, through
+``FLWR_LOG_LEVEL`` (:func:`flower_level_env`), of the Flower processes the service starts. One home for the
+format and the level: every service imports them from here.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import time
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FORMATS = ("text", "json")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")  # what --log-level offers (CRITICAL would hide errors)
+DEFAULT_LEVEL = "INFO"
+FLOWER_LEVEL_ENV = "FLWR_LOG_LEVEL"  # read by flwr.supercore.logger when a Flower process starts
 # Flower's console lines: "INFO :      Starting Flower SuperLink" (colours when it thinks it has a terminal).
 FLOWER_LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)\s*:\s*(.*)$", re.S)
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -45,11 +50,23 @@ class JsonLines(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
-def configure(log_format: str = "text", level: int = logging.INFO) -> None:
-    """Root logging to stderr in ``log_format`` ("text" or "json")."""
+def configure(log_format: str = "text", level: str = DEFAULT_LEVEL) -> None:
+    """Root logging to stderr in ``log_format`` ("text" or "json"), records below ``level`` dropped."""
+    if log_format not in FORMATS:
+        raise ValueError(f"log format {log_format!r}: expected one of {', '.join(FORMATS)}")
+    if level not in LOG_LEVELS:
+        raise ValueError(f"log level {level!r}: expected one of {', '.join(LOG_LEVELS)}")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLines() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def flower_level_env(env: dict[str, str], level: str) -> dict[str, str]:
+    """``env`` with ``FLWR_LOG_LEVEL`` set to ``level``: Flower's processes log at the service's level.
+
+    The flag wins over a ``FLWR_LOG_LEVEL`` already in the environment: one setting for the whole service.
+    """
+    return {**env, FLOWER_LEVEL_ENV: level}
 
 
 # torch.utils.cpp_extension (Concrete ML imports it) prints this to stderr on a host with a CUDA toolkit and no GPU.
@@ -79,10 +96,13 @@ def import_quietly(module: str) -> list[str]:
     return captured.getvalue().splitlines()
 
 
-def add_log_format(parser: argparse.ArgumentParser) -> None:
-    """``--log-format text|json`` on a service's subcommand."""
+def add_log_options(parser: argparse.ArgumentParser) -> None:
+    """``--log-format text|json`` and ``--log-level LEVEL`` on a long-running service's subcommand."""
     parser.add_argument("--log-format", choices=FORMATS, default="text",
                         help="log lines: text, or one JSON object per line (default: text)")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default=DEFAULT_LEVEL, type=str.upper,
+                        help=f"lowest level logged, by this service and the Flower processes it starts "
+                             f"(default: {DEFAULT_LEVEL})")
 
 
 def wrap_line(line: str, source: str, stream: str, now: float | None = None) -> str:

@@ -55,7 +55,7 @@ def publish_bundle(source: Path, bundles_dir: Path, key: Ed25519PublicKey) -> tu
             return dest, False
         raise FedfheError(
             f"{dest}: model {model_id} version {version} is already published with different content; "
-            "versions are immutable, compile with a new --version"
+            "versions are immutable, compile with a new --model-version"
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{version}.publish."))

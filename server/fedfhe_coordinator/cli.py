@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fedfhe_common.config_check import add_check_config
 from fedfhe_common.console import add_command, add_examples, command_parser, run
-from fedfhe_common.logs import add_log_format
+from fedfhe_common.logs import add_log_options
 from fedfhe_common.output import add_format, print_json, wants_json
 
 from . import config as coord_config
@@ -18,7 +18,7 @@ from . import config as coord_config
 def _superlink(args: argparse.Namespace) -> int:
     from .superlink import run_superlink
 
-    return run_superlink(coord_config.load(args.config), args.log_format)
+    return run_superlink(coord_config.load(args.config), args.log_format, args.log_level)
 
 
 def _register(args: argparse.Namespace) -> int:
@@ -149,7 +149,7 @@ def coordinator_problems(cfg: coord_config.CoordinatorConfig) -> list[str]:
 CONFIG = "coordinator.yaml"
 # One command line per subcommand, ending its --help (tests/unit/test_cli_help.py parses each).
 EXAMPLES = {
-    "superlink": "--config /etc/fedfhe/coordinator.yaml --log-format json",
+    "superlink": "--config /etc/fedfhe/coordinator.yaml --log-format json --log-level DEBUG",
     "register": "--config /etc/fedfhe/coordinator.yaml --plan",
     "train": "--config /etc/fedfhe/coordinator.yaml --rounds 5",
     "runs": "--config /etc/fedfhe/coordinator.yaml --limit 10",
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ap, sub = command_parser("fedfhe-coordinator", __doc__)
     p = add_command(sub, "superlink", _superlink, "run flower-superlink (TLS, SuperNode auth) in the foreground",
                     config=CONFIG)
-    add_log_format(p)
+    add_log_options(p)
     p = add_command(sub, "register", _register, "register SuperNode public keys with the SuperLink", config=CONFIG)
     p.add_argument("--key", action="append", default=[], help="public key file (default: all in the config)")
     p.add_argument("--plan", action="store_true",

@@ -15,19 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from fedfhe_common.errors import ConfigError
 from fedfhe_common.output import add_format, print_json, wants_json
-from fedfhe_common.schema import DatasetSchema
-
-
-def _load_eval(path: Path | None, labels: Path | None, schema: DatasetSchema) -> tuple[np.ndarray, np.ndarray] | None:
-    if path is None:
-        return None
-    from fedfhe_common.data import load_table
-
-    return load_table(path, schema, labels)
 
 
 def _n_bits(value: str) -> int | str:
@@ -70,22 +59,13 @@ def _fmt(value: float | None, metric: str = "accuracy") -> str:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from fedfhe_common.artifact import TrainingArtifact
-    from fedfhe_common.release import load_signing_key
+    from .api import compile_bundle
 
-    from .compile import check_out, compile_artifact
-
-    check_out(args.out, args.force)  # before the release key's passphrase prompt and the artifact's check
-    key = load_signing_key(args.release_key)
-    # Signature and manifest are checked before anything heavy (the --eval file, Concrete ML).
-    artifact = TrainingArtifact.load(args.artifact, key.public_key())
-    eval_set = _load_eval(args.eval, args.eval_labels, artifact.schema)
-    if args.n_bits == "auto" and eval_set is None:
-        raise ConfigError("--n-bits auto needs --eval FILE (public rows to measure accuracy on)")
-    result, _ = compile_artifact(
-        artifact, args.out, signing_key=key, n_bits=args.n_bits, tolerance_points=args.tolerance,
-        model_id=args.model_id, version=args.version, eval_set=eval_set, calibration_rows=args.calibration_rows,
-        seed=args.seed, force=args.force, progress=_progress("compile"),
+    result = compile_bundle(
+        args.artifact, args.out, model_id=args.model_id, model_version=args.model_version,
+        release_key=args.release_key, n_bits=args.n_bits, eval_set=args.eval, eval_labels=args.eval_labels,
+        tolerance_points=args.tolerance, calibration_rows=args.calibration_rows, seed=args.seed, force=args.force,
+        progress=_progress("compile"),
     )
     n_bits = result.meta["n_bits"]
     if wants_json(args):
@@ -108,6 +88,7 @@ def _compile(args: argparse.Namespace) -> int:
 def _choose(args: argparse.Namespace) -> int:
     from fedfhe_common.artifact import TrainingArtifact
 
+    from .api import load_eval_rows
     from .nbits import choose_n_bits
 
     if args.min_bits > args.max_bits:
@@ -115,7 +96,7 @@ def _choose(args: argparse.Namespace) -> int:
     from .compile import calibration_set
 
     artifact = TrainingArtifact.load(args.artifact)
-    eval_set = _load_eval(args.eval, args.eval_labels, artifact.schema)
+    eval_set = load_eval_rows(args.eval, args.eval_labels, artifact.schema)
     assert eval_set is not None
     eval_set = (artifact.prep.transform(eval_set[0], args.eval), eval_set[1])
     estimator = artifact.to_estimator()
@@ -153,12 +134,13 @@ def _train_local(args: argparse.Namespace) -> int:
     from fedfhe_common.release import load_signing_key
     from fedfhe_common.schema import resolve_schema
 
+    from .api import load_eval_rows
     from .local_training import train_local_file
 
     models.check_params(args.model, args.model_params, "--model-params")
     key = load_signing_key(args.release_key)
     schema = resolve_schema(args.schema)
-    eval_set = _load_eval(args.eval, args.eval_labels, schema)
+    eval_set = load_eval_rows(args.eval, args.eval_labels, schema)
     artifact = train_local_file(
         args.data, schema, args.model, args.out, labels=args.labels, model_params=args.model_params,
         epochs=args.epochs, eval_set=eval_set, signing_key=key,
@@ -195,12 +177,13 @@ def _tune(args: argparse.Namespace) -> int:
     from fedfhe_common.preprocessing import Preprocessing
     from fedfhe_common.schema import resolve_schema
 
+    from .api import load_eval_rows
     from .tune import tune
 
     schema = resolve_schema(args.schema)
     X, y = load_table(args.data, schema, args.labels)
     prep = Preprocessing.local(schema, X)
-    eval_set = _load_eval(args.eval, args.eval_labels, schema)
+    eval_set = load_eval_rows(args.eval, args.eval_labels, schema)
     assert eval_set is not None
     say = _progress("tune")
     result = tune(prep.transform(X, args.data), y, schema, args.model, args.grid, args.n_bits,
@@ -239,7 +222,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-bits", type=_n_bits, default=None,
                    help="quantisation bits (default 8 for linear families, 6 for trees), or 'auto' (needs --eval)")
     p.add_argument("--model-id", help="model id served by the inference node (default: <schema>-<family>)")
-    p.add_argument("--version", help="model version (default: UTC timestamp)")
+    p.add_argument("--model-version", help="model version (default: UTC timestamp)")
     p.add_argument("--eval", type=Path, help="public evaluation file (CSV/NPZ/IDX) to measure accuracy on")
     p.add_argument("--eval-labels", type=Path, help="labels file for an IDX --eval")
     p.add_argument("--tolerance", type=float, default=0.5, help="accuracy points allowed for --n-bits auto")

@@ -6,6 +6,7 @@ authentication is always enabled: only registered public keys may join.
 
 from __future__ import annotations
 
+from fedfhe_common.logs import DEFAULT_LEVEL, flower_level_env
 from fedfhe_common.procs import exec_in_venv, flower_env, venv_bin
 
 from .config import CoordinatorConfig
@@ -34,23 +35,25 @@ def superlink_command(cfg: CoordinatorConfig) -> list[str]:
     return cmd
 
 
-def run_superlink(cfg: CoordinatorConfig, log_format: str = "text") -> int:
+def run_superlink(cfg: CoordinatorConfig, log_format: str = "text", log_level: str = DEFAULT_LEVEL) -> int:
     """``fedfhe-coordinator superlink``: flower-superlink in the foreground, under whatever supervises this.
 
     With nothing to add (text logs, ``metrics_address: ""``) this process becomes flower-superlink
     (exec). Otherwise it stays its parent: it serves the training metrics (metrics.py) and, with
     ``log_format`` json, relays each line flower-superlink and its ServerApps print as a JSON record.
+    ``log_level`` applies to this process and, through FLWR_LOG_LEVEL, to flower-superlink and its ServerApps.
     """
     cmd = superlink_command(cfg)
+    env = flower_level_env(flower_env(), log_level)
     if log_format == "text" and not cfg.metrics_address:
-        exec_in_venv(cmd)  # the service manager supervises flower-superlink itself
+        exec_in_venv(cmd, env)  # the service manager supervises flower-superlink itself
     from fedfhe_common.logs import configure
     from fedfhe_common.relay import exit_as, run_relayed
 
-    configure(log_format)
+    configure(log_format, log_level)
     if cfg.metrics_address:
         from .metrics import Metrics
 
         # before Flower starts: a taken port is a config error, not half a service
         Metrics(cfg).serve(cfg.metrics_address)
-    return exit_as(run_relayed(cmd, flower_env(), "flower-superlink", json_lines=log_format == "json"))
+    return exit_as(run_relayed(cmd, env, "flower-superlink", json_lines=log_format == "json"))

@@ -106,7 +106,7 @@ def test_predict_json_summary(node, alice, digits, tmp_path):
     rows = tmp_path / "rows.csv"
     save_csv(rows, digits.X_test[:12], digits.y_test[:12], DIGITS)
     res = subprocess.run([venv_bin("fedfhe-owner"), "predict", "--config", str(owner_yaml), "--input",
-                          str(rows), "--out", str(tmp_path / "p.csv"), "--version", "1", "--format",
+                          str(rows), "--out", str(tmp_path / "p.csv"), "--model-version", "1", "--format",
                           "json", "--no-progress"], capture_output=True, text=True, timeout=300, check=False)
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)

@@ -96,7 +96,7 @@ def test_predict_command_writes_csv_and_json(node, digits, tmp_path):
     predict_commands.register(ap.add_subparsers(dest="cmd"))
     for out in (tmp_path / "pred.csv", tmp_path / "pred.json"):
         args = ap.parse_args(["predict", "--config", str(owner_yaml), "--input", str(rows), "--out", str(out),
-                              "--version", "1", "--no-progress"])
+                              "--model-version", "1", "--no-progress"])
         assert args.fn(args) == 0
     lines = (tmp_path / "pred.csv").read_text().splitlines()
     assert lines[0].startswith("row,prediction,p_0") and len(lines) == 7
@@ -106,7 +106,8 @@ def test_predict_command_writes_csv_and_json(node, digits, tmp_path):
     assert abs(sum(doc["predictions"][0]["probabilities"]) - 1) < 1e-6
     # with labels: an accuracy line is printed and a label column written
     args = ap.parse_args(["predict", "--config", str(owner_yaml), "--input", str(digits.test_csv), "--out",
-                          str(tmp_path / "labelled.csv"), "--version", "1", "--no-progress", "--batch-size", "32"])
+                          str(tmp_path / "labelled.csv"), "--model-version", "1", "--no-progress",
+                          "--batch-size", "32"])
     assert args.fn(args) == 0
     assert (tmp_path / "labelled.csv").read_text().splitlines()[0].startswith("row,prediction,label,")
 

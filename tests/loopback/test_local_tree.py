@@ -55,7 +55,7 @@ def test_local_tree_from_csv_to_encrypted_predictions(tmp_path, node, pki):
 
     bundle = tmp_path / "bundle"
     run = server_cli("compile", "--artifact", str(art), "--out", str(bundle), "--model-id", "diabetes-tree",
-                     "--version", "1", "--eval", str(tmp_path / "test.csv"), *key)
+                     "--model-version", "1", "--eval", str(tmp_path / "test.csv"), *key)
     assert run.returncode == 0, run.stderr
     meta = verify_manifest(bundle, "fedfhe-fhe-bundle")
     assert meta["family"] == "DecisionTreeRegressor" and meta["n_bits"] == 6  # the trees' default

@@ -356,7 +356,7 @@ def test_an_owner_refuses_a_rollback_to_an_older_version(hostile, node, lr_bundl
     _serve(servicer, lr_bundles["1"].directory)  # a node that now says version 1 is the latest
     endpoint = dataclasses.replace(node.endpoint(owner), address=address)
     with pytest.raises(IntegrityError, match=r"offers version 1 as the latest of model digits-lr, but this owner has "
-                                             rf"already used version {newest.version}.*--version 1"):
+                                             rf"already used version {newest.version}.*--model-version 1"):
         predict_rows(endpoint, state, digits.X_test[:1], model_id="digits-lr", progress=False)
     assert "GetClientSpecs" not in servicer.calls and "Predict" not in servicer.calls
     pinned = predict_rows(node.endpoint(owner), state, digits.X_test[:1], model_id="digits-lr", version="1",

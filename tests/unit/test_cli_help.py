@@ -23,9 +23,12 @@ def _commands() -> list[tuple[list[str], argparse.ArgumentParser, argparse.Argum
 
 
 def test_every_option_has_help_text():
+    """Every parser, the programs' own too (fedfhe-pki --dir, --version), not only the commands that run."""
+    ref = _cli_reference()
+    parsers = [(words, p) for name, top in ref.programs() for words, _, p in ref.walk([name], top)]
     missing = [f"{' '.join(words)} {a.option_strings[0] if a.option_strings else a.dest}"
-               for words, p, _ in _commands() for a in p._actions
-               if not a.help and not isinstance(a, argparse._SubParsersAction)]
+               for words, p in parsers for a in p._actions
+               if not (a.help or "").strip() and not isinstance(a, argparse._SubParsersAction)]
     assert not missing, f"options without help text: {missing}"
 
 
@@ -48,3 +51,17 @@ def test_every_command_help_ends_with_an_example_that_parses():
 def test_the_example_stays_on_its_own_line(name, capsys):
     words, p, _ = next(c for c in _commands() if c[0][0] == name and len(c[0]) > 1)
     assert p.format_help().rstrip().endswith(f"example:\n  {p.epilog.splitlines()[-1].strip()}")
+
+
+def test_version_is_the_programs_and_the_model_version_is_model_version():
+    """Issue 28: ``--version`` printed the program's version at the top but took a model version on
+    predict, delete-keys and compile. Now it is the program's everywhere; a model version is ``--model-version``."""
+    ref = _cli_reference()
+    for name, top in ref.programs():
+        assert any(isinstance(a, argparse._VersionAction) for a in top._actions), f"{name}: no --version"
+        for words, _, p in ref.walk([name], top):
+            if p is not top:
+                assert not any("--version" in a.option_strings for a in p._actions), f"{' '.join(words)}: --version"
+    options = {tuple(words): {o for a in p._actions for o in a.option_strings} for words, p, _ in _commands()}
+    for words in (("fedfhe-owner", "predict"), ("fedfhe-owner", "delete-keys"), ("fedfhe-coordinator", "compile")):
+        assert "--model-version" in options[words], words

@@ -65,7 +65,7 @@ def test_choose_n_bits_and_compile_json(lr_artifact, digits, pki, tmp_path, caps
     assert [t["n_bits"] for t in choice["trials"]][0] == 7 and 0.8 < choice["clear_accuracy"] <= 1
     out = tmp_path / "bundle"
     assert server_cli.main(["compile", *common, "--out", str(out), "--n-bits", "7", "--model-id", "digits-lr",
-                            "--version", "7", "--release-key", str(pki / "release.key"), "--format", "json"]) == 0
+                            "--model-version", "7", "--release-key", str(pki / "release.key"), "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["bundle"] == str(out) and doc["model_id"] == "digits-lr" and doc["version"] == "7"
     assert doc["n_bits"] == 7 and len(doc["bundle_sha256"]) == 64

@@ -208,7 +208,8 @@ def test_server_commands_train_local_choose_and_compile(digits, tmp_path, capsys
     assert 6 <= chosen <= 9
     out, key = tmp_path / "bundle", ["--release-key", str(pki / "release.key")]
     assert _run(register, ["compile", "--artifact", str(art), "--out", str(out), "--n-bits", str(chosen),
-                           "--eval", str(digits.test_csv), "--model-id", "digits-sgd", "--version", "7", *key]) == 0
+                           "--eval", str(digits.test_csv), "--model-id", "digits-sgd", "--model-version", "7",
+                           *key]) == 0
     meta = verify_manifest(out, "fedfhe-fhe-bundle")
     assert (meta["model_id"], meta["version"], meta["n_bits"]) == ("digits-sgd", "7", chosen)
     m = meta["metrics"]

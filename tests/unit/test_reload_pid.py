@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fedfhe_common.errors import FedfheError
-from fedfhe_inference.cli import _reload
+from fedfhe_inference.api import reload_server as _reload
 
 SERVER = """
 import signal, sys, time
