@@ -69,6 +69,27 @@ def owner_prediction(client: Any, encrypted_result: bytes, schema: Any) -> Any:
     return decode(d.raw, d.outputs, schema, decides_on_raw_scores(client.model))[0][0]
 
 
+def time_encrypted_rows(client: Any, server: Any, evaluation_keys: bytes, X: np.ndarray, schema: Any
+                        ) -> tuple[list[Any], list[float], list[float]]:
+    """Rows of ``X`` one at a time: encrypted, run by FHEModelServer, decrypted and decoded as the owner's client
+    does, until ROW_BUDGET_S after the first; (predictions, seconds per row, server-run seconds per row)."""
+    predictions: list[Any] = []
+    latencies: list[float] = []
+    server_runs: list[float] = []
+    budget_end = time.perf_counter() + ROW_BUDGET_S
+    for i in range(len(X)):
+        if i and time.perf_counter() > budget_end:
+            break
+        t = time.perf_counter()
+        ciphertext = client.quantize_encrypt_serialize(X[i:i + 1])
+        s = time.perf_counter()
+        result = server.run(ciphertext, evaluation_keys)
+        server_runs.append(time.perf_counter() - s)
+        predictions.append(owner_prediction(client, result, schema))
+        latencies.append(time.perf_counter() - t)
+    return predictions, latencies, server_runs
+
+
 def finite(value: float) -> float | None:
     """R² of one row is undefined (NaN): JSON gets null instead."""
     return value if np.isfinite(value) else None
@@ -97,20 +118,10 @@ def run_family(family: str, data: tuple[Any, ...], work: Path, key: Any, rows: i
     server.load()
     say(f"keys {len(evaluation_keys) / 1e6:.1f} MB in {keygen_seconds:.1f} s; {rows} encrypted rows")
     X_rows, y_rows = X_test[:rows], y_test[:rows]
-    predictions, latencies, server_runs = [], [], []
-    budget_end = time.perf_counter() + ROW_BUDGET_S
-    for i in range(rows):
-        if i and time.perf_counter() > budget_end:
-            rows, X_rows, y_rows = i, X_rows[:i], y_rows[:i]
-            say(f"time budget spent: {i} encrypted rows")
-            break
-        t = time.perf_counter()
-        ciphertext = client.quantize_encrypt_serialize(X_rows[i:i + 1])
-        s = time.perf_counter()
-        encrypted_result = server.run(ciphertext, evaluation_keys)
-        server_runs.append(time.perf_counter() - s)
-        predictions.append(owner_prediction(client, encrypted_result, schema))
-        latencies.append(time.perf_counter() - t)
+    predictions, latencies, server_runs = time_encrypted_rows(client, server, evaluation_keys, X_rows, schema)
+    if len(predictions) < rows:
+        rows, X_rows, y_rows = len(predictions), X_rows[:len(predictions)], y_rows[:len(predictions)]
+        say(f"time budget spent: {rows} encrypted rows")
     encrypted = np.asarray(predictions)
     simulated = np.asarray(fhe_model.predict(X_rows, fhe="simulate")).reshape(rows, -1)[:, 0]
     clear_rows = artifact.to_estimator().predict(X_rows)

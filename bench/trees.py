@@ -73,7 +73,7 @@ from fedfhe_demo.partition import dirichlet_indices, partition
 from fedfhe_owner import tree_training
 
 sys.path.insert(0, str(Path(__file__).parent))
-from families import ROW_BUDGET_S, owner_prediction  # noqa: E402
+from families import time_encrypted_rows  # noqa: E402
 
 FAMILY = "XGBClassifier"
 LOADERS = {"breast-cancer": load_breast_cancer, "wine": load_wine}
@@ -241,18 +241,8 @@ def encrypted_rows(client: Any, evaluation_keys: bytes, bundle: Path, fhe_model:
 
     server = FHEModelServer(str(bundle))
     server.load()
-    predictions, latencies, server_runs = [], [], []
-    budget_end = time.perf_counter() + ROW_BUDGET_S
-    for i in range(rows):
-        if i and time.perf_counter() > budget_end:
-            break
-        t = time.perf_counter()
-        ciphertext = client.quantize_encrypt_serialize(X[i:i + 1])
-        s = time.perf_counter()
-        result = server.run(ciphertext, evaluation_keys)
-        server_runs.append(time.perf_counter() - s)
-        predictions.append(int(owner_prediction(client, result, schema)))
-        latencies.append(time.perf_counter() - t)
+    found, latencies, server_runs = time_encrypted_rows(client, server, evaluation_keys, X[:rows], schema)
+    predictions = [int(p) for p in found]
     n = len(predictions)
     simulated = np.asarray(fhe_model.predict(X[:n], fhe="simulate")).reshape(n, -1)[:, 0].astype(int).tolist()
     return {"encrypted_rows": n, "encrypted": predictions, "simulated": simulated,

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from coordinator_yaml import write_coordinator_yaml
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common.config import parse_config_args
 
@@ -24,20 +25,7 @@ from fedfhe_owner.supernode import node_config
 
 
 def write(tmp_path: Path, owners: int = 3, **training: object) -> Path:
-    keys = []
-    for i in range(owners):
-        key = tmp_path / f"owner-{i}.supernode.pub"
-        key.write_text("")
-        keys.append(str(key))
-    cfg = {
-        "state_dir": str(tmp_path / "state"), "release_key": str(tmp_path / "release.key"),
-        "supernode_public_keys": keys,
-        "superlink": {"certfile": "a.crt", "keyfile": "a.key", "ca_certfile": "ca.crt"},
-        "training": {"output_dir": str(tmp_path / "out"), "min_nodes": owners, "schema": "digits", **training},
-    }
-    path = tmp_path / "coordinator.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_coordinator_yaml(tmp_path, owners, {"min_nodes": owners, "schema": "digits", **training})
 
 
 def test_a_boosting_plan_reaches_the_run_config_plain(tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from coordinator_yaml import write_coordinator_yaml
 from flwr.app import Context, RecordDict
 
 from fedfhe_common import fl_contract as fc
@@ -21,22 +22,7 @@ from fedfhe_coordinator.training import preflight
 
 
 def write(tmp_path: Path, owners: int, **section: object) -> Path:
-    keys = []
-    for i in range(owners):
-        key = tmp_path / f"owner-{i}.supernode.pub"
-        key.write_text("")
-        keys.append(str(key))
-    cfg = {
-        "state_dir": str(tmp_path / "state"),
-        "release_key": str(tmp_path / "release.key"),
-        "supernode_public_keys": keys,
-        "superlink": {"certfile": "a.crt", "keyfile": "a.key", "ca_certfile": "ca.crt"},
-        "training": {"output_dir": str(tmp_path / "out"), "min_nodes": min(owners, 2) or 1,
-                     "secure_aggregation": section},
-    }
-    path = tmp_path / "coordinator.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_coordinator_yaml(tmp_path, owners, {"min_nodes": min(owners, 2) or 1, "secure_aggregation": section})
 
 
 @pytest.mark.parametrize(("owners", "section", "message"), [

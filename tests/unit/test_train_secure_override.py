@@ -10,9 +10,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-import yaml
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from coordinator_yaml import write_coordinator_yaml
 
 from fedfhe_common import fl_contract as fc
 from fedfhe_common.errors import ConfigError
@@ -24,23 +22,9 @@ from fedfhe_coordinator.training import with_secure_aggregation
 
 
 def write(tmp_path: Path, owners: int = 3, aggregation: str = "fedavg", **section: object) -> Path:
-    keys = []
-    for i in range(owners):
-        key = tmp_path / f"owner-{i}.supernode.pub"
-        key.write_bytes(ec.generate_private_key(ec.SECP384R1()).public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
-        keys.append(str(key))
-    cfg = {
-        "state_dir": str(tmp_path / "state"),
-        "release_key": str(tmp_path / "release.key"),
-        "supernode_public_keys": keys,
-        "superlink": {"certfile": "a.crt", "keyfile": "a.key", "ca_certfile": "ca.crt"},
-        "training": {"output_dir": str(tmp_path / "out"), "min_nodes": 2, "aggregation": aggregation,
-                     "secure_aggregation": {"enabled": False, **section}},
-    }
-    path = tmp_path / "coordinator.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_coordinator_yaml(tmp_path, owners, {"min_nodes": 2, "aggregation": aggregation,
+                                                     "secure_aggregation": {"enabled": False, **section}},
+                                  real_keys=True)
 
 
 def test_the_flag_turns_secure_aggregation_on_and_keeps_the_sections_other_keys(tmp_path):
