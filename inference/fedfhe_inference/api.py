@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from fedfhe_common.errors import ConfigError, FedfheError
 
 from .config import load as load_inference_config
 
-__all__ = ["Published", "bundles_target", "check_server", "publish", "read_pid", "reload_server"]
+__all__ = ["Published", "bundles_target", "check_server", "publish", "read_pid", "reload_server", "wait_served"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class Published:
     directory: Path
     installed: bool
     reload: str | None  # None: no reload asked for
+    served: str | None = None  # what waiting for the node found; None: not waited for
 
 
 def bundles_target(config: str | Path | None, bundles_dir: str | Path | None = None,
@@ -51,6 +54,43 @@ def bundles_target(config: str | Path | None, bundles_dir: str | Path | None = N
         raise ConfigError("give --config inference.yaml or --bundles-dir DIR")
     cfg = load_inference_config(Path(config))
     return cfg.bundles_dir, cfg.pid_file, load_verify_key(Path(release_public_key or cfg.release_public_key))
+
+
+def _served_versions(metrics_address: str) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """(served, refused) (model id, version) pairs from the node's own metrics endpoint on this host."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    host, _, port = metrics_address.rpartition(":")
+    host = "127.0.0.1" if host in ("", "0.0.0.0") else ("::1" if host in ("::", "[::]") else host)
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310 - the config's own http address
+        text = reply.read(16 << 20).decode("utf-8", errors="replace")
+    found: dict[str, set[tuple[str, str]]] = {"served": set(), "refused": set()}
+    for family in text_string_to_metric_families(text):
+        for kind in found:
+            if family.name == f"fedfhe_inference_bundle_{kind}":
+                found[kind] |= {(s.labels["model_id"], s.labels["version"]) for s in family.samples if s.value}
+    return found["served"], found["refused"]
+
+
+def wait_served(metrics_address: str, model_id: str, version: str, timeout_s: float) -> str:
+    """Block until the node serves ``model_id/version`` (its metrics say so); FedfheError if it refused it or
+    ``timeout_s`` passed. Why: a SIGHUP rescan is asynchronous, and an owner's `predict` right after a
+    `publish --reload` that returned at once was refused with "serves no model yet"."""
+    name, deadline, last = f"{model_id}/{version}", time.monotonic() + timeout_s, "no answer yet"
+    while True:
+        try:
+            served, refused = _served_versions(metrics_address)
+            if (model_id, version) in served:
+                return f"the node serves {name}"
+            if (model_id, version) in refused:
+                raise FedfheError(f"the node refused {name}; its log names the reason")
+            last = f"serving {', '.join(sorted('/'.join(v) for v in served)) or 'nothing'}"
+        except OSError as exc:
+            last = f"metrics at {metrics_address} unreachable: {exc}"
+        if time.monotonic() > deadline:
+            raise FedfheError(f"the node did not serve {name} within {timeout_s:.0f} s ({last})")
+        time.sleep(0.2)
 
 
 def read_pid(pid_file: Path) -> tuple[int, int]:
@@ -107,15 +147,25 @@ def reload_server(pid_file: Path | None) -> str:
 
 
 def publish(bundle_dir: str | Path, inference_config: str | Path | None, *, bundles_dir: str | Path | None = None,
-            release_public_key: str | Path | None = None, reload: bool = False) -> Published:
+            release_public_key: str | Path | None = None, reload: bool = False,
+            wait_s: float = 0.0) -> Published:
     """Verify the bundle in ``bundle_dir`` and install it as ``<bundles_dir>/<model_id>/<version>``.
 
     ``inference_config`` (inference.yaml) names the bundles directory, the release public key and the
     pid file; without it, ``bundles_dir`` and ``release_public_key`` must both be given. ``reload``:
-    ask the running server to rescan now (else it does at its next rescan).
+    ask the running server to rescan now (else it does at its next rescan); with ``wait_s`` > 0, then
+    wait until the node serves the version (through the config's ``metrics_address``).
     """
     from .bundles import publish_bundle
 
     target, pid_file, key = bundles_target(inference_config, bundles_dir, release_public_key)
     dest, installed = publish_bundle(Path(bundle_dir), target, key)
-    return Published(dest, installed, reload_server(pid_file) if reload else None)
+    if not reload:
+        return Published(dest, installed, None)
+    signalled = reload_server(pid_file)
+    served = None
+    if wait_s > 0 and signalled.startswith("asked"):
+        metrics = load_inference_config(Path(inference_config)).metrics_address if inference_config else ""
+        served = (wait_served(metrics, dest.parent.name, dest.name, wait_s) if metrics
+                  else "not waiting: the config has no metrics_address to watch")
+    return Published(dest, installed, signalled, served)

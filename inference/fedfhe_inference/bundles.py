@@ -225,6 +225,13 @@ class BundleRegistry:
         with self._lock:
             return len(self._bundles), len(self._refused)
 
+    def versions(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """(model id, version) of every version served and refused: `publish --reload` waits on them."""
+        with self._lock:
+            served = sorted(self._bundles)
+        refused = sorted((d.parent.name, d.name) for d in list(self._refused))
+        return served, refused
+
     def latest_version(self, model_id: str) -> str | None:
         with self._lock:
             versions = [v for (m, v) in self._bundles if m == model_id]

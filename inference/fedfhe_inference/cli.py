@@ -39,10 +39,11 @@ def _publish(args: argparse.Namespace) -> int:
     from .api import publish
 
     done = publish(args.bundle, args.config, bundles_dir=args.bundles_dir,
-                   release_public_key=args.release_public_key, reload=args.reload)
+                   release_public_key=args.release_public_key, reload=args.reload, wait_s=args.wait_s)
     print(f"{'published' if done.installed else 'already published'}: {done.directory}")
-    if done.reload is not None:
-        print(done.reload)
+    for line in (done.reload, done.served):
+        if line is not None:
+            print(line)
     return 0
 
 
@@ -93,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         if name == "publish":
             p.add_argument("bundle", type=Path, help="bundle directory written by 'fedfhe-coordinator compile'")
             p.add_argument("--reload", action="store_true", help="send SIGHUP to the running server (pid_file)")
+            p.add_argument("--wait-s", type=float, default=120.0, metavar="SECONDS",
+                           help="with --reload: wait this long until the server serves the version (its "
+                                "metrics_address says so); 0 returns at once (default 120)")
         else:
             add_format(p)
     add_examples(ap, {

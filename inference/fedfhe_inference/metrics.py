@@ -68,6 +68,14 @@ class _State(Collector):
         yield GaugeMetricFamily(f"{PREFIX}_bundles_loaded", "Bundle versions being served", value=loaded)
         yield GaugeMetricFamily(f"{PREFIX}_bundles_refused",
                                 "Bundle versions in bundles_dir that failed verification or loading", value=refused)
+        served, refused_versions = read("bundle_versions", ([], []))
+        for name, versions, text in (("bundle_served", served, "1 for each model version being served"),
+                                     ("bundle_refused", refused_versions,
+                                      "1 for each model version in bundles_dir refused (its reason is logged)")):
+            g = GaugeMetricFamily(f"{PREFIX}_{name}", text, labels=["model_id", "version"])
+            for model_id, version in versions:
+                g.add_metric([model_id, version], 1)
+            yield g
         workers, replaced = read("workers", (0, 0))
         yield GaugeMetricFamily(f"{PREFIX}_fhe_workers", "FHE worker processes (or threads with sandbox: false)",
                                 value=workers)

@@ -139,6 +139,7 @@ def build(cfg: InferenceConfig) -> Node:
         metrics.enable_key_registry()
         keys.registry_event = metrics.registry_event
     metrics.source("bundles", registry.counts)
+    metrics.source("bundle_versions", registry.versions)
     metrics.source("workers", lambda: (cfg.fhe_workers, pool.replaced if pool is not None else 0))
     service = InferenceService(cfg, registry, keys, runner, metrics)
     identity = Identity.from_file(cfg.ca_certfile, cfg.crl_file, cfg.allow_expired_crl, cfg.keys_dir / CRL_MARK)

@@ -19,7 +19,7 @@ import pytest
 
 from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.manifest import verify_manifest
-from fedfhe_common.procs import venv_bin, wait_until
+from fedfhe_common.procs import venv_bin
 from fedfhe_common.release import load_signing_key
 from fedfhe_owner import predict_commands
 from fedfhe_owner.predict import predict_rows
@@ -138,10 +138,11 @@ def test_keys_survive_restart_and_publish_reloads(node, alice, lr_bundles, digit
                           "--reload"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "published" in out.stdout and "rescan" in out.stdout
+    assert "the node serves digits-lr/3" in out.stdout  # --reload returns once the version is served
     from fedfhe_owner.inference_client import InferenceClient
 
     with InferenceClient(alice.endpoint) as client:
-        wait_until(lambda: any(m.version == "3" for m in client.list_models("digits-lr")), 60, "v3 to be served")
+        assert any(m.version == "3" for m in client.list_models("digits-lr")), "served as publish said"
         info = client.model_info("digits-lr")
         assert info.version == "3" and info.latest and info.bundle_sha256 == v3.bundle_sha256
         assert info.schema.n_features == 64 and list(info.schema.classes) == list(range(10))
