@@ -1,10 +1,10 @@
 # The two commands: `make demo` and `make test`. Both set everything up themselves
-# (Debian packages when run as root, the venv, the six fedfhe packages: PKGS).
+# (Debian packages when run as root, the venv, the seven fedfhe packages: PKGS).
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fedfhe-installed
-PKGS := common proto server client inference demo
+PKGS := common proto server client inference testbed demo
 DEMO_ARGS = $(if $(DATASET),--dataset $(DATASET)) $(if $(OWNERS),--owners $(OWNERS)) \
             $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(MODEL),--model $(MODEL)) \
             $(if $(SPLIT),--split $(SPLIT)) $(if $(WORK_DIR),--work-dir $(WORK_DIR))
@@ -19,6 +19,9 @@ $(STAMP): $(foreach p,$(PKGS),$(p)/pyproject.toml) requirements-dev.txt
 	$(BIN)/pip install -q --upgrade pip
 	# concrete-ml 1.9.0 pins torch 2.3.1 (a ~5 GB CUDA wheel from PyPI); it installs once per venv.
 	$(BIN)/pip install -q $(foreach p,$(PKGS),-e ./$(p)) -e './common[parquet]' -r requirements-dev.txt
+	# A console script that moved between our packages (fedfhe-partition: fedfhe-demo -> fedfhe-testbed) is
+	# written by the new owner, then deleted when pip uninstalls the old one's editable install: put it back.
+	@test -x $(BIN)/fedfhe-partition || $(BIN)/pip install -q --no-deps --force-reinstall -e ./testbed
 	@touch $@
 
 install: sysdeps $(STAMP)

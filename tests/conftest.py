@@ -30,7 +30,7 @@ from fedfhe_common.exit_status import keep_exit_status
 from fedfhe_common.pki import init_ca, issue
 from fedfhe_common.release import load_signing_key, make_release_key
 from fedfhe_common.schema import DIGITS
-from fedfhe_demo.datasets import load_builtin
+from fedfhe_testbed.datasets import load_builtin
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -58,7 +58,7 @@ def needs_root() -> None:
 
 @pytest.fixture
 def needs_fashion_mnist() -> None:
-    from fedfhe_demo.datasets import FASHION_DIR
+    from fedfhe_testbed.datasets import FASHION_DIR
 
     if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
         pytest.skip(f"Fashion-MNIST missing at {FASHION_DIR}: apt-get install dataset-fashion-mnist")

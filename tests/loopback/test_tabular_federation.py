@@ -41,9 +41,8 @@ from fedfhe_common.scoring import prediction_score
 from fedfhe_coordinator import config as coord
 from fedfhe_coordinator.secure_training import NewtonRun
 from fedfhe_coordinator.training import run_training, with_secure_aggregation
-from fedfhe_demo.cluster import Cluster
-from fedfhe_demo.fhe_phases import inference_config
-from fedfhe_demo.tabular import write_tabular_partitions
+from fedfhe_testbed.cluster import Cluster, inference_config
+from fedfhe_testbed.tabular import write_tabular_partitions
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 OWNERS = ["owner-0", "owner-1", "owner-2"]
