@@ -39,7 +39,7 @@ from fedfhe_testbed.cluster import Cluster
 from fedfhe_testbed.inference_node import InferenceNode, write_config
 from fedfhe_testbed.partition_cli import write_partitions
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
+pytestmark = pytest.mark.timeout(400)
 HOSTS = ["127.0.0.1", "localhost"]
 NOW = dt.datetime.now(dt.UTC)
 EXPIRED = {"not_before": NOW - dt.timedelta(days=30), "days": 1}

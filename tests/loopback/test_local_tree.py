@@ -25,7 +25,7 @@ from fedfhe_owner.inference_client import InferenceClient
 from fedfhe_owner.predict import predict_rows
 from fedfhe_testbed.datasets import load_builtin
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 ROWS = 3  # each row is one FHE run of a few seconds on this machine
 
 

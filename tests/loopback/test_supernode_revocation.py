@@ -19,7 +19,7 @@ from fedfhe_coordinator import flwr_cli
 from fedfhe_owner.server_certificate import refuse_if_revoked
 from fedfhe_testbed.cluster import Cluster
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 
 
 def test_register_unregisters_a_key_no_longer_listed(tmp_path):
