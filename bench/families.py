@@ -44,8 +44,8 @@ from fedfhe_common.release import load_signing_key, make_release_key
 from fedfhe_common.scoring import mean_abs_error, prediction_score
 from fedfhe_coordinator.compile import compile_artifact
 from fedfhe_coordinator.local_training import train_local
-from fedfhe_demo.datasets import load_builtin
 from fedfhe_owner.decode import decides_on_raw_scores, decode, decrypt
+from fedfhe_testbed.datasets import load_builtin
 
 BASELINE = "LogisticRegression"
 DATASETS = {"digits": models.CLASSIFIERS + models.TREE_CLASSIFIERS,

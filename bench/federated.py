@@ -16,7 +16,7 @@ flower-supernode per owner, TLS, SuperNode auth) run by this script. Sections
 - ``poll-cost``: the CPU one idle owner spends at each SuperExec task poll
   interval (what ``fedfhe_owner.supernode.TASK_POLL_INTERVAL`` trades).
 - ``accuracy``: digits and fashion-mnist, 3 and 10 owners, IID and Dirichlet(0.5),
-  against the centralised reference (``fedfhe_demo.reference``: the same family
+  against the centralised reference (``fedfhe_testbed.reference``: the same family
   on the pooled rows, its C chosen on a validation split, fitted to convergence).
 - ``scaling``: the same federations on features scaled by the schema's declared
   bounds to [0, 1] (done to the partition files and the schema here, not in the
@@ -51,9 +51,9 @@ from fedfhe_common.schema import DatasetSchema, resolve_schema
 from fedfhe_common.scoring import prediction_score
 from fedfhe_coordinator import config as coord
 from fedfhe_coordinator.training import run_training
-from fedfhe_demo.cluster import Cluster
-from fedfhe_demo.partition_cli import write_partitions
-from fedfhe_demo.reference import centralised_reference, training_rows
+from fedfhe_testbed.cluster import Cluster
+from fedfhe_testbed.partition_cli import write_partitions
+from fedfhe_testbed.reference import centralised_reference, training_rows
 
 FIXED_WAIT_S = 3.0  # flower-supernode's time.sleep(3) after every pull that brings no message
 THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -294,8 +294,8 @@ def accuracy(out: Path, rounds: int, fashion_rows: int, quick: bool, scaled: boo
                 "seconds_per_round": _table(runs, "seconds_per_round"),
                 "overhead_share": _table(runs, "overhead_share"),
                 "centralized_reference": {
-                    "how": "fedfhe_demo.reference.centralised_reference: LogisticRegression on the owners' pooled "
-                           "training rows (fedfhe_demo.reference.training_rows: " + TRAINING_ROWS + "), on the "
+                    "how": "fedfhe_testbed.reference.centralised_reference: LogisticRegression on the owners' pooled "
+                           "training rows (fedfhe_testbed.reference.training_rows: " + TRAINING_ROWS + "), on the "
                            "federation's raw features (no data-dependent scaling), C chosen from a "
                            "grid on a 20% stratified validation split (seed 0), refitted on all those rows to "
                            "convergence (max_iter 2000); the solver runs on features divided by the schema's "

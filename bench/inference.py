@@ -56,11 +56,11 @@ from fedfhe_common.exit_status import exit_with
 from fedfhe_common.manifest import MANIFEST
 from fedfhe_common.procs import free_port
 from fedfhe_common.release import load_signing_key, load_verify_key
-from fedfhe_demo.datasets import load_builtin
-from fedfhe_demo.inference_node import InferenceNode, make_inference_pki, write_config
 from fedfhe_inference.bundles import publish_bundle
 from fedfhe_owner.inference_client import InferenceClient
 from fedfhe_owner.keys import ModelKeys
+from fedfhe_testbed.datasets import load_builtin
+from fedfhe_testbed.inference_node import InferenceNode, make_inference_pki, write_config
 
 MiB = 1 << 20
 

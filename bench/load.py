@@ -45,7 +45,7 @@ MiB = 1 << 20
 def new_node(work: Path, pki: Path) -> Any:
     """A node (not started) in ``work`` on a free loopback port, default limits; health probed as owner-0."""
     from fedfhe_common.procs import free_port
-    from fedfhe_demo.inference_node import InferenceNode, write_config
+    from fedfhe_testbed.inference_node import InferenceNode, write_config
 
     config = write_config(work / "inference.yaml", pki, f"127.0.0.1:{free_port()}", work, rescan_interval_s=0)
     return InferenceNode(config, pki, "owner-0")
@@ -55,7 +55,7 @@ def compile_bundle(work: Path) -> tuple[Any, Any, np.ndarray]:
     from fedfhe_common.release import load_signing_key
     from fedfhe_coordinator.compile import compile_artifact
     from fedfhe_coordinator.local_training import train_local
-    from fedfhe_demo.datasets import load_builtin
+    from fedfhe_testbed.datasets import load_builtin
 
     X, y, schema = load_builtin("digits")
     idx = np.random.default_rng(0).permutation(len(y))
@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "load.json")
     args = ap.parse_args(argv)
     from fedfhe_common.release import load_verify_key
-    from fedfhe_demo.inference_node import make_inference_pki
     from fedfhe_inference.bundles import publish_bundle
+    from fedfhe_testbed.inference_node import make_inference_pki
 
     started = time.perf_counter()
     load_before = os.getloadavg()

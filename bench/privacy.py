@@ -14,7 +14,7 @@ all of them alike:
   ``privacy.local_dp``, Flower's LocalDpMod; the SuperNodes restart with it), epsilon e;
 - on skewed owners (Fashion-MNIST, 10 owners, Dirichlet 0.5), the secure default's
   aggregation against server momentum: ``secagg`` (FedAvg) and ``secagg-fedavgm-m0.5``,
-  each over the centralised reference (``fedfhe_demo.reference``, the owners' training rows).
+  each over the centralised reference (``fedfhe_testbed.reference``, the owners' training rows).
 
 Per run: accuracy on the public test set after the last round, seconds per round
 (progress.jsonl), and bytes per owner per round (the protobuf size of every message
@@ -43,10 +43,10 @@ from fedfhe_common.schema import resolve_schema
 from fedfhe_common.scoring import prediction_score
 from fedfhe_coordinator import config as coord
 from fedfhe_coordinator.training import run_training
-from fedfhe_demo.cluster import Cluster
-from fedfhe_demo.partition_cli import write_partitions
-from fedfhe_demo.reference import centralised_reference, training_rows
 from fedfhe_owner.config import LocalDp
+from fedfhe_testbed.cluster import Cluster
+from fedfhe_testbed.partition_cli import write_partitions
+from fedfhe_testbed.reference import centralised_reference, training_rows
 
 SHARED_MACHINE = ("2 cores shared with other helpers' tests and benchmarks; variants of one federation run back "
                   "to back in this script, so their ratios are the figures to trust, absolute seconds vary")

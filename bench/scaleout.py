@@ -92,7 +92,7 @@ def tree_bundle(work: Path) -> Any:
     from concrete.ml.sklearn import DecisionTreeClassifier
 
     from fedfhe_coordinator.compile import compile_concrete_bundle
-    from fedfhe_demo.datasets import load_builtin
+    from fedfhe_testbed.datasets import load_builtin
 
     X, y, schema = load_builtin("digits")
     idx = np.random.default_rng(0).permutation(len(y))

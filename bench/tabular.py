@@ -6,12 +6,12 @@ regression arrays; Ridge, scored by R²) and diabetes-table (the same rows in ra
 typed CSV table; Ridge). For 3 and 10 owners, IID and Dirichlet(0.5)
 label skew (a regression target skews over its quartiles), each run is:
 
-- a real loopback federation (``fedfhe_demo.cluster.Cluster``: flower-superlink, one
+- a real loopback federation (``fedfhe_testbed.cluster.Cluster``: flower-superlink, one
   flower-supernode per owner, TLS, SuperNode auth) on the owners' CSV/NPZ files, the
   statistics round first (typed schemas), then ``ROUNDS`` rounds of training; the
   federated model is the signed artifact it leaves (``.prep``: the federation's
   preprocessing);
-- the centralised reference (``fedfhe_demo.reference.centralised_reference``): for a
+- the centralised reference (``fedfhe_testbed.reference.centralised_reference``): for a
   typed schema a Pipeline of the same preprocessing fitted on the owners' pooled training
   rows (each owner's file minus the 20% its ClientApp holds out) and the same family, its
   regularisation chosen on a validation split;
@@ -54,10 +54,10 @@ from fedfhe_common.schema import DatasetSchema
 from fedfhe_common.scoring import prediction_score
 from fedfhe_coordinator import config as coord
 from fedfhe_coordinator.training import run_training
-from fedfhe_demo.cluster import Cluster
-from fedfhe_demo.datasets import demo_schema
-from fedfhe_demo.partition_cli import write_partitions
-from fedfhe_demo.reference import centralised_reference, training_rows
+from fedfhe_testbed.cluster import Cluster
+from fedfhe_testbed.datasets import demo_schema
+from fedfhe_testbed.partition_cli import write_partitions
+from fedfhe_testbed.reference import centralised_reference, training_rows
 
 # The issue's four, plus diabetes as a real table: its raw units (years, mmHg, mg/dl; sex a category) under a
 # typed schema, standardised by the federation. The legacy arrays are pre-scaled so that every column spans
@@ -66,7 +66,7 @@ DATASETS = ("breast-cancer", "wine", "penguins", "diabetes", "diabetes-table")
 OWNER_COUNTS = (3, 10)
 SCHEMES = ("iid", "dirichlet")
 ALPHA, SEED, HOLDOUT = 0.5, 0, 0.2
-MIN_OWNER_ROWS = 10  # fedfhe_demo.partition.dirichlet_indices' floor
+MIN_OWNER_ROWS = 10  # fedfhe_testbed.partition.dirichlet_indices' floor
 # name -> coordinator.yaml training keys (fedfhe_coordinator.config.TrainingConfig); "model_params" per
 # family; "regularisation": "matched" sets C / alpha from the run's reference (``training_keys``).
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -89,7 +89,7 @@ SETTING_NOTES = {
     "LogisticRegression's gradient falls below 1e-4 in 7 steps on these tables; Ridge is exact after one. The "
     "federated model is then scikit-learn's pooled fit at C 1 / alpha 1, whatever the label skew; the reference "
     "chooses its C / alpha on a validation split, so the ratios below 1 are that choice and FHE. The reference "
-    "is fitted to tol 1e-8 (fedfhe_demo.reference.CONVERGED) since 2026-12-07: at lbfgs's default 1e-4 it "
+    "is fitted to tol 1e-8 (fedfhe_testbed.reference.CONVERGED) since 2026-12-07: at lbfgs's default 1e-4 it "
     "stopped 0.01 short of the optimum and scored penguins/10/iid one row (of 69) better than the optimum does.",
     "fedavg-5-rounds": "FedAvg, 5 rounds, every family parameter at fedfhe_common.models.default_params "
     "(LogisticRegression C 1, max_iter 20 warm-started; Ridge alpha 1). On a typed schema each owner takes its "

@@ -3,7 +3,7 @@
 Breast cancer (binary) and wine (3 classes), scikit-learn's bundled tables, each split
 75/25 (stratified, seed 0); every column min-max scaled into the declared schema bounds
 [0, 1] by the training split's range (test rows clipped). The training split goes to 3 or
-10 owners, IID or Dirichlet(0.5) over the labels (``fedfhe_demo.partition``, seed 0), and
+10 owners, IID or Dirichlet(0.5) over the labels (``fedfhe_testbed.partition``, seed 0), and
 is boosted in this process through fedfhe's checked FedXgbBagging / FedXgbCyclic
 (Flower's configure_train / aggregate_train, ``tree_strategy.strategy``), each owner's
 step being its ClientApp's ``tree_training.train_reply``. Depth 3, eta 0.3, at most 30
@@ -69,8 +69,8 @@ from fedfhe_common.release import load_signing_key, make_release_key
 from fedfhe_common.schema import DatasetSchema
 from fedfhe_coordinator import federated_trees, tree_strategy
 from fedfhe_coordinator.compile import compile_artifact
-from fedfhe_demo.partition import dirichlet_indices, partition
 from fedfhe_owner import tree_training
+from fedfhe_testbed.partition import dirichlet_indices, partition
 
 sys.path.insert(0, str(Path(__file__).parent))
 from families import time_encrypted_rows  # noqa: E402
@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             "column over the declared bounds)",
             "one test row weighs 1/143 of the accuracy on breast cancer, 1/45 on wine (test_rows): a ratio "
             "moves by about 0.007 or 0.023 per row",
-            "owners: fedfhe_demo.partition, seed 0; Dirichlet(0.5) over labels with at least 10 rows per owner, "
+            "owners: fedfhe_testbed.partition, seed 0; Dirichlet(0.5) over labels with at least 10 rows per owner, "
             "5 where 10 cannot be drawn (dirichlet_min_rows in the run)",
             "rounds = 30 // trees per round (bagging: every owner adds one boosting round's trees per round; "
             "cyclic: one owner per round); the centralised reference boosts the federated model's tree count "

@@ -30,7 +30,7 @@ from fedfhe_common.exit_status import keep_exit_status
 from fedfhe_common.pki import init_ca, issue
 from fedfhe_common.release import load_signing_key, make_release_key
 from fedfhe_common.schema import DIGITS
-from fedfhe_demo.datasets import load_builtin
+from fedfhe_testbed.datasets import load_builtin
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -43,10 +43,22 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than a minute")
 
 
+# The directory a test lives in says what it starts, so it says the marker: one home, no file can forget it
+# (`-m "not integration and not multihost"` is then exactly tests/unit). `slow` (more than a minute, set up
+# included) is per file, beside the figure that earned it.
+DIRECTORY_MARKERS = {"loopback": "integration", "multihost": "multihost"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The multihost deployment first. `make test` runs two pytest-xdist workers by file (--dist loadfile):
-    one spends the deployment's quarter of an hour while the other runs the loopback and unit files, so the
-    suite takes about the longer of the two instead of their sum."""
+    """Mark each test by its directory, then put the multihost deployment first. `make test` runs two
+    pytest-xdist workers by file (--dist loadfile): one spends the deployment's quarter of an hour while the
+    other runs the loopback and unit files, so the suite takes about the longer of the two instead of their sum."""
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        path = Path(item.path).resolve()
+        where = path.relative_to(tests).parts if path.is_relative_to(tests) else ()
+        if where and where[0] in DIRECTORY_MARKERS:
+            item.add_marker(DIRECTORY_MARKERS[where[0]])
     items.sort(key=lambda item: 0 if "multihost" in item.path.parts else 1)  # stable: file order kept
 
 
@@ -58,7 +70,7 @@ def needs_root() -> None:
 
 @pytest.fixture
 def needs_fashion_mnist() -> None:
-    from fedfhe_demo.datasets import FASHION_DIR
+    from fedfhe_testbed.datasets import FASHION_DIR
 
     if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
         pytest.skip(f"Fashion-MNIST missing at {FASHION_DIR}: apt-get install dataset-fashion-mnist")

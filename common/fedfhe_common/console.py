@@ -16,7 +16,7 @@ EXIT_USAGE = 2  # argparse: the command line itself is wrong
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT, as a shell reports it
 EXIT_TERMINATED = 143  # SIGTERM turned into errors.Terminated (128 + 15, as a shell reports it)
 # console script -> the distribution that ships it (the others ship under their own name)
-DISTRIBUTIONS = {"fedfhe-pki": "fedfhe-common", "fedfhe-partition": "fedfhe-demo"}
+DISTRIBUTIONS = {"fedfhe-pki": "fedfhe-common", "fedfhe-partition": "fedfhe-testbed"}
 
 
 def version_text(prog: str) -> str:

@@ -1,1 +1,1 @@
-"""The loopback deployment behind `make demo` and the integration tests."""
+"""`make demo`: the whole pipeline on loopback with a run report, built on the test bed (fedfhe_testbed)."""

@@ -8,8 +8,8 @@ from pathlib import Path
 from fedfhe_common.errors import FedfheError
 from fedfhe_common.exit_status import exit_with
 from fedfhe_common.models import FEDERATED_TREES, LOCAL_FAMILIES, check_family
+from fedfhe_testbed.datasets import BUILTIN, demo_schema, is_tabular
 
-from .datasets import BUILTIN, demo_schema, is_tabular
 from .pipeline import main
 from .steps import Options
 

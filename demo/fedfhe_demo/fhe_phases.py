@@ -15,12 +15,11 @@ from rich.console import Console
 from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.bundle import FILES
 from fedfhe_common.data import load_table
-from fedfhe_common.procs import free_port, venv_bin
+from fedfhe_common.procs import venv_bin
 from fedfhe_common.scoring import mean_abs_error, prediction_score
+from fedfhe_testbed.cluster import Cluster, inference_config
+from fedfhe_testbed.datasets import demo_schema
 
-from .cluster import Cluster
-from .datasets import demo_schema
-from .inference_node import write_config
 from .steps import Options, Steps
 
 
@@ -33,12 +32,6 @@ def heldout_rows(owner_cfg: Path, schema: Any) -> tuple[np.ndarray, np.ndarray]:
     X, y = load_table(cfg.data, schema, cfg.labels)
     _, X_held, _, y_held = split_holdout(X, y, cfg.holdout_fraction, cfg.seed)
     return X_held, y_held
-
-
-def inference_config(cluster: Cluster, work: Path) -> Path:
-    """work/inference.yaml: the node serves from work/inference on a free port of the cluster's host."""
-    return write_config(work / "inference.yaml", cluster.pki, f"{cluster.host}:{free_port(cluster.host)}",
-                        work / "inference", pid_file=str(work / "inference" / "inference.pid"))
 
 
 def run_fhe_phases(

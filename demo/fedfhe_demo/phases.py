@@ -13,11 +13,11 @@ from fedfhe_common.scoring import mean_abs_error, prediction_score
 from fedfhe_coordinator import config as coord
 from fedfhe_coordinator.progress import RoundTable
 from fedfhe_coordinator.training import run_training
+from fedfhe_testbed.cluster import Cluster
+from fedfhe_testbed.datasets import demo_schema
+from fedfhe_testbed.partition_cli import write_partitions
+from fedfhe_testbed.reference import Reference, centralised_reference, training_rows
 
-from .cluster import Cluster
-from .datasets import demo_schema
-from .partition_cli import write_partitions
-from .reference import Reference, centralised_reference, training_rows
 from .report import print_closing, write_report
 from .steps import Options, Steps
 
@@ -26,7 +26,7 @@ HOLDOUT = 0.2
 
 def centralised_model(opts: Options, files: list[str], schema: Any) -> Reference:
     """The reference: the same family on the union of the rows the owners train on, regularisation chosen
-    on a validation split of them (fedfhe_demo.reference)."""
+    on a validation split of them (fedfhe_testbed.reference)."""
     parts = [load_table(path, schema) for path in files]
     X, y = training_rows(parts, HOLDOUT, opts.seed)
     ref = centralised_reference(opts.model, X, y, schema, seed=opts.seed)

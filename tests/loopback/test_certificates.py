@@ -31,15 +31,15 @@ from fedfhe_common.procs import flower_env, free_port, venv_bin, wait_until
 from fedfhe_common.release import make_release_key
 from fedfhe_coordinator import config as coord
 from fedfhe_coordinator import flwr_cli
-from fedfhe_demo.cluster import Cluster
-from fedfhe_demo.inference_node import InferenceNode, write_config
-from fedfhe_demo.partition_cli import write_partitions
 from fedfhe_owner import config as owner_config
 from fedfhe_owner.config import InferenceEndpoint
 from fedfhe_owner.inference_client import InferenceClient, InferenceError
 from fedfhe_owner.supernode import supernode_command
+from fedfhe_testbed.cluster import Cluster
+from fedfhe_testbed.inference_node import InferenceNode, write_config
+from fedfhe_testbed.partition_cli import write_partitions
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
+pytestmark = pytest.mark.timeout(400)
 HOSTS = ["127.0.0.1", "localhost"]
 NOW = dt.datetime.now(dt.UTC)
 EXPIRED = {"not_before": NOW - dt.timedelta(days=30), "days": 1}

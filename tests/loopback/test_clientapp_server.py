@@ -29,7 +29,7 @@ from fedfhe_coordinator.training import read_progress
 from fedfhe_owner.clientapp_server import FORKED
 from fedfhe_owner.supernode import write_clientapp_shim
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 OWNERS = ["owner-0", "owner-1", "owner-2"]
 FORK_LINE = re.compile(re.escape(FORKED) + r" (\d+) \(threads at fork: (\d+)\)")
 

@@ -21,7 +21,7 @@ from fedfhe_common.pki import supernode_keypair
 from fedfhe_common.procs import venv_bin, wait_until
 from fedfhe_coordinator.training import run_training
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 

@@ -17,7 +17,7 @@ from fedfhe_common.procs import venv_bin, wait_until
 from fedfhe_common.schema import DIGITS
 from fedfhe_coordinator import flwr_cli
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 
 def server(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:

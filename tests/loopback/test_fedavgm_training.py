@@ -14,7 +14,7 @@ from fedfhe_common.data import load_table
 from fedfhe_common.schema import DIGITS
 from fedfhe_coordinator.training import run_training
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 
 
 def test_a_fedavgm_run_completes_with_server_momentum(fed):

@@ -16,7 +16,7 @@ from fedfhe_common.procs import venv_bin, wait_until
 from fedfhe_common.schema import DIGITS
 from fedfhe_coordinator.training import run_training
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 OWNERS = ["owner-0", "owner-1", "owner-2"]  # as in conftest.py (its `fed` and `first_run` fixtures)
 
 

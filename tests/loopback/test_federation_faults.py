@@ -24,7 +24,8 @@ from fedfhe_common.errors import FedfheError
 from fedfhe_common.procs import wait_until
 from fedfhe_coordinator.training import run_training
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
+# slow: the module's killed run takes 97 s to set up, then 26-42 s per test (`make test`, 2026-12-07)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 OWNERS = ["owner-0", "owner-1", "owner-2"]
 ROUND_TIMEOUT = 25.0
 

@@ -11,7 +11,7 @@ import pytest
 
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 
 V1 = pb.ModelRef(model_id="digits-lr", version="1")
 V2 = pb.ModelRef(model_id="digits-lr", version="2")

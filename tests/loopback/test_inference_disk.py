@@ -27,7 +27,7 @@ import pytest
 
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+pytestmark = pytest.mark.timeout(240)
 MODEL = pb.ModelRef(model_id=support.MODEL_ID, version=support.VERSION)
 MiB = 1 << 20
 TMPFS_BYTES = 2 * MiB

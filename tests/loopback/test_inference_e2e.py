@@ -24,7 +24,7 @@ from fedfhe_common.release import load_signing_key
 from fedfhe_owner import predict_commands
 from fedfhe_owner.predict import predict_rows
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 
 def test_encrypted_predictions_equal_simulation_and_clear_accuracy(node, lr_bundles, lr_artifact, digits, tmp_path):

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(180 * SCALE)]
+pytestmark = pytest.mark.timeout(180 * SCALE)
 MODEL = pb.ModelRef(model_id=support.MODEL_ID, version=support.VERSION)
 DEADLINE = 30.0
 # What the service answers on purpose (each with a message).

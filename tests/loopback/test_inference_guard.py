@@ -26,7 +26,7 @@ from fedfhe_inference.config import Limits
 from fedfhe_inference.identity import Identity
 from fedfhe_inference.limits import READER_THREAD, Guard, server_options
 
-pytestmark = [pytest.mark.timeout(120)]
+pytestmark = pytest.mark.timeout(120)
 CHECK = "/grpc.health.v1.Health/Check"
 WATCH = "/grpc.health.v1.Health/Watch"
 FAST = replace(Limits(), message_idle_s=1.5, max_calls_per_owner=2, max_streams_per_owner=1)

@@ -25,7 +25,7 @@ from fedfhe_common.procs import wait_until
 from fedfhe_inference.identity import judge
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 FORGED = "FORGED 2026-01-01 INFO fedfhe.inference.rpc: ok"
 UNUSUAL = ("nul-in-cn", "newline-in-cn", "two-cns", "no-cn", "intermediate", "grandchild")
 

@@ -22,9 +22,9 @@ from inference_support import Node, write_node_config
 from prometheus_client.parser import text_string_to_metric_families
 
 from fedfhe_common.procs import free_port, venv_bin, wait_until
-from fedfhe_demo.inference_node import spawn
 from fedfhe_owner.inference_client import InferenceClient
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
+from fedfhe_testbed.inference_node import spawn
 
 INFERENCE = "fedfhe.inference.v1.Inference"
 TEXT_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ")  # the text format's start

@@ -33,7 +33,7 @@ from fedfhe_inference.bundles import publish_bundle
 from fedfhe_owner.predict import predict_rows
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 MODEL = pb.ModelRef(model_id=support.MODEL_ID, version=support.VERSION)
 MiB = 1 << 20
 

@@ -30,7 +30,7 @@ from fedfhe_inference.identity import Identity, Revocations
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 OWNERS = ("alice", "bob", "carol")
 
 

@@ -29,7 +29,7 @@ from inference_support import lr_fixture, module_pki_fixture  # noqa: F401 - the
 from fedfhe_common.procs import wait_until
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
+pytestmark = pytest.mark.timeout(420)
 MODEL = pb.ModelRef(model_id=support.MODEL_ID, version=support.VERSION)
 RPC_THREADS = 16
 IDLE_S = 20.0

@@ -30,7 +30,7 @@ from fedfhe_common.release import load_verify_key, sign_manifest
 from fedfhe_inference.bundles import publish_bundle
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+pytestmark = pytest.mark.timeout(240)
 MODEL = pb.ModelRef(model_id=support.MODEL_ID, version=support.VERSION)
 HOSTILE = [
     "../victim", "../../victim", "../../../../../../etc/passwd", "/etc/passwd", "..", ".", "a/../../victim",

@@ -15,7 +15,7 @@ from fedfhe_inference.bundles import publish_bundle
 from fedfhe_owner.inference_client import InferenceClient
 from fedfhe_owner.predict import predict_rows
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from inference_support import lr_fixture  # noqa: F401 - the lr fixture
 from fedfhe_common.fhe_wire import CircuitSpec, WireError, read_value
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300 * SCALE)]
+pytestmark = pytest.mark.timeout(300 * SCALE)
 MODEL = pb.ModelRef(model_id=support.MODEL_ID, version=support.VERSION)
 CLEAN = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DATA_LOSS,
          grpc.StatusCode.FAILED_PRECONDITION}

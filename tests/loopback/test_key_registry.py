@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fedfhe_common.pki import init_ca, issue
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 OWNER = "owner-0"
 MODEL = pb.ModelRef(model_id=support.MODEL_ID, version=support.VERSION)
 

@@ -20,12 +20,12 @@ from fedfhe_common.manifest import verify_manifest
 from fedfhe_common.pki import issue
 from fedfhe_common.procs import wait_until
 from fedfhe_common.release import load_verify_key
-from fedfhe_demo.datasets import load_builtin
 from fedfhe_inference.bundles import publish_bundle
 from fedfhe_owner.inference_client import InferenceClient
 from fedfhe_owner.predict import predict_rows
+from fedfhe_testbed.datasets import load_builtin
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 ROWS = 3  # each row is one FHE run of a few seconds on this machine
 
 

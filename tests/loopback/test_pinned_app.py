@@ -27,9 +27,9 @@ from fedfhe_common.procs import venv_bin
 from fedfhe_coordinator import flwr_cli
 from fedfhe_coordinator.run_config import RunConfig
 from fedfhe_coordinator.training import failure_reason, read_progress
-from fedfhe_demo.cluster import fedfhe_app_digest
+from fedfhe_testbed.cluster import fedfhe_app_digest
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 REFUSING = ["owner-0", "owner-1", "owner-2", "owner-bad"]  # every registered, connected SuperNode
 IN_ACCESS, IN_OPEN = 0x1, 0x20
 IN_NONBLOCK, IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC

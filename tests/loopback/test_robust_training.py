@@ -21,7 +21,7 @@ from fedfhe_common.schema import DIGITS
 from fedfhe_coordinator import flwr_cli
 from fedfhe_coordinator.training import run_training
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 
 def online(cfg) -> int:

@@ -29,10 +29,10 @@ from fedfhe_common.schema import DIGITS
 from fedfhe_common.transport import to_arrays
 from fedfhe_coordinator import config as coord
 from fedfhe_coordinator.training import run_training
-from fedfhe_demo.cluster import Cluster
-from fedfhe_demo.partition_cli import write_partitions
+from fedfhe_testbed.cluster import Cluster
+from fedfhe_testbed.partition_cli import write_partitions
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 OWNERS = ["owner-0", "owner-1", "owner-2"]
 ROUND_TIMEOUT = 15.0
 CLIPPING_RANGE, QUANTIZATION_RANGE, MAX_WEIGHT = 8.0, 2**22, 10000.0

@@ -36,7 +36,7 @@ from fedfhe_owner.predict import delete_keys, predict_rows
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 
 def _rezip(data: bytes, member: str, edit: Any) -> bytes:

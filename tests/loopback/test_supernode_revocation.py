@@ -16,10 +16,10 @@ from fedfhe_common.pki import revoke, write_crl
 from fedfhe_common.procs import venv_bin
 from fedfhe_coordinator import config as coord
 from fedfhe_coordinator import flwr_cli
-from fedfhe_demo.cluster import Cluster
 from fedfhe_owner.server_certificate import refuse_if_revoked
+from fedfhe_testbed.cluster import Cluster
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 
 
 def test_register_unregisters_a_key_no_longer_listed(tmp_path):

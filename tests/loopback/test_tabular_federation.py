@@ -41,11 +41,11 @@ from fedfhe_common.scoring import prediction_score
 from fedfhe_coordinator import config as coord
 from fedfhe_coordinator.secure_training import NewtonRun
 from fedfhe_coordinator.training import run_training, with_secure_aggregation
-from fedfhe_demo.cluster import Cluster
-from fedfhe_demo.fhe_phases import inference_config
-from fedfhe_demo.tabular import write_tabular_partitions
+from fedfhe_testbed.cluster import Cluster, inference_config
+from fedfhe_testbed.tabular import write_tabular_partitions
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+# slow: 90 s and 73 s for two tests, 43 s for the third (`make test`, 2026-12-07)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 OWNERS = ["owner-0", "owner-1", "owner-2"]
 # max_weight near the owners' rows (about 75 each), as docs/security.md advises: each owner's values travel times
 # rows / max_weight, so a larger one costs newton's terms precision (10000: the first step off by 3%).

@@ -70,7 +70,8 @@ from deployment import (
 )
 from testhosts import HostsUnavailable, TestHosts, check_capable, wait_until
 
-pytestmark = [pytest.mark.multihost, pytest.mark.timeout(1500)]
+# slow: the deployment takes 354 s to set up, then up to 169 s per test (`make test`, 2026-12-07)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 INFERENCE = "coordinator"  # the inference node shares the coordinator's host (its own user, key and state)
 EXTERNAL = "owner-2"  # deployed by its own organisation (owner.yml, mode 2), from its own control context

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from fedfhe_common.data import save_csv
 from fedfhe_common.errors import FedfheError
 from fedfhe_common.schema import DIGITS
-from fedfhe_demo.datasets import load_builtin
+from fedfhe_testbed.datasets import load_builtin
 
 SCALE = max(1, int(os.environ.get("FEDFHE_FUZZ_SCALE", "1")))
 

@@ -1,6 +1,6 @@
 """The inference-node harness for tests, and what the inference tests share; no tests here.
 
-- The node: ``Node`` (fedfhe_demo.inference_node's InferenceNode, the `fedfhe-inference serve`
+- The node: ``Node`` (fedfhe_testbed.inference_node's InferenceNode, the `fedfhe-inference serve`
   process) on a free loopback port with mutual TLS, its config (``write_node_config``, the tests'
   small ``LIMITS``) and ``start_node``; ``publish`` adds a bundle to a running node.
 - Its owners: ``Owner`` and ``make_owner`` (keys generated and uploaded through the real client path),
@@ -32,8 +32,8 @@ from fedfhe_common.bundle import CLIENT_ZIP
 from fedfhe_common.pki import init_ca, issue
 from fedfhe_common.procs import free_port
 from fedfhe_common.release import load_verify_key
-from fedfhe_demo.inference_node import InferenceNode, write_config
 from fedfhe_owner.config import InferenceEndpoint
+from fedfhe_testbed.inference_node import InferenceNode, write_config
 
 MODEL_ID, VERSION = "digits-lr", "1"
 # The owners with a certificate in the suite-wide ``pki`` fixture (tests/conftest.py).
@@ -59,7 +59,7 @@ class Digits:
 # --- the node ---------------------------------------------------------------------------------------------------
 
 class Node(InferenceNode):
-    """The tests' name for the one inference-node harness (fedfhe_demo.inference_node): a node in ``work``.
+    """The tests' name for the one inference-node harness (fedfhe_testbed.inference_node): a node in ``work``.
 
     Its health probe presents alice's certificate; its log is ``work``/inference.log.
     """
@@ -238,7 +238,7 @@ def lr_bundle(tmp_path_factory: pytest.TempPathFactory) -> LrBundle:
     if "lr" not in _cache:
         from fedfhe_coordinator.compile import compile_artifact
         from fedfhe_coordinator.local_training import train_local
-        from fedfhe_demo.datasets import load_builtin
+        from fedfhe_testbed.datasets import load_builtin
 
         work = tmp_path_factory.mktemp("lr-bundle")
         X, y, schema = load_builtin("digits")
@@ -265,7 +265,7 @@ def tree_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
 
         from fedfhe_common.fhe_wire import CircuitSpec
         from fedfhe_coordinator.compile import compile_concrete_bundle
-        from fedfhe_demo.datasets import load_builtin
+        from fedfhe_testbed.datasets import load_builtin
 
         X, y, schema = load_builtin("digits")
         model = DecisionTreeClassifier(max_depth=2, n_bits=3, random_state=0).fit(X, y)

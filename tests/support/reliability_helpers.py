@@ -111,8 +111,8 @@ def digits_federation(work: Path, owners: list[str], **training: Any) -> Iterato
     stopped on exit, leftover process groups included.
     """
     from fedfhe_coordinator import config as coord
-    from fedfhe_demo.cluster import Cluster
-    from fedfhe_demo.partition_cli import write_partitions
+    from fedfhe_testbed.cluster import Cluster
+    from fedfhe_testbed.partition_cli import write_partitions
 
     data = work / "data"
     write_partitions("digits", len(owners), data, scheme="iid", seed=0)

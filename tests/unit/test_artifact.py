@@ -8,7 +8,7 @@ import pytest
 from fedfhe_common import models
 from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.errors import IntegrityError
-from fedfhe_demo.datasets import load_builtin
+from fedfhe_testbed.datasets import load_builtin
 
 
 @pytest.fixture

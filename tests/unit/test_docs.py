@@ -23,9 +23,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
-TOP = ("common", "server", "client", "inference", "demo", "deploy", "tests", "bench", "scripts", "docs", "proto")
+TOP = ("common", "server", "client", "inference", "testbed", "demo", "deploy", "tests", "bench", "scripts", "docs",
+       "proto")
 PACKAGES = {"fedfhe_common": "common", "fedfhe_coordinator": "server", "fedfhe_owner": "client",
-            "fedfhe_inference": "inference", "fedfhe_demo": "demo", "fedfhe_proto": "proto"}
+            "fedfhe_inference": "inference", "fedfhe_demo": "demo", "fedfhe_proto": "proto",
+            "fedfhe_testbed": "testbed"}
 TWO_COMMANDS = [
     "make demo     # set up everything, then run the whole pipeline on the embedded digits data",
     "make test     # set up everything, then run the test suite",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedfhe_common import models
-from fedfhe_demo.datasets import load_builtin
+from fedfhe_testbed.datasets import load_builtin
 
 FAMILY = "LogisticRegression"
 

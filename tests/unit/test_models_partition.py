@@ -7,8 +7,8 @@ import pytest
 
 from fedfhe_common import models
 from fedfhe_common.schema import DatasetSchema
-from fedfhe_demo.datasets import load_builtin
-from fedfhe_demo.partition import partition
+from fedfhe_testbed.datasets import load_builtin
+from fedfhe_testbed.partition import partition
 
 REG = DatasetSchema(name="reg", n_features=64, feature_min=0, feature_max=16, task="regression")
 

@@ -17,7 +17,7 @@ from fedfhe_common.errors import DataError
 from fedfhe_common.schema import DatasetSchema, resolve_schema
 from fedfhe_owner.api import frame_rows
 
-PENGUINS = resolve_schema(str(Path(__file__).resolve().parents[2] / "demo/fedfhe_demo/schemas/penguins.yaml"))
+PENGUINS = resolve_schema(str(Path(__file__).resolve().parents[2] / "testbed/fedfhe_testbed/schemas/penguins.yaml"))
 ROWS = [
     {"island": "Biscoe", "bill_length_mm": 45.1, "bill_depth_mm": 14.5, "flipper_length_mm": 215,
      "body_mass_g": 5000, "sex": "female", "year": 2008},

@@ -16,7 +16,7 @@ from fedfhe_common.errors import ConfigError, IntegrityError
 from fedfhe_common.manifest import write_manifest
 from fedfhe_common.schema import DIABETES, DIGITS
 from fedfhe_coordinator.local_training import train_local
-from fedfhe_demo.datasets import load_builtin
+from fedfhe_testbed.datasets import load_builtin
 
 SMALL = {"DecisionTreeClassifier": {"max_depth": 4}, "RandomForestClassifier": {"n_estimators": 3, "max_depth": 3},
          "XGBClassifier": {"n_estimators": 2, "max_depth": 2}, "DecisionTreeRegressor": {"max_depth": 4},

@@ -21,8 +21,8 @@ from fedfhe_common.errors import DataError
 from fedfhe_common.preprocessing import Preprocessing
 from fedfhe_common.schema import DatasetSchema
 from fedfhe_coordinator.local_training import train_local_file
-from fedfhe_demo.tabular import load_tabular, write_csv
 from fedfhe_owner import cli as owner_cli
+from fedfhe_testbed.tabular import load_tabular, write_csv
 
 BROKEN_ROW = 5  # index into the rows; its CSV line is BROKEN_ROW + 2 (the header is line 1)
 

@@ -22,7 +22,7 @@ from fedfhe_common.data import load_table, save_csv
 from fedfhe_common.errors import ConfigError, IntegrityError
 from fedfhe_common.preprocessing import Preprocessing, check_moments, moments
 from fedfhe_common.schema import DIGITS, ColumnSpec, DatasetSchema, resolve_schema
-from fedfhe_demo.tabular import TABULAR, load_tabular, write_csv
+from fedfhe_testbed.tabular import TABULAR, load_tabular, write_csv
 
 CLASSES = ["a", "b"]
 

@@ -22,7 +22,7 @@ from fedfhe_common.pki import init_ca, issue, supernode_keypair, write_crl
 from fedfhe_common.procs import free_port, port_open, venv_bin, wait_until
 from fedfhe_common.release import make_release_key
 
-from .inference_node import InferenceNode, spawn
+from .inference_node import InferenceNode, spawn, write_config
 
 
 @cache
@@ -210,3 +210,9 @@ class Cluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def inference_config(cluster: Cluster, work: Path) -> Path:
+    """work/inference.yaml: the node serves from work/inference on a free port of the cluster's host."""
+    return write_config(work / "inference.yaml", cluster.pki, f"{cluster.host}:{free_port(cluster.host)}",
+                        work / "inference", pid_file=str(work / "inference" / "inference.pid"))

@@ -23,8 +23,8 @@ TABULAR = ("breast-cancer", "wine", "penguins", "diabetes-table")
 
 
 def schema_path(name: str) -> Path:
-    """The reviewed schema file shipped with the demo."""
-    return Path(str(resources.files("fedfhe_demo") / "schemas" / f"{name}.yaml"))
+    """The reviewed schema file shipped with the test bed."""
+    return Path(str(resources.files("fedfhe_testbed") / "schemas" / f"{name}.yaml"))
 
 
 def tabular_schema(name: str) -> DatasetSchema:
