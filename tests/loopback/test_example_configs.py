@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from fedfhe_common.procs import free_port, port_open, venv_bin, wait_until
-from fedfhe_demo.cluster import Cluster
+from fedfhe_testbed.cluster import Cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
