@@ -376,6 +376,17 @@ def test_every_link_crosses_the_bridge_with_tls(deployed: Deployment) -> None:
     # The key registry (PostgreSQL) listens on the coordinator's bridge address only, TLS only (pg_hba.conf).
     pg = deployed.ssh(REGISTRY, "ss -Htln").stdout.replace("[::ffff:", "").replace("]", "")
     assert f"{ips[REGISTRY]}:5432" in pg and "0.0.0.0:5432" not in pg and "127.0.0.1:5432" not in pg, pg
+    # It lets in a node's registry certificate as the one database role, and nothing else: not that certificate as
+    # the superuser, not an owner's certificate from an owner's host.
+    login = ('runuser -u {user} -- /usr/lib/postgresql/15/bin/psql "host=' + ips[REGISTRY] + ' port=5432 dbname=fedfhe '
+             'user={db} sslmode=verify-full sslrootcert=/etc/fedfhe/pki/ca.crt sslcert=/etc/fedfhe/pki/{cert}.crt '
+             'sslkey=/etc/fedfhe/pki/{cert}.key" -XtAc "SELECT current_user"')
+    ok = deployed.ssh(SECOND_NODE, login.format(user="fedfhe-inference", db="fedfhe-registry", cert="registry"))
+    assert ok.stdout.strip() == "fedfhe-registry", ok.stdout + ok.stderr
+    for host, user, db, cert in ((SECOND_NODE, "fedfhe-inference", "postgres", "registry"),
+                                 ("owner-0", "fedfhe-owner", "fedfhe-registry", "client")):
+        refused = deployed.ssh(host, login.format(user=user, db=db, cert=cert), check=False)
+        assert refused.returncode != 0 and "no pg_hba.conf entry" in refused.stderr, (host, db, refused.stderr)
     res = deployed.hosts.netns_exec("owner-0", [sys.executable, "-c",
                                                 f"import socket; socket.create_connection(('{coord}', 9093), 3)"],
                                     check=False)
