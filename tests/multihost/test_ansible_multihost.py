@@ -862,11 +862,16 @@ while time.monotonic() < deadline:
 else:
     print(json.dumps({"served": rows - baseline, "killed": False}))
     sys.exit(0)
-children = open(f"/proc/{supervisor}/task/{supervisor}/children").read().split()
+def parent(pid):
+    try:
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+children = [int(p) for p in os.listdir("/proc") if p.isdigit() and parent(p) == supervisor]
 os.kill(supervisor, signal.SIGKILL)
-for child in children:
-    os.killpg(int(child), signal.SIGKILL)
-print(json.dumps({"served": rows - baseline, "killed": True, "pids": [supervisor, *map(int, children)]}))
+for child in children:  # the node leads its own process group (the supervisor's setpgid)
+    os.killpg(child, signal.SIGKILL)
+print(json.dumps({"served": rows - baseline, "killed": True, "pids": [supervisor, *children]}))
 """
 # A raw Predict (garbage ciphertext) with a given key id at each node, with this owner's certificate: which status
 # each node answers (NOT_FOUND: it has no such keys; INVALID_ARGUMENT: it has them and refused the ciphertext).
