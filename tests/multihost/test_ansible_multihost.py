@@ -987,6 +987,7 @@ def test_a_node_killed_mid_run_costs_the_owner_no_row(deployed: Deployment) -> N
     watcher = subprocess.Popen(["ip", "netns", "exec", deployed.hosts.hosts[victim].netns, sys.executable, "-c",
                                 KILL_WHEN_SERVING, baseline, supervisor, "240"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watched, errors = "", ""
     try:
         started = time.monotonic()
         predict = deployed.hosts.ssh(owner, _owner_predict(owner, KILL_ROWS, out), check=False, timeout=600)
@@ -997,6 +998,7 @@ def test_a_node_killed_mid_run_costs_the_owner_no_row(deployed: Deployment) -> N
             watcher.kill()
             watcher.wait()
     try:
+        assert watched, f"the watcher of {victim} said nothing: {errors}"
         kill = json.loads(watched)
         assert kill["killed"], f"{victim} served no row of the run before it ended: {kill} {errors}"
         assert predict.returncode == 0, predict.stdout + predict.stderr
