@@ -1011,8 +1011,11 @@ def test_a_node_killed_mid_run_costs_the_owner_no_row(deployed: Deployment) -> N
         assert served_after + kill["served"] >= KILL_ROWS and served_after > KILL_ROWS / 2, (served_after, kill)
     finally:  # the node comes back (later tests use both); its keys come from its own copy and the registry
         deployed.ssh(victim, "/opt/fedfhe/bin/fedfhe-service start fedfhe-inference")
-        wait_until(lambda: f"{deployed.hosts.hosts[victim].ip}:50051" in deployed.ssh(victim, "ss -Htln").stdout,
-                   120, f"{victim} to listen again", 0.5)
+        def listening() -> bool:  # gRPC listens dual-stack: ss shows [::ffff:10.77.0.11]:50051
+            out = deployed.ssh(victim, "ss -Htln").stdout.replace("[::ffff:", "").replace("]", "")
+            return f"{deployed.hosts.hosts[victim].ip}:50051" in out
+
+        wait_until(listening, 120, f"{victim} to listen again", 0.5)
 
 
 def test_deleted_keys_are_gone_from_both_nodes(deployed: Deployment) -> None:
