@@ -43,7 +43,8 @@ REVOKED_FILE = "revoked.txt"
 CRL_FILE = "crl.pem"
 ISSUED_FILE = "issued.txt"
 ORGANIZATION = "fedfhe"
-SERVER_ROLES = ("superlink", "inference")
+# registry: the shared key registry's PostgreSQL server (inference nodes log in with client certificates).
+SERVER_ROLES = ("superlink", "inference", "registry")
 CLIENT_ROLE = "client"
 ROLES = (*SERVER_ROLES, CLIENT_ROLE)
 

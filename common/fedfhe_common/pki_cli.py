@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_passphrase(p)
     p = sub.add_parser("request", help="on the host that will use it: make NAME.key (0600, stays here) and NAME.csr "
                                        "(send it to the CA)")
-    p.add_argument("role", choices=ROLES, help="superlink or inference (a server certificate), client (a data owner)")
+    p.add_argument("role", choices=ROLES,
+                   help="superlink, inference or registry (a server certificate), client (a data owner)")
     p.add_argument("name", help="the certificate's CN and file name; for a client, the owner id")
     p.add_argument("--san", action="append", help=f"a host name or IP of a server role ({', '.join(SERVER_ROLES)}); "
                                                   "repeat; a client has none")

@@ -1,9 +1,10 @@
 """deploy/ansible on separate hosts: real ansible-playbook over SSH to network+mount namespaces.
 
-Four hosts (a coordinator that also runs the inference node, as the example inventory does, and
-three data owners), each with its own address on a bridge, its own sshd, /etc, /opt, /srv and
-fedfhe state (see testhosts.py). Each service runs as its own user: on the shared host neither the
-SuperLink nor the inference node can read the other's key, config or state.
+Five hosts (a coordinator that also runs the first inference node, as the example inventory does, and
+the key registry's PostgreSQL; a second inference node, inference-1; three data owners), each with its
+own address on a bridge, its own sshd, /etc, /opt, /srv and fedfhe state (see testhosts.py). Each
+service runs as its own user: on the shared host neither the SuperLink nor the inference node can read
+the other's key, config or state.
 Both ways to deploy run (issue 26): the consortium's control node deploys the coordinator, the
 inference node, owner-0 and owner-1 with site.yml (mode 1); owner-2's organisation deploys owner-2
 with owner.yml from a control context of its own (mode 2). Neither context's SSH key opens the other's
@@ -26,11 +27,14 @@ The tests run in order on one deployment:
   publish.yml signs the bundle and ships manifest.sig with it to the inference node;
   predict.yml (which verifies the signed client specs, and runs the client as the owner's
   service user) gives encrypted predictions that match the clear model's;
+  with two inference nodes (issue 29) owner-1 uploads its keys once and both nodes serve its rows (the other
+  loads them from the key registry); a node SIGKILLed mid-run costs owner-0 none of its 50 rows; keys
+  deleted through one node are NOT_FOUND on both;
   the systemd units (not run here: no systemd) render with their sandbox and verify;
   ansible-lint passes;
   last, because it changes the deployment: owner-2 is revoked on the control node and taken out
   of the supernodes group, site.yml re-run on the coordinator and the inference node: owner-2 is
-  refused by the inference node, its SuperNode key is unregistered (its running SuperNode is
+  refused by both inference nodes, its SuperNode key is unregistered (its running SuperNode is
   turned away and cannot activate again), while owner-0 is served.
 
 Times (install, each playbook, the whole test) are printed at the end and kept in
@@ -43,6 +47,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -60,6 +65,7 @@ from deployment import (
     OWNER_ROWS,
     OWNERS,
     PUBLIC_TEST,
+    SECOND_NODE,
     VENV_BIN,
     PlayResult,
     place_data,
@@ -73,21 +79,26 @@ from testhosts import HostsUnavailable, TestHosts, check_capable, wait_until
 # slow: the deployment takes 354 s to set up, then up to 169 s per test (`make test`, 2026-12-07)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
-INFERENCE = "coordinator"  # the inference node shares the coordinator's host (its own user, key and state)
+INFERENCE = "coordinator"  # the first inference node shares the coordinator's host (its own user, key and state)
+# Issue 29: a second inference node on a host of its own; owners spread calls over both (gRPC round_robin), which
+# share the owners' evaluation keys through the key registry (PostgreSQL) on the coordinator's host.
+NODES = [INFERENCE, SECOND_NODE]
+REGISTRY = "coordinator"
 EXTERNAL = "owner-2"  # deployed by its own organisation (owner.yml, mode 2), from its own control context
 ORG = f"{EXTERNAL}-org"
 # Control contexts -> the hosts their SSH key opens (the test's own key opens all, for its checks).
-CONTEXTS = {"consortium": ["coordinator", *(o for o in OWNERS if o != EXTERNAL)], ORG: [EXTERNAL]}
+CONTEXTS = {"consortium": ["coordinator", SECOND_NODE, *(o for o in OWNERS if o != EXTERNAL)], ORG: [EXTERNAL]}
 # (host, service): each service's own user and group, whatever else its host runs.
-SERVICES = [("coordinator", "fedfhe-superlink"), (INFERENCE, "fedfhe-inference"),
-            *((o, "fedfhe-supernode") for o in OWNERS)]
+SERVICES = [("coordinator", "fedfhe-superlink"), *((n, "fedfhe-inference") for n in NODES),
+            (REGISTRY, "fedfhe-postgres"), *((o, "fedfhe-supernode") for o in OWNERS)]
 HOSTS = list(dict.fromkeys(h for h, _ in SERVICES))
-USERS = {"fedfhe-superlink": "fedfhe", "fedfhe-inference": "fedfhe-inference", "fedfhe-supernode": "fedfhe-owner"}
+USERS = {"fedfhe-superlink": "fedfhe", "fedfhe-inference": "fedfhe-inference", "fedfhe-supernode": "fedfhe-owner",
+         "fedfhe-postgres": "postgres"}
 # Hosts that get the wheelhouse copied over SSH, as real hosts do by default; the others
 # read the control node's wheelhouse where it lies (the test hosts share this disk). The inference
-# node's host must be one: the others' venvs link into the shared uv cache outside /opt, which the
+# nodes' hosts must be ones: the others' venvs link into the shared uv cache outside /opt, which the
 # confined FHE workers (Landlock: the venv's own paths) may not read.
-COPY_WHEELHOUSE = [INFERENCE]
+COPY_WHEELHOUSE = NODES
 PREDICT_INPUT = "/srv/fedfhe/predict.npz"
 PREDICT_OUTPUT = "/var/lib/fedfhe/owner/predictions/multihost.json"
 PREDICT_ROWS = 12
@@ -360,8 +371,23 @@ def test_every_link_crosses_the_bridge_with_tls(deployed: Deployment) -> None:
     listen = deployed.ssh("coordinator", "ss -Htln").stdout
     assert f"{coord}:9092" in listen.replace("[::ffff:", "").replace("]", "") and "127.0.0.1:9093" in listen, listen
     assert "0.0.0.0:9092" not in listen and "*:9092" not in listen, listen
-    inf = deployed.ssh(INFERENCE, "ss -Htln").stdout
-    assert f"{ips[INFERENCE]}:50051" in inf.replace("[::ffff:", "").replace("]", ""), inf
+    for node in NODES:
+        inf = deployed.ssh(node, "ss -Htln").stdout
+        assert f"{ips[node]}:50051" in inf.replace("[::ffff:", "").replace("]", ""), (node, inf)
+    # The key registry (PostgreSQL) listens on the coordinator's bridge address only, TLS only (pg_hba.conf).
+    pg = deployed.ssh(REGISTRY, "ss -Htln").stdout.replace("[::ffff:", "").replace("]", "")
+    assert f"{ips[REGISTRY]}:5432" in pg and "0.0.0.0:5432" not in pg and "127.0.0.1:5432" not in pg, pg
+    # It lets in a node's registry certificate as the one database role, and nothing else: not that certificate as
+    # the superuser, not an owner's certificate from an owner's host.
+    login = ('runuser -u {user} -- /usr/lib/postgresql/15/bin/psql "host=' + ips[REGISTRY] + ' port=5432 dbname=fedfhe '
+             'user={db} sslmode=verify-full sslrootcert=/etc/fedfhe/pki/ca.crt sslcert=/etc/fedfhe/pki/{cert}.crt '
+             'sslkey=/etc/fedfhe/pki/{cert}.key" -XtAc "SELECT current_user"')
+    ok = deployed.ssh(SECOND_NODE, login.format(user="fedfhe-inference", db="fedfhe-registry", cert="registry"))
+    assert ok.stdout.strip() == "fedfhe-registry", ok.stdout + ok.stderr
+    for host, user, db, cert in ((SECOND_NODE, "fedfhe-inference", "postgres", "registry"),
+                                 ("owner-0", "fedfhe-owner", "fedfhe-registry", "client")):
+        refused = deployed.ssh(host, login.format(user=user, db=db, cert=cert), check=False)
+        assert refused.returncode != 0 and "no pg_hba.conf entry" in refused.stderr, (host, db, refused.stderr)
     res = deployed.hosts.netns_exec("owner-0", [sys.executable, "-c",
                                                 f"import socket; socket.create_connection(('{coord}', 9093), 3)"],
                                     check=False)
@@ -376,12 +402,13 @@ def test_every_link_crosses_the_bridge_with_tls(deployed: Deployment) -> None:
     assert fleet_probe["plaintext_h2_settings"] is False, fleet_probe
     # Inference service: mutual TLS (an owner's client certificate is required).
     owner_pki = deployed.hosts.hosts["owner-1"].path("/etc/fedfhe/pki")  # its key exists on its host only
-    inf_probe = _probe(deployed, "owner-1", TLS_PROBE, ips[INFERENCE], "50051", str(pki / "ca.crt"),
-                       str(owner_pki / "client.crt"), str(owner_pki / "client.key"))
-    assert inf_probe["tls"]["ok"] and inf_probe["tls"]["cn"] == f"{INFERENCE}-inference", inf_probe
-    assert not inf_probe["no_client_cert"]["ok"], f"accepted a client without a certificate: {inf_probe}"
-    assert not inf_probe["wrong_ca"]["ok"], inf_probe
-    assert inf_probe["plaintext_h2_settings"] is False, inf_probe
+    for node in NODES:
+        inf_probe = _probe(deployed, "owner-1", TLS_PROBE, ips[node], "50051", str(pki / "ca.crt"),
+                           str(owner_pki / "client.crt"), str(owner_pki / "client.key"))
+        assert inf_probe["tls"]["ok"] and inf_probe["tls"]["cn"] == f"{node}-inference", inf_probe
+        assert not inf_probe["no_client_cert"]["ok"], f"accepted a client without a certificate: {inf_probe}"
+        assert not inf_probe["wrong_ca"]["ok"], inf_probe
+        assert inf_probe["plaintext_h2_settings"] is False, inf_probe
 
 
 def _pids(deployed: Deployment, services: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
@@ -414,18 +441,24 @@ def test_each_host_holds_only_its_own_keys_and_data(deployed: Deployment) -> Non
     control_keys = sorted(p.relative_to(pki).as_posix() for p in pki.rglob("*.key"))
     assert control_keys == ["ca.key"], f"private keys on the control node: {control_keys}"
     assert sorted(p.name for p in (pki / "requests").iterdir()) == sorted(
-        ["coordinator-superlink.csr", f"{INFERENCE}-inference.csr", *(f"{o}.csr" for o in OWNERS)])
+        ["coordinator-superlink.csr", *(f"{n}-inference.csr" for n in NODES), *(f"{n}-registry.csr" for n in NODES),
+         f"{REGISTRY}-postgres.csr", *(f"{o}.csr" for o in OWNERS)])
     for host in HOSTS:
         files = _tree(deployed, host, "/etc/fedfhe/pki")
         assert "ca.key" not in files and not any(f.endswith("ca.key") for f in files), (host, files)
-    # The coordinator's host holds the SuperLink's and the inference node's keys, each its own.
+    # The coordinator's host holds the SuperLink's, the inference node's (and its registry login's) and the key
+    # registry's keys, each its own; the second inference node its own two.
+    node_files = {f"{stem}.{ext}" for stem in ("inference", "registry") for ext in ("crt", "key", "csr", "names")}
     assert _tree(deployed, "coordinator", "/etc/fedfhe/pki") == {
         "ca.crt", "release.pub", "release.key", "superlink.crt", "superlink.key", "superlink.csr", "superlink.names",
-        "inference.crt", "inference.key", "inference.csr", "inference.names", "crl.pem",
+        *node_files, "postgres.crt", "postgres.key", "postgres.csr", "postgres.names", "crl.pem",
         *(f"supernodes/{o}.pub" for o in OWNERS)}
+    assert _tree(deployed, SECOND_NODE, "/etc/fedfhe/pki") == {"ca.crt", "release.pub", "crl.pem", *node_files}
     # Each certificate the CA signed certifies the key its host made (the key's public half, nothing more, travelled),
     # readable by its own service's group only (0640 root:<group>).
-    for host, stem, group in (("coordinator", "superlink", "fedfhe"), (INFERENCE, "inference", "fedfhe-inference"),
+    for host, stem, group in (("coordinator", "superlink", "fedfhe"),
+                              *((n, s, "fedfhe-inference") for n in NODES for s in ("inference", "registry")),
+                              (REGISTRY, "postgres", "postgres"),
                               *((o, "client", "fedfhe-owner") for o in OWNERS)):
         h = deployed.hosts.hosts[host]
         assert _public_key_of(h.path(f"/etc/fedfhe/pki/{stem}.crt")) == _public_key_of(
@@ -433,10 +466,11 @@ def test_each_host_holds_only_its_own_keys_and_data(deployed: Deployment) -> Non
         mode = deployed.ssh(host, f"stat -c '%U:%G %a' /etc/fedfhe/pki/{stem}.key").stdout.split()
         assert mode == [f"root:{group}", "640"], (host, stem, mode)
     # The CRL (fedfhe-pki revoke on the control node) is copied as made, and the node's config names it.
-    assert deployed.hosts.hosts[INFERENCE].path("/etc/fedfhe/pki/crl.pem").read_bytes() == (
-        pki / "crl.pem").read_bytes()
-    assert "crl_file: /etc/fedfhe/pki/crl.pem" in deployed.hosts.hosts[INFERENCE].path(
-        "/etc/fedfhe/inference.yaml").read_text()
+    for node in NODES:
+        assert deployed.hosts.hosts[node].path("/etc/fedfhe/pki/crl.pem").read_bytes() == (
+            pki / "crl.pem").read_bytes()
+        assert "crl_file: /etc/fedfhe/pki/crl.pem" in deployed.hosts.hosts[node].path(
+            "/etc/fedfhe/inference.yaml").read_text()
     digests = {}
     for owner in OWNERS:
         h = deployed.hosts.hosts[owner]
@@ -453,7 +487,7 @@ def test_each_host_holds_only_its_own_keys_and_data(deployed: Deployment) -> Non
         out = deployed.ssh(owner, f"sha256sum {DATA_PATH}").stdout.split()[0]
         digests[owner] = out
     assert len(set(digests.values())) == len(OWNERS), digests
-    for host in ("coordinator", INFERENCE):
+    for host in ("coordinator", *NODES):
         assert deployed.ssh(host, f"test -e {DATA_PATH}", check=False).returncode != 0, f"{DATA_PATH} seen on {host}"
 
 
@@ -741,8 +775,9 @@ def test_publish_and_predict_match_the_clear_model(deployed: Deployment) -> None
         pytest.xfail("fedfhe-coordinator compile is not available yet")
     res = deployed.play("publish.yml", "-e", "fedfhe_publish_version=mh1", "-e", f"fedfhe_publish_eval={PUBLIC_TEST}")
     _expect_ok(res, "publish.yml")
-    log = deployed.hosts.hosts[INFERENCE].path("/var/log/fedfhe/fedfhe-inference.log").read_text(errors="replace")
-    assert "serving digits-logisticregression/mh1" in log
+    for node in NODES:  # every node got the bundle and serves it (issue 29)
+        log = deployed.hosts.hosts[node].path("/var/log/fedfhe/fedfhe-inference.log").read_text(errors="replace")
+        assert "serving digits-logisticregression/mh1" in log, node
     # The coordinator signed the bundle; the signature travelled with it to the control node's
     # copy and to the bundle the inference node serves, and it verifies with the release key.
     from fedfhe_common.release import load_verify_key, read_signature, verify
@@ -750,7 +785,8 @@ def test_publish_and_predict_match_the_clear_model(deployed: Deployment) -> None
     release_pub = load_verify_key(deployed.work / "control" / "pki" / "release.pub")
     control_copy = deployed.work / "control" / "artifacts" / "bundles" / "digits-logisticregression" / "mh1"
     served = deployed.hosts.hosts[INFERENCE].path("/var/lib/fedfhe/inference/bundles/digits-logisticregression/mh1")
-    for bundle in (control_copy, served):
+    second = deployed.hosts.hosts[SECOND_NODE].path("/var/lib/fedfhe/inference/bundles/digits-logisticregression/mh1")
+    for bundle in (control_copy, served, second):
         assert (bundle / "manifest.sig").is_file(), f"{bundle}: no manifest.sig ({sorted(os.listdir(bundle))})"
         verify(release_pub, (bundle / "manifest.json").read_bytes(), read_signature(bundle), str(bundle))
     assert (served / "manifest.sig").read_bytes() == (control_copy / "manifest.sig").read_bytes()
@@ -793,9 +829,213 @@ def test_publish_and_predict_match_the_clear_model(deployed: Deployment) -> None
     # predict.yml ran the client as the owner's service user (the SuperNode's), not root.
     owners = deployed.ssh("owner-0", f"stat -c %U /var/lib/fedfhe/owner/{private[0]} {PREDICT_OUTPUT}").stdout.split()
     assert owners == ["fedfhe-owner", "fedfhe-owner"], owners
-    inference_files = _tree(deployed, INFERENCE, "/var/lib/fedfhe/inference")
-    assert any(f.endswith(".evk") for f in inference_files), inference_files
-    assert not any(f.endswith("keyset.bin") for f in inference_files), inference_files
+    # (Which node got the upload is round_robin's pick: the other loads the keys from the registry when asked.)
+    inference_files = {n: _tree(deployed, n, "/var/lib/fedfhe/inference") for n in NODES}
+    assert any(f.endswith(".evk") for files in inference_files.values() for f in files), inference_files
+    assert not any(f.endswith("keyset.bin") for files in inference_files.values() for f in files), inference_files
+
+
+# ---- several inference nodes (issue 29) -------------------------------------------------------------
+MODEL, VERSION = "digits-logisticregression", "mh1"
+SPREAD_ROWS = 12
+KILL_ROWS = 50
+METRICS_PROBE = """
+import sys, urllib.request
+print(urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=10).read().decode())
+"""
+# Polls a node's served-rows metric in its network namespace; once it moves past the baseline, kills the node
+# the way a crash would (SIGKILL: the supervisor first, so it does not restart the node, then the node's whole
+# process group, FHE workers included) and prints the rows it had served. The test hosts share one pid namespace.
+KILL_WHEN_SERVING = r"""
+import json, os, re, signal, sys, time, urllib.request
+baseline, supervisor, deadline = float(sys.argv[1]), int(sys.argv[2]), time.monotonic() + float(sys.argv[3])
+pattern = re.compile(r"^fedfhe_inference_rows_evaluated_total\{[^}]*\} ([0-9.e+]+)$", re.M)
+rows = baseline
+while time.monotonic() < deadline:
+    try:
+        text = urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=2).read().decode()
+        rows = sum(float(v) for v in pattern.findall(text))
+    except OSError:
+        pass
+    if rows > baseline:
+        break
+    time.sleep(0.01)
+else:
+    print(json.dumps({"served": rows - baseline, "killed": False}))
+    sys.exit(0)
+def parent(pid):
+    try:
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+children = [int(p) for p in os.listdir("/proc") if p.isdigit() and parent(p) == supervisor]
+os.kill(supervisor, signal.SIGKILL)
+for child in children:  # the node leads its own process group (the supervisor's setpgid)
+    os.killpg(child, signal.SIGKILL)
+print(json.dumps({"served": rows - baseline, "killed": True, "pids": [supervisor, *children]}))
+"""
+# A raw Predict (garbage ciphertext) with a given key id at each node, with this owner's certificate: which status
+# each node answers (NOT_FOUND: it has no such keys; INVALID_ARGUMENT: it has them and refused the ciphertext).
+PREDICT_STATUS = r"""
+import json, sys, grpc
+from fedfhe_proto.inference.v1 import inference_pb2 as pb, inference_pb2_grpc as pb_grpc
+key_id, model, version, *addresses = sys.argv[1:]
+pki = "/etc/fedfhe/pki/"
+read = lambda name: open(pki + name, "rb").read()
+creds = grpc.ssl_channel_credentials(read("ca.crt"), read("client.key"), read("client.crt"))
+out = {}
+for address in addresses:
+    with grpc.secure_channel(address, creds) as channel:
+        req = pb.PredictRequest(key_id=key_id, model=pb.ModelRef(model_id=model, version=version), ciphertexts=[b"x"])
+        try:
+            pb_grpc.InferenceStub(channel).Predict(req, timeout=60)
+            out[address] = ["OK", ""]
+        except grpc.RpcError as exc:
+            out[address] = [exc.code().name, exc.details()]
+print(json.dumps(out))
+"""
+
+
+def _metrics(deployed: Deployment, node: str) -> dict[str, float]:
+    """A node's Prometheus metrics (it serves them on its own loopback), each series summed over its labels."""
+    res = deployed.hosts.netns_exec(node, [sys.executable, "-c", METRICS_PROBE], check=False, timeout=60)
+    assert res.returncode == 0, f"metrics of {node}: {res.stderr}"
+    out: dict[str, float] = {}
+    for line in res.stdout.splitlines():
+        m = re.match(r"^([a-z_]+)(?:\{.*\})? ([0-9.e+-]+)$", line)
+        if m:
+            out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
+    return out
+
+
+def _delta(before: dict[str, float], after: dict[str, float], name: str) -> float:
+    return after.get(f"fedfhe_inference_{name}_total", 0.0) - before.get(f"fedfhe_inference_{name}_total", 0.0)
+
+
+def _node_addresses(deployed: Deployment) -> list[str]:
+    return [f"{deployed.hosts.hosts[n].ip}:50051" for n in NODES]
+
+
+def _registry_sql(deployed: Deployment, sql: str) -> list[list[str]]:
+    """Rows of a query on the key registry, as postgres over the socket in the data dir (inspection only)."""
+    out = deployed.ssh(REGISTRY, "runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -h /var/lib/fedfhe/postgres "
+                       f"-p 5432 -d fedfhe -XtA -F ' ' -c \"{sql}\"").stdout
+    return [line.split(" ") for line in out.splitlines() if line.strip()]
+
+
+def _owner_predict(owner: str, rows: int, out: str) -> str:
+    """fedfhe-owner predict on the owner's host as its service user, one Predict call per row."""
+    return (f"runuser -u fedfhe-owner -- /opt/fedfhe/venv/bin/fedfhe-owner predict --config /etc/fedfhe/owner.yaml "
+            f"--input /srv/fedfhe/rows-{rows}.npz --out {out} --no-progress --batch-size 1")
+
+
+def _place_rows(deployed: Deployment, owner: str, rows: int) -> list:
+    """Public test rows (standing in for an owner's new records) on the owner's host; the clear model's labels."""
+    from fedfhe_common.artifact import TrainingArtifact
+
+    with np.load(deployed.work / "partition" / "public-test.npz", allow_pickle=False) as npz:
+        X = npz["X"][:rows]
+    np.savez_compressed(deployed.hosts.hosts[owner].path(f"/srv/fedfhe/rows-{rows}.npz"), X=X)
+    clear = TrainingArtifact.load(deployed.work / "control" / "artifacts" / "training" / "latest" / "artifact")
+    return clear.to_estimator().predict(X).tolist()
+
+
+def _predictions(deployed: Deployment, owner: str, out: str) -> list:
+    return [row["prediction"] for row in json.loads(deployed.hosts.hosts[owner].path(out).read_text())["predictions"]]
+
+
+def test_owners_spread_predictions_over_both_nodes_with_keys_uploaded_once(deployed: Deployment) -> None:
+    """Issue 29: owner-1 uploads its evaluation keys once, through its round_robin channel over both nodes, and
+    both serve its rows: the node the upload did not reach loads the keys from the shared registry."""
+    if not deployed.hosts.hosts[SECOND_NODE].path(f"/var/lib/fedfhe/inference/bundles/{MODEL}/{VERSION}").is_dir():
+        pytest.skip("no bundle published (test_publish_and_predict_match_the_clear_model did not run)")
+    owner, out = "owner-1", "/var/lib/fedfhe/owner/predictions/spread.json"
+    owner_yaml = yaml.safe_load(deployed.hosts.hosts[owner].path("/etc/fedfhe/owner.yaml").read_text())["inference"]
+    addresses = _node_addresses(deployed)
+    assert [owner_yaml["address"], *owner_yaml["more_addresses"]] == addresses, owner_yaml
+    assert owner_yaml["server_name"] == "fedfhe-inference", owner_yaml
+    expected = _place_rows(deployed, owner, SPREAD_ROWS)
+    before = {n: _metrics(deployed, n) for n in NODES}
+    started = time.monotonic()
+    deployed.ssh(owner, _owner_predict(owner, SPREAD_ROWS, out))
+    deployed.times["predict-spread"] = round(time.monotonic() - started, 1)
+    assert _predictions(deployed, owner, out) == expected
+    after = {n: _metrics(deployed, n) for n in NODES}
+    served = {n: _delta(before[n], after[n], "rows_evaluated") for n in NODES}
+    assert all(v > 0 for v in served.values()) and sum(served.values()) == SPREAD_ROWS, served
+    uploaded = [n for n in NODES if _delta(before[n], after[n], "key_upload_bytes") > 0]
+    assert len(uploaded) == 1, {n: _delta(before[n], after[n], "key_upload_bytes") for n in NODES}
+    other = next(n for n in NODES if n not in uploaded)
+    assert _delta(before[other], after[other], "key_registry_misses") >= 1, after[other]
+    assert _delta(before[other], after[other], "key_registry_loads") >= 1, after[other]
+    # Stored once: one key set of owner-1 in the registry, and both nodes hold a TLS session to it.
+    assert [r[0] for r in _registry_sql(deployed, "SELECT owner FROM fedfhe_keys WHERE owner = 'owner-1'")] == [owner]
+    peers = {peer.rsplit(":", 1)[0] for _, peer, _ in _established(deployed, REGISTRY, "sport = :5432")}
+    assert peers == {deployed.hosts.hosts[n].ip for n in NODES}, peers
+
+
+def test_a_node_killed_mid_run_costs_the_owner_no_row(deployed: Deployment) -> None:
+    """Issue 29: one node is killed (SIGKILL, as a crash) once it has served some of owner-0's 50 rows; the owner's
+    channel retries UNAVAILABLE on the other node and every row comes back, equal to the clear model's."""
+    if not deployed.hosts.hosts[SECOND_NODE].path(f"/var/lib/fedfhe/inference/bundles/{MODEL}/{VERSION}").is_dir():
+        pytest.skip("no bundle published (test_publish_and_predict_match_the_clear_model did not run)")
+    owner, victim, out = "owner-0", SECOND_NODE, "/var/lib/fedfhe/owner/predictions/node-killed.json"
+    survivor = next(n for n in NODES if n != victim)
+    expected = _place_rows(deployed, owner, KILL_ROWS)
+    before = {n: _metrics(deployed, n) for n in NODES}
+    supervisor = deployed.hosts.hosts[victim].path("/run/fedfhe/fedfhe-inference.pid").read_text().strip()
+    baseline = str(before[victim].get("fedfhe_inference_rows_evaluated_total", 0.0))
+    watcher = subprocess.Popen(["ip", "netns", "exec", deployed.hosts.hosts[victim].netns, sys.executable, "-c",
+                                KILL_WHEN_SERVING, baseline, supervisor, "240"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watched, errors = "", ""
+    try:
+        started = time.monotonic()
+        predict = deployed.hosts.ssh(owner, _owner_predict(owner, KILL_ROWS, out), check=False, timeout=600)
+        deployed.times["predict-node-killed"] = round(time.monotonic() - started, 1)
+        watched, errors = watcher.communicate(timeout=300)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+    try:
+        assert watched, f"the watcher of {victim} said nothing: {errors}"
+        kill = json.loads(watched)
+        assert kill["killed"], f"{victim} served no row of the run before it ended: {kill} {errors}"
+        assert predict.returncode == 0, predict.stdout + predict.stderr
+        assert _predictions(deployed, owner, out) == expected
+        status = deployed.ssh(victim, "/opt/fedfhe/bin/fedfhe-service status fedfhe-inference", check=False)
+        assert status.returncode == 3, f"{victim} is running again: the kill did not take\n{status.stdout}"
+        # The victim served some of the rows, not all: the survivor served the rest (and any retried).
+        served_after = _delta(before[survivor], _metrics(deployed, survivor), "rows_evaluated")
+        assert 1 <= kill["served"] < KILL_ROWS, kill
+        assert served_after + kill["served"] >= KILL_ROWS and served_after > KILL_ROWS / 2, (served_after, kill)
+    finally:  # the node comes back (later tests use both); its keys come from its own copy and the registry
+        deployed.ssh(victim, "/opt/fedfhe/bin/fedfhe-service start fedfhe-inference")
+        def listening() -> bool:  # gRPC listens dual-stack: ss shows [::ffff:10.77.0.11]:50051
+            out = deployed.ssh(victim, "ss -Htln").stdout.replace("[::ffff:", "").replace("]", "")
+            return f"{deployed.hosts.hosts[victim].ip}:50051" in out
+
+        wait_until(listening, 120, f"{victim} to listen again", 0.5)
+
+
+def test_deleted_keys_are_gone_from_both_nodes(deployed: Deployment) -> None:
+    """Issue 29: fedfhe-owner delete-keys, through the owner's channel to one of the nodes, deletes the key set in
+    the registry: both nodes answer NOT_FOUND for it, the node holding a cached copy too."""
+    owner = "owner-1"
+    keys = [r[0] for r in _registry_sql(deployed, f"SELECT key_id FROM fedfhe_keys WHERE owner = '{owner}'")]
+    if not keys:
+        pytest.skip(f"{owner} has no keys in the registry (the spread test did not run)")
+    probe = ["runuser", "-u", "fedfhe-owner", "--", "/opt/fedfhe/venv/bin/python", "-c", shlex.quote(PREDICT_STATUS),
+             keys[0], MODEL, VERSION, *_node_addresses(deployed)]
+    present = json.loads(deployed.ssh(owner, " ".join(probe)).stdout)
+    assert all(code != "NOT_FOUND" for code, _ in present.values()), present
+    res = deployed.ssh(owner, "runuser -u fedfhe-owner -- /opt/fedfhe/venv/bin/fedfhe-owner delete-keys "
+                       f"--config /etc/fedfhe/owner.yaml --model {MODEL} --model-version {VERSION}")
+    assert f"deleted evaluation keys {keys[0]}" in res.stdout, res.stdout + res.stderr
+    assert not _registry_sql(deployed, f"SELECT key_id FROM fedfhe_keys WHERE owner = '{owner}'")
+    gone = json.loads(deployed.ssh(owner, " ".join(probe)).stdout)
+    assert [code for code, _ in gone.values()] == ["NOT_FOUND"] * len(NODES), gone
 
 
 # ---- systemd units (the hosts here have no systemd: the supervisor runs the services) -----------------
@@ -905,8 +1145,9 @@ def test_a_revoked_owner_is_refused_on_both_links(deployed: Deployment) -> None:
     deployed.inventory.write_text(yaml.safe_dump(inventory, sort_keys=False))
     res = deployed.play("site.yml", "-l", "superlink:inference")
     _expect_ok(res, "site.yml after revoking " + REVOKED)
-    assert deployed.hosts.hosts[INFERENCE].path("/etc/fedfhe/pki/crl.pem").read_bytes() == (
-        pki / "crl.pem").read_bytes()
+    for node in NODES:
+        assert deployed.hosts.hosts[node].path("/etc/fedfhe/pki/crl.pem").read_bytes() == (
+            pki / "crl.pem").read_bytes(), node
     assert f"/{REVOKED}.pub" not in deployed.hosts.hosts["coordinator"].path("/etc/fedfhe/coordinator.yaml").read_text()
 
     # Fleet link: the revoked owner's SuperNode, still running on its host, is turned away at its next
@@ -932,6 +1173,12 @@ def test_a_revoked_owner_is_refused_on_both_links(deployed: Deployment) -> None:
     said = refused.stdout + refused.stderr
     assert refused.returncode != 0, said
     assert "UNAUTHENTICATED" in said and "is revoked" in said and "Traceback" not in said, said
+    # ... by both inference nodes (issue 29): each was given the new CRL.
+    probe = ["runuser", "-u", "fedfhe-owner", "--", "/opt/fedfhe/venv/bin/python", "-c", shlex.quote(PREDICT_STATUS),
+             "no-such-key", MODEL, VERSION, *_node_addresses(deployed)]
+    both = json.loads(deployed.ssh(REVOKED, " ".join(probe)).stdout)
+    assert all(code == "UNAUTHENTICATED" and "is revoked" in why for code, why in both.values()), both
+    assert len(both) == len(NODES), both
     # ... while another owner is served (predict.yml; its keys are on the node already).
     res = deployed.play("predict.yml", "-l", SERVED, "-e", f"fedfhe_predict_input={PREDICT_INPUT}",
                         "-e", f"fedfhe_predict_output={after_output}")

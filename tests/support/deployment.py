@@ -37,6 +37,7 @@ OWNER_ROWS = {"owner-0": 420, "owner-1": 300, "owner-2": 180}
 DATA_PATH = "/srv/fedfhe/owner.npz"  # the same path on every owner host, a different file on each
 PUBLIC_TEST = "/srv/fedfhe/public-test.npz"  # on the coordinator: public rows for per-round scores
 ROUNDS = 2
+SECOND_NODE = "inference-1"  # the second inference node's host (testhosts.DEFAULT_HOSTS)
 
 
 @dataclass
@@ -211,8 +212,11 @@ def write_inventory(hosts: TestHosts, work: Path, copy_wheelhouse: list[str] | N
                     "coordinator", fedfhe_training_rounds=ROUNDS, fedfhe_training_public_test=PUBLIC_TEST,
                     fedfhe_training_round_timeout_s=120, fedfhe_training_wait_for_nodes_s=120)}},
                 "supernodes": {"hosts": {o: host(o, fedfhe_owner_data=DATA_PATH) for o in OWNERS if o not in external}},
-                # The inference node on the coordinator's host, as the example inventory: co-located, own users.
-                "inference": {"hosts": {"coordinator": {}}},
+                # Two inference nodes (issue 29): the first on the coordinator's host, as the example inventory
+                # (co-located, own users), the second on a host of its own; owners spread calls over both.
+                "inference": {"hosts": {"coordinator": {}, SECOND_NODE: host(SECOND_NODE)}},
+                # Their shared key registry (PostgreSQL) on the coordinator's host too.
+                "key_registry": {"hosts": {"coordinator": {}}},
             },
         }
     }

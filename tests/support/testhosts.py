@@ -42,7 +42,7 @@ SUBNET = "10.77.0"
 CONTROL_IP = f"{SUBNET}.1"
 DEFAULT_BASE = Path(os.environ.get("FEDFHE_MULTIHOST_DIR", "/var/tmp/fedfhe-multihost"))
 # host name -> last octet
-DEFAULT_HOSTS = {"coordinator": 10, "owner-0": 21, "owner-1": 22, "owner-2": 23}
+DEFAULT_HOSTS = {"coordinator": 10, "inference-1": 11, "owner-0": 21, "owner-1": 22, "owner-2": 23}
 # Private per host: path in the host -> backing directory name under the host's dir.
 PRIVATE_DIRS = {
     "/opt": "opt",

@@ -105,7 +105,7 @@ def _extensions(cert: x509.Certificate) -> list[tuple]:
     return sorted((e.oid.dotted_string, e.critical, repr(e.value)) for e in cert.extensions)
 
 
-@pytest.mark.parametrize("role", ["superlink", "inference"])
+@pytest.mark.parametrize("role", ["superlink", "inference", "registry"])
 def test_a_server_request_gets_the_extensions_the_server_command_gives(tmp_path, ca, capsys, role):
     host = tmp_path / "host"
     sans = ["10.0.0.5", "node.example"]
