@@ -486,6 +486,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 - one fede
                     "latency_ms_per_row": 1000 * statistics.median(lat),
                     "latency_ms_per_row_each_owner": [1000 * x for x in lat],
                     "round_trips_ms_per_row": 1000 * statistics.median(rpc),
+                    "server_ms_per_row": 1000 * statistics.median(p["summary"]["seconds"]["server"]
+                                                                  / p["summary"]["rows"] for p in preds),
+                    # what crosses the link per row: the encrypted result (every class score) dwarfs the row
+                    "ciphertext_bytes_per_row": preds[0]["summary"]["bytes"]["ciphertexts"] / args.rows,
+                    "result_bytes_per_row": preds[0]["summary"]["bytes"]["results"] / args.rows,
                     "process_seconds_median": statistics.median(p["process_seconds"] for p in preds),
                     "predict_calls_per_node": [a - b for a, b in zip(after, before, strict=True)],
                     "mismatches_vs_simulated": sum(p["mismatches_vs_simulated"] for p in preds),
