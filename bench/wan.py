@@ -368,10 +368,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 - one fede
     from fedfhe_common.schema import resolve_schema
     from fedfhe_coordinator import config as coord
     from fedfhe_coordinator.compile import compile_artifact
-    from fedfhe_demo.cluster import Cluster
-    from fedfhe_demo.inference_node import InferenceNode, write_config
-    from fedfhe_demo.partition_cli import write_partitions
     from fedfhe_inference.bundles import publish_bundle
+    from fedfhe_testbed.cluster import Cluster
+    from fedfhe_testbed.inference_node import InferenceNode, write_config
+    from fedfhe_testbed.partition_cli import write_partitions
 
     reason = postgres_server.unavailable_reason()
     if reason:
