@@ -42,8 +42,8 @@ from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.exit_status import exit_with
 from fedfhe_common.release import load_signing_key, make_release_key
 from fedfhe_common.scoring import mean_abs_error, prediction_score
-from fedfhe_coordinator.compile import compile_artifact
-from fedfhe_coordinator.local_training import train_local
+from fedfhe_coordinator.fhe.compile import compile_artifact
+from fedfhe_coordinator.fhe.local_training import train_local
 from fedfhe_demo.datasets import load_builtin
 from fedfhe_owner.decode import decides_on_raw_scores, decode, decrypt
 

@@ -81,8 +81,8 @@ def total_mb(node: InferenceNode, field: str) -> float:
 
 # ---- models --------------------------------------------------------------------------------
 def linear_bundle(dataset: str, out: Path, max_rows: int) -> tuple[Any, np.ndarray]:
-    from fedfhe_coordinator.compile import compile_artifact
-    from fedfhe_coordinator.local_training import train_local
+    from fedfhe_coordinator.fhe.compile import compile_artifact
+    from fedfhe_coordinator.fhe.local_training import train_local
 
     X, y, schema = load_builtin(dataset, max_rows=max_rows, seed=0)
     split = int(0.8 * len(y))
@@ -97,7 +97,7 @@ def linear_bundle(dataset: str, out: Path, max_rows: int) -> tuple[Any, np.ndarr
 def tree_bundle(out: Path) -> Any:
     from concrete.ml.sklearn import DecisionTreeClassifier
 
-    from fedfhe_coordinator.compile import compile_concrete_bundle
+    from fedfhe_coordinator.fhe.compile import compile_concrete_bundle
 
     X, y, schema = load_builtin("digits")
     model = DecisionTreeClassifier(max_depth=6, n_bits=6, random_state=0).fit(X, y)

@@ -53,8 +53,8 @@ def new_node(work: Path, pki: Path) -> Any:
 
 def compile_bundle(work: Path) -> tuple[Any, Any, np.ndarray]:
     from fedfhe_common.release import load_signing_key
-    from fedfhe_coordinator.compile import compile_artifact
-    from fedfhe_coordinator.local_training import train_local
+    from fedfhe_coordinator.fhe.compile import compile_artifact
+    from fedfhe_coordinator.fhe.local_training import train_local
     from fedfhe_demo.datasets import load_builtin
 
     X, y, schema = load_builtin("digits")

@@ -42,7 +42,7 @@ from fedfhe_common.exit_status import exit_with
 from fedfhe_common.schema import resolve_schema
 from fedfhe_common.scoring import prediction_score
 from fedfhe_coordinator import config as coord
-from fedfhe_coordinator.training import run_training
+from fedfhe_coordinator.train.training import run_training
 from fedfhe_demo.cluster import Cluster
 from fedfhe_demo.partition_cli import write_partitions
 from fedfhe_demo.reference import centralised_reference, training_rows

@@ -45,7 +45,7 @@ from fedfhe_common.schema import resolve_schema
 from fedfhe_common.scoring import score_params
 from fedfhe_common.transport import from_arrays, to_arrays
 from fedfhe_coordinator.aggregation import AGGREGATIONS
-from fedfhe_coordinator.server_app import ReplyPolicy, make_strategy
+from fedfhe_coordinator.serverapp.server_app import ReplyPolicy, make_strategy
 from fedfhe_demo.partition_cli import write_partitions
 from fedfhe_owner.client_app import train as client_train
 

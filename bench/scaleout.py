@@ -91,7 +91,7 @@ def tree_bundle(work: Path) -> Any:
     """The depth-6, n_bits-6 digits tree of tests/loopback/test_inference_tree.py (~77 MB of keys)."""
     from concrete.ml.sklearn import DecisionTreeClassifier
 
-    from fedfhe_coordinator.compile import compile_concrete_bundle
+    from fedfhe_coordinator.fhe.compile import compile_concrete_bundle
     from fedfhe_demo.datasets import load_builtin
 
     X, y, schema = load_builtin("digits")

@@ -15,7 +15,7 @@ label skew (a regression target skews over its quartiles), each run is:
   typed schema a Pipeline of the same preprocessing fitted on the owners' pooled training
   rows (each owner's file minus the 20% its ClientApp holds out) and the same family, its
   regularisation chosen on a validation split;
-- the federated model compiled to FHE (``fedfhe_coordinator.compile``: calibration from the
+- the federated model compiled to FHE (``fedfhe_coordinator.fhe.compile``: calibration from the
   schema's bounds through the artifact's preprocessing, compile's default n_bits), predicted with
   ``fhe="simulate"`` and with ``fhe="execute"`` (real keys, encryption, the circuit on
   ciphertexts and decryption, in this process).
@@ -53,7 +53,7 @@ from fedfhe_common.exit_status import exit_with
 from fedfhe_common.schema import DatasetSchema
 from fedfhe_common.scoring import prediction_score
 from fedfhe_coordinator import config as coord
-from fedfhe_coordinator.training import run_training
+from fedfhe_coordinator.train.training import run_training
 from fedfhe_demo.cluster import Cluster
 from fedfhe_demo.datasets import demo_schema
 from fedfhe_demo.partition_cli import write_partitions
@@ -173,7 +173,7 @@ def federate(work: Path, summary: dict[str, Any], family: str, training: dict[st
 
 def fhe_predictions(artifact: TrainingArtifact, X: np.ndarray) -> dict[str, Any]:
     """Compile the federated model (calibration from the schema's bounds) and predict ``X`` three ways."""
-    from fedfhe_coordinator.compile import calibration_set, to_concrete
+    from fedfhe_coordinator.fhe.compile import calibration_set, to_concrete
 
     estimator = artifact.to_estimator()
     t = time.perf_counter()

@@ -67,8 +67,8 @@ from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.exit_status import exit_with
 from fedfhe_common.release import load_signing_key, make_release_key
 from fedfhe_common.schema import DatasetSchema
-from fedfhe_coordinator import federated_trees, tree_strategy
-from fedfhe_coordinator.compile import compile_artifact
+from fedfhe_coordinator.fhe.compile import compile_artifact
+from fedfhe_coordinator.serverapp import federated_trees, tree_strategy
 from fedfhe_demo.partition import dirichlet_indices, partition
 from fedfhe_owner import tree_training
 

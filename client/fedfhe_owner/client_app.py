@@ -23,11 +23,10 @@ from fedfhe_common.preprocessing import Preprocessing, moments
 from fedfhe_common.schema import DatasetSchema, resolve_schema
 from fedfhe_common.scoring import score_model
 from fedfhe_common.transport import from_arrays, to_arrays
-
-from . import tree_training
-from .holdout import split_holdout
-from .run_ledger import count_evaluation, refuse_replayed_model
-from .secure_client import bound_update, is_secure, legacy_reply, privacy_mod, record_true_update
+from fedfhe_owner import tree_training
+from fedfhe_owner.holdout import split_holdout
+from fedfhe_owner.run_ledger import count_evaluation, refuse_replayed_model
+from fedfhe_owner.secure_client import bound_update, is_secure, legacy_reply, privacy_mod, record_true_update
 
 app = ClientApp()
 

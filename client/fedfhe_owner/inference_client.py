@@ -14,11 +14,10 @@ from pathlib import Path
 import grpc
 
 from fedfhe_common.errors import ConfigError, FedfheError
+from fedfhe_owner.config import InferenceEndpoint
+from fedfhe_owner.server_certificate import ServerUnreachableError, refuse_if_revoked
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
-
-from .config import InferenceEndpoint
-from .server_certificate import ServerUnreachableError, refuse_if_revoked
 
 
 class InferenceError(FedfheError):

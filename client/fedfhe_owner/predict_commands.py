@@ -11,13 +11,12 @@ import sys
 from pathlib import Path
 
 from fedfhe_common.output import add_format, print_json, wants_json
-
-from . import config as owner_config
+from fedfhe_owner import config as owner_config
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .api import Predictor
-    from .predict_io import load_rows, write_predictions
+    from fedfhe_owner.api import Predictor
+    from fedfhe_owner.predict_io import load_rows, write_predictions
 
     with Predictor(args.config, model=args.model or "", version=args.model_version or "", progress=not args.no_progress,
                    batch_size=args.batch_size) as predictor:
@@ -52,9 +51,9 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _delete_keys(args: argparse.Namespace) -> int:
-    from .api import endpoint_of
-    from .inference_client import InferenceClient
-    from .predict import delete_keys, resolve_model
+    from fedfhe_owner.api import endpoint_of
+    from fedfhe_owner.inference_client import InferenceClient
+    from fedfhe_owner.predict import delete_keys, resolve_model
 
     cfg = owner_config.load(args.config)
     endpoint = endpoint_of(cfg, args.config)

@@ -15,8 +15,7 @@ from fedfhe_common.fileio import write_atomic
 from fedfhe_common.fl_contract import TEST_HOSTILE_REPLY, TEST_RECORD_UPDATES
 from fedfhe_common.logs import DEFAULT_LEVEL, flower_level_env
 from fedfhe_common.procs import exec_in_venv, flower_env, venv_bin
-
-from .config import OwnerConfig
+from fedfhe_owner.config import OwnerConfig
 
 SHIM_DIR = "flower-bin"  # under state_dir: first on the SuperNode's PATH
 SERVER_DIR = "clientapp-server"  # under state_dir (0700): the ClientApp server's socket
@@ -118,7 +117,7 @@ def write_clientapp_shim(cfg: OwnerConfig, server: bool | None = None) -> Path:
     """
     from flwr.supercore.constant import TASK_TYPE_TO_COMMAND
 
-    from . import clientapp_door
+    from fedfhe_owner import clientapp_door
 
     server = clientapp_server_enabled() if server is None else server
     folder = cfg.state_dir.resolve() / SHIM_DIR
@@ -229,7 +228,7 @@ def run_supernode(cfg: OwnerConfig, config_path: Path, log_format: str = "text",
                  "noise of standard deviation %.4g per coordinate (per round: epsilon %g, delta %g; sensitivity %g)",
                  dp.clipping_norm, dp.noise_stddev, dp.epsilon, dp.delta, dp.noise_sensitivity)
     if cfg.crl_file is not None:
-        from .server_certificate import wait_and_refuse_if_revoked
+        from fedfhe_owner.server_certificate import wait_and_refuse_if_revoked
 
         cert = wait_and_refuse_if_revoked(cfg.superlink, cfg.root_certificates, cfg.crl_file, "SuperLink",
                                           log=log.info, mark=cfg.crl_mark, allow_expired=cfg.allow_expired_crl)

@@ -35,7 +35,7 @@ import zlib
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
-from .errors import FedfheError
+from fedfhe_common.errors import FedfheError
 
 CONFIG_KEY = "approved_flower_apps"
 ENV_APPROVED = "FEDFHE_APPROVED_APPS"  # comma-separated digests, set by `fedfhe-owner supernode`

@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from . import models, release, tree_artifact
-from .errors import IntegrityError
-from .fileio import open_dir, read_plain, write_dir_atomic
-from .manifest import MANIFEST, verify_manifest, write_manifest
-from .preprocessing import Preprocessing
-from .schema import DatasetSchema
+from fedfhe_common import models, release, tree_artifact
+from fedfhe_common.errors import IntegrityError
+from fedfhe_common.fileio import open_dir, read_plain, write_dir_atomic
+from fedfhe_common.manifest import MANIFEST, verify_manifest, write_manifest
+from fedfhe_common.preprocessing import Preprocessing
+from fedfhe_common.schema import DatasetSchema
 
 KIND = "fedfhe-training-artifact"
 FILES = ("params.npz", "model.json", "metrics.json")

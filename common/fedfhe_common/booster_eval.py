@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from . import booster_json
-from .schema import DatasetSchema
+from fedfhe_common import booster_json
+from fedfhe_common.schema import DatasetSchema
 
 
 def load(booster: booster_json.Booster | None, params: dict[str, Any]) -> Any:

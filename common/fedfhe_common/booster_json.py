@@ -21,8 +21,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from . import tree_artifact
-from .errors import ConfigError
+from fedfhe_common import tree_artifact
+from fedfhe_common.errors import ConfigError
 
 BASE_SCORE = 0.5  # Concrete ML 1.9 accepts only 0.5; a fixed intercept also keeps xgboost >= 2's auto one out
 OBJECTIVES = {"binary": "binary:logistic", "multi": "multi:softprob", "regression": "reg:squarederror"}

@@ -23,12 +23,12 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from . import bundle_content, key_params, release
-from .errors import ConfigError, FedfheError, IntegrityError
-from .fileio import write_dir_atomic
-from .manifest import MANIFEST, canonical_body, verify_manifest, write_manifest
-from .preprocessing import Preprocessing
-from .schema import DatasetSchema
+from fedfhe_common import bundle_content, key_params, release
+from fedfhe_common.errors import ConfigError, FedfheError, IntegrityError
+from fedfhe_common.fileio import write_dir_atomic
+from fedfhe_common.manifest import MANIFEST, canonical_body, verify_manifest, write_manifest
+from fedfhe_common.preprocessing import Preprocessing
+from fedfhe_common.schema import DatasetSchema
 
 KIND = "fedfhe-fhe-bundle"
 # The bundle's member names: every other module takes them from here (issue 28). The signature's

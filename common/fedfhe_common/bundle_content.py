@@ -24,8 +24,8 @@ import stat
 import zipfile
 from typing import Any
 
-from .errors import IntegrityError
-from .mlir_check import check_mlir
+from fedfhe_common.errors import IntegrityError
+from fedfhe_common.mlir_check import check_mlir
 
 # Members FHEModelDev writes, per zip (all required).
 CLIENT_MEMBERS = frozenset({"client.specs.json", "serialized_processing.json", "versions.json"})

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .errors import ConfigError
+from fedfhe_common.errors import ConfigError
 
 T = TypeVar("T")
 

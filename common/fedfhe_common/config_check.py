@@ -18,9 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import HostPort, Range, from_dict, load_yaml, salvage
-from .errors import ConfigError, FedfheError
-from .output import add_format, print_json
+from fedfhe_common.config import HostPort, Range, from_dict, load_yaml, salvage
+from fedfhe_common.errors import ConfigError, FedfheError
+from fedfhe_common.output import add_format, print_json
 
 # A role's extra checks on a loaded config (a schema that resolves, a family that fits it): problems found.
 Extra = Callable[[Any], list[str]]
@@ -82,14 +82,14 @@ def check_file(cls: type, path: Path, extra: Extra | None = None) -> list[str]:
 
 
 def check_schema_file(path: Path) -> list[str]:
-    from .schema import DatasetSchema
+    from fedfhe_common.schema import DatasetSchema
 
     return check_file(DatasetSchema, path)
 
 
 def schema_problems(name_or_path: str, key: str = "schema") -> list[str]:
     """A config's ``schema`` value: a built-in name or a schema file that loads."""
-    from .schema import resolve_schema
+    from fedfhe_common.schema import resolve_schema
 
     try:
         resolve_schema(name_or_path)
@@ -182,7 +182,7 @@ def add_check_config(sub: Any, cls: type, file_name: str, extra: Extra | None = 
 
     def handler(args: argparse.Namespace) -> int:
         if args.json_schema:
-            from .schema import DatasetSchema
+            from fedfhe_common.schema import DatasetSchema
 
             target, title = ((DatasetSchema, "fedfhe dataset schema") if args.json_schema == "schema"
                              else (cls, f"fedfhe {file_name}"))

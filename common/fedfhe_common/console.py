@@ -8,8 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import FedfheError, Terminated
-from .exit_status import keep_exit_status
+from fedfhe_common.errors import FedfheError, Terminated
+from fedfhe_common.exit_status import keep_exit_status
 
 EXIT_FAILED = 1  # the command ran and failed (bad config, refused input, a failed run)
 EXIT_USAGE = 2  # argparse: the command line itself is wrong

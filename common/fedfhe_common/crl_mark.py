@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import PKIError
-from .fileio import write_atomic
-from .pki import CrlInfo
+from fedfhe_common.errors import PKIError
+from fedfhe_common.fileio import write_atomic
+from fedfhe_common.pki import CrlInfo
 
 NONE_SEEN = -2  # below a CRL without a number (-1, pki.read_crl)
 

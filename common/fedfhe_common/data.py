@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError
-from .schema import DatasetSchema
-from .typed_table import TypedTable, csv_rows, encode_rows, parquet_rows, refuse
+from fedfhe_common.errors import DataError
+from fedfhe_common.schema import DatasetSchema
+from fedfhe_common.typed_table import TypedTable, csv_rows, encode_rows, parquet_rows, refuse
 
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 IDX_MAX_DIMS = 32  # numpy's limit on array dimensions

@@ -14,9 +14,9 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-from . import booster_json, tree_artifact
-from .errors import ConfigError
-from .schema import DatasetSchema
+from fedfhe_common import booster_json, tree_artifact
+from fedfhe_common.errors import ConfigError
+from fedfhe_common.schema import DatasetSchema
 
 Mode = Literal["bagging", "cyclic"]
 MODES: tuple[Mode, ...] = ("bagging", "cyclic")

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import IntegrityError
+from fedfhe_common.errors import IntegrityError
 
 
 def fsync_dir(path: Path) -> None:

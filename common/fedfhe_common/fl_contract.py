@@ -19,8 +19,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from . import models, newton
-from .schema import DatasetSchema
+from fedfhe_common import models, newton
+from fedfhe_common.schema import DatasetSchema
 
 # Record names in a message's RecordDict.
 ARRAYS = "arrays"  # ArrayRecord: coef_ then intercept_
@@ -161,7 +161,7 @@ def schema_sha256(schema: DatasetSchema) -> str:
 
 def check_statistics_reply(content: Any, schema: DatasetSchema, cap: int) -> tuple[np.ndarray, int]:
     """A statistics reply: one vector of 3 x inputs fractions in [0, 1] and its row count, nothing else."""
-    from .preprocessing import check_moments
+    from fedfhe_common.preprocessing import check_moments
 
     try:
         names = set(content.keys())
@@ -206,7 +206,7 @@ def split_score_sums(arrays: list[np.ndarray], model_arrays: int,
     Only a secure run's aggregate carries the extra array (score_sums: each owner appends it before
     Flower masks); a plain reply with one is refused by ``check_params`` as any wrong shape is.
     """
-    from .score_sums import layout_length
+    from fedfhe_common.score_sums import layout_length
 
     if len(arrays) != model_arrays + 1:
         raise ReplyRejected(f"a secure aggregate holds {model_arrays} arrays and the score sums, got {len(arrays)}")

@@ -24,7 +24,7 @@ import re
 import zipfile
 from typing import Any
 
-from .errors import IntegrityError
+from fedfhe_common.errors import IntegrityError
 
 FIELD = "key_params_sha256"
 _SHA256 = re.compile(r"[0-9a-f]{64}")

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import IntegrityError
-from .fileio import write_atomic
+from fedfhe_common.errors import IntegrityError
+from fedfhe_common.fileio import write_atomic
 
 MANIFEST = "manifest.json"
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import IntegrityError
+from fedfhe_common.errors import IntegrityError
 
 MAX_MLIR_BYTES = 64 << 20
 MAX_LINE_BYTES = 32 << 20  # a dense hex constant of a large linear model stays on one line

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
-from .schema import DatasetSchema
+from fedfhe_common.errors import ConfigError
+from fedfhe_common.schema import DatasetSchema
 
 CLASSIFIERS = ("LogisticRegression", "LinearSVC", "SGDClassifier")
 REGRESSORS = ("LinearRegression", "Ridge", "Lasso", "ElasticNet")

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from . import models
-from .errors import ConfigError
-from .schema import DatasetSchema
+from fedfhe_common import models
+from fedfhe_common.errors import ConfigError
+from fedfhe_common.schema import DatasetSchema
 
 FAMILIES = ("LogisticRegression", "Ridge", "LinearRegression")
 # A reply carries a triangle of P x P numbers: 400 parameters is 80,200 floats (640 kB). Wider models

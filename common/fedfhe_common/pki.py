@@ -31,9 +31,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .errors import PKIError
-from .fileio import write_atomic
-from .pki_passphrase import PKI_ENV, PKI_HINT, PassphraseNeeded, encryption, from_env, load_private_key
+from fedfhe_common.errors import PKIError
+from fedfhe_common.fileio import write_atomic
+from fedfhe_common.pki_passphrase import PKI_ENV, PKI_HINT, PassphraseNeeded, encryption, from_env, load_private_key
 
 CA_DAYS = 3650
 LEAF_DAYS = 90  # short-lived: `fedfhe-pki renew` re-issues before the end (`list` flags the last RENEW_WITHIN_DAYS)
@@ -449,7 +449,9 @@ def check_name(name: str) -> None:
 def check_owner_name(name: str) -> None:
     """A data owner's id, the CN of its client certificate: the rule the inference node applies to the CN
     (``fedfhe_common.bundle.valid_name``), so no certificate is issued that the node would refuse."""
-    from .bundle import valid_name  # the owner-name rule's one home (the inference node reads it there too)
+    from fedfhe_common.bundle import (
+        valid_name,  # the owner-name rule's one home (the inference node reads it there too)
+    )
 
     if not valid_name(name):
         raise PKIError(f"{name[:80]!r} is not an owner name: use 1-64 letters, digits, '.', '_' or '-', "

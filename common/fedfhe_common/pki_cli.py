@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .console import add_examples, run
-from .errors import PKIError
-from .output import add_format, print_json, wants_json
-from .pki import (
+from fedfhe_common.console import add_examples, run
+from fedfhe_common.errors import PKIError
+from fedfhe_common.output import add_format, print_json, wants_json
+from fedfhe_common.pki import (
     CRL_DAYS,
     LEAF_DAYS,
     RENEW_WITHIN_DAYS,
@@ -30,11 +30,11 @@ from .pki import (
     supernode_keypair,
     write_crl,
 )
-from .pki_passphrase import PKI_ENV, RELEASE_ENV, resolve
-from .release import make_release_key
+from fedfhe_common.pki_passphrase import PKI_ENV, RELEASE_ENV, resolve
+from fedfhe_common.release import make_release_key
 
 if TYPE_CHECKING:
-    from .pki_request import Summary
+    from fedfhe_common.pki_request import Summary
 
 
 def _note(text: str) -> None:
@@ -59,7 +59,7 @@ def _passphrase(args: argparse.Namespace, *, new: bool = False) -> bytes | None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from .pki_inventory import inventory, render
+    from fedfhe_common.pki_inventory import inventory, render
 
     inv = inventory(_dir(args))
     if wants_json(args):
@@ -77,7 +77,7 @@ def _report(args: argparse.Namespace, doc: dict, lines: list[str]) -> None:
 
 
 def _request(args: argparse.Namespace) -> int:
-    from .pki_request import make_request
+    from fedfhe_common.pki_request import make_request
 
     req = make_request(_dir(args, "--out"), args.role, args.name, args.san, new_key=args.new_key,
                        file_name=args.file_name or "")
@@ -89,7 +89,7 @@ def _request(args: argparse.Namespace) -> int:
 
 
 def _sign(args: argparse.Namespace) -> int:
-    from .pki_request import sign_request
+    from fedfhe_common.pki_request import sign_request
 
     def review(summary: Summary) -> None:
         if not wants_json(args):
@@ -105,7 +105,7 @@ def _sign(args: argparse.Namespace) -> int:
 
 
 def _renew(args: argparse.Namespace) -> int:
-    from .pki_request import renew
+    from fedfhe_common.pki_request import renew
 
     done = renew(_dir(args), args.name, days=args.days, new_key=args.new_key, csr_path=args.csr,
                  within_days=args.within, passphrase=_passphrase(args))
@@ -121,7 +121,7 @@ def _renew(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from .pki_request import check_pair, describe
+    from fedfhe_common.pki_request import check_pair, describe
 
     summary = describe(args.file)
     problems = check_pair(args.file, args.key, args.ca) if (args.key or args.ca) else []

@@ -15,8 +15,8 @@ from typing import Any
 
 from cryptography import x509
 
-from .errors import PKIError
-from .pki import CRL_FILE, RENEW_WITHIN_DAYS, cert_hosts, cert_role, name_cn, revoked_serials
+from fedfhe_common.errors import PKIError
+from fedfhe_common.pki import CRL_FILE, RENEW_WITHIN_DAYS, cert_hosts, cert_role, name_cn, revoked_serials
 
 
 def inventory(directory: Path, now: dt.datetime | None = None) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from .errors import PKIError
+from fedfhe_common.errors import PKIError
 
 PKI_ENV = "FEDFHE_PKI_PASSPHRASE"
 RELEASE_ENV = "FEDFHE_RELEASE_PASSPHRASE"

@@ -34,9 +34,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes, PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .errors import PKIError
-from .fileio import write_atomic
-from .pki import (
+from fedfhe_common.errors import PKIError
+from fedfhe_common.fileio import write_atomic
+from fedfhe_common.pki import (
     CA,
     CLIENT_ROLE,
     LEAF_DAYS,

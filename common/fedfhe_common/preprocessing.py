@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError, IntegrityError
-from .schema import DatasetSchema
+from fedfhe_common.errors import DataError, IntegrityError
+from fedfhe_common.schema import DatasetSchema
 
 FORMAT = 1
 

@@ -26,7 +26,7 @@ import threading
 import time
 from typing import IO
 
-from .logs import wrap_line
+from fedfhe_common.logs import wrap_line
 
 log = logging.getLogger("fedfhe.relay")
 FORWARDED = (signal.SIGTERM, signal.SIGINT)

@@ -22,9 +22,16 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .errors import IntegrityError, PKIError
-from .fileio import write_atomic
-from .pki_passphrase import RELEASE_ENV, RELEASE_HINT, PassphraseNeeded, encryption, from_env, load_private_key
+from fedfhe_common.errors import IntegrityError, PKIError
+from fedfhe_common.fileio import write_atomic
+from fedfhe_common.pki_passphrase import (
+    RELEASE_ENV,
+    RELEASE_HINT,
+    PassphraseNeeded,
+    encryption,
+    from_env,
+    load_private_key,
+)
 
 KEY_FILE = "release.key"
 PUB_FILE = "release.pub"

@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .config import from_dict, load_config
-from .errors import ConfigError
+from fedfhe_common.config import from_dict, load_config
+from fedfhe_common.errors import ConfigError
 
 ColumnKind = Literal["numeric", "integer", "boolean", "categorical"]
 MissingRule = Literal["refuse", "value", "mean", "mode"]

@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
-from .errors import DataError
-from .schema import DEFAULT_MISSING_MARKERS, FALSE_WORDS, TRUE_WORDS
-from .typed_table import csv_rows, parquet_rows
+from fedfhe_common.errors import DataError
+from fedfhe_common.schema import DEFAULT_MISSING_MARKERS, FALSE_WORDS, TRUE_WORDS
+from fedfhe_common.typed_table import csv_rows, parquet_rows
 
 MAX_CATEGORIES = 50
 WARNING = """\
@@ -84,7 +84,7 @@ def draft_schema(path: Path, label: str, name: str = "", task: str = "") -> tupl
     if path.name.lower().endswith((".parquet", ".pq")):
         header, rows = parquet_rows(path)
     else:
-        from .data import _open_bytes
+        from fedfhe_common.data import _open_bytes
 
         header, rows = csv_rows(path, _open_bytes(path))
     header = [h.strip() for h in header]

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from . import models
-from .schema import DatasetSchema
+from fedfhe_common import models
+from fedfhe_common.schema import DatasetSchema
 
 
 def prediction_score(predictions: np.ndarray, y: np.ndarray, schema: DatasetSchema) -> float:

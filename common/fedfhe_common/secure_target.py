@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .schema import DatasetSchema
+from fedfhe_common.schema import DatasetSchema
 
 NEEDS_BOUNDS = ("under secure aggregation a regressor's parameters travel in units of its target's declared "
                 "range (SecAgg+ clips every value at +-clipping_range): declare target_min and target_max in the "

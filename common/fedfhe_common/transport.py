@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .schema import DatasetSchema
+from fedfhe_common.schema import DatasetSchema
 
 
 def to_arrays(params: list[np.ndarray]):
@@ -20,6 +20,6 @@ def to_arrays(params: list[np.ndarray]):
 
 def from_arrays(record, family: str, schema: DatasetSchema) -> list[np.ndarray]:
     """The two parameter arrays in model shapes; exact wire shapes and finite values or ValueError."""
-    from .fl_contract import check_params
+    from fedfhe_common.fl_contract import check_params
 
     return check_params(record.to_numpy_ndarrays(), family, schema)

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from . import models
-from .errors import IntegrityError
-from .schema import DatasetSchema
+from fedfhe_common import models
+from fedfhe_common.errors import IntegrityError
+from fedfhe_common.schema import DatasetSchema
 
 NPZ_MEMBER = "trees.npz"
 XGB_MEMBER = "xgboost.json"

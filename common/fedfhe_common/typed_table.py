@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
-from .schema import FALSE_WORDS, TRUE_WORDS, ColumnSpec, DatasetSchema
+from fedfhe_common.errors import DataError
+from fedfhe_common.schema import FALSE_WORDS, TRUE_WORDS, ColumnSpec, DatasetSchema
 
 SHOWN_PROBLEMS = 5
 

@@ -29,7 +29,7 @@ from .inference_node import InferenceNode, spawn
 def fedfhe_app_digest() -> str:
     """What an owner pins in approved_flower_apps: the digest `fedfhe-coordinator app-hash` prints."""
     from fedfhe_common.app_approval import app_dir_digest
-    from fedfhe_coordinator.flwr_cli import flower_app_dir
+    from fedfhe_coordinator.train.flwr_cli import flower_app_dir
 
     return app_dir_digest(flower_app_dir())
 

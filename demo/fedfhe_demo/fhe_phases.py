@@ -46,7 +46,7 @@ def run_fhe_phases(
     owners: list[str], owner_cfgs: dict[str, Path], report: dict[str, Any], public_test: Path,
 ) -> None:
     from fedfhe_common.release import load_signing_key
-    from fedfhe_coordinator.compile import compile_artifact
+    from fedfhe_coordinator.fhe.compile import compile_artifact
     from fedfhe_owner.predict import predict_rows
 
     schema = demo_schema(opts.dataset)

@@ -11,8 +11,8 @@ from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.data import load_table
 from fedfhe_common.scoring import mean_abs_error, prediction_score
 from fedfhe_coordinator import config as coord
-from fedfhe_coordinator.progress import RoundTable
-from fedfhe_coordinator.training import run_training
+from fedfhe_coordinator.train.progress import RoundTable
+from fedfhe_coordinator.train.training import run_training
 
 from .cluster import Cluster
 from .datasets import demo_schema

@@ -22,8 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedfhe_common.errors import ConfigError
 from fedfhe_common.schema import DatasetSchema
-
-from .compile import CALIBRATION_ROWS, BundleResult
+from fedfhe_coordinator.fhe.compile import CALIBRATION_ROWS, BundleResult
 
 __all__ = ["BundleResult", "compile_bundle", "load_eval_rows"]
 
@@ -66,8 +65,7 @@ def compile_bundle(
     """
     from fedfhe_common.artifact import TrainingArtifact
     from fedfhe_common.release import load_signing_key
-
-    from .compile import check_out, compile_artifact
+    from fedfhe_coordinator.fhe.compile import check_out, compile_artifact
 
     out = Path(out_dir)
     check_out(out, force)  # before the release key's passphrase prompt and the artifact's check

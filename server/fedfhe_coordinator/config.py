@@ -11,8 +11,7 @@ from fedfhe_common.config import HostPort, Range, _combined, load_config
 from fedfhe_common.errors import ConfigError
 from fedfhe_common.fl_contract import DEFAULT_MAX_EXAMPLES, owner_name_from_key_file
 from fedfhe_common.models import FEDERATED_TREES, REGRESSORS
-
-from .aggregation import SECURE_AGGREGATIONS, Aggregation, strategy_keys_unused, strategy_kwargs
+from fedfhe_coordinator.aggregation import SECURE_AGGREGATIONS, Aggregation, strategy_keys_unused, strategy_kwargs
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from fedfhe_common.errors import ConfigError
 from fedfhe_common.fl_contract import DEFAULT_MAX_EXAMPLES, owner_key_id, owner_name_from_key_file
 
 if TYPE_CHECKING:
-    from .config import CoordinatorConfig, TrainingConfig
+    from fedfhe_coordinator.config import CoordinatorConfig, TrainingConfig
 
 FlowerValue = bool | int | float | str
 

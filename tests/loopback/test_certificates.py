@@ -30,7 +30,7 @@ from fedfhe_common.pki import init_ca, issue
 from fedfhe_common.procs import flower_env, free_port, venv_bin, wait_until
 from fedfhe_common.release import make_release_key
 from fedfhe_coordinator import config as coord
-from fedfhe_coordinator import flwr_cli
+from fedfhe_coordinator.train import flwr_cli
 from fedfhe_demo.cluster import Cluster
 from fedfhe_demo.inference_node import InferenceNode, write_config
 from fedfhe_demo.partition_cli import write_partitions

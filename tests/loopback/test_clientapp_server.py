@@ -23,9 +23,9 @@ import pytest
 
 from fedfhe_common.app_approval import app_dir_digest
 from fedfhe_common.procs import venv_bin, wait_until
-from fedfhe_coordinator import flwr_cli
 from fedfhe_coordinator.run_config import RunConfig
-from fedfhe_coordinator.training import read_progress
+from fedfhe_coordinator.train import flwr_cli
+from fedfhe_coordinator.train.training import read_progress
 from fedfhe_owner.clientapp_server import FORKED
 from fedfhe_owner.supernode import write_clientapp_shim
 

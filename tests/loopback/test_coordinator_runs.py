@@ -15,7 +15,7 @@ import pytest
 from fedfhe_common.data import save_csv
 from fedfhe_common.procs import venv_bin, wait_until
 from fedfhe_common.schema import DIGITS
-from fedfhe_coordinator import flwr_cli
+from fedfhe_coordinator.train import flwr_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

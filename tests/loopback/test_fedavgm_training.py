@@ -12,7 +12,7 @@ import pytest
 
 from fedfhe_common.data import load_table
 from fedfhe_common.schema import DIGITS
-from fedfhe_coordinator.training import run_training
+from fedfhe_coordinator.train.training import run_training
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

@@ -14,7 +14,7 @@ from fedfhe_common.data import load_table
 from fedfhe_common.manifest import verify_manifest
 from fedfhe_common.procs import venv_bin, wait_until
 from fedfhe_common.schema import DIGITS
-from fedfhe_coordinator.training import run_training
+from fedfhe_coordinator.train.training import run_training
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 OWNERS = ["owner-0", "owner-1", "owner-2"]  # as in conftest.py (its `fed` and `first_run` fixtures)

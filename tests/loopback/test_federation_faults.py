@@ -22,7 +22,7 @@ from reliability_helpers import (
 
 from fedfhe_common.errors import FedfheError
 from fedfhe_common.procs import wait_until
-from fedfhe_coordinator.training import run_training
+from fedfhe_coordinator.train.training import run_training
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 OWNERS = ["owner-0", "owner-1", "owner-2"]

@@ -124,7 +124,7 @@ def test_keys_survive_restart_and_publish_reloads(node, alice, lr_bundles, digit
     assert not res.keys_uploaded and res.key_id == alice.key_ids["1"]
 
     # publish v3 into the running node with the CLI; --reload signals it through the pid file
-    from fedfhe_coordinator.compile import write_bundle
+    from fedfhe_coordinator.fhe.compile import write_bundle
 
     fhe_model = lr_bundles["model_1"]
     from fedfhe_common.schema import DIGITS

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 def tree(tmp_path_factory, digits, pki):
     from concrete.ml.sklearn import DecisionTreeClassifier
 
-    from fedfhe_coordinator.compile import compile_concrete_bundle
+    from fedfhe_coordinator.fhe.compile import compile_concrete_bundle
 
     model = DecisionTreeClassifier(max_depth=6, n_bits=6, random_state=0).fit(digits.X_train, digits.y_train)
     out = tmp_path_factory.mktemp("tree") / "bundle"
@@ -56,7 +56,7 @@ def retrained(tmp_path_factory, digits, pki):
     "3" with n_bits 4. Each compiles in about a second; their keys are 19-38 MB."""
     from concrete.ml.sklearn import DecisionTreeClassifier
 
-    from fedfhe_coordinator.compile import compile_concrete_bundle
+    from fedfhe_coordinator.fhe.compile import compile_concrete_bundle
 
     half = len(digits.y_train) // 2
     out = {}

@@ -24,9 +24,9 @@ import pytest
 
 from fedfhe_common.app_approval import fab_digest
 from fedfhe_common.procs import venv_bin
-from fedfhe_coordinator import flwr_cli
 from fedfhe_coordinator.run_config import RunConfig
-from fedfhe_coordinator.training import failure_reason, read_progress
+from fedfhe_coordinator.train import flwr_cli
+from fedfhe_coordinator.train.training import failure_reason, read_progress
 from fedfhe_demo.cluster import fedfhe_app_digest
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]

@@ -18,8 +18,8 @@ from fedfhe_common.data import load_table
 from fedfhe_common.pki import issue, supernode_keypair
 from fedfhe_common.procs import wait_until
 from fedfhe_common.schema import DIGITS
-from fedfhe_coordinator import flwr_cli
-from fedfhe_coordinator.training import run_training
+from fedfhe_coordinator.train import flwr_cli
+from fedfhe_coordinator.train.training import run_training
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

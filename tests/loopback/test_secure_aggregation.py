@@ -28,7 +28,7 @@ from fedfhe_common.procs import wait_until
 from fedfhe_common.schema import DIGITS
 from fedfhe_common.transport import to_arrays
 from fedfhe_coordinator import config as coord
-from fedfhe_coordinator.training import run_training
+from fedfhe_coordinator.train.training import run_training
 from fedfhe_demo.cluster import Cluster
 from fedfhe_demo.partition_cli import write_partitions
 

@@ -20,8 +20,8 @@ from reliability_helpers import Background, digits_federation
 
 from fedfhe_common.errors import FedfheError
 from fedfhe_common.procs import venv_bin, wait_until
-from fedfhe_coordinator import flwr_cli, training
-from fedfhe_coordinator.training import run_training
+from fedfhe_coordinator.train import flwr_cli, training
+from fedfhe_coordinator.train.training import run_training
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 OWNERS = ["owner-0", "owner-1"]

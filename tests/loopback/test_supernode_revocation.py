@@ -15,7 +15,7 @@ from reliability_helpers import reap_group
 from fedfhe_common.pki import revoke, write_crl
 from fedfhe_common.procs import venv_bin
 from fedfhe_coordinator import config as coord
-from fedfhe_coordinator import flwr_cli
+from fedfhe_coordinator.train import flwr_cli
 from fedfhe_demo.cluster import Cluster
 from fedfhe_owner.server_certificate import refuse_if_revoked
 

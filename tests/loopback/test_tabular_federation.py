@@ -39,8 +39,8 @@ from fedfhe_common.preprocessing import Preprocessing
 from fedfhe_common.procs import venv_bin, wait_until
 from fedfhe_common.scoring import prediction_score
 from fedfhe_coordinator import config as coord
-from fedfhe_coordinator.secure_training import NewtonRun
-from fedfhe_coordinator.training import run_training, with_secure_aggregation
+from fedfhe_coordinator.serverapp.secure_training import NewtonRun
+from fedfhe_coordinator.train.training import run_training, with_secure_aggregation
 from fedfhe_demo.cluster import Cluster
 from fedfhe_demo.fhe_phases import inference_config
 from fedfhe_demo.tabular import write_tabular_partitions
@@ -102,7 +102,7 @@ def test_mixed_table_trains_federated_and_predicts_encrypted_names(fed, tmp_path
     assert rows[-1]["server"]["accuracy"] == pytest.approx(clear)
 
     from fedfhe_common.release import load_signing_key
-    from fedfhe_coordinator.compile import compile_artifact
+    from fedfhe_coordinator.fhe.compile import compile_artifact
 
     bundle, fhe_model = compile_artifact(work / "training" / "artifact", work / "bundle", model_id="penguins-lr",
                                          version="1", eval_set=(X_pub, y_pub),
@@ -169,7 +169,7 @@ def test_federated_xgboost_compiles_publishes_and_predicts_encrypted(fed, tmp_pa
 
     from fedfhe_common.errors import ConfigError
     from fedfhe_common.release import load_signing_key
-    from fedfhe_coordinator.compile import compile_artifact
+    from fedfhe_coordinator.fhe.compile import compile_artifact
 
     key = load_signing_key(c.pki / "release.key")
     with pytest.raises(ConfigError, match="above the run's training.xgboost_budget.max_n_bits 4"):

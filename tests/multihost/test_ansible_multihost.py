@@ -877,7 +877,7 @@ print(json.dumps(flwr_cli.registered_public_keys(config.load("/etc/fedfhe/coordi
 def _supernodes(deployed: Deployment) -> dict[str, str]:
     """Owner -> status of its SuperNode on the SuperLink, read on the coordinator with Flower's Control API."""
     from fedfhe_common.fl_contract import owner_key_id
-    from fedfhe_coordinator.flwr_cli import owner_keys
+    from fedfhe_coordinator.train.flwr_cli import owner_keys
 
     out = deployed.ssh("coordinator", f"/opt/fedfhe/venv/bin/python -c '{LIST_SUPERNODES}'").stdout
     names = owner_keys([deployed.work / "control" / "pki" / f"{o}.supernode.pub" for o in OWNERS])

@@ -15,8 +15,8 @@ from sklearn.model_selection import train_test_split
 from fedfhe_common import booster_json, fedxgb
 from fedfhe_common import fl_contract as fc
 from fedfhe_common.schema import DIABETES, DatasetSchema
-from fedfhe_coordinator import tree_strategy
-from fedfhe_coordinator.tree_strategy import booster_record
+from fedfhe_coordinator.serverapp import tree_strategy
+from fedfhe_coordinator.serverapp.tree_strategy import booster_record
 from fedfhe_owner import tree_training
 
 NODES = (11, 12, 13)

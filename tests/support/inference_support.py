@@ -236,8 +236,8 @@ def signing_key() -> Any:
 
 def lr_bundle(tmp_path_factory: pytest.TempPathFactory) -> LrBundle:
     if "lr" not in _cache:
-        from fedfhe_coordinator.compile import compile_artifact
-        from fedfhe_coordinator.local_training import train_local
+        from fedfhe_coordinator.fhe.compile import compile_artifact
+        from fedfhe_coordinator.fhe.local_training import train_local
         from fedfhe_demo.datasets import load_builtin
 
         work = tmp_path_factory.mktemp("lr-bundle")
@@ -264,7 +264,7 @@ def tree_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
         from concrete.ml.sklearn import DecisionTreeClassifier
 
         from fedfhe_common.fhe_wire import CircuitSpec
-        from fedfhe_coordinator.compile import compile_concrete_bundle
+        from fedfhe_coordinator.fhe.compile import compile_concrete_bundle
         from fedfhe_demo.datasets import load_builtin
 
         X, y, schema = load_builtin("digits")

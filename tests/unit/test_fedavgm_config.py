@@ -25,9 +25,9 @@ from fedfhe_common.schema import resolve_schema
 from fedfhe_common.transport import to_arrays
 from fedfhe_coordinator import cli as server_cli
 from fedfhe_coordinator.config import CoordinatorConfig
-from fedfhe_coordinator.flwr_cli import write_run_config
 from fedfhe_coordinator.run_config import RunConfig
-from fedfhe_coordinator.server_app import ReplyPolicy, make_strategy
+from fedfhe_coordinator.serverapp.server_app import ReplyPolicy, make_strategy
+from fedfhe_coordinator.train.flwr_cli import write_run_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = resolve_schema("digits")

@@ -18,7 +18,7 @@ from fedfhe_common import fl_contract as fc
 from fedfhe_common.errors import ConfigError
 from fedfhe_coordinator import config as coord
 from fedfhe_coordinator.run_config import RunConfig
-from fedfhe_coordinator.training import preflight
+from fedfhe_coordinator.train.training import preflight
 from fedfhe_owner import config as owner_config
 from fedfhe_owner.secure_client import privacy_mod
 from fedfhe_owner.supernode import node_config

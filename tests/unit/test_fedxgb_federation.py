@@ -18,8 +18,8 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedfhe_common import booster_json, fedxgb
 from fedfhe_common import fl_contract as fc
 from fedfhe_common.errors import ConfigError
-from fedfhe_coordinator import tree_strategy
-from fedfhe_coordinator.tree_strategy import TreeBudget, booster_record
+from fedfhe_coordinator.serverapp import tree_strategy
+from fedfhe_coordinator.serverapp.tree_strategy import TreeBudget, booster_record
 from fedfhe_owner import tree_training
 
 

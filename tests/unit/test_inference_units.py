@@ -193,7 +193,7 @@ def _run(register, argv):
 def test_server_commands_train_local_choose_and_compile(digits, tmp_path, capsys, pki):
     from fedfhe_common.artifact import TrainingArtifact
     from fedfhe_common.manifest import verify_manifest
-    from fedfhe_coordinator.fhe_commands import register
+    from fedfhe_coordinator.fhe.fhe_commands import register
 
     art = tmp_path / "artifact"
     assert _run(register, ["train-local", "--data", str(digits.train_csv), "--model", "SGDClassifier",

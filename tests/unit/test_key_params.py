@@ -64,7 +64,7 @@ def trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from concrete.ml.sklearn import DecisionTreeClassifier
     from sklearn.datasets import load_digits
 
-    from fedfhe_coordinator.compile import compile_concrete_bundle
+    from fedfhe_coordinator.fhe.compile import compile_concrete_bundle
 
     X, y = load_digits(return_X_y=True)
     key = Ed25519PrivateKey.generate()

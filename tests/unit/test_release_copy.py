@@ -21,7 +21,7 @@ from fedfhe_common import models
 from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.errors import IntegrityError
 from fedfhe_common.schema import DIGITS
-from fedfhe_coordinator.training import _stamp, read_progress
+from fedfhe_coordinator.train.training import _stamp, read_progress
 
 KEY = Ed25519PrivateKey.generate()
 

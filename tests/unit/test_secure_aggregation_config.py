@@ -17,8 +17,8 @@ from fedfhe_common.errors import ConfigError
 from fedfhe_common.procs import venv_bin
 from fedfhe_coordinator import config as coord
 from fedfhe_coordinator.run_config import RunConfig
-from fedfhe_coordinator.secure_training import resolve_shares
-from fedfhe_coordinator.training import preflight
+from fedfhe_coordinator.serverapp.secure_training import resolve_shares
+from fedfhe_coordinator.train.training import preflight
 
 
 def write(tmp_path: Path, owners: int, **section: object) -> Path:

@@ -46,8 +46,8 @@ from fedfhe_common.schema import DatasetSchema, resolve_schema
 from fedfhe_common.transport import to_arrays
 from fedfhe_coordinator.config import CoordinatorConfig
 from fedfhe_coordinator.run_config import RunConfig
-from fedfhe_coordinator.secure_training import NewtonRun, SecureRecorder, run_secure
-from fedfhe_coordinator.server_app import ReplyPolicy
+from fedfhe_coordinator.serverapp.secure_training import NewtonRun, SecureRecorder, run_secure
+from fedfhe_coordinator.serverapp.server_app import ReplyPolicy
 from fedfhe_owner.client_app import app
 from fedfhe_owner.run_ledger import LEDGER
 from fedfhe_owner.secure_client import seal_scores
@@ -255,7 +255,7 @@ def test_progress_rows_show_the_federations_score_and_nothing_per_owner(fedavg):
 
 
 def test_the_run_report_gives_the_federations_score_per_round_and_says_why_the_last_has_none(fedavg):
-    from fedfhe_coordinator import report
+    from fedfhe_coordinator.train import report
 
     rows = [json.loads(line) for line in (fedavg["work"] / "progress.jsonl").read_text().splitlines()]
 

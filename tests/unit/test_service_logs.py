@@ -26,7 +26,7 @@ from fedfhe_common.errors import ConfigError
 from fedfhe_common.logs import wrap_line
 from fedfhe_common.procs import wait_until
 from fedfhe_coordinator.config import CoordinatorConfig
-from fedfhe_coordinator.metrics import Metrics
+from fedfhe_coordinator.superlink.metrics import Metrics
 
 FLOWER_LIKE = textwrap.dedent("""
     import signal, sys, time

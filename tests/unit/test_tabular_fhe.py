@@ -22,8 +22,8 @@ from fedfhe_common.errors import FedfheError, IntegrityError
 from fedfhe_common.manifest import MANIFEST, canonical_body
 from fedfhe_common.preprocessing import Preprocessing
 from fedfhe_common.schema import DatasetSchema
-from fedfhe_coordinator.compile import calibration_set, compile_artifact, evaluate, to_concrete
-from fedfhe_coordinator.local_training import train_local
+from fedfhe_coordinator.fhe.compile import calibration_set, compile_artifact, evaluate, to_concrete
+from fedfhe_coordinator.fhe.local_training import train_local
 from fedfhe_demo.tabular import labels_of, load_tabular, tabular_schema, write_csv
 from fedfhe_owner.predict import check_own_schema
 

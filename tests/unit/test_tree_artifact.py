@@ -15,7 +15,7 @@ from fedfhe_common.artifact import TrainingArtifact, files_for
 from fedfhe_common.errors import ConfigError, IntegrityError
 from fedfhe_common.manifest import write_manifest
 from fedfhe_common.schema import DIABETES, DIGITS
-from fedfhe_coordinator.local_training import train_local
+from fedfhe_coordinator.fhe.local_training import train_local
 from fedfhe_demo.datasets import load_builtin
 
 SMALL = {"DecisionTreeClassifier": {"max_depth": 4}, "RandomForestClassifier": {"n_estimators": 3, "max_depth": 3},
@@ -180,7 +180,7 @@ def test_check_structure_depth_and_orphans():
 
 def test_federated_train_refuses_a_tree_before_registering_or_running(tmp_path):
     from fedfhe_coordinator import config as coord
-    from fedfhe_coordinator.training import preflight
+    from fedfhe_coordinator.train.training import preflight
 
     path = tmp_path / "coordinator.yaml"
     path.write_text("state_dir: s\nrelease_key: k\nsuperlink: {certfile: a, keyfile: b, ca_certfile: c}\n"

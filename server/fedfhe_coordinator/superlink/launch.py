@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from fedfhe_common.logs import DEFAULT_LEVEL, flower_level_env
 from fedfhe_common.procs import exec_in_venv, flower_env, venv_bin
-
-from .config import CoordinatorConfig
+from fedfhe_coordinator.config import CoordinatorConfig
 
 
 def superlink_command(cfg: CoordinatorConfig) -> list[str]:
@@ -52,7 +51,7 @@ def run_superlink(cfg: CoordinatorConfig, log_format: str = "text", log_level: s
 
     configure(log_format, log_level)
     if cfg.metrics_address:
-        from .metrics import Metrics
+        from fedfhe_coordinator.superlink.metrics import Metrics
 
         # before Flower starts: a taken port is a config error, not half a service
         Metrics(cfg).serve(cfg.metrics_address)

@@ -19,10 +19,10 @@ from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.errors import ConfigError, FedfheError, IntegrityError, Terminated
 from fedfhe_common.fileio import read_plain, write_atomic
 from fedfhe_common.schema import resolve_schema
-
-from . import aggregation, flwr_cli, runs
-from .config import CoordinatorConfig
-from .run_config import RunConfig
+from fedfhe_coordinator import aggregation, runs
+from fedfhe_coordinator.config import CoordinatorConfig
+from fedfhe_coordinator.run_config import RunConfig
+from fedfhe_coordinator.train import flwr_cli
 
 MAX_PROGRESS_BYTES = 64 << 20
 _REFUSED: set[str] = set()  # progress files already reported as refused (read every 0.2 s)
@@ -64,7 +64,7 @@ def read_progress(path: Path, stale: tuple[int, int, int] | None = None) -> list
 
 MAX_LOG_REOPENS = 5  # `flwr log --stream` reopened after a dropped connection while the run still runs
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-# The last line of a Python traceback: "RuntimeError: ...", "fedfhe_coordinator.server_app.NodesLost: ..."
+# The last line of a Python traceback: "RuntimeError: ...", "fedfhe_coordinator.serverapp.server_app.NodesLost: ..."
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|NodesLost): \S")
 
 

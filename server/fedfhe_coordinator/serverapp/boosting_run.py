@@ -24,12 +24,11 @@ from fedfhe_common.booster_eval import scores
 from fedfhe_common.errors import ConfigError
 from fedfhe_common.preprocessing import Preprocessing
 from fedfhe_common.schema import DatasetSchema
-
-from .federated_trees import to_artifact
-from .run_config import RunConfig
-from .server_app import ReplyPolicy, client_scores, final_evaluation
-from .tree_recording import make_tree_strategy
-from .tree_strategy import booster_record
+from fedfhe_coordinator.run_config import RunConfig
+from fedfhe_coordinator.serverapp.federated_trees import to_artifact
+from fedfhe_coordinator.serverapp.server_app import ReplyPolicy, client_scores, final_evaluation
+from fedfhe_coordinator.serverapp.tree_recording import make_tree_strategy
+from fedfhe_coordinator.serverapp.tree_strategy import booster_record
 
 
 def plan(run: RunConfig) -> tuple[fedxgb.Mode, fedxgb.BoostParams, int]:

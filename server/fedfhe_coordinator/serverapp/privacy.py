@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .run_config import RunConfig
+from fedfhe_coordinator.run_config import RunConfig
 
 
 def privacy_summary(run: RunConfig, connected: int, threshold: int | None = None) -> dict[str, Any]:

@@ -231,7 +231,7 @@ def compile_artifact(
     calibration = calibration_set(schema, estimator, calibration_rows, seed, prep)
     if eval_set is not None:  # loaded rows, transformed exactly as the owners will before encrypting
         eval_set = (prep.transform(eval_set[0], "evaluation rows"), eval_set[1])
-    from .nbits import resolve_n_bits  # nbits builds on this module
+    from fedfhe_coordinator.fhe.nbits import resolve_n_bits  # nbits builds on this module
 
     say = progress or (lambda line: None)
 

@@ -57,10 +57,9 @@ from flwr.serverapp import Grid
 from fedfhe_common import fl_contract as fc
 from fedfhe_common import newton, score_sums, secure_target
 from fedfhe_common.transport import to_arrays
-
-from .run_config import RunConfig
-from .server_app import NodesLost, OwnersChanged, Recording, ReplyPolicy, TrainingStopped
-from .wire_bytes import CountingGrid
+from fedfhe_coordinator.run_config import RunConfig
+from fedfhe_coordinator.serverapp.server_app import NodesLost, OwnersChanged, Recording, ReplyPolicy, TrainingStopped
+from fedfhe_coordinator.serverapp.wire_bytes import CountingGrid
 
 STAGES = (Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED_VECTORS, Stage.UNMASK)
 GONE = (int(ErrorCode.NODE_UNAVAILABLE), int(ErrorCode.MESSAGE_UNAVAILABLE))

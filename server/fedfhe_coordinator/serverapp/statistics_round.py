@@ -37,8 +37,7 @@ from flwr.serverapp import Grid
 from fedfhe_common import fl_contract as fc
 from fedfhe_common.preprocessing import SECURE_SUM_TOLERANCE, Preprocessing, check_moments
 from fedfhe_common.schema import DatasetSchema
-
-from .run_config import RunConfig
+from fedfhe_coordinator.run_config import RunConfig
 
 
 class StatisticsFailed(RuntimeError):
@@ -155,7 +154,7 @@ def secure_statistics(grid: Grid, context: Context, run: RunConfig, schema: Data
     Test runs (run config ``test-record-dir``) keep each masked vector the coordinator
     received under ``statistics/``, as the training rounds keep theirs.
     """
-    from .secure_training import StageGrid, secagg_workflow
+    from fedfhe_coordinator.serverapp.secure_training import StageGrid, secagg_workflow
 
     record_dir, timeout = run.test_record_dir, run.round_timeout
     grid = StageGrid(grid, owner_of, str(Path(record_dir) / "statistics") if record_dir else "")

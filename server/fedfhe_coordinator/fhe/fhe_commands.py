@@ -59,7 +59,7 @@ def _fmt(value: float | None, metric: str = "accuracy") -> str:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from .api import compile_bundle
+    from fedfhe_coordinator.api import compile_bundle
 
     result = compile_bundle(
         args.artifact, args.out, model_id=args.model_id, model_version=args.model_version,
@@ -87,13 +87,12 @@ def _compile(args: argparse.Namespace) -> int:
 
 def _choose(args: argparse.Namespace) -> int:
     from fedfhe_common.artifact import TrainingArtifact
-
-    from .api import load_eval_rows
-    from .nbits import choose_n_bits
+    from fedfhe_coordinator.api import load_eval_rows
+    from fedfhe_coordinator.fhe.nbits import choose_n_bits
 
     if args.min_bits > args.max_bits:
         raise ConfigError(f"--min {args.min_bits} is above --max {args.max_bits}")
-    from .compile import calibration_set
+    from fedfhe_coordinator.fhe.compile import calibration_set
 
     artifact = TrainingArtifact.load(args.artifact)
     eval_set = load_eval_rows(args.eval, args.eval_labels, artifact.schema)
@@ -133,9 +132,8 @@ def _train_local(args: argparse.Namespace) -> int:
     from fedfhe_common import models
     from fedfhe_common.release import load_signing_key
     from fedfhe_common.schema import resolve_schema
-
-    from .api import load_eval_rows
-    from .local_training import train_local_file
+    from fedfhe_coordinator.api import load_eval_rows
+    from fedfhe_coordinator.fhe.local_training import train_local_file
 
     models.check_params(args.model, args.model_params, "--model-params")
     key = load_signing_key(args.release_key)
@@ -176,9 +174,8 @@ def _tune(args: argparse.Namespace) -> int:
     from fedfhe_common.data import load_table
     from fedfhe_common.preprocessing import Preprocessing
     from fedfhe_common.schema import resolve_schema
-
-    from .api import load_eval_rows
-    from .tune import tune
+    from fedfhe_coordinator.api import load_eval_rows
+    from fedfhe_coordinator.fhe.tune import tune
 
     schema = resolve_schema(args.schema)
     X, y = load_table(args.data, schema, args.labels)

@@ -25,9 +25,8 @@ from prometheus_client.registry import Collector
 
 from fedfhe_common.cert_metrics import CertificateExpiry
 from fedfhe_common.errors import ConfigError
-
-from . import runs
-from .config import CoordinatorConfig
+from fedfhe_coordinator import runs
+from fedfhe_coordinator.config import CoordinatorConfig
 
 log = logging.getLogger("fedfhe.coordinator.metrics")
 PREFIX = "fedfhe_coordinator"

@@ -41,11 +41,10 @@ from fedfhe_common.preprocessing import Preprocessing, needs_statistics
 from fedfhe_common.schema import DatasetSchema, resolve_schema
 from fedfhe_common.scoring import score_params
 from fedfhe_common.transport import from_arrays, to_arrays
-
-from .aggregation import resolve, strategy_class, strategy_kwargs
-from .privacy import privacy_summary
-from .run_config import RunConfig
-from .wire_bytes import CountingGrid
+from fedfhe_coordinator.aggregation import resolve, strategy_class, strategy_kwargs
+from fedfhe_coordinator.run_config import RunConfig
+from fedfhe_coordinator.serverapp.privacy import privacy_summary
+from fedfhe_coordinator.serverapp.wire_bytes import CountingGrid
 
 app = ServerApp()
 
@@ -592,7 +591,7 @@ def main(grid: Grid, context: Context) -> None:
         config[fc.FEDERATION_ROWS] = int(prep_summary["rows"])
     public = None if raw_public is None else (prep.transform(raw_public[0], run.public_test), raw_public[1])
     if boosting:
-        from .boosting_run import run_boosting  # imports this module
+        from fedfhe_coordinator.serverapp.boosting_run import run_boosting  # imports this module
 
         run_boosting(grid, run, schema, config, policy, prep, public, progress, out_dir,
                      {"started": started, "privacy": privacy_summary(run, len(connected), None),
@@ -604,7 +603,9 @@ def main(grid: Grid, context: Context) -> None:
 
     threshold: int | None = None
     if secure:
-        from .secure_training import run_secure  # the legacy API's imports only where a run needs them
+        from fedfhe_coordinator.serverapp.secure_training import (
+            run_secure,  # the legacy API's imports only where a run needs them
+        )
 
         final_arrays, strategy, grid = run_secure(
             grid, context, run, policy=policy, progress=progress, config=config, initial=initial,
@@ -690,7 +691,7 @@ def newton_run(aggregation: str, family: str, schema: DatasetSchema, prep: Prepr
     """What a secure newton run needs to scale the owners' terms (secure_training.NewtonRun); None otherwise."""
     if aggregation != "newton":
         return None
-    from .secure_training import NewtonRun
+    from fedfhe_coordinator.serverapp.secure_training import NewtonRun
 
     return NewtonRun(family, schema, model_params, prep.largest_input())
 
@@ -700,7 +701,7 @@ def statistics(grid: Grid, context: Context, run: RunConfig, schema: DatasetSche
     """The preprocessing's statistics from the federation (``statistics_round``), or the identity (legacy schemas)."""
     if not needs_statistics(schema):
         return Preprocessing.identity(schema), {"mode": "none (legacy schema: rows go to the model as they are)"}
-    from . import statistics_round as sr
+    from fedfhe_coordinator.serverapp import statistics_round as sr
 
     names = node_owners(grid, run.owner_keys)
 
@@ -709,7 +710,7 @@ def statistics(grid: Grid, context: Context, run: RunConfig, schema: DatasetSche
 
     try:
         if run.secure_aggregation:
-            from .secure_training import resolve_shares
+            from fedfhe_coordinator.serverapp.secure_training import resolve_shares
 
             shares, threshold = resolve_shares(run.secagg_num_shares, run.secagg_reconstruction_threshold, connected)
             return sr.secure_statistics(grid, context, run, schema, config, shares=shares, threshold=threshold,

@@ -19,9 +19,8 @@ import tomli_w
 from fedfhe_common.errors import FedfheError
 from fedfhe_common.fl_contract import owner_key_id
 from fedfhe_common.procs import flower_env, venv_bin
-
-from .config import CoordinatorConfig
-from .run_config import RunConfig, owner_keys
+from fedfhe_coordinator.config import CoordinatorConfig
+from fedfhe_coordinator.run_config import RunConfig, owner_keys
 
 CONNECTION = "fedfhe"
 

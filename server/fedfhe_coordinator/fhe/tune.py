@@ -98,7 +98,7 @@ def tune(
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import GridSearchCV
 
-    from .compile import calibration_set, to_concrete
+    from fedfhe_coordinator.fhe.compile import calibration_set, to_concrete
 
     say = progress or (lambda _line: None)
     models.check_family(family, schema, local=True)

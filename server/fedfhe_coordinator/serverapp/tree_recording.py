@@ -18,9 +18,13 @@ from flwr.common import Error
 
 from fedfhe_common import booster_json, fedxgb
 from fedfhe_common import fl_contract as fc
-
-from .server_app import Recording, ReplyPolicy
-from .tree_strategy import BoosterScreen, CheckedFedXgbBagging, CheckedFedXgbCyclic, booster_record
+from fedfhe_coordinator.serverapp.server_app import Recording, ReplyPolicy
+from fedfhe_coordinator.serverapp.tree_strategy import (
+    BoosterScreen,
+    CheckedFedXgbBagging,
+    CheckedFedXgbCyclic,
+    booster_record,
+)
 
 
 class RecordingXgb(Recording, BoosterScreen):

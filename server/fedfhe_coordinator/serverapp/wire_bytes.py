@@ -12,7 +12,7 @@ from collections import defaultdict
 from flwr.app import Message
 from flwr.common.serde import recorddict_to_proto
 
-from .prompt_grid import PromptGrid
+from fedfhe_coordinator.serverapp.prompt_grid import PromptGrid
 
 
 def content_bytes(message: Message) -> int:

@@ -16,9 +16,8 @@ import numpy as np
 from fedfhe_common.errors import ConfigError
 from fedfhe_common.schema import DatasetSchema
 from fedfhe_common.scoring import prediction_score
-
-from .compile import calibration_set as default_calibration
-from .compile import to_concrete
+from fedfhe_coordinator.fhe.compile import calibration_set as default_calibration
+from fedfhe_coordinator.fhe.compile import to_concrete
 
 DEFAULT_CANDIDATES = tuple(range(2, 13))
 DEFAULT_TOLERANCE_POINTS = 0.5
@@ -88,7 +87,7 @@ def choose_n_bits(
         seconds = time.perf_counter() - started
         latency = None
         if latency_rows > 0:
-            from .tune import fhe_latency
+            from fedfhe_coordinator.fhe.tune import fhe_latency
 
             latency = fhe_latency(model, X[:latency_rows])[1]
         choice.trials.append(NBitsTrial(n_bits, simulated, seconds, latency))
