@@ -33,8 +33,8 @@ from fedfhe_common.procs import wait_until  # noqa: E402
 from fedfhe_common.release import load_verify_key  # noqa: E402
 from fedfhe_demo.inference_node import make_inference_pki  # noqa: E402
 from fedfhe_inference.bundles import publish_bundle  # noqa: E402
-from fedfhe_owner.inference_client import InferenceClient, InferenceError  # noqa: E402
-from fedfhe_owner.keys import ModelKeys  # noqa: E402
+from fedfhe_owner.predict.inference_client import InferenceClient, InferenceError  # noqa: E402
+from fedfhe_owner.predict.keys import ModelKeys  # noqa: E402
 from inference import linear_bundle, new_node  # noqa: E402 - bench/inference.py's node and bundle helpers
 
 GOALS = {2: 3.0, 8: 5.0}

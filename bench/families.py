@@ -45,7 +45,7 @@ from fedfhe_common.scoring import mean_abs_error, prediction_score
 from fedfhe_coordinator.fhe.compile import compile_artifact
 from fedfhe_coordinator.fhe.local_training import train_local
 from fedfhe_demo.datasets import load_builtin
-from fedfhe_owner.decode import decides_on_raw_scores, decode, decrypt
+from fedfhe_owner.predict.decode import decides_on_raw_scores, decode, decrypt
 
 BASELINE = "LogisticRegression"
 DATASETS = {"digits": models.CLASSIFIERS + models.TREE_CLASSIFIERS,
@@ -64,7 +64,7 @@ def split(name: str) -> tuple[Any, ...]:
 
 
 def owner_prediction(client: Any, encrypted_result: bytes, schema: Any) -> Any:
-    """What the owner's client reads from a decrypted result (fedfhe_owner.decode): a class or a value."""
+    """What the owner's client reads from a decrypted result (fedfhe_owner.predict.decode): a class or a value."""
     d = decrypt(client, encrypted_result)
     return decode(d.raw, d.outputs, schema, decides_on_raw_scores(client.model))[0][0]
 

@@ -14,7 +14,7 @@ flower-supernode per owner, TLS, SuperNode auth) run by this script. Sections
   message exchange per round cannot take less than that: ``above_fixed_wait_s``
   is what a round costs beyond it.
 - ``poll-cost``: the CPU one idle owner spends at each SuperExec task poll
-  interval (what ``fedfhe_owner.supernode.TASK_POLL_INTERVAL`` trades).
+  interval (what ``fedfhe_owner.supernode.launch.TASK_POLL_INTERVAL`` trades).
 - ``accuracy``: digits and fashion-mnist, 3 and 10 owners, IID and Dirichlet(0.5),
   against the centralised reference (``fedfhe_demo.reference``: the same family
   on the pooled rows, its C chosen on a validation split, fitted to convergence).

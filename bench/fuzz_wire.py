@@ -37,7 +37,7 @@ import numpy as np
 from fedfhe_common.exit_status import exit_with
 from fedfhe_common.fhe_wire import read_value
 from fedfhe_demo.inference_node import make_inference_pki
-from fedfhe_owner.inference_client import InferenceClient, InferenceError
+from fedfhe_owner.predict.inference_client import InferenceClient, InferenceError
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "support"))

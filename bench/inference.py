@@ -59,8 +59,8 @@ from fedfhe_common.release import load_signing_key, load_verify_key
 from fedfhe_demo.datasets import load_builtin
 from fedfhe_demo.inference_node import InferenceNode, make_inference_pki, write_config
 from fedfhe_inference.bundles import publish_bundle
-from fedfhe_owner.inference_client import InferenceClient
-from fedfhe_owner.keys import ModelKeys
+from fedfhe_owner.predict.inference_client import InferenceClient
+from fedfhe_owner.predict.keys import ModelKeys
 
 MiB = 1 << 20
 

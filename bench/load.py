@@ -71,9 +71,9 @@ class Owner:
     """Keys generated and uploaded through the client library; a channel of its own."""
 
     def __init__(self, node: Any, name: str, state: Path, X: np.ndarray) -> None:
-        from fedfhe_owner.inference_client import InferenceClient
-        from fedfhe_owner.keys import ModelKeys
-        from fedfhe_owner.predict import predict_rows
+        from fedfhe_owner.predict.encrypted import predict_rows
+        from fedfhe_owner.predict.inference_client import InferenceClient
+        from fedfhe_owner.predict.keys import ModelKeys
 
         self.name = name
         endpoint = node.endpoint(name)
@@ -92,7 +92,7 @@ class Owner:
 
 def scenario(node: Any, owners: list[Owner], model: Any, X: np.ndarray, rows: int, batch: int) -> dict[str, Any]:
     """Every owner sends ``rows`` predictions in requests of ``batch`` rows, all owners at once."""
-    from fedfhe_owner.inference_client import InferenceError
+    from fedfhe_owner.predict.inference_client import InferenceError
 
     data = [X[(np.arange(rows) + i * rows) % len(X)] for i in range(len(owners))]
     cts = [o.encrypt(d) for o, d in zip(owners, data, strict=True)]

@@ -47,7 +47,7 @@ from fedfhe_common.transport import from_arrays, to_arrays
 from fedfhe_coordinator.aggregation import AGGREGATIONS
 from fedfhe_coordinator.serverapp.server_app import ReplyPolicy, make_strategy
 from fedfhe_demo.partition_cli import write_partitions
-from fedfhe_owner.client_app import train as client_train
+from fedfhe_owner.clientapp.client_app import train as client_train
 
 ATTACKS = ("inflated-weight", "scaled-x100", "sign-flip", "nan")
 FAMILY = "LogisticRegression"

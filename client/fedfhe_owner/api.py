@@ -25,8 +25,14 @@ from fedfhe_common.errors import ConfigError, FedfheError
 from fedfhe_common.schema import DatasetSchema, resolve_schema
 from fedfhe_common.typed_table import encode_rows, refuse
 from fedfhe_owner import config as owner_config
-from fedfhe_owner.inference_client import InferenceClient
-from fedfhe_owner.predict import PredictResult, check_own_schema, predict_rows, resolve_for_predict, signed_schema
+from fedfhe_owner.predict.encrypted import (
+    PredictResult,
+    check_own_schema,
+    predict_rows,
+    resolve_for_predict,
+    signed_schema,
+)
+from fedfhe_owner.predict.inference_client import InferenceClient
 
 
 def endpoint_of(cfg: owner_config.OwnerConfig, path: Path) -> owner_config.InferenceEndpoint:

@@ -16,7 +16,7 @@ from fedfhe_owner import config as owner_config
 
 
 def _supernode(args: argparse.Namespace) -> int:
-    from fedfhe_owner.supernode import run_supernode
+    from fedfhe_owner.supernode.launch import run_supernode
 
     return run_supernode(owner_config.load(args.config), args.config, args.log_format, args.log_level)
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--fab", type=Path, help="a built FAB file (`flwr build`)")
     what.add_argument("--app", type=Path, help="a Flower App folder, built as `flwr run` builds it")
-    from fedfhe_owner.predict_commands import register as register_predict  # predict, delete-keys
+    from fedfhe_owner.predict.predict_commands import register as register_predict  # predict, delete-keys
 
     register_predict(sub)
     add_examples(ap, EXAMPLES)

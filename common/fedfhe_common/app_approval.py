@@ -3,8 +3,8 @@
 Every run submitted to the SuperLink ships its Flower App (a FAB, a zip) to every
 SuperNode, and Flower's ``flwr-clientapp`` puts the unpacked FAB first on
 ``sys.path`` before importing the ClientApp: a FAB carrying its own
-``fedfhe_owner/client_app.py`` would run instead of the installed one and could
-read the owner's rows. fedfhe's launcher (``fedfhe_owner.clientapp_launcher``)
+``fedfhe_owner/clientapp/client_app.py`` would run instead of the installed one and could
+read the owner's rows. fedfhe's launcher (``fedfhe_owner.clientapp.clientapp_launcher``)
 checks the FAB against the owner's ``approved_flower_apps`` (owner.yaml) before
 anything of it is unpacked or imported.
 

@@ -297,7 +297,7 @@ def pad_depth(booster: Booster, depth: int) -> Booster:
     Why: Concrete ML's circuit, and so the evaluation keys an owner uploads, follow the depth the trees
     reach, not the configured max_depth; a retrain whose trees happen to stop one level higher would cost
     every owner a new key upload (bench/results/trees.json). Compiled at the configured depth, retrains
-    with unchanged parameters keep the key parameters, and owners reuse their keys (fedfhe_owner.key_reuse).
+    with unchanged parameters keep the key parameters, and owners reuse their keys (fedfhe_owner.predict.key_reuse).
     """
     if booster.max_depth >= depth or not booster.trees:
         return booster

@@ -372,7 +372,7 @@ def check_reply(content: Any, phase: Phase, family: str, schema: DatasetSchema, 
 
 
 # Owners' refusals of a SecAgg+ sum over other owners than the run's first, or over too few
-# (fedfhe_owner.run_ledger.check_fixed_membership): the coordinator reads either in a halted round as an owner
+# (fedfhe_owner.clientapp.run_ledger.check_fixed_membership): the coordinator reads either in a halted round as an owner
 # lost mid-run, and ends the training with the model it has (secure_training.CheckedSecAgg).
 REFUSED_OTHER_OWNERS = "is over other owners than this run's first secure sum"
 REFUSED_FEW_OWNERS = "this owner takes part only in sums of at least"
@@ -390,7 +390,7 @@ def check_secagg_setup(share_num: object, threshold: object, sample_num: object,
     alone only if it gets ``threshold`` of each, i.e. when ``2 * threshold <= shares``.
     A strict majority threshold rules that out, so anything lower is refused. Fewer shares than
     owners (a partial graph) is refused too: the owner would see only its neighbours' part of the
-    active list at unmask, which the fixed-membership rule (fedfhe_owner.run_ledger) needs whole.
+    active list at unmask, which the fixed-membership rule (fedfhe_owner.clientapp.run_ledger) needs whole.
     """
     for name, value in (("share number", share_num), ("threshold", threshold), ("sample number", sample_num)):
         if isinstance(value, bool) or not isinstance(value, int):

@@ -3,7 +3,7 @@
 In a plain run each owner reports its held-out loss and accuracy (or R²) and their row count in the
 clear; the coordinator sees each owner's, and one query per class gives an owner's label histogram.
 In a secure run the owner instead appends one array to the parameters it hands to Flower's
-``secaggplus_mod`` (``fedfhe_owner.secure_client.seal_scores``), and its clear metrics keep only its
+``secaggplus_mod`` (``fedfhe_owner.clientapp.secure_client.seal_scores``), and its clear metrics keep only its
 weight and fit seconds. The coordinator splits the array off the unmasked aggregate and reads from
 it only what the sum over the owners gives: the federation's row-weighted scores, the plain run's
 ``client_scores`` exactly, up to SecAgg+'s quantisation.

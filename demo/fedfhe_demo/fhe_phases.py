@@ -27,7 +27,7 @@ from .steps import Options, Steps
 def heldout_rows(owner_cfg: Path, schema: Any) -> tuple[np.ndarray, np.ndarray]:
     """The rows this owner's ClientApp kept back: same file, fraction and seed, same rule."""
     from fedfhe_owner import config as owner_config
-    from fedfhe_owner.holdout import split_holdout
+    from fedfhe_owner.clientapp.holdout import split_holdout
 
     cfg = owner_config.load(owner_cfg)
     X, y = load_table(cfg.data, schema, cfg.labels)
@@ -47,7 +47,7 @@ def run_fhe_phases(
 ) -> None:
     from fedfhe_common.release import load_signing_key
     from fedfhe_coordinator.fhe.compile import compile_artifact
-    from fedfhe_owner.predict import predict_rows
+    from fedfhe_owner.predict.encrypted import predict_rows
 
     schema = demo_schema(opts.dataset)
     metric = report["metric"]

@@ -49,11 +49,11 @@ def training_rows(parts: list[tuple[np.ndarray, np.ndarray]], holdout_fraction: 
                   seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The owners' rows the federation fits on, pooled: each owner's rows minus its held-out split.
 
-    The same rule as the ClientApp (fedfhe_owner.holdout), so the reference sees exactly the rows the
+    The same rule as the ClientApp (fedfhe_owner.clientapp.holdout), so the reference sees exactly the rows the
     federated model was trained on; pooling the held-out rows as well would hand the reference 25 % more
     training rows than the federation ever had (bench/results/federated.json has both figures).
     """
-    from fedfhe_owner.holdout import split_holdout
+    from fedfhe_owner.clientapp.holdout import split_holdout
 
     kept = [split_holdout(X, y, holdout_fraction, seed) for X, y in parts]
     return np.vstack([k[0] for k in kept]), np.concatenate([k[2] for k in kept])

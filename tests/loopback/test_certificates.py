@@ -36,8 +36,8 @@ from fedfhe_demo.inference_node import InferenceNode, write_config
 from fedfhe_demo.partition_cli import write_partitions
 from fedfhe_owner import config as owner_config
 from fedfhe_owner.config import InferenceEndpoint
-from fedfhe_owner.inference_client import InferenceClient, InferenceError
-from fedfhe_owner.supernode import supernode_command
+from fedfhe_owner.predict.inference_client import InferenceClient, InferenceError
+from fedfhe_owner.supernode.launch import supernode_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 HOSTS = ["127.0.0.1", "localhost"]

@@ -21,8 +21,8 @@ from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.manifest import verify_manifest
 from fedfhe_common.procs import venv_bin, wait_until
 from fedfhe_common.release import load_signing_key
-from fedfhe_owner import predict_commands
-from fedfhe_owner.predict import predict_rows
+from fedfhe_owner.predict import predict_commands
+from fedfhe_owner.predict.encrypted import predict_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -138,7 +138,7 @@ def test_keys_survive_restart_and_publish_reloads(node, alice, lr_bundles, digit
                           "--reload"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "published" in out.stdout and "rescan" in out.stdout
-    from fedfhe_owner.inference_client import InferenceClient
+    from fedfhe_owner.predict.inference_client import InferenceClient
 
     with InferenceClient(alice.endpoint) as client:
         wait_until(lambda: any(m.version == "3" for m in client.list_models("digits-lr")), 60, "v3 to be served")

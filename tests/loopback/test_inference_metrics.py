@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fedfhe_common.procs import free_port, venv_bin, wait_until
 from fedfhe_demo.inference_node import spawn
-from fedfhe_owner.inference_client import InferenceClient
+from fedfhe_owner.predict.inference_client import InferenceClient
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
 INFERENCE = "fedfhe.inference.v1.Inference"

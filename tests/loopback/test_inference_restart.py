@@ -30,7 +30,7 @@ from fedfhe_common.manifest import MANIFEST, write_manifest
 from fedfhe_common.procs import wait_until
 from fedfhe_common.release import load_verify_key, sign_manifest
 from fedfhe_inference.bundles import publish_bundle
-from fedfhe_owner.predict import predict_rows
+from fedfhe_owner.predict.encrypted import predict_rows
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

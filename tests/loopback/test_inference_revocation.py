@@ -150,7 +150,7 @@ def test_reload_keeps_the_last_good_crl(tmp_path, caplog):
 
 def test_an_owner_refuses_an_inference_node_whose_certificate_is_revoked(crl_node, rpki, tmp_path):
     """Last in the module: it revokes the node's own certificate in ``rpki``."""
-    from fedfhe_owner.inference_client import InferenceClient, InferenceError
+    from fedfhe_owner.predict.inference_client import InferenceClient, InferenceError
     from fedfhe_owner.server_certificate import RevokedServerError
 
     endpoint = crl_node.endpoint("alice", crl_file=rpki / "crl.pem")

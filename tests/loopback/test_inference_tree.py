@@ -12,8 +12,8 @@ from fedfhe_common.procs import wait_until
 from fedfhe_common.release import load_signing_key, load_verify_key
 from fedfhe_common.schema import DIGITS
 from fedfhe_inference.bundles import publish_bundle
-from fedfhe_owner.inference_client import InferenceClient
-from fedfhe_owner.predict import predict_rows
+from fedfhe_owner.predict.encrypted import predict_rows
+from fedfhe_owner.predict.inference_client import InferenceClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -95,7 +95,7 @@ def test_a_retrained_tree_reuses_the_owners_keys_and_other_n_bits_does_not(node,
     import grpc
 
     from fedfhe_common.pki import issue
-    from fedfhe_owner.predict import delete_keys
+    from fedfhe_owner.predict.encrypted import delete_keys
     from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
     (b1, m1), (b2, m2), (b3, m3) = retrained["1"], retrained["2"], retrained["3"]

@@ -22,8 +22,8 @@ from fedfhe_common.procs import wait_until
 from fedfhe_common.release import load_verify_key
 from fedfhe_demo.datasets import load_builtin
 from fedfhe_inference.bundles import publish_bundle
-from fedfhe_owner.inference_client import InferenceClient
-from fedfhe_owner.predict import predict_rows
+from fedfhe_owner.predict.encrypted import predict_rows
+from fedfhe_owner.predict.inference_client import InferenceClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 ROWS = 3  # each row is one FHE run of a few seconds on this machine

@@ -1,6 +1,6 @@
 """A hostile Flower App submitted to the SuperLink: every SuperNode refuses it before any of its code runs.
 
-The FAB ships its own ``fedfhe_owner/client_app.py``. Under Flower's stock
+The FAB ships its own ``fedfhe_owner/clientapp/client_app.py``. Under Flower's stock
 ``flwr-clientapp`` the FAB's folder goes first on ``sys.path``, so that module
 would shadow the installed one: on import it leaves a marker and reads the
 owners' data files. The test proves, on the shared loopback federation
@@ -75,7 +75,7 @@ def hostile_app(folder: Path, marker_dir: Path, data_files: list[Path]) -> Path:
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "client_app.py").write_text(textwrap.dedent(f"""\
-        # Hostile: runs at import, in place of the installed fedfhe_owner.client_app.
+        # Hostile: runs at import, in place of the installed fedfhe_owner.clientapp.client_app.
         import os
         from pathlib import Path
 

@@ -761,7 +761,7 @@ def test_publish_and_predict_match_the_clear_model(deployed: Deployment) -> None
     assert incoming == ["root:root", "700"], incoming
     if not _have_cli("fedfhe-owner", "predict"):
         pytest.xfail("fedfhe-owner predict is not wired into fedfhe-owner's CLI yet "
-                     "(client/fedfhe_owner/predict_commands.py register() is not called from cli.py)")
+                     "(client/fedfhe_owner/predict/predict_commands.py register() is not called from cli.py)")
     # New rows on data owner 0's host only (public test rows stand in for its new records).
     with np.load(deployed.work / "partition" / "public-test.npz", allow_pickle=False) as npz:
         X, y = npz["X"][:PREDICT_ROWS], npz["y"][:PREDICT_ROWS]

@@ -17,7 +17,7 @@ from fedfhe_common import fl_contract as fc
 from fedfhe_common.schema import DIABETES, DatasetSchema
 from fedfhe_coordinator.serverapp import tree_strategy
 from fedfhe_coordinator.serverapp.tree_strategy import booster_record
-from fedfhe_owner import tree_training
+from fedfhe_owner.clientapp import tree_training
 
 NODES = (11, 12, 13)
 BREAST = DatasetSchema(name="breast-cancer", n_features=30, feature_min=0.0, feature_max=5000.0, classes=[0, 1])

@@ -148,7 +148,7 @@ class Owner:
     def fhe(self, version: str = VERSION) -> Any:
         """The FHEModelClient holding this owner's keys for ``version`` (read from ``state_dir`` once)."""
         if version not in self._clients:
-            from fedfhe_owner.keys import ModelKeys
+            from fedfhe_owner.predict.keys import ModelKeys
 
             self._clients[version], _ = ModelKeys(self.state_dir, MODEL_ID, version).fhe_client()
         return self._clients[version]
@@ -169,7 +169,7 @@ class Owner:
 def make_owner(node: Node, name: str, state_dir: Path, X: np.ndarray, versions: tuple[str, ...] = (VERSION,),
                rows: int = 1) -> Owner:
     """``name``'s keys for each of ``versions`` of MODEL_ID, uploaded by predicting ``X[:rows]`` with each."""
-    from fedfhe_owner.predict import predict_rows
+    from fedfhe_owner.predict.encrypted import predict_rows
 
     endpoint = node.endpoint(name)
     ids = {}

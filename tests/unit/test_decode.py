@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from fedfhe_common.schema import DIGITS
-from fedfhe_owner.decode import class_index, decides_on_raw_scores, decode, decrypt
+from fedfhe_owner.predict.decode import class_index, decides_on_raw_scores, decode, decrypt
 
 
 @pytest.fixture(scope="module")

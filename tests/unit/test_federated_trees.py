@@ -19,7 +19,7 @@ from fedfhe_common.artifact import TrainingArtifact
 from fedfhe_common.errors import ConfigError
 from fedfhe_common.schema import DatasetSchema
 from fedfhe_coordinator.serverapp import federated_trees
-from fedfhe_owner import tree_training
+from fedfhe_owner.clientapp import tree_training
 
 FAMILY = {"breast-cancer": "XGBClassifier", "wine": "XGBClassifier", "diabetes": "XGBRegressor"}
 

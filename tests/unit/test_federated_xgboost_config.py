@@ -20,8 +20,8 @@ from fedfhe_coordinator import config as coord
 from fedfhe_coordinator.run_config import RunConfig
 from fedfhe_coordinator.train.training import preflight
 from fedfhe_owner import config as owner_config
-from fedfhe_owner.secure_client import privacy_mod
-from fedfhe_owner.supernode import node_config
+from fedfhe_owner.clientapp.secure_client import privacy_mod
+from fedfhe_owner.supernode.launch import node_config
 
 
 def write(tmp_path: Path, owners: int = 3, **training: object) -> Path:

@@ -20,7 +20,7 @@ from fedfhe_common import fl_contract as fc
 from fedfhe_common.errors import ConfigError
 from fedfhe_coordinator.serverapp import tree_strategy
 from fedfhe_coordinator.serverapp.tree_strategy import TreeBudget, booster_record
-from fedfhe_owner import tree_training
+from fedfhe_owner.clientapp import tree_training
 
 
 @pytest.fixture(autouse=True)

@@ -127,8 +127,8 @@ def test_readers_recheck_the_signed_fingerprint_and_accept_manifests_without_one
 
 
 def test_an_owner_takes_the_keys_of_a_version_with_the_same_fingerprint_only(trees, tmp_path):
-    from fedfhe_owner import key_reuse
-    from fedfhe_owner.keys import ModelKeys
+    from fedfhe_owner.predict import key_reuse
+    from fedfhe_owner.predict.keys import ModelKeys
 
     public, state = trees["key"].public_key(), tmp_path / "state"
     keys = {}

@@ -1,6 +1,6 @@
 """owner.yaml privacy.local_dp: Flower's LocalDpMod clips and noises each model update on the owner (issue 25).
 
-The owner's real ClientApp (``fedfhe_owner.client_app.app``: Flower's ClientApp with its mod chain) trains
+The owner's real ClientApp (``fedfhe_owner.clientapp.client_app.app``: Flower's ClientApp with its mod chain) trains
 on a real file of digits rows. A plain run's reply is checked as the coordinator receives it; a secure run's
 goes through Flower's real ``secaggplus_mod`` and is unmasked here with the owner's own mask seed, so what
 is compared is what the coordinator would recover from the masked vector: the noise is in it. Flower's
@@ -36,10 +36,10 @@ from fedfhe_common.preprocessing import moments
 from fedfhe_common.schema import resolve_schema
 from fedfhe_common.transport import to_arrays
 from fedfhe_owner import config as owner_config
-from fedfhe_owner.client_app import app
-from fedfhe_owner.run_ledger import LEDGER
-from fedfhe_owner.secure_client import local_dp
-from fedfhe_owner.supernode import node_config
+from fedfhe_owner.clientapp.client_app import app
+from fedfhe_owner.clientapp.run_ledger import LEDGER
+from fedfhe_owner.clientapp.secure_client import local_dp
+from fedfhe_owner.supernode.launch import node_config
 
 SCHEMA = resolve_schema("digits")
 FAMILY = "LogisticRegression"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from fedfhe_coordinator.fhe.fhe_commands import _fmt
-from fedfhe_owner.predict import PredictResult
-from fedfhe_owner.predict_io import write_predictions
+from fedfhe_owner.predict.encrypted import PredictResult
+from fedfhe_owner.predict.predict_io import write_predictions
 
 
 def result(predictions: list, classes: list) -> PredictResult:

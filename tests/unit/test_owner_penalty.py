@@ -75,7 +75,7 @@ def test_an_owner_refuses_a_coordinators_bad_federation_rows(total, error):
 
     from fedfhe_common import fl_contract as fc
     from fedfhe_common.errors import FedfheError
-    from fedfhe_owner.client_app import _run_params
+    from fedfhe_owner.clientapp.client_app import _run_params
 
     config = ConfigRecord({fc.MODEL_PARAMS: "{}", fc.FEDERATION_ROWS: total})
     with pytest.raises(FedfheError, match=error):

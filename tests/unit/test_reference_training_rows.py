@@ -6,7 +6,7 @@ import numpy as np
 
 from fedfhe_common.schema import resolve_schema
 from fedfhe_demo.reference import centralised_reference, training_rows
-from fedfhe_owner.holdout import split_holdout
+from fedfhe_owner.clientapp.holdout import split_holdout
 
 
 def _owners(n: int = 3, rows: int = 40) -> list[tuple[np.ndarray, np.ndarray]]:

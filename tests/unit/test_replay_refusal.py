@@ -30,8 +30,8 @@ from fedfhe_common.schema import resolve_schema
 from fedfhe_common.transport import to_arrays
 from fedfhe_coordinator.serverapp.secure_training import SecureRecorder
 from fedfhe_coordinator.serverapp.server_app import ReplyPolicy, TrainingStopped, make_strategy
-from fedfhe_owner.client_app import evaluate, train
-from fedfhe_owner.run_ledger import LEDGER, TRAINED_MODELS, refuse_replayed_model
+from fedfhe_owner.clientapp.client_app import evaluate, train
+from fedfhe_owner.clientapp.run_ledger import LEDGER, TRAINED_MODELS, refuse_replayed_model
 
 SCHEMA = resolve_schema("digits")
 FAMILY = "LogisticRegression"

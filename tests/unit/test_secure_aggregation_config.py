@@ -153,7 +153,7 @@ def test_owner_checks_the_secagg_setup(shares, threshold, sample, ok):
 
 
 def test_owner_bounds_its_update_before_masking():
-    from fedfhe_owner.secure_client import bound_update
+    from fedfhe_owner.clientapp.secure_client import bound_update
 
     ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(),
                   run_config={fc.RUN_SECAGG_CLIPPING_RANGE: 2.0, fc.RUN_SECAGG_MAX_WEIGHT: 100.0})

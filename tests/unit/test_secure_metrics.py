@@ -6,7 +6,7 @@ vector Flower's ``secaggplus_mod`` masks (``fedfhe_common.score_sums``), and the
 federation's row-weighted scores from the unmasked aggregate.
 
 The federation here is real on both sides, in one process: three owners' ClientApp
-(``fedfhe_owner.client_app.app``, with its mods: fedfhe's privacy_mod and Flower's secaggplus_mod) on
+(``fedfhe_owner.clientapp.client_app.app``, with its mods: fedfhe's privacy_mod and Flower's secaggplus_mod) on
 their own digits rows, and the coordinator's ``run_secure`` (Flower's DefaultWorkflow and
 SecAggPlusWorkflow around fedfhe's SecureRecorder), joined by a grid that serialises every message
 both ways as the SuperLink would. Every key, share and mask is Flower's; the grid keeps every reply,
@@ -48,9 +48,9 @@ from fedfhe_coordinator.config import CoordinatorConfig
 from fedfhe_coordinator.run_config import RunConfig
 from fedfhe_coordinator.serverapp.secure_training import NewtonRun, SecureRecorder, run_secure
 from fedfhe_coordinator.serverapp.server_app import ReplyPolicy
-from fedfhe_owner.client_app import app
-from fedfhe_owner.run_ledger import LEDGER
-from fedfhe_owner.secure_client import seal_scores
+from fedfhe_owner.clientapp.client_app import app
+from fedfhe_owner.clientapp.run_ledger import LEDGER
+from fedfhe_owner.clientapp.secure_client import seal_scores
 
 SCHEMA = resolve_schema("digits")
 FAMILY = "LogisticRegression"

@@ -25,7 +25,7 @@ from fedfhe_common.schema import DatasetSchema
 from fedfhe_coordinator.fhe.compile import calibration_set, compile_artifact, evaluate, to_concrete
 from fedfhe_coordinator.fhe.local_training import train_local
 from fedfhe_demo.tabular import labels_of, load_tabular, tabular_schema, write_csv
-from fedfhe_owner.predict import check_own_schema
+from fedfhe_owner.predict.encrypted import check_own_schema
 
 TOLERANCE = 0.005  # half a point of accuracy
 

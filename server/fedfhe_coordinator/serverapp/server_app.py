@@ -70,7 +70,7 @@ class NodesLost(RuntimeError):
 class TrainingStopped(Exception):
     """Round ``server_round`` would send the global model an earlier round of this run sent: training ends there.
 
-    Owners refuse to train on one model twice in a run (fedfhe_owner.run_ledger.refuse_replayed_model: a model
+    Owners refuse to train on one model twice in a run (fedfhe_owner.clientapp.run_ledger.refuse_replayed_model: a model
     sent twice to owner sets that differ by one owner gives away that owner's update), so the round could not
     run. Honest runs get here two ways. The model is a fixed point of the rounds: LinearRegression, Ridge and
     LinearSVC refit from scratch whatever model they get, so FedAvg soon repeats one (round 3 repeats round 2
@@ -88,7 +88,7 @@ class TrainingStopped(Exception):
 
 class OwnersChanged(TrainingStopped):
     """Round ``server_round``'s SecAgg+ sum was refused by owners because an owner of the run was lost: owners
-    sum only over the run's first set of owners (fedfhe_owner.run_ledger.check_fixed_membership), so no later
+    sum only over the run's first set of owners (fedfhe_owner.clientapp.run_ledger.check_fixed_membership), so no later
     round can complete, and training ends with the model this round was sent (``earlier`` is this round: the
     initial model when it is round 1)."""
 
@@ -661,8 +661,9 @@ def main(grid: Grid, context: Context) -> None:
     strategy.learn_names(grid)
     if not secure:
         # A secure run sends no evaluate message: its replies would carry each owner's held-out scores in the
-        # clear, which owners refuse in secure runs (fedfhe_owner.client_app.evaluate). Its rounds' scores come
-        # from the score sums inside the next round's SecAgg+ vector; the final model's would need one more.
+        # clear, which owners refuse in secure runs (fedfhe_owner.clientapp.client_app.evaluate). Its rounds'
+        # scores come from the score sums inside the next round's SecAgg+ vector; the final model's would need
+        # one more.
         sent, replies = final_evaluation(grid, final_arrays, config, timeout)
         replies, rejected = strategy.screen(rounds, replies, "eval", sent)
         strategy.note_replies(rounds, replies, "eval", sent, rejected)

@@ -18,7 +18,7 @@ from fedfhe_common.data import load_table, load_typed, validate
 from fedfhe_common.errors import DataError
 from fedfhe_common.fileio import write_atomic
 from fedfhe_common.schema import DatasetSchema
-from fedfhe_owner.predict import PredictResult
+from fedfhe_owner.predict.encrypted import PredictResult
 
 
 def _csv_header(path: Path) -> list[str]:

@@ -23,10 +23,10 @@ from fedfhe_common.preprocessing import Preprocessing, moments
 from fedfhe_common.schema import DatasetSchema, resolve_schema
 from fedfhe_common.scoring import score_model
 from fedfhe_common.transport import from_arrays, to_arrays
-from fedfhe_owner import tree_training
-from fedfhe_owner.holdout import split_holdout
-from fedfhe_owner.run_ledger import count_evaluation, refuse_replayed_model
-from fedfhe_owner.secure_client import bound_update, is_secure, legacy_reply, privacy_mod, record_true_update
+from fedfhe_owner.clientapp import tree_training
+from fedfhe_owner.clientapp.holdout import split_holdout
+from fedfhe_owner.clientapp.run_ledger import count_evaluation, refuse_replayed_model
+from fedfhe_owner.clientapp.secure_client import bound_update, is_secure, legacy_reply, privacy_mod, record_true_update
 
 app = ClientApp()
 
@@ -49,7 +49,7 @@ def _run_schema(context: Context, config: ConfigRecord) -> DatasetSchema:
 
 
 def _local_data(context: Context, config: ConfigRecord) -> tuple[DatasetSchema, tuple[np.ndarray, ...]]:
-    """Load and split this owner's file (fedfhe_owner.holdout: seeded, so train and eval agree)."""
+    """Load and split this owner's file (fedfhe_owner.clientapp.holdout: seeded, so train and eval agree)."""
     node = context.node_config
     if "data-path" not in node:
         raise DataError("node-config", "no data-path set: start the SuperNode with --node-config 'data-path=\"...\"'")

@@ -2,7 +2,7 @@
 
 For every message, the SuperNode's SuperExec starts ``flwr-clientapp`` by bare
 name from PATH. ``fedfhe-owner supernode`` puts a shim of that name first on
-PATH (``fedfhe_owner.supernode.write_clientapp_shim``) that runs ``main`` here.
+PATH (``fedfhe_owner.supernode.launch.write_clientapp_shim``) that runs ``main`` here.
 It does what Flower 1.39's ``flwr-clientapp`` does
 (flwr/supernode/runtime/run_clientapp.py), with Flower's own functions, except:
 
@@ -17,7 +17,7 @@ It does what Flower 1.39's ``flwr-clientapp`` does
 
 Imports stay lean (no ``flwr.supernode.cli``, which pulls in uvicorn and
 SQLAlchemy). Normally this code runs in a child forked per message by the
-pre-imported ``fedfhe_owner.clientapp_server``; it runs as its own process (the
+pre-imported ``fedfhe_owner.clientapp.clientapp_server``; it runs as its own process (the
 cold path) when that server is off, not up, or declines to fork.
 """
 

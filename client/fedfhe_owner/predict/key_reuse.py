@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fedfhe_common import bundle, key_params
 from fedfhe_common.errors import FedfheError
 from fedfhe_common.manifest import MANIFEST
-from fedfhe_owner.keys import ModelKeys
+from fedfhe_owner.predict.keys import ModelKeys
 
 MAX_CANDIDATES = 8  # newest versions with keys looked at: each costs a signature and content check
 

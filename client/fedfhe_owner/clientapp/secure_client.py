@@ -51,7 +51,7 @@ from fedfhe_common import fl_contract as fc
 from fedfhe_common import score_sums
 from fedfhe_common.errors import ConfigError
 from fedfhe_common.models import FEDERATED_TREES
-from fedfhe_owner import run_ledger
+from fedfhe_owner.clientapp import run_ledger
 
 Handler = Callable[[Message, Context], Message]
 

@@ -2,16 +2,16 @@
 
 Flower's SuperExec starts ``flwr-clientapp`` by bare name for every message.
 ``fedfhe-owner supernode`` writes this module's source, with two constants, as
-that executable (``fedfhe_owner.supernode.write_clientapp_shim``), run by
+that executable (``fedfhe_owner.supernode.launch.write_clientapp_shim``), run by
 ``python -I -S``: standard library only, about 20 ms to start. It passes its
 arguments and its stdin/stdout/stderr over a Unix socket to the resident server
-(``fedfhe_owner.clientapp_server``), which forks a pre-imported child that
+(``fedfhe_owner.clientapp.clientapp_server``), which forks a pre-imported child that
 checks the Flower App and runs the ClientApp. The door then waits for that
 child's exit code and exits with it, forwarding SIGTERM/SIGINT/SIGHUP, so the
 SuperExec sees one process per message as with Flower's own ``flwr-clientapp``.
 
 When no server answers, or it declines before forking, the door becomes the cold
-launcher (``python -m fedfhe_owner.clientapp_launcher``, same arguments): a
+launcher (``python -m fedfhe_owner.clientapp.clientapp_launcher``, same arguments): a
 message is never lost to the server's absence, only slower.
 
 Protocol, one connection per message: the door sends one JSON line (the argument

@@ -27,11 +27,11 @@ from fedfhe_common.errors import ConfigError, FedfheError, IntegrityError
 from fedfhe_common.fhe_wire import CircuitSpec, WireError
 from fedfhe_common.release import load_verify_key
 from fedfhe_common.schema import DatasetSchema
-from fedfhe_owner import key_reuse
 from fedfhe_owner.config import InferenceEndpoint
-from fedfhe_owner.decode import Decrypted, decides_on_raw_scores, decode, decrypt
-from fedfhe_owner.inference_client import InferenceClient, InferenceError
-from fedfhe_owner.keys import ModelKeys, newest_seen_version
+from fedfhe_owner.predict import key_reuse
+from fedfhe_owner.predict.decode import Decrypted, decides_on_raw_scores, decode, decrypt
+from fedfhe_owner.predict.inference_client import InferenceClient, InferenceError
+from fedfhe_owner.predict.keys import ModelKeys, newest_seen_version
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
 

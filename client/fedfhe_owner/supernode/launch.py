@@ -75,7 +75,7 @@ def supernode_command(cfg: OwnerConfig) -> list[str]:
     host, _, port = cfg.runtime_address.rpartition(":")
     cmd = [
         # Flower's flower-supernode with one repair (a stopped run's message must not wedge the node).
-        sys.executable, "-I", "-m", "fedfhe_owner.flower_supernode",
+        sys.executable, "-I", "-m", "fedfhe_owner.supernode.flower_supernode",
         "--superlink", cfg.superlink,
         "--root-certificates", str(cfg.root_certificates),
         "--auth-supernode-private-key", str(cfg.auth_key),
@@ -101,7 +101,7 @@ def write_clientapp_shim(cfg: OwnerConfig, server: bool | None = None) -> Path:
 
     The SuperExec starts ``flwr-clientapp`` by bare name from PATH; with this
     directory first, every ClientApp on this host starts through
-    ``fedfhe_owner.clientapp_launcher``, which refuses Flower Apps the owner did
+    ``fedfhe_owner.clientapp.clientapp_launcher``, which refuses Flower Apps the owner did
     not approve before unpacking them. A run whose app declares an ``agentapp``
     makes the SuperNode start ``flwr-agentapp`` instead (which would unpack and
     import the FAB unchecked), so every other command Flower may start here
@@ -109,15 +109,15 @@ def write_clientapp_shim(cfg: OwnerConfig, server: bool | None = None) -> Path:
     every start (the venv may move).
 
     With ``server`` (default: ``clientapp_server_enabled()``), ``flower-superexec``
-    here forks fedfhe's pre-imported ClientApp server (``fedfhe_owner.clientapp_server``)
+    here forks fedfhe's pre-imported ClientApp server (``fedfhe_owner.clientapp.clientapp_server``)
     beside Flower's SuperExec, then becomes it, and ``flwr-clientapp`` is the door
-    (``fedfhe_owner.clientapp_door``) that hands each message to that server:
+    (``fedfhe_owner.clientapp.clientapp_door``) that hands each message to that server:
     a fork instead of about 2.3 s of imports per message. The launcher code, and
     so the approval check, is the same on both paths.
     """
     from flwr.supercore.constant import TASK_TYPE_TO_COMMAND
 
-    from fedfhe_owner import clientapp_door
+    from fedfhe_owner.clientapp import clientapp_door
 
     server = clientapp_server_enabled() if server is None else server
     folder = cfg.state_dir.resolve() / SHIM_DIR
@@ -127,14 +127,14 @@ def write_clientapp_shim(cfg: OwnerConfig, server: bool | None = None) -> Path:
             f'echo "fedfhe: refused to start {command}: this SuperNode runs only approved ClientApps" >&2\nexit 1\n'
         )
         write_atomic(folder / command, refusal.encode(), 0o755)
-    cold = [sys.executable, "-m", "fedfhe_owner.clientapp_launcher"]
+    cold = [sys.executable, "-m", "fedfhe_owner.clientapp.clientapp_launcher"]
     if not server:
         (folder / "flower-superexec").unlink(missing_ok=True)
         script = (
             f"#!{sys.executable}\n"
             "# Written by `fedfhe-owner supernode`: every ClientApp on this host starts here.\n"
             "import sys\n\n"
-            "from fedfhe_owner.clientapp_launcher import main\n\n"
+            "from fedfhe_owner.clientapp.clientapp_launcher import main\n\n"
             "sys.exit(main())\n"
         )
         write_atomic(folder / "flwr-clientapp", script.encode(), 0o755)
@@ -143,12 +143,12 @@ def write_clientapp_shim(cfg: OwnerConfig, server: bool | None = None) -> Path:
     door = (
         f"#!{sys.executable} -IS\n"
         "# Written by `fedfhe-owner supernode`: every ClientApp on this host starts here\n"
-        "# (the source of fedfhe_owner/clientapp_door.py, then its call).\n"
+        "# (the source of fedfhe_owner/clientapp/clientapp_door.py, then its call).\n"
         + Path(clientapp_door.__file__).read_text()
         + f"\n\nsys.exit(main({sock!r}, {cold!r}, sys.argv[1:]))\n"
     )
     write_atomic(folder / "flwr-clientapp", door.encode(), 0o755)
-    server_cmd = [sys.executable, "-m", "fedfhe_owner.clientapp_server", "--socket", sock]
+    server_cmd = [sys.executable, "-m", "fedfhe_owner.clientapp.clientapp_server", "--socket", sock]
     superexec = (
         f"#!{sys.executable} -IS\n"
         "# Written by `fedfhe-owner supernode`: fedfhe's ClientApp server beside Flower's unchanged SuperExec.\n"

@@ -7,17 +7,17 @@ milliseconds; with several owners on one machine that is most of a round. This
 server imports all of it once; each message costs a ``fork()``.
 
 Where it sits: ``fedfhe-owner supernode`` puts two executables first on the
-SuperNode's PATH (``fedfhe_owner.supernode.write_clientapp_shim``): a
+SuperNode's PATH (``fedfhe_owner.supernode.launch.write_clientapp_shim``): a
 ``flower-superexec`` that forks this server beside Flower's own SuperExec (its
 child, so it lives and dies with it) and then becomes that SuperExec unchanged,
-and a ``flwr-clientapp`` door (``fedfhe_owner.clientapp_door``) that hands each
+and a ``flwr-clientapp`` door (``fedfhe_owner.clientapp.clientapp_door``) that hands each
 message to this server over a Unix socket, or runs the cold launcher when the
 server does not answer. No Flower file or function is changed.
 
 What each child keeps from a fresh process:
 
 - the app-approval check, per message, before anything of the FAB is unpacked
-  (``fedfhe_owner.clientapp_launcher.run_task``, the same code as the cold path);
+  (``fedfhe_owner.clientapp.clientapp_launcher.run_task``, the same code as the cold path);
 - the door's stdin/stdout/stderr, Flower's arguments, a private work folder, and
   fresh random state (``random`` reseeds itself at fork; NumPy's global
   RandomState is reseeded here);
@@ -61,8 +61,8 @@ PRELOAD = (
     "scipy.optimize",
     "sklearn.linear_model",
     "sklearn.metrics",
-    "fedfhe_owner.clientapp_launcher",
-    "fedfhe_owner.client_app",
+    "fedfhe_owner.clientapp.clientapp_launcher",
+    "fedfhe_owner.clientapp.client_app",
 )
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 MAX_REQUEST = 64 * 1024
@@ -134,7 +134,7 @@ def read_request(conn: socket.socket) -> tuple[list[str], list[int]]:
 
 def run_launcher(argv: list[str]) -> int:
     """The cold launcher's main, in this process; its exit code (Flower ends it with sys.exit)."""
-    from fedfhe_owner import clientapp_launcher
+    from fedfhe_owner.clientapp import clientapp_launcher
 
     try:
         clientapp_launcher.main(argv)
