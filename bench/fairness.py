@@ -28,9 +28,9 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fedfhe_common.exit_status import exit_with  # noqa: E402
-from fedfhe_common.procs import wait_until  # noqa: E402
-from fedfhe_common.release import load_verify_key  # noqa: E402
+from fedfhe_common.pki.release import load_verify_key  # noqa: E402
+from fedfhe_common.runtime.exit_status import exit_with  # noqa: E402
+from fedfhe_common.runtime.procs import wait_until  # noqa: E402
 from fedfhe_demo.inference_node import make_inference_pki  # noqa: E402
 from fedfhe_inference.bundles import publish_bundle  # noqa: E402
 from fedfhe_owner.predict.inference_client import InferenceClient, InferenceError  # noqa: E402

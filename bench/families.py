@@ -37,11 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from fedfhe_common import models
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.exit_status import exit_with
-from fedfhe_common.release import load_signing_key, make_release_key
-from fedfhe_common.scoring import mean_abs_error, prediction_score
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.ml import models
+from fedfhe_common.ml.scoring import mean_abs_error, prediction_score
+from fedfhe_common.pki.release import load_signing_key, make_release_key
+from fedfhe_common.runtime.exit_status import exit_with
 from fedfhe_coordinator.fhe.compile import compile_artifact
 from fedfhe_coordinator.fhe.local_training import train_local
 from fedfhe_demo.datasets import load_builtin

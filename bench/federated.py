@@ -45,10 +45,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from fedfhe_common.data import load_table
-from fedfhe_common.exit_status import exit_with
-from fedfhe_common.schema import DatasetSchema, resolve_schema
-from fedfhe_common.scoring import prediction_score
+from fedfhe_common.contracts.schema import DatasetSchema, resolve_schema
+from fedfhe_common.ml.data import load_table
+from fedfhe_common.ml.scoring import prediction_score
+from fedfhe_common.runtime.exit_status import exit_with
 from fedfhe_coordinator import config as coord
 from fedfhe_coordinator.train.training import run_training
 from fedfhe_demo.cluster import Cluster
@@ -320,7 +320,7 @@ STRATEGIES: dict[str, dict[str, Any]] = {
                                            "model_params": {"max_iter": 10}},
 }
 LOCAL_FIT = ("owners fit only the classes they have rows of; absent classes keep the global parameters "
-             "(fedfhe_common.models.local_fit keep_missing, the ClientApp's fit since this section); the accuracy "
+             "(fedfhe_common.ml.models.local_fit keep_missing, the ClientApp's fit since this section); the accuracy "
              "section's runs used the placeholder-row fit, which drives absent classes down")
 
 

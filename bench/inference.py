@@ -51,11 +51,11 @@ from typing import Any
 
 import numpy as np
 
-from fedfhe_common.bundle import CLIENT_ZIP, SIGNATURE
-from fedfhe_common.exit_status import exit_with
-from fedfhe_common.manifest import MANIFEST
-from fedfhe_common.procs import free_port
-from fedfhe_common.release import load_signing_key, load_verify_key
+from fedfhe_common.contracts.bundle import CLIENT_ZIP, SIGNATURE
+from fedfhe_common.contracts.manifest import MANIFEST
+from fedfhe_common.pki.release import load_signing_key, load_verify_key
+from fedfhe_common.runtime.exit_status import exit_with
+from fedfhe_common.runtime.procs import free_port
 from fedfhe_demo.datasets import load_builtin
 from fedfhe_demo.inference_node import InferenceNode, make_inference_pki, write_config
 from fedfhe_inference.bundles import publish_bundle

@@ -37,14 +37,14 @@ from typing import Any
 import numpy as np
 import psutil
 
-from fedfhe_common.exit_status import exit_with
+from fedfhe_common.runtime.exit_status import exit_with
 
 MiB = 1 << 20
 
 
 def new_node(work: Path, pki: Path) -> Any:
     """A node (not started) in ``work`` on a free loopback port, default limits; health probed as owner-0."""
-    from fedfhe_common.procs import free_port
+    from fedfhe_common.runtime.procs import free_port
     from fedfhe_demo.inference_node import InferenceNode, write_config
 
     config = write_config(work / "inference.yaml", pki, f"127.0.0.1:{free_port()}", work, rescan_interval_s=0)
@@ -52,7 +52,7 @@ def new_node(work: Path, pki: Path) -> Any:
 
 
 def compile_bundle(work: Path) -> tuple[Any, Any, np.ndarray]:
-    from fedfhe_common.release import load_signing_key
+    from fedfhe_common.pki.release import load_signing_key
     from fedfhe_coordinator.fhe.compile import compile_artifact
     from fedfhe_coordinator.fhe.local_training import train_local
     from fedfhe_demo.datasets import load_builtin
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=200, help="predictions per owner")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "load.json")
     args = ap.parse_args(argv)
-    from fedfhe_common.release import load_verify_key
+    from fedfhe_common.pki.release import load_verify_key
     from fedfhe_demo.inference_node import make_inference_pki
     from fedfhe_inference.bundles import publish_bundle
 

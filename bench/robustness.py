@@ -37,13 +37,13 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedfhe_common import fl_contract as fc
-from fedfhe_common import models
-from fedfhe_common.data import load_table
-from fedfhe_common.exit_status import exit_with
-from fedfhe_common.schema import resolve_schema
-from fedfhe_common.scoring import score_params
-from fedfhe_common.transport import from_arrays, to_arrays
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.contracts.schema import resolve_schema
+from fedfhe_common.contracts.transport import from_arrays, to_arrays
+from fedfhe_common.ml import models
+from fedfhe_common.ml.data import load_table
+from fedfhe_common.ml.scoring import score_params
+from fedfhe_common.runtime.exit_status import exit_with
 from fedfhe_coordinator.aggregation import AGGREGATIONS
 from fedfhe_coordinator.serverapp.server_app import ReplyPolicy, make_strategy
 from fedfhe_demo.partition_cli import write_partitions

@@ -65,7 +65,7 @@ import numpy as np
 import psutil
 import yaml
 
-from fedfhe_common.exit_status import exit_with
+from fedfhe_common.runtime.exit_status import exit_with
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "support"))

@@ -61,12 +61,13 @@ from sklearn.datasets import load_breast_cancer, load_wine
 from sklearn.metrics import accuracy_score
 from sklearn.model_selection import train_test_split
 
-from fedfhe_common import booster_json, fedxgb, key_params
-from fedfhe_common import fl_contract as fc
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.exit_status import exit_with
-from fedfhe_common.release import load_signing_key, make_release_key
-from fedfhe_common.schema import DatasetSchema
+from fedfhe_common.contracts import booster_json, key_params
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.ml import fedxgb
+from fedfhe_common.pki.release import load_signing_key, make_release_key
+from fedfhe_common.runtime.exit_status import exit_with
 from fedfhe_coordinator.fhe.compile import compile_artifact
 from fedfhe_coordinator.serverapp import federated_trees, tree_strategy
 from fedfhe_demo.partition import dirichlet_indices, partition

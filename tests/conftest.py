@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 from inference_support import SESSION_OWNERS, Digits
 
-from fedfhe_common.data import save_csv
-from fedfhe_common.exit_status import keep_exit_status
-from fedfhe_common.pki import init_ca, issue
-from fedfhe_common.release import load_signing_key, make_release_key
-from fedfhe_common.schema import DIGITS
+from fedfhe_common.contracts.schema import DIGITS
+from fedfhe_common.ml.data import save_csv
+from fedfhe_common.pki.ca import init_ca, issue
+from fedfhe_common.pki.release import load_signing_key, make_release_key
+from fedfhe_common.runtime.exit_status import keep_exit_status
 from fedfhe_demo.datasets import load_builtin
 
 
@@ -121,7 +121,7 @@ def lr_bundles(tmp_path_factory: pytest.TempPathFactory, lr_artifact: Path, digi
 
     Different n_bits make different circuits and ciphertexts.
     """
-    from fedfhe_common.artifact import TrainingArtifact
+    from fedfhe_common.contracts.artifact import TrainingArtifact
     from fedfhe_coordinator.fhe.compile import compile_artifact
     from fedfhe_coordinator.fhe.nbits import choose_n_bits
 

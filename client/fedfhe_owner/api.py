@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from fedfhe_common.errors import ConfigError, FedfheError
-from fedfhe_common.schema import DatasetSchema, resolve_schema
-from fedfhe_common.typed_table import encode_rows, refuse
+from fedfhe_common.contracts.schema import DatasetSchema, resolve_schema
+from fedfhe_common.contracts.typed_table import encode_rows, refuse
+from fedfhe_common.runtime.errors import ConfigError, FedfheError
 from fedfhe_owner import config as owner_config
 from fedfhe_owner.predict.encrypted import (
     PredictResult,

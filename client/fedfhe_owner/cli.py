@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fedfhe_common.config_check import add_check_config
-from fedfhe_common.console import add_command, add_examples, command_parser, run
-from fedfhe_common.errors import FedfheError
-from fedfhe_common.logs import add_log_options
+from fedfhe_common.runtime.config_check import add_check_config
+from fedfhe_common.runtime.console import add_command, add_examples, command_parser, run
+from fedfhe_common.runtime.errors import FedfheError
+from fedfhe_common.runtime.logs import add_log_options
 from fedfhe_owner import config as owner_config
 
 
@@ -23,8 +23,8 @@ def _supernode(args: argparse.Namespace) -> int:
 
 def _check_data(args: argparse.Namespace) -> int:
     """Every cell that breaks a typed schema (line, column, value, rule), not only the first."""
-    from fedfhe_common.data import load_table, read_typed
-    from fedfhe_common.schema import resolve_schema
+    from fedfhe_common.contracts.schema import resolve_schema
+    from fedfhe_common.ml.data import load_table, read_typed
 
     cfg = owner_config.load(args.config)
     schema = resolve_schema(cfg.schema)
@@ -44,7 +44,7 @@ def _check_data(args: argparse.Namespace) -> int:
 
 
 def _draft_schema(args: argparse.Namespace) -> int:
-    from fedfhe_common.schema_draft import draft_schema
+    from fedfhe_common.ml.schema_draft import draft_schema
 
     text, rows = draft_schema(args.data, args.label, args.name or "", args.task or "")
     if args.out:
@@ -60,7 +60,7 @@ def _draft_schema(args: argparse.Namespace) -> int:
 
 def _app_hash(args: argparse.Namespace) -> int:
     """Print the app digest to pin in approved_flower_apps, of a FAB file or of an app folder."""
-    from fedfhe_common.app_approval import app_dir_digest, fab_digest
+    from fedfhe_common.pki.app_approval import app_dir_digest, fab_digest
 
     if args.fab:
         try:
@@ -75,7 +75,7 @@ def _app_hash(args: argparse.Namespace) -> int:
 
 def owner_problems(cfg: owner_config.OwnerConfig) -> list[str]:
     """check-config beyond the file's own keys: the schema resolves."""
-    from fedfhe_common.config_check import schema_problems
+    from fedfhe_common.runtime.config_check import schema_problems
 
     return schema_problems(cfg.schema)
 

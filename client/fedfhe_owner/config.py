@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fedfhe_common.app_approval import CONFIG_KEY, normalize_digest
-from fedfhe_common.config import HostPort, Range, load_config
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.fedxgb import OwnerTreePolicy
+from fedfhe_common.ml.fedxgb import OwnerTreePolicy
+from fedfhe_common.pki.app_approval import CONFIG_KEY, normalize_digest
+from fedfhe_common.runtime.config import HostPort, Range, load_config
+from fedfhe_common.runtime.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fedfhe_common.data import _load_idx
-from fedfhe_common.errors import DataError
-from fedfhe_common.schema import DIABETES, DIGITS, FASHION_MNIST, DatasetSchema, resolve_schema
+from fedfhe_common.contracts.schema import DIABETES, DIGITS, FASHION_MNIST, DatasetSchema, resolve_schema
+from fedfhe_common.ml.data import _load_idx
+from fedfhe_common.runtime.errors import DataError
 
 from .tabular import TABULAR, tabular_schema
 

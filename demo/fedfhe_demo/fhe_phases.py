@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.bundle import FILES
-from fedfhe_common.data import load_table
-from fedfhe_common.procs import free_port, venv_bin
-from fedfhe_common.scoring import mean_abs_error, prediction_score
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.contracts.bundle import FILES
+from fedfhe_common.ml.data import load_table
+from fedfhe_common.ml.scoring import mean_abs_error, prediction_score
+from fedfhe_common.runtime.procs import free_port, venv_bin
 
 from .cluster import Cluster
 from .datasets import demo_schema
@@ -45,7 +45,7 @@ def run_fhe_phases(
     opts: Options, work: Path, steps: Steps, console: Console, cluster: Cluster,
     owners: list[str], owner_cfgs: dict[str, Path], report: dict[str, Any], public_test: Path,
 ) -> None:
-    from fedfhe_common.release import load_signing_key
+    from fedfhe_common.pki.release import load_signing_key
     from fedfhe_coordinator.fhe.compile import compile_artifact
     from fedfhe_owner.predict.encrypted import predict_rows
 

@@ -21,9 +21,9 @@ from typing import Any
 import grpc
 import yaml
 
-from fedfhe_common.pki import init_ca, issue
-from fedfhe_common.procs import free_port, port_open, venv_bin, wait_until
-from fedfhe_common.release import make_release_key
+from fedfhe_common.pki.ca import init_ca, issue
+from fedfhe_common.pki.release import make_release_key
+from fedfhe_common.runtime.procs import free_port, port_open, venv_bin, wait_until
 
 
 def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

@@ -7,9 +7,9 @@ from typing import Any
 
 from rich.console import Console
 
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.data import load_table
-from fedfhe_common.scoring import mean_abs_error, prediction_score
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.ml.data import load_table
+from fedfhe_common.ml.scoring import mean_abs_error, prediction_score
 from fedfhe_coordinator import config as coord
 from fedfhe_coordinator.train.progress import RoundTable
 from fedfhe_coordinator.train.training import run_training

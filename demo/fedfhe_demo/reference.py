@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from fedfhe_common import models
-from fedfhe_common.preprocessing import Preprocessing
-from fedfhe_common.schema import DatasetSchema
-from fedfhe_common.scoring import prediction_score
+from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.ml import models
+from fedfhe_common.ml.preprocessing import Preprocessing
+from fedfhe_common.ml.scoring import prediction_score
 
 # Per family: the regularisation parameter and its grid. A family not listed is fitted once with defaults.
 GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedfhe_common.errors import DataError
-from fedfhe_common.schema import DatasetSchema
+from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.runtime.errors import DataError
 
 TABULAR = ("breast-cancer", "wine", "penguins", "diabetes-table")
 

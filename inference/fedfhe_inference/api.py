@@ -22,7 +22,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedfhe_common.errors import ConfigError, FedfheError
+from fedfhe_common.runtime.errors import ConfigError, FedfheError
 
 from .config import load as load_inference_config
 
@@ -41,7 +41,7 @@ class Published:
 def bundles_target(config: str | Path | None, bundles_dir: str | Path | None = None,
                    release_public_key: str | Path | None = None) -> tuple[Path, Path | None, Ed25519PublicKey]:
     """(bundles dir, pid file, release public key) from inference.yaml, or from a bundles dir and release.pub."""
-    from fedfhe_common.release import load_verify_key
+    from fedfhe_common.pki.release import load_verify_key
 
     if bundles_dir:
         if not release_public_key:

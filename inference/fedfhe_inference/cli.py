@@ -9,17 +9,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fedfhe_common.config_check import add_check_config
-from fedfhe_common.console import add_command, add_examples, command_parser, run
-from fedfhe_common.errors import ConfigError, FedfheError
-from fedfhe_common.logs import add_log_options
-from fedfhe_common.output import add_format, print_json, wants_json
+from fedfhe_common.runtime.config_check import add_check_config
+from fedfhe_common.runtime.console import add_command, add_examples, command_parser, run
+from fedfhe_common.runtime.errors import ConfigError, FedfheError
+from fedfhe_common.runtime.logs import add_log_options
+from fedfhe_common.runtime.output import add_format, print_json, wants_json
 
 from . import config as inference_config
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from fedfhe_common.logs import configure
+    from fedfhe_common.runtime.logs import configure
 
     from .server import serve
 
@@ -28,7 +28,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.log_format == "json":  # torch's CUDA notice as a record, not a bare line among the records
         import logging
 
-        from fedfhe_common.logs import import_quietly
+        from fedfhe_common.runtime.logs import import_quietly
 
         for line in import_quietly("concrete.ml.deployment"):
             logging.getLogger("concrete").info(line)

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Any
 
-from fedfhe_common.config import HostPort, load_config
-from fedfhe_common.errors import ConfigError
+from fedfhe_common.runtime.config import HostPort, load_config
+from fedfhe_common.runtime.errors import ConfigError
 
 MiB = 1 << 20
 MAX_SECONDS = 1e6  # gRPC takes milliseconds as a C int

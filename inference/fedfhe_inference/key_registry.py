@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from fedfhe_common.errors import ConfigError
+from fedfhe_common.runtime.errors import ConfigError
 
 from .config import KeyRegistryConfig
 from .keystore import KeyRecord

@@ -30,7 +30,7 @@ from typing import Any
 
 import grpc
 
-from fedfhe_common.fileio import write_atomic
+from fedfhe_common.runtime.fileio import write_atomic
 
 from .errors import ServiceError, denied, exhausted, invalid, not_found
 from .fair import FairGate, SlotTimeout
@@ -81,7 +81,8 @@ class KeyRecord:
     sha256: str
     created_at: float
     serial: str = ""  # hex serial of the client certificate that uploaded them: revoking it deletes them
-    key_params_sha256: str = ""  # fingerprint of the key set they were checked against (fedfhe_common.key_params)
+    # fingerprint of the key set they were checked against (fedfhe_common.contracts.key_params)
+    key_params_sha256: str = ""
     served: tuple[str, ...] = ()  # versions of model_id they serve; () before key sharing: (version,)
     attach_serials: tuple[str, ...] = ()  # certificates that attached versions: revoking one deletes them too
 

@@ -105,8 +105,8 @@ class _Worker:
         from concrete import fhe
         from concrete.ml.deployment import FHEModelServer
 
-        from fedfhe_common.bundle import CLIENT_ZIP
-        from fedfhe_common.fhe_wire import CircuitSpec
+        from fedfhe_common.contracts.bundle import CLIENT_ZIP
+        from fedfhe_common.contracts.fhe_wire import CircuitSpec
 
         self.fhe, self.server_cls, self.spec_cls, self.client_zip = fhe, FHEModelServer, CircuitSpec, CLIENT_ZIP
         self.cache_bytes, self.job_cpu_s = cache_bytes, job_cpu_s
@@ -215,8 +215,8 @@ def worker_main(argv: list[str]) -> int:
             return 3
     if memory > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    from fedfhe_common.fhe_wire import WireError
-    from fedfhe_common.logs import CUDA_NOTICE, import_quietly
+    from fedfhe_common.contracts.fhe_wire import WireError
+    from fedfhe_common.runtime.logs import CUDA_NOTICE, import_quietly
 
     # The node's stderr is this worker's: torch's CUDA notice (meaningless for CPU-only FHE) must not land among
     # the node's --log-format json records; anything else the import says still goes there.
@@ -436,7 +436,7 @@ class SandboxPool:
 
 
 if __name__ == "__main__":
-    from fedfhe_common.exit_status import keep_exit_status
+    from fedfhe_common.runtime.exit_status import keep_exit_status
 
     try:
         sys.exit(worker_main(sys.argv[1:]))

@@ -20,8 +20,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.fileio import write_atomic
+from fedfhe_common.runtime.errors import ConfigError
+from fedfhe_common.runtime.fileio import write_atomic
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
 
@@ -100,7 +100,7 @@ def check_confinement(pool: SandboxPool, keyfile: Path) -> None:
 
 def build(cfg: InferenceConfig) -> Node:
     limits = cfg.limits
-    from fedfhe_common.release import load_verify_key
+    from fedfhe_common.pki.release import load_verify_key
 
     registry = BundleRegistry(cfg.bundles_dir, load_verify_key(cfg.release_public_key))
     report = registry.rescan()

@@ -7,10 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from fedfhe_common.config_check import add_check_config
-from fedfhe_common.console import add_command, add_examples, command_parser, run
-from fedfhe_common.logs import add_log_options
-from fedfhe_common.output import add_format, print_json, wants_json
+from fedfhe_common.runtime.config_check import add_check_config
+from fedfhe_common.runtime.console import add_command, add_examples, command_parser, run
+from fedfhe_common.runtime.logs import add_log_options
+from fedfhe_common.runtime.output import add_format, print_json, wants_json
 from fedfhe_coordinator import config as coord_config
 
 
@@ -105,8 +105,8 @@ def _runs(args: argparse.Namespace) -> int:
 def _app_hash(args: argparse.Namespace) -> int:
     """The digest owners pin (approved_flower_apps): the Flower App `train` submits; with --fab-out, that FAB
     written to a file, for an owner organisation to review and hash itself (`fedfhe-owner app-hash --fab`)."""
-    from fedfhe_common.app_approval import app_dir_fab, fab_digest
-    from fedfhe_common.fileio import write_atomic
+    from fedfhe_common.pki.app_approval import app_dir_fab, fab_digest
+    from fedfhe_common.runtime.fileio import write_atomic
     from fedfhe_coordinator.train.flwr_cli import flower_app_dir
 
     fab = app_dir_fab(flower_app_dir())
@@ -118,10 +118,10 @@ def _app_hash(args: argparse.Namespace) -> int:
 
 def coordinator_problems(cfg: coord_config.CoordinatorConfig) -> list[str]:
     """check-config beyond the file's own keys: the schema resolves and the model family fits it."""
-    from fedfhe_common import models
-    from fedfhe_common.config_check import problems_of, schema_problems
-    from fedfhe_common.errors import ConfigError
-    from fedfhe_common.schema import resolve_schema
+    from fedfhe_common.contracts.schema import resolve_schema
+    from fedfhe_common.ml import models
+    from fedfhe_common.runtime.config_check import problems_of, schema_problems
+    from fedfhe_common.runtime.errors import ConfigError
     from fedfhe_coordinator.aggregation import resolve
 
     problems = schema_problems(cfg.training.schema, "training.schema")

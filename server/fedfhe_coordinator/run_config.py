@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.fl_contract import DEFAULT_MAX_EXAMPLES, owner_key_id, owner_name_from_key_file
+from fedfhe_common.contracts.fl_contract import DEFAULT_MAX_EXAMPLES, owner_key_id, owner_name_from_key_file
+from fedfhe_common.runtime.errors import ConfigError
 
 if TYPE_CHECKING:
     from fedfhe_coordinator.config import CoordinatorConfig, TrainingConfig

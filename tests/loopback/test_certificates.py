@@ -26,9 +26,9 @@ import pytest
 import yaml
 from reliability_helpers import reap_group, supernode_id
 
-from fedfhe_common.pki import init_ca, issue
-from fedfhe_common.procs import flower_env, free_port, venv_bin, wait_until
-from fedfhe_common.release import make_release_key
+from fedfhe_common.pki.ca import init_ca, issue
+from fedfhe_common.pki.release import make_release_key
+from fedfhe_common.runtime.procs import flower_env, free_port, venv_bin, wait_until
 from fedfhe_coordinator import config as coord
 from fedfhe_coordinator.train import flwr_cli
 from fedfhe_demo.cluster import Cluster

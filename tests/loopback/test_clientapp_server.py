@@ -21,8 +21,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from fedfhe_common.app_approval import app_dir_digest
-from fedfhe_common.procs import venv_bin, wait_until
+from fedfhe_common.pki.app_approval import app_dir_digest
+from fedfhe_common.runtime.procs import venv_bin, wait_until
 from fedfhe_coordinator.run_config import RunConfig
 from fedfhe_coordinator.train import flwr_cli
 from fedfhe_coordinator.train.training import read_progress

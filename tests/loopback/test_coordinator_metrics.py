@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fedfhe_common.pki import supernode_keypair
-from fedfhe_common.procs import venv_bin, wait_until
+from fedfhe_common.pki.ca import supernode_keypair
+from fedfhe_common.runtime.procs import venv_bin, wait_until
 from fedfhe_coordinator.train.training import run_training
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

@@ -13,8 +13,8 @@ import psutil
 import pytest
 import yaml
 
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.procs import wait_until
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.runtime.procs import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 

@@ -10,8 +10,8 @@ import dataclasses
 
 import pytest
 
-from fedfhe_common.data import load_table
-from fedfhe_common.schema import DIGITS
+from fedfhe_common.contracts.schema import DIGITS
+from fedfhe_common.ml.data import load_table
 from fedfhe_coordinator.train.training import run_training
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

@@ -20,8 +20,8 @@ from reliability_helpers import (
     supernode_id,
 )
 
-from fedfhe_common.errors import FedfheError
-from fedfhe_common.procs import wait_until
+from fedfhe_common.runtime.errors import FedfheError
+from fedfhe_common.runtime.procs import wait_until
 from fedfhe_coordinator.train.training import run_training
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]

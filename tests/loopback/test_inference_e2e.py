@@ -17,10 +17,10 @@ import inference_support as support
 import numpy as np
 import pytest
 
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.manifest import verify_manifest
-from fedfhe_common.procs import venv_bin, wait_until
-from fedfhe_common.release import load_signing_key
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.contracts.manifest import verify_manifest
+from fedfhe_common.pki.release import load_signing_key
+from fedfhe_common.runtime.procs import venv_bin, wait_until
 from fedfhe_owner.predict import predict_commands
 from fedfhe_owner.predict.encrypted import predict_rows
 
@@ -127,7 +127,7 @@ def test_keys_survive_restart_and_publish_reloads(node, alice, lr_bundles, digit
     from fedfhe_coordinator.fhe.compile import write_bundle
 
     fhe_model = lr_bundles["model_1"]
-    from fedfhe_common.schema import DIGITS
+    from fedfhe_common.contracts.schema import DIGITS
 
     v3 = write_bundle(fhe_model, tmp_path / "v3", model_id="digits-lr", version="3", schema=DIGITS,
                       family="LogisticRegression", n_bits=8,

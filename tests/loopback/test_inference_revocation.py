@@ -21,11 +21,11 @@ import pytest
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.pki import init_ca, issue, revoke, write_crl
-from fedfhe_common.pki_cli import main as pki_main
-from fedfhe_common.procs import free_port, venv_bin, wait_until
-from fedfhe_common.release import make_release_key
+from fedfhe_common.pki.ca import init_ca, issue, revoke, write_crl
+from fedfhe_common.pki.pki_cli import main as pki_main
+from fedfhe_common.pki.release import make_release_key
+from fedfhe_common.runtime.errors import ConfigError
+from fedfhe_common.runtime.procs import free_port, venv_bin, wait_until
 from fedfhe_inference.identity import Identity, Revocations
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc

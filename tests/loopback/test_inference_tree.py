@@ -8,9 +8,9 @@ import signal
 import numpy as np
 import pytest
 
-from fedfhe_common.procs import wait_until
-from fedfhe_common.release import load_signing_key, load_verify_key
-from fedfhe_common.schema import DIGITS
+from fedfhe_common.contracts.schema import DIGITS
+from fedfhe_common.pki.release import load_signing_key, load_verify_key
+from fedfhe_common.runtime.procs import wait_until
 from fedfhe_inference.bundles import publish_bundle
 from fedfhe_owner.predict.encrypted import predict_rows
 from fedfhe_owner.predict.inference_client import InferenceClient
@@ -94,7 +94,7 @@ def _owner_keys(node) -> list:
 def test_a_retrained_tree_reuses_the_owners_keys_and_other_n_bits_does_not(node, retrained, digits, pki, tmp_path):
     import grpc
 
-    from fedfhe_common.pki import issue
+    from fedfhe_common.pki.ca import issue
     from fedfhe_owner.predict.encrypted import delete_keys
     from fedfhe_proto.inference.v1 import inference_pb2 as pb
 

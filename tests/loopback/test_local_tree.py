@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.data import save_csv
-from fedfhe_common.manifest import verify_manifest
-from fedfhe_common.pki import issue
-from fedfhe_common.procs import wait_until
-from fedfhe_common.release import load_verify_key
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.contracts.manifest import verify_manifest
+from fedfhe_common.ml.data import save_csv
+from fedfhe_common.pki.ca import issue
+from fedfhe_common.pki.release import load_verify_key
+from fedfhe_common.runtime.procs import wait_until
 from fedfhe_demo.datasets import load_builtin
 from fedfhe_inference.bundles import publish_bundle
 from fedfhe_owner.predict.encrypted import predict_rows

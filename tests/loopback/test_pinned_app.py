@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from fedfhe_common.app_approval import fab_digest
-from fedfhe_common.procs import venv_bin
+from fedfhe_common.pki.app_approval import fab_digest
+from fedfhe_common.runtime.procs import venv_bin
 from fedfhe_coordinator.run_config import RunConfig
 from fedfhe_coordinator.train import flwr_cli
 from fedfhe_coordinator.train.training import failure_reason, read_progress

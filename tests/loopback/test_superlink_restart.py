@@ -18,8 +18,8 @@ import subprocess
 import pytest
 from reliability_helpers import Background, digits_federation
 
-from fedfhe_common.errors import FedfheError
-from fedfhe_common.procs import venv_bin, wait_until
+from fedfhe_common.runtime.errors import FedfheError
+from fedfhe_common.runtime.procs import venv_bin, wait_until
 from fedfhe_coordinator.train import flwr_cli, training
 from fedfhe_coordinator.train.training import run_training
 

@@ -12,8 +12,8 @@ import subprocess
 import pytest
 from reliability_helpers import reap_group
 
-from fedfhe_common.pki import revoke, write_crl
-from fedfhe_common.procs import venv_bin
+from fedfhe_common.pki.ca import revoke, write_crl
+from fedfhe_common.runtime.procs import venv_bin
 from fedfhe_coordinator import config as coord
 from fedfhe_coordinator.train import flwr_cli
 from fedfhe_demo.cluster import Cluster

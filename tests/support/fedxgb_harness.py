@@ -12,9 +12,10 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 
-from fedfhe_common import booster_json, fedxgb
-from fedfhe_common import fl_contract as fc
-from fedfhe_common.schema import DIABETES, DatasetSchema
+from fedfhe_common.contracts import booster_json
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.contracts.schema import DIABETES, DatasetSchema
+from fedfhe_common.ml import fedxgb
 from fedfhe_coordinator.serverapp import tree_strategy
 from fedfhe_coordinator.serverapp.tree_strategy import booster_record
 from fedfhe_owner.clientapp import tree_training

@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedfhe_common.bundle import CLIENT_ZIP
-from fedfhe_common.pki import init_ca, issue
-from fedfhe_common.procs import free_port
-from fedfhe_common.release import load_verify_key
+from fedfhe_common.contracts.bundle import CLIENT_ZIP
+from fedfhe_common.pki.ca import init_ca, issue
+from fedfhe_common.pki.release import load_verify_key
+from fedfhe_common.runtime.procs import free_port
 from fedfhe_demo.inference_node import InferenceNode, write_config
 from fedfhe_owner.config import InferenceEndpoint
 
@@ -114,7 +114,7 @@ def start_node(work: Path, pki: Path, bundles: Iterable[Path] = (), **overrides:
 
 def publish(node: Node, directory: Path) -> None:
     """Publish a signed bundle into a running node and wait until it is served."""
-    from fedfhe_common.procs import wait_until
+    from fedfhe_common.runtime.procs import wait_until
     from fedfhe_inference.bundles import publish_bundle
     from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
@@ -220,7 +220,7 @@ def release_dir() -> Path:
     if "release" not in _cache:
         import tempfile
 
-        from fedfhe_common.release import make_release_key
+        from fedfhe_common.pki.release import make_release_key
 
         directory = Path(tempfile.mkdtemp(prefix="fedfhe-test-release-"))
         make_release_key(directory)
@@ -229,7 +229,7 @@ def release_dir() -> Path:
 
 
 def signing_key() -> Any:
-    from fedfhe_common.release import load_signing_key
+    from fedfhe_common.pki.release import load_signing_key
 
     return load_signing_key(release_dir() / "release.key")
 
@@ -263,7 +263,7 @@ def tree_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     if "tree" not in _cache:
         from concrete.ml.sklearn import DecisionTreeClassifier
 
-        from fedfhe_common.fhe_wire import CircuitSpec
+        from fedfhe_common.contracts.fhe_wire import CircuitSpec
         from fedfhe_coordinator.fhe.compile import compile_concrete_bundle
         from fedfhe_demo.datasets import load_builtin
 

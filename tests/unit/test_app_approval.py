@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from fedfhe_common.app_approval import (
+from fedfhe_common.pki.app_approval import (
     CONFIG_KEY,
     ENV_APPROVED,
     MAX_FAB_BYTES,
@@ -24,8 +24,8 @@ from fedfhe_common.app_approval import (
     check_fab,
     fab_digest,
 )
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.procs import venv_bin
+from fedfhe_common.runtime.errors import ConfigError
+from fedfhe_common.runtime.procs import venv_bin
 
 APP_DIR = Path(__file__).resolve().parents[2] / "server" / "fedfhe_coordinator" / "flower_app"
 

@@ -14,10 +14,11 @@ from flwr.supercore.task_identity import TaskIdentity
 from sklearn.metrics import r2_score
 from sklearn.preprocessing import StandardScaler
 
-from fedfhe_common import booster_json, fedxgb
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.schema import DatasetSchema
+from fedfhe_common.contracts import booster_json
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.ml import fedxgb
+from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_coordinator.serverapp import federated_trees
 from fedfhe_owner.clientapp import tree_training
 

@@ -13,9 +13,9 @@ from coordinator_yaml import write_coordinator_yaml
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common.config import parse_config_args
 
-from fedfhe_common import fedxgb
-from fedfhe_common import fl_contract as fc
-from fedfhe_common.errors import ConfigError
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.ml import fedxgb
+from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_coordinator import config as coord
 from fedfhe_coordinator.run_config import RunConfig
 from fedfhe_coordinator.train.training import preflight

@@ -15,11 +15,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedfhe_common import fl_contract as fc
-from fedfhe_common import models
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.schema import resolve_schema
-from fedfhe_common.transport import to_arrays
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.contracts.schema import resolve_schema
+from fedfhe_common.contracts.transport import to_arrays
+from fedfhe_common.ml import models
+from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_coordinator.aggregation import AGGREGATIONS, strategy_kwargs
 from fedfhe_coordinator.serverapp.server_app import ReplyPolicy, clip_update, make_strategy
 
@@ -184,7 +184,7 @@ def test_aggregation_parameters_are_checked(kw, message):
 
 
 def coordinator(tmp_path, **training: object):
-    from fedfhe_common.config import from_dict
+    from fedfhe_common.runtime.config import from_dict
     from fedfhe_coordinator.config import CoordinatorConfig
 
     data = {"superlink": {"certfile": "a", "keyfile": "b", "ca_certfile": "c"}, "state_dir": "s", "release_key": "k",
@@ -212,7 +212,7 @@ def test_owner_keys_match_the_key_flower_registers(tmp_path):
     """The ServerApp sees the key Flower stored at `flwr supernode register`; the id must match it."""
     from flwr.cli.supernode.register import try_load_public_key
 
-    from fedfhe_common.pki import init_ca, supernode_keypair
+    from fedfhe_common.pki.ca import init_ca, supernode_keypair
     from fedfhe_coordinator.run_config import owner_keys
 
     init_ca(tmp_path)

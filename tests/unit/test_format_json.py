@@ -7,9 +7,9 @@ import json
 import pytest
 from rich.console import Console
 
-from fedfhe_common import pki_cli
-from fedfhe_common.pki import init_ca, issue, revoke, supernode_keypair
-from fedfhe_common.release import make_release_key
+from fedfhe_common.pki import pki_cli
+from fedfhe_common.pki.ca import init_ca, issue, revoke, supernode_keypair
+from fedfhe_common.pki.release import make_release_key
 from fedfhe_coordinator import cli as server_cli
 from fedfhe_inference import cli as inference_cli
 
@@ -90,7 +90,7 @@ def test_round_table_goes_to_stdout_with_each_reason(capsys):
 
 
 def test_training_report_json_md_png(tmp_path):
-    from fedfhe_common.schema import DIGITS
+    from fedfhe_common.contracts.schema import DIGITS
     from fedfhe_coordinator.train import report
 
     class Artifact:

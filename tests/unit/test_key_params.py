@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedfhe_common import bundle, key_params, release
-from fedfhe_common.errors import IntegrityError
-from fedfhe_common.manifest import MANIFEST, canonical_body
-from fedfhe_common.schema import DIGITS
+from fedfhe_common.contracts import bundle, key_params
+from fedfhe_common.contracts.manifest import MANIFEST, canonical_body
+from fedfhe_common.contracts.schema import DIGITS
+from fedfhe_common.pki import release
+from fedfhe_common.runtime.errors import IntegrityError
 
 SPECS: dict[str, Any] = {"keyset": {
     "lweSecretKeys": [{"id": 0, "params": {"lweDimension": 1352, "integerPrecision": 64, "keyType": "binary"}}],

@@ -28,13 +28,13 @@ from flwr.compat.common import recorddict_compat as compat
 from sklearn.datasets import load_digits
 from test_fl_contract import task_identity  # noqa: F401 - Flower's Message needs a task identity
 
-from fedfhe_common import fl_contract as fc
-from fedfhe_common import models
-from fedfhe_common.data import save_csv
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.preprocessing import moments
-from fedfhe_common.schema import resolve_schema
-from fedfhe_common.transport import to_arrays
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.contracts.schema import resolve_schema
+from fedfhe_common.contracts.transport import to_arrays
+from fedfhe_common.ml import models
+from fedfhe_common.ml.data import save_csv
+from fedfhe_common.ml.preprocessing import moments
+from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_owner import config as owner_config
 from fedfhe_owner.clientapp.client_app import app
 from fedfhe_owner.clientapp.run_ledger import LEDGER

@@ -17,11 +17,11 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.preprocessing import StandardScaler
 from test_fl_contract import Grid, metrics, task_identity  # noqa: F401 - the fixture applies here too
 
-from fedfhe_common import fl_contract as fc
-from fedfhe_common import models, newton
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.schema import DatasetSchema, resolve_schema
-from fedfhe_common.transport import to_arrays
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.contracts.schema import DatasetSchema, resolve_schema
+from fedfhe_common.contracts.transport import to_arrays
+from fedfhe_common.ml import models, newton
+from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_coordinator.aggregation import resolve
 from fedfhe_coordinator.serverapp.server_app import ReplyPolicy, make_strategy
 

@@ -16,10 +16,10 @@ from flwr.common import Error
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedfhe_common import models
-from fedfhe_common.fl_contract import owner_key_id
-from fedfhe_common.schema import resolve_schema
-from fedfhe_common.transport import to_arrays
+from fedfhe_common.contracts.fl_contract import owner_key_id
+from fedfhe_common.contracts.schema import resolve_schema
+from fedfhe_common.contracts.transport import to_arrays
+from fedfhe_common.ml import models
 from fedfhe_coordinator.serverapp.server_app import BoundedGrid, NodesLost, RecordingFedAvg, ReplyPolicy
 
 SCHEMA = resolve_schema("digits")

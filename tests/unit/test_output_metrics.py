@@ -40,7 +40,7 @@ def test_compile_prints_r2_as_a_number_and_accuracy_as_a_percentage():
 def test_compile_refuses_an_existing_out_before_reading_or_compiling_anything(tmp_path):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from fedfhe_common.errors import FedfheError
+    from fedfhe_common.runtime.errors import FedfheError
     from fedfhe_coordinator.fhe.compile import compile_artifact
 
     (tmp_path / "bundle").mkdir()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedfhe_common.schema import resolve_schema
+from fedfhe_common.contracts.schema import resolve_schema
 from fedfhe_demo.reference import centralised_reference, training_rows
 from fedfhe_owner.clientapp.holdout import split_holdout
 

@@ -23,11 +23,11 @@ from flwr.server.strategy import FedAvg
 from test_fl_contract import Grid, metrics, task_identity  # noqa: F401 - Flower's Message needs a task identity
 from test_newton import table
 
-from fedfhe_common import fl_contract as fc
-from fedfhe_common import models
-from fedfhe_common.errors import DataError
-from fedfhe_common.schema import resolve_schema
-from fedfhe_common.transport import to_arrays
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.contracts.schema import resolve_schema
+from fedfhe_common.contracts.transport import to_arrays
+from fedfhe_common.ml import models
+from fedfhe_common.runtime.errors import DataError
 from fedfhe_coordinator.serverapp.secure_training import SecureRecorder
 from fedfhe_coordinator.serverapp.server_app import ReplyPolicy, TrainingStopped, make_strategy
 from fedfhe_owner.clientapp.client_app import evaluate, train

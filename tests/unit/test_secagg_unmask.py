@@ -15,7 +15,7 @@ from flwr.client.mod.secure_aggregation.secaggplus_mod import SecAggPlusState
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedfhe_common import fl_contract as fc
+from fedfhe_common.contracts import fl_contract as fc
 from fedfhe_owner.clientapp.secure_client import privacy_mod
 
 NEIGHBOURS = (11, 22, 33)

@@ -12,9 +12,9 @@ import yaml
 from coordinator_yaml import write_coordinator_yaml
 from flwr.app import Context, RecordDict
 
-from fedfhe_common import fl_contract as fc
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.procs import venv_bin
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.runtime.errors import ConfigError
+from fedfhe_common.runtime.procs import venv_bin
 from fedfhe_coordinator import config as coord
 from fedfhe_coordinator.run_config import RunConfig
 from fedfhe_coordinator.serverapp.secure_training import resolve_shares

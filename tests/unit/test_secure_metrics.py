@@ -2,7 +2,7 @@
 
 Issue 25: in a secure run each owner's FitRes used to carry its held-out loss, accuracy and row count in
 the clear, so one query per class gave an owner's label histogram. Now the owner appends them to the
-vector Flower's ``secaggplus_mod`` masks (``fedfhe_common.score_sums``), and the coordinator derives the
+vector Flower's ``secaggplus_mod`` masks (``fedfhe_common.ml.score_sums``), and the coordinator derives the
 federation's row-weighted scores from the unmasked aggregate.
 
 The federation here is real on both sides, in one process: three owners' ClientApp
@@ -36,14 +36,14 @@ from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.preprocessing import StandardScaler
 from test_fl_contract import content, task_identity  # noqa: F401 - Flower's Message needs a task identity
 
-from fedfhe_common import fl_contract as fc
-from fedfhe_common import models, score_sums
-from fedfhe_common.config import from_dict
-from fedfhe_common.data import save_csv
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.preprocessing import Preprocessing
-from fedfhe_common.schema import DatasetSchema, resolve_schema
-from fedfhe_common.transport import to_arrays
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.contracts.schema import DatasetSchema, resolve_schema
+from fedfhe_common.contracts.transport import to_arrays
+from fedfhe_common.ml import models, score_sums
+from fedfhe_common.ml.data import save_csv
+from fedfhe_common.ml.preprocessing import Preprocessing
+from fedfhe_common.runtime.config import from_dict
+from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_coordinator.config import CoordinatorConfig
 from fedfhe_coordinator.run_config import RunConfig
 from fedfhe_coordinator.serverapp.secure_training import NewtonRun, SecureRecorder, run_secure

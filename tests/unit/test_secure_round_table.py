@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 from flwr.server.strategy import FedAvg
 
-from fedfhe_common.schema import resolve_schema
+from fedfhe_common.contracts.schema import resolve_schema
 from fedfhe_coordinator.serverapp.secure_training import SecureRecorder, resolve_shares
 from fedfhe_coordinator.serverapp.server_app import ReplyPolicy
 

@@ -16,12 +16,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sklearn.model_selection import train_test_split
 
-from fedfhe_common import bundle, release
-from fedfhe_common.data import load_table
-from fedfhe_common.errors import FedfheError, IntegrityError
-from fedfhe_common.manifest import MANIFEST, canonical_body
-from fedfhe_common.preprocessing import Preprocessing
-from fedfhe_common.schema import DatasetSchema
+from fedfhe_common.contracts import bundle
+from fedfhe_common.contracts.manifest import MANIFEST, canonical_body
+from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.ml.data import load_table
+from fedfhe_common.ml.preprocessing import Preprocessing
+from fedfhe_common.pki import release
+from fedfhe_common.runtime.errors import FedfheError, IntegrityError
 from fedfhe_coordinator.fhe.compile import calibration_set, compile_artifact, evaluate, to_concrete
 from fedfhe_coordinator.fhe.local_training import train_local
 from fedfhe_demo.tabular import labels_of, load_tabular, tabular_schema, write_csv

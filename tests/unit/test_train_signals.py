@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from fedfhe_common.errors import FedfheError, Terminated
+from fedfhe_common.runtime.errors import FedfheError, Terminated
 from fedfhe_coordinator.train.training import _interrupts_held, _sigterm_interrupts
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedfhe_common import tree_artifact
-from fedfhe_common.artifact import TrainingArtifact, files_for
-from fedfhe_common.errors import ConfigError, IntegrityError
-from fedfhe_common.manifest import write_manifest
-from fedfhe_common.schema import DIABETES, DIGITS
+from fedfhe_common.contracts import tree_artifact
+from fedfhe_common.contracts.artifact import TrainingArtifact, files_for
+from fedfhe_common.contracts.manifest import write_manifest
+from fedfhe_common.contracts.schema import DIABETES, DIGITS
+from fedfhe_common.runtime.errors import ConfigError, IntegrityError
 from fedfhe_coordinator.fhe.local_training import train_local
 from fedfhe_demo.datasets import load_builtin
 
@@ -152,7 +152,7 @@ def test_hostile_xgboost_json_is_refused(tmp_path):
 
 
 def test_tree_families_train_locally_but_not_federated():
-    from fedfhe_common import models
+    from fedfhe_common.ml import models
 
     models.check_family("XGBClassifier", DIGITS, local=True)
     models.check_family("XGBRegressor", DIABETES)  # federated through Flower's FedXgb strategies

@@ -15,14 +15,14 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedfhe_common import fedxgb, models, newton, secure_target
-from fedfhe_common import fl_contract as fc
-from fedfhe_common.data import load_table
-from fedfhe_common.errors import DataError, IntegrityError
-from fedfhe_common.preprocessing import Preprocessing, moments
-from fedfhe_common.schema import DatasetSchema, resolve_schema
-from fedfhe_common.scoring import score_model
-from fedfhe_common.transport import from_arrays, to_arrays
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.contracts.schema import DatasetSchema, resolve_schema
+from fedfhe_common.contracts.transport import from_arrays, to_arrays
+from fedfhe_common.ml import fedxgb, models, newton, secure_target
+from fedfhe_common.ml.data import load_table
+from fedfhe_common.ml.preprocessing import Preprocessing, moments
+from fedfhe_common.ml.scoring import score_model
+from fedfhe_common.runtime.errors import DataError, IntegrityError
 from fedfhe_owner.clientapp import tree_training
 from fedfhe_owner.clientapp.holdout import split_holdout
 from fedfhe_owner.clientapp.run_ledger import count_evaluation, refuse_replayed_model
@@ -217,7 +217,7 @@ def _newton_terms(model: Any, family: str, schema: DatasetSchema,
     """Aggregation newton: score the global model, then this owner's mean loss, gradient and Hessian at it.
 
     Averages over the training rows, never a row; the coordinator averages them
-    over the owners (weighted by rows) and steps (fedfhe_common.newton).
+    over the owners (weighted by rows) and steps (fedfhe_common.ml.newton).
     """
     newton.check_supported(family, schema)
     metrics = _evaluate(model, schema, split)

@@ -7,7 +7,7 @@ It does what Flower 1.39's ``flwr-clientapp`` does
 (flwr/supernode/runtime/run_clientapp.py), with Flower's own functions, except:
 
 - the pulled FAB is checked against the owner's approved app digests
-  (``fedfhe_common.app_approval``) before anything of it is unpacked or imported;
+  (``fedfhe_common.pki.app_approval``) before anything of it is unpacked or imported;
   a refused run gets an Error reply (``ErrorCode.INVALID_FAB``, reason naming the
   owner and why), which the coordinator records for that owner;
 - an approved FAB is unpacked into a fresh private directory for this task and
@@ -50,7 +50,7 @@ from flwr.supercore.telemetry import EventType
 from flwr.supercore.tls import validate_and_resolve_root_certificates
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
-from fedfhe_common.app_approval import ENV_OWNER, AppNotApproved, approved_from_env, check_fab
+from fedfhe_common.pki.app_approval import ENV_OWNER, AppNotApproved, approved_from_env, check_fab
 
 
 def _parser() -> argparse.ArgumentParser:

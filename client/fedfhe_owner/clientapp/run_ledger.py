@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import ConfigRecord, Context
 
-from fedfhe_common import fl_contract as fc
+from fedfhe_common.contracts import fl_contract as fc
 
 LEDGER = "fedfhe-owner-ledger"
 EVALUATIONS = "evaluations"

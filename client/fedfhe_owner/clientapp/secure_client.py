@@ -26,7 +26,7 @@ The ClientApp's train handler turns into a legacy one (FitIns in, FitRes out)
 because that is the format the 1.39 SecAgg+ mod reads and writes.
 
 Held-out scores in a secure run leave the owner only inside the masked sum
-(``seal_scores``, layout and scaling in ``fedfhe_common.score_sums``): the last
+(``seal_scores``, layout and scaling in ``fedfhe_common.ml.score_sums``): the last
 layer before ``secaggplus_mod`` moves them from the FitRes's clear metrics into
 one array appended to its parameters, after the DP mods (their clipping and
 noise are for the model update, and the appended array is no update).
@@ -47,10 +47,10 @@ from flwr.clientapp.mod import LocalDpMod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
 
-from fedfhe_common import fl_contract as fc
-from fedfhe_common import score_sums
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.models import FEDERATED_TREES
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.ml import score_sums
+from fedfhe_common.ml.models import FEDERATED_TREES
+from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_owner.clientapp import run_ledger
 
 Handler = Callable[[Message, Context], Message]

@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from fedfhe_common import booster_json, fedxgb
-from fedfhe_common import fl_contract as fc
-from fedfhe_common.booster_eval import load, predict, scores  # noqa: F401 - predict: the tests' import
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.schema import DatasetSchema
+from fedfhe_common.contracts import booster_json
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.ml import fedxgb
+from fedfhe_common.ml.booster_eval import load, predict, scores  # noqa: F401 - predict: the tests' import
+from fedfhe_common.runtime.errors import ConfigError
 
 
 @dataclass(frozen=True)

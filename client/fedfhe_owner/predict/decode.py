@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fedfhe_common.schema import DatasetSchema
+from fedfhe_common.contracts.schema import DatasetSchema
 
 
 @dataclass(frozen=True)

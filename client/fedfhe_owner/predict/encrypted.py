@@ -21,12 +21,12 @@ from typing import Any
 import grpc
 import numpy as np
 
-from fedfhe_common import key_params
-from fedfhe_common.bundle import CLIENT_ZIP, preprocessing_of, version_key
-from fedfhe_common.errors import ConfigError, FedfheError, IntegrityError
-from fedfhe_common.fhe_wire import CircuitSpec, WireError
-from fedfhe_common.release import load_verify_key
-from fedfhe_common.schema import DatasetSchema
+from fedfhe_common.contracts import key_params
+from fedfhe_common.contracts.bundle import CLIENT_ZIP, preprocessing_of, version_key
+from fedfhe_common.contracts.fhe_wire import CircuitSpec, WireError
+from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.pki.release import load_verify_key
+from fedfhe_common.runtime.errors import ConfigError, FedfheError, IntegrityError
 from fedfhe_owner.config import InferenceEndpoint
 from fedfhe_owner.predict import key_reuse
 from fedfhe_owner.predict.decode import Decrypted, decides_on_raw_scores, decode, decrypt
@@ -80,7 +80,7 @@ class PredictResult:
         regressor, since R² alone says nothing of how far off a prediction is."""
         if self.classes:
             return {"accuracy": self.score(y)}
-        from fedfhe_common.scoring import mean_abs_error
+        from fedfhe_common.ml.scoring import mean_abs_error
 
         return {"r2": self.score(y), "mae": mean_abs_error(np.asarray(self.predictions, dtype=np.float64),
                                                            np.asarray(y, dtype=np.float64))}

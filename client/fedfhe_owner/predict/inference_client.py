@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 
-from fedfhe_common.errors import ConfigError, FedfheError
+from fedfhe_common.runtime.errors import ConfigError, FedfheError
 from fedfhe_owner.config import InferenceEndpoint
 from fedfhe_owner.server_certificate import ServerUnreachableError, refuse_if_revoked
 from fedfhe_proto.inference.v1 import inference_pb2 as pb

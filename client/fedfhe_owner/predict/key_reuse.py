@@ -1,6 +1,6 @@
 """An owner's keys reused across versions of a model whose circuits take the same key set.
 
-Each version's signed manifest records ``key_params_sha256`` (``fedfhe_common.key_params``), checked
+Each version's signed manifest records ``key_params_sha256`` (``fedfhe_common.contracts.key_params``), checked
 against its own client.zip when verified. A new version with the fingerprint of a version this owner
 already holds keys for takes those keys (no key generation) and, where the node already has their
 evaluation part, asks it to attach them to the new version (no upload: a tree's keys are 60-78 MB).
@@ -15,9 +15,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedfhe_common import bundle, key_params
-from fedfhe_common.errors import FedfheError
-from fedfhe_common.manifest import MANIFEST
+from fedfhe_common.contracts import bundle, key_params
+from fedfhe_common.contracts.manifest import MANIFEST
+from fedfhe_common.runtime.errors import FedfheError
 from fedfhe_owner.predict.keys import ModelKeys
 
 MAX_CANDIDATES = 8  # newest versions with keys looked at: each costs a signature and content check

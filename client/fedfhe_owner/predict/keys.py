@@ -22,10 +22,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedfhe_common import bundle, bundle_content, key_params, release
-from fedfhe_common.errors import FedfheError, IntegrityError
-from fedfhe_common.fileio import write_atomic
-from fedfhe_common.manifest import MANIFEST
+from fedfhe_common.contracts import bundle, bundle_content, key_params
+from fedfhe_common.contracts.manifest import MANIFEST
+from fedfhe_common.pki import release
+from fedfhe_common.runtime.errors import FedfheError, IntegrityError
+from fedfhe_common.runtime.fileio import write_atomic
 
 MAX_CLIENT_ZIP_BYTES = 64 << 20
 
@@ -53,7 +54,7 @@ def verify_client_specs(client_zip: bytes, manifest: bytes, signature: bytes, ke
 
 def newest_seen_version(state_dir: Path, model_id: str) -> str | None:
     """The newest version of ``model_id`` this owner has verified and pinned (None: none yet)."""
-    from fedfhe_common.manifest import MANIFEST
+    from fedfhe_common.contracts.manifest import MANIFEST
 
     root = Path(state_dir) / "inference" / model_id
     try:

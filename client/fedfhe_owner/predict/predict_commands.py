@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fedfhe_common.output import add_format, print_json, wants_json
+from fedfhe_common.runtime.output import add_format, print_json, wants_json
 from fedfhe_owner import config as owner_config
 
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from fedfhe_common.data import load_table, load_typed, validate
-from fedfhe_common.errors import DataError
-from fedfhe_common.fileio import write_atomic
-from fedfhe_common.schema import DatasetSchema
+from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.ml.data import load_table, load_typed, validate
+from fedfhe_common.runtime.errors import DataError
+from fedfhe_common.runtime.fileio import write_atomic
 from fedfhe_owner.predict.encrypted import PredictResult
 
 

@@ -8,13 +8,13 @@ import os
 import sys
 from pathlib import Path
 
-from fedfhe_common import fl_contract as fc
-from fedfhe_common.app_approval import ENV_APPROVED, ENV_OWNER
-from fedfhe_common.errors import ConfigError, FedfheError
-from fedfhe_common.fileio import write_atomic
-from fedfhe_common.fl_contract import TEST_HOSTILE_REPLY, TEST_RECORD_UPDATES
-from fedfhe_common.logs import DEFAULT_LEVEL, flower_level_env
-from fedfhe_common.procs import exec_in_venv, flower_env, venv_bin
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.contracts.fl_contract import TEST_HOSTILE_REPLY, TEST_RECORD_UPDATES
+from fedfhe_common.pki.app_approval import ENV_APPROVED, ENV_OWNER
+from fedfhe_common.runtime.errors import ConfigError, FedfheError
+from fedfhe_common.runtime.fileio import write_atomic
+from fedfhe_common.runtime.logs import DEFAULT_LEVEL, flower_level_env
+from fedfhe_common.runtime.procs import exec_in_venv, flower_env, venv_bin
 from fedfhe_owner.config import OwnerConfig
 
 SHIM_DIR = "flower-bin"  # under state_dir: first on the SuperNode's PATH
@@ -71,7 +71,7 @@ def node_config(cfg: OwnerConfig) -> str:
 def supernode_command(cfg: OwnerConfig) -> list[str]:
     # No --trusted-entities: Flower 1.39 accepts only FABs carrying verification records from its hosted
     # platform, so it would refuse fedfhe's locally built app; the app pin is checked by fedfhe's
-    # flwr-clientapp instead (write_clientapp_shim, fedfhe_common.app_approval).
+    # flwr-clientapp instead (write_clientapp_shim, fedfhe_common.pki.app_approval).
     host, _, port = cfg.runtime_address.rpartition(":")
     cmd = [
         # Flower's flower-supernode with one repair (a stopped run's message must not wedge the node).
@@ -205,9 +205,9 @@ def run_supernode(cfg: OwnerConfig, config_path: Path, log_format: str = "text",
     ClientApps it starts) print as a JSON record with ``"source": "flower-supernode"``. ``log_level`` applies to
     this process and, through FLWR_LOG_LEVEL, to flower-supernode and its ClientApps.
     """
-    from fedfhe_common.data import load_table
-    from fedfhe_common.logs import configure
-    from fedfhe_common.schema import resolve_schema
+    from fedfhe_common.contracts.schema import resolve_schema
+    from fedfhe_common.ml.data import load_table
+    from fedfhe_common.runtime.logs import configure
 
     configure(log_format, log_level)
     if log_format == "text":
@@ -239,6 +239,6 @@ def run_supernode(cfg: OwnerConfig, config_path: Path, log_format: str = "text",
     if log_format == "text":
         logging.shutdown()
         exec_in_venv(cmd, env)
-    from fedfhe_common.relay import exit_as, run_relayed
+    from fedfhe_common.runtime.relay import exit_as, run_relayed
 
     return exit_as(run_relayed(cmd, env, "flower-supernode", json_lines=True))

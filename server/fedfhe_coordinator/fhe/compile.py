@@ -19,13 +19,14 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedfhe_common import bundle, fedxgb, key_params, models
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.errors import ConfigError, FedfheError
-from fedfhe_common.manifest import MANIFEST, sha256_file
-from fedfhe_common.preprocessing import Preprocessing
-from fedfhe_common.schema import DatasetSchema
-from fedfhe_common.scoring import prediction_score
+from fedfhe_common.contracts import bundle, key_params
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.contracts.manifest import MANIFEST, sha256_file
+from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.ml import fedxgb, models
+from fedfhe_common.ml.preprocessing import Preprocessing
+from fedfhe_common.ml.scoring import prediction_score
+from fedfhe_common.runtime.errors import ConfigError, FedfheError
 
 CALIBRATION_ROWS = 200
 # --n-bits auto for trees stops here: a tree's lookup tables, hence its evaluation keys, grow with n_bits
@@ -120,7 +121,7 @@ def write_bundle(
     extra_meta: dict[str, Any] | None = None,
     force: bool = False,
 ) -> BundleResult:
-    """FHEModelDev, content check, manifest, release signature, one rename (``fedfhe_common.bundle``)."""
+    """FHEModelDev, content check, manifest, release signature, one rename (``fedfhe_common.contracts.bundle``)."""
     from concrete.ml.deployment import FHEModelDev
     from concrete.ml.version import __version__ as cml_version
 

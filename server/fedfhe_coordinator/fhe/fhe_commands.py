@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.output import add_format, print_json, wants_json
+from fedfhe_common.runtime.errors import ConfigError
+from fedfhe_common.runtime.output import add_format, print_json, wants_json
 
 
 def _n_bits(value: str) -> int | str:
@@ -86,7 +86,7 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _choose(args: argparse.Namespace) -> int:
-    from fedfhe_common.artifact import TrainingArtifact
+    from fedfhe_common.contracts.artifact import TrainingArtifact
     from fedfhe_coordinator.api import load_eval_rows
     from fedfhe_coordinator.fhe.nbits import choose_n_bits
 
@@ -129,9 +129,9 @@ def _choose(args: argparse.Namespace) -> int:
 
 
 def _train_local(args: argparse.Namespace) -> int:
-    from fedfhe_common import models
-    from fedfhe_common.release import load_signing_key
-    from fedfhe_common.schema import resolve_schema
+    from fedfhe_common.contracts.schema import resolve_schema
+    from fedfhe_common.ml import models
+    from fedfhe_common.pki.release import load_signing_key
     from fedfhe_coordinator.api import load_eval_rows
     from fedfhe_coordinator.fhe.local_training import train_local_file
 
@@ -171,9 +171,9 @@ def _bits_list(value: str) -> list[int]:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from fedfhe_common.data import load_table
-    from fedfhe_common.preprocessing import Preprocessing
-    from fedfhe_common.schema import resolve_schema
+    from fedfhe_common.contracts.schema import resolve_schema
+    from fedfhe_common.ml.data import load_table
+    from fedfhe_common.ml.preprocessing import Preprocessing
     from fedfhe_coordinator.api import load_eval_rows
     from fedfhe_coordinator.fhe.tune import tune
 
@@ -249,7 +249,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, required=True, help="training rows: CSV with a label column, NPZ or IDX")
     p.add_argument("--labels", type=Path, help="labels file for IDX images")
     p.add_argument("--schema", default="digits", help="built-in schema name or schema YAML file")
-    p.add_argument("--model", default="LogisticRegression", help="model family (see fedfhe_common.models)")
+    p.add_argument("--model", default="LogisticRegression", help="model family (see fedfhe_common.ml.models)")
     p.add_argument("--grid", type=_grid, default={}, help='JSON object: parameter -> values, e.g. \'{"C": [0.1, 1]}\'')
     p.add_argument("--n-bits", type=_bits_list, default=[4, 6, 8], help="comma-separated n_bits (default 4,6,8)")
     p.add_argument("--eval", type=Path, required=True, help="public evaluation rows (scored clear and simulated)")
@@ -268,7 +268,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--schema", default="digits", help="built-in schema name or schema YAML file")
     p.add_argument("--model", default="LogisticRegression",
                    help="model family: a linear one, or a tree one (DecisionTree/RandomForest/XGB + "
-                        "Classifier/Regressor; see fedfhe_common.models)")
+                        "Classifier/Regressor; see fedfhe_common.ml.models)")
     p.add_argument("--model-params", type=_json_object, default={}, help="JSON object of estimator parameters")
     p.add_argument("--epochs", type=int, default=10, help="warm-started fits (linear families; a tree fits once)")
     p.add_argument("--eval", type=Path, help="public evaluation file")

@@ -4,7 +4,7 @@ For a single site (or a quick start) without a federation: the artifact it
 writes is what ``compile`` reads, with ``origin="local"``. Tree families
 (decision trees, random forests, XGBoost) train only here: FedAvg has no tree
 parameters to average. Their artifact holds node arrays or XGBoost's JSON
-(``fedfhe_common.tree_artifact``), never a pickle.
+(``fedfhe_common.contracts.tree_artifact``), never a pickle.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedfhe_common import models, tree_artifact
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.preprocessing import Preprocessing
-from fedfhe_common.schema import DatasetSchema
-from fedfhe_common.scoring import score_model
+from fedfhe_common.contracts import tree_artifact
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.ml import models
+from fedfhe_common.ml.preprocessing import Preprocessing
+from fedfhe_common.ml.scoring import score_model
+from fedfhe_common.runtime.errors import ConfigError
 
 DEFAULT_EPOCHS = 10
 
@@ -87,7 +88,7 @@ def train_local_file(
     signing_key: Ed25519PrivateKey | None = None,
 ) -> TrainingArtifact:
     """Load a CSV/NPZ/IDX file (checked against the schema), train, save the (signed) artifact to ``out_dir``."""
-    from fedfhe_common.data import load_table
+    from fedfhe_common.ml.data import load_table
 
     X, y = load_table(data, schema, labels)
     artifact = train_local(

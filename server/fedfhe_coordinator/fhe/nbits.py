@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.schema import DatasetSchema
-from fedfhe_common.scoring import prediction_score
+from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.ml.scoring import prediction_score
+from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_coordinator.fhe.compile import calibration_set as default_calibration
 from fedfhe_coordinator.fhe.compile import to_concrete
 

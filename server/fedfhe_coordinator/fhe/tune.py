@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from fedfhe_common import models
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.schema import DatasetSchema
-from fedfhe_common.scoring import prediction_score
+from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.ml import models
+from fedfhe_common.ml.scoring import prediction_score
+from fedfhe_common.runtime.errors import ConfigError
 
 
 @dataclass

@@ -19,11 +19,12 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 
-from fedfhe_common import booster_json, fedxgb
-from fedfhe_common.booster_eval import scores
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.preprocessing import Preprocessing
-from fedfhe_common.schema import DatasetSchema
+from fedfhe_common.contracts import booster_json
+from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.ml import fedxgb
+from fedfhe_common.ml.booster_eval import scores
+from fedfhe_common.ml.preprocessing import Preprocessing
+from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_coordinator.run_config import RunConfig
 from fedfhe_coordinator.serverapp.federated_trees import to_artifact
 from fedfhe_coordinator.serverapp.server_app import ReplyPolicy, client_scores, final_evaluation

@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from fedfhe_common import booster_json, fedxgb, tree_artifact
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.preprocessing import Preprocessing
-from fedfhe_common.schema import DatasetSchema
+from fedfhe_common.contracts import booster_json, tree_artifact
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.ml import fedxgb
+from fedfhe_common.ml.preprocessing import Preprocessing
 
 
 def model_params(booster: booster_json.Booster, params: fedxgb.BoostParams, limits: booster_json.Limits

@@ -13,7 +13,7 @@ and fit seconds, nothing else) and weight against the contract, and the unmasked
 average's shapes and values.
 
 Held-out scores: each owner appends its scores to the vector it masks
-(fedfhe_common.score_sums); the recorder splits them off the unmasked aggregate
+(fedfhe_common.ml.score_sums); the recorder splits them off the unmasked aggregate
 and records only the federation's row-weighted scores. ``training.aggregation:
 fedavgm`` takes Flower's FedAvgM server step on the (DP-noised, if any) average.
 """
@@ -54,9 +54,9 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
-from fedfhe_common import fl_contract as fc
-from fedfhe_common import newton, score_sums, secure_target
-from fedfhe_common.transport import to_arrays
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.contracts.transport import to_arrays
+from fedfhe_common.ml import newton, score_sums, secure_target
 from fedfhe_coordinator.run_config import RunConfig
 from fedfhe_coordinator.serverapp.server_app import NodesLost, OwnersChanged, Recording, ReplyPolicy, TrainingStopped
 from fedfhe_coordinator.serverapp.wire_bytes import CountingGrid
@@ -306,7 +306,7 @@ class SecureRecorder(Recording, Strategy):
         """The federation's held-out scores of the model the previous round made, from the unmasked average.
 
         SecAggPlusWorkflow divided the sum by the owners' weight factors added up; multiplying that
-        back gives the sum of the owners' arrays (fedfhe_common.score_sums). A sum no honest owners
+        back gives the sum of the owners' arrays (fedfhe_common.ml.score_sums). A sum no honest owners
         make is this round's failure, and the scores are left out (the model is not affected).
         """
         weights = [int(res.num_examples) for _, res in results]

@@ -31,16 +31,16 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from fedfhe_common import fl_contract as fc
-from fedfhe_common import models, newton
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.data import load_table
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.models import FEDERATED_TREES
-from fedfhe_common.preprocessing import Preprocessing, needs_statistics
-from fedfhe_common.schema import DatasetSchema, resolve_schema
-from fedfhe_common.scoring import score_params
-from fedfhe_common.transport import from_arrays, to_arrays
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.contracts.schema import DatasetSchema, resolve_schema
+from fedfhe_common.contracts.transport import from_arrays, to_arrays
+from fedfhe_common.ml import models, newton
+from fedfhe_common.ml.data import load_table
+from fedfhe_common.ml.models import FEDERATED_TREES
+from fedfhe_common.ml.preprocessing import Preprocessing, needs_statistics
+from fedfhe_common.ml.scoring import score_params
+from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_coordinator.aggregation import resolve, strategy_class, strategy_kwargs
 from fedfhe_coordinator.run_config import RunConfig
 from fedfhe_coordinator.serverapp.privacy import privacy_summary
@@ -435,7 +435,7 @@ class RecordingNewton(RecordingFedAvg):
 
     The terms were measured at the model this round sent (``global_params``); the
     penalty is the run's over the rows that answered (their num-examples, as
-    FedAvg weighs them), so the step is the pooled objective's (fedfhe_common.newton).
+    FedAvg weighs them), so the step is the pooled objective's (fedfhe_common.ml.newton).
     An averaged Hessian no convex loss has is the round's failure: the model stays.
     """
 

@@ -34,9 +34,9 @@ from flwr.server.strategy import Strategy
 from flwr.server.workflow import DefaultWorkflow
 from flwr.serverapp import Grid
 
-from fedfhe_common import fl_contract as fc
-from fedfhe_common.preprocessing import SECURE_SUM_TOLERANCE, Preprocessing, check_moments
-from fedfhe_common.schema import DatasetSchema
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.ml.preprocessing import SECURE_SUM_TOLERANCE, Preprocessing, check_moments
 from fedfhe_coordinator.run_config import RunConfig
 
 

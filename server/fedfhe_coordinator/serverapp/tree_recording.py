@@ -16,8 +16,9 @@ from typing import Any
 from flwr.app import Message, MetricRecord, RecordDict
 from flwr.common import Error
 
-from fedfhe_common import booster_json, fedxgb
-from fedfhe_common import fl_contract as fc
+from fedfhe_common.contracts import booster_json
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.ml import fedxgb
 from fedfhe_coordinator.serverapp.server_app import Recording, ReplyPolicy
 from fedfhe_coordinator.serverapp.tree_strategy import (
     BoosterScreen,

@@ -21,11 +21,12 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedXgbBagging, FedXgbCyclic
 
-from fedfhe_common import booster_json, fedxgb
-from fedfhe_common import fl_contract as fc
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.fedxgb import TreeBudget  # noqa: F401 - where the tests and the ServerApp import it
-from fedfhe_common.schema import DatasetSchema
+from fedfhe_common.contracts import booster_json
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.ml import fedxgb
+from fedfhe_common.ml.fedxgb import TreeBudget  # noqa: F401 - where the tests and the ServerApp import it
+from fedfhe_common.runtime.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ authentication is always enabled: only registered public keys may join.
 
 from __future__ import annotations
 
-from fedfhe_common.logs import DEFAULT_LEVEL, flower_level_env
-from fedfhe_common.procs import exec_in_venv, flower_env, venv_bin
+from fedfhe_common.runtime.logs import DEFAULT_LEVEL, flower_level_env
+from fedfhe_common.runtime.procs import exec_in_venv, flower_env, venv_bin
 from fedfhe_coordinator.config import CoordinatorConfig
 
 
@@ -46,8 +46,8 @@ def run_superlink(cfg: CoordinatorConfig, log_format: str = "text", log_level: s
     env = flower_level_env(flower_env(), log_level)
     if log_format == "text" and not cfg.metrics_address:
         exec_in_venv(cmd, env)  # the service manager supervises flower-superlink itself
-    from fedfhe_common.logs import configure
-    from fedfhe_common.relay import exit_as, run_relayed
+    from fedfhe_common.runtime.logs import configure
+    from fedfhe_common.runtime.relay import exit_as, run_relayed
 
     configure(log_format, log_level)
     if cfg.metrics_address:

@@ -23,8 +23,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from fedfhe_common.cert_metrics import CertificateExpiry
-from fedfhe_common.errors import ConfigError
+from fedfhe_common.pki.cert_metrics import CertificateExpiry
+from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_coordinator import runs
 from fedfhe_coordinator.config import CoordinatorConfig
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import tomli_w
 
-from fedfhe_common.errors import FedfheError
-from fedfhe_common.fl_contract import owner_key_id
-from fedfhe_common.procs import flower_env, venv_bin
+from fedfhe_common.contracts.fl_contract import owner_key_id
+from fedfhe_common.runtime.errors import FedfheError
+from fedfhe_common.runtime.procs import flower_env, venv_bin
 from fedfhe_coordinator.config import CoordinatorConfig
 from fedfhe_coordinator.run_config import RunConfig, owner_keys
 

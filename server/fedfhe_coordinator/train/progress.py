@@ -9,7 +9,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from fedfhe_common.fl_contract import owner_text
+from fedfhe_common.contracts.fl_contract import owner_text
 
 
 def _problems(row: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fedfhe_common.fl_contract import owner_text
+from fedfhe_common.contracts.fl_contract import owner_text
 
 LABEL = {"accuracy": "accuracy", "r2": "R²"}
 

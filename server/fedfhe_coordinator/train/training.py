@@ -14,11 +14,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from fedfhe_common import models
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.errors import ConfigError, FedfheError, IntegrityError, Terminated
-from fedfhe_common.fileio import read_plain, write_atomic
-from fedfhe_common.schema import resolve_schema
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.contracts.schema import resolve_schema
+from fedfhe_common.ml import models
+from fedfhe_common.runtime.errors import ConfigError, FedfheError, IntegrityError, Terminated
+from fedfhe_common.runtime.fileio import read_plain, write_atomic
 from fedfhe_coordinator import aggregation, runs
 from fedfhe_coordinator.config import CoordinatorConfig
 from fedfhe_coordinator.run_config import RunConfig
@@ -192,7 +192,7 @@ def run_training(
             f"{head}the federated run {run_id} produced no artifact (Flower status "
             f"{status.get('status', 'unknown')}); log {log_path}" + ("" if reason else f":\n{tail}")
         )
-    from fedfhe_common.release import load_signing_key
+    from fedfhe_common.pki.release import load_signing_key
 
     artifact_dir = cfg.report_dir / "artifact"
     try:
