@@ -12,8 +12,8 @@ from test_docs import _cli_reference  # the one loader of scripts/cli_reference.
 
 from fedfhe_common.runtime.config import from_dict
 from fedfhe_common.runtime.logs import FLOWER_LEVEL_ENV, LOG_LEVELS, configure
-from fedfhe_coordinator import superlink
 from fedfhe_coordinator.config import CoordinatorConfig
+from fedfhe_coordinator.superlink import launch as superlink
 
 SERVICES = [("fedfhe-coordinator", "superlink", "coordinator.yaml"), ("fedfhe-owner", "supernode", "owner.yaml"),
             ("fedfhe-inference", "serve", "inference.yaml")]
