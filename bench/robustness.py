@@ -1,7 +1,7 @@
 """Accuracy under attack by one or two hostile data owners, per aggregation (issue 11).
 
 Each run is fedfhe's own training path in one process: the ServerApp's strategy
-(``server_app.make_strategy``: the reply checks, then Flower's aggregation) sends
+(``rounds.make_strategy``: the reply checks, then Flower's aggregation) sends
 each round's train messages, fedfhe's real ClientApp ``train`` function answers
 them on each owner's shard, and the hostile owners' replies are then altered:
 
@@ -45,7 +45,7 @@ from fedfhe_common.ml.data import load_table
 from fedfhe_common.ml.scoring import score_params
 from fedfhe_common.runtime.exit_status import exit_with
 from fedfhe_coordinator.aggregation import AGGREGATIONS
-from fedfhe_coordinator.serverapp.server_app import ReplyPolicy, make_strategy
+from fedfhe_coordinator.serverapp.rounds import ReplyPolicy, make_strategy
 from fedfhe_demo.partition_cli import write_partitions
 from fedfhe_owner.clientapp.client_app import train as client_train
 

@@ -173,7 +173,7 @@ def federate(work: Path, summary: dict[str, Any], family: str, training: dict[st
 
 def fhe_predictions(artifact: TrainingArtifact, X: np.ndarray) -> dict[str, Any]:
     """Compile the federated model (calibration from the schema's bounds) and predict ``X`` three ways."""
-    from fedfhe_coordinator.fhe.compile import calibration_set, to_concrete
+    from fedfhe_coordinator.fhe.concrete_model import calibration_set, to_concrete
 
     estimator = artifact.to_estimator()
     t = time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,7 +107,6 @@ class InferenceEndpoint:
         if not self.server_name:
             raise ConfigError("inference.more_addresses: set inference.server_name too, a name every inference "
                               "node's certificate carries (the nodes have one address each, the owner one name)")
-        import ipaddress
 
         for address in [self.address, *self.more_addresses]:
             host = address.rpartition(":")[0].strip("[]")

@@ -35,12 +35,12 @@ def is_tabular(name: str) -> bool:
 def load_builtin(name: str, max_rows: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray, DatasetSchema]:
     """All labelled rows of a built-in dataset (train and test pooled), optionally subsampled."""
     if name == "digits":
-        from sklearn.datasets import load_digits
+        from sklearn.datasets import load_digits  # lazy: scikit-learn takes ~2 s to import
 
         d = load_digits()
         X, y, schema = d.data.astype(np.float64), d.target.astype(np.int64), DIGITS
     elif name == "diabetes":  # regression: float targets
-        from sklearn.datasets import load_diabetes
+        from sklearn.datasets import load_diabetes  # lazy: scikit-learn takes ~2 s to import
 
         d = load_diabetes()
         X, y, schema = d.data.astype(np.float64), d.target.astype(np.float64), DIABETES

@@ -16,6 +16,7 @@ from fedfhe_coordinator.train.training import run_training
 
 from .cluster import Cluster
 from .datasets import demo_schema
+from .fhe_phases import run_fhe_phases
 from .partition_cli import write_partitions
 from .reference import Reference, centralised_reference, training_rows
 from .report import print_closing, write_report
@@ -94,7 +95,6 @@ def run_phases(opts: Options, work: Path, steps: Steps, console: Console) -> dic
                                  "federated_clear": mean_abs_error(federated, y_test)}
             # Training is over: free the cores for FHE.
             cluster.stop_many([p for p in cluster.procs if p.name.startswith(("supernode", "superlink"))])
-        from .fhe_phases import run_fhe_phases
 
         run_fhe_phases(opts, work, steps, console, cluster, owners, owner_cfgs, report, Path(public_test))
     paths = write_report(report, work)

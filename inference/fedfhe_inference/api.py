@@ -22,6 +22,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from fedfhe_common.pki.release import load_verify_key
 from fedfhe_common.runtime.errors import ConfigError, FedfheError
 
 from .config import load as load_inference_config
@@ -41,8 +42,6 @@ class Published:
 def bundles_target(config: str | Path | None, bundles_dir: str | Path | None = None,
                    release_public_key: str | Path | None = None) -> tuple[Path, Path | None, Ed25519PublicKey]:
     """(bundles dir, pid file, release public key) from inference.yaml, or from a bundles dir and release.pub."""
-    from fedfhe_common.pki.release import load_verify_key
-
     if bundles_dir:
         if not release_public_key:
             raise ConfigError("--bundles-dir needs --release-public-key release.pub (bundles must be signed)")
@@ -114,7 +113,7 @@ def publish(bundle_dir: str | Path, inference_config: str | Path | None, *, bund
     pid file; without it, ``bundles_dir`` and ``release_public_key`` must both be given. ``reload``:
     ask the running server to rescan now (else it does at its next rescan).
     """
-    from .bundles import publish_bundle
+    from .bundles import publish_bundle  # lazy: pulls in grpc
 
     target, pid_file, key = bundles_target(inference_config, bundles_dir, release_public_key)
     dest, installed = publish_bundle(Path(bundle_dir), target, key)

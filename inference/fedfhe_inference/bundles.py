@@ -125,7 +125,7 @@ def private_copy(verified_root: Path, model_id: str, version: str, data: dict[st
 
 def load_bundle(directory: Path, key: Ed25519PublicKey, verified_root: Path) -> LoadedBundle:
     """Verify (signature, hashes, contents) on bytes read once, copy those bytes privately, then load the copy."""
-    from concrete.ml.deployment import FHEModelServer
+    from concrete.ml.deployment import FHEModelServer  # lazy: concrete-ml takes seconds to import
 
     meta, data = bundle_format.read_verified(directory, key)
     if (meta["model_id"], meta["version"]) != (directory.parent.name, directory.name):

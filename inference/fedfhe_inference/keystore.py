@@ -32,7 +32,7 @@ import grpc
 
 from fedfhe_common.runtime.fileio import write_atomic
 
-from .errors import ServiceError, denied, exhausted, invalid, not_found
+from .errors import RegistryError, ServiceError, denied, exhausted, invalid, not_found
 from .fair import FairGate, SlotTimeout
 from .runner import framing_error
 
@@ -119,7 +119,7 @@ class KeyRecord:
 
 
 def _deserialize(data: bytes) -> Any:
-    from concrete import fhe
+    from concrete import fhe  # lazy: concrete-ml takes seconds to import
 
     return fhe.EvaluationKeys.deserialize(data)
 
@@ -500,8 +500,6 @@ class KeyStore:
     # ---- the shared key registry ------------------------------------------
     def _remote(self, call: Callable[..., Any], *args: Any) -> Any:
         """A registry call; a registry that cannot answer is UNAVAILABLE, never a fallback to the local copy."""
-        from .key_registry import RegistryError
-
         try:
             return call(*args)
         except RegistryError as exc:

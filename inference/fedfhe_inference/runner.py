@@ -98,7 +98,7 @@ class _InProcess:
         self.server, self.keys = server, keys
 
     def run(self, ct: bytes, _: Any) -> Any:
-        from concrete import fhe
+        from concrete import fhe  # lazy: concrete-ml takes seconds to import
 
         return self.server.run(fhe.Value.deserialize(ct), self.keys)
 
@@ -142,7 +142,7 @@ class FheRunner:
         so the owner's first Predict on that worker is warm.
         """
         if self.sandbox is None:
-            from concrete import fhe
+            from concrete import fhe  # lazy: concrete-ml takes seconds to import
 
             data = path.read_bytes()
             try:

@@ -115,10 +115,10 @@ def strategy_keys_unused(name: str, server_learning_rate: float, server_momentum
 
 def strategy_class(name: str) -> type:
     """Flower's strategy class for ``name``."""
-    from flwr.serverapp import strategy
+    from flwr.serverapp import strategy  # lazy: flwr takes ~1 s to import
 
     return {
-        "newton": strategy.FedAvg,  # FedAvg averages the terms; server_app.RecordingNewton steps
+        "newton": strategy.FedAvg,  # FedAvg averages the terms; rounds.RecordingNewton steps
         "fedavg": strategy.FedAvg,
         "fedavgm": strategy.FedAvgM,
         "fedmedian": strategy.FedMedian,

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cryptography.hazmat.primitives import serialization
+
 from fedfhe_common.contracts.fl_contract import DEFAULT_MAX_EXAMPLES, owner_key_id, owner_name_from_key_file
 from fedfhe_common.runtime.errors import ConfigError
 
@@ -145,8 +147,6 @@ def owner_keys(keys: list[Path]) -> dict[str, str]:
     The ServerApp names each reply's owner from this map and the node's registered
     public key, never from what the reply says about itself.
     """
-    from cryptography.hazmat.primitives import serialization
-
     out = {}
     for path in keys:
         try:

@@ -74,7 +74,7 @@ def test_local_tree_from_csv_to_encrypted_predictions(tmp_path, node, pki):
                           progress=False)
 
     # Concrete ML's simulation of the same circuit: the artifact through the same conversion compile used.
-    from fedfhe_coordinator.fhe.compile import calibration_set, to_concrete
+    from fedfhe_coordinator.fhe.concrete_model import calibration_set, to_concrete
 
     artifact = TrainingArtifact.load(art, load_verify_key(pki / "release.pub"))
     estimator = artifact.to_estimator()

@@ -34,7 +34,7 @@ class Grid:
     def get_node_ids(self) -> list[int]:
         return list(NODES)
 
-    def get_nodes(self) -> list[object]:  # server_app.node_owners: no registered keys here, so node-<id>
+    def get_nodes(self) -> list[object]:  # rounds.node_owners: no registered keys here, so node-<id>
         return []
 
 

@@ -26,7 +26,7 @@ from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_coordinator import cli as server_cli
 from fedfhe_coordinator.config import CoordinatorConfig
 from fedfhe_coordinator.run_config import RunConfig
-from fedfhe_coordinator.serverapp.server_app import ReplyPolicy, make_strategy
+from fedfhe_coordinator.serverapp.rounds import ReplyPolicy, make_strategy
 from fedfhe_coordinator.train.flwr_cli import write_run_config
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -82,7 +82,7 @@ def test_a_final_booster_outside_the_run_is_refused():
 
 @pytest.mark.parametrize("name", ["breast-cancer", "wine", "diabetes"])
 def test_concrete_ml_simulation_predicts_what_the_clear_booster_predicts(tmp_path, name):
-    from fedfhe_coordinator.fhe.compile import calibration_set, to_concrete
+    from fedfhe_coordinator.fhe.concrete_model import calibration_set, to_concrete
 
     artifact, booster, X_te, schema = federated(name, tmp_path)
     estimator = artifact.to_estimator()

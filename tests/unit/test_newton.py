@@ -23,7 +23,7 @@ from fedfhe_common.contracts.transport import to_arrays
 from fedfhe_common.ml import models, newton
 from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_coordinator.aggregation import resolve
-from fedfhe_coordinator.serverapp.server_app import ReplyPolicy, make_strategy
+from fedfhe_coordinator.serverapp.rounds import ReplyPolicy, make_strategy
 
 
 def table(name: str) -> tuple[np.ndarray, np.ndarray, DatasetSchema]:

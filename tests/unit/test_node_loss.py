@@ -20,7 +20,7 @@ from fedfhe_common.contracts.fl_contract import owner_key_id
 from fedfhe_common.contracts.schema import resolve_schema
 from fedfhe_common.contracts.transport import to_arrays
 from fedfhe_common.ml import models
-from fedfhe_coordinator.serverapp.server_app import BoundedGrid, NodesLost, RecordingFedAvg, ReplyPolicy
+from fedfhe_coordinator.serverapp.rounds import BoundedGrid, NodesLost, RecordingFedAvg, ReplyPolicy
 
 SCHEMA = resolve_schema("digits")
 REGISTERED = (1, 2, 3, 11, 12, 13)  # nodes whose public key the coordinator registered as owner-<id>
@@ -184,7 +184,7 @@ def test_an_owner_reason_with_newlines_and_escape_codes_shows_escaped_on_one_lin
 
 def test_waiting_for_nodes_names_the_registered_owners_that_never_connected():
     """Issue 28: "0 SuperNode(s) connected" alone left the operator to find out which owners were offline."""
-    from fedfhe_coordinator.serverapp.server_app import wait_for_nodes
+    from fedfhe_coordinator.serverapp.rounds import wait_for_nodes
 
     keys = {owner_key_id(f"key-{n}".encode()): f"owner-{n}" for n in (1, 2, 3)}
     with pytest.raises(RuntimeError, match=r"only 1 SuperNode\(s\) connected after -1s, the run needs 2 "

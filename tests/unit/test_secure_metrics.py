@@ -46,8 +46,8 @@ from fedfhe_common.runtime.config import from_dict
 from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_coordinator.config import CoordinatorConfig
 from fedfhe_coordinator.run_config import RunConfig
+from fedfhe_coordinator.serverapp.rounds import ReplyPolicy
 from fedfhe_coordinator.serverapp.secure_training import NewtonRun, SecureRecorder, run_secure
-from fedfhe_coordinator.serverapp.server_app import ReplyPolicy
 from fedfhe_owner.clientapp.client_app import app
 from fedfhe_owner.clientapp.run_ledger import LEDGER
 from fedfhe_owner.clientapp.secure_client import seal_scores

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 from flwr.server.strategy import FedAvg
 
 from fedfhe_common.contracts.schema import resolve_schema
+from fedfhe_coordinator.serverapp.rounds import ReplyPolicy
 from fedfhe_coordinator.serverapp.secure_training import SecureRecorder, resolve_shares
-from fedfhe_coordinator.serverapp.server_app import ReplyPolicy
 
 
 def recorder(tmp_path, log):

@@ -23,7 +23,8 @@ from fedfhe_common.ml.data import load_table
 from fedfhe_common.ml.preprocessing import Preprocessing
 from fedfhe_common.pki import release
 from fedfhe_common.runtime.errors import FedfheError, IntegrityError
-from fedfhe_coordinator.fhe.compile import calibration_set, compile_artifact, evaluate, to_concrete
+from fedfhe_coordinator.fhe.compile import compile_artifact, evaluate
+from fedfhe_coordinator.fhe.concrete_model import calibration_set, to_concrete
 from fedfhe_coordinator.fhe.local_training import train_local
 from fedfhe_demo.tabular import labels_of, load_tabular, tabular_schema, write_csv
 from fedfhe_owner.predict.encrypted import check_own_schema

@@ -14,7 +14,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedfhe_common.ml import fedxgb
 from fedfhe_coordinator.serverapp import federated_trees
-from fedfhe_coordinator.serverapp.server_app import ReplyPolicy
+from fedfhe_coordinator.serverapp.rounds import ReplyPolicy
 from fedfhe_coordinator.serverapp.tree_recording import RecordingXgbBagging, RecordingXgbCyclic, make_tree_strategy
 from fedfhe_coordinator.serverapp.tree_strategy import TreeBudget, booster_record
 

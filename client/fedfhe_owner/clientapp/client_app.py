@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common import parameters_to_ndarrays
+from flwr.compat.common import recorddict_compat as compat
 
 from fedfhe_common.contracts import fl_contract as fc
 from fedfhe_common.contracts.schema import DatasetSchema, resolve_schema
@@ -235,9 +237,6 @@ def _secure_train(msg: Message, context: Context) -> Message:
     parameter shapes and finite values); the reply's num-examples is the weight
     actually used (capped at the run's max_weight).
     """
-    from flwr.common import parameters_to_ndarrays
-    from flwr.compat.common import recorddict_compat as compat
-
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
     config = ConfigRecord(dict(fitins.config))
     if str(config.get(fc.MODEL, "")) in fedxgb.FAMILIES:

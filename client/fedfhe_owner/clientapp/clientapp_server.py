@@ -134,7 +134,9 @@ def read_request(conn: socket.socket) -> tuple[list[str], list[int]]:
 
 def run_launcher(argv: list[str]) -> int:
     """The cold launcher's main, in this process; its exit code (Flower ends it with sys.exit)."""
-    from fedfhe_owner.clientapp import clientapp_launcher
+    from fedfhe_owner.clientapp import (
+        clientapp_launcher,  # lazy: pulls in flwr, grpc, rich
+    )
 
     try:
         clientapp_launcher.main(argv)
@@ -154,7 +156,7 @@ def child(conn: socket.socket, listener: socket.socket, fds: list[int], argv: li
                 os.close(fd)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        import numpy as np
+        import numpy as np  # lazy: numpy takes 0.25 s to import
 
         np.random.seed()  # fresh entropy, as a new process would have
         sys.argv = ["flwr-clientapp", *argv]

@@ -51,7 +51,7 @@ def refuse_replayed_model(context: Context, params: list[np.ndarray], config: Co
     without the victim), gets the victim's update as the difference of the two aggregates, even under SecAgg+
     (which hides each update, not the sums). Every honest owner in both sets sees the same model twice and
     refuses the second, so the second aggregate never forms. An honest coordinator never sends a model twice in
-    a run (server_app.Recording.note_model ends the training instead).
+    a run (rounds.Recording.note_model ends the training instead).
 
     Limitation, plainly: this catches exact replays only. A near replay, the model perturbed by an epsilon in
     one coefficient (one ulp is enough), is a different model here, and the difference of its aggregate and

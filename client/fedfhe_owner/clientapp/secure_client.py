@@ -46,6 +46,8 @@ from flwr.client.mod.secure_aggregation.secaggplus_mod import SecAggPlusState
 from flwr.clientapp.mod import LocalDpMod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
+from flwr.compat.common import recorddict_compat as compat
+from flwr.compat.common.recorddict_compat import recorddict_to_fitins
 
 from fedfhe_common.contracts import fl_contract as fc
 from fedfhe_common.ml import score_sums
@@ -139,8 +141,6 @@ def _plain_model(msg: Message) -> str:
 
 
 def _fitins_phase(msg: Message) -> str:
-    from flwr.compat.common.recorddict_compat import recorddict_to_fitins
-
     try:
         return str(recorddict_to_fitins(msg.content, keep_input=True).config.get(fc.PHASE, ""))
     except Exception:  # noqa: BLE001 - not a FitIns: the train handler refuses it
@@ -207,8 +207,6 @@ def seal_scores(reply: Message, context: Context) -> Message:
     unless they are the run config's (a setup with another max_weight or clipping range for this owner
     would scale its array apart from the others').
     """
-    from flwr.compat.common import recorddict_compat as compat
-
     record = context.state.config_records.get(RECORD_KEY_STATE)
     if record is None:
         raise fc.InstructionRefused("SecAgg+ masked vector before this owner's setup")
@@ -249,8 +247,6 @@ def bound_update(params: list[np.ndarray], n_rows: int, context: Context) -> tup
 
 def legacy_reply(msg: Message, params: list[np.ndarray], weight: int, metrics: dict[str, float]) -> Message:
     """The FitRes that secaggplus_mod masks: parameters (cleared after masking), weight and metrics."""
-    from flwr.compat.common import recorddict_compat as compat
-
     res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(params), weight, dict(metrics))
     return Message(content=compat.fitres_to_recorddict(res, keep_input=True), reply_to=msg)
 

@@ -60,7 +60,7 @@ def train_round(global_raw: bytes, X: np.ndarray, y: np.ndarray, schema: Dataset
     An owner may lack some classes: XGBoost's native API boosts with ``num_class`` from the
     schema regardless (the class's trees then only learn "not this class" here).
     """
-    import xgboost as xgb
+    import xgboost as xgb  # lazy: xgboost takes ~4 s to import
 
     if len(y) == 0 or X.shape != (len(y), schema.n_features):
         raise ConfigError(f"training rows must be (n > 0, {schema.n_features}), got {X.shape}")

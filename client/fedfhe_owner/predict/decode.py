@@ -37,7 +37,7 @@ def decrypt(fhe: Any, data: bytes) -> Decrypted:
 
 def decides_on_raw_scores(model: Any) -> bool:
     """Whether Concrete ML's ``predict`` for this model takes the class from raw scores (its linear classifiers)."""
-    from concrete.ml.sklearn.base import SklearnLinearClassifierMixin
+    from concrete.ml.sklearn.base import SklearnLinearClassifierMixin  # lazy: concrete-ml takes seconds to import
 
     return isinstance(model, SklearnLinearClassifierMixin)
 

@@ -25,6 +25,7 @@ from fedfhe_common.contracts import key_params
 from fedfhe_common.contracts.bundle import CLIENT_ZIP, preprocessing_of, version_key
 from fedfhe_common.contracts.fhe_wire import CircuitSpec, WireError
 from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.ml.scoring import mean_abs_error
 from fedfhe_common.pki.release import load_verify_key
 from fedfhe_common.runtime.errors import ConfigError, FedfheError, IntegrityError
 from fedfhe_owner.config import InferenceEndpoint
@@ -70,7 +71,7 @@ class PredictResult:
 
     def score(self, y: np.ndarray) -> float:
         if not self.classes:
-            from sklearn.metrics import r2_score
+            from sklearn.metrics import r2_score  # lazy: scikit-learn takes ~2 s to import
 
             return float(r2_score(np.asarray(y, dtype=np.float64), np.asarray(self.predictions, dtype=np.float64)))
         return float(np.mean(self.predictions == np.asarray(y)))
@@ -80,7 +81,6 @@ class PredictResult:
         regressor, since R² alone says nothing of how far off a prediction is."""
         if self.classes:
             return {"accuracy": self.score(y)}
-        from fedfhe_common.ml.scoring import mean_abs_error
 
         return {"r2": self.score(y), "mae": mean_abs_error(np.asarray(self.predictions, dtype=np.float64),
                                                            np.asarray(y, dtype=np.float64))}
@@ -146,8 +146,8 @@ def resolve_model(client: InferenceClient, model_id: str = "", version: str = ""
 
 
 def _progress(enabled: bool) -> Any:
-    from rich.console import Console
-    from rich.progress import (
+    from rich.console import Console  # lazy: rich only for the commands that draw tables
+    from rich.progress import (  # lazy: rich only for the commands that draw tables
         BarColumn,
         MofNCompleteColumn,
         Progress,

@@ -54,8 +54,6 @@ def verify_client_specs(client_zip: bytes, manifest: bytes, signature: bytes, ke
 
 def newest_seen_version(state_dir: Path, model_id: str) -> str | None:
     """The newest version of ``model_id`` this owner has verified and pinned (None: none yet)."""
-    from fedfhe_common.contracts.manifest import MANIFEST
-
     root = Path(state_dir) / "inference" / model_id
     try:
         seen = [d.name for d in root.iterdir() if bundle.valid_name(d.name) and (d / MANIFEST).is_file()]
@@ -124,8 +122,8 @@ class ModelKeys:
         """FHEModelClient with this version's keyset, generated on first use; returns (client, keygen seconds)."""
         if self._fhe is not None:
             return self._fhe, 0.0
-        from concrete import fhe
-        from concrete.ml.deployment import FHEModelClient
+        from concrete import fhe  # lazy: concrete-ml takes seconds to import
+        from concrete.ml.deployment import FHEModelClient  # lazy: concrete-ml takes seconds to import
 
         client = FHEModelClient(str(self.dir))  # no key_dir: Concrete's cache would write keys 0644
         started = time.perf_counter()

@@ -15,8 +15,11 @@ from fedfhe_owner import config as owner_config
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from fedfhe_owner.api import Predictor
-    from fedfhe_owner.predict.predict_io import load_rows, write_predictions
+    from fedfhe_owner.api import Predictor  # lazy: pulls in grpc
+    from fedfhe_owner.predict.predict_io import (  # lazy: pulls in grpc
+        load_rows,
+        write_predictions,
+    )
 
     with Predictor(args.config, model=args.model or "", version=args.model_version or "", progress=not args.no_progress,
                    batch_size=args.batch_size) as predictor:
@@ -51,9 +54,14 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _delete_keys(args: argparse.Namespace) -> int:
-    from fedfhe_owner.api import endpoint_of
-    from fedfhe_owner.predict.encrypted import delete_keys, resolve_model
-    from fedfhe_owner.predict.inference_client import InferenceClient
+    from fedfhe_owner.api import endpoint_of  # lazy: pulls in grpc
+    from fedfhe_owner.predict.encrypted import (  # lazy: pulls in grpc
+        delete_keys,
+        resolve_model,
+    )
+    from fedfhe_owner.predict.inference_client import (
+        InferenceClient,  # lazy: pulls in grpc
+    )
 
     cfg = owner_config.load(args.config)
     endpoint = endpoint_of(cfg, args.config)

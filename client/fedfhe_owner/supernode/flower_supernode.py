@@ -18,6 +18,7 @@ Everything else is Flower's own ``flower-supernode``.
 
 from __future__ import annotations
 
+import ctypes
 import sys
 from collections.abc import Callable
 from logging import WARNING
@@ -26,6 +27,7 @@ from typing import Any
 from flwr.app import Message
 from flwr.supercore import log
 from flwr.supernode import start_client_internal as loop
+from flwr.supernode.cli import flower_supernode
 
 FLOWER_PULL = loop._pull_and_store_message  # noqa: SLF001 - the two functions repaired here
 FLOWER_PUSH = loop._push_messages  # noqa: SLF001
@@ -73,8 +75,6 @@ def install() -> None:
 
 
 def main() -> int | None:
-    from flwr.supernode.cli import flower_supernode
-
     install()
     sys.argv[0] = "flower-supernode"
     name_process("flower-supernode")
@@ -83,8 +83,6 @@ def main() -> int | None:
 
 def name_process(name: str) -> None:
     """What ``ps``, ``ss -p`` and ``top`` show (15 bytes): operators look for flower-supernode, not python."""
-    import ctypes
-
     ctypes.CDLL(None).prctl(15, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)  # PR_SET_NAME
 
 

@@ -5,17 +5,23 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
 from fedfhe_common.contracts import fl_contract as fc
 from fedfhe_common.contracts.fl_contract import TEST_HOSTILE_REPLY, TEST_RECORD_UPDATES
+from fedfhe_common.contracts.schema import resolve_schema
+from fedfhe_common.ml.data import load_table
 from fedfhe_common.pki.app_approval import ENV_APPROVED, ENV_OWNER
 from fedfhe_common.runtime.errors import ConfigError, FedfheError
 from fedfhe_common.runtime.fileio import write_atomic
-from fedfhe_common.runtime.logs import DEFAULT_LEVEL, flower_level_env
+from fedfhe_common.runtime.logs import DEFAULT_LEVEL, configure, flower_level_env
 from fedfhe_common.runtime.procs import exec_in_venv, flower_env, venv_bin
+from fedfhe_common.runtime.relay import exit_as, run_relayed
+from fedfhe_owner.clientapp import clientapp_door
 from fedfhe_owner.config import OwnerConfig
+from fedfhe_owner.server_certificate import wait_and_refuse_if_revoked
 
 SHIM_DIR = "flower-bin"  # under state_dir: first on the SuperNode's PATH
 SERVER_DIR = "clientapp-server"  # under state_dir (0700): the ClientApp server's socket
@@ -115,9 +121,8 @@ def write_clientapp_shim(cfg: OwnerConfig, server: bool | None = None) -> Path:
     a fork instead of about 2.3 s of imports per message. The launcher code, and
     so the approval check, is the same on both paths.
     """
-    from flwr.supercore.constant import TASK_TYPE_TO_COMMAND
+    from flwr.supercore.constant import TASK_TYPE_TO_COMMAND  # lazy: flwr takes ~1 s to import
 
-    from fedfhe_owner.clientapp import clientapp_door
 
     server = clientapp_server_enabled() if server is None else server
     folder = cfg.state_dir.resolve() / SHIM_DIR
@@ -169,8 +174,6 @@ def fresh_tmp_dir(cfg: OwnerConfig) -> Path:
     piled up across runs. Here each start of the SuperNode clears what the last one left, and the
     unpacked app stays in a 0700 directory of this owner's.
     """
-    import shutil
-
     folder = cfg.state_dir.resolve() / TMP_DIR
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(mode=0o700, parents=True)
@@ -205,10 +208,6 @@ def run_supernode(cfg: OwnerConfig, config_path: Path, log_format: str = "text",
     ClientApps it starts) print as a JSON record with ``"source": "flower-supernode"``. ``log_level`` applies to
     this process and, through FLWR_LOG_LEVEL, to flower-supernode and its ClientApps.
     """
-    from fedfhe_common.contracts.schema import resolve_schema
-    from fedfhe_common.ml.data import load_table
-    from fedfhe_common.runtime.logs import configure
-
     configure(log_format, log_level)
     if log_format == "text":
         for handler in logging.getLogger().handlers:
@@ -228,8 +227,6 @@ def run_supernode(cfg: OwnerConfig, config_path: Path, log_format: str = "text",
                  "noise of standard deviation %.4g per coordinate (per round: epsilon %g, delta %g; sensitivity %g)",
                  dp.clipping_norm, dp.noise_stddev, dp.epsilon, dp.delta, dp.noise_sensitivity)
     if cfg.crl_file is not None:
-        from fedfhe_owner.server_certificate import wait_and_refuse_if_revoked
-
         cert = wait_and_refuse_if_revoked(cfg.superlink, cfg.root_certificates, cfg.crl_file, "SuperLink",
                                           log=log.info, mark=cfg.crl_mark, allow_expired=cfg.allow_expired_crl)
         log.info("SuperLink %s: certificate serial %x is not on %s", cfg.superlink, cert.serial_number, cfg.crl_file)
@@ -239,6 +236,5 @@ def run_supernode(cfg: OwnerConfig, config_path: Path, log_format: str = "text",
     if log_format == "text":
         logging.shutdown()
         exec_in_venv(cmd, env)
-    from fedfhe_common.runtime.relay import exit_as, run_relayed
 
     return exit_as(run_relayed(cmd, env, "flower-supernode", json_lines=True))

@@ -21,6 +21,8 @@ import numpy as np
 
 from fedfhe_common.contracts.schema import DatasetSchema
 from fedfhe_common.ml import models, newton
+from fedfhe_common.ml.preprocessing import check_moments
+from fedfhe_common.ml.score_sums import layout_length
 
 # Record names in a message's RecordDict.
 ARRAYS = "arrays"  # ArrayRecord: coef_ then intercept_
@@ -161,8 +163,6 @@ def schema_sha256(schema: DatasetSchema) -> str:
 
 def check_statistics_reply(content: Any, schema: DatasetSchema, cap: int) -> tuple[np.ndarray, int]:
     """A statistics reply: one vector of 3 x inputs fractions in [0, 1] and its row count, nothing else."""
-    from fedfhe_common.ml.preprocessing import check_moments
-
     try:
         names = set(content.keys())
         if names != {METRICS, ARRAYS}:
@@ -206,8 +206,6 @@ def split_score_sums(arrays: list[np.ndarray], model_arrays: int,
     Only a secure run's aggregate carries the extra array (score_sums: each owner appends it before
     Flower masks); a plain reply with one is refused by ``check_params`` as any wrong shape is.
     """
-    from fedfhe_common.ml.score_sums import layout_length
-
     if len(arrays) != model_arrays + 1:
         raise ReplyRejected(f"a secure aggregate holds {model_arrays} arrays and the score sums, got {len(arrays)}")
     sums = np.asarray(arrays[-1])
@@ -221,7 +219,7 @@ def model_digest(params: list[np.ndarray]) -> str:
     """sha256 of a model's arrays in order: each one's shape, then its values as float64 (the same model whichever
     dtype it travelled in). -0.0 counts as 0.0: numerically the same model, so flipping a zero's sign is no new
     model; any other difference, one ulp included, is. Owners refuse a digest they trained on (run_ledger), and
-    the coordinator never sends one twice in a run (server_app.Recording.note_model)."""
+    the coordinator never sends one twice in a run (rounds.Recording.note_model)."""
     digest = hashlib.sha256()
     for arr in params:
         values = np.ascontiguousarray(arr, dtype=np.float64) + 0.0  # -0.0 + 0.0 is +0.0

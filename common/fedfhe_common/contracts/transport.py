@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedfhe_common.contracts.fl_contract import check_params
 from fedfhe_common.contracts.schema import DatasetSchema
 
 
 def to_arrays(params: list[np.ndarray]):
-    from flwr.app import ArrayRecord
+    from flwr.app import ArrayRecord  # lazy: flwr takes ~1 s to import
 
     return ArrayRecord([np.atleast_1d(np.asarray(p, dtype=np.float64)) for p in params])
 
 
 def from_arrays(record, family: str, schema: DatasetSchema) -> list[np.ndarray]:
     """The two parameter arrays in model shapes; exact wire shapes and finite values or ValueError."""
-    from fedfhe_common.contracts.fl_contract import check_params
-
     return check_params(record.to_numpy_ndarrays(), family, schema)

@@ -190,8 +190,8 @@ def _read_npz(path: Path, family: str, schema: DatasetSchema) -> SklearnTrees:
 
 def _sklearn_tree(model: SklearnTrees, index: int, n_features: int, template: Any) -> Any:
     """One fitted DecisionTree* from its node arrays, through sklearn's Tree state (plain arrays, no pickle)."""
-    from sklearn.base import clone
-    from sklearn.tree._tree import NODE_DTYPE, Tree
+    from sklearn.base import clone  # lazy: scikit-learn takes ~2 s to import
+    from sklearn.tree._tree import NODE_DTYPE, Tree  # lazy: scikit-learn takes ~2 s to import
 
     start = int(model.tree_sizes[:index].sum())
     size = int(model.tree_sizes[index])

@@ -211,7 +211,7 @@ def parquet_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]
     """A Parquet file's columns as text cells (None and NaN become gaps); row i (from 0) is "line" i + 2, as in a CSV
     whose header is line 1."""
     try:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # lazy: optional dependency: the caller reports it missing
     except ImportError:
         raise DataError(path, "reading Parquet needs pyarrow: pip install 'fedfhe-common[parquet]'") from None
     try:

@@ -1,1 +1,1 @@
-"""Model maths of the ServerApp, the ClientApp and the FHE commands: families, scores, data."""
+"""Model maths of the ServerApp, ClientApp and FHE command processes: families, scores, data."""

@@ -18,7 +18,7 @@ from fedfhe_common.contracts.schema import DatasetSchema
 
 def load(booster: booster_json.Booster | None, params: dict[str, Any]) -> Any:
     """An xgboost.Booster from a checked model (1.6.2 reads the checked re-serialisation, not the received bytes)."""
-    import xgboost as xgb
+    import xgboost as xgb  # lazy: xgboost takes ~4 s to import
 
     if booster is None:
         return None
@@ -29,7 +29,7 @@ def load(booster: booster_json.Booster | None, params: dict[str, Any]) -> Any:
 
 def _raw_predictions(booster: booster_json.Booster | None, X: np.ndarray, schema: DatasetSchema) -> np.ndarray:
     """Class probabilities (n, k) or values (n,); round 1's empty model predicts its base_score alone."""
-    import xgboost as xgb
+    import xgboost as xgb  # lazy: xgboost takes ~4 s to import
 
     k = len(schema.classes)
     if booster is None:
@@ -51,7 +51,7 @@ def predict(booster: booster_json.Booster | None, X: np.ndarray, schema: Dataset
 def scores(booster: booster_json.Booster | None, X: np.ndarray, y: np.ndarray, schema: DatasetSchema
            ) -> dict[str, float]:
     """The scores fl_contract expects (scoring.score_model's): loss and accuracy, or loss (MSE) and R²."""
-    from sklearn import metrics
+    from sklearn import metrics  # lazy: scikit-learn takes ~2 s to import
 
     out = _raw_predictions(booster, X, schema)
     if not schema.is_classifier:

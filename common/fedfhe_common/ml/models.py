@@ -46,24 +46,24 @@ def default_n_bits(family: str, schema: DatasetSchema | None = None) -> int:
 
 def _class(family: str) -> type:
     if family == "LinearSVC":
-        from sklearn import svm
+        from sklearn import svm  # lazy: scikit-learn takes ~2 s to import
 
         return svm.LinearSVC
     if family in ("DecisionTreeClassifier", "DecisionTreeRegressor"):
-        from sklearn import tree
+        from sklearn import tree  # lazy: scikit-learn takes ~2 s to import
 
         return getattr(tree, family)
     if family in ("RandomForestClassifier", "RandomForestRegressor"):
-        from sklearn import ensemble
+        from sklearn import ensemble  # lazy: scikit-learn takes ~2 s to import
 
         return getattr(ensemble, family)
     if family in ("XGBClassifier", "XGBRegressor"):
-        import xgboost
+        import xgboost  # lazy: xgboost takes ~4 s to import
 
         return getattr(xgboost, family)
     if family not in FAMILIES:
         raise ConfigError(f"model {family!r}: unknown family (supported: {', '.join(LOCAL_FAMILIES)})")
-    from sklearn import linear_model
+    from sklearn import linear_model  # lazy: scikit-learn takes ~2 s to import
 
     return getattr(linear_model, family)
 

@@ -15,6 +15,7 @@ import yaml
 
 from fedfhe_common.contracts.schema import DEFAULT_MISSING_MARKERS, FALSE_WORDS, TRUE_WORDS
 from fedfhe_common.contracts.typed_table import csv_rows, parquet_rows
+from fedfhe_common.ml.data import _open_bytes
 from fedfhe_common.runtime.errors import DataError
 
 MAX_CATEGORIES = 50
@@ -84,8 +85,6 @@ def draft_schema(path: Path, label: str, name: str = "", task: str = "") -> tupl
     if path.name.lower().endswith((".parquet", ".pq")):
         header, rows = parquet_rows(path)
     else:
-        from fedfhe_common.ml.data import _open_bytes
-
         header, rows = csv_rows(path, _open_bytes(path))
     header = [h.strip() for h in header]
     if label not in header:

@@ -15,7 +15,7 @@ def prediction_score(predictions: np.ndarray, y: np.ndarray, schema: DatasetSche
     predictions = np.asarray(predictions).reshape(len(y), -1)[:, 0]
     if schema.is_classifier:
         return float(np.mean(predictions == y))
-    from sklearn.metrics import r2_score
+    from sklearn.metrics import r2_score  # lazy: scikit-learn takes ~2 s to import
 
     return float(r2_score(y, predictions))
 
@@ -27,7 +27,7 @@ def mean_abs_error(predictions: np.ndarray, y: np.ndarray) -> float:
 
 def score_model(model: Any, schema: DatasetSchema, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Classifiers: accuracy and log-loss (hinge loss without probabilities); regressors: MSE and R²."""
-    from sklearn import metrics
+    from sklearn import metrics  # lazy: scikit-learn takes ~2 s to import
 
     pred = model.predict(X)
     if not schema.is_classifier:

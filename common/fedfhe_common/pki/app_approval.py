@@ -134,7 +134,7 @@ def approved_from_env(env: Mapping[str, str]) -> frozenset[str]:
 
 def app_dir_fab(app: Path) -> bytes:
     """The FAB that `flwr run APP` builds (Flower's own builder, same rules)."""
-    from flwr.cli.build import build_fab_from_disk
+    from flwr.cli.build import build_fab_from_disk  # lazy: flwr takes ~1 s to import
 
     try:
         return build_fab_from_disk(Path(app))

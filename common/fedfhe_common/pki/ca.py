@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedfhe_common.contracts.bundle import valid_name
 from fedfhe_common.pki.pki_passphrase import PKI_ENV, PKI_HINT, PassphraseNeeded, encryption, from_env, load_private_key
 from fedfhe_common.runtime.errors import PKIError
 from fedfhe_common.runtime.fileio import write_atomic
@@ -449,8 +450,6 @@ def check_name(name: str) -> None:
 def check_owner_name(name: str) -> None:
     """A data owner's id, the CN of its client certificate: the rule the inference node applies to the CN
     (``fedfhe_common.contracts.bundle.valid_name``), so no certificate is issued that the node would refuse."""
-    from fedfhe_common.contracts.bundle import valid_name
-
     if not valid_name(name):
         raise PKIError(f"{name[:80]!r} is not an owner name: use 1-64 letters, digits, '.', '_' or '-', "
                        "starting with a letter or digit")

@@ -22,7 +22,8 @@ class CertificateExpiry:
         self.certfiles = dict(certfiles)
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily  # the services' dependency (common's metrics extra)
+        # lazy: prometheus-client only where metrics are served (the services' dependency, common's metrics extra)
+        from prometheus_client.core import GaugeMetricFamily  # lazy: see above
 
         g = GaugeMetricFamily(self.name, "When this service's TLS certificate ends (Unix time; NaN if unreadable)",
                               labels=["certificate"])

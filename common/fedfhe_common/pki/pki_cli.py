@@ -27,7 +27,9 @@ from fedfhe_common.pki.ca import (
     supernode_keypair,
     write_crl,
 )
+from fedfhe_common.pki.pki_inventory import inventory, render
 from fedfhe_common.pki.pki_passphrase import PKI_ENV, RELEASE_ENV, resolve
+from fedfhe_common.pki.pki_request import check_pair, describe, make_request, renew, sign_request
 from fedfhe_common.pki.release import make_release_key
 from fedfhe_common.runtime.console import add_examples, run
 from fedfhe_common.runtime.errors import PKIError
@@ -59,8 +61,6 @@ def _passphrase(args: argparse.Namespace, *, new: bool = False) -> bytes | None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from fedfhe_common.pki.pki_inventory import inventory, render
-
     inv = inventory(_dir(args))
     if wants_json(args):
         print_json(inv)
@@ -77,8 +77,6 @@ def _report(args: argparse.Namespace, doc: dict, lines: list[str]) -> None:
 
 
 def _request(args: argparse.Namespace) -> int:
-    from fedfhe_common.pki.pki_request import make_request
-
     req = make_request(_dir(args, "--out"), args.role, args.name, args.san, new_key=args.new_key,
                        file_name=args.file_name or "")
     key_note = "new, 0600" if req.new_key else "kept"
@@ -89,8 +87,6 @@ def _request(args: argparse.Namespace) -> int:
 
 
 def _sign(args: argparse.Namespace) -> int:
-    from fedfhe_common.pki.pki_request import sign_request
-
     def review(summary: Summary) -> None:
         if not wants_json(args):
             print("\n".join(summary.lines()), flush=True)
@@ -105,8 +101,6 @@ def _sign(args: argparse.Namespace) -> int:
 
 
 def _renew(args: argparse.Namespace) -> int:
-    from fedfhe_common.pki.pki_request import renew
-
     done = renew(_dir(args), args.name, days=args.days, new_key=args.new_key, csr_path=args.csr,
                  within_days=args.within, passphrase=_passphrase(args))
     doc = {"certificate": str(done.crt), "renewed": done.renewed, "same_key": done.same_key,
@@ -121,8 +115,6 @@ def _renew(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from fedfhe_common.pki.pki_request import check_pair, describe
-
     summary = describe(args.file)
     problems = check_pair(args.file, args.key, args.ca) if (args.key or args.ca) else []
     _report(args, {**summary.as_dict(), "problems": problems},

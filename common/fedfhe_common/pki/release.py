@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -90,8 +91,6 @@ def load_verify_key(path: Path) -> Ed25519PublicKey:
 
 def key_fingerprint(key: Ed25519PublicKey) -> str:
     """Short, printable id of a release key (first 16 hex of the raw key's SHA-256)."""
-    import hashlib
-
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
 

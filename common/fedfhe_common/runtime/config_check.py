@@ -18,6 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from fedfhe_common.contracts.schema import DatasetSchema, resolve_schema
 from fedfhe_common.runtime.config import HostPort, Range, from_dict, load_yaml, salvage
 from fedfhe_common.runtime.errors import ConfigError, FedfheError
 from fedfhe_common.runtime.output import add_format, print_json
@@ -38,8 +41,6 @@ def problems_of(exc: ConfigError) -> list[str]:
 
 def duplicate_keys(text: str) -> list[str]:
     """Keys given twice in one mapping: YAML loaders keep the last silently, so an edit can be lost unseen."""
-    import yaml
-
     try:
         root = yaml.compose(text)
     except yaml.YAMLError:
@@ -82,15 +83,11 @@ def check_file(cls: type, path: Path, extra: Extra | None = None) -> list[str]:
 
 
 def check_schema_file(path: Path) -> list[str]:
-    from fedfhe_common.contracts.schema import DatasetSchema
-
     return check_file(DatasetSchema, path)
 
 
 def schema_problems(name_or_path: str, key: str = "schema") -> list[str]:
     """A config's ``schema`` value: a built-in name or a schema file that loads."""
-    from fedfhe_common.contracts.schema import resolve_schema
-
     try:
         resolve_schema(name_or_path)
     except ConfigError as exc:
@@ -182,8 +179,6 @@ def add_check_config(sub: Any, cls: type, file_name: str, extra: Extra | None = 
 
     def handler(args: argparse.Namespace) -> int:
         if args.json_schema:
-            from fedfhe_common.contracts.schema import DatasetSchema
-
             target, title = ((DatasetSchema, "fedfhe dataset schema") if args.json_schema == "schema"
                              else (cls, f"fedfhe {file_name}"))
             print_json(json_schema(target, title))

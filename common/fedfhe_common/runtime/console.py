@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,6 @@ DISTRIBUTIONS = {"fedfhe-pki": "fedfhe-common", "fedfhe-partition": "fedfhe-demo
 
 def version_text(prog: str) -> str:
     """``PROG X.Y.Z (flwr A, concrete-ml B)``: what an operator quotes in a bug report."""
-    from importlib.metadata import PackageNotFoundError, version
-
     def of(dist: str) -> str:
         try:
             return version(dist)

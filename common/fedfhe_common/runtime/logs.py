@@ -12,6 +12,9 @@ format and the level: every service imports them from here.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import io
 import json
 import logging
 import re
@@ -81,10 +84,6 @@ def import_quietly(module: str) -> list[str]:
     records that log shippers cannot parse. Imported once here, later imports print nothing; the caller decides
     what the lines become. A module that is not installed is left for its user to report.
     """
-    import contextlib
-    import importlib
-    import io
-
     if module in sys.modules:
         return []
     captured = io.StringIO()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import sys
@@ -53,8 +54,6 @@ def exec_in_venv(cmd: list[str], env: dict[str, str] | None = None) -> None:
     "No such file or directory: 'flower-superexec'". ``env`` (default
     ``flower_env()``) replaces the whole environment.
     """
-    import os
-
     os.execve(cmd[0], cmd, flower_env() if env is None else env)
 
 
@@ -65,8 +64,6 @@ def flower_env(base: dict[str, str] | None = None) -> dict[str, str]:
     none); FLWR_SUPEREXEC_TASK_POLL_INTERVAL (default 1 s) is how often the
     SuperExec looks for a message to start an app process for.
     """
-    import os
-
     env = dict(os.environ if base is None else base)
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"

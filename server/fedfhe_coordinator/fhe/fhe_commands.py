@@ -15,8 +15,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.contracts.schema import resolve_schema
+from fedfhe_common.ml import models
+from fedfhe_common.ml.data import load_table
+from fedfhe_common.ml.preprocessing import Preprocessing
+from fedfhe_common.pki.release import load_signing_key
 from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_common.runtime.output import add_format, print_json, wants_json
+from fedfhe_coordinator.api import compile_bundle, load_eval_rows
+from fedfhe_coordinator.fhe.concrete_model import calibration_set
+from fedfhe_coordinator.fhe.local_training import train_local_file
+from fedfhe_coordinator.fhe.nbits import choose_n_bits
+from fedfhe_coordinator.fhe.tune import tune
 
 
 def _n_bits(value: str) -> int | str:
@@ -59,8 +70,6 @@ def _fmt(value: float | None, metric: str = "accuracy") -> str:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from fedfhe_coordinator.api import compile_bundle
-
     result = compile_bundle(
         args.artifact, args.out, model_id=args.model_id, model_version=args.model_version,
         release_key=args.release_key, n_bits=args.n_bits, eval_set=args.eval, eval_labels=args.eval_labels,
@@ -86,13 +95,8 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _choose(args: argparse.Namespace) -> int:
-    from fedfhe_common.contracts.artifact import TrainingArtifact
-    from fedfhe_coordinator.api import load_eval_rows
-    from fedfhe_coordinator.fhe.nbits import choose_n_bits
-
     if args.min_bits > args.max_bits:
         raise ConfigError(f"--min {args.min_bits} is above --max {args.max_bits}")
-    from fedfhe_coordinator.fhe.compile import calibration_set
 
     artifact = TrainingArtifact.load(args.artifact)
     eval_set = load_eval_rows(args.eval, args.eval_labels, artifact.schema)
@@ -129,12 +133,6 @@ def _choose(args: argparse.Namespace) -> int:
 
 
 def _train_local(args: argparse.Namespace) -> int:
-    from fedfhe_common.contracts.schema import resolve_schema
-    from fedfhe_common.ml import models
-    from fedfhe_common.pki.release import load_signing_key
-    from fedfhe_coordinator.api import load_eval_rows
-    from fedfhe_coordinator.fhe.local_training import train_local_file
-
     models.check_params(args.model, args.model_params, "--model-params")
     key = load_signing_key(args.release_key)
     schema = resolve_schema(args.schema)
@@ -171,12 +169,6 @@ def _bits_list(value: str) -> list[int]:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from fedfhe_common.contracts.schema import resolve_schema
-    from fedfhe_common.ml.data import load_table
-    from fedfhe_common.ml.preprocessing import Preprocessing
-    from fedfhe_coordinator.api import load_eval_rows
-    from fedfhe_coordinator.fhe.tune import tune
-
     schema = resolve_schema(args.schema)
     X, y = load_table(args.data, schema, args.labels)
     prep = Preprocessing.local(schema, X)

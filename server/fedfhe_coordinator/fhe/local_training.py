@@ -20,6 +20,7 @@ from fedfhe_common.contracts import tree_artifact
 from fedfhe_common.contracts.artifact import TrainingArtifact
 from fedfhe_common.contracts.schema import DatasetSchema
 from fedfhe_common.ml import models
+from fedfhe_common.ml.data import load_table
 from fedfhe_common.ml.preprocessing import Preprocessing
 from fedfhe_common.ml.scoring import score_model
 from fedfhe_common.runtime.errors import ConfigError
@@ -88,8 +89,6 @@ def train_local_file(
     signing_key: Ed25519PrivateKey | None = None,
 ) -> TrainingArtifact:
     """Load a CSV/NPZ/IDX file (checked against the schema), train, save the (signed) artifact to ``out_dir``."""
-    from fedfhe_common.ml.data import load_table
-
     X, y = load_table(data, schema, labels)
     artifact = train_local(
         X, y, schema, family, model_params=model_params, epochs=epochs, eval_set=eval_set, source=str(data)

@@ -16,8 +16,9 @@ import numpy as np
 from fedfhe_common.contracts.schema import DatasetSchema
 from fedfhe_common.ml.scoring import prediction_score
 from fedfhe_common.runtime.errors import ConfigError
-from fedfhe_coordinator.fhe.compile import calibration_set as default_calibration
-from fedfhe_coordinator.fhe.compile import to_concrete
+from fedfhe_coordinator.fhe.concrete_model import calibration_set as default_calibration
+from fedfhe_coordinator.fhe.concrete_model import to_concrete
+from fedfhe_coordinator.fhe.tune import fhe_latency
 
 DEFAULT_CANDIDATES = tuple(range(2, 13))
 DEFAULT_TOLERANCE_POINTS = 0.5
@@ -87,8 +88,6 @@ def choose_n_bits(
         seconds = time.perf_counter() - started
         latency = None
         if latency_rows > 0:
-            from fedfhe_coordinator.fhe.tune import fhe_latency
-
             latency = fhe_latency(model, X[:latency_rows])[1]
         choice.trials.append(NBitsTrial(n_bits, simulated, seconds, latency))
         if on_trial is not None:

@@ -24,6 +24,7 @@ from fedfhe_common.contracts.schema import DatasetSchema
 from fedfhe_common.ml import models
 from fedfhe_common.ml.scoring import prediction_score
 from fedfhe_common.runtime.errors import ConfigError
+from fedfhe_coordinator.fhe.concrete_model import calibration_set, to_concrete
 
 
 @dataclass
@@ -94,11 +95,10 @@ def tune(
     latency_rows: int = 3, progress: Callable[[str], None] | None = None, prep: Any = None,
 ) -> TuneResult:
     """GridSearchCV over ``grid`` crossed with ``n_bits``; every candidate scored and timed (see module doc)."""
-    from sklearn.base import clone
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.model_selection import GridSearchCV
+    from sklearn.base import clone  # lazy: scikit-learn takes ~2 s to import
+    from sklearn.exceptions import ConvergenceWarning  # lazy: scikit-learn takes ~2 s to import
+    from sklearn.model_selection import GridSearchCV  # lazy: scikit-learn takes ~2 s to import
 
-    from fedfhe_coordinator.fhe.compile import calibration_set, to_concrete
 
     say = progress or (lambda _line: None)
     models.check_family(family, schema, local=True)
@@ -148,6 +148,6 @@ def tune(
 
 
 def _points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    from sklearn.model_selection import ParameterGrid
+    from sklearn.model_selection import ParameterGrid  # lazy: scikit-learn takes ~2 s to import
 
     return list(ParameterGrid({k: list(v) for k, v in grid.items()}))

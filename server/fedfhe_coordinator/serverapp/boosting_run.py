@@ -27,7 +27,7 @@ from fedfhe_common.ml.preprocessing import Preprocessing
 from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_coordinator.run_config import RunConfig
 from fedfhe_coordinator.serverapp.federated_trees import to_artifact
-from fedfhe_coordinator.serverapp.server_app import ReplyPolicy, client_scores, final_evaluation
+from fedfhe_coordinator.serverapp.rounds import ReplyPolicy, client_scores, final_evaluation
 from fedfhe_coordinator.serverapp.tree_recording import make_tree_strategy
 from fedfhe_coordinator.serverapp.tree_strategy import booster_record
 

@@ -58,7 +58,7 @@ from fedfhe_common.contracts import fl_contract as fc
 from fedfhe_common.contracts.transport import to_arrays
 from fedfhe_common.ml import newton, score_sums, secure_target
 from fedfhe_coordinator.run_config import RunConfig
-from fedfhe_coordinator.serverapp.server_app import NodesLost, OwnersChanged, Recording, ReplyPolicy, TrainingStopped
+from fedfhe_coordinator.serverapp.rounds import NodesLost, OwnersChanged, Recording, ReplyPolicy, TrainingStopped
 from fedfhe_coordinator.serverapp.wire_bytes import CountingGrid
 
 STAGES = (Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED_VECTORS, Stage.UNMASK)

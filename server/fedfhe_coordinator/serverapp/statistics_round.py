@@ -38,6 +38,7 @@ from fedfhe_common.contracts import fl_contract as fc
 from fedfhe_common.contracts.schema import DatasetSchema
 from fedfhe_common.ml.preprocessing import SECURE_SUM_TOLERANCE, Preprocessing, check_moments
 from fedfhe_coordinator.run_config import RunConfig
+from fedfhe_coordinator.serverapp.secure_training import StageGrid, secagg_workflow
 
 
 class StatisticsFailed(RuntimeError):
@@ -154,8 +155,6 @@ def secure_statistics(grid: Grid, context: Context, run: RunConfig, schema: Data
     Test runs (run config ``test-record-dir``) keep each masked vector the coordinator
     received under ``statistics/``, as the training rounds keep theirs.
     """
-    from fedfhe_coordinator.serverapp.secure_training import StageGrid, secagg_workflow
-
     record_dir, timeout = run.test_record_dir, run.round_timeout
     grid = StageGrid(grid, owner_of, str(Path(record_dir) / "statistics") if record_dir else "")
     strategy = StatisticsStrategy(schema, config, run.min_nodes, run.wait_for_nodes, run.secagg_max_weight)

@@ -1,4 +1,4 @@
-"""The ServerApp's round recording (server_app.Recording) over the checked FedXgb strategies.
+"""The ServerApp's round recording (rounds.Recording) over the checked FedXgb strategies.
 
 Recording screens replies with fl_contract's linear checks (coef_, intercept_);
 a boosting reply is a booster, so its train replies are screened by
@@ -19,7 +19,7 @@ from flwr.common import Error
 from fedfhe_common.contracts import booster_json
 from fedfhe_common.contracts import fl_contract as fc
 from fedfhe_common.ml import fedxgb
-from fedfhe_coordinator.serverapp.server_app import Recording, ReplyPolicy
+from fedfhe_coordinator.serverapp.rounds import Recording, ReplyPolicy
 from fedfhe_coordinator.serverapp.tree_strategy import (
     BoosterScreen,
     CheckedFedXgbBagging,
@@ -69,7 +69,7 @@ class RecordingXgbCyclic(RecordingXgb, CheckedFedXgbCyclic):
 def make_tree_strategy(mode: fedxgb.Mode, progress: Path, policy: ReplyPolicy, owner_keys: dict[str, str],
                        node_wait: float, min_nodes: int, params: fedxgb.BoostParams, max_trees: int,
                        combine: str = "sum") -> RecordingXgbBagging | RecordingXgbCyclic:
-    """server_app.make_strategy's counterpart for a boosting run (``policy.family`` XGBClassifier/XGBRegressor)."""
+    """rounds.make_strategy's counterpart for a boosting run (``policy.family`` XGBClassifier/XGBRegressor)."""
     fedxgb.check_schema(policy.family, policy.schema)
     common = {"owner_keys": owner_keys, "node_wait": node_wait, "fraction_evaluate": 0.0,
               "min_available_nodes": min_nodes}

@@ -6,9 +6,11 @@ authentication is always enabled: only registered public keys may join.
 
 from __future__ import annotations
 
-from fedfhe_common.runtime.logs import DEFAULT_LEVEL, flower_level_env
+from fedfhe_common.runtime.logs import DEFAULT_LEVEL, configure, flower_level_env
 from fedfhe_common.runtime.procs import exec_in_venv, flower_env, venv_bin
+from fedfhe_common.runtime.relay import exit_as, run_relayed
 from fedfhe_coordinator.config import CoordinatorConfig
+from fedfhe_coordinator.superlink.metrics import Metrics
 
 
 def superlink_command(cfg: CoordinatorConfig) -> list[str]:
@@ -46,13 +48,9 @@ def run_superlink(cfg: CoordinatorConfig, log_format: str = "text", log_level: s
     env = flower_level_env(flower_env(), log_level)
     if log_format == "text" and not cfg.metrics_address:
         exec_in_venv(cmd, env)  # the service manager supervises flower-superlink itself
-    from fedfhe_common.runtime.logs import configure
-    from fedfhe_common.runtime.relay import exit_as, run_relayed
 
     configure(log_format, log_level)
     if cfg.metrics_address:
-        from fedfhe_coordinator.superlink.metrics import Metrics
-
         # before Flower starts: a taken port is a config error, not half a service
         Metrics(cfg).serve(cfg.metrics_address)
     return exit_as(run_relayed(cmd, env, "flower-superlink", json_lines=log_format == "json"))

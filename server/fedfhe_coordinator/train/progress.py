@@ -20,7 +20,7 @@ def _problems(row: dict[str, Any]) -> str:
     parts += [f"{owner_text(m.get('owner', '?'))}: {owner_text(m.get('reason', 'no reply'), 160)}"
               if isinstance(m, dict)
               else f"{m}: no reply" for m in row.get("missing") or []]
-    if row.get("stopped"):  # the run's last round: the next would have resent a model (server_app.TrainingStopped)
+    if row.get("stopped"):  # the run's last round: the next would have resent a model (rounds.TrainingStopped)
         parts.append(owner_text(row["stopped"]))
     return "; ".join(parts) or "-"
 

@@ -19,7 +19,7 @@ LABEL = {"accuracy": "accuracy", "r2": "R²"}
 
 def matplotlib_available() -> bool:
     try:
-        import matplotlib  # noqa: F401
+        import matplotlib  # noqa: F401  # lazy: optional dependency, reported missing below
     except ImportError:
         return False
     return True
@@ -29,10 +29,10 @@ def accuracy_plot(per_round: list[dict[str, Any]], centralized: float | None, pa
                   metric: str = "accuracy") -> Path:
     """Score per round: on the public test rows (``accuracy``) and on the owners' held-out rows
     (``client_accuracy``), each line drawn when every round has it, and a centralised reference."""
-    import matplotlib
+    import matplotlib  # lazy: optional dependency (fedfhe-coordinator[report])
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: optional dependency (fedfhe-coordinator[report])
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     rounds = [r["round"] for r in per_round]

@@ -17,6 +17,7 @@ from typing import Any
 from fedfhe_common.contracts.artifact import TrainingArtifact
 from fedfhe_common.contracts.schema import resolve_schema
 from fedfhe_common.ml import models
+from fedfhe_common.pki.release import load_signing_key
 from fedfhe_common.runtime.errors import ConfigError, FedfheError, IntegrityError, Terminated
 from fedfhe_common.runtime.fileio import read_plain, write_atomic
 from fedfhe_coordinator import aggregation, runs
@@ -64,7 +65,7 @@ def read_progress(path: Path, stale: tuple[int, int, int] | None = None) -> list
 
 MAX_LOG_REOPENS = 5  # `flwr log --stream` reopened after a dropped connection while the run still runs
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-# The last line of a Python traceback: "RuntimeError: ...", "fedfhe_coordinator.serverapp.server_app.NodesLost: ..."
+# The last line of a Python traceback: "RuntimeError: ...", "fedfhe_coordinator.serverapp.rounds.NodesLost: ..."
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|NodesLost): \S")
 
 
@@ -192,7 +193,6 @@ def run_training(
             f"{head}the federated run {run_id} produced no artifact (Flower status "
             f"{status.get('status', 'unknown')}); log {log_path}" + ("" if reason else f":\n{tail}")
         )
-    from fedfhe_common.pki.release import load_signing_key
 
     artifact_dir = cfg.report_dir / "artifact"
     try:
