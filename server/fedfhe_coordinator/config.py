@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fedfhe_common.contracts.fl_contract import DEFAULT_MAX_EXAMPLES, owner_name_from_key_file
-from fedfhe_common.contracts.schema import resolve_schema  # the classes decide the trees a round adds
+from fedfhe_common.contracts.schema import resolve_schema
 from fedfhe_common.ml import fedxgb
 from fedfhe_common.ml.models import FEDERATED_TREES, REGRESSORS
 from fedfhe_common.runtime.config import HostPort, Range, _combined, load_config

@@ -134,9 +134,8 @@ def read_request(conn: socket.socket) -> tuple[list[str], list[int]]:
 
 def run_launcher(argv: list[str]) -> int:
     """The cold launcher's main, in this process; its exit code (Flower ends it with sys.exit)."""
-    from fedfhe_owner.clientapp import (
-        clientapp_launcher,  # lazy: pulls in flwr, grpc, rich
-    )
+    # lazy: preload() imports it (with numpy), once THREAD_VARIABLES cap the native thread pools
+    from fedfhe_owner.clientapp import clientapp_launcher  # lazy: see above
 
     try:
         clientapp_launcher.main(argv)
@@ -156,7 +155,7 @@ def child(conn: socket.socket, listener: socket.socket, fds: list[int], argv: li
                 os.close(fd)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        import numpy as np  # lazy: numpy takes 0.25 s to import
+        import numpy as np  # lazy: preload() imports it once THREAD_VARIABLES cap its threads
 
         np.random.seed()  # fresh entropy, as a new process would have
         sys.argv = ["flwr-clientapp", *argv]

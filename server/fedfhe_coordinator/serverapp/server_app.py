@@ -38,7 +38,7 @@ from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_coordinator.aggregation import resolve
 from fedfhe_coordinator.run_config import RunConfig
 from fedfhe_coordinator.serverapp import statistics_round as sr
-from fedfhe_coordinator.serverapp.boosting_run import run_boosting  # imports this module
+from fedfhe_coordinator.serverapp.boosting_run import run_boosting
 from fedfhe_coordinator.serverapp.privacy import privacy_summary
 from fedfhe_coordinator.serverapp.rounds import (
     NodesLost,
@@ -53,7 +53,7 @@ from fedfhe_coordinator.serverapp.rounds import (
 from fedfhe_coordinator.serverapp.secure_training import (
     NewtonRun,
     resolve_shares,
-    run_secure,  # the legacy API's imports only where a run needs them
+    run_secure,
 )
 from fedfhe_coordinator.serverapp.wire_bytes import CountingGrid
 
