@@ -84,7 +84,7 @@ def test_superlink_hands_its_level_to_flower(monkeypatch, tmp_path, log_format):
         return 0
 
     monkeypatch.setattr(superlink, "exec_in_venv", execute)
-    monkeypatch.setattr("fedfhe_common.runtime.relay.run_relayed", relay)
+    monkeypatch.setattr(superlink, "run_relayed", relay)  # launch imports it at module level
     cfg = from_dict(CoordinatorConfig, {**BASE, "state_dir": str(tmp_path / "state")})
     with pytest.raises(SystemExit) if log_format == "text" else contextlib.nullcontext():
         superlink.run_superlink(cfg, log_format, "ERROR")

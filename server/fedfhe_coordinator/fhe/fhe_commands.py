@@ -23,7 +23,7 @@ from fedfhe_common.ml.preprocessing import Preprocessing
 from fedfhe_common.pki.release import load_signing_key
 from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_common.runtime.output import add_format, print_json, wants_json
-from fedfhe_coordinator.api import compile_bundle, load_eval_rows
+from fedfhe_coordinator import api
 from fedfhe_coordinator.fhe.concrete_model import calibration_set
 from fedfhe_coordinator.fhe.local_training import train_local_file
 from fedfhe_coordinator.fhe.nbits import choose_n_bits
@@ -70,7 +70,7 @@ def _fmt(value: float | None, metric: str = "accuracy") -> str:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    result = compile_bundle(
+    result = api.compile_bundle(
         args.artifact, args.out, model_id=args.model_id, model_version=args.model_version,
         release_key=args.release_key, n_bits=args.n_bits, eval_set=args.eval, eval_labels=args.eval_labels,
         tolerance_points=args.tolerance, calibration_rows=args.calibration_rows, seed=args.seed, force=args.force,
@@ -99,7 +99,7 @@ def _choose(args: argparse.Namespace) -> int:
         raise ConfigError(f"--min {args.min_bits} is above --max {args.max_bits}")
 
     artifact = TrainingArtifact.load(args.artifact)
-    eval_set = load_eval_rows(args.eval, args.eval_labels, artifact.schema)
+    eval_set = api.load_eval_rows(args.eval, args.eval_labels, artifact.schema)
     assert eval_set is not None
     eval_set = (artifact.prep.transform(eval_set[0], args.eval), eval_set[1])
     estimator = artifact.to_estimator()
@@ -136,7 +136,7 @@ def _train_local(args: argparse.Namespace) -> int:
     models.check_params(args.model, args.model_params, "--model-params")
     key = load_signing_key(args.release_key)
     schema = resolve_schema(args.schema)
-    eval_set = load_eval_rows(args.eval, args.eval_labels, schema)
+    eval_set = api.load_eval_rows(args.eval, args.eval_labels, schema)
     artifact = train_local_file(
         args.data, schema, args.model, args.out, labels=args.labels, model_params=args.model_params,
         epochs=args.epochs, eval_set=eval_set, signing_key=key,
@@ -172,7 +172,7 @@ def _tune(args: argparse.Namespace) -> int:
     schema = resolve_schema(args.schema)
     X, y = load_table(args.data, schema, args.labels)
     prep = Preprocessing.local(schema, X)
-    eval_set = load_eval_rows(args.eval, args.eval_labels, schema)
+    eval_set = api.load_eval_rows(args.eval, args.eval_labels, schema)
     assert eval_set is not None
     say = _progress("tune")
     result = tune(prep.transform(X, args.data), y, schema, args.model, args.grid, args.n_bits,
