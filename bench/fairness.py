@@ -28,12 +28,12 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fedfhe_common.exit_status import exit_with  # noqa: E402
-from fedfhe_common.procs import wait_until  # noqa: E402
-from fedfhe_common.release import load_verify_key  # noqa: E402
+from fedfhe_common.pki.release import load_verify_key  # noqa: E402
+from fedfhe_common.runtime.exit_status import exit_with  # noqa: E402
+from fedfhe_common.runtime.procs import wait_until  # noqa: E402
 from fedfhe_inference.bundles import publish_bundle  # noqa: E402
-from fedfhe_owner.inference_client import InferenceClient, InferenceError  # noqa: E402
-from fedfhe_owner.keys import ModelKeys  # noqa: E402
+from fedfhe_owner.predict.inference_client import InferenceClient, InferenceError  # noqa: E402
+from fedfhe_owner.predict.keys import ModelKeys  # noqa: E402
 from fedfhe_testbed.inference_node import make_inference_pki  # noqa: E402
 from inference import linear_bundle, new_node  # noqa: E402 - bench/inference.py's node and bundle helpers
 

@@ -37,14 +37,14 @@ from typing import Any
 
 import numpy as np
 
-from fedfhe_common import models
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.exit_status import exit_with
-from fedfhe_common.release import load_signing_key, make_release_key
-from fedfhe_common.scoring import mean_abs_error, prediction_score
-from fedfhe_coordinator.compile import compile_artifact
-from fedfhe_coordinator.local_training import train_local
-from fedfhe_owner.decode import decides_on_raw_scores, decode, decrypt
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.ml import models
+from fedfhe_common.ml.scoring import mean_abs_error, prediction_score
+from fedfhe_common.pki.release import load_signing_key, make_release_key
+from fedfhe_common.runtime.exit_status import exit_with
+from fedfhe_coordinator.fhe.compile import compile_artifact
+from fedfhe_coordinator.fhe.local_training import train_local
+from fedfhe_owner.predict.decode import decides_on_raw_scores, decode, decrypt
 from fedfhe_testbed.datasets import load_builtin
 
 BASELINE = "LogisticRegression"
@@ -64,7 +64,7 @@ def split(name: str) -> tuple[Any, ...]:
 
 
 def owner_prediction(client: Any, encrypted_result: bytes, schema: Any) -> Any:
-    """What the owner's client reads from a decrypted result (fedfhe_owner.decode): a class or a value."""
+    """What the owner's client reads from a decrypted result (fedfhe_owner.predict.decode): a class or a value."""
     d = decrypt(client, encrypted_result)
     return decode(d.raw, d.outputs, schema, decides_on_raw_scores(client.model))[0][0]
 

@@ -14,7 +14,7 @@ flower-supernode per owner, TLS, SuperNode auth) run by this script. Sections
   message exchange per round cannot take less than that: ``above_fixed_wait_s``
   is what a round costs beyond it.
 - ``poll-cost``: the CPU one idle owner spends at each SuperExec task poll
-  interval (what ``fedfhe_owner.supernode.TASK_POLL_INTERVAL`` trades).
+  interval (what ``fedfhe_owner.supernode.launch.TASK_POLL_INTERVAL`` trades).
 - ``accuracy``: digits and fashion-mnist, 3 and 10 owners, IID and Dirichlet(0.5),
   against the centralised reference (``fedfhe_testbed.reference``: the same family
   on the pooled rows, its C chosen on a validation split, fitted to convergence).
@@ -45,12 +45,12 @@ from typing import Any
 import numpy as np
 import yaml
 
-from fedfhe_common.data import load_table
-from fedfhe_common.exit_status import exit_with
-from fedfhe_common.schema import DatasetSchema, resolve_schema
-from fedfhe_common.scoring import prediction_score
+from fedfhe_common.contracts.schema import DatasetSchema, resolve_schema
+from fedfhe_common.ml.data import load_table
+from fedfhe_common.ml.scoring import prediction_score
+from fedfhe_common.runtime.exit_status import exit_with
 from fedfhe_coordinator import config as coord
-from fedfhe_coordinator.training import run_training
+from fedfhe_coordinator.train.training import run_training
 from fedfhe_testbed.cluster import Cluster
 from fedfhe_testbed.partition_cli import write_partitions
 from fedfhe_testbed.reference import centralised_reference, training_rows
@@ -320,7 +320,7 @@ STRATEGIES: dict[str, dict[str, Any]] = {
                                            "model_params": {"max_iter": 10}},
 }
 LOCAL_FIT = ("owners fit only the classes they have rows of; absent classes keep the global parameters "
-             "(fedfhe_common.models.local_fit keep_missing, the ClientApp's fit since this section); the accuracy "
+             "(fedfhe_common.ml.models.local_fit keep_missing, the ClientApp's fit since this section); the accuracy "
              "section's runs used the placeholder-row fit, which drives absent classes down")
 
 

@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from fedfhe_common.exit_status import exit_with
-from fedfhe_common.fhe_wire import read_value
-from fedfhe_owner.inference_client import InferenceClient, InferenceError
+from fedfhe_common.contracts.fhe_wire import read_value
+from fedfhe_common.runtime.exit_status import exit_with
+from fedfhe_owner.predict.inference_client import InferenceClient, InferenceError
 from fedfhe_testbed.inference_node import make_inference_pki
 
 HERE = Path(__file__).resolve().parent

@@ -51,14 +51,14 @@ from typing import Any
 
 import numpy as np
 
-from fedfhe_common.bundle import CLIENT_ZIP, SIGNATURE
-from fedfhe_common.exit_status import exit_with
-from fedfhe_common.manifest import MANIFEST
-from fedfhe_common.procs import free_port
-from fedfhe_common.release import load_signing_key, load_verify_key
+from fedfhe_common.contracts.bundle import CLIENT_ZIP, SIGNATURE
+from fedfhe_common.contracts.manifest import MANIFEST
+from fedfhe_common.pki.release import load_signing_key, load_verify_key
+from fedfhe_common.runtime.exit_status import exit_with
+from fedfhe_common.runtime.procs import free_port
 from fedfhe_inference.bundles import publish_bundle
-from fedfhe_owner.inference_client import InferenceClient
-from fedfhe_owner.keys import ModelKeys
+from fedfhe_owner.predict.inference_client import InferenceClient
+from fedfhe_owner.predict.keys import ModelKeys
 from fedfhe_testbed.datasets import load_builtin
 from fedfhe_testbed.inference_node import InferenceNode, make_inference_pki, write_config
 
@@ -81,8 +81,8 @@ def total_mb(node: InferenceNode, field: str) -> float:
 
 # ---- models --------------------------------------------------------------------------------
 def linear_bundle(dataset: str, out: Path, max_rows: int) -> tuple[Any, np.ndarray]:
-    from fedfhe_coordinator.compile import compile_artifact
-    from fedfhe_coordinator.local_training import train_local
+    from fedfhe_coordinator.fhe.compile import compile_artifact
+    from fedfhe_coordinator.fhe.local_training import train_local
 
     X, y, schema = load_builtin(dataset, max_rows=max_rows, seed=0)
     split = int(0.8 * len(y))
@@ -97,7 +97,7 @@ def linear_bundle(dataset: str, out: Path, max_rows: int) -> tuple[Any, np.ndarr
 def tree_bundle(out: Path) -> Any:
     from concrete.ml.sklearn import DecisionTreeClassifier
 
-    from fedfhe_coordinator.compile import compile_concrete_bundle
+    from fedfhe_coordinator.fhe.compile import compile_concrete_bundle
 
     X, y, schema = load_builtin("digits")
     model = DecisionTreeClassifier(max_depth=6, n_bits=6, random_state=0).fit(X, y)

@@ -37,14 +37,14 @@ from typing import Any
 import numpy as np
 import psutil
 
-from fedfhe_common.exit_status import exit_with
+from fedfhe_common.runtime.exit_status import exit_with
 
 MiB = 1 << 20
 
 
 def new_node(work: Path, pki: Path) -> Any:
     """A node (not started) in ``work`` on a free loopback port, default limits; health probed as owner-0."""
-    from fedfhe_common.procs import free_port
+    from fedfhe_common.runtime.procs import free_port
     from fedfhe_testbed.inference_node import InferenceNode, write_config
 
     config = write_config(work / "inference.yaml", pki, f"127.0.0.1:{free_port()}", work, rescan_interval_s=0)
@@ -52,9 +52,9 @@ def new_node(work: Path, pki: Path) -> Any:
 
 
 def compile_bundle(work: Path) -> tuple[Any, Any, np.ndarray]:
-    from fedfhe_common.release import load_signing_key
-    from fedfhe_coordinator.compile import compile_artifact
-    from fedfhe_coordinator.local_training import train_local
+    from fedfhe_common.pki.release import load_signing_key
+    from fedfhe_coordinator.fhe.compile import compile_artifact
+    from fedfhe_coordinator.fhe.local_training import train_local
     from fedfhe_testbed.datasets import load_builtin
 
     X, y, schema = load_builtin("digits")
@@ -71,9 +71,9 @@ class Owner:
     """Keys generated and uploaded through the client library; a channel of its own."""
 
     def __init__(self, node: Any, name: str, state: Path, X: np.ndarray) -> None:
-        from fedfhe_owner.inference_client import InferenceClient
-        from fedfhe_owner.keys import ModelKeys
-        from fedfhe_owner.predict import predict_rows
+        from fedfhe_owner.predict.encrypted import predict_rows
+        from fedfhe_owner.predict.inference_client import InferenceClient
+        from fedfhe_owner.predict.keys import ModelKeys
 
         self.name = name
         endpoint = node.endpoint(name)
@@ -92,7 +92,7 @@ class Owner:
 
 def scenario(node: Any, owners: list[Owner], model: Any, X: np.ndarray, rows: int, batch: int) -> dict[str, Any]:
     """Every owner sends ``rows`` predictions in requests of ``batch`` rows, all owners at once."""
-    from fedfhe_owner.inference_client import InferenceError
+    from fedfhe_owner.predict.inference_client import InferenceError
 
     data = [X[(np.arange(rows) + i * rows) % len(X)] for i in range(len(owners))]
     cts = [o.encrypt(d) for o, d in zip(owners, data, strict=True)]
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=200, help="predictions per owner")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "load.json")
     args = ap.parse_args(argv)
-    from fedfhe_common.release import load_verify_key
+    from fedfhe_common.pki.release import load_verify_key
     from fedfhe_inference.bundles import publish_bundle
     from fedfhe_testbed.inference_node import make_inference_pki
 

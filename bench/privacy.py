@@ -37,12 +37,12 @@ from typing import Any
 
 import numpy as np
 
-from fedfhe_common.data import load_table
-from fedfhe_common.exit_status import exit_with
-from fedfhe_common.schema import resolve_schema
-from fedfhe_common.scoring import prediction_score
+from fedfhe_common.contracts.schema import resolve_schema
+from fedfhe_common.ml.data import load_table
+from fedfhe_common.ml.scoring import prediction_score
+from fedfhe_common.runtime.exit_status import exit_with
 from fedfhe_coordinator import config as coord
-from fedfhe_coordinator.training import run_training
+from fedfhe_coordinator.train.training import run_training
 from fedfhe_owner.config import LocalDp
 from fedfhe_testbed.cluster import Cluster
 from fedfhe_testbed.partition_cli import write_partitions

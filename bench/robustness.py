@@ -1,7 +1,7 @@
 """Accuracy under attack by one or two hostile data owners, per aggregation (issue 11).
 
 Each run is fedfhe's own training path in one process: the ServerApp's strategy
-(``server_app.make_strategy``: the reply checks, then Flower's aggregation) sends
+(``rounds.make_strategy``: the reply checks, then Flower's aggregation) sends
 each round's train messages, fedfhe's real ClientApp ``train`` function answers
 them on each owner's shard, and the hostile owners' replies are then altered:
 
@@ -37,16 +37,16 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedfhe_common import fl_contract as fc
-from fedfhe_common import models
-from fedfhe_common.data import load_table
-from fedfhe_common.exit_status import exit_with
-from fedfhe_common.schema import resolve_schema
-from fedfhe_common.scoring import score_params
-from fedfhe_common.transport import from_arrays, to_arrays
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.contracts.schema import resolve_schema
+from fedfhe_common.contracts.transport import from_arrays, to_arrays
+from fedfhe_common.ml import models
+from fedfhe_common.ml.data import load_table
+from fedfhe_common.ml.scoring import score_params
+from fedfhe_common.runtime.exit_status import exit_with
 from fedfhe_coordinator.aggregation import AGGREGATIONS
-from fedfhe_coordinator.server_app import ReplyPolicy, make_strategy
-from fedfhe_owner.client_app import train as client_train
+from fedfhe_coordinator.serverapp.rounds import ReplyPolicy, make_strategy
+from fedfhe_owner.clientapp.client_app import train as client_train
 from fedfhe_testbed.partition_cli import write_partitions
 
 ATTACKS = ("inflated-weight", "scaled-x100", "sign-flip", "nan")

@@ -5,9 +5,9 @@ as root) and two `fedfhe-inference serve` nodes, A and B, with mutual TLS, both 
 LogisticRegression bundle (n_bits 8) and a digits DecisionTreeClassifier bundle (depth 6, n_bits 6: ~77 MB of
 evaluation keys), both using the registry. Owners are threads of this process, each with its own client
 certificate, channel and FHE keys, generated and uploaded through node A with the client library
-(fedfhe_owner.predict.predict_rows). The "balancer" is the owner client's own: gRPC's client-side round_robin
+(fedfhe_owner.predict.encrypted.predict_rows). The "balancer" is the owner client's own: gRPC's client-side round_robin
 over inference.address + inference.more_addresses with inference.server_name (secure_channel in
-client/fedfhe_owner/inference_client.py), no extra hop. Ciphertexts are encrypted before the clock starts
+client/fedfhe_owner/predict/inference_client.py), no extra hop. Ciphertexts are encrypted before the clock starts
 and decrypted after it stops; LR results are compared with the compiled model in simulation.
 
 Written to bench/results/scaleout.json:
@@ -65,7 +65,7 @@ import numpy as np
 import psutil
 import yaml
 
-from fedfhe_common.exit_status import exit_with
+from fedfhe_common.runtime.exit_status import exit_with
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "support"))
@@ -91,7 +91,7 @@ def tree_bundle(work: Path) -> Any:
     """The depth-6, n_bits-6 digits tree of tests/loopback/test_inference_tree.py (~77 MB of keys)."""
     from concrete.ml.sklearn import DecisionTreeClassifier
 
-    from fedfhe_coordinator.compile import compile_concrete_bundle
+    from fedfhe_coordinator.fhe.compile import compile_concrete_bundle
     from fedfhe_testbed.datasets import load_builtin
 
     X, y, schema = load_builtin("digits")
@@ -106,8 +106,8 @@ class Owner:
     """Keys for ``model_id`` generated and uploaded through ``node`` (the client library); FHE client."""
 
     def __init__(self, node: Any, name: str, state: Path, X: np.ndarray, model_id: str) -> None:
-        from fedfhe_owner.keys import ModelKeys
-        from fedfhe_owner.predict import predict_rows
+        from fedfhe_owner.predict.encrypted import predict_rows
+        from fedfhe_owner.predict.keys import ModelKeys
 
         self.name, self.model_id = name, model_id
         t = time.perf_counter()
@@ -131,7 +131,7 @@ def client(node: Any, owner: str, more: list[Any] = (), balanced: bool = False) 
     """``owner``'s InferenceClient: direct to ``node``; with ``balanced``, the owner's round_robin channel over
     ``node`` and ``more`` (more_addresses; with no more nodes, ``node`` listed twice: gRPC keeps one
     subchannel per address, so that is one node through the balancer's channel)."""
-    from fedfhe_owner.inference_client import InferenceClient
+    from fedfhe_owner.predict.inference_client import InferenceClient
 
     if not balanced:
         return InferenceClient(node.endpoint(owner))

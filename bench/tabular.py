@@ -15,7 +15,7 @@ label skew (a regression target skews over its quartiles), each run is:
   typed schema a Pipeline of the same preprocessing fitted on the owners' pooled training
   rows (each owner's file minus the 20% its ClientApp holds out) and the same family, its
   regularisation chosen on a validation split;
-- the federated model compiled to FHE (``fedfhe_coordinator.compile``: calibration from the
+- the federated model compiled to FHE (``fedfhe_coordinator.fhe.compile``: calibration from the
   schema's bounds through the artifact's preprocessing, compile's default n_bits), predicted with
   ``fhe="simulate"`` and with ``fhe="execute"`` (real keys, encryption, the circuit on
   ciphertexts and decryption, in this process).
@@ -46,14 +46,14 @@ from typing import Any
 
 import numpy as np
 
-from fedfhe_common import models
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.data import load_table
-from fedfhe_common.exit_status import exit_with
-from fedfhe_common.schema import DatasetSchema
-from fedfhe_common.scoring import prediction_score
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.ml import models
+from fedfhe_common.ml.data import load_table
+from fedfhe_common.ml.scoring import prediction_score
+from fedfhe_common.runtime.exit_status import exit_with
 from fedfhe_coordinator import config as coord
-from fedfhe_coordinator.training import run_training
+from fedfhe_coordinator.train.training import run_training
 from fedfhe_testbed.cluster import Cluster
 from fedfhe_testbed.datasets import demo_schema
 from fedfhe_testbed.partition_cli import write_partitions
@@ -79,19 +79,19 @@ SETTINGS: dict[str, dict[str, Any]] = {
                              "model_params": {"LogisticRegression": {"max_iter": 2}}},
 }
 # The headline: coordinator.yaml's defaults (aggregation auto, which is newton for these families and widths)
-# and the families' default parameters (fedfhe_common.models).
+# and the families' default parameters (fedfhe_common.ml.models).
 DEFAULT_SETTING = "newton-8-rounds"
 SETTING_NOTES = {
     "newton-8-rounds": "training.aggregation auto (the default), which resolves to newton for LogisticRegression "
     "and Ridge on these tables: each round the owners send their mean loss, gradient and Hessian at the global "
     "model, Flower's FedAvg averages them by rows, and the coordinator adds the pooled L2 penalty (C 1, alpha 1: "
-    "fedfhe_common.models.default_params) and takes one Newton step (fedfhe_common.newton). 8 rounds: "
+    "fedfhe_common.ml.models.default_params) and takes one Newton step (fedfhe_common.ml.newton). 8 rounds: "
     "LogisticRegression's gradient falls below 1e-4 in 7 steps on these tables; Ridge is exact after one. The "
     "federated model is then scikit-learn's pooled fit at C 1 / alpha 1, whatever the label skew; the reference "
     "chooses its C / alpha on a validation split, so the ratios below 1 are that choice and FHE. The reference "
     "is fitted to tol 1e-8 (fedfhe_testbed.reference.CONVERGED) since 2026-12-07: at lbfgs's default 1e-4 it "
     "stopped 0.01 short of the optimum and scored penguins/10/iid one row (of 69) better than the optimum does.",
-    "fedavg-5-rounds": "FedAvg, 5 rounds, every family parameter at fedfhe_common.models.default_params "
+    "fedavg-5-rounds": "FedAvg, 5 rounds, every family parameter at fedfhe_common.ml.models.default_params "
     "(LogisticRegression C 1, max_iter 20 warm-started; Ridge alpha 1). On a typed schema each owner takes its "
     "share of LogisticRegression's penalty (models.owner_params: C x N / n_k, N from the statistics round), so "
     "the owners' objectives add up to the pooled one; Ridge, solved exactly by each owner and averaged once, "
@@ -173,7 +173,7 @@ def federate(work: Path, summary: dict[str, Any], family: str, training: dict[st
 
 def fhe_predictions(artifact: TrainingArtifact, X: np.ndarray) -> dict[str, Any]:
     """Compile the federated model (calibration from the schema's bounds) and predict ``X`` three ways."""
-    from fedfhe_coordinator.compile import calibration_set, to_concrete
+    from fedfhe_coordinator.fhe.concrete_model import calibration_set, to_concrete
 
     estimator = artifact.to_estimator()
     t = time.perf_counter()

@@ -29,7 +29,7 @@ federated model's tree count. Both are scored on the same test split.
 - ``retrain_upload_bytes``: the most an owner uploads when a model is retrained with unchanged
   parameters (same depth, eta and n_bits: the same rows again, other owners' rows, another
   round count) and compiled again: 0 when the new bundle's ``key_params_sha256`` equals the
-  one the owner holds keys for (``fedfhe_owner.key_reuse``), else the new key bytes;
+  one the owner holds keys for (``fedfhe_owner.predict.key_reuse``), else the new key bytes;
   ``retrain_upload_bytes_by_dataset`` per model. ``retrains`` lists each case, with changed
   parameters (n_bits 4, depth 2) beside them, where the two keysets differ
   (``key_params.differences``), and whether a row encrypted under the reused keys decrypts to
@@ -61,15 +61,16 @@ from sklearn.datasets import load_breast_cancer, load_wine
 from sklearn.metrics import accuracy_score
 from sklearn.model_selection import train_test_split
 
-from fedfhe_common import booster_json, fedxgb, key_params
-from fedfhe_common import fl_contract as fc
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.exit_status import exit_with
-from fedfhe_common.release import load_signing_key, make_release_key
-from fedfhe_common.schema import DatasetSchema
-from fedfhe_coordinator import federated_trees, tree_strategy
-from fedfhe_coordinator.compile import compile_artifact
-from fedfhe_owner import tree_training
+from fedfhe_common.contracts import booster_json, key_params
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.ml import fedxgb
+from fedfhe_common.pki.release import load_signing_key, make_release_key
+from fedfhe_common.runtime.exit_status import exit_with
+from fedfhe_coordinator.fhe.compile import compile_artifact
+from fedfhe_coordinator.serverapp import federated_trees, tree_strategy
+from fedfhe_owner.clientapp import tree_training
 from fedfhe_testbed.partition import dirichlet_indices, partition
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -218,7 +219,7 @@ def compile_model(model: booster_json.Booster, data: tuple[Any, ...], run: dict[
 
 
 def keys_of(bundle: Path, keyset: Path) -> tuple[Any, bytes, float]:
-    """A client of ``bundle`` holding the keyset stored at ``keyset`` (as fedfhe_owner.keys does: no Concrete
+    """A client of ``bundle`` holding the keyset stored at ``keyset`` (as fedfhe_owner.predict.keys does: no Concrete
     key cache), generated and stored there first when there is none; (client, evaluation keys, keygen s)."""
     from concrete import fhe
     from concrete.ml.deployment import FHEModelClient

@@ -210,7 +210,7 @@ def owner_ip(i: int) -> str:
 
 def cleanup() -> None:
     """Remove our namespaces (their processes killed first: a crashed run's), the bridge and stray links."""
-    from fedfhe_common.procs import wait_until
+    from fedfhe_common.runtime.procs import wait_until
 
     names = [line.split()[0] for line in _ip("netns", "list", check=False).stdout.splitlines()
              if line.startswith(f"{PREFIX}-")]
@@ -294,15 +294,15 @@ class Listener:
 # ---- the federation -----------------------------------------------------------------------------------------------
 
 def online(cfg: Any) -> int:
-    from fedfhe_coordinator import flwr_cli
+    from fedfhe_coordinator.train import flwr_cli
 
     return sum(1 for n in flwr_cli.registered_keys(cfg) if n.get("status") == "online")
 
 
 def train(cfg: Any, overrides: dict[str, Any], owners: int, timeout: float) -> dict[str, Any]:
     """One training run on the running federation; its progress rows as figures (raises if it fails)."""
-    from fedfhe_common.procs import wait_until
-    from fedfhe_coordinator.training import run_training
+    from fedfhe_common.runtime.procs import wait_until
+    from fedfhe_coordinator.train.training import run_training
 
     wait_until(lambda: online(cfg) == owners, 180, f"all {owners} SuperNodes online", 1.0)
     rows: list[dict[str, Any]] = []
@@ -326,7 +326,7 @@ def predict(c: Any, i: int, owner: str, owner_cfg: Path, X: Any, y: Any, work: P
     """`fedfhe-owner predict` inside owner i's namespace on rows X; its summary and predictions."""
     import numpy as np
 
-    from fedfhe_common.procs import venv_bin
+    from fedfhe_common.runtime.procs import venv_bin
 
     rows, out = work / f"{owner}-{tag}-rows.npz", work / f"{owner}-{tag}-predictions.json"
     np.savez(rows, X=X, y=y)
@@ -362,12 +362,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 - one fede
     sys.path.insert(0, str(HERE.parent / "tests" / "support"))
     import postgres_server  # the key registry's PostgreSQL of bench/scaleout.py and the tests
 
-    from fedfhe_common.data import load_table
-    from fedfhe_common.procs import free_port, venv_bin
-    from fedfhe_common.release import load_signing_key, load_verify_key
-    from fedfhe_common.schema import resolve_schema
+    from fedfhe_common.contracts.schema import resolve_schema
+    from fedfhe_common.ml.data import load_table
+    from fedfhe_common.pki.release import load_signing_key, load_verify_key
+    from fedfhe_common.runtime.procs import free_port, venv_bin
     from fedfhe_coordinator import config as coord
-    from fedfhe_coordinator.compile import compile_artifact
+    from fedfhe_coordinator.fhe.compile import compile_artifact
     from fedfhe_inference.bundles import publish_bundle
     from fedfhe_testbed.cluster import Cluster
     from fedfhe_testbed.inference_node import InferenceNode, write_config
@@ -422,7 +422,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 - one fede
                   file=sys.stderr, flush=True)
             public = load_table(data / "public-test.npz", schema)
             artifact = work / "training" / "artifact"
-            from fedfhe_common.artifact import TrainingArtifact
+            from fedfhe_common.contracts.artifact import TrainingArtifact
 
             trained = TrainingArtifact.load(artifact)
             bundle, fhe_model = compile_artifact(artifact, work / "bundle", model_id=MODEL_ID, version=VERSION,
@@ -607,6 +607,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from fedfhe_common.exit_status import exit_with
+    from fedfhe_common.runtime.exit_status import exit_with
 
     exit_with(main)

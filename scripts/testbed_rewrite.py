@@ -93,7 +93,7 @@ def _testbed_resources(text: str) -> str:
 
 
 def _console_distribution(text: str) -> str:
-    """fedfhe_common.console's script -> distribution table (for --version)."""
+    """fedfhe_common.runtime.console's script -> distribution table (for --version)."""
     return text.replace('"fedfhe-partition": "fedfhe-demo"', '"fedfhe-partition": "fedfhe-testbed"')
 
 

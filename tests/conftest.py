@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 from inference_support import SESSION_OWNERS, Digits
 
-from fedfhe_common.data import save_csv
-from fedfhe_common.exit_status import keep_exit_status
-from fedfhe_common.pki import init_ca, issue
-from fedfhe_common.release import load_signing_key, make_release_key
-from fedfhe_common.schema import DIGITS
+from fedfhe_common.contracts.schema import DIGITS
+from fedfhe_common.ml.data import save_csv
+from fedfhe_common.pki.ca import init_ca, issue
+from fedfhe_common.pki.release import load_signing_key, make_release_key
+from fedfhe_common.runtime.exit_status import keep_exit_status
 from fedfhe_testbed.datasets import load_builtin
 
 
@@ -118,7 +118,7 @@ def foreign_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def lr_artifact(tmp_path_factory: pytest.TempPathFactory, digits: Digits, pki: Path) -> Path:
     """A signed LogisticRegression artifact from the local-training path (origin=local)."""
-    from fedfhe_coordinator.local_training import train_local_file
+    from fedfhe_coordinator.fhe.local_training import train_local_file
 
     out = tmp_path_factory.mktemp("artifacts") / "lr"
     train_local_file(digits.train_csv, DIGITS, "LogisticRegression", out,
@@ -133,9 +133,9 @@ def lr_bundles(tmp_path_factory: pytest.TempPathFactory, lr_artifact: Path, digi
 
     Different n_bits make different circuits and ciphertexts.
     """
-    from fedfhe_common.artifact import TrainingArtifact
-    from fedfhe_coordinator.compile import compile_artifact
-    from fedfhe_coordinator.nbits import choose_n_bits
+    from fedfhe_common.contracts.artifact import TrainingArtifact
+    from fedfhe_coordinator.fhe.compile import compile_artifact
+    from fedfhe_coordinator.fhe.nbits import choose_n_bits
 
     artifact = TrainingArtifact.load(lr_artifact)
     choice = choose_n_bits(artifact.to_estimator(), artifact.family, artifact.schema, digits.X_test, digits.y_test,

@@ -13,7 +13,7 @@ __all__ = ["Predictor"]
 def __getattr__(name: str) -> Any:
     # Lazy: the SuperNode and ClientApp import this package and need none of the inference client.
     if name == "Predictor":
-        from .api import Predictor
+        from fedfhe_owner.api import Predictor  # lazy: pulls in grpc
 
         return Predictor
     raise AttributeError(f"module 'fedfhe_owner' has no attribute {name!r}")

@@ -21,13 +21,18 @@ from typing import Any
 
 import numpy as np
 
-from fedfhe_common.errors import ConfigError, FedfheError
-from fedfhe_common.schema import DatasetSchema, resolve_schema
-from fedfhe_common.typed_table import encode_rows, refuse
-
-from . import config as owner_config
-from .inference_client import InferenceClient
-from .predict import PredictResult, check_own_schema, predict_rows, resolve_for_predict, signed_schema
+from fedfhe_common.contracts.schema import DatasetSchema, resolve_schema
+from fedfhe_common.contracts.typed_table import encode_rows, refuse
+from fedfhe_common.runtime.errors import ConfigError, FedfheError
+from fedfhe_owner import config as owner_config
+from fedfhe_owner.predict.encrypted import (
+    PredictResult,
+    check_own_schema,
+    predict_rows,
+    resolve_for_predict,
+    signed_schema,
+)
+from fedfhe_owner.predict.inference_client import InferenceClient
 
 
 def endpoint_of(cfg: owner_config.OwnerConfig, path: Path) -> owner_config.InferenceEndpoint:

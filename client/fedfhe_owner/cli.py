@@ -8,25 +8,25 @@ from pathlib import Path
 
 import numpy as np
 
-from fedfhe_common.config_check import add_check_config
-from fedfhe_common.console import add_command, add_examples, command_parser, run
-from fedfhe_common.errors import FedfheError
-from fedfhe_common.logs import add_log_options
-
-from . import config as owner_config
+from fedfhe_common.contracts.schema import resolve_schema
+from fedfhe_common.ml.data import load_table, read_typed
+from fedfhe_common.ml.schema_draft import draft_schema
+from fedfhe_common.pki.app_approval import app_dir_digest, fab_digest
+from fedfhe_common.runtime.config_check import add_check_config, schema_problems
+from fedfhe_common.runtime.console import add_command, add_examples, command_parser, run
+from fedfhe_common.runtime.errors import FedfheError
+from fedfhe_common.runtime.logs import add_log_options
+from fedfhe_owner import config as owner_config
+from fedfhe_owner.predict.predict_commands import register as register_predict  # predict, delete-keys
+from fedfhe_owner.supernode.launch import run_supernode
 
 
 def _supernode(args: argparse.Namespace) -> int:
-    from .supernode import run_supernode
-
     return run_supernode(owner_config.load(args.config), args.config, args.log_format, args.log_level)
 
 
 def _check_data(args: argparse.Namespace) -> int:
     """Every cell that breaks a typed schema (line, column, value, rule), not only the first."""
-    from fedfhe_common.data import load_table, read_typed
-    from fedfhe_common.schema import resolve_schema
-
     cfg = owner_config.load(args.config)
     schema = resolve_schema(cfg.schema)
     if not schema.typed:
@@ -45,8 +45,6 @@ def _check_data(args: argparse.Namespace) -> int:
 
 
 def _draft_schema(args: argparse.Namespace) -> int:
-    from fedfhe_common.schema_draft import draft_schema
-
     text, rows = draft_schema(args.data, args.label, args.name or "", args.task or "")
     if args.out:
         if args.out.exists():
@@ -61,8 +59,6 @@ def _draft_schema(args: argparse.Namespace) -> int:
 
 def _app_hash(args: argparse.Namespace) -> int:
     """Print the app digest to pin in approved_flower_apps, of a FAB file or of an app folder."""
-    from fedfhe_common.app_approval import app_dir_digest, fab_digest
-
     if args.fab:
         try:
             data = args.fab.read_bytes()
@@ -76,8 +72,6 @@ def _app_hash(args: argparse.Namespace) -> int:
 
 def owner_problems(cfg: owner_config.OwnerConfig) -> list[str]:
     """check-config beyond the file's own keys: the schema resolves."""
-    from fedfhe_common.config_check import schema_problems
-
     return schema_problems(cfg.schema)
 
 
@@ -112,7 +106,6 @@ def main(argv: list[str] | None = None) -> int:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--fab", type=Path, help="a built FAB file (`flwr build`)")
     what.add_argument("--app", type=Path, help="a Flower App folder, built as `flwr run` builds it")
-    from .predict_commands import register as register_predict  # predict, delete-keys
 
     register_predict(sub)
     add_examples(ap, EXAMPLES)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fedfhe_common.app_approval import CONFIG_KEY, normalize_digest
-from fedfhe_common.config import HostPort, Range, load_config
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.fedxgb import OwnerTreePolicy
+from fedfhe_common.ml.fedxgb import OwnerTreePolicy
+from fedfhe_common.pki.app_approval import CONFIG_KEY, normalize_digest
+from fedfhe_common.runtime.config import HostPort, Range, load_config
+from fedfhe_common.runtime.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,6 @@ class InferenceEndpoint:
         if not self.server_name:
             raise ConfigError("inference.more_addresses: set inference.server_name too, a name every inference "
                               "node's certificate carries (the nodes have one address each, the owner one name)")
-        import ipaddress
 
         for address in [self.address, *self.more_addresses]:
             host = address.rpartition(":")[0].strip("[]")

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from cryptography import x509
 
-from fedfhe_common.crl_mark import accept as accept_crl
-from fedfhe_common.errors import ConfigError, FedfheError, PKIError
-from fedfhe_common.pki import read_crl
+from fedfhe_common.pki.ca import read_crl
+from fedfhe_common.pki.crl_mark import accept as accept_crl
+from fedfhe_common.runtime.errors import ConfigError, FedfheError, PKIError
 
 
 class RevokedServerError(FedfheError):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fedfhe_common.errors import FedfheError
-from fedfhe_common.exit_status import exit_with
-from fedfhe_common.models import FEDERATED_TREES, LOCAL_FAMILIES, check_family
+from fedfhe_common.ml.models import FEDERATED_TREES, LOCAL_FAMILIES, check_family
+from fedfhe_common.runtime.errors import FedfheError
+from fedfhe_common.runtime.exit_status import exit_with
 from fedfhe_testbed.datasets import BUILTIN, demo_schema, is_tabular
 
 from .pipeline import main

@@ -6,17 +6,23 @@ split its ClientApp used), so no row is scored that trained the model.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.console import Console
 
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.bundle import FILES
-from fedfhe_common.data import load_table
-from fedfhe_common.procs import venv_bin
-from fedfhe_common.scoring import mean_abs_error, prediction_score
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.contracts.bundle import FILES
+from fedfhe_common.ml.data import load_table
+from fedfhe_common.ml.scoring import mean_abs_error, prediction_score
+from fedfhe_common.pki.release import load_signing_key
+from fedfhe_common.runtime.procs import venv_bin
+from fedfhe_coordinator.fhe.compile import compile_artifact
+from fedfhe_owner import config as owner_config
+from fedfhe_owner.clientapp.holdout import split_holdout
+from fedfhe_owner.predict.encrypted import predict_rows
 from fedfhe_testbed.cluster import Cluster, inference_config
 from fedfhe_testbed.datasets import demo_schema
 
@@ -25,9 +31,6 @@ from .steps import Options, Steps
 
 def heldout_rows(owner_cfg: Path, schema: Any) -> tuple[np.ndarray, np.ndarray]:
     """The rows this owner's ClientApp kept back: same file, fraction and seed, same rule."""
-    from fedfhe_owner import config as owner_config
-    from fedfhe_owner.holdout import split_holdout
-
     cfg = owner_config.load(owner_cfg)
     X, y = load_table(cfg.data, schema, cfg.labels)
     _, X_held, _, y_held = split_holdout(X, y, cfg.holdout_fraction, cfg.seed)
@@ -38,10 +41,6 @@ def run_fhe_phases(
     opts: Options, work: Path, steps: Steps, console: Console, cluster: Cluster,
     owners: list[str], owner_cfgs: dict[str, Path], report: dict[str, Any], public_test: Path,
 ) -> None:
-    from fedfhe_common.release import load_signing_key
-    from fedfhe_coordinator.compile import compile_artifact
-    from fedfhe_owner.predict import predict_rows
-
     schema = demo_schema(opts.dataset)
     metric = report["metric"]
     public = load_table(public_test, schema)
@@ -129,8 +128,6 @@ def _clear_predictions(work: Path, X: np.ndarray) -> np.ndarray:
 
 
 def _run(argv: list[str]) -> str:
-    import subprocess
-
     res = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
     if res.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:2])} failed: {res.stderr.strip() or res.stdout.strip()}")

@@ -7,17 +7,18 @@ from typing import Any
 
 from rich.console import Console
 
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.data import load_table
-from fedfhe_common.scoring import mean_abs_error, prediction_score
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.ml.data import load_table
+from fedfhe_common.ml.scoring import mean_abs_error, prediction_score
 from fedfhe_coordinator import config as coord
-from fedfhe_coordinator.progress import RoundTable
-from fedfhe_coordinator.training import run_training
+from fedfhe_coordinator.train.progress import RoundTable
+from fedfhe_coordinator.train.training import run_training
 from fedfhe_testbed.cluster import Cluster
 from fedfhe_testbed.datasets import demo_schema
 from fedfhe_testbed.partition_cli import write_partitions
 from fedfhe_testbed.reference import Reference, centralised_reference, training_rows
 
+from .fhe_phases import run_fhe_phases
 from .report import print_closing, write_report
 from .steps import Options, Steps
 
@@ -94,7 +95,6 @@ def run_phases(opts: Options, work: Path, steps: Steps, console: Console) -> dic
                                  "federated_clear": mean_abs_error(federated, y_test)}
             # Training is over: free the cores for FHE.
             cluster.stop_many([p for p in cluster.procs if p.name.startswith(("supernode", "superlink"))])
-        from .fhe_phases import run_fhe_phases
 
         run_fhe_phases(opts, work, steps, console, cluster, owners, owner_cfgs, report, Path(public_test))
     paths = write_report(report, work)

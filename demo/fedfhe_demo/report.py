@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 # One plot for the demo and for `fedfhe-coordinator train`'s report on real deployments.
-from fedfhe_coordinator.report import LABEL as _LABEL
-from fedfhe_coordinator.report import accuracy_plot
+from fedfhe_coordinator.train.report import LABEL as _LABEL
+from fedfhe_coordinator.train.report import accuracy_plot
 
 
 def _pct(v: float | None) -> str:

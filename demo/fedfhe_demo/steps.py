@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from fedfhe_common.errors import FedfheError
+from fedfhe_common.runtime.errors import FedfheError
 
 
 class StepFailed(Exception):

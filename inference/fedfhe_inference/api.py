@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from prometheus_client.parser import text_string_to_metric_families
 
-from fedfhe_common.errors import ConfigError, FedfheError
+from fedfhe_common.pki.release import load_verify_key
+from fedfhe_common.runtime.errors import ConfigError, FedfheError
 
 from .config import load as load_inference_config
 
@@ -44,8 +46,6 @@ class Published:
 def bundles_target(config: str | Path | None, bundles_dir: str | Path | None = None,
                    release_public_key: str | Path | None = None) -> tuple[Path, Path | None, Ed25519PublicKey]:
     """(bundles dir, pid file, release public key) from inference.yaml, or from a bundles dir and release.pub."""
-    from fedfhe_common.release import load_verify_key
-
     if bundles_dir:
         if not release_public_key:
             raise ConfigError("--bundles-dir needs --release-public-key release.pub (bundles must be signed)")
@@ -58,8 +58,6 @@ def bundles_target(config: str | Path | None, bundles_dir: str | Path | None = N
 
 def _served_versions(metrics_address: str) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
     """(served, refused) (model id, version) pairs from the node's own metrics endpoint on this host."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     host, _, port = metrics_address.rpartition(":")
     host = "127.0.0.1" if host in ("", "0.0.0.0") else ("::1" if host in ("::", "[::]") else host)
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/metrics"
@@ -156,7 +154,7 @@ def publish(bundle_dir: str | Path, inference_config: str | Path | None, *, bund
     ask the running server to rescan now (else it does at its next rescan); with ``wait_s`` > 0, then
     wait until the node serves the version (through the config's ``metrics_address``).
     """
-    from .bundles import publish_bundle
+    from .bundles import publish_bundle  # lazy: pulls in grpc
 
     target, pid_file, key = bundles_target(inference_config, bundles_dir, release_public_key)
     dest, installed = publish_bundle(Path(bundle_dir), target, key)

@@ -21,13 +21,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedfhe_common import bundle as bundle_format
-from fedfhe_common import key_params
-from fedfhe_common.bundle import CLIENT_ZIP, SERVER_ZIP, SIGNATURE, valid_name, version_key
-from fedfhe_common.errors import FedfheError, IntegrityError
-from fedfhe_common.fileio import fsync_dir
-from fedfhe_common.manifest import MANIFEST, sha256_file
-from fedfhe_common.schema import DatasetSchema
+from fedfhe_common.contracts import bundle as bundle_format
+from fedfhe_common.contracts import key_params
+from fedfhe_common.contracts.bundle import CLIENT_ZIP, SERVER_ZIP, SIGNATURE, valid_name, version_key
+from fedfhe_common.contracts.manifest import MANIFEST, sha256_file
+from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.runtime.errors import FedfheError, IntegrityError
+from fedfhe_common.runtime.fileio import fsync_dir
 
 from .errors import invalid, not_found
 
@@ -35,7 +35,7 @@ log = logging.getLogger("fedfhe.inference.bundles")
 
 
 def read_bundle_manifest(directory: Path, key: Ed25519PublicKey) -> dict[str, Any]:
-    """Signature, every file's hash, metadata and zip contents (``fedfhe_common.bundle.read``); IntegrityError."""
+    """Signature, file hashes, metadata, zip contents (``fedfhe_common.contracts.bundle.read``); IntegrityError."""
     return bundle_format.read(directory, key)
 
 
@@ -90,7 +90,8 @@ class LoadedBundle:
     manifest: bytes = b""  # the signed manifest.json, served to owners with its signature
     signature: bytes = b""
     key_set: dict[str, Any] = field(default_factory=dict)  # client.specs.json's keyset: the keys the circuit takes
-    key_params_sha256: str = ""  # its fingerprint (fedfhe_common.key_params), also for bundles that do not sign it
+    # its fingerprint (fedfhe_common.contracts.key_params), also for bundles that do not sign it
+    key_params_sha256: str = ""
 
     @property
     def family(self) -> str:
@@ -124,7 +125,7 @@ def private_copy(verified_root: Path, model_id: str, version: str, data: dict[st
 
 def load_bundle(directory: Path, key: Ed25519PublicKey, verified_root: Path) -> LoadedBundle:
     """Verify (signature, hashes, contents) on bytes read once, copy those bytes privately, then load the copy."""
-    from concrete.ml.deployment import FHEModelServer
+    from concrete.ml.deployment import FHEModelServer  # lazy: concrete-ml takes seconds to import
 
     meta, data = bundle_format.read_verified(directory, key)
     if (meta["model_id"], meta["version"]) != (directory.parent.name, directory.name):

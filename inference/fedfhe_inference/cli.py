@@ -7,28 +7,26 @@ manifests and stay fast.
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
-from fedfhe_common.config_check import add_check_config
-from fedfhe_common.console import add_command, add_examples, command_parser, run
-from fedfhe_common.errors import ConfigError, FedfheError
-from fedfhe_common.logs import add_log_options
-from fedfhe_common.output import add_format, print_json, wants_json
+from fedfhe_common.runtime.config_check import add_check_config
+from fedfhe_common.runtime.console import add_command, add_examples, command_parser, run
+from fedfhe_common.runtime.errors import ConfigError, FedfheError
+from fedfhe_common.runtime.logs import add_log_options, configure, import_quietly
+from fedfhe_common.runtime.output import add_format, print_json, wants_json
 
 from . import config as inference_config
+from .api import bundles_target, publish
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from fedfhe_common.logs import configure
-
-    from .server import serve
+    from .server import serve  # lazy: pulls in grpc
 
     cfg = inference_config.load(args.config)
     configure(args.log_format, args.log_level)
     if args.log_format == "json":  # torch's CUDA notice as a record, not a bare line among the records
-        import logging
 
-        from fedfhe_common.logs import import_quietly
 
         for line in import_quietly("concrete.ml.deployment"):
             logging.getLogger("concrete").info(line)
@@ -36,8 +34,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from .api import publish
-
     done = publish(args.bundle, args.config, bundles_dir=args.bundles_dir,
                    release_public_key=args.release_public_key, reload=args.reload, wait_s=args.wait_s)
     print(f"{'published' if done.installed else 'already published'}: {done.directory}")
@@ -48,8 +44,7 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from .api import bundles_target
-    from .bundles import read_bundle_manifest
+    from .bundles import read_bundle_manifest  # lazy: pulls in grpc
 
     bundles_dir, _, key = bundles_target(args.config, args.bundles_dir, args.release_public_key)
     if not bundles_dir.is_dir():

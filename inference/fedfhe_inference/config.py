@@ -23,8 +23,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Any
 
-from fedfhe_common.config import HostPort, load_config
-from fedfhe_common.errors import ConfigError
+from fedfhe_common.runtime.config import HostPort, load_config
+from fedfhe_common.runtime.errors import ConfigError
 
 MiB = 1 << 20
 MAX_SECONDS = 1e6  # gRPC takes milliseconds as a C int
@@ -108,11 +108,13 @@ class KeyRegistryConfig:
             raise ConfigError("key_registry: port must be 1-65535 and connect_timeout_s >= 1")
 
     def conninfo(self) -> str:
-        from psycopg.conninfo import make_conninfo
+        from psycopg.conninfo import make_conninfo  # lazy: optional dependency, only for a PostgreSQL key registry
 
         parts: dict[str, Any] = {"host": self.host, "port": self.port, "dbname": self.dbname, "user": self.user}
         if self.dsn:  # what the DSN names wins over the defaults here, never over the TLS settings below
-            from psycopg.conninfo import conninfo_to_dict
+            from psycopg.conninfo import (
+                conninfo_to_dict,  # lazy: optional dependency, only for a PostgreSQL key registry
+            )
 
             given = conninfo_to_dict(self.dsn)
             parts = {k: v for k, v in parts.items() if k not in given and v}

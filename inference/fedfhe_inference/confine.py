@@ -23,6 +23,7 @@ ctypes on the raw syscalls: the standard library has no Landlock binding and Pyt
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass, field
@@ -115,8 +116,6 @@ PACKAGES = ("fedfhe_common", "fedfhe_inference", "fedfhe_proto")  # what a worke
 def python_trees() -> list[str]:
     """The interpreter, its standard library, the venv and fedfhe's packages (an editable install keeps them
     outside the venv), found without importing them; never the current directory."""
-    import importlib.util
-
     trees = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}
     trees.update(p for p in sys.path if p and os.path.isabs(p) and os.path.exists(p))
     for name in PACKAGES:

@@ -28,3 +28,10 @@ def exhausted(message: str) -> ServiceError:
 
 def denied(message: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.PERMISSION_DENIED, message)
+
+
+class RegistryError(Exception):
+    """The key registry (key_registry.py) could not be reached or used; the message is for the log and the caller.
+
+    Here, not in key_registry.py: keystore raises it too, and key_registry imports keystore.
+    """

@@ -31,10 +31,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedfhe_common.bundle import valid_name
-from fedfhe_common.crl_mark import accept as accept_crl
-from fedfhe_common.errors import ConfigError, PKIError
-from fedfhe_common.pki import CrlInfo, read_crl
+from fedfhe_common.contracts.bundle import valid_name
+from fedfhe_common.pki.ca import CrlInfo, read_crl
+from fedfhe_common.pki.crl_mark import accept as accept_crl
+from fedfhe_common.runtime.errors import ConfigError, PKIError
 
 from .display import shown
 from .errors import ServiceError

@@ -34,9 +34,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from fedfhe_common.errors import ConfigError
+from fedfhe_common.runtime.errors import ConfigError
 
 from .config import KeyRegistryConfig
+from .errors import RegistryError
 from .keystore import KeyRecord
 
 log = logging.getLogger("fedfhe.inference.registry")
@@ -70,10 +71,6 @@ _COLUMNS = ("key_id, owner, model_id, version, served, serial, attach_serials, k
 _SCHEMA_LOCK = 0x66656466  # pg_advisory_xact_lock: nodes starting together create the tables once
 
 
-class RegistryError(Exception):
-    """The registry could not be reached or used (the message is for the node's log and the caller)."""
-
-
 def _record(row: tuple[Any, ...]) -> KeyRecord:
     (key_id, owner, model_id, version, served, serial, attach_serials, key_params, sha256, size, created) = row
     return KeyRecord(key_id, owner, model_id, version, int(size), sha256, float(created), serial, key_params,
@@ -85,7 +82,7 @@ class KeyRegistry:
 
     def __init__(self, cfg: KeyRegistryConfig) -> None:
         try:
-            import psycopg  # noqa: F401 - the optional extra: pip install 'fedfhe-inference[registry]'
+            import psycopg  # noqa: F401  # lazy: optional extra fedfhe-inference[registry], reported missing below
         except ImportError:
             raise ConfigError("key_registry needs psycopg: pip install 'fedfhe-inference[registry]'") from None
         for name in ("ca_certfile", "certfile", "keyfile"):
@@ -99,7 +96,7 @@ class KeyRegistry:
     # ---- connections ----------------------------------------------------
     @contextlib.contextmanager
     def _conn(self) -> Iterator[Any]:
-        import psycopg
+        import psycopg  # lazy: optional dependency, only for a PostgreSQL key registry
 
         with self._lock:
             conn = self._idle.pop() if self._idle else None

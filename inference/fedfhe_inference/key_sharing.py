@@ -1,6 +1,6 @@
 """AttachKeys: an owner's stored evaluation keys serve one more version of their model, nothing uploaded.
 
-A retrained model with unchanged hyper-parameters takes the same key set (``fedfhe_common.key_params``);
+A retrained model with unchanged hyper-parameters takes the same key set (``fedfhe_common.contracts.key_params``);
 a tree's keys are 60-78 MB, so each new version would otherwise cost every owner an upload. Everything
 in the request is hostile input: the key id must be the caller's own (else NOT_FOUND or
 PERMISSION_DENIED, as for Predict), the version must be served and of the same model, the key set it
@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from fedfhe_common import key_params
+from fedfhe_common.contracts import key_params
 
 from .bundles import BundleRegistry, LoadedBundle
 from .errors import ServiceError, invalid

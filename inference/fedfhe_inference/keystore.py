@@ -30,9 +30,9 @@ from typing import Any
 
 import grpc
 
-from fedfhe_common.fileio import write_atomic
+from fedfhe_common.runtime.fileio import write_atomic
 
-from .errors import ServiceError, denied, exhausted, invalid, not_found
+from .errors import RegistryError, ServiceError, denied, exhausted, invalid, not_found
 from .fair import FairGate, SlotTimeout
 from .runner import framing_error
 
@@ -81,7 +81,8 @@ class KeyRecord:
     sha256: str
     created_at: float
     serial: str = ""  # hex serial of the client certificate that uploaded them: revoking it deletes them
-    key_params_sha256: str = ""  # fingerprint of the key set they were checked against (fedfhe_common.key_params)
+    # fingerprint of the key set they were checked against (fedfhe_common.contracts.key_params)
+    key_params_sha256: str = ""
     served: tuple[str, ...] = ()  # versions of model_id they serve; () before key sharing: (version,)
     attach_serials: tuple[str, ...] = ()  # certificates that attached versions: revoking one deletes them too
 
@@ -118,7 +119,7 @@ class KeyRecord:
 
 
 def _deserialize(data: bytes) -> Any:
-    from concrete import fhe
+    from concrete import fhe  # lazy: concrete-ml takes seconds to import
 
     return fhe.EvaluationKeys.deserialize(data)
 
@@ -499,8 +500,6 @@ class KeyStore:
     # ---- the shared key registry ------------------------------------------
     def _remote(self, call: Callable[..., Any], *args: Any) -> Any:
         """A registry call; a registry that cannot answer is UNAVAILABLE, never a fallback to the local copy."""
-        from .key_registry import RegistryError
-
         try:
             return call(*args)
         except RegistryError as exc:

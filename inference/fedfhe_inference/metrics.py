@@ -24,8 +24,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from fedfhe_common.cert_metrics import CertificateExpiry
-from fedfhe_common.errors import ConfigError
+from fedfhe_common.pki.cert_metrics import CertificateExpiry
+from fedfhe_common.runtime.errors import ConfigError
 
 log = logging.getLogger("fedfhe.inference.metrics")
 PREFIX = "fedfhe_inference"

@@ -1,6 +1,6 @@
 """Run FHEModelServer on a batch of ciphertexts, one row per job, on a pool sized to the cores.
 
-Every row is first checked against the circuit (fedfhe_common.fhe_wire) in the node's process; Concrete
+Every row is first checked against the circuit (fedfhe_common.contracts.fhe_wire) in the node's process; Concrete
 then parses and evaluates it in a sandboxed worker process (sandbox.py), so bytes that crash Concrete
 cost one worker, not the node. The threads here only wait on the workers' pipes. ``sandbox: false``
 keeps the evaluation in-process (Concrete releases the GIL while it runs), as the benchmark's reference.
@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from fedfhe_common.fhe_wire import CircuitSpec, WireError
+from fedfhe_common.contracts.fhe_wire import CircuitSpec, WireError
 
 from .errors import ServiceError, invalid
 from .fair import FairGate, SlotTimeout
@@ -98,7 +98,7 @@ class _InProcess:
         self.server, self.keys = server, keys
 
     def run(self, ct: bytes, _: Any) -> Any:
-        from concrete import fhe
+        from concrete import fhe  # lazy: concrete-ml takes seconds to import
 
         return self.server.run(fhe.Value.deserialize(ct), self.keys)
 
@@ -142,7 +142,7 @@ class FheRunner:
         so the owner's first Predict on that worker is warm.
         """
         if self.sandbox is None:
-            from concrete import fhe
+            from concrete import fhe  # lazy: concrete-ml takes seconds to import
 
             data = path.read_bytes()
             try:

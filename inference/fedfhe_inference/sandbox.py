@@ -12,6 +12,7 @@ worker (LRU within its share of ``key_cache_bytes``), so a warm Predict costs on
 from __future__ import annotations
 
 import collections
+import ctypes
 import fcntl
 import json
 import logging
@@ -21,6 +22,7 @@ import resource
 import select
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -29,6 +31,11 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from fedfhe_common.contracts.fhe_wire import CircuitSpec, WireError
+from fedfhe_common.runtime.logs import CUDA_NOTICE, import_quietly
+
+from .confine import ConfinementError, confine
 
 log = logging.getLogger("fedfhe.inference.sandbox")
 _MAX_PART = 1 << 31
@@ -102,11 +109,12 @@ class _Worker:
     """Inside the worker process: bundles and keys by path, checked against the circuit, then Concrete."""
 
     def __init__(self, cache_bytes: int, job_cpu_s: float) -> None:
-        from concrete import fhe
-        from concrete.ml.deployment import FHEModelServer
+        from concrete import fhe  # lazy: concrete-ml takes seconds to import
+        from concrete.ml.deployment import FHEModelServer  # lazy: concrete-ml takes seconds to import
 
-        from fedfhe_common.bundle import CLIENT_ZIP
-        from fedfhe_common.fhe_wire import CircuitSpec
+        from fedfhe_common.contracts.bundle import (
+            CLIENT_ZIP,  # lazy: bundle pulls in numpy, whose threads must start after confine() (worker_main)
+        )
 
         self.fhe, self.server_cls, self.spec_cls, self.client_zip = fhe, FHEModelServer, CircuitSpec, CLIENT_ZIP
         self.cache_bytes, self.job_cpu_s = cache_bytes, job_cpu_s
@@ -172,8 +180,6 @@ class _Worker:
 
 def probe(path: str, host: str, port: int) -> list[bytes]:
     """What a job's code could do here: read ``path`` (the node's TLS key), reach ``host:port`` over TCP."""
-    import socket
-
     try:
         with open(path, "rb") as fh:
             fh.read(1)
@@ -198,15 +204,12 @@ def worker_main(argv: list[str]) -> int:
     memory, cache_bytes, job_cpu_s = int(argv[0]), int(argv[1]), float(argv[2])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the node handles ^C and stops its workers
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the node
     except (OSError, AttributeError):
         pass
     rfd, wfd = sys.stdin.buffer.fileno(), os.dup(sys.stdout.buffer.fileno())
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints from libraries must not corrupt the frames
     if len(argv) > 3:  # the directories this worker may read; it writes only its TMPDIR
-        from .confine import ConfinementError, confine
 
         try:
             confine(json.loads(argv[3]), [os.environ["TMPDIR"]])
@@ -215,8 +218,6 @@ def worker_main(argv: list[str]) -> int:
             return 3
     if memory > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    from fedfhe_common.fhe_wire import WireError
-    from fedfhe_common.logs import CUDA_NOTICE, import_quietly
 
     # The node's stderr is this worker's: torch's CUDA notice (meaningless for CPU-only FHE) must not land among
     # the node's --log-format json records; anything else the import says still goes there.
@@ -436,7 +437,7 @@ class SandboxPool:
 
 
 if __name__ == "__main__":
-    from fedfhe_common.exit_status import keep_exit_status
+    from fedfhe_common.runtime.exit_status import keep_exit_status
 
     try:
         sys.exit(worker_main(sys.argv[1:]))

@@ -7,6 +7,7 @@ directory and re-reads the CRL (crl_file), SIGTERM/SIGINT drain in-flight RPCs a
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import select
@@ -20,15 +21,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.fileio import write_atomic
+from fedfhe_common.pki.release import load_verify_key
+from fedfhe_common.runtime.errors import ConfigError
+from fedfhe_common.runtime.fileio import write_atomic
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
 
 from .bundles import BundleRegistry
 from .config import InferenceConfig
 from .display import install_log_filter
+from .errors import RegistryError
 from .identity import Identity
+from .key_registry import KeyRegistry
 from .keystore import KeyStore
 from .limits import Guard, server_options
 from .metrics import Metrics
@@ -100,15 +104,12 @@ def check_confinement(pool: SandboxPool, keyfile: Path) -> None:
 
 def build(cfg: InferenceConfig) -> Node:
     limits = cfg.limits
-    from fedfhe_common.release import load_verify_key
 
     registry = BundleRegistry(cfg.bundles_dir, load_verify_key(cfg.release_public_key))
     report = registry.rescan()
     log.info("bundles: %d loaded, %d refused", len(report.loaded), len(report.refused))
     key_registry = None
     if cfg.key_registry is not None:
-        from .key_registry import KeyRegistry, RegistryError
-
         key_registry = KeyRegistry(cfg.key_registry)
         try:
             key_registry.ensure_schema()
@@ -187,8 +188,6 @@ def keep_heap() -> bool:
     if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     try:
-        import ctypes
-
         libc = ctypes.CDLL("libc.so.6")
         return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
     except (OSError, AttributeError):

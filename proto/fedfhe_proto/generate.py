@@ -31,7 +31,7 @@ def generated_names(proto: Path) -> list[Path]:
 
 def generate(out: Path) -> list[Path]:
     """Run grpc_tools.protoc on every .proto; return the written files."""
-    from grpc_tools import protoc
+    from grpc_tools import protoc  # lazy: grpcio-tools is a build-time dependency
 
     out.mkdir(parents=True, exist_ok=True)
     wkt = str(resources.files("grpc_tools") / "_proto")

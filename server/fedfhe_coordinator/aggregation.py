@@ -5,7 +5,7 @@ Each maps to Flower's own strategy class; fedfhe never reimplements the
 aggregation rule, it only checks the parameters against the run's node count so
 a misconfigured run fails when the config is loaded, not in round 1. ``newton``
 averages the owners' gradients and Hessians with Flower's FedAvg and steps on
-the coordinator (fedfhe_common.newton); ``auto`` (the default) is newton where
+the coordinator (fedfhe_common.ml.newton); ``auto`` (the default) is newton where
 it applies and fedavg elsewhere, resolved by ``resolve`` and recorded in the artifact.
 """
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fedfhe_common import newton, secure_target
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.schema import DatasetSchema
+from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.ml import newton, secure_target
+from fedfhe_common.runtime.errors import ConfigError
 
 Aggregation = Literal["auto", "newton", "fedavg", "fedavgm", "fedmedian", "fedtrimmedavg", "krum", "multikrum",
                       "bulyan"]
@@ -115,10 +115,10 @@ def strategy_keys_unused(name: str, server_learning_rate: float, server_momentum
 
 def strategy_class(name: str) -> type:
     """Flower's strategy class for ``name``."""
-    from flwr.serverapp import strategy
+    from flwr.serverapp import strategy  # lazy: flwr takes ~1 s to import
 
     return {
-        "newton": strategy.FedAvg,  # FedAvg averages the terms; server_app.RecordingNewton steps
+        "newton": strategy.FedAvg,  # FedAvg averages the terms; rounds.RecordingNewton steps
         "fedavg": strategy.FedAvg,
         "fedavgm": strategy.FedAvgM,
         "fedmedian": strategy.FedMedian,

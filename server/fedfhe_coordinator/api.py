@@ -20,10 +20,13 @@ from pathlib import Path
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.schema import DatasetSchema
-
-from .compile import CALIBRATION_ROWS, BundleResult
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.ml.data import load_table
+from fedfhe_common.pki.release import load_signing_key
+from fedfhe_common.runtime.errors import ConfigError
+from fedfhe_coordinator.fhe.compile import BundleResult, check_out, compile_artifact
+from fedfhe_coordinator.fhe.concrete_model import CALIBRATION_ROWS
 
 __all__ = ["BundleResult", "compile_bundle", "load_eval_rows"]
 
@@ -34,7 +37,6 @@ def load_eval_rows(path: Path | None, labels: Path | None, schema: DatasetSchema
     """Public evaluation rows (CSV, NPZ, or IDX with ``labels``) read against ``schema``; None without a file."""
     if path is None:
         return None
-    from fedfhe_common.data import load_table
 
     return load_table(path, schema, labels)
 
@@ -64,11 +66,6 @@ def compile_bundle(
     ``eval_set``: public rows, a file (``eval_labels`` for IDX) or ``(X, y)``, scored clear and in
     simulated FHE into the manifest. Errors are ``FedfheError`` subclasses with one-line messages.
     """
-    from fedfhe_common.artifact import TrainingArtifact
-    from fedfhe_common.release import load_signing_key
-
-    from .compile import check_out, compile_artifact
-
     out = Path(out_dir)
     check_out(out, force)  # before the release key's passphrase prompt and the artifact's check
     key = release_key if isinstance(release_key, Ed25519PrivateKey) else load_signing_key(Path(release_key))

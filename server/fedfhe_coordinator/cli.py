@@ -7,23 +7,32 @@ import sys
 import time
 from pathlib import Path
 
-from fedfhe_common.config_check import add_check_config
-from fedfhe_common.console import add_command, add_examples, command_parser, run
-from fedfhe_common.logs import add_log_options
-from fedfhe_common.output import add_format, print_json, wants_json
-
-from . import config as coord_config
+from fedfhe_common.contracts.schema import resolve_schema
+from fedfhe_common.ml import models
+from fedfhe_common.pki.app_approval import app_dir_fab, fab_digest
+from fedfhe_common.runtime.config_check import add_check_config, problems_of, schema_problems
+from fedfhe_common.runtime.console import add_command, add_examples, command_parser, run
+from fedfhe_common.runtime.errors import ConfigError
+from fedfhe_common.runtime.fileio import write_atomic
+from fedfhe_common.runtime.logs import add_log_options
+from fedfhe_common.runtime.output import add_format, print_json, wants_json
+from fedfhe_coordinator import config as coord_config
+from fedfhe_coordinator import runs
+from fedfhe_coordinator.aggregation import resolve
+from fedfhe_coordinator.fhe.fhe_commands import (
+    register as register_fhe_commands,  # compile, choose-n-bits, train-local
+)
+from fedfhe_coordinator.superlink.launch import run_superlink
+from fedfhe_coordinator.train.flwr_cli import flower_app_dir, list_runs, register_supernodes, registration_plan
+from fedfhe_coordinator.train.report import training_report, write_training_report
+from fedfhe_coordinator.train.training import run_training, with_secure_aggregation
 
 
 def _superlink(args: argparse.Namespace) -> int:
-    from .superlink import run_superlink
-
     return run_superlink(coord_config.load(args.config), args.log_format, args.log_level)
 
 
 def _register(args: argparse.Namespace) -> int:
-    from .flwr_cli import register_supernodes, registration_plan
-
     cfg = coord_config.load(args.config)
     if args.plan:
         plan = registration_plan(cfg)
@@ -45,12 +54,9 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from rich.console import Console  # lazy: rich only for the commands that draw tables
 
-    from . import runs
-    from .progress import RoundTable
-    from .report import training_report, write_training_report
-    from .training import run_training, with_secure_aggregation
+    from fedfhe_coordinator.train.progress import RoundTable  # lazy: pulls in rich
 
     cfg = with_secure_aggregation(coord_config.load(args.config), args.secure_aggregation)
     overrides = {}
@@ -84,10 +90,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from rich.console import Console  # lazy: rich only for the commands that draw tables
 
-    from . import runs
-    from .flwr_cli import list_runs
 
     cfg = coord_config.load(args.config)
     rows = runs.joined(list_runs(cfg), runs.records(cfg.release_home))
@@ -106,11 +110,6 @@ def _runs(args: argparse.Namespace) -> int:
 def _app_hash(args: argparse.Namespace) -> int:
     """The digest owners pin (approved_flower_apps): the Flower App `train` submits; with --fab-out, that FAB
     written to a file, for an owner organisation to review and hash itself (`fedfhe-owner app-hash --fab`)."""
-    from fedfhe_common.app_approval import app_dir_fab, fab_digest
-    from fedfhe_common.fileio import write_atomic
-
-    from .flwr_cli import flower_app_dir
-
     fab = app_dir_fab(flower_app_dir())
     if args.fab_out is not None:
         write_atomic(args.fab_out, fab, mode=0o644)
@@ -120,13 +119,6 @@ def _app_hash(args: argparse.Namespace) -> int:
 
 def coordinator_problems(cfg: coord_config.CoordinatorConfig) -> list[str]:
     """check-config beyond the file's own keys: the schema resolves and the model family fits it."""
-    from fedfhe_common import models
-    from fedfhe_common.config_check import problems_of, schema_problems
-    from fedfhe_common.errors import ConfigError
-    from fedfhe_common.schema import resolve_schema
-
-    from .aggregation import resolve
-
     problems = schema_problems(cfg.training.schema, "training.schema")
     if not problems:
         t = cfg.training
@@ -192,7 +184,6 @@ def main(argv: list[str] | None = None) -> int:
                     "print the digest of the Flower App that `train` submits (owners pin it)")
     p.add_argument("--fab-out", type=Path, default=None, metavar="FILE",
                    help="also write that app as a FAB file, for owner organisations to review and hash themselves")
-    from .fhe_commands import register as register_fhe_commands  # compile, choose-n-bits, train-local
 
     register_fhe_commands(sub)
     add_examples(ap, EXAMPLES)

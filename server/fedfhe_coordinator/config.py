@@ -6,13 +6,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fedfhe_common import fedxgb
-from fedfhe_common.config import HostPort, Range, _combined, load_config
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.fl_contract import DEFAULT_MAX_EXAMPLES, owner_name_from_key_file
-from fedfhe_common.models import FEDERATED_TREES, REGRESSORS
-
-from .aggregation import SECURE_AGGREGATIONS, Aggregation, strategy_keys_unused, strategy_kwargs
+from fedfhe_common.contracts.fl_contract import DEFAULT_MAX_EXAMPLES, owner_name_from_key_file
+from fedfhe_common.contracts.schema import resolve_schema
+from fedfhe_common.ml import fedxgb
+from fedfhe_common.ml.models import FEDERATED_TREES, REGRESSORS
+from fedfhe_common.runtime.config import HostPort, Range, _combined, load_config
+from fedfhe_common.runtime.errors import ConfigError
+from fedfhe_coordinator.aggregation import SECURE_AGGREGATIONS, Aggregation, strategy_keys_unused, strategy_kwargs
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class SecureAggregationConfig:
     ``reconstruction_threshold`` 0 is a strict majority of those shares. A round
     goes on while at least that many owners remain; fewer, and the run fails
     naming the owners it lost. Owners refuse a threshold that is not a strict
-    majority (fedfhe_common.fl_contract.check_secagg_setup).
+    majority (fedfhe_common.contracts.fl_contract.check_secagg_setup).
     """
 
     # auto: on with SECURE_BY_DEFAULT_OWNERS registered owners or more (owners refuse smaller SecAgg+ rounds by
@@ -134,7 +134,7 @@ class TrainingConfig:
     server_momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.0
     # Largest L2 norm of one owner's update (its parameters minus the global ones); 0 leaves updates as sent.
     clip_norm: float = 0.0
-    # In (0, 1): the largest share of a plain round's weight one owner's reply may carry (server_app.cap_shares);
+    # In (0, 1): the largest share of a plain round's weight one owner's reply may carry (rounds.cap_shares);
     # 0 leaves the counts as claimed (each still within max_examples_per_owner). Under SecAgg+ owners cap
     # their own counts at secure_aggregation.max_weight.
     max_owner_share: float = 0.0
@@ -148,8 +148,6 @@ class TrainingConfig:
     def boosting(self, owners: int) -> Boosting:
         """The boosting plan for ``owners`` registered owners (bagging sends to every connected one), checked
         against the budget; ConfigError naming the figures. Not a boosting model: an empty plan."""
-        from fedfhe_common.schema import resolve_schema  # the classes decide the trees a round adds
-
         if self.model not in FEDERATED_TREES:
             if self.xgboost or self.xgboost_budget:
                 raise ConfigError(f"training.xgboost and training.xgboost_budget apply to "
@@ -278,14 +276,12 @@ class CoordinatorConfig:
 
 
 def _declares_target_bounds(schema_ref: str) -> bool:
-    """Whether a regressor's schema lets SecAgg+ carry its parameters (fedfhe_common.secure_target).
+    """Whether a regressor's schema lets SecAgg+ carry its parameters (fedfhe_common.ml.secure_target).
 
     SecAgg+ clips every value at +-clipping_range, so a regressor's parameters travel in units of its target's
     declared range; without target_min/target_max, ``auto`` stays plain (and ``true`` is refused by
     aggregation.resolve). A schema this process cannot resolve counts as none: the run will say why.
     """
-    from fedfhe_common.schema import resolve_schema
-
     try:
         return resolve_schema(schema_ref).target_max is not None
     except (ConfigError, OSError, ValueError):

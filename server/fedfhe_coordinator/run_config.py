@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.fl_contract import DEFAULT_MAX_EXAMPLES, owner_key_id, owner_name_from_key_file
+from cryptography.hazmat.primitives import serialization
+
+from fedfhe_common.contracts.fl_contract import DEFAULT_MAX_EXAMPLES, owner_key_id, owner_name_from_key_file
+from fedfhe_common.runtime.errors import ConfigError
 
 if TYPE_CHECKING:
-    from .config import CoordinatorConfig, TrainingConfig
+    from fedfhe_coordinator.config import CoordinatorConfig, TrainingConfig
 
 FlowerValue = bool | int | float | str
 
@@ -145,8 +147,6 @@ def owner_keys(keys: list[Path]) -> dict[str, str]:
     The ServerApp names each reply's owner from this map and the node's registered
     public key, never from what the reply says about itself.
     """
-    from cryptography.hazmat.primitives import serialization
-
     out = {}
     for path in keys:
         try:

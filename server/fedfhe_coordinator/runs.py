@@ -64,7 +64,7 @@ def joined(flower_runs: list[dict[str, Any]], ours: dict[int, dict[str, Any]]) -
 
 def render(rows: list[dict[str, Any]]) -> Any:
     """A rich table of :func:`joined` rows."""
-    from rich.table import Table
+    from rich.table import Table  # lazy: rich only for the commands that draw tables
 
     t = Table(title="federated runs (newest first)")
     for col in ("run id", "status", "started", "elapsed (s)", "model", "rounds", "result"):

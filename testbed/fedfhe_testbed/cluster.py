@@ -18,9 +18,11 @@ from pathlib import Path
 import psutil
 import yaml
 
-from fedfhe_common.pki import init_ca, issue, supernode_keypair, write_crl
-from fedfhe_common.procs import free_port, port_open, venv_bin, wait_until
-from fedfhe_common.release import make_release_key
+from fedfhe_common.pki.app_approval import app_dir_digest
+from fedfhe_common.pki.ca import init_ca, issue, supernode_keypair, write_crl
+from fedfhe_common.pki.release import make_release_key
+from fedfhe_common.runtime.procs import free_port, port_open, venv_bin, wait_until
+from fedfhe_coordinator.train.flwr_cli import flower_app_dir
 
 from .inference_node import InferenceNode, spawn, write_config
 
@@ -28,9 +30,6 @@ from .inference_node import InferenceNode, spawn, write_config
 @cache
 def fedfhe_app_digest() -> str:
     """What an owner pins in approved_flower_apps: the digest `fedfhe-coordinator app-hash` prints."""
-    from fedfhe_common.app_approval import app_dir_digest
-    from fedfhe_coordinator.flwr_cli import flower_app_dir
-
     return app_dir_digest(flower_app_dir())
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fedfhe_common.data import _load_idx
-from fedfhe_common.errors import DataError
-from fedfhe_common.schema import DIABETES, DIGITS, FASHION_MNIST, DatasetSchema, resolve_schema
+from fedfhe_common.contracts.schema import DIABETES, DIGITS, FASHION_MNIST, DatasetSchema, resolve_schema
+from fedfhe_common.ml.data import _load_idx
+from fedfhe_common.runtime.errors import DataError
 
 from .tabular import TABULAR, tabular_schema
 
@@ -35,12 +35,12 @@ def is_tabular(name: str) -> bool:
 def load_builtin(name: str, max_rows: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray, DatasetSchema]:
     """All labelled rows of a built-in dataset (train and test pooled), optionally subsampled."""
     if name == "digits":
-        from sklearn.datasets import load_digits
+        from sklearn.datasets import load_digits  # lazy: scikit-learn takes ~2 s to import
 
         d = load_digits()
         X, y, schema = d.data.astype(np.float64), d.target.astype(np.int64), DIGITS
     elif name == "diabetes":  # regression: float targets
-        from sklearn.datasets import load_diabetes
+        from sklearn.datasets import load_diabetes  # lazy: scikit-learn takes ~2 s to import
 
         d = load_diabetes()
         X, y, schema = d.data.astype(np.float64), d.target.astype(np.float64), DIABETES

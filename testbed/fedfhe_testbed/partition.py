@@ -8,7 +8,7 @@ import numpy as np
 
 def split_holdout(X: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, ...]:
     """A stratified public test set (for server-side evaluation) and the rest."""
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # lazy: scikit-learn takes ~2 s to import
 
     stratify = y if np.issubdtype(y.dtype, np.integer) else None
     X_rest, X_test, y_rest, y_test = train_test_split(

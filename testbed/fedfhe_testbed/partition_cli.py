@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedfhe_common.console import run, set_example
-from fedfhe_common.data import save_csv
+from fedfhe_common.ml.data import save_csv
+from fedfhe_common.runtime.console import run, set_example
 
 from .datasets import BUILTIN, is_tabular, load_builtin
 from .partition import partition, split_holdout

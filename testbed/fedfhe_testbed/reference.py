@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from fedfhe_common import models
-from fedfhe_common.preprocessing import Preprocessing
-from fedfhe_common.schema import DatasetSchema
-from fedfhe_common.scoring import prediction_score
+from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.ml import models
+from fedfhe_common.ml.preprocessing import Preprocessing
+from fedfhe_common.ml.scoring import prediction_score
+from fedfhe_owner.clientapp.holdout import split_holdout
 
 # Per family: the regularisation parameter and its grid. A family not listed is fitted once with defaults.
 GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
@@ -49,12 +50,10 @@ def training_rows(parts: list[tuple[np.ndarray, np.ndarray]], holdout_fraction: 
                   seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The owners' rows the federation fits on, pooled: each owner's rows minus its held-out split.
 
-    The same rule as the ClientApp (fedfhe_owner.holdout), so the reference sees exactly the rows the
+    The same rule as the ClientApp (fedfhe_owner.clientapp.holdout), so the reference sees exactly the rows the
     federated model was trained on; pooling the held-out rows as well would hand the reference 25 % more
     training rows than the federation ever had (bench/results/federated.json has both figures).
     """
-    from fedfhe_owner.holdout import split_holdout
-
     kept = [split_holdout(X, y, holdout_fraction, seed) for X, y in parts]
     return np.vstack([k[0] for k in kept]), np.concatenate([k[2] for k in kept])
 
@@ -91,8 +90,8 @@ def centralised_reference(family: str, X: np.ndarray, y: np.ndarray, schema: Dat
     """
 
     if schema.typed:
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import FunctionTransformer
+        from sklearn.pipeline import make_pipeline  # lazy: scikit-learn takes ~2 s to import
+        from sklearn.preprocessing import FunctionTransformer  # lazy: scikit-learn takes ~2 s to import
 
         prep = Preprocessing.local(schema, X)
         inner = _reference(family, prep.transform(X), y, schema, seed)
@@ -104,7 +103,7 @@ def centralised_reference(family: str, X: np.ndarray, y: np.ndarray, schema: Dat
 
 
 def _reference(family: str, X: np.ndarray, y: np.ndarray, schema: DatasetSchema, seed: int) -> Reference:
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # lazy: scikit-learn takes ~2 s to import
 
     param, grid = GRIDS.get(family, ("", ()))
     info: dict[str, Any] = {

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from fedfhe_common.errors import DataError
-from fedfhe_common.schema import DatasetSchema
+from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.runtime.errors import DataError
+
+from .partition import partition
 
 TABULAR = ("breast-cancer", "wine", "penguins", "diabetes-table")
 
@@ -32,7 +35,7 @@ def tabular_schema(name: str) -> DatasetSchema:
 
 
 def _sklearn_table(name: str) -> tuple[list[str], list[list[str]]]:
-    from sklearn import datasets
+    from sklearn import datasets  # lazy: scikit-learn takes ~2 s to import
 
     if name == "diabetes-table":  # the raw units (years, mmHg, mg/dl; sex coded 1/2), a regression target
         d = datasets.load_diabetes(scaled=False)
@@ -49,7 +52,7 @@ def _sklearn_table(name: str) -> tuple[list[str], list[list[str]]]:
 
 def _penguins() -> tuple[list[str], list[list[str]]]:
     try:
-        import palmerpenguins
+        import palmerpenguins  # lazy: optional dependency: the caller reports it missing
     except ImportError:
         raise DataError("penguins", "the palmerpenguins package is not installed (pip install palmerpenguins)") \
             from None
@@ -92,11 +95,8 @@ def write_tabular_partitions(name: str, owners: int, out: Path, scheme: str, alp
     Rows keep their text cells as the table has them, gaps and category names included:
     every owner's file is what a real owner would hold, and loading it is the owners' job.
     """
-    import shutil
+    from sklearn.model_selection import train_test_split  # lazy: scikit-learn takes ~2 s to import
 
-    from sklearn.model_selection import train_test_split
-
-    from .partition import partition
 
     header, rows, schema = load_tabular(name)
     y = labels_of(header, rows, schema)

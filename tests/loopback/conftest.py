@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from inference_support import Digits, Node, Owner, make_owner, start_node
 
-from fedfhe_common.pki import init_ca, supernode_keypair
+from fedfhe_common.pki.ca import init_ca, supernode_keypair
 from fedfhe_coordinator import config as coord
-from fedfhe_coordinator.training import run_training
+from fedfhe_coordinator.train.training import run_training
 from fedfhe_testbed.cluster import Cluster
 from fedfhe_testbed.partition_cli import write_partitions
 

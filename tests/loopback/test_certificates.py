@@ -26,15 +26,15 @@ import pytest
 import yaml
 from reliability_helpers import reap_group, supernode_id
 
-from fedfhe_common.pki import init_ca, issue
-from fedfhe_common.procs import flower_env, free_port, venv_bin, wait_until
-from fedfhe_common.release import make_release_key
+from fedfhe_common.pki.ca import init_ca, issue
+from fedfhe_common.pki.release import make_release_key
+from fedfhe_common.runtime.procs import flower_env, free_port, venv_bin, wait_until
 from fedfhe_coordinator import config as coord
-from fedfhe_coordinator import flwr_cli
+from fedfhe_coordinator.train import flwr_cli
 from fedfhe_owner import config as owner_config
 from fedfhe_owner.config import InferenceEndpoint
-from fedfhe_owner.inference_client import InferenceClient, InferenceError
-from fedfhe_owner.supernode import supernode_command
+from fedfhe_owner.predict.inference_client import InferenceClient, InferenceError
+from fedfhe_owner.supernode.launch import supernode_command
 from fedfhe_testbed.cluster import Cluster
 from fedfhe_testbed.inference_node import InferenceNode, write_config
 from fedfhe_testbed.partition_cli import write_partitions

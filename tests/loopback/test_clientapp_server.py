@@ -1,4 +1,4 @@
-"""fedfhe's pre-imported ClientApp server (fedfhe_owner.clientapp_server) and its door.
+"""fedfhe's pre-imported ClientApp server (fedfhe_owner.clientapp.clientapp_server) and its door.
 
 On the shared loopback federation (conftest.py): every message of an approved run
 is served by a child forked from the owner's server, with exactly one thread
@@ -21,13 +21,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from fedfhe_common.app_approval import app_dir_digest
-from fedfhe_common.procs import venv_bin, wait_until
-from fedfhe_coordinator import flwr_cli
+from fedfhe_common.pki.app_approval import app_dir_digest
+from fedfhe_common.runtime.procs import venv_bin, wait_until
 from fedfhe_coordinator.run_config import RunConfig
-from fedfhe_coordinator.training import read_progress
-from fedfhe_owner.clientapp_server import FORKED
-from fedfhe_owner.supernode import write_clientapp_shim
+from fedfhe_coordinator.train import flwr_cli
+from fedfhe_coordinator.train.training import read_progress
+from fedfhe_owner.clientapp.clientapp_server import FORKED
+from fedfhe_owner.supernode.launch import write_clientapp_shim
 
 pytestmark = pytest.mark.timeout(600)
 OWNERS = ["owner-0", "owner-1", "owner-2"]
@@ -77,7 +77,7 @@ def test_an_unapproved_app_is_refused_inside_a_forked_child(fed, first_run, tmp_
 def _start_server(state: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     sock = state / "clientapp-server" / "clientapp.sock"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fedfhe_owner.clientapp_server", "--socket", str(sock),
+        [sys.executable, "-m", "fedfhe_owner.clientapp.clientapp_server", "--socket", str(sock),
          "--parent-pid", str(os.getpid())],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )

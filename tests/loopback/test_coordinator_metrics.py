@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fedfhe_common.pki import supernode_keypair
-from fedfhe_common.procs import venv_bin, wait_until
-from fedfhe_coordinator.training import run_training
+from fedfhe_common.pki.ca import supernode_keypair
+from fedfhe_common.runtime.procs import venv_bin, wait_until
+from fedfhe_coordinator.train.training import run_training
 
 pytestmark = pytest.mark.timeout(300)
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

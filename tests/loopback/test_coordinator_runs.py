@@ -12,10 +12,10 @@ import subprocess
 import inference_support as support
 import pytest
 
-from fedfhe_common.data import save_csv
-from fedfhe_common.procs import venv_bin, wait_until
-from fedfhe_common.schema import DIGITS
-from fedfhe_coordinator import flwr_cli
+from fedfhe_common.contracts.schema import DIGITS
+from fedfhe_common.ml.data import save_csv
+from fedfhe_common.runtime.procs import venv_bin, wait_until
+from fedfhe_coordinator.train import flwr_cli
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -13,8 +13,8 @@ import psutil
 import pytest
 import yaml
 
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.procs import wait_until
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.runtime.procs import wait_until
 
 # slow: 135 s, 98 s and 72 s per test (`make test`, 2026-12-07)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

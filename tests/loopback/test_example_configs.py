@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from fedfhe_common.procs import free_port, port_open, venv_bin, wait_until
+from fedfhe_common.runtime.procs import free_port, port_open, venv_bin, wait_until
 from fedfhe_testbed.cluster import Cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]

@@ -10,9 +10,9 @@ import dataclasses
 
 import pytest
 
-from fedfhe_common.data import load_table
-from fedfhe_common.schema import DIGITS
-from fedfhe_coordinator.training import run_training
+from fedfhe_common.contracts.schema import DIGITS
+from fedfhe_common.ml.data import load_table
+from fedfhe_coordinator.train.training import run_training
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -9,12 +9,12 @@ import ssl
 import numpy as np
 import pytest
 
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.data import load_table
-from fedfhe_common.manifest import verify_manifest
-from fedfhe_common.procs import venv_bin, wait_until
-from fedfhe_common.schema import DIGITS
-from fedfhe_coordinator.training import run_training
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.contracts.manifest import verify_manifest
+from fedfhe_common.contracts.schema import DIGITS
+from fedfhe_common.ml.data import load_table
+from fedfhe_common.runtime.procs import venv_bin, wait_until
+from fedfhe_coordinator.train.training import run_training
 
 pytestmark = pytest.mark.timeout(600)
 OWNERS = ["owner-0", "owner-1", "owner-2"]  # as in conftest.py (its `fed` and `first_run` fixtures)
@@ -90,7 +90,7 @@ def test_plaintext_supernode_cannot_join(fed, first_run):
 def test_fixed_owner_joins_next_run(fed, first_run):
     data = fed["data"]
     X, y = load_table(data / "owner-0.npz", DIGITS)
-    from fedfhe_common.data import save_csv
+    from fedfhe_common.ml.data import save_csv
 
     save_csv(data / "bad.csv", X[:100], y[:100], DIGITS)
     rows: list[dict] = []

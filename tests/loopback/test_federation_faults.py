@@ -20,9 +20,9 @@ from reliability_helpers import (
     supernode_id,
 )
 
-from fedfhe_common.errors import FedfheError
-from fedfhe_common.procs import wait_until
-from fedfhe_coordinator.training import run_training
+from fedfhe_common.runtime.errors import FedfheError
+from fedfhe_common.runtime.procs import wait_until
+from fedfhe_coordinator.train.training import run_training
 
 # slow: the module's killed run takes 97 s to set up, then 26-42 s per test (`make test`, 2026-12-07)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]

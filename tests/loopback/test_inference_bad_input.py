@@ -134,12 +134,12 @@ def _upload_call(stub, header, chunks):
 
 def test_quota_and_delete(node, digits, tmp_path, good):
     """An owner holds at most max_keys_per_owner key sets; deleting one frees a slot."""
-    from fedfhe_owner.predict import predict_rows
+    from fedfhe_owner.predict.encrypted import predict_rows
 
     stub = node.stub("dave")
     predict_rows(node.endpoint("dave"), tmp_path / "c", digits.X_test[:1], model_id="digits-lr", version="1",
                  progress=False)
-    from fedfhe_owner.keys import ModelKeys
+    from fedfhe_owner.predict.keys import ModelKeys
 
     keys = ModelKeys(tmp_path / "c", "digits-lr", "1").fhe_client()[0].get_serialized_evaluation_keys()
     held = [r.key_id for r in _list_keys(node, "dave")]

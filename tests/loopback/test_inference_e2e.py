@@ -17,12 +17,12 @@ import inference_support as support
 import numpy as np
 import pytest
 
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.manifest import verify_manifest
-from fedfhe_common.procs import venv_bin
-from fedfhe_common.release import load_signing_key
-from fedfhe_owner import predict_commands
-from fedfhe_owner.predict import predict_rows
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.contracts.manifest import verify_manifest
+from fedfhe_common.pki.release import load_signing_key
+from fedfhe_common.runtime.procs import venv_bin
+from fedfhe_owner.predict import predict_commands
+from fedfhe_owner.predict.encrypted import predict_rows
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -124,10 +124,10 @@ def test_keys_survive_restart_and_publish_reloads(node, alice, lr_bundles, digit
     assert not res.keys_uploaded and res.key_id == alice.key_ids["1"]
 
     # publish v3 into the running node with the CLI; --reload signals it through the pid file
-    from fedfhe_coordinator.compile import write_bundle
+    from fedfhe_coordinator.fhe.compile import write_bundle
 
     fhe_model = lr_bundles["model_1"]
-    from fedfhe_common.schema import DIGITS
+    from fedfhe_common.contracts.schema import DIGITS
 
     v3 = write_bundle(fhe_model, tmp_path / "v3", model_id="digits-lr", version="3", schema=DIGITS,
                       family="LogisticRegression", n_bits=8,
@@ -139,7 +139,7 @@ def test_keys_survive_restart_and_publish_reloads(node, alice, lr_bundles, digit
     assert out.returncode == 0, out.stderr
     assert "published" in out.stdout and "rescan" in out.stdout
     assert "the node serves digits-lr/3" in out.stdout  # --reload returns once the version is served
-    from fedfhe_owner.inference_client import InferenceClient
+    from fedfhe_owner.predict.inference_client import InferenceClient
 
     with InferenceClient(alice.endpoint) as client:
         assert any(m.version == "3" for m in client.list_models("digits-lr")), "served as publish said"

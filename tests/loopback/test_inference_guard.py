@@ -21,7 +21,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from fedfhe_common.procs import wait_until
+from fedfhe_common.runtime.procs import wait_until
 from fedfhe_inference.config import Limits
 from fedfhe_inference.identity import Identity
 from fedfhe_inference.limits import READER_THREAD, Guard, server_options

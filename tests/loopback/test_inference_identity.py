@@ -20,8 +20,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from inference_support import start_node
 
-from fedfhe_common.pki import load_ca
-from fedfhe_common.procs import wait_until
+from fedfhe_common.pki.ca import load_ca
+from fedfhe_common.runtime.procs import wait_until
 from fedfhe_inference.identity import judge
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 

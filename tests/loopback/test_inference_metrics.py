@@ -21,8 +21,8 @@ import yaml
 from inference_support import Node, write_node_config
 from prometheus_client.parser import text_string_to_metric_families
 
-from fedfhe_common.procs import free_port, venv_bin, wait_until
-from fedfhe_owner.inference_client import InferenceClient
+from fedfhe_common.runtime.procs import free_port, venv_bin, wait_until
+from fedfhe_owner.predict.inference_client import InferenceClient
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 from fedfhe_testbed.inference_node import spawn
 
@@ -123,7 +123,7 @@ class JsonLogNode(Node):
 
 
 def test_json_log_lines_and_metrics_switched_off(tmp_path, pki, lr_bundles):
-    from fedfhe_common.release import load_verify_key
+    from fedfhe_common.pki.release import load_verify_key
     from fedfhe_inference.bundles import publish_bundle
 
     port = free_port()

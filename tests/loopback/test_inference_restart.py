@@ -24,13 +24,13 @@ import numpy as np
 import pytest
 from inference_support import lr_fixture  # noqa: F401 - the lr fixture
 
-from fedfhe_common.bundle import FILES as BUNDLE_FILES
-from fedfhe_common.bundle import KIND as BUNDLE_KIND
-from fedfhe_common.manifest import MANIFEST, write_manifest
-from fedfhe_common.procs import wait_until
-from fedfhe_common.release import load_verify_key, sign_manifest
+from fedfhe_common.contracts.bundle import FILES as BUNDLE_FILES
+from fedfhe_common.contracts.bundle import KIND as BUNDLE_KIND
+from fedfhe_common.contracts.manifest import MANIFEST, write_manifest
+from fedfhe_common.pki.release import load_verify_key, sign_manifest
+from fedfhe_common.runtime.procs import wait_until
 from fedfhe_inference.bundles import publish_bundle
-from fedfhe_owner.predict import predict_rows
+from fedfhe_owner.predict.encrypted import predict_rows
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
 pytestmark = pytest.mark.timeout(300)

@@ -21,11 +21,11 @@ import pytest
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.pki import init_ca, issue, revoke, write_crl
-from fedfhe_common.pki_cli import main as pki_main
-from fedfhe_common.procs import free_port, venv_bin, wait_until
-from fedfhe_common.release import make_release_key
+from fedfhe_common.pki.ca import init_ca, issue, revoke, write_crl
+from fedfhe_common.pki.pki_cli import main as pki_main
+from fedfhe_common.pki.release import make_release_key
+from fedfhe_common.runtime.errors import ConfigError
+from fedfhe_common.runtime.procs import free_port, venv_bin, wait_until
 from fedfhe_inference.identity import Identity, Revocations
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
@@ -150,7 +150,7 @@ def test_reload_keeps_the_last_good_crl(tmp_path, caplog):
 
 def test_an_owner_refuses_an_inference_node_whose_certificate_is_revoked(crl_node, rpki, tmp_path):
     """Last in the module: it revokes the node's own certificate in ``rpki``."""
-    from fedfhe_owner.inference_client import InferenceClient, InferenceError
+    from fedfhe_owner.predict.inference_client import InferenceClient, InferenceError
     from fedfhe_owner.server_certificate import RevokedServerError
 
     endpoint = crl_node.endpoint("alice", crl_file=rpki / "crl.pem")

@@ -8,10 +8,10 @@ import shutil
 import grpc
 import pytest
 
-from fedfhe_common.errors import IntegrityError
-from fedfhe_common.manifest import write_manifest
-from fedfhe_common.procs import wait_until
-from fedfhe_common.release import load_signing_key, load_verify_key, sign_manifest
+from fedfhe_common.contracts.manifest import write_manifest
+from fedfhe_common.pki.release import load_signing_key, load_verify_key, sign_manifest
+from fedfhe_common.runtime.errors import IntegrityError
+from fedfhe_common.runtime.procs import wait_until
 from fedfhe_inference.bundles import publish_bundle
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
@@ -111,7 +111,7 @@ def test_client_checks_the_specs_it_receives(node, alice):
     info = _info(stub)
     specs = stub.GetClientSpecs(pb.GetClientSpecsRequest(model=V1), timeout=20)
     assert hashlib.sha256(specs.client_zip).hexdigest() == info.client_zip_sha256 == specs.client_zip_sha256
-    from fedfhe_common.bundle_content import check_client_zip
+    from fedfhe_common.contracts.bundle_content import check_client_zip
 
     check_client_zip(specs.client_zip)
     import io
@@ -121,7 +121,7 @@ def test_client_checks_the_specs_it_receives(node, alice):
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("client.specs.json", "{}")
         zf.writestr("../evil.py", "import os")
-    from fedfhe_common.errors import FedfheError
+    from fedfhe_common.runtime.errors import FedfheError
 
     with pytest.raises(FedfheError, match="unexpected"):
         check_client_zip(buf.getvalue())

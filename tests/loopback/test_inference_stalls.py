@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from inference_support import lr_fixture, module_pki_fixture  # noqa: F401 - the lr and module_pki fixtures
 
-from fedfhe_common.procs import wait_until
+from fedfhe_common.runtime.procs import wait_until
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
 pytestmark = pytest.mark.timeout(420)

@@ -21,12 +21,12 @@ import grpc
 import inference_support as support
 import pytest
 
-from fedfhe_common.bundle import FILES as BUNDLE_FILES
-from fedfhe_common.bundle import KIND as BUNDLE_KIND
-from fedfhe_common.errors import IntegrityError
-from fedfhe_common.manifest import MANIFEST, canonical_body, sha256_file, write_manifest
-from fedfhe_common.procs import wait_until
-from fedfhe_common.release import load_verify_key, sign_manifest
+from fedfhe_common.contracts.bundle import FILES as BUNDLE_FILES
+from fedfhe_common.contracts.bundle import KIND as BUNDLE_KIND
+from fedfhe_common.contracts.manifest import MANIFEST, canonical_body, sha256_file, write_manifest
+from fedfhe_common.pki.release import load_verify_key, sign_manifest
+from fedfhe_common.runtime.errors import IntegrityError
+from fedfhe_common.runtime.procs import wait_until
 from fedfhe_inference.bundles import publish_bundle
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 

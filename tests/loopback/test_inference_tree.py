@@ -8,12 +8,12 @@ import signal
 import numpy as np
 import pytest
 
-from fedfhe_common.procs import wait_until
-from fedfhe_common.release import load_signing_key, load_verify_key
-from fedfhe_common.schema import DIGITS
+from fedfhe_common.contracts.schema import DIGITS
+from fedfhe_common.pki.release import load_signing_key, load_verify_key
+from fedfhe_common.runtime.procs import wait_until
 from fedfhe_inference.bundles import publish_bundle
-from fedfhe_owner.inference_client import InferenceClient
-from fedfhe_owner.predict import predict_rows
+from fedfhe_owner.predict.encrypted import predict_rows
+from fedfhe_owner.predict.inference_client import InferenceClient
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.timeout(600)
 def tree(tmp_path_factory, digits, pki):
     from concrete.ml.sklearn import DecisionTreeClassifier
 
-    from fedfhe_coordinator.compile import compile_concrete_bundle
+    from fedfhe_coordinator.fhe.compile import compile_concrete_bundle
 
     model = DecisionTreeClassifier(max_depth=6, n_bits=6, random_state=0).fit(digits.X_train, digits.y_train)
     out = tmp_path_factory.mktemp("tree") / "bundle"
@@ -56,7 +56,7 @@ def retrained(tmp_path_factory, digits, pki):
     "3" with n_bits 4. Each compiles in about a second; their keys are 19-38 MB."""
     from concrete.ml.sklearn import DecisionTreeClassifier
 
-    from fedfhe_coordinator.compile import compile_concrete_bundle
+    from fedfhe_coordinator.fhe.compile import compile_concrete_bundle
 
     half = len(digits.y_train) // 2
     out = {}
@@ -94,8 +94,8 @@ def _owner_keys(node) -> list:
 def test_a_retrained_tree_reuses_the_owners_keys_and_other_n_bits_does_not(node, retrained, digits, pki, tmp_path):
     import grpc
 
-    from fedfhe_common.pki import issue
-    from fedfhe_owner.predict import delete_keys
+    from fedfhe_common.pki.ca import issue
+    from fedfhe_owner.predict.encrypted import delete_keys
     from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
     (b1, m1), (b2, m2), (b3, m3) = retrained["1"], retrained["2"], retrained["3"]

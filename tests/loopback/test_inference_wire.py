@@ -24,7 +24,7 @@ import pytest
 from fuzzing import SCALE
 from inference_support import lr_fixture  # noqa: F401 - the lr fixture
 
-from fedfhe_common.fhe_wire import CircuitSpec, WireError, read_value
+from fedfhe_common.contracts.fhe_wire import CircuitSpec, WireError, read_value
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
 pytestmark = pytest.mark.timeout(300 * SCALE)

@@ -20,7 +20,7 @@ import yaml
 from postgres_server import DB_NAME, DB_USER, PostgresServer, connect, issue_certificates, unavailable_reason
 from prometheus_client.parser import text_string_to_metric_families
 
-from fedfhe_common.pki import init_ca, issue
+from fedfhe_common.pki.ca import init_ca, issue
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
 pytestmark = pytest.mark.timeout(600)

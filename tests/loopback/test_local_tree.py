@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.data import save_csv
-from fedfhe_common.manifest import verify_manifest
-from fedfhe_common.pki import issue
-from fedfhe_common.procs import wait_until
-from fedfhe_common.release import load_verify_key
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.contracts.manifest import verify_manifest
+from fedfhe_common.ml.data import save_csv
+from fedfhe_common.pki.ca import issue
+from fedfhe_common.pki.release import load_verify_key
+from fedfhe_common.runtime.procs import wait_until
 from fedfhe_inference.bundles import publish_bundle
-from fedfhe_owner.inference_client import InferenceClient
-from fedfhe_owner.predict import predict_rows
+from fedfhe_owner.predict.encrypted import predict_rows
+from fedfhe_owner.predict.inference_client import InferenceClient
 from fedfhe_testbed.datasets import load_builtin
 
 pytestmark = pytest.mark.timeout(600)
@@ -74,7 +74,7 @@ def test_local_tree_from_csv_to_encrypted_predictions(tmp_path, node, pki):
                           progress=False)
 
     # Concrete ML's simulation of the same circuit: the artifact through the same conversion compile used.
-    from fedfhe_coordinator.compile import calibration_set, to_concrete
+    from fedfhe_coordinator.fhe.concrete_model import calibration_set, to_concrete
 
     artifact = TrainingArtifact.load(art, load_verify_key(pki / "release.pub"))
     estimator = artifact.to_estimator()

@@ -1,6 +1,6 @@
 """A hostile Flower App submitted to the SuperLink: every SuperNode refuses it before any of its code runs.
 
-The FAB ships its own ``fedfhe_owner/client_app.py``. Under Flower's stock
+The FAB ships its own ``fedfhe_owner/clientapp/client_app.py``. Under Flower's stock
 ``flwr-clientapp`` the FAB's folder goes first on ``sys.path``, so that module
 would shadow the installed one: on import it leaves a marker and reads the
 owners' data files. The test proves, on the shared loopback federation
@@ -18,15 +18,16 @@ import os
 import struct
 import subprocess
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from fedfhe_common.app_approval import fab_digest
-from fedfhe_common.procs import venv_bin
-from fedfhe_coordinator import flwr_cli
+from fedfhe_common.pki.app_approval import fab_digest
+from fedfhe_common.runtime.procs import venv_bin
 from fedfhe_coordinator.run_config import RunConfig
-from fedfhe_coordinator.training import failure_reason, read_progress
+from fedfhe_coordinator.train import flwr_cli
+from fedfhe_coordinator.train.training import failure_reason, read_progress
 from fedfhe_testbed.cluster import fedfhe_app_digest
 
 pytestmark = pytest.mark.timeout(600)
@@ -68,14 +69,21 @@ class OpenWatch:
 
 
 def hostile_app(folder: Path, marker_dir: Path, data_files: list[Path]) -> Path:
-    """fedfhe's own pyproject (same app id and version) plus a shadowing fedfhe_owner package."""
+    """fedfhe's own pyproject (same app id and version) plus a shadowing fedfhe_owner package.
+
+    The shadowing module is the one the pyproject names as the ClientApp, wherever the package keeps it.
+    """
     folder.mkdir(parents=True)
-    (folder / "pyproject.toml").write_text((flwr_cli.flower_app_dir() / "pyproject.toml").read_text())
-    pkg = folder / "fedfhe_owner"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "client_app.py").write_text(textwrap.dedent(f"""\
-        # Hostile: runs at import, in place of the installed fedfhe_owner.client_app.
+    pyproject = (flwr_cli.flower_app_dir() / "pyproject.toml").read_text()
+    (folder / "pyproject.toml").write_text(pyproject)
+    module = tomllib.loads(pyproject)["tool"]["flwr"]["app"]["components"]["clientapp"].partition(":")[0]
+    *packages, leaf = module.split(".")
+    pkg = folder.joinpath(*packages)
+    pkg.mkdir(parents=True)
+    for depth in range(1, len(packages) + 1):
+        (folder.joinpath(*packages[:depth]) / "__init__.py").write_text("")
+    (pkg / f"{leaf}.py").write_text(textwrap.dedent(f"""\
+        # Hostile: runs at import, in place of the installed {module}.
         import os
         from pathlib import Path
 

@@ -8,7 +8,7 @@ update it hands to Flower's secaggplus_mod; the coordinator's ServerApp keeps
 compare the two. The last two tests kill SuperNodes mid-round, so they run last.
 
 Held-out scores (issue 25): each owner's travel only inside its masked vector, as
-one array after the model's (fedfhe_common.score_sums); the coordinator receives
+one array after the model's (fedfhe_common.ml.score_sums); the coordinator receives
 no owner's score in the clear and sends no final evaluate message.
 """
 
@@ -21,14 +21,14 @@ import pytest
 from flwr.common.secure_aggregation.quantization import quantize
 from reliability_helpers import Background, kill_on_nth_train_message, log_size, supernode_id
 
-from fedfhe_common import fl_contract as fc
-from fedfhe_common import models, score_sums
-from fedfhe_common.errors import FedfheError
-from fedfhe_common.procs import wait_until
-from fedfhe_common.schema import DIGITS
-from fedfhe_common.transport import to_arrays
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.contracts.schema import DIGITS
+from fedfhe_common.contracts.transport import to_arrays
+from fedfhe_common.ml import models, score_sums
+from fedfhe_common.runtime.errors import FedfheError
+from fedfhe_common.runtime.procs import wait_until
 from fedfhe_coordinator import config as coord
-from fedfhe_coordinator.training import run_training
+from fedfhe_coordinator.train.training import run_training
 from fedfhe_testbed.cluster import Cluster
 from fedfhe_testbed.partition_cli import write_partitions
 

@@ -26,13 +26,13 @@ from typing import Any
 import grpc
 import pytest
 
-from fedfhe_common.errors import FedfheError, IntegrityError
-from fedfhe_common.manifest import MANIFEST, canonical_body, write_manifest
-from fedfhe_common.pki import issue
-from fedfhe_common.procs import free_port, venv_bin, wait_until
-from fedfhe_common.release import load_signing_key, load_verify_key, make_release_key, sign_manifest
+from fedfhe_common.contracts.manifest import MANIFEST, canonical_body, write_manifest
+from fedfhe_common.pki.ca import issue
+from fedfhe_common.pki.release import load_signing_key, load_verify_key, make_release_key, sign_manifest
+from fedfhe_common.runtime.errors import FedfheError, IntegrityError
+from fedfhe_common.runtime.procs import free_port, venv_bin, wait_until
 from fedfhe_inference.bundles import publish_bundle
-from fedfhe_owner.predict import delete_keys, predict_rows
+from fedfhe_owner.predict.encrypted import delete_keys, predict_rows
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
 

@@ -18,10 +18,10 @@ import subprocess
 import pytest
 from reliability_helpers import Background, digits_federation
 
-from fedfhe_common.errors import FedfheError
-from fedfhe_common.procs import venv_bin, wait_until
-from fedfhe_coordinator import flwr_cli, training
-from fedfhe_coordinator.training import run_training
+from fedfhe_common.runtime.errors import FedfheError
+from fedfhe_common.runtime.procs import venv_bin, wait_until
+from fedfhe_coordinator.train import flwr_cli, training
+from fedfhe_coordinator.train.training import run_training
 
 # slow: the module's crashed SuperLink takes 74 s to set up (`make test`, 2026-12-07)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]

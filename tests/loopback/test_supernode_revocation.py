@@ -12,10 +12,10 @@ import subprocess
 import pytest
 from reliability_helpers import reap_group
 
-from fedfhe_common.pki import revoke, write_crl
-from fedfhe_common.procs import venv_bin
+from fedfhe_common.pki.ca import revoke, write_crl
+from fedfhe_common.runtime.procs import venv_bin
 from fedfhe_coordinator import config as coord
-from fedfhe_coordinator import flwr_cli
+from fedfhe_coordinator.train import flwr_cli
 from fedfhe_owner.server_certificate import refuse_if_revoked
 from fedfhe_testbed.cluster import Cluster
 

@@ -31,16 +31,16 @@ import yaml
 from flwr.common.secure_aggregation.quantization import quantize
 from reliability_helpers import supernode_id
 
-from fedfhe_common import fl_contract as fc
-from fedfhe_common import models, newton
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.data import load_table
-from fedfhe_common.preprocessing import Preprocessing
-from fedfhe_common.procs import venv_bin, wait_until
-from fedfhe_common.scoring import prediction_score
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.ml import models, newton
+from fedfhe_common.ml.data import load_table
+from fedfhe_common.ml.preprocessing import Preprocessing
+from fedfhe_common.ml.scoring import prediction_score
+from fedfhe_common.runtime.procs import venv_bin, wait_until
 from fedfhe_coordinator import config as coord
-from fedfhe_coordinator.secure_training import NewtonRun
-from fedfhe_coordinator.training import run_training, with_secure_aggregation
+from fedfhe_coordinator.serverapp.secure_training import NewtonRun
+from fedfhe_coordinator.train.training import run_training, with_secure_aggregation
 from fedfhe_testbed.cluster import Cluster, inference_config
 from fedfhe_testbed.tabular import write_tabular_partitions
 
@@ -101,8 +101,8 @@ def test_mixed_table_trains_federated_and_predicts_encrypted_names(fed, tmp_path
     assert clear >= 0.9, clear
     assert rows[-1]["server"]["accuracy"] == pytest.approx(clear)
 
-    from fedfhe_common.release import load_signing_key
-    from fedfhe_coordinator.compile import compile_artifact
+    from fedfhe_common.pki.release import load_signing_key
+    from fedfhe_coordinator.fhe.compile import compile_artifact
 
     bundle, fhe_model = compile_artifact(work / "training" / "artifact", work / "bundle", model_id="penguins-lr",
                                          version="1", eval_set=(X_pub, y_pub),
@@ -167,9 +167,9 @@ def test_federated_xgboost_compiles_publishes_and_predicts_encrypted(fed, tmp_pa
     assert clear >= 0.9, clear
     assert rows[-1]["server"]["accuracy"] == pytest.approx(clear)  # the round table scored the same booster
 
-    from fedfhe_common.errors import ConfigError
-    from fedfhe_common.release import load_signing_key
-    from fedfhe_coordinator.compile import compile_artifact
+    from fedfhe_common.pki.release import load_signing_key
+    from fedfhe_common.runtime.errors import ConfigError
+    from fedfhe_coordinator.fhe.compile import compile_artifact
 
     key = load_signing_key(c.pki / "release.key")
     with pytest.raises(ConfigError, match="above the run's training.xgboost_budget.max_n_bits 4"):

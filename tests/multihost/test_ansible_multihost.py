@@ -542,7 +542,7 @@ def test_release_key_on_the_coordinator_only_and_its_public_half_everywhere(depl
     inference_yaml = deployed.hosts.hosts[INFERENCE].path("/etc/fedfhe/inference.yaml").read_text()
     assert "release_public_key: /etc/fedfhe/pki/release.pub" in inference_yaml
     # Owners pin the Flower App that the deployed sources ship (hashed on the control node).
-    from fedfhe_common.app_approval import app_dir_digest
+    from fedfhe_common.pki.app_approval import app_dir_digest
 
     shipped = app_dir_digest(deployed.work / "src" / "server" / "fedfhe_coordinator" / "flower_app")
     for owner in OWNERS:
@@ -683,7 +683,7 @@ CANARY = "/root/fedfhe-canary"
 
 
 def test_train_runs_federated_training_on_each_hosts_own_file(deployed: Deployment) -> None:
-    from fedfhe_common.artifact import TrainingArtifact
+    from fedfhe_common.contracts.artifact import TrainingArtifact
 
     deployed.ssh("coordinator", f"printf canary > {CANARY} && chmod 600 {CANARY}")
     plant = " && ".join(f"rm -f {p} && ln -s {CANARY} {p}" for p in PLANTED)
@@ -698,7 +698,7 @@ def test_train_runs_federated_training_on_each_hosts_own_file(deployed: Deployme
     assert deployed.ssh("coordinator", f"cat {CANARY}").stdout == "canary"
     links = deployed.ssh("coordinator", " && ".join(f"test -L {p}" for p in PLANTED), check=False)
     assert links.returncode == 0, "a planted link was replaced or followed"
-    from fedfhe_common.release import load_verify_key
+    from fedfhe_common.pki.release import load_verify_key
 
     run = deployed.work / "control" / "artifacts" / "training" / "latest"
     # The coordinator signed it; the signature came along with the files (and the SHA-256 manifest holds).
@@ -769,7 +769,7 @@ def _have_cli(*argv: str) -> bool:
 
 
 def test_publish_and_predict_match_the_clear_model(deployed: Deployment) -> None:
-    from fedfhe_common.artifact import TrainingArtifact
+    from fedfhe_common.contracts.artifact import TrainingArtifact
 
     if not _have_cli("fedfhe-coordinator", "compile"):
         pytest.xfail("fedfhe-coordinator compile is not available yet")
@@ -780,7 +780,7 @@ def test_publish_and_predict_match_the_clear_model(deployed: Deployment) -> None
         assert "serving digits-logisticregression/mh1" in log, node
     # The coordinator signed the bundle; the signature travelled with it to the control node's
     # copy and to the bundle the inference node serves, and it verifies with the release key.
-    from fedfhe_common.release import load_verify_key, read_signature, verify
+    from fedfhe_common.pki.release import load_verify_key, read_signature, verify
 
     release_pub = load_verify_key(deployed.work / "control" / "pki" / "release.pub")
     control_copy = deployed.work / "control" / "artifacts" / "bundles" / "digits-logisticregression" / "mh1"
@@ -798,7 +798,7 @@ def test_publish_and_predict_match_the_clear_model(deployed: Deployment) -> None
     assert incoming == ["root:root", "700"], incoming
     if not _have_cli("fedfhe-owner", "predict"):
         pytest.xfail("fedfhe-owner predict is not wired into fedfhe-owner's CLI yet "
-                     "(client/fedfhe_owner/predict_commands.py register() is not called from cli.py)")
+                     "(client/fedfhe_owner/predict/predict_commands.py register() is not called from cli.py)")
     # New rows on data owner 0's host only (public test rows stand in for its new records).
     with np.load(deployed.work / "partition" / "public-test.npz", allow_pickle=False) as npz:
         X, y = npz["X"][:PREDICT_ROWS], npz["y"][:PREDICT_ROWS]
@@ -931,7 +931,7 @@ def _owner_predict(owner: str, rows: int, out: str) -> str:
 
 def _place_rows(deployed: Deployment, owner: str, rows: int) -> list:
     """Public test rows (standing in for an owner's new records) on the owner's host; the clear model's labels."""
-    from fedfhe_common.artifact import TrainingArtifact
+    from fedfhe_common.contracts.artifact import TrainingArtifact
 
     with np.load(deployed.work / "partition" / "public-test.npz", allow_pickle=False) as npz:
         X = npz["X"][:rows]
@@ -1117,8 +1117,8 @@ print(json.dumps(flwr_cli.registered_public_keys(config.load("/etc/fedfhe/coordi
 
 def _supernodes(deployed: Deployment) -> dict[str, str]:
     """Owner -> status of its SuperNode on the SuperLink, read on the coordinator with Flower's Control API."""
-    from fedfhe_common.fl_contract import owner_key_id
-    from fedfhe_coordinator.flwr_cli import owner_keys
+    from fedfhe_common.contracts.fl_contract import owner_key_id
+    from fedfhe_coordinator.train.flwr_cli import owner_keys
 
     out = deployed.ssh("coordinator", f"/opt/fedfhe/venv/bin/python -c '{LIST_SUPERNODES}'").stdout
     names = owner_keys([deployed.work / "control" / "pki" / f"{o}.supernode.pub" for o in OWNERS])

@@ -4,7 +4,7 @@ Random bytes never got past the segment table; these are well-formed messages (S
 evaluation keys, Value for ciphertexts) that are inconsistent inside, as a hostile owner crafts them:
 blob splits that are not whole elements, parameters announcing more than the payload holds, composite
 lists of millions of zero-size elements, element-size codes swapped, truncation and padding.
-The layouts come from fedfhe_common.fhe_wire (checked there against genuine Concrete messages).
+The layouts come from fedfhe_common.contracts.fhe_wire (checked there against genuine Concrete messages).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import random
 import struct
 from typing import Any
 
-from fedfhe_common import fhe_wire as w
+from fedfhe_common.contracts import fhe_wire as w
 
 ZERO_SIZE = "zero-size"  # a list_struct value: (ZERO_SIZE, n) encodes n elements of 0+0 words
 

@@ -12,12 +12,13 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 
-from fedfhe_common import booster_json, fedxgb
-from fedfhe_common import fl_contract as fc
-from fedfhe_common.schema import DIABETES, DatasetSchema
-from fedfhe_coordinator import tree_strategy
-from fedfhe_coordinator.tree_strategy import booster_record
-from fedfhe_owner import tree_training
+from fedfhe_common.contracts import booster_json
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.contracts.schema import DIABETES, DatasetSchema
+from fedfhe_common.ml import fedxgb
+from fedfhe_coordinator.serverapp import tree_strategy
+from fedfhe_coordinator.serverapp.tree_strategy import booster_record
+from fedfhe_owner.clientapp import tree_training
 
 NODES = (11, 12, 13)
 BREAST = DatasetSchema(name="breast-cancer", n_features=30, feature_min=0.0, feature_max=5000.0, classes=[0, 1])
@@ -33,7 +34,7 @@ class Grid:
     def get_node_ids(self) -> list[int]:
         return list(NODES)
 
-    def get_nodes(self) -> list[object]:  # server_app.node_owners: no registered keys here, so node-<id>
+    def get_nodes(self) -> list[object]:  # rounds.node_owners: no registered keys here, so node-<id>
         return []
 
 

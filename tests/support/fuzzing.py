@@ -18,9 +18,9 @@ import yaml
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from fedfhe_common.data import save_csv
-from fedfhe_common.errors import FedfheError
-from fedfhe_common.schema import DIGITS
+from fedfhe_common.contracts.schema import DIGITS
+from fedfhe_common.ml.data import save_csv
+from fedfhe_common.runtime.errors import FedfheError
 from fedfhe_testbed.datasets import load_builtin
 
 SCALE = max(1, int(os.environ.get("FEDFHE_FUZZ_SCALE", "1")))

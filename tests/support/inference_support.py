@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedfhe_common.bundle import CLIENT_ZIP
-from fedfhe_common.pki import init_ca, issue
-from fedfhe_common.procs import free_port
-from fedfhe_common.release import load_verify_key
+from fedfhe_common.contracts.bundle import CLIENT_ZIP
+from fedfhe_common.pki.ca import init_ca, issue
+from fedfhe_common.pki.release import load_verify_key
+from fedfhe_common.runtime.procs import free_port
 from fedfhe_owner.config import InferenceEndpoint
 from fedfhe_testbed.inference_node import InferenceNode, write_config
 
@@ -114,7 +114,7 @@ def start_node(work: Path, pki: Path, bundles: Iterable[Path] = (), **overrides:
 
 def publish(node: Node, directory: Path) -> None:
     """Publish a signed bundle into a running node and wait until it is served."""
-    from fedfhe_common.procs import wait_until
+    from fedfhe_common.runtime.procs import wait_until
     from fedfhe_inference.bundles import publish_bundle
     from fedfhe_proto.inference.v1 import inference_pb2 as pb
 
@@ -148,7 +148,7 @@ class Owner:
     def fhe(self, version: str = VERSION) -> Any:
         """The FHEModelClient holding this owner's keys for ``version`` (read from ``state_dir`` once)."""
         if version not in self._clients:
-            from fedfhe_owner.keys import ModelKeys
+            from fedfhe_owner.predict.keys import ModelKeys
 
             self._clients[version], _ = ModelKeys(self.state_dir, MODEL_ID, version).fhe_client()
         return self._clients[version]
@@ -169,7 +169,7 @@ class Owner:
 def make_owner(node: Node, name: str, state_dir: Path, X: np.ndarray, versions: tuple[str, ...] = (VERSION,),
                rows: int = 1) -> Owner:
     """``name``'s keys for each of ``versions`` of MODEL_ID, uploaded by predicting ``X[:rows]`` with each."""
-    from fedfhe_owner.predict import predict_rows
+    from fedfhe_owner.predict.encrypted import predict_rows
 
     endpoint = node.endpoint(name)
     ids = {}
@@ -220,7 +220,7 @@ def release_dir() -> Path:
     if "release" not in _cache:
         import tempfile
 
-        from fedfhe_common.release import make_release_key
+        from fedfhe_common.pki.release import make_release_key
 
         directory = Path(tempfile.mkdtemp(prefix="fedfhe-test-release-"))
         make_release_key(directory)
@@ -229,15 +229,15 @@ def release_dir() -> Path:
 
 
 def signing_key() -> Any:
-    from fedfhe_common.release import load_signing_key
+    from fedfhe_common.pki.release import load_signing_key
 
     return load_signing_key(release_dir() / "release.key")
 
 
 def lr_bundle(tmp_path_factory: pytest.TempPathFactory) -> LrBundle:
     if "lr" not in _cache:
-        from fedfhe_coordinator.compile import compile_artifact
-        from fedfhe_coordinator.local_training import train_local
+        from fedfhe_coordinator.fhe.compile import compile_artifact
+        from fedfhe_coordinator.fhe.local_training import train_local
         from fedfhe_testbed.datasets import load_builtin
 
         work = tmp_path_factory.mktemp("lr-bundle")
@@ -263,8 +263,8 @@ def tree_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     if "tree" not in _cache:
         from concrete.ml.sklearn import DecisionTreeClassifier
 
-        from fedfhe_common.fhe_wire import CircuitSpec
-        from fedfhe_coordinator.compile import compile_concrete_bundle
+        from fedfhe_common.contracts.fhe_wire import CircuitSpec
+        from fedfhe_coordinator.fhe.compile import compile_concrete_bundle
         from fedfhe_testbed.datasets import load_builtin
 
         X, y, schema = load_builtin("digits")

@@ -22,8 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fedfhe_common.pki import issue
-from fedfhe_common.procs import free_port, wait_until
+from fedfhe_common.pki.ca import issue
+from fedfhe_common.runtime.procs import free_port, wait_until
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 DB_USER, DB_NAME = "fedfhe-registry", "fedfhe"

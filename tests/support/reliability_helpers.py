@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fedfhe_common.procs import wait_until
+from fedfhe_common.runtime.procs import wait_until
 
 
 class Background:

@@ -67,9 +67,9 @@ def _run(cmd: list[str], check: bool = True, **kw) -> subprocess.CompletedProces
 
 
 def wait_until(cond, timeout: float, what: str, interval: float = 0.1) -> None:
-    """Poll ``cond`` until true (fedfhe_common.procs.wait_until when importable)."""
+    """Poll ``cond`` until true (fedfhe_common.runtime.procs.wait_until when importable)."""
     try:
-        from fedfhe_common.procs import wait_until as _wait
+        from fedfhe_common.runtime.procs import wait_until as _wait
     except ImportError:  # the helper also runs from a bare python3
         deadline = time.monotonic() + timeout
         while not cond():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fedfhe_common.pki import init_ca
+from fedfhe_common.pki.ca import init_ca
 
 
 @pytest.fixture

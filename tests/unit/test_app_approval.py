@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from fedfhe_common.app_approval import (
+from fedfhe_common.pki.app_approval import (
     CONFIG_KEY,
     ENV_APPROVED,
     MAX_FAB_BYTES,
@@ -24,8 +24,8 @@ from fedfhe_common.app_approval import (
     check_fab,
     fab_digest,
 )
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.procs import venv_bin
+from fedfhe_common.runtime.errors import ConfigError
+from fedfhe_common.runtime.procs import venv_bin
 
 APP_DIR = Path(__file__).resolve().parents[2] / "server" / "fedfhe_coordinator" / "flower_app"
 
@@ -74,7 +74,7 @@ def test_the_digest_covers_members_not_compression(fab):
     stored = rezip(fab, zipfile.ZIP_STORED)
     assert sha(stored) != sha(fab) and fab_digest(stored) == fab_digest(fab)
     # A member added without listing it in .info/CONTENT still changes the digest.
-    shadowing = rezip(fab, extra={"fedfhe_owner/client_app.py": b"open('/srv/rows.csv').read()\n"})
+    shadowing = rezip(fab, extra={"fedfhe_owner/clientapp/client_app.py": b"open('/srv/rows.csv').read()\n"})
     assert fab_digest(shadowing) != fab_digest(fab)
 
 
@@ -85,7 +85,7 @@ def test_right_digest_is_approved(fab):
 def test_wrong_digest_is_refused_naming_the_app(fab):
     with pytest.raises(AppNotApproved, match=f"Flower App {fab_digest(fab)} is not approved here"):
         check_fab(fab, sha(fab), {"0" * 64})
-    hostile = rezip(fab, extra={"fedfhe_owner/client_app.py": b"import os\n"})
+    hostile = rezip(fab, extra={"fedfhe_owner/clientapp/client_app.py": b"import os\n"})
     with pytest.raises(AppNotApproved, match="not approved"):
         check_fab(hostile, sha(hostile), {fab_digest(fab)})
 
@@ -148,7 +148,7 @@ def test_owner_yaml_key_is_validated(tmp_path):
 
 def test_supernode_finds_fedfhe_launcher_first_on_path(tmp_path):
     from fedfhe_owner import config as owner_config
-    from fedfhe_owner.supernode import fresh_tmp_dir, supernode_env, write_clientapp_shim
+    from fedfhe_owner.supernode.launch import fresh_tmp_dir, supernode_env, write_clientapp_shim
 
     cfg = owner_config.load(owner_yaml(tmp_path, approved_flower_apps=["a" * 64]))
     env = supernode_env(cfg, write_clientapp_shim(cfg), base={"PATH": os.environ["PATH"]})
@@ -183,7 +183,7 @@ class Launch:
         from flwr.app import Context, Message, RecordDict
         from flwr.supercore.task_identity import TaskIdentity
 
-        from fedfhe_owner import clientapp_launcher as launcher
+        from fedfhe_owner.clientapp import clientapp_launcher as launcher
 
         for name, value in (("_run_id", 5), ("_node_id", 1), ("_task_id", 9)):
             monkeypatch.setattr(TaskIdentity, name, value)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedfhe_common import models
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.errors import IntegrityError
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.ml import models
+from fedfhe_common.runtime.errors import IntegrityError
 from fedfhe_testbed.datasets import load_builtin
 
 

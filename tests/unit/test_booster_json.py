@@ -13,8 +13,8 @@ import xgboost as xgb
 from flwr.serverapp.strategy.strategy_utils import aggregate_bagging
 from sklearn.datasets import load_breast_cancer, load_wine
 
-from fedfhe_common import booster_json
-from fedfhe_common.booster_json import BoosterRefused, Limits
+from fedfhe_common.contracts import booster_json
+from fedfhe_common.contracts.booster_json import BoosterRefused, Limits
 
 BC_X, BC_Y = load_breast_cancer(return_X_y=True)
 WINE_X, WINE_Y = load_wine(return_X_y=True)

@@ -16,15 +16,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedfhe_common.bundle_content import (
+from fedfhe_common.contracts.bundle_content import (
     ALLOWED_REDUCE_TYPES,
     check_client_zip,
     check_security,
     check_server_zip,
     min_secure_variance,
 )
-from fedfhe_common.errors import IntegrityError
-from fedfhe_common.mlir_check import ALLOWED_FHE_OPS, check_mlir
+from fedfhe_common.contracts.mlir_check import ALLOWED_FHE_OPS, check_mlir
+from fedfhe_common.runtime.errors import IntegrityError
 
 FAMILIES = ["LogisticRegression", "LinearSVC", "SGDClassifier", "LinearRegression", "Ridge", "Lasso", "ElasticNet",
             "DecisionTreeClassifier"]
@@ -166,9 +166,9 @@ def test_client_zip_refuses_pickle_and_foreign_skops(bundles):
 
 def test_real_bundles_survive_a_round_trip_through_the_bundle_writer(bundles, tmp_path):
     """bundle.write refuses to sign what the content check refuses (nothing bad gets a signature)."""
-    from fedfhe_common import bundle
-    from fedfhe_common.release import load_signing_key, load_verify_key, make_release_key
-    from fedfhe_common.schema import DIGITS
+    from fedfhe_common.contracts import bundle
+    from fedfhe_common.contracts.schema import DIGITS
+    from fedfhe_common.pki.release import load_signing_key, load_verify_key, make_release_key
 
     make_release_key(tmp_path / "pki")
     key = load_signing_key(tmp_path / "pki" / "release.key")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedfhe_common.procs import venv_bin
+from fedfhe_common.runtime.procs import venv_bin
 from fedfhe_coordinator import cli as server_cli
 from fedfhe_inference import cli as inference_cli
 from fedfhe_owner import cli as client_cli

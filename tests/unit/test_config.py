@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedfhe_common.errors import ConfigError
+from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_coordinator import config as coord
 
 

@@ -9,9 +9,9 @@ from importlib.metadata import version
 
 import pytest
 
-from fedfhe_common.console import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, run
-from fedfhe_common.errors import ConfigError, Terminated
-from fedfhe_common.procs import venv_bin
+from fedfhe_common.runtime.console import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, run
+from fedfhe_common.runtime.errors import ConfigError, Terminated
+from fedfhe_common.runtime.procs import venv_bin
 
 SCRIPTS = ["fedfhe-coordinator", "fedfhe-owner", "fedfhe-inference", "fedfhe-pki", "fedfhe-partition"]
 

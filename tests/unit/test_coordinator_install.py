@@ -14,7 +14,7 @@ import sys
 import pytest
 from flwr.cli import config_utils
 
-from fedfhe_coordinator.flwr_cli import flower_app_dir
+from fedfhe_coordinator.train.flwr_cli import flower_app_dir
 
 APP_CONFIG = flower_app_dir() / "pyproject.toml"
 

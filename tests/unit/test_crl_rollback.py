@@ -15,8 +15,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.pki import init_ca, issue, load_ca, read_crl, revoke, write_crl
+from fedfhe_common.pki.ca import init_ca, issue, load_ca, read_crl, revoke, write_crl
+from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_inference.identity import Revocations
 
 

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from fedfhe_common.logs import CUDA_NOTICE
+from fedfhe_common.runtime.logs import CUDA_NOTICE
 from fedfhe_inference.sandbox import SandboxPool
 
 pytestmark = pytest.mark.timeout(300)
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(300)
 
 def test_torch_is_imported_with_its_notice_captured_not_printed(tmp_path):
     code = ("import json, torch.cuda\n"
-            "from fedfhe_common.logs import import_quietly\n"
+            "from fedfhe_common.runtime.logs import import_quietly\n"
             "lines = import_quietly('torch.utils.cpp_extension')\n"
             "import torch.utils.cpp_extension\n"
             "print(json.dumps({'lines': lines, 'gpu': torch.cuda.is_available()}))\n")

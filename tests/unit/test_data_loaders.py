@@ -8,9 +8,9 @@ import struct
 import numpy as np
 import pytest
 
-from fedfhe_common.data import load_table, save_csv
-from fedfhe_common.errors import DataError
-from fedfhe_common.schema import DatasetSchema
+from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.ml.data import load_table, save_csv
+from fedfhe_common.runtime.errors import DataError
 
 SCHEMA = DatasetSchema(name="tiny", n_features=3, feature_min=0, feature_max=10, classes=[0, 1, 2])
 

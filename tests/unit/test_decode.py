@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedfhe_common.schema import DIGITS
-from fedfhe_owner.decode import class_index, decides_on_raw_scores, decode, decrypt
+from fedfhe_common.contracts.schema import DIGITS
+from fedfhe_owner.predict.decode import class_index, decides_on_raw_scores, decode, decrypt
 
 
 @pytest.fixture(scope="module")

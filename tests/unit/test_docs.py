@@ -4,8 +4,8 @@ README stays short and opens with the two commands.
 
 Paths count when they are in backticks, in a code block or a link target, and start with one of the
 repository's top-level folders (``server/...``) or a package folder (``fedfhe_common/...``, read in its
-top-level folder). Modules count as dotted names of a fedfhe package (``fedfhe_common.crl_mark``,
-``fedfhe_coordinator.compile.calibration_set``). Tests count as ``test_*`` names in backticks, with or
+top-level folder). Modules count as dotted names of a fedfhe package (``fedfhe_common.pki.crl_mark``,
+``fedfhe_coordinator.fhe.concrete_model.calibration_set``). Tests count as ``test_*`` names in backticks, with or
 without their file (``test_x.py::test_y``, ``::test_y``, ``tests/unit/test_x.py``; a trailing ``*``
 is a prefix).
 """

@@ -10,9 +10,9 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from test_fl_contract import task_identity  # noqa: F401 - Flower's Message needs a task identity
 
-from fedfhe_common import fl_contract as fc
-from fedfhe_owner.client_app import evaluate, train
-from fedfhe_owner.run_ledger import count_evaluation
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_owner.clientapp.client_app import evaluate, train
+from fedfhe_owner.clientapp.run_ledger import count_evaluation
 
 
 def owner_context(cap: int) -> Context:

@@ -1,4 +1,4 @@
-"""A process that ran a circuit still exits with its own status (fedfhe_common.exit_status).
+"""A process that ran a circuit still exits with its own status (fedfhe_common.runtime.exit_status).
 
 Concrete's atexit handler ends such a process with 0; without the fix a red CI run, a failed
 command and a crashed inference worker all report success.
@@ -32,20 +32,21 @@ def python(code: str) -> int:
 
 
 def test_concrete_still_turns_a_failing_exit_into_zero() -> None:
-    """Once this fails, Concrete keeps the status itself and fedfhe_common.exit_status can go."""
+    """Once this fails, Concrete keeps the status itself and fedfhe_common.runtime.exit_status can go."""
     assert python(RUN_A_CIRCUIT + "sys.exit(3)") == 0
 
 
 def test_keep_exit_status_keeps_it() -> None:
-    code = RUN_A_CIRCUIT + "from fedfhe_common.exit_status import keep_exit_status\nkeep_exit_status()\nsys.exit(3)"
+    code = (RUN_A_CIRCUIT + "from fedfhe_common.runtime.exit_status import keep_exit_status\n"
+            "keep_exit_status()\nsys.exit(3)")
     assert python(code) == 3
 
 
 def test_a_command_that_ran_a_circuit_and_failed_exits_1() -> None:
     code = RUN_A_CIRCUIT + textwrap.dedent("""
         import argparse
-        from fedfhe_common.console import run
-        from fedfhe_common.errors import FedfheError
+        from fedfhe_common.runtime.console import run
+        from fedfhe_common.runtime.errors import FedfheError
 
         def fail(args):
             raise FedfheError("refused")

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from fedfhe_common.procs import wait_until
+from fedfhe_common.runtime.procs import wait_until
 from fedfhe_inference.fair import FairGate, SlotTimeout
 
 pytestmark = pytest.mark.timeout(60)

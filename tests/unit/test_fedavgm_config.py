@@ -17,17 +17,17 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp.strategy import FedAvgM
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedfhe_common import fl_contract as fc
-from fedfhe_common import models
-from fedfhe_common.config import from_dict
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.schema import resolve_schema
-from fedfhe_common.transport import to_arrays
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.contracts.schema import resolve_schema
+from fedfhe_common.contracts.transport import to_arrays
+from fedfhe_common.ml import models
+from fedfhe_common.runtime.config import from_dict
+from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_coordinator import cli as server_cli
 from fedfhe_coordinator.config import CoordinatorConfig
-from fedfhe_coordinator.flwr_cli import write_run_config
 from fedfhe_coordinator.run_config import RunConfig
-from fedfhe_coordinator.server_app import ReplyPolicy, make_strategy
+from fedfhe_coordinator.serverapp.rounds import ReplyPolicy, make_strategy
+from fedfhe_coordinator.train.flwr_cli import write_run_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = resolve_schema("digits")

@@ -14,12 +14,13 @@ from flwr.supercore.task_identity import TaskIdentity
 from sklearn.metrics import r2_score
 from sklearn.preprocessing import StandardScaler
 
-from fedfhe_common import booster_json, fedxgb
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.schema import DatasetSchema
-from fedfhe_coordinator import federated_trees
-from fedfhe_owner import tree_training
+from fedfhe_common.contracts import booster_json
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.ml import fedxgb
+from fedfhe_common.runtime.errors import ConfigError
+from fedfhe_coordinator.serverapp import federated_trees
+from fedfhe_owner.clientapp import tree_training
 
 FAMILY = {"breast-cancer": "XGBClassifier", "wine": "XGBClassifier", "diabetes": "XGBRegressor"}
 
@@ -81,7 +82,7 @@ def test_a_final_booster_outside_the_run_is_refused():
 
 @pytest.mark.parametrize("name", ["breast-cancer", "wine", "diabetes"])
 def test_concrete_ml_simulation_predicts_what_the_clear_booster_predicts(tmp_path, name):
-    from fedfhe_coordinator.compile import calibration_set, to_concrete
+    from fedfhe_coordinator.fhe.concrete_model import calibration_set, to_concrete
 
     artifact, booster, X_te, schema = federated(name, tmp_path)
     estimator = artifact.to_estimator()

@@ -13,15 +13,15 @@ from coordinator_yaml import write_coordinator_yaml
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common.config import parse_config_args
 
-from fedfhe_common import fedxgb
-from fedfhe_common import fl_contract as fc
-from fedfhe_common.errors import ConfigError
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.ml import fedxgb
+from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_coordinator import config as coord
 from fedfhe_coordinator.run_config import RunConfig
-from fedfhe_coordinator.training import preflight
+from fedfhe_coordinator.train.training import preflight
 from fedfhe_owner import config as owner_config
-from fedfhe_owner.secure_client import privacy_mod
-from fedfhe_owner.supernode import node_config
+from fedfhe_owner.clientapp.secure_client import privacy_mod
+from fedfhe_owner.supernode.launch import node_config
 
 
 def write(tmp_path: Path, owners: int = 3, **training: object) -> Path:

@@ -15,12 +15,13 @@ from fedxgb_harness import BREAST, WINE, Grid, centralised, federate, reply, sco
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedfhe_common import booster_json, fedxgb
-from fedfhe_common import fl_contract as fc
-from fedfhe_common.errors import ConfigError
-from fedfhe_coordinator import tree_strategy
-from fedfhe_coordinator.tree_strategy import TreeBudget, booster_record
-from fedfhe_owner import tree_training
+from fedfhe_common.contracts import booster_json
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.ml import fedxgb
+from fedfhe_common.runtime.errors import ConfigError
+from fedfhe_coordinator.serverapp import tree_strategy
+from fedfhe_coordinator.serverapp.tree_strategy import TreeBudget, booster_record
+from fedfhe_owner.clientapp import tree_training
 
 
 @pytest.fixture(autouse=True)

@@ -15,13 +15,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedfhe_common import fl_contract as fc
-from fedfhe_common import models
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.schema import resolve_schema
-from fedfhe_common.transport import to_arrays
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.contracts.schema import resolve_schema
+from fedfhe_common.contracts.transport import to_arrays
+from fedfhe_common.ml import models
+from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_coordinator.aggregation import AGGREGATIONS, strategy_kwargs
-from fedfhe_coordinator.server_app import ReplyPolicy, clip_update, make_strategy
+from fedfhe_coordinator.serverapp.rounds import ReplyPolicy, clip_update, make_strategy
 
 SCHEMA = resolve_schema("digits")
 FAMILY = "LogisticRegression"
@@ -145,7 +145,7 @@ def test_a_hostile_reply_is_its_owners_failure_and_leaves_the_aggregate_alone(tm
 
 
 def test_scores_come_from_honest_replies_only(tmp_path):
-    from fedfhe_coordinator.server_app import client_scores
+    from fedfhe_coordinator.serverapp.rounds import client_scores
 
     replies = [Message(content(**{"eval-accuracy": 0.8}), reply_to=Message(RecordDict(), dst_node_id=1,
                                                                            message_type="train"))]
@@ -184,7 +184,7 @@ def test_aggregation_parameters_are_checked(kw, message):
 
 
 def coordinator(tmp_path, **training: object):
-    from fedfhe_common.config import from_dict
+    from fedfhe_common.runtime.config import from_dict
     from fedfhe_coordinator.config import CoordinatorConfig
 
     data = {"superlink": {"certfile": "a", "keyfile": "b", "ca_certfile": "c"}, "state_dir": "s", "release_key": "k",
@@ -212,7 +212,7 @@ def test_owner_keys_match_the_key_flower_registers(tmp_path):
     """The ServerApp sees the key Flower stored at `flwr supernode register`; the id must match it."""
     from flwr.cli.supernode.register import try_load_public_key
 
-    from fedfhe_common.pki import init_ca, supernode_keypair
+    from fedfhe_common.pki.ca import init_ca, supernode_keypair
     from fedfhe_coordinator.run_config import owner_keys
 
     init_ca(tmp_path)
@@ -224,7 +224,7 @@ def test_owner_keys_match_the_key_flower_registers(tmp_path):
 def test_one_owners_share_of_the_weight_is_capped_against_the_median_of_the_others(tmp_path):
     """Issue 25: one owner claiming 1,000 rows (within its cap) against four of 100 would hold 71% of the
     weight; with training.max_owner_share 0.5 its count is cut to the others' median times their number."""
-    from fedfhe_coordinator.server_app import cap_shares
+    from fedfhe_coordinator.serverapp.rounds import cap_shares
 
     assert cap_shares([100, 100, 100, 100, 1000], 0.5) == [100, 100, 100, 100, 400]
     assert cap_shares([100, 100, 1000], 0.0) == [100, 100, 1000]  # off

@@ -7,9 +7,9 @@ import json
 import pytest
 from rich.console import Console
 
-from fedfhe_common import pki_cli
-from fedfhe_common.pki import init_ca, issue, revoke, supernode_keypair
-from fedfhe_common.release import make_release_key
+from fedfhe_common.pki import pki_cli
+from fedfhe_common.pki.ca import init_ca, issue, revoke, supernode_keypair
+from fedfhe_common.pki.release import make_release_key
 from fedfhe_coordinator import cli as server_cli
 from fedfhe_inference import cli as inference_cli
 
@@ -78,7 +78,7 @@ ROW = {"round": 1, "fit_nodes": 2, "missing": ["owner-2"], "seconds": 3.0, "serv
 
 
 def test_round_table_goes_to_stdout_with_each_reason(capsys):
-    from fedfhe_coordinator.progress import RoundTable
+    from fedfhe_coordinator.train.progress import RoundTable
 
     with RoundTable(2) as table:  # the default console: stdout (train.yml prints the command's stdout)
         table.add(ROW)
@@ -90,8 +90,8 @@ def test_round_table_goes_to_stdout_with_each_reason(capsys):
 
 
 def test_training_report_json_md_png(tmp_path):
-    from fedfhe_common.schema import DIGITS
-    from fedfhe_coordinator import report
+    from fedfhe_common.contracts.schema import DIGITS
+    from fedfhe_coordinator.train import report
 
     class Artifact:
         family, schema = "LogisticRegression", DIGITS
@@ -144,7 +144,7 @@ def test_format_takes_text_or_json_only(argv, tmp_path, capsys):
 
 
 def test_an_owner_failing_fit_and_evaluate_counts_once(capsys):
-    from fedfhe_coordinator.progress import RoundTable
+    from fedfhe_coordinator.train.progress import RoundTable
 
     twice = {**ROW, "missing": [], "failures": [{"owner": "owner-bad", "phase": "fit", "reason": "bad.csv"},
                                                 {"owner": "owner-bad", "phase": "evaluate", "reason": "bad.csv"}]}

@@ -34,13 +34,13 @@ from fuzzing import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fedfhe_common import models
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.config import load_config
-from fedfhe_common.data import load_table, read_idx
-from fedfhe_common.errors import FedfheError
-from fedfhe_common.manifest import MANIFEST, sha256_file, verify_manifest
-from fedfhe_common.schema import DIGITS, DatasetSchema
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.contracts.manifest import MANIFEST, sha256_file, verify_manifest
+from fedfhe_common.contracts.schema import DIGITS, DatasetSchema
+from fedfhe_common.ml import models
+from fedfhe_common.ml.data import load_table, read_idx
+from fedfhe_common.runtime.config import load_config
+from fedfhe_common.runtime.errors import FedfheError
 from fedfhe_coordinator.config import CoordinatorConfig
 from fedfhe_owner.config import OwnerConfig
 

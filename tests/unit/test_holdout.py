@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedfhe_owner.holdout import split_holdout
+from fedfhe_owner.clientapp.holdout import split_holdout
 
 
 def test_a_small_file_trains_on_every_row_and_holds_none_out():

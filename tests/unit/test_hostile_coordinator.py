@@ -18,7 +18,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.supercore.task_identity import TaskIdentity
 from test_secure_metrics import NODES, LocalGrid, federation
 
-from fedfhe_coordinator.server_app import NodesLost, OwnersChanged
+from fedfhe_coordinator.serverapp.rounds import NodesLost, OwnersChanged
 
 VICTIM = NODES[-1]
 

@@ -10,11 +10,11 @@ from concurrent import futures
 import grpc
 import pytest
 
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.pki import init_ca, issue
-from fedfhe_common.procs import free_port
+from fedfhe_common.pki.ca import init_ca, issue
+from fedfhe_common.runtime.errors import ConfigError
+from fedfhe_common.runtime.procs import free_port
 from fedfhe_owner.config import InferenceEndpoint
-from fedfhe_owner.inference_client import RETRY_POLICY, InferenceClient, InferenceError, channel_target
+from fedfhe_owner.predict.inference_client import RETRY_POLICY, InferenceClient, InferenceError, channel_target
 from fedfhe_proto.inference.v1 import inference_pb2 as pb
 from fedfhe_proto.inference.v1 import inference_pb2_grpc as pb_grpc
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from fedfhe_common.config import from_dict
-from fedfhe_common.errors import ConfigError
+from fedfhe_common.runtime.config import from_dict
+from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_inference.config import Limits
 from fedfhe_inference.display import OneLineLogs, shown, status_text
 from fedfhe_inference.errors import ServiceError

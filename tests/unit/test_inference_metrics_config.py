@@ -13,9 +13,9 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fedfhe_common.config import from_dict
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.logs import JsonLines
+from fedfhe_common.runtime.config import from_dict
+from fedfhe_common.runtime.errors import ConfigError
+from fedfhe_common.runtime.logs import JsonLines
 from fedfhe_inference.config import InferenceConfig
 from fedfhe_inference.metrics import Metrics
 
@@ -93,8 +93,8 @@ def test_the_certificate_end_date_is_read_at_each_scrape(tmp_path):
 
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from fedfhe_common.cert_metrics import CertificateExpiry
-    from fedfhe_common.pki import init_ca, issue
+    from fedfhe_common.pki.ca import init_ca, issue
+    from fedfhe_common.pki.cert_metrics import CertificateExpiry
 
     init_ca(tmp_path)
     issue(tmp_path, "inference", server_hosts=["127.0.0.1"], days=10)

@@ -12,9 +12,9 @@ import grpc
 import pytest
 import yaml
 
-from fedfhe_common.errors import ConfigError, FedfheError, IntegrityError
-from fedfhe_common.manifest import write_manifest
-from fedfhe_common.release import load_signing_key, load_verify_key, sign_manifest
+from fedfhe_common.contracts.manifest import write_manifest
+from fedfhe_common.pki.release import load_signing_key, load_verify_key, sign_manifest
+from fedfhe_common.runtime.errors import ConfigError, FedfheError, IntegrityError
 from fedfhe_inference import config as inference_config
 from fedfhe_inference.bundles import publish_bundle, version_key
 from fedfhe_inference.errors import ServiceError
@@ -191,9 +191,9 @@ def _run(register, argv):
 
 
 def test_server_commands_train_local_choose_and_compile(digits, tmp_path, capsys, pki):
-    from fedfhe_common.artifact import TrainingArtifact
-    from fedfhe_common.manifest import verify_manifest
-    from fedfhe_coordinator.fhe_commands import register
+    from fedfhe_common.contracts.artifact import TrainingArtifact
+    from fedfhe_common.contracts.manifest import verify_manifest
+    from fedfhe_coordinator.fhe.fhe_commands import register
 
     art = tmp_path / "artifact"
     assert _run(register, ["train-local", "--data", str(digits.train_csv), "--model", "SGDClassifier",

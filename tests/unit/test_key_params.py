@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedfhe_common import bundle, key_params, release
-from fedfhe_common.errors import IntegrityError
-from fedfhe_common.manifest import MANIFEST, canonical_body
-from fedfhe_common.schema import DIGITS
+from fedfhe_common.contracts import bundle, key_params
+from fedfhe_common.contracts.manifest import MANIFEST, canonical_body
+from fedfhe_common.contracts.schema import DIGITS
+from fedfhe_common.pki import release
+from fedfhe_common.runtime.errors import IntegrityError
 
 SPECS: dict[str, Any] = {"keyset": {
     "lweSecretKeys": [{"id": 0, "params": {"lweDimension": 1352, "integerPrecision": 64, "keyType": "binary"}}],
@@ -64,7 +65,7 @@ def trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from concrete.ml.sklearn import DecisionTreeClassifier
     from sklearn.datasets import load_digits
 
-    from fedfhe_coordinator.compile import compile_concrete_bundle
+    from fedfhe_coordinator.fhe.compile import compile_concrete_bundle
 
     X, y = load_digits(return_X_y=True)
     key = Ed25519PrivateKey.generate()
@@ -127,8 +128,8 @@ def test_readers_recheck_the_signed_fingerprint_and_accept_manifests_without_one
 
 
 def test_an_owner_takes_the_keys_of_a_version_with_the_same_fingerprint_only(trees, tmp_path):
-    from fedfhe_owner import key_reuse
-    from fedfhe_owner.keys import ModelKeys
+    from fedfhe_owner.predict import key_reuse
+    from fedfhe_owner.predict.keys import ModelKeys
 
     public, state = trees["key"].public_key(), tmp_path / "state"
     keys = {}

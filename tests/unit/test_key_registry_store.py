@@ -17,8 +17,7 @@ import grpc
 import pytest
 
 from fedfhe_inference.config import KeyRegistryConfig
-from fedfhe_inference.errors import ServiceError
-from fedfhe_inference.key_registry import RegistryError
+from fedfhe_inference.errors import RegistryError, ServiceError
 from fedfhe_inference.keystore import KeyRecord, KeyStore
 
 

@@ -13,9 +13,9 @@ from typing import Any
 import grpc
 import pytest
 
-from fedfhe_owner.inference_client import InferenceError
-from fedfhe_owner.keys import ModelKeys
-from fedfhe_owner.predict import _Session
+from fedfhe_owner.predict.encrypted import _Session
+from fedfhe_owner.predict.inference_client import InferenceError
+from fedfhe_owner.predict.keys import ModelKeys
 
 ADDRESS, EVK = "127.0.0.1:1", b"the same evaluation keys"
 SHA = hashlib.sha256(EVK).hexdigest()

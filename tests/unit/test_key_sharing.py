@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import pytest
 
-from fedfhe_common import key_params
+from fedfhe_common.contracts import key_params
 from fedfhe_inference import key_sharing
 from fedfhe_inference.errors import ServiceError, invalid, not_found
 from fedfhe_inference.keystore import KeyStore

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from fuzzing import canonical_json, coordinator_yaml, csv_seed, digits_rows, dump_yaml, idx_seed, owner_yaml
 
-from fedfhe_common import models
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.config import load_config
-from fedfhe_common.data import load_table, read_idx
-from fedfhe_common.errors import ConfigError, DataError, IntegrityError
-from fedfhe_common.manifest import MANIFEST, sha256_file, verify_manifest
-from fedfhe_common.schema import DIGITS
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.contracts.manifest import MANIFEST, sha256_file, verify_manifest
+from fedfhe_common.contracts.schema import DIGITS
+from fedfhe_common.ml import models
+from fedfhe_common.ml.data import load_table, read_idx
+from fedfhe_common.runtime.config import load_config
+from fedfhe_common.runtime.errors import ConfigError, DataError, IntegrityError
 from fedfhe_coordinator.config import CoordinatorConfig
 from fedfhe_owner.config import OwnerConfig
 

@@ -1,6 +1,6 @@
 """owner.yaml privacy.local_dp: Flower's LocalDpMod clips and noises each model update on the owner (issue 25).
 
-The owner's real ClientApp (``fedfhe_owner.client_app.app``: Flower's ClientApp with its mod chain) trains
+The owner's real ClientApp (``fedfhe_owner.clientapp.client_app.app``: Flower's ClientApp with its mod chain) trains
 on a real file of digits rows. A plain run's reply is checked as the coordinator receives it; a secure run's
 goes through Flower's real ``secaggplus_mod`` and is unmasked here with the owner's own mask seed, so what
 is compared is what the coordinator would recover from the masked vector: the noise is in it. Flower's
@@ -28,18 +28,18 @@ from flwr.compat.common import recorddict_compat as compat
 from sklearn.datasets import load_digits
 from test_fl_contract import task_identity  # noqa: F401 - Flower's Message needs a task identity
 
-from fedfhe_common import fl_contract as fc
-from fedfhe_common import models
-from fedfhe_common.data import save_csv
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.preprocessing import moments
-from fedfhe_common.schema import resolve_schema
-from fedfhe_common.transport import to_arrays
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.contracts.schema import resolve_schema
+from fedfhe_common.contracts.transport import to_arrays
+from fedfhe_common.ml import models
+from fedfhe_common.ml.data import save_csv
+from fedfhe_common.ml.preprocessing import moments
+from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_owner import config as owner_config
-from fedfhe_owner.client_app import app
-from fedfhe_owner.run_ledger import LEDGER
-from fedfhe_owner.secure_client import local_dp
-from fedfhe_owner.supernode import node_config
+from fedfhe_owner.clientapp.client_app import app
+from fedfhe_owner.clientapp.run_ledger import LEDGER
+from fedfhe_owner.clientapp.secure_client import local_dp
+from fedfhe_owner.supernode.launch import node_config
 
 SCHEMA = resolve_schema("digits")
 FAMILY = "LogisticRegression"

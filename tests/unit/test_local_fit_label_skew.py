@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedfhe_common import models
+from fedfhe_common.ml import models
 from fedfhe_testbed.datasets import load_builtin
 
 FAMILY = "LogisticRegression"

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 import pytest
 from test_docs import _cli_reference  # the one loader of scripts/cli_reference.py
 
-from fedfhe_common.config import from_dict
-from fedfhe_common.logs import FLOWER_LEVEL_ENV, LOG_LEVELS, configure
-from fedfhe_coordinator import superlink
+from fedfhe_common.runtime.config import from_dict
+from fedfhe_common.runtime.logs import FLOWER_LEVEL_ENV, LOG_LEVELS, configure
 from fedfhe_coordinator.config import CoordinatorConfig
+from fedfhe_coordinator.superlink import launch as superlink
 
 SERVICES = [("fedfhe-coordinator", "superlink", "coordinator.yaml"), ("fedfhe-owner", "supernode", "owner.yaml"),
             ("fedfhe-inference", "serve", "inference.yaml")]
@@ -84,7 +84,7 @@ def test_superlink_hands_its_level_to_flower(monkeypatch, tmp_path, log_format):
         return 0
 
     monkeypatch.setattr(superlink, "exec_in_venv", execute)
-    monkeypatch.setattr("fedfhe_common.relay.run_relayed", relay)
+    monkeypatch.setattr(superlink, "run_relayed", relay)  # launch imports it at module level
     cfg = from_dict(CoordinatorConfig, {**BASE, "state_dir": str(tmp_path / "state")})
     with pytest.raises(SystemExit) if log_format == "text" else contextlib.nullcontext():
         superlink.run_superlink(cfg, log_format, "ERROR")

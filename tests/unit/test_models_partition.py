@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedfhe_common import models
-from fedfhe_common.schema import DatasetSchema
+from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.ml import models
 from fedfhe_testbed.datasets import load_builtin
 from fedfhe_testbed.partition import partition
 
@@ -45,7 +45,7 @@ def test_dirichlet_is_skewed_and_covers_all_rows():
 
 
 def test_diabetes_is_a_bundled_regression_inside_its_declared_bounds():
-    from fedfhe_common.schema import DIABETES, resolve_schema
+    from fedfhe_common.contracts.schema import DIABETES, resolve_schema
 
     X, y, schema = load_builtin("diabetes")
     assert schema is DIABETES is resolve_schema("diabetes") and not schema.is_classifier

@@ -17,13 +17,13 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.preprocessing import StandardScaler
 from test_fl_contract import Grid, metrics, task_identity  # noqa: F401 - the fixture applies here too
 
-from fedfhe_common import fl_contract as fc
-from fedfhe_common import models, newton
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.schema import DatasetSchema, resolve_schema
-from fedfhe_common.transport import to_arrays
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.contracts.schema import DatasetSchema, resolve_schema
+from fedfhe_common.contracts.transport import to_arrays
+from fedfhe_common.ml import models, newton
+from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_coordinator.aggregation import resolve
-from fedfhe_coordinator.server_app import ReplyPolicy, make_strategy
+from fedfhe_coordinator.serverapp.rounds import ReplyPolicy, make_strategy
 
 
 def table(name: str) -> tuple[np.ndarray, np.ndarray, DatasetSchema]:
@@ -218,7 +218,7 @@ def test_scaled_and_quantised_as_secagg_does_the_steps_still_reach_the_optimum(n
     """secure_training.NewtonRun with each owner's scaled terms quantised by Flower's own SecAgg+ quantiser."""
     from flwr.common.secure_aggregation.quantization import dequantize, quantize
 
-    from fedfhe_coordinator.secure_training import NewtonRun
+    from fedfhe_coordinator.serverapp.secure_training import NewtonRun
 
     X, y, schema = table(name)
     clip, qrange, max_weight = 8.0, 2**22, 10000.0

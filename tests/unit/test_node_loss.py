@@ -16,11 +16,11 @@ from flwr.common import Error
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedfhe_common import models
-from fedfhe_common.fl_contract import owner_key_id
-from fedfhe_common.schema import resolve_schema
-from fedfhe_common.transport import to_arrays
-from fedfhe_coordinator.server_app import BoundedGrid, NodesLost, RecordingFedAvg, ReplyPolicy
+from fedfhe_common.contracts.fl_contract import owner_key_id
+from fedfhe_common.contracts.schema import resolve_schema
+from fedfhe_common.contracts.transport import to_arrays
+from fedfhe_common.ml import models
+from fedfhe_coordinator.serverapp.rounds import BoundedGrid, NodesLost, RecordingFedAvg, ReplyPolicy
 
 SCHEMA = resolve_schema("digits")
 REGISTERED = (1, 2, 3, 11, 12, 13)  # nodes whose public key the coordinator registered as owner-<id>
@@ -160,8 +160,8 @@ def test_round_below_minimum_stops_the_run_naming_who_is_missing(tmp_path):
 
 def test_an_owner_reason_with_newlines_and_escape_codes_shows_escaped_on_one_line(tmp_path):
     """Issue 24: an owner chooses its error text; it must not forge round lines or drive the operator's terminal."""
-    from fedfhe_coordinator.progress import RoundTable
-    from fedfhe_coordinator.report import markdown, training_report
+    from fedfhe_coordinator.train.progress import RoundTable
+    from fedfhe_coordinator.train.report import markdown, training_report
 
     forged = "bad.csv\nround 2 | 0.99 | owner-12 ok\x1b[2J\x1b]0;pwned\x07\u202eevil"
     s = strategy(tmp_path)
@@ -184,7 +184,7 @@ def test_an_owner_reason_with_newlines_and_escape_codes_shows_escaped_on_one_lin
 
 def test_waiting_for_nodes_names_the_registered_owners_that_never_connected():
     """Issue 28: "0 SuperNode(s) connected" alone left the operator to find out which owners were offline."""
-    from fedfhe_coordinator.server_app import wait_for_nodes
+    from fedfhe_coordinator.serverapp.rounds import wait_for_nodes
 
     keys = {owner_key_id(f"key-{n}".encode()): f"owner-{n}" for n in (1, 2, 3)}
     with pytest.raises(RuntimeError, match=r"only 1 SuperNode\(s\) connected after -1s, the run needs 2 "

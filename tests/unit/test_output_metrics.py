@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from fedfhe_coordinator.fhe_commands import _fmt
-from fedfhe_owner.predict import PredictResult
-from fedfhe_owner.predict_io import write_predictions
+from fedfhe_coordinator.fhe.fhe_commands import _fmt
+from fedfhe_owner.predict.encrypted import PredictResult
+from fedfhe_owner.predict.predict_io import write_predictions
 
 
 def result(predictions: list, classes: list) -> PredictResult:
@@ -40,8 +40,8 @@ def test_compile_prints_r2_as_a_number_and_accuracy_as_a_percentage():
 def test_compile_refuses_an_existing_out_before_reading_or_compiling_anything(tmp_path):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from fedfhe_common.errors import FedfheError
-    from fedfhe_coordinator.compile import compile_artifact
+    from fedfhe_common.runtime.errors import FedfheError
+    from fedfhe_coordinator.fhe.compile import compile_artifact
 
     (tmp_path / "bundle").mkdir()
     with pytest.raises(FedfheError, match="bundle: already exists; choose another --out or pass --force"):

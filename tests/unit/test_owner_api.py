@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedfhe_common.data import load_typed
-from fedfhe_common.errors import DataError
-from fedfhe_common.schema import DatasetSchema, resolve_schema
+from fedfhe_common.contracts.schema import DatasetSchema, resolve_schema
+from fedfhe_common.ml.data import load_typed
+from fedfhe_common.runtime.errors import DataError
 from fedfhe_owner.api import frame_rows
 
 PENGUINS = resolve_schema(str(Path(__file__).resolve().parents[2] / "testbed/fedfhe_testbed/schemas/penguins.yaml"))

@@ -11,8 +11,8 @@ from sklearn.datasets import load_breast_cancer
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from fedfhe_common import models
-from fedfhe_common.errors import ConfigError
+from fedfhe_common.ml import models
+from fedfhe_common.runtime.errors import ConfigError
 
 
 def test_sum_loss_families_scale_and_mean_loss_families_do_not():
@@ -47,7 +47,7 @@ def _fedavg(X: np.ndarray, y: np.ndarray, parts: list[np.ndarray], scaled: bool,
 
 
 def models_schema(n_features: int):
-    from fedfhe_common.schema import DatasetSchema
+    from fedfhe_common.contracts.schema import DatasetSchema
 
     return DatasetSchema(name="bc", n_features=n_features, feature_min=-10.0, feature_max=10.0, classes=(0, 1))
 
@@ -73,9 +73,9 @@ def test_fedavg_of_scaled_owners_reaches_the_centralised_coefficients():
 def test_an_owner_refuses_a_coordinators_bad_federation_rows(total, error):
     from flwr.app import ConfigRecord
 
-    from fedfhe_common import fl_contract as fc
-    from fedfhe_common.errors import FedfheError
-    from fedfhe_owner.client_app import _run_params
+    from fedfhe_common.contracts import fl_contract as fc
+    from fedfhe_common.runtime.errors import FedfheError
+    from fedfhe_owner.clientapp.client_app import _run_params
 
     config = ConfigRecord({fc.MODEL_PARAMS: "{}", fc.FEDERATION_ROWS: total})
     with pytest.raises(FedfheError, match=error):

@@ -9,9 +9,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
-from fedfhe_common.errors import PKIError
-from fedfhe_common.pki import common_name, init_ca, issue, revoke, supernode_keypair
-from fedfhe_common.pki_cli import main as pki_main
+from fedfhe_common.pki.ca import common_name, init_ca, issue, revoke, supernode_keypair
+from fedfhe_common.pki.pki_cli import main as pki_main
+from fedfhe_common.runtime.errors import PKIError
 
 
 def test_ca_is_not_overwritten(tmp_path):
@@ -57,7 +57,7 @@ def _serial(path) -> int:
 
 
 def test_revoke_writes_a_ca_signed_crl_and_force_reissue_revokes_the_old_certificate(tmp_path, capsys):
-    from fedfhe_common.pki import revoked_serials
+    from fedfhe_common.pki.ca import revoked_serials
 
     init_ca(tmp_path)
     ca = [x509.load_pem_x509_certificate((tmp_path / "ca.crt").read_bytes())]
@@ -85,7 +85,7 @@ def test_revoke_writes_a_ca_signed_crl_and_force_reissue_revokes_the_old_certifi
 
 
 def test_a_crl_from_another_ca_does_not_verify(tmp_path):
-    from fedfhe_common.pki import revoked_serials
+    from fedfhe_common.pki.ca import revoked_serials
 
     a, b = tmp_path / "a", tmp_path / "b"
     for d in (a, b):

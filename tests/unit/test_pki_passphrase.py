@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 from cryptography import x509
 
-from fedfhe_common.errors import PKIError
-from fedfhe_common.pki import init_ca, issue, load_ca, revoke, write_crl
-from fedfhe_common.pki_cli import main as pki_main
-from fedfhe_common.release import load_signing_key, make_release_key
+from fedfhe_common.pki.ca import init_ca, issue, load_ca, revoke, write_crl
+from fedfhe_common.pki.pki_cli import main as pki_main
+from fedfhe_common.pki.release import load_signing_key, make_release_key
+from fedfhe_common.runtime.errors import PKIError
 
 PASS = "a long CA passphrase"
 NEEDED = "ca.key is encrypted: give its passphrase with --passphrase-file or FEDFHE_PKI_PASSPHRASE"

@@ -12,9 +12,9 @@ import json
 
 from cryptography import x509
 
-from fedfhe_common.pki import init_ca, issue, key_fingerprint, revoked_serials
-from fedfhe_common.pki_cli import main as pki_main
-from fedfhe_common.pki_request import renew
+from fedfhe_common.pki.ca import init_ca, issue, key_fingerprint, revoked_serials
+from fedfhe_common.pki.pki_cli import main as pki_main
+from fedfhe_common.pki.pki_request import renew
 
 
 def _cert(path) -> x509.Certificate:

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedfhe_common.pki import LEAF_DAYS, issue, key_fingerprint
-from fedfhe_common.pki_cli import main as pki_main
+from fedfhe_common.pki.ca import LEAF_DAYS, issue, key_fingerprint
+from fedfhe_common.pki.pki_cli import main as pki_main
 
 SERVER = ExtendedKeyUsageOID.SERVER_AUTH
 CLIENT = ExtendedKeyUsageOID.CLIENT_AUTH
@@ -315,7 +315,7 @@ def test_every_reason_is_named_at_once_and_junk_is_no_request(tmp_path, ca, caps
 
 
 def test_sign_refuses_to_replace_a_certificate_unless_forced(tmp_path, ca, capsys):
-    from fedfhe_common.pki import revoked_serials
+    from fedfhe_common.pki.ca import revoked_serials
 
     for n in ("a", "b"):
         assert pki_main(["request", "client", "owner-3", "--out", str(tmp_path / n)]) == 0
@@ -366,7 +366,7 @@ def test_sign_force_with_the_same_key_revokes_nothing_but_revoke_reaches_both(tm
     assert _sign(ca, csr, "client", "--force") == 0
     assert "superseded" not in capsys.readouterr().err and not (ca / "crl.pem").exists()
     assert pki_main(["--dir", str(ca), "revoke", "owner-3"]) == 0
-    from fedfhe_common.pki import revoked_serials
+    from fedfhe_common.pki.ca import revoked_serials
 
     assert revoked_serials((ca / "crl.pem").read_bytes(), [_cert(ca / "ca.crt")]) == {
         first.serial_number, _cert(ca / "owner-3.crt").serial_number}

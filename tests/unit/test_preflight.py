@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from fedfhe_common.errors import ConfigError
+from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_coordinator import config as coord
-from fedfhe_coordinator.training import preflight
+from fedfhe_coordinator.train.training import preflight
 from fedfhe_demo.__main__ import parse
 
 

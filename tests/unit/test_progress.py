@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from fedfhe_coordinator.progress import RoundTable
+from fedfhe_coordinator.train.progress import RoundTable
 
 
 def test_round_table_shows_each_refusal_with_its_reason():

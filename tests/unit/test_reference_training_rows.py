@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedfhe_common.schema import resolve_schema
-from fedfhe_owner.holdout import split_holdout
+from fedfhe_common.contracts.schema import resolve_schema
+from fedfhe_owner.clientapp.holdout import split_holdout
 from fedfhe_testbed.reference import centralised_reference, training_rows
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedfhe_common import bundle
-from fedfhe_common.errors import ConfigError, FedfheError
-from fedfhe_common.release import load_verify_key
+from fedfhe_common.contracts import bundle
+from fedfhe_common.pki.release import load_verify_key
+from fedfhe_common.runtime.errors import ConfigError, FedfheError
 from fedfhe_coordinator import api as coordinator_api
 from fedfhe_coordinator.api import BundleResult, compile_bundle
 from fedfhe_inference.api import Published, publish

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedfhe_common import models
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.errors import IntegrityError
-from fedfhe_common.schema import DIGITS
-from fedfhe_coordinator.training import _stamp, read_progress
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.contracts.schema import DIGITS
+from fedfhe_common.ml import models
+from fedfhe_common.runtime.errors import IntegrityError
+from fedfhe_coordinator.train.training import _stamp, read_progress
 
 KEY = Ed25519PrivateKey.generate()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fedfhe_common.errors import FedfheError
+from fedfhe_common.runtime.errors import FedfheError
 from fedfhe_inference.api import reload_server as _reload
 
 SERVER = """

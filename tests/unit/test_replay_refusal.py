@@ -4,7 +4,7 @@ A coordinator that sends one model twice, to owner sets that differ by one owner
 the difference of the two aggregates, even under SecAgg+. Owners refuse the second time, before a row is read
 (Flower's real Context and Message, the real handlers; no data-path, so a handler that got past the check fails
 reading the owner's file instead). The honest coordinator never resends: the round that would is not sent and
-training ends there (server_app.Recording.note_model), which Ridge under FedAvg reaches in round 3.
+training ends there (rounds.Recording.note_model), which Ridge under FedAvg reaches in round 3.
 """
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ from flwr.server.strategy import FedAvg
 from test_fl_contract import Grid, metrics, task_identity  # noqa: F401 - Flower's Message needs a task identity
 from test_newton import table
 
-from fedfhe_common import fl_contract as fc
-from fedfhe_common import models
-from fedfhe_common.errors import DataError
-from fedfhe_common.schema import resolve_schema
-from fedfhe_common.transport import to_arrays
-from fedfhe_coordinator.secure_training import SecureRecorder
-from fedfhe_coordinator.server_app import ReplyPolicy, TrainingStopped, make_strategy
-from fedfhe_owner.client_app import evaluate, train
-from fedfhe_owner.run_ledger import LEDGER, TRAINED_MODELS, refuse_replayed_model
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.contracts.schema import resolve_schema
+from fedfhe_common.contracts.transport import to_arrays
+from fedfhe_common.ml import models
+from fedfhe_common.runtime.errors import DataError
+from fedfhe_coordinator.serverapp.rounds import ReplyPolicy, TrainingStopped, make_strategy
+from fedfhe_coordinator.serverapp.secure_training import SecureRecorder
+from fedfhe_owner.clientapp.client_app import evaluate, train
+from fedfhe_owner.clientapp.run_ledger import LEDGER, TRAINED_MODELS, refuse_replayed_model
 
 SCHEMA = resolve_schema("digits")
 FAMILY = "LogisticRegression"

@@ -10,10 +10,10 @@ import pytest
 from flwr.common.config import flatten_dict, parse_config_args
 from test_fl_contract import coordinator
 
-from fedfhe_common import fl_contract as fc
-from fedfhe_common.errors import ConfigError
-from fedfhe_coordinator.flwr_cli import flower_app_dir, write_run_config
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_coordinator.run_config import RunConfig
+from fedfhe_coordinator.train.flwr_cli import flower_app_dir, write_run_config
 
 
 def declared() -> dict:

@@ -15,8 +15,8 @@ from flwr.client.mod.secure_aggregation.secaggplus_mod import SecAggPlusState
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedfhe_common import fl_contract as fc
-from fedfhe_owner.secure_client import privacy_mod
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_owner.clientapp.secure_client import privacy_mod
 
 NEIGHBOURS = (11, 22, 33)
 VICTIM = 33
@@ -118,7 +118,7 @@ def test_an_owner_that_requires_secure_aggregation_refuses_a_plain_run():
 
 def test_owner_yaml_privacy_section_reaches_the_clientapp(tmp_path):
     from fedfhe_owner.config import OwnerConfig, PrivacyPolicy
-    from fedfhe_owner.supernode import node_config
+    from fedfhe_owner.supernode.launch import node_config
 
     cfg = OwnerConfig(owner_id="o", superlink="127.0.0.1:1", root_certificates=tmp_path, auth_key=tmp_path,
                       data=tmp_path / "d.csv", state_dir=tmp_path,

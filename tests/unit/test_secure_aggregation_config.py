@@ -12,13 +12,13 @@ import yaml
 from coordinator_yaml import write_coordinator_yaml
 from flwr.app import Context, RecordDict
 
-from fedfhe_common import fl_contract as fc
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.procs import venv_bin
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.runtime.errors import ConfigError
+from fedfhe_common.runtime.procs import venv_bin
 from fedfhe_coordinator import config as coord
 from fedfhe_coordinator.run_config import RunConfig
-from fedfhe_coordinator.secure_training import resolve_shares
-from fedfhe_coordinator.training import preflight
+from fedfhe_coordinator.serverapp.secure_training import resolve_shares
+from fedfhe_coordinator.train.training import preflight
 
 
 def write(tmp_path: Path, owners: int, **section: object) -> Path:
@@ -153,7 +153,7 @@ def test_owner_checks_the_secagg_setup(shares, threshold, sample, ok):
 
 
 def test_owner_bounds_its_update_before_masking():
-    from fedfhe_owner.secure_client import bound_update
+    from fedfhe_owner.clientapp.secure_client import bound_update
 
     ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(),
                   run_config={fc.RUN_SECAGG_CLIPPING_RANGE: 2.0, fc.RUN_SECAGG_MAX_WEIGHT: 100.0})

@@ -2,11 +2,11 @@
 
 Issue 25: in a secure run each owner's FitRes used to carry its held-out loss, accuracy and row count in
 the clear, so one query per class gave an owner's label histogram. Now the owner appends them to the
-vector Flower's ``secaggplus_mod`` masks (``fedfhe_common.score_sums``), and the coordinator derives the
+vector Flower's ``secaggplus_mod`` masks (``fedfhe_common.ml.score_sums``), and the coordinator derives the
 federation's row-weighted scores from the unmasked aggregate.
 
 The federation here is real on both sides, in one process: three owners' ClientApp
-(``fedfhe_owner.client_app.app``, with its mods: fedfhe's privacy_mod and Flower's secaggplus_mod) on
+(``fedfhe_owner.clientapp.client_app.app``, with its mods: fedfhe's privacy_mod and Flower's secaggplus_mod) on
 their own digits rows, and the coordinator's ``run_secure`` (Flower's DefaultWorkflow and
 SecAggPlusWorkflow around fedfhe's SecureRecorder), joined by a grid that serialises every message
 both ways as the SuperLink would. Every key, share and mask is Flower's; the grid keeps every reply,
@@ -36,21 +36,21 @@ from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.preprocessing import StandardScaler
 from test_fl_contract import content, task_identity  # noqa: F401 - Flower's Message needs a task identity
 
-from fedfhe_common import fl_contract as fc
-from fedfhe_common import models, score_sums
-from fedfhe_common.config import from_dict
-from fedfhe_common.data import save_csv
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.preprocessing import Preprocessing
-from fedfhe_common.schema import DatasetSchema, resolve_schema
-from fedfhe_common.transport import to_arrays
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.contracts.schema import DatasetSchema, resolve_schema
+from fedfhe_common.contracts.transport import to_arrays
+from fedfhe_common.ml import models, score_sums
+from fedfhe_common.ml.data import save_csv
+from fedfhe_common.ml.preprocessing import Preprocessing
+from fedfhe_common.runtime.config import from_dict
+from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_coordinator.config import CoordinatorConfig
 from fedfhe_coordinator.run_config import RunConfig
-from fedfhe_coordinator.secure_training import NewtonRun, SecureRecorder, run_secure
-from fedfhe_coordinator.server_app import ReplyPolicy
-from fedfhe_owner.client_app import app
-from fedfhe_owner.run_ledger import LEDGER
-from fedfhe_owner.secure_client import seal_scores
+from fedfhe_coordinator.serverapp.rounds import ReplyPolicy
+from fedfhe_coordinator.serverapp.secure_training import NewtonRun, SecureRecorder, run_secure
+from fedfhe_owner.clientapp.client_app import app
+from fedfhe_owner.clientapp.run_ledger import LEDGER
+from fedfhe_owner.clientapp.secure_client import seal_scores
 
 SCHEMA = resolve_schema("digits")
 FAMILY = "LogisticRegression"
@@ -255,7 +255,7 @@ def test_progress_rows_show_the_federations_score_and_nothing_per_owner(fedavg):
 
 
 def test_the_run_report_gives_the_federations_score_per_round_and_says_why_the_last_has_none(fedavg):
-    from fedfhe_coordinator import report
+    from fedfhe_coordinator.train import report
 
     rows = [json.loads(line) for line in (fedavg["work"] / "progress.jsonl").read_text().splitlines()]
 

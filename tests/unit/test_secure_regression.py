@@ -17,8 +17,8 @@ from sklearn.linear_model import Ridge
 from sklearn.metrics import r2_score
 from test_secure_metrics import CLIPPING_RANGE, NODES, federation, owner_name, truth
 
-from fedfhe_common import secure_target
-from fedfhe_common.schema import DIABETES, DatasetSchema
+from fedfhe_common.contracts.schema import DIABETES, DatasetSchema
+from fedfhe_common.ml import secure_target
 
 ROWS = ((0, 120), (120, 270), (270, 442))
 ROUNDS = 2

@@ -11,9 +11,9 @@ from types import SimpleNamespace
 
 from flwr.server.strategy import FedAvg
 
-from fedfhe_common.schema import resolve_schema
-from fedfhe_coordinator.secure_training import SecureRecorder, resolve_shares
-from fedfhe_coordinator.server_app import ReplyPolicy
+from fedfhe_common.contracts.schema import resolve_schema
+from fedfhe_coordinator.serverapp.rounds import ReplyPolicy
+from fedfhe_coordinator.serverapp.secure_training import SecureRecorder, resolve_shares
 
 
 def recorder(tmp_path, log):

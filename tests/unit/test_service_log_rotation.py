@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fedfhe_common.procs import wait_until
+from fedfhe_common.runtime.procs import wait_until
 
 SUPERVISOR = Path(__file__).resolve().parents[2] / "deploy/ansible/roles/fedfhe_service/files/fedfhe-service"
 LINES = 400

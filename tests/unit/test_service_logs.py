@@ -1,6 +1,6 @@
 """`--log-format json` of the three services and the coordinator's metrics config, in process (issue 15).
 
-The relay (fedfhe_common.relay) runs here with stand-in children that behave like Flower on a signal:
+The relay (fedfhe_common.runtime.relay) runs here with stand-in children that behave like Flower on a signal:
 ``flower`` (its handler resets SIGTERM to the default, then takes a moment to shut down: a group-wide
 SIGTERM must not reach it twice, one sent to the wrapper alone must be passed on), ``uvicorn`` (shuts
 down, then re-raises the signal on itself: the wrapper must end the same way) and ``starting`` (no
@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fedfhe_common.config import from_dict
-from fedfhe_common.errors import ConfigError
-from fedfhe_common.logs import wrap_line
-from fedfhe_common.procs import wait_until
+from fedfhe_common.runtime.config import from_dict
+from fedfhe_common.runtime.errors import ConfigError
+from fedfhe_common.runtime.logs import wrap_line
+from fedfhe_common.runtime.procs import wait_until
 from fedfhe_coordinator.config import CoordinatorConfig
-from fedfhe_coordinator.metrics import Metrics
+from fedfhe_coordinator.superlink.metrics import Metrics
 
 FLOWER_LIKE = textwrap.dedent("""
     import signal, sys, time
@@ -47,8 +47,8 @@ FLOWER_LIKE = textwrap.dedent("""
 """)
 WRAPPER = textwrap.dedent("""
     import sys
-    from fedfhe_common.logs import configure
-    from fedfhe_common.relay import exit_as, run_relayed
+    from fedfhe_common.runtime.logs import configure
+    from fedfhe_common.runtime.relay import exit_as, run_relayed
     configure("json")
     sys.exit(exit_as(run_relayed([sys.executable, "-c", sys.argv[1], sys.argv[2]], {}, "flower-supernode",
                                  json_lines=True)))

@@ -19,7 +19,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from flwr.supernode import start_client_internal as loop
 from flwr.supernode.nodestate import NodeStateFactory
 
-from fedfhe_owner import flower_supernode
+from fedfhe_owner.supernode import flower_supernode
 
 STOPPED, CURRENT = 77, 78
 

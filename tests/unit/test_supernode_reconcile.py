@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives import serialization
 
-from fedfhe_common.pki import supernode_keypair
-from fedfhe_coordinator.flwr_cli import departed_nodes
+from fedfhe_common.pki.ca import supernode_keypair
+from fedfhe_coordinator.train.flwr_cli import departed_nodes
 
 
 def _pem(pub) -> str:

@@ -16,15 +16,17 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sklearn.model_selection import train_test_split
 
-from fedfhe_common import bundle, release
-from fedfhe_common.data import load_table
-from fedfhe_common.errors import FedfheError, IntegrityError
-from fedfhe_common.manifest import MANIFEST, canonical_body
-from fedfhe_common.preprocessing import Preprocessing
-from fedfhe_common.schema import DatasetSchema
-from fedfhe_coordinator.compile import calibration_set, compile_artifact, evaluate, to_concrete
-from fedfhe_coordinator.local_training import train_local
-from fedfhe_owner.predict import check_own_schema
+from fedfhe_common.contracts import bundle
+from fedfhe_common.contracts.manifest import MANIFEST, canonical_body
+from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.ml.data import load_table
+from fedfhe_common.ml.preprocessing import Preprocessing
+from fedfhe_common.pki import release
+from fedfhe_common.runtime.errors import FedfheError, IntegrityError
+from fedfhe_coordinator.fhe.compile import compile_artifact, evaluate
+from fedfhe_coordinator.fhe.concrete_model import calibration_set, to_concrete
+from fedfhe_coordinator.fhe.local_training import train_local
+from fedfhe_owner.predict.encrypted import check_own_schema
 from fedfhe_testbed.tabular import labels_of, load_tabular, tabular_schema, write_csv
 
 TOLERANCE = 0.005  # half a point of accuracy

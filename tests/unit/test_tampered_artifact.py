@@ -18,12 +18,12 @@ from fuzzing import canonical_json, digits_rows, fuzz_settings
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fedfhe_common import artifact as artifact_module
-from fedfhe_common import models
-from fedfhe_common.artifact import TrainingArtifact
-from fedfhe_common.errors import IntegrityError
-from fedfhe_common.manifest import MANIFEST, sha256_file, verify_manifest
-from fedfhe_common.schema import DIGITS
+from fedfhe_common.contracts import artifact as artifact_module
+from fedfhe_common.contracts.artifact import TrainingArtifact
+from fedfhe_common.contracts.manifest import MANIFEST, sha256_file, verify_manifest
+from fedfhe_common.contracts.schema import DIGITS
+from fedfhe_common.ml import models
+from fedfhe_common.runtime.errors import IntegrityError
 
 pytestmark = pytest.mark.timeout(60)
 FILES = ["params.npz", "model.json", "metrics.json", MANIFEST]
@@ -43,7 +43,7 @@ def pristine(tmp_path_factory) -> tuple[Path, dict[str, bytes]]:
 
 
 class NotYet:
-    """Stands in for json / numpy inside fedfhe_common.artifact: parsing before verification fails loudly."""
+    """Stands in for json / numpy inside fedfhe_common.contracts.artifact: parsing before verification fails loudly."""
 
     def __init__(self, real: object) -> None:
         self._real = real

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from coordinator_yaml import write_coordinator_yaml
 
-from fedfhe_common import fl_contract as fc
-from fedfhe_common.errors import ConfigError
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.runtime.errors import ConfigError
 from fedfhe_coordinator import cli
 from fedfhe_coordinator import config as coord
-from fedfhe_coordinator.flwr_cli import write_run_config
 from fedfhe_coordinator.run_config import RunConfig
-from fedfhe_coordinator.training import with_secure_aggregation
+from fedfhe_coordinator.train.flwr_cli import write_run_config
+from fedfhe_coordinator.train.training import with_secure_aggregation
 
 
 def write(tmp_path: Path, owners: int = 3, aggregation: str = "fedavg", **section: object) -> Path:
@@ -88,8 +88,8 @@ def test_the_flag_is_optional_and_boolean(tmp_path, capsys):
 
 def test_the_run_report_says_whether_secure_aggregation_was_on(tmp_path):
     """report.json / report.md (what train.yml fetches) carry the artifact's privacy summary."""
-    from fedfhe_common.schema import DIGITS
-    from fedfhe_coordinator import report
+    from fedfhe_common.contracts.schema import DIGITS
+    from fedfhe_coordinator.train import report
 
     class Artifact:
         family, schema = "LogisticRegression", DIGITS

@@ -7,8 +7,8 @@ import signal
 
 import pytest
 
-from fedfhe_common.errors import FedfheError, Terminated
-from fedfhe_coordinator.training import _interrupts_held, _sigterm_interrupts
+from fedfhe_common.runtime.errors import FedfheError, Terminated
+from fedfhe_coordinator.train.training import _interrupts_held, _sigterm_interrupts
 
 
 @pytest.fixture(autouse=True)

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedfhe_common import tree_artifact
-from fedfhe_common.artifact import TrainingArtifact, files_for
-from fedfhe_common.errors import ConfigError, IntegrityError
-from fedfhe_common.manifest import write_manifest
-from fedfhe_common.schema import DIABETES, DIGITS
-from fedfhe_coordinator.local_training import train_local
+from fedfhe_common.contracts import tree_artifact
+from fedfhe_common.contracts.artifact import TrainingArtifact, files_for
+from fedfhe_common.contracts.manifest import write_manifest
+from fedfhe_common.contracts.schema import DIABETES, DIGITS
+from fedfhe_common.runtime.errors import ConfigError, IntegrityError
+from fedfhe_coordinator.fhe.local_training import train_local
 from fedfhe_testbed.datasets import load_builtin
 
 SMALL = {"DecisionTreeClassifier": {"max_depth": 4}, "RandomForestClassifier": {"n_estimators": 3, "max_depth": 3},
@@ -152,7 +152,7 @@ def test_hostile_xgboost_json_is_refused(tmp_path):
 
 
 def test_tree_families_train_locally_but_not_federated():
-    from fedfhe_common import models
+    from fedfhe_common.ml import models
 
     models.check_family("XGBClassifier", DIGITS, local=True)
     models.check_family("XGBRegressor", DIABETES)  # federated through Flower's FedXgb strategies
@@ -180,7 +180,7 @@ def test_check_structure_depth_and_orphans():
 
 def test_federated_train_refuses_a_tree_before_registering_or_running(tmp_path):
     from fedfhe_coordinator import config as coord
-    from fedfhe_coordinator.training import preflight
+    from fedfhe_coordinator.train.training import preflight
 
     path = tmp_path / "coordinator.yaml"
     path.write_text("state_dir: s\nrelease_key: k\nsuperlink: {certfile: a, keyfile: b, ca_certfile: c}\n"

@@ -12,11 +12,11 @@ from fedxgb_harness import LoopGrid, federate, split
 from flwr.app import ConfigRecord
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedfhe_common import fedxgb
-from fedfhe_coordinator import federated_trees
-from fedfhe_coordinator.server_app import ReplyPolicy
-from fedfhe_coordinator.tree_recording import RecordingXgbBagging, RecordingXgbCyclic, make_tree_strategy
-from fedfhe_coordinator.tree_strategy import TreeBudget, booster_record
+from fedfhe_common.ml import fedxgb
+from fedfhe_coordinator.serverapp import federated_trees
+from fedfhe_coordinator.serverapp.rounds import ReplyPolicy
+from fedfhe_coordinator.serverapp.tree_recording import RecordingXgbBagging, RecordingXgbCyclic, make_tree_strategy
+from fedfhe_coordinator.serverapp.tree_strategy import TreeBudget, booster_record
 
 
 @pytest.fixture(autouse=True)

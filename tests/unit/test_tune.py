@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from fedfhe_coordinator import cli as server_cli
-from fedfhe_coordinator.tune import Candidate, mark_frontier, pick
+from fedfhe_coordinator.fhe.tune import Candidate, mark_frontier, pick
 
 
 def cand(sim: float, ms: float, bits: int = 8) -> Candidate:

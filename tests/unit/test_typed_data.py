@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import yaml
 
-from fedfhe_common.data import load_table, read_typed
-from fedfhe_common.errors import DataError
-from fedfhe_common.preprocessing import Preprocessing
-from fedfhe_common.schema import DatasetSchema
-from fedfhe_coordinator.local_training import train_local_file
+from fedfhe_common.contracts.schema import DatasetSchema
+from fedfhe_common.ml.data import load_table, read_typed
+from fedfhe_common.ml.preprocessing import Preprocessing
+from fedfhe_common.runtime.errors import DataError
+from fedfhe_coordinator.fhe.local_training import train_local_file
 from fedfhe_owner import cli as owner_cli
 from fedfhe_testbed.tabular import load_tabular, write_csv
 

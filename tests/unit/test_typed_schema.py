@@ -17,11 +17,11 @@ import pytest
 import yaml
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fedfhe_common import fl_contract as fc
-from fedfhe_common.data import load_table, save_csv
-from fedfhe_common.errors import ConfigError, IntegrityError
-from fedfhe_common.preprocessing import Preprocessing, check_moments, moments
-from fedfhe_common.schema import DIGITS, ColumnSpec, DatasetSchema, resolve_schema
+from fedfhe_common.contracts import fl_contract as fc
+from fedfhe_common.contracts.schema import DIGITS, ColumnSpec, DatasetSchema, resolve_schema
+from fedfhe_common.ml.data import load_table, save_csv
+from fedfhe_common.ml.preprocessing import Preprocessing, check_moments, moments
+from fedfhe_common.runtime.errors import ConfigError, IntegrityError
 from fedfhe_testbed.tabular import TABULAR, load_tabular, write_csv
 
 CLASSES = ["a", "b"]

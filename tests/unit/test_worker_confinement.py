@@ -69,7 +69,7 @@ def test_an_unconfined_worker_can_do_both(files, listener):
 
 def test_the_node_refuses_to_start_with_workers_it_cannot_confine(files):
     """A worker whose confinement fails never serves; the node's start-up check names the way out."""
-    from fedfhe_common.errors import ConfigError
+    from fedfhe_common.runtime.errors import ConfigError
     from fedfhe_inference.server import check_confinement
 
     pool = SandboxPool(1, 8192 << 20, 0, 60, readable=["/tmp/\0not-a-path"])  # a rule the kernel cannot take

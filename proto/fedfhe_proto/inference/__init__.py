@@ -1,1 +1,1 @@
-"""fedfhe.inference: the encrypted-inference service's protobuf packages."""
+"""fedfhe.inference: protobuf packages of the inference node process's service, which predict processes call."""

@@ -1,1 +1,1 @@
-"""fedfhe.inference.v1: generated stubs (regenerate with ``python -m fedfhe_proto.generate``)."""
+"""fedfhe.inference.v1: generated stubs for the inference node process (regenerate: fedfhe_proto.generate)."""

@@ -1,0 +1,1 @@
+"""The owner's ClientApp processes: flwr-clientapp door, launcher, server, the app."""

@@ -1,0 +1,1 @@
+"""The `fedfhe-owner predict` process: keys, encryption, the inference client, decoding."""

@@ -1,0 +1,1 @@
+"""The `fedfhe-owner supernode` process: flower-supernode, launched and repaired."""

@@ -1,0 +1,1 @@
+"""Formats that cross hosts, used by every process: records, artifacts, bundles."""

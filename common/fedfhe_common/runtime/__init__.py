@@ -1,0 +1,1 @@
+"""Process plumbing every fedfhe process uses: config, logs, console, files, children."""

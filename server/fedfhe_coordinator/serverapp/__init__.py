@@ -1,0 +1,1 @@
+"""The Flower ServerApp process (the SuperLink starts it): rounds, artifact."""

@@ -1,0 +1,1 @@
+"""The `fedfhe-coordinator superlink` process: flower-superlink, Prometheus metrics."""

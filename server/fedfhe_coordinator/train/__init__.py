@@ -1,0 +1,1 @@
+"""The `fedfhe-coordinator train` process: drives `flwr run`, follows the run, reports."""
