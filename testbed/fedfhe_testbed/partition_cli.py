@@ -70,7 +70,7 @@ def write_partitions(
 def _partition(args: argparse.Namespace) -> None:
     summary = write_partitions(
         args.dataset, args.owners, args.out, args.scheme, args.alpha, args.seed,
-        args.test_fraction, args.format, args.max_rows,
+        args.test_fraction, args.file_format, args.max_rows,
     )
     for f in summary["owners"]:
         print(f"{f['path']}: {f['rows']} rows, labels {f['label_counts']}")
@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
     ap.add_argument("--test-fraction", type=float, default=0.2,
                     help="share of the rows kept as the public test set (default 0.2)")
-    ap.add_argument("--format", default="npz", choices=["npz", "csv"], help="owner files' format (default npz)")
+    # --file-format, not --format: every other fedfhe command's --format is its output (text or json).
+    ap.add_argument("--file-format", default="npz", choices=["npz", "csv"],
+                    help="the owner files' format (default npz)")
     ap.add_argument("--max-rows", type=int, default=None, help="use at most this many rows (default: all)")
     ap.add_argument("--out", type=Path, required=True, help="directory for owner-<i> files, public-test.npz and "
                                                             "partition.json")

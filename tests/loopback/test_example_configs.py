@@ -95,7 +95,8 @@ def test_the_examples_copied_as_the_guide_says_train_compile_and_predict(hosts, 
     var = tmp_path / "var"
     fleet, control, inference_port = free_port(), free_port(), free_port()
     data = tmp_path / "data"
-    run("fedfhe-partition", "--dataset", "digits", "--owners", str(len(OWNERS)), "--format", "csv", "--out", data)
+    run("fedfhe-partition", "--dataset", "digits", "--owners", str(len(OWNERS)), "--file-format", "csv",
+        "--out", data)
     coordinator = copied(ROOT / "server" / "coordinator.example.yaml", hosts["coordinator"] / "coordinator.yaml", {
         ("state_dir",): str(var / "coordinator"),
         ("metrics_address",): f"{HOST}:{free_port()}",
