@@ -1110,7 +1110,8 @@ SERVED = "owner-0"
 
 LIST_SUPERNODES = """
 import json
-from fedfhe_coordinator import config, flwr_cli
+from fedfhe_coordinator import config
+from fedfhe_coordinator.train import flwr_cli
 print(json.dumps(flwr_cli.registered_public_keys(config.load("/etc/fedfhe/coordinator.yaml"))))
 """
 
